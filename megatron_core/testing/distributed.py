@@ -1,0 +1,117 @@
+"""Run a function on N gloo processes and report the first failing rank.
+
+    run_distributed(check_column_parallel, world_size=4, tp=2)
+
+`fn` must be importable by name (a module-level function) because the workers are
+started with the 'spawn' method, like torchrun's workers. Each worker initializes
+torch.distributed, runs `fn(*args, **kwargs)` and tears the groups down. The parent
+never waits longer than `timeout` seconds: a hung collective kills every worker and
+raises with the ranks that did not finish.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import queue as queue_module
+import socket
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class DistributedTestFailure(AssertionError):
+    """A worker raised, crashed or hung; the message carries its traceback."""
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, backend: str, collective_timeout: float,
+            fn: Callable, args: tuple, kwargs: dict, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
+    # Workers share two cores: extra intra-op threads only thrash.
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=collective_timeout))
+        fn(*args, **kwargs)
+        results.put((rank, None))
+    except BaseException:  # report everything, including KeyboardInterrupt in a worker
+        results.put((rank, traceback.format_exc()))
+    finally:
+        from megatron_core.mpu import parallel_state
+        parallel_state.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0,
+                    backend: str = "gloo", **kwargs: Any) -> None:
+    """Run `fn(*args, **kwargs)` on `world_size` processes; raise if any rank fails."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = find_free_port()
+    collective_timeout = max(30.0, timeout * 0.8)
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(rank, world_size, port, backend, collective_timeout, fn, args, kwargs, results))
+             for rank in range(world_size)]
+    for proc in procs:
+        proc.start()
+    deadline = time.monotonic() + timeout
+    finished, failures = set(), {}
+    try:
+        while len(finished) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                rank, error = results.get(timeout=min(remaining, 0.5))
+            except queue_module.Empty:
+                # A worker that died without reporting (segfault, os._exit) never will.
+                for rank, proc in enumerate(procs):
+                    if rank not in finished and not proc.is_alive() and proc.exitcode not in (0, None):
+                        finished.add(rank)
+                        failures[rank] = f"worker exited with code {proc.exitcode} without a traceback"
+                if failures:
+                    break
+                continue
+            finished.add(rank)
+            if error is not None:
+                failures[rank] = error
+                # Give the other ranks a moment to report their own errors, then stop.
+                grace = time.monotonic() + 3.0
+                while len(finished) < world_size and time.monotonic() < grace:
+                    try:
+                        rank, error = results.get(timeout=0.2)
+                        finished.add(rank)
+                        if error is not None:
+                            failures[rank] = error
+                    except queue_module.Empty:
+                        pass
+                break
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.join(timeout=1.0 if not failures and len(finished) == world_size else 0.1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    if failures:
+        first = min(failures)
+        others = sorted(set(failures) - {first})
+        raise DistributedTestFailure(
+            f"{fn.__name__} failed on rank {first} of {world_size}"
+            + (f" (also ranks {others})" if others else "") + f":\n{failures[first]}")
+    if len(finished) < world_size:
+        hung = sorted(set(range(world_size)) - finished)
+        raise DistributedTestFailure(
+            f"{fn.__name__} timed out after {timeout:.0f}s on {world_size} ranks; "
+            f"ranks {hung} never finished (a collective that not every rank entered?)")
