@@ -1,0 +1,432 @@
+"""Megatron-LM's memory-mapped indexed dataset (`MMIDIDX`, version 1), read and written.
+
+A dataset is a pair of files sharing a prefix:
+
+* ``{prefix}.bin`` holds the token ids of every sequence back to back, in one dtype;
+* ``{prefix}.idx`` says where each sequence starts and which sequences form a document.
+
+``.idx`` layout, all little-endian (byte-compatible with Megatron-LM in both directions)::
+
+    9 bytes   magic  b"MMIDIDX\\x00\\x00"
+    uint64    version (always 1)
+    uint8     dtype code of the .bin tokens (see _DTYPE_BY_CODE)
+    uint64    sequence count  N
+    uint64    document count  D  (= number of entries in the document index, docs + 1)
+    int32[N]  sequence lengths, in tokens
+    int64[N]  sequence pointers, byte offsets into .bin
+    int64[D]  document index: sequence number where each document starts, then N
+
+Megatron's multimodal variant appends int8[N] sequence modes; we read past them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+from array import array
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from megatron_core.data.errors import DataError
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+# magic + version + dtype code + sequence count + document count
+HEADER_SIZE = len(MAGIC) + 8 + 1 + 8 + 8
+
+# Megatron's numeric codes; they are part of the file format and must never change.
+_DTYPE_BY_CODE = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.int8),
+    3: np.dtype(np.int16),
+    4: np.dtype(np.int32),
+    5: np.dtype(np.int64),
+    6: np.dtype(np.float64),
+    7: np.dtype(np.float32),
+    8: np.dtype(np.uint16),
+}
+_CODE_BY_DTYPE = {dtype: code for code, dtype in _DTYPE_BY_CODE.items()}
+
+
+def data_file_path(prefix: str) -> str:
+    return prefix + ".bin"
+
+
+def index_file_path(prefix: str) -> str:
+    return prefix + ".idx"
+
+
+def best_dtype(vocab_size: Optional[int]) -> np.dtype:
+    """Smallest token dtype Megatron would pick: uint16 below 65500 ids, else int32."""
+    if vocab_size is not None and vocab_size < 65500:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def dtype_code(dtype) -> int:
+    dtype = np.dtype(dtype)
+    if dtype not in _CODE_BY_DTYPE:
+        raise DataError(
+            f"dtype {dtype} cannot be stored in an MMIDIDX dataset; use one of "
+            f"{', '.join(str(d) for d in _CODE_BY_DTYPE)}."
+        )
+    return _CODE_BY_DTYPE[dtype]
+
+
+def _to_numpy(tokens) -> np.ndarray:
+    if isinstance(tokens, np.ndarray):
+        return tokens
+    if hasattr(tokens, "detach"):  # torch.Tensor, without importing torch here
+        return tokens.detach().cpu().numpy()
+    return np.asarray(tokens)
+
+
+class _Index:
+    """The parsed and validated contents of one `.idx` file, memory-mapped."""
+
+    def __init__(self, idx_path: str):
+        self.path = idx_path
+        if not os.path.isfile(idx_path):
+            raise DataError(
+                f"{idx_path} does not exist; pass the dataset prefix without .bin/.idx "
+                f"(e.g. data/corpus_text_document) and check that preprocessing finished."
+            )
+        file_size = os.path.getsize(idx_path)
+        with open(idx_path, "rb") as f:
+            header = f.read(HEADER_SIZE)
+        if header[: len(MAGIC)] != MAGIC[: len(header)]:
+            raise DataError(
+                f"{idx_path} is not a Megatron MMIDIDX index (its first bytes are "
+                f"{header[:len(MAGIC)]!r}, expected {MAGIC!r}); regenerate it with "
+                f"tools/preprocess_data.py."
+            )
+        if len(header) < HEADER_SIZE:
+            raise DataError(
+                f"{idx_path} is truncated: {file_size} bytes is shorter than the "
+                f"{HEADER_SIZE}-byte header; regenerate it with tools/preprocess_data.py."
+            )
+        (version,) = struct.unpack_from("<Q", header, len(MAGIC))
+        if version != VERSION:
+            raise DataError(
+                f"{idx_path} has MMIDIDX version {version}, but only version {VERSION} "
+                f"is supported; regenerate it with tools/preprocess_data.py."
+            )
+        (code,) = struct.unpack_from("<B", header, len(MAGIC) + 8)
+        if code not in _DTYPE_BY_CODE:
+            raise DataError(
+                f"{idx_path} names unknown token dtype code {code} (known: 1-8); "
+                f"the file is corrupt or from an incompatible tool."
+            )
+        self.dtype = _DTYPE_BY_CODE[code]
+        self.sequence_count, self.document_count = struct.unpack_from(
+            "<QQ", header, len(MAGIC) + 9)
+
+        n, d = self.sequence_count, self.document_count
+        expected = HEADER_SIZE + 4 * n + 8 * n + 8 * d
+        # Megatron's multimodal datasets append one int8 mode per sequence.
+        if file_size not in (expected, expected + n):
+            problem = "truncated" if file_size < expected else "longer than its header says"
+            raise DataError(
+                f"{idx_path} is {problem}: the header promises {n} sequences and {d} "
+                f"document-index entries ({expected} bytes) but the file has {file_size} "
+                f"bytes; regenerate it with tools/preprocess_data.py."
+            )
+        if d < 1:
+            raise DataError(
+                f"{idx_path} has an empty document index (it must start with 0); "
+                f"the file is corrupt, regenerate it."
+            )
+
+        self._mmap = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        buf = memoryview(self._mmap)
+        self.sequence_lengths = np.frombuffer(buf, np.int32, n, HEADER_SIZE)
+        self.sequence_pointers = np.frombuffer(buf, np.int64, n, HEADER_SIZE + 4 * n)
+        self.document_indices = np.frombuffer(buf, np.int64, d, HEADER_SIZE + 12 * n)
+        self._check_document_indices()
+
+    def _check_document_indices(self) -> None:
+        doc = self.document_indices
+        if doc[0] != 0 or doc[-1] > self.sequence_count or (
+                len(doc) > 1 and np.any(doc[1:] < doc[:-1])):
+            raise DataError(
+                f"{self.path} has an invalid document index (it must rise from 0 to at "
+                f"most the sequence count {self.sequence_count}); the file is corrupt, "
+                f"regenerate it."
+            )
+
+    def data_size(self) -> int:
+        """Bytes of .bin that the index describes."""
+        if self.sequence_count == 0:
+            return 0
+        return int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
+
+
+class IndexedDataset:
+    """Read-only view of `{prefix}.bin` / `{prefix}.idx`; sequences come back as numpy arrays.
+
+    Arrays returned are read-only views into the memory map: copy them before editing.
+    """
+
+    def __init__(self, path_prefix: str):
+        self.path_prefix = path_prefix
+        self._open()
+
+    def _open(self) -> None:
+        prefix = self.path_prefix
+        self._index = _Index(index_file_path(prefix))
+        bin_path = data_file_path(prefix)
+        if not os.path.isfile(bin_path):
+            raise DataError(
+                f"{bin_path} does not exist but its index {index_file_path(prefix)} does; "
+                f"copy both files of the dataset, or regenerate them."
+            )
+        bin_size = os.path.getsize(bin_path)
+        expected = self._index.data_size()
+        if bin_size != expected:
+            raise DataError(
+                f"{bin_path} has {bin_size} bytes but its index says {expected} "
+                f"({self._index.sequence_count} sequences of {self._index.dtype}); the .bin "
+                f"and .idx do not belong together or one is truncated, regenerate them."
+            )
+        if bin_size == 0:  # mmap refuses empty files
+            self._bin = np.empty(0, dtype=np.uint8)
+        else:
+            self._bin = np.memmap(bin_path, mode="r", dtype=np.uint8)
+        self._bin_buffer = memoryview(self._bin)
+
+    # Memory maps do not pickle cheaply (numpy copies them): reopen by path instead,
+    # so the dataset can be handed to DataLoader worker processes.
+    def __getstate__(self):
+        return {"path_prefix": self.path_prefix}
+
+    def __setstate__(self, state):
+        self.path_prefix = state["path_prefix"]
+        self._open()
+
+    @staticmethod
+    def exists(path_prefix: str) -> bool:
+        return os.path.isfile(index_file_path(path_prefix)) and os.path.isfile(
+            data_file_path(path_prefix))
+
+    def __len__(self) -> int:
+        return self._index.sequence_count
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._index.dtype
+
+    @property
+    def sequence_lengths(self) -> np.ndarray:
+        return self._index.sequence_lengths
+
+    @property
+    def sequence_pointers(self) -> np.ndarray:
+        return self._index.sequence_pointers
+
+    @property
+    def document_indices(self) -> np.ndarray:
+        return self._index.document_indices
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._index.document_indices) - 1
+
+    def _check_index(self, idx: int) -> int:
+        n = len(self)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f"sequence {idx} out of range for {self.path_prefix} ({n} sequences)")
+        return idx
+
+    def _read(self, byte_offset: int, count: int) -> np.ndarray:
+        return np.frombuffer(self._bin_buffer, dtype=self.dtype, count=count, offset=byte_offset)
+
+    def __getitem__(self, idx: Union[int, np.integer, slice]):
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            if start >= stop:
+                return []
+            lengths = self.sequence_lengths[start:stop]
+            # One contiguous read, then split: sequences of a range are adjacent in .bin.
+            flat = self._read(int(self.sequence_pointers[start]), int(lengths.sum()))
+            return np.split(flat, np.cumsum(lengths[:-1]))
+        if isinstance(idx, (int, np.integer)):
+            i = self._check_index(int(idx))
+            return self._read(int(self.sequence_pointers[i]), int(self.sequence_lengths[i]))
+        raise TypeError(f"IndexedDataset indices must be int or slice, not {type(idx).__name__}")
+
+    def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
+        """Tokens [offset, offset + length) of sequence `idx`, reading only those bytes."""
+        i = self._check_index(int(idx))
+        size = int(self.sequence_lengths[i])
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(
+                f"tokens [{offset}, {offset + length}) are outside sequence {i} of "
+                f"{self.path_prefix}, which has {size} tokens")
+        pointer = int(self.sequence_pointers[i]) + offset * self.dtype.itemsize
+        return self._read(pointer, length)
+
+
+class IndexedDatasetBuilder:
+    """Streams sequences into a new `.bin` and writes the `.idx` on `finalize`.
+
+    Tokens go straight to disk; only one int32 length per sequence and one int64 per
+    document stay in memory. Both files are written under temporary names next to the
+    targets and renamed in `finalize`, so a crash never leaves a half-written file under
+    the final name. Use it as a context manager (or call `abort`) to remove the
+    temporaries when something fails.
+    """
+
+    def __init__(self, bin_path: str, dtype=np.int32):
+        self.bin_path = bin_path
+        self.dtype = np.dtype(dtype)
+        self._code = dtype_code(self.dtype)
+        self._itemsize = self.dtype.itemsize
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            self._min, self._max = int(info.min), int(info.max)
+        directory = os.path.dirname(os.path.abspath(bin_path))
+        if not os.path.isdir(directory):
+            raise DataError(f"output directory {directory} does not exist; create it first.")
+        fd, self._tmp_bin = tempfile.mkstemp(
+            dir=directory, prefix=os.path.basename(bin_path) + ".", suffix=".tmp")
+        self._data = os.fdopen(fd, "wb")
+        self._tmp_idx: Optional[str] = None
+        self._lengths = array("i")  # int32, as stored in the index
+        self._doc_indices = array("q", [0])
+        self._finalized = False
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _as_dtype(self, tokens) -> np.ndarray:
+        arr = _to_numpy(tokens).reshape(-1)
+        if arr.dtype == self.dtype:
+            return arr
+        # Refuse silent wrap-around, e.g. ids >= 65536 into uint16.
+        if self.dtype.kind in "iu" and arr.size and arr.dtype.kind in "iub":
+            low, high = int(arr.min()), int(arr.max())
+            if low < self._min or high > self._max:
+                bad = high if high > self._max else low
+                raise DataError(
+                    f"token id {bad} does not fit the dataset dtype {self.dtype} of "
+                    f"{self.bin_path}; build it with dtype=best_dtype(vocab_size) or np.int32.")
+        return arr.astype(self.dtype, copy=False)
+
+    def _write(self, arr: np.ndarray) -> None:
+        self._data.write(np.ascontiguousarray(arr).data)
+
+    def add_item(self, tokens) -> None:
+        """Append one sequence; it joins the current document until `end_document`."""
+        arr = self._as_dtype(tokens)
+        self._write(arr)
+        self._lengths.append(arr.size)
+
+    def end_document(self) -> None:
+        """Close the current document (the sequences added since the last one)."""
+        self._doc_indices.append(len(self._lengths))
+
+    def add_document(self, tokens, lengths: Sequence[int]) -> None:
+        """Append a whole document: flat `tokens` split into sequences of `lengths`."""
+        arr = self._as_dtype(tokens)
+        lengths = [int(x) for x in lengths]
+        if sum(lengths) != arr.size:
+            raise ValueError(
+                f"add_document got {arr.size} tokens but lengths sum to {sum(lengths)}")
+        self._write(arr)
+        self._lengths.extend(lengths)
+        self.end_document()
+
+    def _close_open_document(self) -> None:
+        # Sequences added without end_document would be unreachable through the
+        # document index; make them a document of their own.
+        if self._doc_indices[-1] != len(self._lengths):
+            self.end_document()
+
+    def add_index(self, path_prefix: str) -> None:
+        """Append a whole existing dataset (its sequences and documents), e.g. to merge."""
+        self._close_open_document()
+        index = _Index(index_file_path(path_prefix))
+        if index.dtype != self.dtype:
+            raise DataError(
+                f"{index_file_path(path_prefix)} stores {index.dtype} tokens but the merged "
+                f"dataset is {self.dtype}; merge only datasets built with the same tokenizer.")
+        bin_path = data_file_path(path_prefix)
+        if not os.path.isfile(bin_path) or os.path.getsize(bin_path) != index.data_size():
+            raise DataError(
+                f"{bin_path} is missing or does not match its index; regenerate that dataset.")
+        offset = len(self._lengths)
+        self._lengths.extend(index.sequence_lengths.tolist())
+        self._doc_indices.extend((index.document_indices[1:] + offset).tolist())
+        self._data.flush()
+        with open(bin_path, "rb") as src:
+            shutil.copyfileobj(src, self._data, 16 << 20)
+        del index
+
+    # -- finishing ---------------------------------------------------------------------
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._doc_indices) - 1
+
+    def finalize(self, idx_path: str) -> None:
+        """Write the index and move both files to their final names."""
+        self._close_open_document()
+        self._data.close()
+        lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
+        pointers *= self._itemsize
+        doc_indices = np.frombuffer(self._doc_indices, dtype=np.int64)
+
+        fd, self._tmp_idx = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(idx_path)),
+            prefix=os.path.basename(idx_path) + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC)
+            f.write(struct.pack("<Q", VERSION))
+            f.write(struct.pack("<B", self._code))
+            f.write(struct.pack("<Q", len(lengths)))
+            f.write(struct.pack("<Q", len(doc_indices)))
+            f.write(lengths.tobytes())
+            f.write(pointers.tobytes())
+            f.write(doc_indices.tobytes())
+        # mkstemp creates 0600 files; give them the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in (self._tmp_bin, self._tmp_idx):
+            os.chmod(tmp, 0o666 & ~umask)
+        # .bin first: a reader only trusts a .bin once an .idx that matches it exists.
+        os.replace(self._tmp_bin, self.bin_path)
+        os.replace(self._tmp_idx, idx_path)
+        self._finalized = True
+
+    def abort(self) -> None:
+        """Drop the temporaries; nothing appears under the final names."""
+        if self._finalized:
+            return
+        if not self._data.closed:
+            self._data.close()
+        for tmp in (self._tmp_bin, self._tmp_idx):
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+        self._finalized = True
+
+    def __enter__(self) -> "IndexedDatasetBuilder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
