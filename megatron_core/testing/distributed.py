@@ -66,37 +66,38 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     for proc in procs:
         proc.start()
     deadline = time.monotonic() + timeout
-    finished, failures = set(), {}
+    finished, failures, crashed = set(), {}, set()
+
+    def note_crashes():
+        # A worker that died without reporting (segfault, os._exit) never will.
+        for rank, proc in enumerate(procs):
+            if rank not in finished and not proc.is_alive() and proc.exitcode not in (0, None):
+                finished.add(rank)
+                crashed.add(rank)
+                failures[rank] = f"worker exited with code {proc.exitcode} without a traceback"
+
+    def collect(seconds):
+        try:
+            rank, error = results.get(timeout=seconds)
+        except queue_module.Empty:
+            note_crashes()
+            return
+        finished.add(rank)
+        if error is not None:
+            failures.setdefault(rank, error)
+
     try:
-        while len(finished) < world_size:
+        while len(finished) < world_size and not failures:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                rank, error = results.get(timeout=min(remaining, 0.5))
-            except queue_module.Empty:
-                # A worker that died without reporting (segfault, os._exit) never will.
-                for rank, proc in enumerate(procs):
-                    if rank not in finished and not proc.is_alive() and proc.exitcode not in (0, None):
-                        finished.add(rank)
-                        failures[rank] = f"worker exited with code {proc.exitcode} without a traceback"
-                if failures:
-                    break
-                continue
-            finished.add(rank)
-            if error is not None:
-                failures[rank] = error
-                # Give the other ranks a moment to report their own errors, then stop.
-                grace = time.monotonic() + 3.0
-                while len(finished) < world_size and time.monotonic() < grace:
-                    try:
-                        rank, error = results.get(timeout=0.2)
-                        finished.add(rank)
-                        if error is not None:
-                            failures[rank] = error
-                    except queue_module.Empty:
-                        pass
-                break
+            collect(min(remaining, 0.5))
+        if failures:
+            # Let the other ranks report (or be seen dead) before stopping everything.
+            grace = time.monotonic() + 3.0
+            while len(finished) < world_size and time.monotonic() < grace:
+                collect(0.2)
+            note_crashes()
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -105,7 +106,8 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
                 proc.kill()
                 proc.join(timeout=5)
     if failures:
-        first = min(failures)
+        # A crashed rank is the likely root cause of its peers' connection errors.
+        first = min(crashed) if crashed else next(iter(failures))
         others = sorted(set(failures) - {first})
         raise DistributedTestFailure(
             f"{fn.__name__} failed on rank {first} of {world_size}"

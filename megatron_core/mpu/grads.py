@@ -1,0 +1,84 @@
+"""Gradient utilities that must see the whole model across tensor and pipeline ranks."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, List, Union
+
+import torch
+import torch.distributed as dist
+
+from . import parallel_state as ps
+from .init_methods import param_is_tensor_parallel
+
+
+def _params_list(parameters: Union[torch.Tensor, Iterable[torch.Tensor]]) -> List[torch.Tensor]:
+    if isinstance(parameters, torch.Tensor):
+        return [parameters]
+    return list(parameters)
+
+
+def counts_toward_norm(param: torch.Tensor) -> bool:
+    """A parameter counts once per model replica.
+
+    Replicated parameters (LayerNorm, row-parallel bias) live on every TP rank: only TP
+    rank 0 counts them. A parameter marked `shared` (the copy of the tied word embedding
+    on the last pipeline stage) is counted by its owner on the first stage.
+    """
+    if getattr(param, "shared", False):
+        return False
+    return param_is_tensor_parallel(param) or ps.get_tensor_model_parallel_rank() == 0
+
+
+def get_grad_norm(parameters, norm_type: float = 2.0) -> float:
+    """Norm of the gradients of the whole model (all TP and PP ranks of this replica)."""
+    grads = [p.grad.detach() for p in _params_list(parameters) if p.grad is not None and counts_toward_norm(p)]
+    device = grads[0].device if grads else (torch.device("cuda", torch.cuda.current_device())
+                                            if torch.cuda.is_available() else torch.device("cpu"))
+    norm_type = float(norm_type)
+    group = ps.get_model_parallel_group()
+    if math.isinf(norm_type):
+        local = max((g.abs().max().float() for g in grads), default=torch.zeros((), device=device))
+        total = torch.as_tensor(local, dtype=torch.float32, device=device).clone()
+        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
+        return float(total.item())
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for g in grads:
+        total += torch.linalg.vector_norm(g.float(), norm_type) ** norm_type
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return float(total.item() ** (1.0 / norm_type))
+
+
+def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> float:
+    """Scale gradients in place so that their global norm is at most `max_norm`.
+
+    Returns the norm before clipping (inf or nan is returned unclipped so that the caller
+    can skip the step).
+    """
+    params = _params_list(parameters)
+    total_norm = get_grad_norm(params, norm_type)
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and math.isfinite(total_norm):
+        for p in params:
+            if p.grad is not None:
+                p.grad.detach().mul_(clip_coeff)
+    return total_norm
+
+
+def allreduce_sequence_parallel_gradients(parameters) -> None:
+    """Sum over the TP group the gradients of replicated parameters used on sequence chunks.
+
+    With sequence parallelism LayerNorm weights and row-parallel biases see only this
+    rank's part of the sequence; the full gradient is the sum over the TP group.
+    """
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        return
+    grads = [p.grad for p in _params_list(parameters)
+             if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=ps.get_tensor_model_parallel_group())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
