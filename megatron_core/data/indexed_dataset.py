@@ -343,6 +343,22 @@ class IndexedDatasetBuilder:
         self._lengths.extend(lengths)
         self.end_document()
 
+    def add_documents(self, tokens, lengths, sequences_per_document) -> None:
+        """Append many documents at once (one write): flat `tokens`, one length per
+        sequence, and how many of those sequences each document has."""
+        arr = self._as_dtype(tokens)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        counts = np.asarray(sequences_per_document, dtype=np.int64)
+        if int(lengths.sum()) != arr.size or int(counts.sum()) != lengths.size:
+            raise ValueError(
+                f"add_documents got {arr.size} tokens, {lengths.size} lengths summing to "
+                f"{int(lengths.sum())} and document counts summing to {int(counts.sum())}")
+        self._close_open_document()
+        self._write(arr)
+        first = len(self._lengths)
+        self._lengths.frombytes(lengths.astype(np.int32).tobytes())
+        self._doc_indices.frombytes((first + np.cumsum(counts)).astype(np.int64).tobytes())
+
     def _close_open_document(self) -> None:
         # Sequences added without end_document would be unreachable through the
         # document index; make them a document of their own.

@@ -1,0 +1,71 @@
+"""GPT-2 byte-level BPE (Megatron's GPT2BPETokenizer), from vocab.json + merges.txt.
+
+Configured as transformers' GPT2TokenizerFast: byte-level pre-split with GPT-2's regex,
+no prefix space, and <|endoftext|> atomic in text. `eod` is <|endoftext|>.
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Sequence
+
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+
+from megatron_core.data.errors import DataError
+from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.data.tokenizers.files import require_file
+
+_EOD = "<|endoftext|>"
+
+
+class GPT2BPETokenizer(AbstractTokenizer):
+    def __init__(self, vocab_file: str, merge_file: str):
+        super().__init__("GPT2BPETokenizer")
+        require_file(vocab_file, "--vocab-file", self.name)
+        require_file(merge_file, "--merge-file", self.name)
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                vocab = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(
+                f"--vocab-file {vocab_file} is not GPT-2's vocab.json ({e}); a BERT vocab.txt "
+                f"needs --tokenizer-type BertWordPieceLowerCase.") from None
+        if not isinstance(vocab, dict) or _EOD not in vocab:
+            raise DataError(f"--vocab-file {vocab_file} has no {_EOD} entry; pass GPT-2's vocab.json.")
+        try:
+            model = BPE.from_file(vocab_file, merge_file)
+        except Exception as e:  # the Rust loader reports malformed merges as a plain Exception
+            raise DataError(f"--merge-file {merge_file} could not be read as BPE merges ({e}).") from None
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(_EOD, special=True)])
+        self._tokenizer = tok
+        self._vocab: Dict[str, int] = vocab
+        self._inv_vocab = {i: t for t, i in vocab.items()}
+        self.eod = self.eos = self.bos = vocab[_EOD]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    @property
+    def inv_vocab(self) -> Dict[int, str]:
+        return self._inv_vocab
+
+    @property
+    def backend(self) -> Tokenizer:
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)

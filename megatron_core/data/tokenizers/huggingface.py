@@ -1,0 +1,103 @@
+"""Any local HuggingFace fast tokenizer (Megatron's HuggingFaceTokenizer), offline.
+
+`--tokenizer-model` is a tokenizer.json or a directory holding one (as saved by
+transformers' `save_pretrained`). As in Megatron, `tokenize` adds the tokenizer's own
+special tokens (e.g. Llama's <s>), the same as transformers' `tokenizer(text).input_ids`.
+Role ids (eos/bos/pad/...) come from tokenizer_config.json / special_tokens_map.json
+beside the file when present.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from tokenizers import Tokenizer
+
+from megatron_core.data.errors import DataError
+from megatron_core.data.tokenizers.base import AbstractTokenizer
+
+_ROLES = {"cls": "cls_token", "sep": "sep_token", "pad": "pad_token", "mask": "mask_token",
+          "bos": "bos_token", "eos": "eos_token"}
+# Used only when no config names the end-of-text token.
+_EOS_GUESSES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[EOS]")
+
+
+def _token_string(value) -> Optional[str]:
+    if isinstance(value, dict):  # serialized AddedToken
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_role_names(directory: str) -> Dict[str, str]:
+    names: Dict[str, str] = {}
+    for filename in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = os.path.join(directory, filename)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path} is not valid JSON ({e}); fix or remove it.") from None
+        for role, key in _ROLES.items():
+            name = _token_string(config.get(key))
+            if name:
+                names[role] = name
+    return names
+
+
+class HuggingFaceTokenizer(AbstractTokenizer):
+    def __init__(self, tokenizer_model: str):
+        super().__init__("HuggingFaceTokenizer")
+        if not tokenizer_model:
+            raise DataError("--tokenizer-type HuggingFaceTokenizer needs --tokenizer-model "
+                            "(a tokenizer.json or a directory that holds one).")
+        path = tokenizer_model
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise DataError(
+                f"--tokenizer-model {tokenizer_model}: no tokenizer.json found; save the "
+                f"tokenizer with transformers' save_pretrained (downloads are not attempted).")
+        try:
+            self._tokenizer = Tokenizer.from_file(path)
+        except Exception as e:  # the Rust loader raises a plain Exception on bad JSON
+            raise DataError(f"--tokenizer-model {path} could not be loaded ({e}).") from None
+        self._vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        self._inv_vocab = {i: t for t, i in self._vocab.items()}
+
+        names = _read_role_names(os.path.dirname(os.path.abspath(path)))
+        if "eos" not in names:
+            names["eos"] = next((t for t in _EOS_GUESSES if t in self._vocab), None)
+        for role in _ROLES:
+            name = names.get(role)
+            setattr(self, role, self._vocab.get(name) if name else None)
+        self.eod = self.eos
+
+    @property
+    def vocab_size(self) -> int:
+        # Added tokens may sit above the model's ids; the embedding must cover them all.
+        return max(self._tokenizer.get_vocab_size(with_added_tokens=True),
+                   max(self._vocab.values(), default=-1) + 1)
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    @property
+    def inv_vocab(self) -> Dict[int, str]:
+        return self._inv_vocab
+
+    @property
+    def backend(self) -> Tokenizer:
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tokenizer.encode(text).ids
+
+    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)
