@@ -1,0 +1,102 @@
+"""On-disk cache of dataset index arrays, keyed by the md5 of what they were built from.
+
+For a description such as {"class": "GPTDataset", "path": ..., "seq_length": 2048, ...}
+the cache holds, in one directory:
+
+    <Class>-<md5>-<name>.npy          one file per array (doc_idx, sample_idx, ...)
+    <Class>-<md5>-description.json    the description itself, written last
+
+Every file is written to a temporary name and renamed, and the description goes last,
+so a reader that sees it sees complete arrays: ranks that build at the same time, or a
+build that crashes halfway, never leave a half-written file under a final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def description_hash(description: dict) -> str:
+    """md5 of the description as canonical JSON (sorted keys), so key order never matters."""
+    text = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def _write_atomically(path: str, write: Callable) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes 0600 files; other users of a shared cache must read them too.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class IndexCache:
+    """The cache entry of one description inside `directory`."""
+
+    def __init__(self, directory: str, description: dict, array_names):
+        self.directory = directory
+        self.description = description
+        self.array_names = tuple(array_names)
+        self.hash = description_hash(description)
+        self.prefix = f"{description['class']}-{self.hash}"
+
+    def path(self, name: str) -> str:
+        suffix = "description.json" if name == "description" else f"{name}.npy"
+        return os.path.join(self.directory, f"{self.prefix}-{suffix}")
+
+    def is_complete(self) -> bool:
+        return all(os.path.isfile(self.path(n)) for n in ("description",) + self.array_names)
+
+    def load(self) -> Dict[str, np.ndarray]:
+        # Memory-mapped: ranks on one node share the pages instead of each holding a copy.
+        return {name: np.load(self.path(name), mmap_mode="r", allow_pickle=False)
+                for name in self.array_names}
+
+    def save(self, arrays: Dict[str, np.ndarray]) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        for name in self.array_names:
+            _write_atomically(self.path(name),
+                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False))
+        text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
+        _write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")))
+
+
+def load_or_build(cache: Optional[IndexCache], build: Callable[[], Dict[str, np.ndarray]]):
+    """The cached arrays, else `build()` saved to the cache; returns (arrays, was_cache_hit).
+
+    With `cache=None`, or a directory that cannot be written, the arrays are built and
+    kept in memory only (with a warning in the second case).
+    """
+    if cache is not None and cache.is_complete():
+        logger.info("loading dataset indices from %s-*", os.path.join(cache.directory, cache.prefix))
+        return cache.load(), True
+    arrays = build()
+    if cache is not None:
+        try:
+            cache.save(arrays)
+        except OSError as err:
+            logger.warning("could not write the dataset index cache in %s (%s); the indices "
+                           "are kept in memory only. Pass a writable cache_dir "
+                           "(--data-cache-path) to reuse them.", cache.directory, err)
+        else:
+            logger.info("saved dataset indices to %s-*", os.path.join(cache.directory, cache.prefix))
+    return arrays, False

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Tokenize a JSON-lines corpus into Megatron indexed datasets (.bin/.idx).
+
+    python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/zh \\
+        --tokenizer-type BertWordPieceLowerCase --vocab-file vocab.txt --workers 8 --append-eod
+
+writes data/zh_text_document.bin/.idx (data/zh_text_sentence.* with --split-sentences).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_core.data.errors import DataError  # noqa: E402
+from megatron_core.data.preprocess import PreprocessOptions, format_summary, preprocess  # noqa: E402
+from megatron_core.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("input")
+    g.add_argument("--input", required=True, help="JSON lines file (.jsonl, or gzip-compressed .jsonl.gz)")
+    g.add_argument("--json-keys", nargs="+", default=["text"],
+                   help="keys to extract from each line; one dataset per key (default: text)")
+    g.add_argument("--split-sentences", action="store_true",
+                   help="one sequence per sentence (Chinese 。！？；… and English .!?); "
+                        "output is named {prefix}_{key}_sentence")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first bad line instead of skipping and counting it")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    g.add_argument("--vocab-file", help="WordPiece vocab.txt or GPT-2 vocab.json")
+    g.add_argument("--merge-file", help="GPT-2 merges.txt")
+    g.add_argument("--tokenizer-model", help="SentencePiece .model, or tokenizer.json / its directory")
+    g.add_argument("--vocab-extra-ids", type=int, default=0, help="T5 sentinel tokens to add")
+    g.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each document")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-prefix", required=True,
+                   help="writes {prefix}_{key}_document.bin/.idx")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    g.add_argument("--log-interval", type=int, default=1000,
+                   help="print progress every this many documents (0: never)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = PreprocessOptions(
+        input=args.input, output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
+        json_keys=args.json_keys, vocab_file=args.vocab_file, merge_file=args.merge_file,
+        tokenizer_model=args.tokenizer_model, vocab_extra_ids=args.vocab_extra_ids,
+        append_eod=args.append_eod, split_sentences=args.split_sentences, workers=args.workers,
+        log_interval=args.log_interval, strict=args.strict)
+    try:
+        summary = preprocess(options)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written.", file=sys.stderr)
+        return 130
+    print(format_summary(summary), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
