@@ -1,0 +1,69 @@
+"""Input embeddings shared by the families: words (+ learned positions) (+ token types).
+
+Output is Megatron's [seq, batch, hidden] layout, split along the sequence when
+sequence parallelism is on, after embedding dropout.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..mpu.layers import VocabParallelEmbedding, default_device
+from ..mpu.mappings import scatter_to_sequence_parallel_region
+from ..transformer.config import TransformerConfig
+from ..transformer.dropout import dropout
+from ..transformer.init import component_rng, init_method
+
+WORD_EMBEDDINGS_SEED_NAME = "word_embeddings"
+
+
+def build_word_embeddings(config: TransformerConfig, vocab_size: int) -> VocabParallelEmbedding:
+    """The (vocab-parallel) word table, drawn from its own component seed: a last pipeline
+    stage that rebuilds it for a tied output layer gets exactly the first stage's table."""
+    with component_rng(config, WORD_EMBEDDINGS_SEED_NAME):
+        return VocabParallelEmbedding(vocab_size, config.hidden_size, init_method=init_method(config),
+                                      params_dtype=config.params_dtype)
+
+
+class LanguageEmbedding(nn.Module):
+    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
+                 num_tokentypes: int = 0):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = build_word_embeddings(config, vocab_size)
+        self.position_embeddings = None
+        if config.position_embedding_type == "learned_absolute":
+            # Replicated on every TP rank; each table has its own component seed.
+            # (nn.Embedding draws its own default init: keep that inside the fork too, so
+            # building the model leaves the caller's generator untouched.)
+            with component_rng(config, "position_embeddings"):
+                self.position_embeddings = nn.Embedding(max_sequence_length, config.hidden_size,
+                                                        dtype=config.params_dtype, device=default_device())
+                init_method(config)(self.position_embeddings.weight.data)
+        self.tokentype_embeddings = None
+        if num_tokentypes > 0:
+            with component_rng(config, "tokentype_embeddings"):
+                self.tokentype_embeddings = nn.Embedding(num_tokentypes, config.hidden_size,
+                                                         dtype=config.params_dtype, device=default_device())
+                init_method(config)(self.tokentype_embeddings.weight.data)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids [b, s] -> [s(/tp with SP), b, h]."""
+        x = self.word_embeddings(input_ids)
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            x = x + self.position_embeddings(position_ids)
+        if self.tokentype_embeddings is not None:
+            if tokentype_ids is None:
+                raise ValueError("this model has token-type embeddings; pass tokentype_ids.")
+            x = x + self.tokentype_embeddings(tokentype_ids)
+        x = x.transpose(0, 1).contiguous()
+        split_dim = None
+        if self.config.sequence_parallel_active:
+            x = scatter_to_sequence_parallel_region(x)
+            split_dim = 0
+        return dropout(x, self.config.hidden_dropout, self.training, self.config, split_dim=split_dim)
