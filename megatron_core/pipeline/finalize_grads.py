@@ -1,0 +1,85 @@
+"""Make a rank's gradients final after all micro-batches of a step have run backward.
+
+Three sums the schedules leave to the end of the step:
+  * sequence parallelism: LayerNorm/RMSNorm weights saw only this rank's sequence chunk,
+    so their gradients are summed over the tensor-parallel group;
+  * tied word embeddings under pipelining: the first stage's input table and the last
+    stage's output copy are one parameter, so their gradients are summed over the
+    embedding group (first + last stage) and both copies take the same optimizer step;
+  * data parallelism (when no DDP/DeepSpeed wrapper did it): gradients are averaged
+    over the data-parallel group.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List
+
+import torch
+import torch.distributed as dist
+
+from ..mpu import parallel_state as ps
+from ..mpu.grads import allreduce_sequence_parallel_gradients
+
+
+def _chunks(model) -> List[torch.nn.Module]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _unwrap(module):
+    while hasattr(module, "module") and not hasattr(module, "word_embeddings_weight"):
+        module = module.module
+    return module
+
+
+def tied_embedding_parameters(model) -> List[torch.nn.Parameter]:
+    """This rank's copies of the tied word embedding that live on a pipeline end stage.
+
+    A chunk holds one when it has the input embedding (first stage) or the output copy
+    (last stage) and ties them; models expose it as `word_embeddings_weight()` and say
+    they tie with `share_embeddings_and_output_weights`."""
+    found = []
+    for chunk in _chunks(model):
+        chunk = _unwrap(chunk)
+        if not getattr(chunk, "share_embeddings_and_output_weights", False):
+            continue
+        if not (getattr(chunk, "pre_process", False) or getattr(chunk, "post_process", False)):
+            continue
+        weight = chunk.word_embeddings_weight()
+        if weight is not None and weight.requires_grad:
+            found.append(weight)
+    # A single chunk with both ends ties within itself: it appears once.
+    unique = {id(w): w for w in found}
+    return list(unique.values())
+
+
+def allreduce_embedding_grads(model) -> None:
+    if ps.get_pipeline_model_parallel_world_size() == 1 or not ps.is_rank_in_embedding_group(ignore_virtual=True):
+        return
+    for weight in tied_embedding_parameters(model):
+        grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        dist.all_reduce(grad, group=ps.get_embedding_group())
+        weight.grad = grad
+
+
+def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> None:
+    world = ps.get_data_parallel_world_size()
+    if world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    # One flat buffer: one collective instead of one per parameter.
+    flat = torch.cat([g.reshape(-1) for g in grads]).div_(world)
+    dist.all_reduce(flat, group=ps.get_data_parallel_group())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def finalize_model_grads(model, data_parallel: bool = True) -> None:
+    """Call once per step after the schedule, before clipping and the optimizer step."""
+    params = [p for chunk in _chunks(model) for p in chunk.parameters()]
+    allreduce_sequence_parallel_gradients(params)
+    allreduce_embedding_grads(model)
+    if data_parallel:
+        allreduce_data_parallel_grads(params)

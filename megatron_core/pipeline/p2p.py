@@ -1,0 +1,176 @@
+"""Point-to-point exchange of activations and gradients between adjacent pipeline stages.
+
+Every call names what this rank sends and what it expects, in both directions at once:
+
+    forward activations  flow  stage i  -> stage i+1   ("next")
+    backward gradients   flow  stage i+1 -> stage i    ("prev")
+
+and `exchange` posts all of it as one batch (torch.distributed.batch_isend_irecv) so a
+rank that both sends and receives never waits on a peer that is itself waiting. Backends
+without batched p2p get the same operations posted one by one in an order that cannot
+deadlock: even pipeline ranks send before they receive, odd ones receive first.
+
+Shapes are either fixed for the run (`tensor_shape`, the Megatron default: [s, b, h]) or,
+with `variable_seq_lengths`, sent ahead of each tensor as a small int64 header, so
+sequences of different length per micro-batch work. Received tensors require grad, as
+the stage's backward needs their gradient.
+
+On the first stage "prev" does not exist and on the last stage "next" does not; calls
+that would talk to them are no-ops (receives return None), so schedules can be written
+once for every stage. Virtual pipeline stages (interleaved schedule) talk around the
+ring: the last physical stage's next is the first one, which is what its next virtual
+chunk needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ..mpu import parallel_state as ps
+
+_MAX_DIMS = 8
+
+
+@dataclass
+class P2PConfig:
+    """How stages exchange tensors. tensor_shape is [seq (/tp with SP), micro_batch, hidden]."""
+
+    tensor_shape: Optional[Sequence[int]] = None
+    dtype: torch.dtype = torch.float32
+    # Exchange each tensor's shape first (sequence length varies between micro-batches).
+    variable_seq_lengths: bool = False
+    # Use torch.distributed.batch_isend_irecv; None: use it when the backend supports it.
+    batch_p2p_comm: Optional[bool] = None
+
+    def device(self) -> torch.device:
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def _backend_batches_p2p() -> bool:
+    # gloo and nccl both implement batch_isend_irecv in the torch versions we support;
+    # mpi and third-party backends may not.
+    return dist.get_backend() in ("gloo", "nccl")
+
+
+def _ring_neighbors() -> Tuple[int, int]:
+    return ps.get_pipeline_model_parallel_prev_rank(), ps.get_pipeline_model_parallel_next_rank()
+
+
+def _post(ops: List[dist.P2POp], batched: bool, pipeline_rank: int) -> List:
+    if not ops:
+        return []
+    if batched:
+        return dist.batch_isend_irecv(ops)
+    # One by one: even ranks send first, odd ranks receive first, so every send meets a
+    # posted receive on its neighbour even when both talk to each other.
+    sends = [op for op in ops if op.op is dist.isend]
+    recvs = [op for op in ops if op.op is dist.irecv]
+    ordered = sends + recvs if pipeline_rank % 2 == 0 else recvs + sends
+    return [op.op(op.tensor, op.peer) for op in ordered]
+
+
+def _shape_header(tensor: Optional[torch.Tensor], device) -> torch.Tensor:
+    header = torch.zeros(_MAX_DIMS + 1, dtype=torch.int64, device=device)
+    if tensor is not None:
+        header[0] = tensor.dim()
+        header[1:1 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    return header
+
+
+def _exchange_shapes(config: P2PConfig, send_prev, send_next, recv_prev: bool, recv_next: bool):
+    """Send the shapes of what goes out; learn the shapes of what comes in."""
+    device = config.device()
+    prev, next_ = _ring_neighbors()
+    ops, inbox = [], {}
+    if send_prev is not None:
+        ops.append(dist.P2POp(dist.isend, _shape_header(send_prev, device), prev))
+    if send_next is not None:
+        ops.append(dist.P2POp(dist.isend, _shape_header(send_next, device), next_))
+    if recv_prev:
+        inbox["prev"] = _shape_header(None, device)
+        ops.append(dist.P2POp(dist.irecv, inbox["prev"], prev))
+    if recv_next:
+        inbox["next"] = _shape_header(None, device)
+        ops.append(dist.P2POp(dist.irecv, inbox["next"], next_))
+    # Shapes always go one by one: a batch that mixes them with the payload could be
+    # matched out of order by backends that pair by arrival.
+    for work in _post(ops, False, ps.get_pipeline_model_parallel_rank()):
+        work.wait()
+    return {side: tuple(h[1:1 + int(h[0])].tolist()) for side, h in inbox.items()}
+
+
+def exchange(config: P2PConfig, *, send_next: Optional[torch.Tensor] = None,
+             send_prev: Optional[torch.Tensor] = None, recv_prev: bool = False,
+             recv_next: bool = False) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Send/receive in both directions at once; returns (from_prev, from_next)."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return None, None
+    if config.variable_seq_lengths:
+        shapes = _exchange_shapes(config, send_prev, send_next, recv_prev, recv_next)
+    else:
+        if config.tensor_shape is None and (recv_prev or recv_next):
+            raise ValueError("P2PConfig.tensor_shape is None; set it to [seq, micro_batch, hidden] "
+                             "or turn on variable_seq_lengths.")
+        fixed = tuple(config.tensor_shape) if config.tensor_shape is not None else None
+        shapes = {"prev": fixed, "next": fixed}
+    device = config.device()
+    prev, next_ = _ring_neighbors()
+    from_prev = (torch.empty(shapes["prev"], dtype=config.dtype, device=device, requires_grad=True)
+                 if recv_prev else None)
+    from_next = (torch.empty(shapes["next"], dtype=config.dtype, device=device, requires_grad=True)
+                 if recv_next else None)
+    ops = []
+    # Order matters only for the unbatched path; keep Megatron's: send prev, recv prev,
+    # send next, recv next.
+    if send_prev is not None:
+        ops.append(dist.P2POp(dist.isend, send_prev.detach().contiguous(), prev))
+    if from_prev is not None:
+        ops.append(dist.P2POp(dist.irecv, from_prev.data, prev))
+    if send_next is not None:
+        ops.append(dist.P2POp(dist.isend, send_next.detach().contiguous(), next_))
+    if from_next is not None:
+        ops.append(dist.P2POp(dist.irecv, from_next.data, next_))
+    batched = config.batch_p2p_comm if config.batch_p2p_comm is not None else _backend_batches_p2p()
+    for work in _post(ops, batched, ps.get_pipeline_model_parallel_rank()):
+        work.wait()
+    return from_prev, from_next
+
+
+# --- the named operations schedules use (Megatron's vocabulary) -------------------------
+def recv_forward(config: P2PConfig) -> Optional[torch.Tensor]:
+    if ps.is_pipeline_first_stage():
+        return None
+    return exchange(config, recv_prev=True)[0]
+
+
+def recv_backward(config: P2PConfig) -> Optional[torch.Tensor]:
+    if ps.is_pipeline_last_stage():
+        return None
+    return exchange(config, recv_next=True)[1]
+
+
+def send_forward(output: Optional[torch.Tensor], config: P2PConfig) -> None:
+    if not ps.is_pipeline_last_stage():
+        exchange(config, send_next=output)
+
+
+def send_backward(input_grad: Optional[torch.Tensor], config: P2PConfig) -> None:
+    if not ps.is_pipeline_first_stage():
+        exchange(config, send_prev=input_grad)
+
+
+def send_forward_recv_backward(output: Optional[torch.Tensor], config: P2PConfig) -> Optional[torch.Tensor]:
+    if ps.is_pipeline_last_stage():
+        return None
+    return exchange(config, send_next=output, recv_next=True)[1]
+
+
+def send_backward_recv_forward(input_grad: Optional[torch.Tensor], config: P2PConfig) -> Optional[torch.Tensor]:
+    if ps.is_pipeline_first_stage():
+        return None
+    return exchange(config, send_prev=input_grad, recv_prev=True)[0]
