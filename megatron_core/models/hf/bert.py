@@ -1,0 +1,359 @@
+"""BertModel / BertForPreTraining (HF transformers) <-> our BertModel (post-LN layout).
+
+Full (TP=1) state dicts in both directions:
+
+    ours = from_hf_state_dict(hf_model.state_dict(), config)            # -> BertModel.load_state_dict
+    hf_sd = to_hf_state_dict(our_model.state_dict(), config, vocab_size=21128)
+    hf_config = to_hf_config(config, vocab_size=21128, max_position_embeddings=512)
+
+HF keeps q, k and v as three [h*d, h] matrices; ours is one fused query_key_value whose
+rows are per-head interleaved [q0 k0 v0 | q1 k1 v1 | ...] (transformer/attention.py).
+Everything else is a rename. HF's `cls.predictions.decoder` is tied to the word table
+and shares `cls.predictions.bias`; ours keeps the bias as `lm_head.bias`.
+
+Vocabulary padding: our tables may be padded (config.pad_vocab); `from_hf_state_dict(...,
+padded_vocab_size=n)` appends zero rows, `to_hf_state_dict(..., vocab_size=n)` drops them.
+
+This module also holds the mapping engine the MegatronBERT and RoFormer converters use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ...transformer.config import ConfigError, TransformerConfig
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+OUR_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+Pairs = List[Tuple[str, str]]  # (our name, HF name), without .weight/.bias
+
+
+class ConversionError(ValueError):
+    """A state dict or config that cannot be converted; the message names the fix."""
+
+
+# --- qkv ------------------------------------------------------------------------------------
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Three [heads*d, ...] projections -> our fused [heads*3d, ...] rows [q0 k0 v0 | q1 k1 v1 | ...]."""
+    parts = [t.reshape(num_heads, t.shape[0] // num_heads, *t.shape[1:]) for t in (q, k, v)]
+    fused = torch.cat(parts, dim=1)
+    return fused.reshape(-1, *q.shape[1:])
+
+
+def split_qkv(fused: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of fuse_qkv."""
+    per_head = fused.reshape(num_heads, fused.shape[0] // num_heads, *fused.shape[1:])
+    q, k, v = per_head.chunk(3, dim=1)
+    return tuple(t.reshape(-1, *fused.shape[1:]).clone() for t in (q, k, v))
+
+
+# --- layouts ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Where each of our tensors lives in one HF encoder family (names without .weight/.bias)."""
+    prefix: str                       # "bert." / "roformer." (the base model inside *ForXxx)
+    embeddings: Pairs                 # word, position, token-type tables (.weight only)
+    embedding_norm: Pairs             # [] or the LayerNorm on the embedding sum
+    layer_qkv: Tuple[str, str, str]   # HF q, k, v linear names inside a layer
+    layer: Pairs                      # our layer module -> HF layer module (weight + bias)
+    final: Pairs                      # final norm (pre-LN) or []
+    pooler: Pairs
+    extra_buffers: Tuple[str, ...] = field(default=())  # HF buffers in the state dict we recompute
+
+
+MLM_HEAD: Pairs = [("lm_head.dense", "cls.predictions.transform.dense"),
+                   ("lm_head.layernorm", "cls.predictions.transform.LayerNorm")]
+BINARY_HEAD: Pairs = [("binary_head", "cls.seq_relationship")]
+
+BERT_LAYOUT = EncoderLayout(
+    prefix="bert.",
+    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
+                ("embedding.position_embeddings", "embeddings.position_embeddings"),
+                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embedding_norm=[("embedding.layernorm", "embeddings.LayerNorm")],
+    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
+    layer=[("self_attention.dense", "attention.output.dense"),
+           ("post_attention_layernorm", "attention.output.LayerNorm"),
+           ("mlp.dense_h_to_4h", "intermediate.dense"),
+           ("mlp.dense_4h_to_h", "output.dense"),
+           ("post_mlp_layernorm", "output.LayerNorm")],
+    final=[],
+    pooler=[("pooler.dense", "pooler.dense")],
+)
+
+
+def _wb(pairs: Pairs) -> Pairs:
+    return [(o + s, h + s) for o, h in pairs for s in (".weight", ".bias")]
+
+
+def _w(pairs: Pairs) -> Pairs:
+    return [(o + ".weight", h + ".weight") for o, h in pairs]
+
+
+def _layer_count(keys, marker: str) -> int:
+    layers = set()
+    for key in keys:
+        if marker in key:
+            rest = key.split(marker, 1)[1]
+            layers.add(int(rest.split(".", 1)[0]))
+    return len(layers)
+
+
+def check_encoder_config(config: TransformerConfig, family: str, layernorm_position: str,
+                         position_embedding_type: str) -> None:
+    """Raise ConversionError if our config cannot be expressed in this HF family."""
+    problems = []
+    if config.layernorm_position != layernorm_position:
+        problems.append(f"layernorm_position={layernorm_position!r}")
+    if config.position_embedding_type != position_embedding_type:
+        problems.append(f"position_embedding_type={position_embedding_type!r}")
+    if position_embedding_type == "rope" and (not config.rotary_interleaved or config.rotary_percent != 1.0
+                                              or config.rotary_base != 10000.0):
+        problems.append("rotary_interleaved=True, rotary_percent=1.0 and rotary_base=10000")
+    if config.normalization != "LayerNorm":
+        problems.append("normalization='LayerNorm'")
+    if config.activation not in OUR_ACTIVATIONS:
+        problems.append(f"activation in {sorted(OUR_ACTIVATIONS)}")
+    if not (config.add_bias_linear and config.add_qkv_bias):
+        problems.append("add_bias_linear=True and add_qkv_bias=True")
+    if config.num_query_groups != config.num_attention_heads:
+        problems.append("num_query_groups == num_attention_heads (no GQA)")
+    if config.kv_channels * config.num_attention_heads != config.hidden_size:
+        problems.append("kv_channels * num_attention_heads == hidden_size")
+    if config.final_layernorm != (layernorm_position == "pre"):
+        problems.append(f"final_layernorm={layernorm_position == 'pre'}")
+    if config.apply_residual_connection_post_layernorm:
+        problems.append("apply_residual_connection_post_layernorm=False")
+    if problems:
+        raise ConversionError(f"{family} needs {', '.join(problems)}; this config differs.")
+
+
+def _pad_rows(t: torch.Tensor, rows: Optional[int], what: str) -> torch.Tensor:
+    if rows is None or rows == t.shape[0]:
+        return t
+    if rows < t.shape[0]:
+        raise ConversionError(f"padded_vocab_size {rows} is smaller than the checkpoint's vocabulary "
+                              f"{t.shape[0]} ({what}); pass a size >= {t.shape[0]}.")
+    pad = t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))
+    return torch.cat([t, pad], dim=0)
+
+
+def _trim_rows(t: torch.Tensor, rows: Optional[int], what: str) -> torch.Tensor:
+    if rows is None or rows == t.shape[0]:
+        return t
+    if rows > t.shape[0]:
+        raise ConversionError(f"vocab_size {rows} is larger than our table ({t.shape[0]} rows, {what}).")
+    return t[:rows]
+
+
+def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, layout: EncoderLayout,
+                    family: str, padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """HF state dict (base model alone, or with `prefix` and cls heads) -> ours.
+
+    Heads missing from the HF model (e.g. BertModel has no MLM/NSP head, BertForMaskedLM
+    no pooler) are missing from the result: load it with strict=False, or only into a
+    model built without them.
+    """
+    src = {k: v for k, v in hf_sd.items()}
+    has_prefix = any(k.startswith(layout.prefix) for k in src)
+    base = layout.prefix if has_prefix else ""
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def take(hf_name: str) -> torch.Tensor:
+        if hf_name not in src:
+            raise ConversionError(f"the {family} state dict has no '{hf_name}'; is it a {family} checkpoint "
+                                  f"with {config.num_layers} layers?")
+        used.add(hf_name)
+        return src[hf_name]
+
+    for ours, theirs in _w(layout.embeddings):
+        if ours.startswith("embedding.position_embeddings") and config.position_embedding_type != "learned_absolute":
+            continue
+        out[ours] = take(base + theirs)
+    out["embedding.word_embeddings.weight"] = _pad_rows(out["embedding.word_embeddings.weight"],
+                                                        padded_vocab_size, "word embeddings")
+    for ours, theirs in _wb(layout.embedding_norm):
+        out[ours] = take(base + theirs)
+
+    n_hf = _layer_count(src, base + "encoder.layer.")
+    if n_hf != config.num_layers:
+        raise ConversionError(f"the {family} checkpoint has {n_hf} layers but config.num_layers is "
+                              f"{config.num_layers}; build the config from the checkpoint's config.")
+    heads = config.num_attention_heads
+    for i in range(config.num_layers):
+        hf_layer, our_layer = f"{base}encoder.layer.{i}.", f"encoder.layers.{i}."
+        for suffix in (".weight", ".bias"):
+            q, k, v = (take(hf_layer + name + suffix) for name in layout.layer_qkv)
+            out[our_layer + "self_attention.query_key_value" + suffix] = fuse_qkv(q, k, v, heads)
+        for ours, theirs in _wb(layout.layer):
+            out[our_layer + ours] = take(hf_layer + theirs)
+    for ours, theirs in _wb(layout.final):
+        out[ours] = take(base + theirs)
+
+    def optional_group(pairs: Pairs, hf_base: str) -> None:
+        names = [(o, hf_base + h) for o, h in _wb(pairs)]
+        present = [h in src for _, h in names]
+        if all(present):
+            for ours, theirs in names:
+                out[ours] = take(theirs)
+        elif any(present):
+            missing = [h for (_, h), p in zip(names, present) if not p]
+            raise ConversionError(f"the {family} state dict has part of a head but not {missing}.")
+
+    if layout.pooler:
+        optional_group(layout.pooler, base)
+    optional_group(BINARY_HEAD, "")
+    if "cls.predictions.bias" in src:
+        optional_group(MLM_HEAD, "")
+        out["lm_head.bias"] = _pad_rows(take("cls.predictions.bias"), padded_vocab_size, "MLM output bias")
+        if "cls.predictions.decoder.bias" in src:
+            used.add("cls.predictions.decoder.bias")
+        decoder = src.get("cls.predictions.decoder.weight")
+        if decoder is not None:
+            used.add("cls.predictions.decoder.weight")
+            if config.share_embeddings_and_output_weights:
+                if not torch.equal(decoder, src[base + layout.embeddings[0][1] + ".weight"]):
+                    raise ConversionError(f"the {family} MLM decoder is not tied to the word embeddings; build "
+                                          f"the config with share_embeddings_and_output_weights=False.")
+            else:
+                out["lm_head.output_weight"] = _pad_rows(decoder, padded_vocab_size, "MLM decoder")
+    for name in layout.extra_buffers:
+        used.add(base + name)
+    unused = sorted(set(src) - used)
+    if unused:
+        raise ConversionError(f"the {family} state dict has tensors this converter does not know: "
+                              f"{unused[:5]}{' ...' if len(unused) > 5 else ''}; is it the right model family?")
+    return out
+
+
+def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, layout: EncoderLayout,
+                  family: str, with_prefix: bool, with_pooler: bool, with_mlm_head: bool, with_binary_head: bool,
+                  vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Ours -> HF names. The caller adds family-specific buffers (e.g. RoFormer's positions)."""
+    base = layout.prefix if with_prefix else ""
+    out: Dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in our_sd:
+            raise ConversionError(f"our state dict has no '{name}'; convert a full (TP=1, all pipeline stages) "
+                                  f"model with the heads this {family} needs.")
+        return our_sd[name]
+
+    for ours, theirs in _w(layout.embeddings):
+        if ours.startswith("embedding.position_embeddings") and config.position_embedding_type != "learned_absolute":
+            continue
+        out[base + theirs] = take(ours)
+    word_key = base + layout.embeddings[0][1] + ".weight"
+    out[word_key] = _trim_rows(out[word_key], vocab_size, "word embeddings")
+    for ours, theirs in _wb(layout.embedding_norm):
+        out[base + theirs] = take(ours)
+    heads = config.num_attention_heads
+    for i in range(config.num_layers):
+        hf_layer, our_layer = f"{base}encoder.layer.{i}.", f"encoder.layers.{i}."
+        for suffix in (".weight", ".bias"):
+            q, k, v = split_qkv(take(our_layer + "self_attention.query_key_value" + suffix), heads)
+            for name, t in zip(layout.layer_qkv, (q, k, v)):
+                out[hf_layer + name + suffix] = t
+        for ours, theirs in _wb(layout.layer):
+            out[hf_layer + theirs] = take(our_layer + ours)
+    for ours, theirs in _wb(layout.final):
+        out[base + theirs] = take(ours)
+    if with_pooler:
+        for ours, theirs in _wb(layout.pooler):
+            out[base + theirs] = take(ours)
+    if with_mlm_head:
+        for ours, theirs in _wb(MLM_HEAD):
+            out[theirs] = take(ours)
+        bias = _trim_rows(take("lm_head.bias"), vocab_size, "MLM output bias")
+        out["cls.predictions.bias"] = bias
+        out["cls.predictions.decoder.bias"] = bias
+        if config.share_embeddings_and_output_weights:
+            out["cls.predictions.decoder.weight"] = out[word_key]
+        else:
+            out["cls.predictions.decoder.weight"] = _trim_rows(take("lm_head.output_weight"), vocab_size,
+                                                               "MLM decoder")
+    if with_binary_head:
+        for ours, theirs in _wb(BINARY_HEAD):
+            out[theirs] = take(ours)
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def hf_activation(hf_config) -> str:
+    act = getattr(hf_config, "hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ConversionError(f"hidden_act={act!r} has no equivalent here; supported: {sorted(HF_ACTIVATIONS)}.")
+    return HF_ACTIVATIONS[act]
+
+
+def common_config_kwargs(hf_config) -> dict:
+    return dict(num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
+                num_attention_heads=hf_config.num_attention_heads, ffn_hidden_size=hf_config.intermediate_size,
+                layernorm_epsilon=hf_config.layer_norm_eps, activation=hf_activation(hf_config),
+                hidden_dropout=hf_config.hidden_dropout_prob, attention_dropout=hf_config.attention_probs_dropout_prob,
+                init_method_std=hf_config.initializer_range,
+                share_embeddings_and_output_weights=getattr(hf_config, "tie_word_embeddings", True),
+                normalization="LayerNorm", add_bias_linear=True, use_scaled_init_method=False)
+
+
+def common_hf_kwargs(config: TransformerConfig, vocab_size: int) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_attention_heads, intermediate_size=config.ffn_hidden_size,
+                hidden_act=OUR_ACTIVATIONS[config.activation], hidden_dropout_prob=config.hidden_dropout,
+                attention_probs_dropout_prob=config.attention_dropout, layer_norm_eps=config.layernorm_epsilon,
+                initializer_range=config.init_method_std,
+                tie_word_embeddings=config.share_embeddings_and_output_weights)
+
+
+# --- BERT ------------------------------------------------------------------------------------------
+FAMILY = "BERT"
+ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head)
+    "BertModel": (False, True, False, False),
+    "BertForPreTraining": (True, True, True, True),
+    "BertForMaskedLM": (True, False, True, False),
+}
+
+
+def check_config(config: TransformerConfig) -> None:
+    check_encoder_config(config, "HF BertModel", "post", "learned_absolute")
+
+
+def from_hf_state_dict(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig,
+                       padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """BertModel / BertForPreTraining / BertForMaskedLM state dict -> our BertModel's."""
+    check_config(config)
+    return encoder_from_hf(hf_sd, config, BERT_LAYOUT, FAMILY, padded_vocab_size)
+
+
+def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
+                     architecture: str = "BertForPreTraining", vocab_size: Optional[int] = None
+                     ) -> Dict[str, torch.Tensor]:
+    """Our BertModel's full state dict -> the HF `architecture`'s (vocab_size trims padding)."""
+    check_config(config)
+    if architecture not in ARCHITECTURES:
+        raise ConversionError(f"architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}.")
+    prefix, pooler, mlm, binary = ARCHITECTURES[architecture]
+    return encoder_to_hf(our_sd, config, BERT_LAYOUT, FAMILY, prefix, pooler, mlm, binary, vocab_size)
+
+
+def to_hf_config(config: TransformerConfig, vocab_size: int, max_position_embeddings: int = 512,
+                 type_vocab_size: int = 2, architecture: str = "BertForPreTraining"):
+    """A transformers.BertConfig describing our model (vocab_size: the real, unpadded size)."""
+    from transformers import BertConfig
+    check_config(config)
+    return BertConfig(**common_hf_kwargs(config, vocab_size), max_position_embeddings=max_position_embeddings,
+                      type_vocab_size=type_vocab_size, architectures=[architecture])
+
+
+def from_hf_config(hf_config, **overrides) -> TransformerConfig:
+    """Our post-LN TransformerConfig for a transformers.BertConfig (overrides: e.g. TP size)."""
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ConversionError(f"position_embedding_type={hf_config.position_embedding_type!r} BERT is not "
+                              f"supported; only 'absolute'.")
+    values = dict(common_config_kwargs(hf_config), layernorm_position="post",
+                  position_embedding_type="learned_absolute")
+    values.update(overrides)
+    return TransformerConfig(**values)
