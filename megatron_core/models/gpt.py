@@ -1,0 +1,168 @@
+"""GPT: a causal language model on the tensor-parallel transformer.
+
+    model = GPTModel(config, vocab_size=padded_vocab, max_sequence_length=1024)
+    loss = model(tokens, position_ids, attention_mask=None, labels=labels)   # [b, s] fp32
+    loss = masked_mean(loss, loss_mask)
+
+Logits stay split over the vocabulary ([b, s, V/tp] on each rank) and go straight into
+vocab_parallel_cross_entropy; nothing gathers the full vocabulary.
+
+Pipeline stages. `pre_process` (first stage) builds the embedding, `post_process` (last
+stage) the final norm and the output layer; a middle stage has neither and receives its
+input through `set_input_tensor`. Each stage builds only its layers (`layer_offset`,
+`num_layers_in_stage`; by default read from the parallel state, Megatron's even split,
+see language_model.stage_layer_range); layer numbers stay global and every component has
+its own seed, so a stage holds exactly the serial model's weights.
+
+Tied input/output embedding: on a single stage the output layer multiplies by the word
+embedding table itself. On a last stage without the embedding, a copy of the table is
+built from the same component seed (so it starts equal to the first stage's) and marked
+`shared` / `shared_embedding`: the pipeline code all-reduces its gradient with the first
+stage's over the embedding group, and gradient-norm code counts it once.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..mpu import parallel_state as ps
+from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.layers import ColumnParallelLinear
+from ..transformer.block import TransformerBlock
+from ..transformer.config import ConfigError, TransformerConfig
+from ..transformer.init import component_rng, init_method
+from ..transformer.rotary import RotaryEmbedding
+from . import flops
+from .embedding import LanguageEmbedding, build_word_embeddings
+from .language_model import current_stage_layer_range, gather_logits, masked_mean
+
+__all__ = ["GPTModel", "masked_mean"]
+
+
+def check_vocab_size(config: TransformerConfig, vocab_size: int) -> None:
+    if vocab_size % config.tensor_model_parallel_size != 0:
+        raise ConfigError(
+            f"vocab_size ({vocab_size}) is not divisible by tensor_model_parallel_size "
+            f"({config.tensor_model_parallel_size}); pass the padded size (config.pad_vocab(n)) stored "
+            f"with the model.")
+
+
+class GPTModel(nn.Module):
+    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
+                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
+                 num_layers_in_stage: Optional[int] = None, parallel_output: bool = True,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        check_vocab_size(config, vocab_size)
+        self.config = config
+        self.vocab_size = vocab_size
+        self.max_sequence_length = max_sequence_length
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.parallel_output = parallel_output
+        self.label_smoothing = label_smoothing
+        self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
+
+        if layer_offset is None:
+            layer_offset, stage_layers = current_stage_layer_range(config.num_layers)
+            if num_layers_in_stage is None:
+                num_layers_in_stage = stage_layers
+        self.layer_offset = layer_offset
+
+        self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length) if pre_process else None
+        self.rotary = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.decoder = TransformerBlock(config, self_attn_mask_type="causal", layer_offset=layer_offset,
+                                        num_layers_in_block=num_layers_in_stage, post_layer_norm=post_process)
+
+        self.word_embeddings = None
+        self.output_layer = None
+        if post_process:
+            if self.share_embeddings_and_output_weights:
+                if not pre_process:
+                    # The last stage's copy of the tied table: same seed, same values.
+                    self.word_embeddings = build_word_embeddings(config, vocab_size)
+                    self.word_embeddings.weight.shared = True
+                    self.word_embeddings.weight.shared_embedding = True
+                self.output_layer = ColumnParallelLinear(
+                    config.hidden_size, vocab_size, bias=False, gather_output=False,
+                    skip_weight_param_allocation=True, params_dtype=config.params_dtype,
+                    sequence_parallel=config.sequence_parallel)
+            else:
+                with component_rng(config, "output_layer"):
+                    self.output_layer = ColumnParallelLinear(
+                        config.hidden_size, vocab_size, bias=False, gather_output=False,
+                        init_method=init_method(config), params_dtype=config.params_dtype,
+                        sequence_parallel=config.sequence_parallel)
+
+    # --- pipeline hooks -------------------------------------------------------------------
+    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
+        """Input of a non-first pipeline stage ([s(/tp), b, h]); a one-element list is accepted."""
+        if isinstance(tensor, (list, tuple)):
+            if len(tensor) != 1:
+                raise ValueError(f"GPTModel takes one input tensor, got {len(tensor)}.")
+            tensor = tensor[0]
+        self.decoder.set_input_tensor(tensor)
+
+    def word_embeddings_weight(self) -> torch.Tensor:
+        """The word table of this stage: the embedding's on the first stage, the tied copy
+        on a last stage without embedding."""
+        if self.pre_process:
+            return self.embedding.word_embeddings.weight
+        if self.word_embeddings is not None:
+            return self.word_embeddings.weight
+        raise RuntimeError("this GPT stage holds no word embedding (a middle stage, or an untied last stage).")
+
+    def output_weight(self) -> Optional[torch.Tensor]:
+        if not self.post_process:
+            return None
+        if self.share_embeddings_and_output_weights:
+            return self.word_embeddings_weight()
+        return self.output_layer.weight
+
+    # --- accounting -------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        """Parameters of the whole serial model (all stages, all TP shards)."""
+        return flops.parameter_count(self.config, self.vocab_size, self.max_sequence_length)
+
+    def training_flops_per_token(self, seq_length: int) -> int:
+        return flops.training_flops_per_token(self.config, self.vocab_size, seq_length)
+
+    # --- forward ------------------------------------------------------------------------------
+    def _positions(self, input_ids, position_ids):
+        if position_ids is not None:
+            return position_ids
+        if input_ids is not None:
+            return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        hidden = self.decoder.input_tensor
+        if hidden is None:
+            raise ValueError("pass input_ids or position_ids (or set_input_tensor on a later pipeline stage).")
+        seq = hidden.shape[0] * (self.config.tensor_model_parallel_size if self.config.sequence_parallel_active else 1)
+        return torch.arange(seq, device=hidden.device).expand(hidden.shape[1], seq)
+
+    def forward(self, input_ids: Optional[torch.Tensor], position_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                ) -> torch.Tensor:
+        """input_ids [b, s]; attention_mask bool (True = masked), broadcastable to [b, 1, s, s],
+        combined with the causal mask (None: causal only).
+
+        Returns the per-token loss [b, s] (fp32) with labels, else vocab-parallel logits
+        [b, s, V/tp] (all of V with parallel_output=False); a stage without post_process
+        returns its hidden states [s(/tp with sequence parallelism), b, h].
+        """
+        rotary = None
+        if self.rotary is not None:
+            rotary = self.rotary(self._positions(input_ids, position_ids))
+        if self.pre_process:
+            hidden = self.embedding(input_ids, position_ids)
+        else:
+            hidden = None  # the block takes the tensor given to set_input_tensor
+        hidden = self.decoder(hidden, attention_mask=attention_mask, rotary_angles=rotary)
+        if not self.post_process:
+            return hidden
+        logits, _ = self.output_layer(hidden, weight=self.output_weight())  # [s, b, V/tp]
+        logits = logits.transpose(0, 1).contiguous()
+        if labels is None:
+            return logits if self.parallel_output else gather_logits(logits)
+        return vocab_parallel_cross_entropy(logits.float(), labels, self.label_smoothing)
