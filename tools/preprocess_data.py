@@ -13,7 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_core.data.errors import DataError  # noqa: E402
-from megatron_core.data.preprocess import PreprocessOptions, format_summary, preprocess  # noqa: E402
+from megatron_core.data.preprocess import (  # noqa: E402
+    BATCH_BYTES, BATCH_LINES, PreprocessOptions, format_summary, preprocess)
 from megatron_core.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
 
 
@@ -40,6 +41,9 @@ def parse_args(argv=None):
                    help="writes {prefix}_{key}_document.bin/.idx")
     g = p.add_argument_group("runtime")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    g.add_argument("--batch-lines", type=int, default=BATCH_LINES,
+                   help=f"most lines per unit of work handed to a worker (default {BATCH_LINES}; "
+                        f"a unit also ends after {BATCH_BYTES >> 20} MiB)")
     g.add_argument("--log-interval", type=int, default=1000,
                    help="print progress every this many documents (0: never)")
     return p.parse_args(argv)
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
         json_keys=args.json_keys, vocab_file=args.vocab_file, merge_file=args.merge_file,
         tokenizer_model=args.tokenizer_model, vocab_extra_ids=args.vocab_extra_ids,
         append_eod=args.append_eod, split_sentences=args.split_sentences, workers=args.workers,
-        log_interval=args.log_interval, strict=args.strict)
+        log_interval=args.log_interval, strict=args.strict, batch_lines=args.batch_lines)
     try:
         summary = preprocess(options)
     except DataError as e:

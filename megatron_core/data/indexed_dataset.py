@@ -378,8 +378,9 @@ class IndexedDatasetBuilder:
             raise DataError(
                 f"{bin_path} is missing or does not match its index; regenerate that dataset.")
         offset = len(self._lengths)
-        self._lengths.extend(index.sequence_lengths.tolist())
-        self._doc_indices.extend((index.document_indices[1:] + offset).tolist())
+        # frombytes: no Python int per sequence, so merging billions of sequences is cheap
+        self._lengths.frombytes(np.ascontiguousarray(index.sequence_lengths, np.int32).tobytes())
+        self._doc_indices.frombytes((index.document_indices[1:] + offset).astype(np.int64).tobytes())
         self._data.flush()
         with open(bin_path, "rb") as src:
             shutil.copyfileobj(src, self._data, 16 << 20)
@@ -446,3 +447,59 @@ class IndexedDatasetBuilder:
         if exc_type is not None:
             self.abort()
 
+
+
+# ---------------------------------------------------------------------------------------
+# Merging
+
+
+def find_datasets(directory: str) -> list:
+    """Prefixes of the datasets in `directory` (each `.idx` with its `.bin`), sorted by name."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory} is not a directory; pass a directory of .bin/.idx "
+                        f"pairs or a list of dataset prefixes.")
+    prefixes = []
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".idx"):
+            continue
+        prefix = os.path.join(directory, name[: -len(".idx")])
+        if not os.path.isfile(data_file_path(prefix)):
+            raise DataError(f"{index_file_path(prefix)} has no {os.path.basename(data_file_path(prefix))} "
+                            f"next to it; copy the .bin too or move the lone .idx away.")
+        prefixes.append(prefix)
+    return prefixes
+
+
+def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> "IndexedDataset":
+    """Concatenate datasets (sequences, lengths and documents, in the given order) into a
+    new dataset at `output_prefix`, written under temporary names and renamed at the end.
+    All inputs must share one token dtype (the same tokenizer)."""
+    prefixes = [str(p) for p in prefixes]
+    if not prefixes:
+        raise DataError("nothing to merge: no datasets were given (or the directory has no "
+                        ".idx files).")
+    out_abs = os.path.abspath(output_prefix)
+    for prefix in prefixes:
+        if os.path.abspath(prefix) == out_abs:
+            raise DataError(f"--output-prefix {output_prefix} is also an input; write the merged "
+                            f"dataset under another prefix.")
+    indices = [_Index(index_file_path(p)) for p in prefixes]  # validates every input first
+    dtypes = {index.dtype for index in indices}
+    if len(dtypes) > 1:
+        first = indices[0]
+        other = next(index for index in indices if index.dtype != first.dtype)
+        raise DataError(
+            f"cannot merge {first.path} ({first.dtype} tokens) with {other.path} ({other.dtype} "
+            f"tokens); merge only datasets made with the same tokenizer.")
+    for prefix, index in zip(prefixes, indices):
+        bin_path = data_file_path(prefix)
+        if not os.path.isfile(bin_path) or os.path.getsize(bin_path) != index.data_size():
+            raise DataError(f"{bin_path} is missing or does not match its index; regenerate "
+                            f"that dataset before merging.")
+    dtype = indices[0].dtype
+    del indices
+    with IndexedDatasetBuilder(data_file_path(output_prefix), dtype=dtype) as builder:
+        for prefix in prefixes:
+            builder.add_index(prefix)
+        builder.finalize(index_file_path(output_prefix))
+    return IndexedDataset(output_prefix)

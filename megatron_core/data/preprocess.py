@@ -313,6 +313,8 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
     report = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if options.workers < 1:
         raise DataError(f"--workers {options.workers} must be at least 1.")
+    if options.batch_lines < 1:
+        raise DataError(f"--batch-lines {options.batch_lines} must be at least 1.")
     if not options.json_keys:
         raise DataError("--json-keys needs at least one key, e.g. --json-keys text.")
     out_dir = os.path.dirname(os.path.abspath(options.output_prefix))

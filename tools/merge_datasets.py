@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Merge several Megatron indexed datasets (.bin/.idx) into one.
+
+    python tools/merge_datasets.py --input data/shards/ --output-prefix data/zh_text_document
+    python tools/merge_datasets.py --input data/a_text_document data/b_text_document \\
+        --output-prefix data/ab_text_document
+
+--input is a directory (every .idx/.bin pair in it, in name order) or a list of dataset
+prefixes (in the order given). The result holds the inputs' documents one after another,
+so it is the same as preprocessing the concatenated corpora. All inputs must come from the
+same tokenizer (same token dtype). The output is written under temporary names and renamed.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_core.data.errors import DataError  # noqa: E402
+from megatron_core.data.indexed_dataset import find_datasets, merge_datasets  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, nargs="+",
+                   help="a directory of .bin/.idx pairs, or dataset prefixes (without .bin/.idx)")
+    p.add_argument("--output-prefix", required=True,
+                   help="writes {prefix}.bin and {prefix}.idx")
+    return p.parse_args(argv)
+
+
+def resolve_inputs(inputs):
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        return find_datasets(inputs[0])
+    prefixes = []
+    for item in inputs:
+        if os.path.isdir(item):
+            raise DataError(f"--input {item} is a directory; give either one directory or a "
+                            f"list of dataset prefixes, not both.")
+        for ext in (".bin", ".idx"):  # accept data/a.bin as a spelling of data/a
+            if item.endswith(ext):
+                item = item[: -len(ext)]
+        prefixes.append(item)
+    return prefixes
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        prefixes = resolve_inputs(args.input)
+        merged = merge_datasets(prefixes, args.output_prefix)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written.", file=sys.stderr)
+        return 130
+    tokens = int(merged.sequence_lengths.sum(dtype="int64"))
+    print(f"merged {len(prefixes)} datasets in {time.perf_counter() - start:.1f} s: "
+          f"{merged.num_documents} documents, {len(merged)} sequences, {tokens} tokens "
+          f"({merged.dtype}) -> {args.output_prefix}.bin/.idx", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
