@@ -24,7 +24,7 @@ hidden states [s, b, h]; a stage that is not first takes its input from set_inpu
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,9 @@ from torch import nn
 from ..mpu.cross_entropy import vocab_parallel_cross_entropy
 from ..transformer.block import TransformerBlock
 from ..transformer.config import ConfigError, TransformerConfig
-from ..transformer.init import component_rng
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
+from .language_model import current_stage_layer_range, masked_mean
 from .heads import (MaskedLMHead, NormedLanguageEmbedding, Pooler, build_binary_head,
                     build_tied_word_embeddings_copy, gather_sequence_for_heads)
 
@@ -58,7 +58,7 @@ class BertModel(nn.Module):
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, add_binary_head: bool = True, add_pooler: Optional[bool] = None,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
+                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
                  num_layers_in_stage: Optional[int] = None):
         super().__init__()
         if config.apply_residual_connection_post_layernorm:
@@ -75,10 +75,16 @@ class BertModel(nn.Module):
             raise ConfigError("the binary (NSP/SOP) head reads the pooled output; keep add_pooler=True.")
         self.post_ln = config.layernorm_position == "post"
 
+        self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
+        if layer_offset is None:
+            # This pipeline stage's layers, Megatron's even split (language_model.stage_layer_range).
+            layer_offset, stage_layers = current_stage_layer_range(config.num_layers)
+            if num_layers_in_stage is None:
+                num_layers_in_stage = stage_layers
+        self.layer_offset = layer_offset
         if pre_process:
-            with component_rng(config, "embedding"):
-                self.embedding = NormedLanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,
-                                                         layernorm=self.post_ln)
+            self.embedding = NormedLanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,
+                                                     layernorm=self.post_ln)
         self.rotary = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         self.encoder = TransformerBlock(config, self_attn_mask_type=self.self_attn_mask_type,
                                         layer_offset=layer_offset, num_layers_in_block=num_layers_in_stage,
@@ -91,7 +97,12 @@ class BertModel(nn.Module):
                 self.word_embeddings = build_tied_word_embeddings_copy(config, vocab_size)
 
     # --- pipeline plumbing -----------------------------------------------------------------
-    def set_input_tensor(self, tensor: Optional[torch.Tensor]) -> None:
+    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
+        """Input of a non-first pipeline stage ([s(/tp), b, h]); a one-element list is accepted."""
+        if isinstance(tensor, (list, tuple)):
+            if len(tensor) != 1:
+                raise ValueError(f"{type(self).__name__} takes one input tensor, got {len(tensor)}.")
+            tensor = tensor[0]
         self.encoder.set_input_tensor(tensor)
 
     def word_embeddings_weight(self) -> Optional[torch.Tensor]:
@@ -167,15 +178,6 @@ class BertModel(nn.Module):
 
     def training_flops_per_token(self, seq_length: int) -> int:
         return bert_training_flops_per_token(self.config, self.vocab_size, seq_length)
-
-
-def masked_mean(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of a [b, s] per-token loss over positions where loss_mask is 1."""
-    if per_token.shape != loss_mask.shape:
-        raise ValueError(f"loss_mask must have the loss's shape {tuple(per_token.shape)}, got {tuple(loss_mask.shape)}.")
-    mask = loss_mask.to(per_token.dtype)
-    # An all-zero mask gives 0 (no masked tokens in the batch), not NaN.
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def bert_pretraining_loss(lm_loss: torch.Tensor, binary_logits: Optional[torch.Tensor], loss_mask: torch.Tensor,

@@ -26,13 +26,13 @@ from ..mpu.init_methods import set_tensor_model_parallel_attributes
 from ..mpu.layers import VocabParallelEmbedding, default_device
 from ..mpu.mappings import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
 from ..mpu.mappings import scatter_to_sequence_parallel_region
-from ..mpu.utils import divide
 from ..transformer.config import TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng, init_method
 from ..transformer.mlp import activation_fn
 from ..transformer.norms import build_norm
 from .embedding import LanguageEmbedding, build_word_embeddings
+from .gpt import check_vocab_size
 
 
 class NormedLanguageEmbedding(LanguageEmbedding):
@@ -131,7 +131,8 @@ class MaskedLMHead(nn.Module):
         self.layernorm = build_norm(config)
         for param in self.layernorm.parameters():
             param.sequence_parallel = False  # the head sees the gathered, full sequence
-        self.bias = nn.Parameter(torch.zeros(divide(vocab_size, world, "padded vocab_size"),
+        check_vocab_size(config, vocab_size)
+        self.bias = nn.Parameter(torch.zeros(vocab_size // world,
                                              dtype=config.params_dtype, device=default_device()))
         set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
         self.output_weight = None
@@ -155,11 +156,12 @@ class MaskedLMHead(nn.Module):
 def build_tied_word_embeddings_copy(config: TransformerConfig, vocab_size: int) -> VocabParallelEmbedding:
     """The last pipeline stage's copy of the word table for a tied output layer.
 
-    Built from the embedding's seed, so it starts equal to the first stage's table; it is
-    marked `shared` so gradient norms count it once (its gradient is summed with the first
-    stage's over the embedding group by the pipeline code).
+    build_word_embeddings draws it from the word table's own seed, so it starts equal to
+    the first stage's table; it is marked `shared` / `shared_embedding` (as GPT's copy) so
+    gradient norms count it once and the pipeline sums its gradient with the first
+    stage's over the embedding group.
     """
-    with component_rng(config, "embedding"):
-        table = build_word_embeddings(config, vocab_size)
+    table = build_word_embeddings(config, vocab_size)
     table.weight.shared = True
+    table.weight.shared_embedding = True
     return table

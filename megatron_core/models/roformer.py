@@ -78,7 +78,7 @@ class RoFormerModel(BertModel):
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, add_binary_head: bool = False, add_pooler: Optional[bool] = None,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
+                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
                  num_layers_in_stage: Optional[int] = None):
         if config.position_embedding_type != "rope":
             raise ConfigError(f"RoFormer uses rotary positions; set position_embedding_type='rope' "
