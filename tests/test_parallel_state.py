@@ -75,6 +75,7 @@ def _check_groups(layouts):
         assert mpu.get_pipeline_model_parallel_prev_rank() == pipe[(stage - 1) % pp]
         if rank in (pipe[0], pipe[-1]):
             assert _group_sum(mpu.get_embedding_group()) == sum({pipe[0], pipe[-1]})
+        assert mpu.is_rank_in_embedding_group(ignore_virtual=True) == (rank in (pipe[0], pipe[-1]))
         if vpp is not None:
             # Only the first virtual chunk of the first stage is "first".
             assert mpu.get_virtual_pipeline_model_parallel_world_size() == vpp

@@ -212,7 +212,8 @@ def get_embedding_ranks() -> List[int]:
 
 
 def is_rank_in_embedding_group(ignore_virtual: bool = False) -> bool:
-    ranks = _ranks("embedding")
+    # Middle pipeline stages belong to no embedding group.
+    ranks = _state().ranks.get("embedding", [])
     rank = _state().rank
     if rank not in ranks:
         return False
@@ -226,7 +227,7 @@ def is_rank_in_embedding_group(ignore_virtual: bool = False) -> bool:
 
 
 def is_rank_in_position_embedding_group() -> bool:
-    return _state().rank in _ranks("position_embedding")
+    return _state().rank in _state().ranks.get("position_embedding", [])
 
 
 # --- sizes and ranks -------------------------------------------------------------------

@@ -32,6 +32,8 @@ import torch.distributed as dist
 from ..mpu import parallel_state as ps
 
 _MAX_DIMS = 8
+_FORWARD_TAG = 1   # activations, stage i -> i+1
+_BACKWARD_TAG = 2  # gradients, stage i+1 -> i
 
 
 @dataclass
@@ -71,7 +73,7 @@ def _post(ops: List[dist.P2POp], batched: bool, pipeline_rank: int) -> List:
     sends = [op for op in ops if op.op is dist.isend]
     recvs = [op for op in ops if op.op is dist.irecv]
     ordered = sends + recvs if pipeline_rank % 2 == 0 else recvs + sends
-    return [op.op(op.tensor, op.peer) for op in ordered]
+    return [op.op(op.tensor, op.peer, tag=op.tag) for op in ordered]
 
 
 def _shape_header(tensor: Optional[torch.Tensor], device) -> torch.Tensor:
@@ -87,16 +89,16 @@ def _exchange_shapes(config: P2PConfig, send_prev, send_next, recv_prev: bool, r
     device = config.device()
     prev, next_ = _ring_neighbors()
     ops, inbox = [], {}
-    if send_prev is not None:
-        ops.append(dist.P2POp(dist.isend, _shape_header(send_prev, device), prev))
     if send_next is not None:
-        ops.append(dist.P2POp(dist.isend, _shape_header(send_next, device), next_))
+        ops.append(dist.P2POp(dist.isend, _shape_header(send_next, device), next_, tag=_FORWARD_TAG))
+    if send_prev is not None:
+        ops.append(dist.P2POp(dist.isend, _shape_header(send_prev, device), prev, tag=_BACKWARD_TAG))
     if recv_prev:
         inbox["prev"] = _shape_header(None, device)
-        ops.append(dist.P2POp(dist.irecv, inbox["prev"], prev))
+        ops.append(dist.P2POp(dist.irecv, inbox["prev"], prev, tag=_FORWARD_TAG))
     if recv_next:
         inbox["next"] = _shape_header(None, device)
-        ops.append(dist.P2POp(dist.irecv, inbox["next"], next_))
+        ops.append(dist.P2POp(dist.irecv, inbox["next"], next_, tag=_BACKWARD_TAG))
     # Shapes always go one by one: a batch that mixes them with the payload could be
     # matched out of order by backends that pair by arrival.
     for work in _post(ops, False, ps.get_pipeline_model_parallel_rank()):
@@ -125,16 +127,18 @@ def exchange(config: P2PConfig, *, send_next: Optional[torch.Tensor] = None,
     from_next = (torch.empty(shapes["next"], dtype=config.dtype, device=device, requires_grad=True)
                  if recv_next else None)
     ops = []
-    # Order matters only for the unbatched path; keep Megatron's: send prev, recv prev,
-    # send next, recv next.
-    if send_prev is not None:
-        ops.append(dist.P2POp(dist.isend, send_prev.detach().contiguous(), prev))
-    if from_prev is not None:
-        ops.append(dist.P2POp(dist.irecv, from_prev.data, prev))
+    # With two stages (or round the ring) "prev" and "next" are the same peer, and
+    # backends match messages between two peers in the order they are posted. So every
+    # rank posts activations before gradients, on the sending and on the receiving side,
+    # and tags the two directions apart where the backend honours tags.
     if send_next is not None:
-        ops.append(dist.P2POp(dist.isend, send_next.detach().contiguous(), next_))
+        ops.append(dist.P2POp(dist.isend, send_next.detach().contiguous(), next_, tag=_FORWARD_TAG))
+    if send_prev is not None:
+        ops.append(dist.P2POp(dist.isend, send_prev.detach().contiguous(), prev, tag=_BACKWARD_TAG))
+    if from_prev is not None:
+        ops.append(dist.P2POp(dist.irecv, from_prev.data, prev, tag=_FORWARD_TAG))
     if from_next is not None:
-        ops.append(dist.P2POp(dist.irecv, from_next.data, next_))
+        ops.append(dist.P2POp(dist.irecv, from_next.data, next_, tag=_BACKWARD_TAG))
     batched = config.batch_p2p_comm if config.batch_p2p_comm is not None else _backend_batches_p2p()
     for work in _post(ops, batched, ps.get_pipeline_model_parallel_rank()):
         work.wait()

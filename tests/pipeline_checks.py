@@ -1,0 +1,93 @@
+"""Shared machinery for the pipeline tests: run a model family serially and through a
+pipeline schedule inside the same worker processes, and compare losses and gradients.
+
+The serial run happens first on every rank with TP=1, PP=1 (the whole world is data
+parallel, so nothing is split); then the parallel state is rebuilt with the layout under
+test. Per-component seeding makes every stage hold exactly the serial weights, so the
+losses and gradients must agree to float tolerance.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from megatron_core.mpu import parallel_state as ps
+from megatron_core.mpu.init_methods import shard_of_master
+from megatron_core.pipeline.finalize_grads import finalize_model_grads
+from megatron_core.pipeline.p2p import P2PConfig
+from megatron_core.pipeline.schedules import get_forward_backward_func
+
+
+def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
+    """Mean loss over `batches` and the gradient of every parameter, on one process."""
+    ps.initialize_model_parallel(1, 1)
+    model = build(pre_process=True, post_process=True, layer_offset=0)
+    losses = []
+    for batch in batches:
+        loss = step(model, batch) / len(batches)
+        loss.backward()
+        losses.append(loss.item() * len(batches))
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    ps.destroy_model_parallel()
+    return losses, grads
+
+
+def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, pp: int,
+                 virtual: Optional[int], p2p_config: P2PConfig, forward_only: bool = False):
+    """This rank's model chunks and loss stats after one schedule run over its batches."""
+    ps.initialize_model_parallel(tp, pp, virtual)
+    chunks = []
+    for v in range(virtual or 1):
+        if virtual:
+            ps.set_virtual_pipeline_model_parallel_rank(v)
+        chunks.append(build(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
+                            layer_offset=None))
+    if virtual:
+        ps.set_virtual_pipeline_model_parallel_rank(0)
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    per_rank = len(batches) // dp
+    mine = batches[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+
+    def forward_step_func(data_iterator, model):
+        batch = next(data_iterator)
+        output = step(model, batch)
+        return output, lambda out: (out, {"loss": out.detach().clone()})
+
+    iterators = [iter(mine) for _ in chunks]
+    schedule = get_forward_backward_func()
+    stats = schedule(forward_step_func=forward_step_func, data_iterator=iterators if virtual else iterators[0],
+                     model=chunks if virtual else chunks[0], num_microbatches=per_rank, p2p_config=p2p_config,
+                     forward_only=forward_only)
+    if not forward_only:
+        finalize_model_grads(chunks if virtual else chunks[0])
+    return chunks, stats, mine
+
+
+def serial_name(name: str, layer_offset: int, stack: str = "decoder") -> str:
+    """Map a stage's parameter name to the serial model's."""
+    name = re.sub(rf"^{stack}\.layers\.(\d+)\.",
+                  lambda m: f"{stack}.layers.{int(m.group(1)) + layer_offset}.", name)
+    if name == "word_embeddings.weight":  # the last stage's copy of the tied table
+        return "embedding.word_embeddings.weight"
+    return name
+
+
+def expected_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    if not getattr(param, "tensor_model_parallel", False):
+        return full
+    return shard_of_master(full, param.partition_dim, getattr(param, "partition_stride", 1),
+                           ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size())
+
+
+def check_grads(chunks, serial: Dict[str, torch.Tensor], name_map: Callable, atol=1e-5, rtol=1e-4) -> int:
+    """Every parameter's gradient on this rank equals its slice of the serial gradient."""
+    checked = 0
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            ref = expected_shard(serial[name_map(chunk, name)], param)
+            assert param.grad is not None, f"{name} got no gradient"
+            torch.testing.assert_close(param.grad, ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+            checked += 1
+    return checked
