@@ -65,10 +65,13 @@ class GPTModel(nn.Module):
         self.label_smoothing = label_smoothing
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
 
+        stage_offset, stage_layers = current_stage_layer_range(config.num_layers)
         if layer_offset is None:
-            layer_offset, stage_layers = current_stage_layer_range(config.num_layers)
-            if num_layers_in_stage is None:
-                num_layers_in_stage = stage_layers
+            layer_offset = stage_offset
+        if num_layers_in_stage is None:
+            # A stage's share of the layers (all remaining ones if an explicit offset
+            # leaves fewer than that).
+            num_layers_in_stage = min(stage_layers, config.num_layers - layer_offset)
         self.layer_offset = layer_offset
 
         self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length) if pre_process else None
