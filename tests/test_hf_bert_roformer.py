@@ -310,3 +310,67 @@ def test_flops_per_token_counts_head_and_logits():
     h, f, s, L = 32, 64, 16, 2
     per_layer = 2 * h * 3 * h + 4 * s * h + 2 * h * h + 4 * h * f
     assert model.training_flops_per_token(s) == 3 * (L * per_layer + 2 * h * VOCAB + 2 * h * h)
+
+
+# --- Zhouwenwang (Fengshenbang-LM) names -----------------------------------------------------------
+def _zhouwenwang_reference(sd, ids, types, padding, heads, eps):
+    """A plain-torch forward of Zhouwenwang's RoFormer, written from its description and
+    reading only Zhouwenwang-named tensors: pre-LN layers, final LN, rotary on adjacent
+    pairs, key j hidden from query i when cumsum(types)[j] > cumsum(types)[i]."""
+    p = "bert."
+    ln = lambda x, name: F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps)
+    lin = lambda x, name: F.linear(x, sd[name + ".weight"], sd[name + ".bias"])
+    x = sd[p + "embeddings.word_embeddings.weight"][ids] + sd[p + "embeddings.token_type_embeddings.weight"][types]
+    b, s, h = x.shape
+    d = h // heads
+    levels = types.cumsum(1)
+    hidden = (levels[:, None, :] > levels[:, :, None]) | (padding[:, None, :] == 0)  # [b, q, k]
+    layers = sorted({int(k.split(".")[3]) for k in sd if k.startswith(p + "encoder.layer.")})
+    for i in layers:
+        pre = f"{p}encoder.layer.{i}."
+        angles = torch.arange(s, dtype=torch.float32)[:, None] * sd[pre + "attention.self.rope_emb.div_term"]
+        sin, cos = angles.sin().repeat_interleave(2, -1), angles.cos().repeat_interleave(2, -1)
+
+        def rope(t):
+            swapped = torch.stack([-t[..., 1::2], t[..., 0::2]], dim=-1).flatten(-2)
+            return t * cos + swapped * sin
+
+        y = ln(x, pre + "attention.ln")
+        q, k, v = (lin(y, pre + f"attention.self.{n}").view(b, s, heads, d).transpose(1, 2)
+                   for n in ("query", "key", "value"))
+        scores = rope(q) @ rope(k).transpose(-1, -2) / d ** 0.5
+        probs = scores.masked_fill(hidden[:, None], float("-inf")).softmax(-1)
+        x = x + lin((probs @ v).transpose(1, 2).reshape(b, s, h), pre + "attention.output.dense")
+        y = ln(x, pre + "ln")
+        x = x + lin(F.gelu(lin(y, pre + "intermediate.dense")), pre + "output.dense")
+    x = ln(x, p + "encoder.ln")
+    t = ln(F.gelu(lin(x, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
+    logits = F.linear(t, sd[p + "embeddings.word_embeddings.weight"], sd["cls.predictions.bias"])
+    return x, logits, torch.tanh(lin(x[:, 0], p + "pooler.dense"))
+
+
+def test_zhouwenwang_names_match_an_independent_reference():
+    config = hf_roformer.from_hf_config(transformers.RoFormerConfig(**ROFORMER), layernorm_position="pre",
+                                        final_layernorm=None, init_seed=4)
+    ours = _randomize(RoFormerModel(config, VOCAB, add_pooler=True), seed=12)
+    sd = ours.state_dict()
+    exported = hf_roformer.to_zhouwenwang_state_dict(sd, config)
+    assert "bert.encoder.layer.1.attention.ln.weight" in exported and "bert.encoder.ln.bias" in exported
+    back = hf_roformer.from_zhouwenwang_state_dict(exported, config)
+    assert sorted(back) == sorted(sd) and all(torch.equal(back[n], sd[n]) for n in sd)
+
+    ids, _, padding = _inputs(seed=13)
+    types = torch.zeros_like(ids)
+    types[0, 4:] = 1  # prefix LM
+    types[2, :] = 1  # causal LM; sample 1 is MLM
+    with torch.no_grad():
+        logits, _ = ours(ids, padding, types)
+        hidden = _ours_hidden(ours, ids, padding, types)
+        pooled = ours.pooled_output(ours.encode(ids, padding, types))
+    ref_hidden, ref_logits, ref_pooled = _zhouwenwang_reference(exported, ids, types, padding, 4, 1e-12)
+    real = padding.bool()
+    torch.testing.assert_close(hidden[real], ref_hidden[real], **TOL)
+    torch.testing.assert_close(logits[real], ref_logits[real], **TOL)
+    torch.testing.assert_close(pooled, ref_pooled, **TOL)
+    with pytest.raises(ConversionError, match="layernorm_position='pre'"):
+        hf_roformer.from_zhouwenwang_state_dict(exported, hf_roformer.from_hf_config(transformers.RoFormerConfig(**ROFORMER)))

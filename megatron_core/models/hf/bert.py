@@ -62,6 +62,7 @@ class EncoderLayout:
     final: Pairs                      # final norm (pre-LN) or []
     pooler: Pairs
     extra_buffers: Tuple[str, ...] = field(default=())  # HF buffers in the state dict we recompute
+    layer_buffers: Tuple[str, ...] = field(default=())  # the same, inside every layer
 
 
 MLM_HEAD: Pairs = [("lm_head.dense", "cls.predictions.transform.dense"),
@@ -191,6 +192,7 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
             out[our_layer + "self_attention.query_key_value" + suffix] = fuse_qkv(q, k, v, heads)
         for ours, theirs in _wb(layout.layer):
             out[our_layer + ours] = take(hf_layer + theirs)
+        used.update(hf_layer + name for name in layout.layer_buffers)
     for ours, theirs in _wb(layout.final):
         out[ours] = take(base + theirs)
 

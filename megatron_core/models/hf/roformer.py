@@ -9,14 +9,23 @@ unchanged. `roformer.encoder.embed_positions.weight` is a fixed sinusoid table H
 its state dict; it is dropped on import and recomputed on export.
 
 Not covered: RoFormer configs with embedding_size != hidden_size (an extra projection
-we do not have) or rotary_value=True (HF also rotates v), and Zhouwenwang's pre-LN
-checkpoints, whose names follow MegatronBERT (see models/roformer.py).
+we do not have) or rotary_value=True (HF also rotates v).
+
+Zhouwenwang (IDEA-CCNL, Fengshenbang-LM fengshen/models/roformer) is not in transformers:
+its RoFormer is MegatronBERT's pre-LN layout (`attention.ln`, `ln`, `encoder.ln`, no
+embedding norm) without a position table, with rotary q/k. `from_zhouwenwang_state_dict`
+/ `to_zhouwenwang_state_dict` map those names (read from Fengshenbang's modeling file and
+checked against an independent reference forward in the tests, not against a downloaded
+checkpoint); its per-layer `rope_emb.div_term` and `embeddings.position_ids` buffers are
+dropped on import and recomputed on export. Its RoFormerModel has a pooler: build
+RoFormerModel(..., add_pooler=True) to load one.
 
     ours = from_hf_state_dict(hf_model.state_dict(), config)
     hf_sd = to_hf_state_dict(our_sd, config, max_position_embeddings=1536)
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
@@ -41,6 +50,25 @@ LAYOUT = EncoderLayout(
     final=[],
     pooler=[],
     extra_buffers=(POSITIONS,),
+)
+ZHOUWENWANG_FAMILY = "Zhouwenwang RoFormer"
+ZHOUWENWANG_ROPE = "attention.self.rope_emb.div_term"
+ZHOUWENWANG_POSITION_IDS = "embeddings.position_ids"
+ZHOUWENWANG_LAYOUT = EncoderLayout(
+    prefix="bert.",
+    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
+                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embedding_norm=[],
+    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
+    layer=[("input_layernorm", "attention.ln"),
+           ("self_attention.dense", "attention.output.dense"),
+           ("post_attention_layernorm", "ln"),
+           ("mlp.dense_h_to_4h", "intermediate.dense"),
+           ("mlp.dense_4h_to_h", "output.dense")],
+    final=[("encoder.final_layernorm", "encoder.ln")],
+    pooler=[("pooler.dense", "pooler.dense")],
+    extra_buffers=(ZHOUWENWANG_POSITION_IDS,),
+    layer_buffers=(ZHOUWENWANG_ROPE,),
 )
 ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head)
     "RoFormerModel": (False, False, False, False),
@@ -105,3 +133,29 @@ def from_hf_config(hf_config, **overrides) -> TransformerConfig:
                   rotary_interleaved=True)
     values.update(overrides)
     return TransformerConfig(**values)
+
+
+# --- Zhouwenwang (Fengshenbang-LM) -----------------------------------------------------------
+def from_zhouwenwang_state_dict(sd: Dict[str, torch.Tensor], config: TransformerConfig,
+                                padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """A Zhouwenwang RoFormerModel (bare) or RoFormerForMaskedLM ("bert." + cls) state dict -> ours."""
+    check_encoder_config(config, "Zhouwenwang RoFormer", "pre", "rope")
+    return encoder_from_hf(sd, config, ZHOUWENWANG_LAYOUT, ZHOUWENWANG_FAMILY, padded_vocab_size)
+
+
+def to_zhouwenwang_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
+                              with_mlm_head: bool = True, vocab_size: Optional[int] = None,
+                              max_position_embeddings: int = 512) -> Dict[str, torch.Tensor]:
+    """Ours -> Zhouwenwang names: "bert." + cls.predictions with the MLM head, bare RoFormerModel
+    names without it. The pooler is written when our model has one."""
+    check_encoder_config(config, "Zhouwenwang RoFormer", "pre", "rope")
+    with_pooler = "pooler.dense.weight" in our_sd
+    out = encoder_to_hf(our_sd, config, ZHOUWENWANG_LAYOUT, ZHOUWENWANG_FAMILY, with_mlm_head, with_pooler,
+                        with_mlm_head, False, vocab_size)
+    base = ZHOUWENWANG_LAYOUT.prefix if with_mlm_head else ""
+    d = config.kv_channels
+    div_term = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    for i in range(config.num_layers):
+        out[f"{base}encoder.layer.{i}.{ZHOUWENWANG_ROPE}"] = div_term.clone()
+    out[base + ZHOUWENWANG_POSITION_IDS] = torch.arange(max_position_embeddings).unsqueeze(0)
+    return out
