@@ -1,0 +1,289 @@
+"""Transformer-XL language model as in THUDM's Chinese-Transformer-XL (a GPT-2 style,
+pre-LN Megatron model with `--transformer-xl`: relative attention and segment memory).
+
+    logits, mems = model(input_ids)                 # first segment
+    loss, mems = model(next_ids, mems, labels=...)  # later segments attend to the memory
+
+Per layer (pre-LN):  x = x + attn(ln1(x), memory=ln1(mem_i));  x = x + mlp(ln2(x)).
+mem_i is the *input* of layer i over the last mem_length positions, detached: the new
+mems returned by forward are cat(old mem_i, this segment's input of layer i)[-mem_length:],
+one per layer of this stage, [m, b, h] (sequence-first like every hidden state here).
+Attention is causal over [memory + segment] with the relative scores of
+models/relative_attention.py; the relative position embedding is the sinusoid
+[sin(p f) | cos(p f)], f_j = 10000^(-2j/h), over the distances m+s-1 .. 0, after
+embedding dropout. r_w_bias / r_r_bias are shared by all layers (Chinese-Transformer-XL;
+`untie_r=True` gives each layer its own, as HF TransfoXL's default). The output layer is
+tied to the word embedding (or untied) and logits stay vocab-parallel.
+
+What Chinese-Transformer-XL's code has (read for checkpoint conversion; THUDM/
+Chinese-Transformer-XL mpu/transformer.py GPT2ParallelTransformer and change_mp.py):
+  * DeepSpeed checkpoints `<tag>/mp_rank_XX_model_states.pt` with the weights under 'module':
+    word_embeddings.weight (vocab-parallel rows), transformer.r_w_bias and
+    transformer.r_r_bias [heads/tp, d] (split by rows, zero-initialised, shared by all
+    layers), transformer.position_embeddings.inv_freq (buffer),
+    transformer.layers.i.{input_layernorm, post_attention_layernorm}.{weight,bias},
+    transformer.layers.i.attention.query_key_value.{weight,bias} (ColumnParallelLinear 3h
+    with stride 3: each rank's shard is [q_p | k_p | v_p], the full weight is [q | k | v],
+    NOT our per-head [q0 k0 v0 | ...]; a converter must regroup rows by head),
+    transformer.layers.i.attention.relative.{weight,bias} (column-parallel h x h, with bias),
+    transformer.layers.i.attention.dense.{weight,bias},
+    transformer.layers.i.mlp.dense_h_to_4h / dense_4h_to_h (gelu, tanh approximation),
+    transformer.final_layernorm.{weight,bias}; the output logits reuse word_embeddings.
+  * Their mems are [b, m, h] and there are num_layers + 1 of them (the last, the output of
+    the final layer, is never attended to); ours are [m, b, h], one per layer.
+  * Masked scores: scores * mask - 10000 * (1 - mask); scaling 1/sqrt(d) after adding the
+    content and position terms; rel-shift by the zero-pad/reshape trick.
+Our names: embedding.word_embeddings, r_w_bias, r_r_bias, layers.i.input_layernorm,
+layers.i.self_attention.{query_key_value, relative, dense}, layers.i.post_attention_layernorm,
+layers.i.mlp.*, final_layernorm (activation "gelu_tanh" for their checkpoints).
+
+Pipeline: pre_process builds the embedding, post_process the final norm and the head;
+each stage holds layers layer_offset .. + num_layers_in_stage and their mems. The shared
+r_w_bias / r_r_bias live on every stage; copies on stages after the first are marked
+`shared` and `shared_stack = "xl_r_bias"` so the pipeline can all-reduce their gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.layers import ColumnParallelLinear
+from ..transformer.block import check_parallel_size
+from ..transformer.config import ConfigError, TransformerConfig
+from ..transformer.dropout import dropout
+from ..transformer.init import component_rng, init_method
+from ..transformer.layer import bias_dropout_add
+from ..transformer.mlp import ParallelMLP
+from ..transformer.norms import build_norm
+from .embedding import LanguageEmbedding, build_word_embeddings
+from .flops import layer_parameter_count
+from .gpt import check_vocab_size
+from .language_model import gather_logits
+from .relative_attention import RelativeSelfAttention, new_relative_bias
+
+
+def sinusoid_position_embeddings(key_length: int, hidden_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """[key_length, h]: row r is the embedding of distance key_length - 1 - r."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0.0, hidden_size, 2.0, device=device) / hidden_size))
+    distances = torch.arange(key_length - 1, -1, -1.0, device=device)
+    angles = torch.outer(distances, inv_freq)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
+
+
+class TransformerXLLayer(nn.Module):
+    def __init__(self, config: TransformerConfig, layer_number: int, untie_r: bool = False):
+        super().__init__()
+        self.config = config
+        self.layer_number = layer_number
+        self.input_layernorm = build_norm(config)
+        self.self_attention = RelativeSelfAttention(config, layer_number, own_biases=untie_r)
+        self.post_attention_layernorm = build_norm(config)
+        self.mlp = ParallelMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, memory: Optional[torch.Tensor], position_embeddings: torch.Tensor,
+                r_w_bias: Optional[torch.Tensor], r_r_bias: Optional[torch.Tensor],
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        config, p = self.config, self.config.hidden_dropout
+        normed = self.input_layernorm(hidden_states)
+        normed_memory = self.input_layernorm(memory) if memory is not None else None
+        out, bias = self.self_attention(normed, normed_memory, position_embeddings, r_w_bias, r_r_bias,
+                                        attention_mask)
+        hidden_states = bias_dropout_add(out, bias, hidden_states, p, self.training, config)
+        out, bias = self.mlp(self.post_attention_layernorm(hidden_states))
+        return bias_dropout_add(out, bias, hidden_states, p, self.training, config)
+
+
+class TransformerXLModel(nn.Module):
+    def __init__(self, config: TransformerConfig, vocab_size: int, mem_length: int,
+                 pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
+                 num_layers_in_stage: Optional[int] = None, untie_r: bool = False,
+                 parallel_output: bool = True, label_smoothing: float = 0.0):
+        super().__init__()
+        check_parallel_size(config)
+        check_vocab_size(config, vocab_size)
+        if config.position_embedding_type != "relative_xl":
+            raise ConfigError(f"Transformer-XL needs position_embedding_type='relative_xl', "
+                              f"got {config.position_embedding_type!r}.")
+        if config.layernorm_position != "pre":
+            raise ConfigError("Transformer-XL here is pre-LN (as Chinese-Transformer-XL); set layernorm_position='pre'.")
+        if config.num_query_groups != config.num_attention_heads:
+            raise ConfigError("Transformer-XL relative attention has no grouped-query variant; "
+                              "set num_query_groups = num_attention_heads.")
+        if config.sequence_parallel_active or config.recompute_granularity is not None:
+            raise ConfigError("Transformer-XL does not support sequence_parallel or activation recomputation yet; "
+                              "turn them off.")
+        if config.hidden_size % 2 != 0:
+            raise ConfigError(f"hidden_size ({config.hidden_size}) must be even for the sinusoid position embedding.")
+        if mem_length < 0:
+            raise ValueError(f"mem_length must be >= 0, got {mem_length}.")
+        count = config.num_layers - layer_offset if num_layers_in_stage is None else num_layers_in_stage
+        if layer_offset < 0 or count < 0 or layer_offset + count > config.num_layers:
+            raise ConfigError(f"layers {layer_offset + 1}..{layer_offset + count} do not fit in a model of "
+                              f"{config.num_layers} layers; check layer_offset and num_layers_in_stage.")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.mem_length = mem_length
+        self.pre_process, self.post_process = pre_process, post_process
+        self.layer_offset = layer_offset
+        self.untie_r = untie_r
+        self.parallel_output = parallel_output
+        self.label_smoothing = label_smoothing
+        self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
+
+        self.embedding = LanguageEmbedding(config, vocab_size, 0) if pre_process else None
+        if untie_r:
+            self.r_w_bias = self.r_r_bias = None
+        else:
+            self.r_w_bias = new_relative_bias(config)
+            self.r_r_bias = new_relative_bias(config)
+            for param in (self.r_w_bias, self.r_r_bias):
+                param.shared_stack = "xl_r_bias"
+                if layer_offset > 0:
+                    param.shared = True
+        layers = []
+        for i in range(count):
+            number = layer_offset + i + 1
+            with component_rng(config, "layer", number):
+                layers.append(TransformerXLLayer(config, number, untie_r))
+        self.layers = nn.ModuleList(layers)
+
+        self.final_layernorm = self.word_embeddings = self.output_layer = None
+        if post_process:
+            self.final_layernorm = build_norm(config)
+            tied = self.share_embeddings_and_output_weights
+            if tied and not pre_process:
+                self.word_embeddings = build_word_embeddings(config, vocab_size)
+                self.word_embeddings.weight.shared = True
+                self.word_embeddings.weight.shared_embedding = True
+            with component_rng(config, "output_layer"):
+                self.output_layer = ColumnParallelLinear(
+                    config.hidden_size, vocab_size, bias=False, gather_output=False, init_method=init_method(config),
+                    skip_weight_param_allocation=tied, params_dtype=config.params_dtype)
+        self.input_tensor = None
+
+    # --- pipeline hooks ---------------------------------------------------------------------------
+    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
+        if isinstance(tensor, (list, tuple)):
+            if len(tensor) != 1:
+                raise ValueError(f"TransformerXLModel takes one input tensor, got {len(tensor)}.")
+            tensor = tensor[0]
+        self.input_tensor = tensor
+
+    def word_embeddings_weight(self) -> torch.Tensor:
+        if self.pre_process:
+            return self.embedding.word_embeddings.weight
+        if self.word_embeddings is not None:
+            return self.word_embeddings.weight
+        raise RuntimeError("this Transformer-XL stage holds no word embedding (a middle stage, or an untied last "
+                           "stage).")
+
+    def output_weight(self) -> Optional[torch.Tensor]:
+        if not self.post_process:
+            return None
+        if self.share_embeddings_and_output_weights:
+            return self.word_embeddings_weight()
+        return self.output_layer.weight
+
+    # --- forward ---------------------------------------------------------------------------------------
+    def forward(self, input_ids: Optional[torch.Tensor], mems: Optional[Sequence[torch.Tensor]] = None,
+                labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """input_ids [b, s]; mems: one [m, b, h] per layer of this stage (None or [] at the
+        start). attention_mask: optional bool (True = masked) broadcastable to
+        [b, heads, s, m + s], added to the causal mask.
+
+        Returns (per-token loss [b, s] with labels, else logits [b, s, V/tp]; or the hidden
+        states [s, b, h] on a stage without post_process) and the new mems."""
+        if self.pre_process:
+            if input_ids is None:
+                raise ValueError("the first Transformer-XL stage needs input_ids.")
+            hidden = self.embedding(input_ids)
+        else:
+            hidden = self.input_tensor
+            if hidden is None:
+                raise ValueError("this Transformer-XL stage takes its input from set_input_tensor, which was not called.")
+        mems = list(mems) if mems else []
+        if mems and len(mems) != len(self.layers):
+            raise ValueError(f"got {len(mems)} mems but this stage has {len(self.layers)} layers; pass the mems "
+                             f"returned by the previous segment.")
+        memory_length = mems[0].shape[0] if mems else 0
+        s = hidden.shape[0]
+        positions = sinusoid_position_embeddings(memory_length + s, self.config.hidden_size, hidden.dtype,
+                                                 hidden.device)
+        positions = dropout(positions, self.config.hidden_dropout, self.training, self.config)
+
+        inputs = []
+        for i, layer in enumerate(self.layers):
+            inputs.append(hidden)
+            hidden = layer(hidden, mems[i] if mems else None, positions, self.r_w_bias, self.r_r_bias,
+                           attention_mask)
+        new_mems = self._update_mems(inputs, mems)
+        if not self.post_process:
+            return hidden, new_mems
+        hidden = self.final_layernorm(hidden)
+        logits, _ = self.output_layer(hidden, weight=self.output_weight())
+        logits = logits.transpose(0, 1).contiguous()
+        if labels is None:
+            return (logits if self.parallel_output else gather_logits(logits)), new_mems
+        return vocab_parallel_cross_entropy(logits.float(), labels, self.label_smoothing), new_mems
+
+    def _update_mems(self, inputs: List[torch.Tensor], mems: List[torch.Tensor]) -> List[torch.Tensor]:
+        if self.mem_length == 0:
+            return []
+        with torch.no_grad():
+            if not mems:
+                return [x[-self.mem_length:].detach() for x in inputs]
+            return [torch.cat([m, x], dim=0)[-self.mem_length:].detach() for m, x in zip(mems, inputs)]
+
+    # --- accounting -------------------------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        return transformer_xl_parameter_count(self.config, self.vocab_size, self.untie_r)
+
+    def training_flops_per_token(self, seq_length: int, mem_length: Optional[int] = None,
+                                 micro_batch_size: int = 1) -> int:
+        mem = self.mem_length if mem_length is None else mem_length
+        return 3 * transformer_xl_forward_flops_per_token(self.config, self.vocab_size, seq_length, mem,
+                                                          micro_batch_size)
+
+
+def transformer_xl_parameter_count(config: TransformerConfig, vocab_size: int, untie_r: bool = False) -> int:
+    """Parameters of the serial model: a GPT layer plus the relative projection per layer,
+    and r_w_bias / r_r_bias (shared, or per layer with untie_r)."""
+    h = config.hidden_size
+    projection = config.query_projection_size
+    relative = h * projection + (projection if config.add_bias_linear else 0)
+    biases = 2 * config.num_attention_heads * config.kv_channels
+    count = vocab_size * h + config.num_layers * (layer_parameter_count(config) + relative)
+    count += biases * (config.num_layers if untie_r else 1)
+    count += (2 if config.normalization == "LayerNorm" else 1) * h
+    if not config.share_embeddings_and_output_weights:
+        count += vocab_size * h
+    return count
+
+
+def transformer_xl_forward_flops(config: TransformerConfig, vocab_size: int, seq_length: int, mem_length: int,
+                                 micro_batch_size: int = 1) -> int:
+    """Forward matmul FLOPs (2mkn each) of one micro batch of segments of seq_length tokens
+    after mem_length memory positions. Per layer and sequence: qkv over memory + segment
+    (k = m + s rows), the content scores, position scores and context (2 s k n d each), the
+    output projection and MLP per token; the relative projection of the k position
+    embeddings is shared by the micro batch (2 k h n d). Plus the logits."""
+    h, f, d, n = config.hidden_size, config.ffn_hidden_size, config.kv_channels, config.num_attention_heads
+    s, k = seq_length, seq_length + mem_length
+    per_sequence_layer = (2 * h * 3 * n * d * k
+                          + s * 3 * 2 * k * n * d
+                          + s * 2 * n * d * h
+                          + s * (2 * h * f * (2 if config.gated_linear_unit else 1) + 2 * f * h))
+    relative = 2 * k * h * n * d
+    return config.num_layers * (micro_batch_size * per_sequence_layer + relative) \
+        + micro_batch_size * s * 2 * h * vocab_size
+
+
+def transformer_xl_forward_flops_per_token(config: TransformerConfig, vocab_size: int, seq_length: int,
+                                           mem_length: int, micro_batch_size: int = 1) -> int:
+    return transformer_xl_forward_flops(config, vocab_size, seq_length, mem_length, micro_batch_size) // (
+        micro_batch_size * seq_length)
