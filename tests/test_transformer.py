@@ -136,9 +136,32 @@ def _close(actual, expected, what):
     torch.testing.assert_close(actual, expected, **TOL, msg=lambda m: f"{what}: {m}")
 
 
+def _check_low_precision():
+    """bf16 / fp16 parameters run through both attention paths and stay near fp32."""
+    for dtype, extra in ((torch.bfloat16, {}), (torch.float16, dict(apply_query_key_layer_scaling=True))):
+        for backend in ("sdpa", "explicit"):
+            overrides = dict(extra, attention_backend=backend, num_query_groups=2, position_embedding_type="rope",
+                             normalization="RMSNorm", activation="swiglu")
+            reference = TransformerBlock(_config(overrides, 1), self_attn_mask_type="padding")
+            _perturb(reference)
+            low = TransformerBlock(_config(dict(overrides, params_dtype=dtype), 1), self_attn_mask_type="padding")
+            low.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
+            assert all(p.dtype == dtype for p in low.parameters())
+            _, mask = _mask("arbitrary")
+            x = torch.randn(S, B, H, generator=_gen(11))
+            rotary = RotaryEmbedding(reference.config)(torch.arange(S).expand(B, S))
+            with torch.no_grad():
+                expected = reference(x, attention_mask=mask, rotary_angles=rotary)
+                out = low(x.to(dtype), attention_mask=mask, rotary_angles=rotary)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1,
+                                       msg=lambda m: f"{dtype} {backend}: {m}")
+
+
 def _check_all_cases():
     # Phase 1: TP=1 (both ranks compute the serial model).
     mpu.initialize_model_parallel(1)
+    _check_low_precision()
     serial = {}
     for name, (overrides, kind, ref_overrides) in CASES.items():
         result = _run(overrides, kind, 1)
