@@ -76,11 +76,13 @@ class BertModel(nn.Module):
         self.post_ln = config.layernorm_position == "post"
 
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
+        # This pipeline stage's layers, Megatron's even split (language_model.stage_layer_range);
+        # an explicit offset without a count takes a stage's share (or all remaining layers).
+        stage_offset, stage_layers = current_stage_layer_range(config.num_layers)
         if layer_offset is None:
-            # This pipeline stage's layers, Megatron's even split (language_model.stage_layer_range).
-            layer_offset, stage_layers = current_stage_layer_range(config.num_layers)
-            if num_layers_in_stage is None:
-                num_layers_in_stage = stage_layers
+            layer_offset = stage_offset
+        if num_layers_in_stage is None:
+            num_layers_in_stage = min(stage_layers, config.num_layers - layer_offset)
         self.layer_offset = layer_offset
         if pre_process:
             self.embedding = NormedLanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,
