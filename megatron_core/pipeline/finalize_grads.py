@@ -76,9 +76,19 @@ def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> N
         offset += g.numel()
 
 
+def _check_supported(params) -> None:
+    for p in params:
+        if getattr(p, "shared_stack", None) and getattr(p, "shared", False):
+            raise ValueError(
+                f"the T5 {p.shared_stack} stack spans several pipeline stages, and summing its relative-"
+                f"position bias over those stages is not implemented yet; put each stack on one stage "
+                f"(pipeline_model_parallel_split_rank = 1 with 2 stages) or use learned_absolute positions.")
+
+
 def finalize_model_grads(model, data_parallel: bool = True) -> None:
     """Call once per step after the schedule, before clipping and the optimizer step."""
     params = [p for chunk in _chunks(model) for p in chunk.parameters()]
+    _check_supported(params)
     allreduce_sequence_parallel_gradients(params)
     allreduce_embedding_grads(model)
     if data_parallel:

@@ -24,7 +24,7 @@ chunk needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from ..mpu import parallel_state as ps
 
 _MAX_DIMS = 8
+_MAX_TENSORS = 4
 _FORWARD_TAG = 1   # activations, stage i -> i+1
 _BACKWARD_TAG = 2  # gradients, stage i+1 -> i
 
@@ -46,6 +47,10 @@ class P2PConfig:
     variable_seq_lengths: bool = False
     # Use torch.distributed.batch_isend_irecv; None: use it when the backend supports it.
     batch_p2p_comm: Optional[bool] = None
+    # Stages that send several tensors (T5 decoder stages: decoder hidden and encoder
+    # output): stage rank -> shapes of what that stage sends forward. Messages are then
+    # lists. Overrides tensor_shape.
+    stage_output_shapes: Optional[Callable[[int], Sequence[Sequence[int]]]] = None
 
     def device(self) -> torch.device:
         if dist.get_backend() == "nccl":
@@ -76,12 +81,34 @@ def _post(ops: List[dist.P2POp], batched: bool, pipeline_rank: int) -> List:
     return [op.op(op.tensor, op.peer, tag=op.tag) for op in ordered]
 
 
-def _shape_header(tensor: Optional[torch.Tensor], device) -> torch.Tensor:
-    header = torch.zeros(_MAX_DIMS + 1, dtype=torch.int64, device=device)
-    if tensor is not None:
-        header[0] = tensor.dim()
-        header[1:1 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
-    return header
+def _as_list(x) -> Optional[List[torch.Tensor]]:
+    if x is None:
+        return None
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _shape_header(tensors: Optional[List[torch.Tensor]], device) -> torch.Tensor:
+    """[count, then per tensor: ndim and up to _MAX_DIMS sizes]."""
+    header = torch.zeros(1 + _MAX_TENSORS * (_MAX_DIMS + 1), dtype=torch.int64)
+    if tensors is not None:
+        if len(tensors) > _MAX_TENSORS or any(t.dim() > _MAX_DIMS for t in tensors):
+            raise ValueError(f"a pipeline message holds at most {_MAX_TENSORS} tensors of at most "
+                             f"{_MAX_DIMS} dimensions; got shapes {[tuple(t.shape) for t in tensors]}.")
+        header[0] = len(tensors)
+        for i, t in enumerate(tensors):
+            base = 1 + i * (_MAX_DIMS + 1)
+            header[base] = t.dim()
+            header[base + 1:base + 1 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    return header.to(device)
+
+
+def _parse_header(header: torch.Tensor) -> List[Tuple[int, ...]]:
+    values = header.tolist()
+    shapes = []
+    for i in range(values[0]):
+        base = 1 + i * (_MAX_DIMS + 1)
+        shapes.append(tuple(values[base + 1:base + 1 + values[base]]))
+    return shapes
 
 
 def _exchange_shapes(config: P2PConfig, send_prev, send_next, recv_prev: bool, recv_next: bool):
@@ -99,50 +126,75 @@ def _exchange_shapes(config: P2PConfig, send_prev, send_next, recv_prev: bool, r
     if recv_next:
         inbox["next"] = _shape_header(None, device)
         ops.append(dist.P2POp(dist.irecv, inbox["next"], next_, tag=_BACKWARD_TAG))
-    # Shapes always go one by one: a batch that mixes them with the payload could be
-    # matched out of order by backends that pair by arrival.
     for work in _post(ops, False, ps.get_pipeline_model_parallel_rank()):
         work.wait()
-    return {side: tuple(h[1:1 + int(h[0])].tolist()) for side, h in inbox.items()}
+    return {side: _parse_header(h) for side, h in inbox.items()}
 
 
-def exchange(config: P2PConfig, *, send_next: Optional[torch.Tensor] = None,
-             send_prev: Optional[torch.Tensor] = None, recv_prev: bool = False,
-             recv_next: bool = False) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Send/receive in both directions at once; returns (from_prev, from_next)."""
+def _known_shapes(config: P2PConfig, recv_prev: bool, recv_next: bool):
+    stage = ps.get_pipeline_model_parallel_rank()
+    if config.stage_output_shapes is not None:
+        # What comes from prev is prev's output; what comes from next is the gradient
+        # of this stage's own output.
+        stages = ps.get_pipeline_model_parallel_world_size()
+        return {"prev": [tuple(x) for x in config.stage_output_shapes((stage - 1) % stages)],
+                "next": [tuple(x) for x in config.stage_output_shapes(stage)]}
+    if config.tensor_shape is None and (recv_prev or recv_next):
+        raise ValueError("P2PConfig.tensor_shape is None; set it to [seq, micro_batch, hidden] "
+                         "(or stage_output_shapes), or turn on variable_seq_lengths.")
+    fixed = [tuple(config.tensor_shape)] if config.tensor_shape is not None else None
+    return {"prev": fixed, "next": fixed}
+
+
+def exchange(config: P2PConfig, *, send_next=None, send_prev=None, recv_prev: bool = False,
+             recv_next: bool = False):
+    """Send/receive in both directions at once; returns (from_prev, from_next).
+
+    send_next / send_prev are a tensor or a list of tensors (None: nothing to send).
+    Received messages are single tensors, or lists when the config describes stages
+    with several outputs (stage_output_shapes) or the sender sent a list of several."""
     if ps.get_pipeline_model_parallel_world_size() == 1:
         return None, None
+    send_next, send_prev = _as_list(send_next), _as_list(send_prev)
     if config.variable_seq_lengths:
         shapes = _exchange_shapes(config, send_prev, send_next, recv_prev, recv_next)
     else:
-        if config.tensor_shape is None and (recv_prev or recv_next):
-            raise ValueError("P2PConfig.tensor_shape is None; set it to [seq, micro_batch, hidden] "
-                             "or turn on variable_seq_lengths.")
-        fixed = tuple(config.tensor_shape) if config.tensor_shape is not None else None
-        shapes = {"prev": fixed, "next": fixed}
+        shapes = _known_shapes(config, recv_prev, recv_next)
     device = config.device()
     prev, next_ = _ring_neighbors()
-    from_prev = (torch.empty(shapes["prev"], dtype=config.dtype, device=device, requires_grad=True)
-                 if recv_prev else None)
-    from_next = (torch.empty(shapes["next"], dtype=config.dtype, device=device, requires_grad=True)
-                 if recv_next else None)
+
+    def buffers(side, wanted):
+        if not wanted:
+            return None
+        return [torch.empty(shape, dtype=config.dtype, device=device, requires_grad=True)
+                for shape in shapes[side]]
+
+    from_prev, from_next = buffers("prev", recv_prev), buffers("next", recv_next)
     ops = []
     # With two stages (or round the ring) "prev" and "next" are the same peer, and
     # backends match messages between two peers in the order they are posted. So every
     # rank posts activations before gradients, on the sending and on the receiving side,
     # and tags the two directions apart where the backend honours tags.
-    if send_next is not None:
-        ops.append(dist.P2POp(dist.isend, send_next.detach().contiguous(), next_, tag=_FORWARD_TAG))
-    if send_prev is not None:
-        ops.append(dist.P2POp(dist.isend, send_prev.detach().contiguous(), prev, tag=_BACKWARD_TAG))
-    if from_prev is not None:
-        ops.append(dist.P2POp(dist.irecv, from_prev.data, prev, tag=_FORWARD_TAG))
-    if from_next is not None:
-        ops.append(dist.P2POp(dist.irecv, from_next.data, next_, tag=_BACKWARD_TAG))
+    for t in send_next or []:
+        ops.append(dist.P2POp(dist.isend, t.detach().contiguous(), next_, tag=_FORWARD_TAG))
+    for t in send_prev or []:
+        ops.append(dist.P2POp(dist.isend, t.detach().contiguous(), prev, tag=_BACKWARD_TAG))
+    for t in from_prev or []:
+        ops.append(dist.P2POp(dist.irecv, t.data, prev, tag=_FORWARD_TAG))
+    for t in from_next or []:
+        ops.append(dist.P2POp(dist.irecv, t.data, next_, tag=_BACKWARD_TAG))
     batched = config.batch_p2p_comm if config.batch_p2p_comm is not None else _backend_batches_p2p()
     for work in _post(ops, batched, ps.get_pipeline_model_parallel_rank()):
         work.wait()
-    return from_prev, from_next
+
+    def unwrap(received):
+        if received is None:
+            return None
+        if config.stage_output_shapes is None and len(received) == 1:
+            return received[0]
+        return received
+
+    return unwrap(from_prev), unwrap(from_next)
 
 
 # --- the named operations schedules use (Megatron's vocabulary) -------------------------

@@ -58,16 +58,27 @@ def forward_step(forward_step_func: Callable, data_iterator, model, num_microbat
     return output
 
 
-def backward_step(input_tensor: Optional[torch.Tensor], output_tensor: torch.Tensor,
-                  output_tensor_grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Backward through one chunk; returns the gradient for the previous stage."""
-    if input_tensor is not None:
-        input_tensor.retain_grad()
+def backward_step(input_tensor, output_tensor, output_tensor_grad):
+    """Backward through one chunk; returns the gradient(s) for the previous stage.
+
+    Tensors may be lists (stages that pass several tensors on, like T5's decoder stages
+    forwarding the encoder output); a passed-through input then gets its gradient from
+    both its use on this stage and the next stage."""
+    inputs = input_tensor if isinstance(input_tensor, (list, tuple)) else [input_tensor]
+    for t in inputs:
+        if t is not None:
+            t.retain_grad()
     if output_tensor_grad is None:  # last stage: output_tensor is the scalar loss
         torch.autograd.backward(output_tensor)
     else:
-        torch.autograd.backward(output_tensor, grad_tensors=output_tensor_grad)
-    return input_tensor.grad if input_tensor is not None else None
+        outputs = list(output_tensor) if isinstance(output_tensor, (list, tuple)) else [output_tensor]
+        grads = list(output_tensor_grad) if isinstance(output_tensor_grad, (list, tuple)) else [output_tensor_grad]
+        if len(outputs) != len(grads):
+            raise RuntimeError(f"stage produced {len(outputs)} outputs but received {len(grads)} gradients; "
+                               f"check P2PConfig.stage_output_shapes.")
+        torch.autograd.backward(outputs, grad_tensors=grads)
+    grads_in = [t.grad if t is not None else None for t in inputs]
+    return grads_in if isinstance(input_tensor, (list, tuple)) else grads_in[0]
 
 
 def _as_single_model(model):

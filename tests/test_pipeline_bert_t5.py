@@ -1,0 +1,143 @@
+"""BERT and T5 at PP=2 on gloo equal the serial model (loss and every gradient).
+
+BERT splits its encoder layers over the two stages (tied MLM output on the last stage).
+T5 splits encoder and decoder (pipeline_model_parallel_split_rank=1): stage 0 holds the
+encoder, stage 1 the decoder and head; stage 1 sends back gradients for the encoder
+output it used in cross-attention, and both stages' word tables are summed over the
+embedding group.
+"""
+import torch
+
+from megatron_core.models.bert import BertModel, bert_pretraining_loss
+from megatron_core.models.gpt import masked_mean
+from megatron_core.models.t5 import T5Model
+from megatron_core.mpu import parallel_state as ps
+from megatron_core.pipeline.finalize_grads import finalize_model_grads
+from megatron_core.pipeline.p2p import P2PConfig
+from megatron_core.pipeline.schedules import get_forward_backward_func
+from megatron_core.testing.distributed import run_distributed
+from megatron_core.transformer.config import TransformerConfig
+from tests.pipeline_checks import check_grads, run_pipeline, serial_grads, serial_name
+
+VOCAB, MICRO, HIDDEN, S_ENC, S_DEC = 64, 2, 16, 8, 6
+
+
+def _bert_batches(n):
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(n):
+        padding = torch.ones(MICRO, S_ENC)
+        padding[0, -2:] = 0
+        batches.append({"tokens": torch.randint(0, VOCAB, (MICRO, S_ENC), generator=g),
+                        "types": torch.randint(0, 2, (MICRO, S_ENC), generator=g),
+                        "labels": torch.randint(0, VOCAB, (MICRO, S_ENC), generator=g),
+                        "loss_mask": (torch.rand(MICRO, S_ENC, generator=g) < 0.3).float(),
+                        "padding": padding, "is_random": torch.randint(0, 2, (MICRO,), generator=g)})
+    return batches
+
+
+def _bert_builder(layout):
+    config = TransformerConfig(num_layers=4, hidden_size=HIDDEN, num_attention_heads=4, hidden_dropout=0.0,
+                               attention_dropout=0.0, layernorm_position=layout)
+
+    def build(pre_process, post_process, layer_offset):
+        return BertModel(config, VOCAB, S_ENC, pre_process=pre_process, post_process=post_process,
+                         layer_offset=layer_offset)
+    return build
+
+
+def _bert_step(model, b):
+    out = model(b["tokens"], b["padding"], tokentype_ids=b["types"], lm_labels=b["labels"])
+    if not model.post_process:
+        return out
+    lm_loss, binary = out
+    return bert_pretraining_loss(lm_loss, binary, b["loss_mask"], b["is_random"])
+
+
+def _check_bert(layout):
+    batches = _bert_batches(4)
+    serial_losses, grads = serial_grads(_bert_builder(layout), batches, _bert_step)
+    chunks, stats, _ = run_pipeline(_bert_builder(layout), batches, _bert_step, 1, 2, None,
+                                    P2PConfig(tensor_shape=(S_ENC, MICRO, HIDDEN)))
+    if ps.is_pipeline_last_stage():
+        got = [s["loss"].item() for s in stats]
+        assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
+    assert check_grads(chunks, grads, lambda chunk, name: serial_name(name, chunk.layer_offset, "encoder")) > 0
+    ps.destroy_model_parallel()
+
+
+def _t5_config():
+    return TransformerConfig(num_layers=2, hidden_size=HIDDEN, num_attention_heads=4, hidden_dropout=0.0,
+                             attention_dropout=0.0, normalization="RMSNorm", add_bias_linear=False,
+                             position_embedding_type="t5_relative", activation="relu", ffn_hidden_size=32)
+
+
+def _t5_batches(n):
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(n):
+        enc_mask = torch.ones(MICRO, S_ENC, dtype=torch.long)
+        enc_mask[1, -3:] = 0
+        labels = torch.randint(0, VOCAB, (MICRO, S_DEC), generator=g)
+        labels[0, -1] = -100
+        batches.append({"enc": torch.randint(0, VOCAB, (MICRO, S_ENC), generator=g),
+                        "dec": torch.randint(0, VOCAB, (MICRO, S_DEC), generator=g),
+                        "enc_mask": enc_mask, "labels": labels})
+    return batches
+
+
+def _t5_build(serial):
+    config = _t5_config()
+    if serial:
+        return T5Model(config, VOCAB, max_sequence_length=S_ENC)
+    encoder_stage = ps.is_pipeline_stage_before_split()
+    return T5Model(config, VOCAB, max_sequence_length=S_ENC, pre_process=True,
+                   post_process=ps.is_pipeline_last_stage(), add_encoder=encoder_stage, add_decoder=not encoder_stage)
+
+
+def _t5_step(model, b):
+    out = model(b["enc"], b["dec"], encoder_attention_mask=b["enc_mask"], labels=b["labels"])
+    if not model.post_process:
+        return out
+    return masked_mean(out, b["labels"] >= 0)
+
+
+def _check_t5():
+    batches = _t5_batches(4)
+    ps.initialize_model_parallel(1, 1)
+    serial = _t5_build(serial=True)
+    serial_losses = []
+    for b in batches:
+        loss = _t5_step(serial, b) / len(batches)
+        loss.backward()
+        serial_losses.append(loss.item() * len(batches))
+    grads = {n: p.grad for n, p in serial.named_parameters()}
+    ps.destroy_model_parallel()
+
+    ps.initialize_model_parallel(1, 2, pipeline_model_parallel_split_rank=1)
+    model = _t5_build(serial=False)
+    shapes = lambda stage: [(S_ENC, MICRO, HIDDEN)] if stage < 1 else [(S_DEC, MICRO, HIDDEN), (S_ENC, MICRO, HIDDEN)]
+
+    def forward_step_func(it, m):
+        out = _t5_step(m, next(it))
+        return out, lambda x: (x, {"loss": x.detach()})
+
+    stats = get_forward_backward_func()(forward_step_func=forward_step_func, data_iterator=iter(batches),
+                                        model=model, num_microbatches=len(batches),
+                                        p2p_config=P2PConfig(stage_output_shapes=shapes))
+    finalize_model_grads(model)
+    if ps.is_pipeline_last_stage():
+        got = [s["loss"].item() for s in stats]
+        assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
+    assert check_grads([model], grads, lambda chunk, name: name) > 0
+    ps.destroy_model_parallel()
+
+
+def _all():
+    _check_bert("post")
+    _check_bert("pre")
+    _check_t5()
+
+
+def test_bert_and_t5_pipeline_two_stages_equal_serial():
+    run_distributed(_all, 2, timeout=300)
