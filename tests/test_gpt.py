@@ -174,6 +174,11 @@ def _check_gpt_and_llama():
         assert set(params) == set(ref["grads"]), name
         for n, p in params.items():
             _close(result["grads"][n], _local(p, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
+    # parallel_output=False gathers the whole vocabulary (for sampling)
+    model = _perturbed(GPTModel(_config("gpt", {}, 2), V, S, parallel_output=False)).eval()
+    ids, _, positions, _, _ = _batch(None)
+    with torch.no_grad():
+        _close(model(ids, positions), serial["gpt_tied"]["logits"], "gathered logits")
     with pytest.raises(ConfigError, match=r"vocab_size \(63\) is not divisible by tensor_model_parallel_size"):
         GPTModel(_config("gpt", {}, 2), 63, S)
 
