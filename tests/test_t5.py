@@ -50,15 +50,15 @@ def _hf_model(variant):
     return model
 
 
-def _inputs(seed=3):
+def _inputs(seed=3, s_enc=S_ENC, s_dec=S_DEC):
     g = torch.Generator().manual_seed(seed)
-    enc = torch.randint(0, VOCAB, (B, S_ENC), generator=g)
-    dec = torch.randint(0, VOCAB, (B, S_DEC), generator=g)
-    enc_mask = torch.ones(B, S_ENC, dtype=torch.long)
+    enc = torch.randint(0, VOCAB, (B, s_enc), generator=g)
+    dec = torch.randint(0, VOCAB, (B, s_dec), generator=g)
+    enc_mask = torch.ones(B, s_enc, dtype=torch.long)
     enc_mask[1, -4:] = 0  # padding on the second encoder sequence
-    dec_mask = torch.ones(B, S_DEC, dtype=torch.long)
+    dec_mask = torch.ones(B, s_dec, dtype=torch.long)
     dec_mask[0, -2:] = 0
-    labels = torch.randint(0, VOCAB, (B, S_DEC), generator=g)
+    labels = torch.randint(0, VOCAB, (B, s_dec), generator=g)
     labels[0, -2:] = -100
     return enc, dec, enc_mask, dec_mask, labels
 
@@ -227,6 +227,9 @@ TP_CASES = {
     "megatron_learned_absolute_layernorm_bias": dict(position_embedding_type="learned_absolute",
                                                      normalization="LayerNorm", add_bias_linear=True,
                                                      softmax_scale=None, activation="gelu"),
+    "sequence_parallel_gated": dict(share_embeddings_and_output_weights=False, activation="geglu_tanh",
+                                    sequence_parallel=True),
+    "dropout_tp_invariant": dict(hidden_dropout=0.1, attention_dropout=0.1, tp_invariant_dropout=True),
 }
 
 
@@ -242,9 +245,13 @@ def _run_case(overrides, tp):
                                    generator=g) * 0.1 + (1.0 if "layernorm.weight" in name else 0.0)
                 p.copy_(mpu.shard_of_master(full, 0, 1, mpu.get_tensor_model_parallel_rank(), tp)
                         if getattr(p, "tensor_model_parallel", False) else full)
-    enc, dec, enc_mask, dec_mask, labels = _inputs()
+    enc, dec, enc_mask, dec_mask, labels = _inputs(s_enc=12, s_dec=8)  # even: sequence parallelism splits them
+    torch.manual_seed(21)  # the same dropout masks in the TP=1 and TP=2 runs
+    mpu.model_parallel_manual_seed(21)
     loss = model(enc, dec, enc_mask, dec_mask, labels=labels)
     loss.sum().backward()
+    if config.sequence_parallel_active:
+        mpu.allreduce_sequence_parallel_gradients(model.parameters())
     grads = {}
     for name, p in model.named_parameters():
         grad = p.grad
