@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from megatron_core import mpu
 from megatron_core.models.relative_attention import rel_shift
-from megatron_core.models.transformer_xl import TransformerXLModel, transformer_xl_forward_flops
+from megatron_core.models.transformer_xl import (TransformerXLModel, from_chinese_txl_state_dict,
+                                                to_chinese_txl_state_dict, transformer_xl_forward_flops)
 from megatron_core.testing import find_free_port, run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
 
@@ -223,6 +224,37 @@ def test_parameter_count_and_flops(single_rank, case):
     relative = config.num_layers * 2 * k * H * H
     assert counter.get_total_flops() == 3 * forward - relative
     assert model.training_flops_per_token(SEG, SEG, B) == 3 * forward // (B * SEG)
+
+
+def test_chinese_txl_checkpoint_mapping(single_rank):
+    """Names and layout of Chinese-Transformer-XL's GPT2ParallelTransformer (--transformer-xl):
+    its query_key_value is [q | k | v]; a round trip is the identity."""
+    config = _config({})
+    model = TransformerXLModel(config, VOCAB, mem_length=MEM)
+    _randomize(model)
+    ours = model.state_dict()
+    theirs = to_chinese_txl_state_dict(ours, config)
+    per_layer = [f"{m}.{k}" for m in ("input_layernorm", "attention.query_key_value", "attention.relative",
+                                      "attention.dense", "post_attention_layernorm", "mlp.dense_h_to_4h",
+                                      "mlp.dense_4h_to_h") for k in ("weight", "bias")]
+    expected = {"word_embeddings.weight", "transformer.r_w_bias", "transformer.r_r_bias",
+                "transformer.position_embeddings.inv_freq", "transformer.final_layernorm.weight",
+                "transformer.final_layernorm.bias"}
+    expected |= {f"transformer.layers.{i}.{k}" for i in range(config.num_layers) for k in per_layer}
+    assert set(theirs) == expected
+    back = from_chinese_txl_state_dict(theirs, config)
+    assert set(back) == set(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+    # Their rows [0:h] are the queries of heads 0..n-1 in order, [h:2h] the keys, [2h:3h] the values.
+    x = torch.randn(5, 1, H)
+    mixed, _ = model.layers[0].self_attention.query_key_value(x)
+    q, k, v = mixed.view(5, 1, HEADS, -1).split(H // HEADS, dim=-1)
+    w, b = theirs["transformer.layers.0.attention.query_key_value.weight"], \
+        theirs["transformer.layers.0.attention.query_key_value.bias"]
+    for index, part in enumerate((q, k, v)):
+        rows = slice(index * H, (index + 1) * H)
+        torch.testing.assert_close(x @ w[rows].T + b[rows], part.reshape(5, 1, H), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="shared r_w/r_r"):
+        to_chinese_txl_state_dict(ours, config, untie_r=True)
 
 
 def test_bad_configurations_get_one_sentence(single_rank):

@@ -36,6 +36,9 @@ Chinese-Transformer-XL mpu/transformer.py GPT2ParallelTransformer and change_mp.
 Our names: embedding.word_embeddings, r_w_bias, r_r_bias, layers.i.input_layernorm,
 layers.i.self_attention.{query_key_value, relative, dense}, layers.i.post_attention_layernorm,
 layers.i.mlp.*, final_layernorm (activation "gelu_tanh" for their checkpoints).
+`from_chinese_txl_state_dict` / `to_chinese_txl_state_dict` map a merged (TP=1) `module`
+dict both ways (renames + the q|k|v regrouping); merging their mp_rank shards (stride-3
+query_key_value) is the checkpoint tool's job.
 
 Pipeline: pre_process builds the embedding, post_process the final norm and the head;
 each stage holds layers layer_offset .. + num_layers_in_stage and their mems. The shared
@@ -287,3 +290,73 @@ def transformer_xl_forward_flops_per_token(config: TransformerConfig, vocab_size
                                            mem_length: int, micro_batch_size: int = 1) -> int:
     return transformer_xl_forward_flops(config, vocab_size, seq_length, mem_length, micro_batch_size) // (
         micro_batch_size * seq_length)
+
+
+# --- Chinese-Transformer-XL checkpoints (full TP=1 'module' state dicts) --------------------------------------
+def _check_chinese_txl_shape(config: TransformerConfig, untie_r: bool) -> None:
+    if untie_r or not config.share_embeddings_and_output_weights or config.normalization != "LayerNorm" \
+            or not config.add_bias_linear or not config.add_qkv_bias:
+        raise ValueError("Chinese-Transformer-XL checkpoints have shared r_w/r_r biases, a tied output, LayerNorm "
+                         "and biases; build the config that way (untie_r=False).")
+
+
+def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r: bool = False):
+    """Our full (TP=1) TransformerXLModel state dict from Chinese-Transformer-XL's merged
+    (TP=1) `module` state dict. Their fused query_key_value is [q | k | v] (each h rows,
+    heads in order); ours is per head [q0 k0 v0 | q1 k1 v1 | ...]."""
+    _check_chinese_txl_shape(config, untie_r)
+    n, d = config.num_attention_heads, config.kv_channels
+    try:
+        out = {"embedding.word_embeddings.weight": module_state["word_embeddings.weight"],
+               "r_w_bias": module_state["transformer.r_w_bias"], "r_r_bias": module_state["transformer.r_r_bias"]}
+        for i in range(config.num_layers):
+            src, dst = f"transformer.layers.{i}.", f"layers.{i}."
+            for ours, theirs in (("input_layernorm", "input_layernorm"),
+                                 ("post_attention_layernorm", "post_attention_layernorm"),
+                                 ("self_attention.relative", "attention.relative"),
+                                 ("self_attention.dense", "attention.dense"),
+                                 ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"), ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h")):
+                for kind in ("weight", "bias"):
+                    out[f"{dst}{ours}.{kind}"] = module_state[f"{src}{theirs}.{kind}"]
+            weight = module_state[f"{src}attention.query_key_value.weight"]
+            bias = module_state[f"{src}attention.query_key_value.bias"]
+            out[f"{dst}self_attention.query_key_value.weight"] = \
+                weight.reshape(3, n, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
+            out[f"{dst}self_attention.query_key_value.bias"] = bias.reshape(3, n, d).transpose(0, 1).reshape(-1)
+        for kind in ("weight", "bias"):
+            out[f"final_layernorm.{kind}"] = module_state[f"transformer.final_layernorm.{kind}"]
+    except KeyError as missing:
+        raise ValueError(f"the Chinese-Transformer-XL state dict has no {missing.args[0]!r}; pass the merged (TP=1) "
+                         f"'module' dict of a --transformer-xl checkpoint with this many layers.") from None
+    return {k: v.clone() for k, v in out.items()}
+
+
+def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = False):
+    """Chinese-Transformer-XL's merged (TP=1) `module` state dict from ours (inverse of the above)."""
+    _check_chinese_txl_shape(config, untie_r)
+    n, d, h = config.num_attention_heads, config.kv_channels, config.hidden_size
+    try:
+        out = {"word_embeddings.weight": state["embedding.word_embeddings.weight"],
+               "transformer.r_w_bias": state["r_w_bias"], "transformer.r_r_bias": state["r_r_bias"],
+               "transformer.position_embeddings.inv_freq":
+                   1.0 / (10000 ** (torch.arange(0.0, h, 2.0) / h))}
+        for i in range(config.num_layers):
+            src, dst = f"layers.{i}.", f"transformer.layers.{i}."
+            for ours, theirs in (("input_layernorm", "input_layernorm"),
+                                 ("post_attention_layernorm", "post_attention_layernorm"),
+                                 ("self_attention.relative", "attention.relative"),
+                                 ("self_attention.dense", "attention.dense"),
+                                 ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"), ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h")):
+                for kind in ("weight", "bias"):
+                    out[f"{dst}{theirs}.{kind}"] = state[f"{src}{ours}.{kind}"]
+            weight = state[f"{src}self_attention.query_key_value.weight"]
+            bias = state[f"{src}self_attention.query_key_value.bias"]
+            out[f"{dst}attention.query_key_value.weight"] = \
+                weight.reshape(n, 3, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
+            out[f"{dst}attention.query_key_value.bias"] = bias.reshape(n, 3, d).transpose(0, 1).reshape(-1)
+        for kind in ("weight", "bias"):
+            out[f"transformer.final_layernorm.{kind}"] = state[f"final_layernorm.{kind}"]
+    except KeyError as missing:
+        raise ValueError(f"our Transformer-XL state dict has no {missing.args[0]!r}; pass the full TP=1 state dict "
+                         f"of a model built with this config.") from None
+    return {k: v.clone() for k, v in out.items()}
