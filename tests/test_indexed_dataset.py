@@ -221,3 +221,23 @@ def test_bad_files_give_one_clear_sentence(tmp_path, name, edit, expected):
     message = _corrupt(tmp_path, name, edit)
     assert expected in message
     assert name in message or str(tmp_path) in message
+
+
+def test_gather_equals_concatenated_slices(tmp_path):
+    rng = np.random.default_rng(3)
+    docs = [[rng.integers(0, 60000, rng.integers(1, 30)).tolist()] for _ in range(50)]
+    build(str(tmp_path / "g"), docs)
+    ds = IndexedDataset(str(tmp_path / "g"))
+    for _ in range(200):
+        seqs = rng.integers(0, len(ds), rng.integers(1, 6))
+        first = int(rng.integers(0, ds.sequence_lengths[seqs[0]]))
+        if len(seqs) == 1:
+            last = int(rng.integers(first, ds.sequence_lengths[seqs[0]] + 1))
+            expected = ds[int(seqs[0])][first:last]
+        else:
+            last = int(rng.integers(0, ds.sequence_lengths[seqs[-1]] + 1))
+            expected = np.concatenate([ds[int(seqs[0])][first:]] + [ds[int(s)] for s in seqs[1:-1]]
+                                      + [ds[int(seqs[-1])][:last]])
+        got = ds.gather(seqs, first, last)
+        assert got.dtype == np.int64 and got.tolist() == expected.tolist()
+    assert ds.gather([3, 4]).tolist() == ds[3].tolist() + ds[4].tolist()

@@ -260,6 +260,33 @@ class IndexedDataset:
             return self._read(int(self.sequence_pointers[i]), int(self.sequence_lengths[i]))
         raise TypeError(f"IndexedDataset indices must be int or slice, not {type(idx).__name__}")
 
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of the .bin as one flat read-only array (a view of the memory map)."""
+        return np.frombuffer(self._bin_buffer, dtype=self.dtype)
+
+    def gather(self, sequences: np.ndarray, first_offset: int = 0,
+               last_length: Optional[int] = None, out_dtype=np.int64) -> np.ndarray:
+        """Sequences `sequences` back to back as one array, in one numpy gather: the first
+        one from its token `first_offset` on, the last one up to (not including) its token
+        `last_length` (None: to its end). This is
+        how a GPT sample that spans many short documents is read without a Python loop."""
+        sequences = np.asarray(sequences, dtype=np.int64)
+        starts = self.sequence_pointers[sequences] // self.dtype.itemsize
+        lengths = self.sequence_lengths[sequences].astype(np.int64)
+        starts[0] += first_offset
+        lengths[0] -= first_offset
+        if last_length is not None:
+            lengths[-1] = last_length - (first_offset if len(sequences) == 1 else 0)
+        if np.any(lengths < 0) or first_offset < 0:
+            raise IndexError(f"gather of sequences {sequences.tolist()} from offset "
+                             f"{first_offset} to length {last_length} is out of range")
+        ends = np.cumsum(lengths)
+        # position of output token j in .bin: j + (start of its sequence - output start of it)
+        shift = np.repeat(starts - (ends - lengths), lengths)
+        positions = shift + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        return self.tokens[positions].astype(out_dtype, copy=False)
+
     def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         """Tokens [offset, offset + length) of sequence `idx`, reading only those bytes."""
         i = self._check_index(int(idx))
