@@ -162,6 +162,22 @@ def test_builder_blends_with_margin(two_datasets, tmp_path):
         build_train_valid_test_datasets(str(tmp_path / "missing"), "1", [1, 0, 0], 8, 1)
 
 
+def test_builder_checks_every_prefix_before_building(two_datasets, tmp_path):
+    cache = tmp_path / "cache"
+    missing = str(tmp_path / "nowhere_text_document")
+    with pytest.raises(DataError, match=f"no dataset at {missing} "):
+        build_train_valid_test_datasets(["0.3", two_datasets[0], "0.7", missing], "1", [10, 0, 0],
+                                        8, 1, cache_dir=str(cache))
+    assert not cache.exists()  # nothing was built for the first prefix either
+    with pytest.raises(DataError, match="without .bin"):
+        build_train_valid_test_datasets(["1", two_datasets[0] + ".bin"], "1", [10, 0, 0], 8, 1,
+                                        cache_dir=str(cache))
+    for bad, why in ((["0.3", two_datasets[0], "0.7"], "entries"),
+                     (["x", two_datasets[0], "0.7", two_datasets[1]], "not a weight")):
+        with pytest.raises(DataError, match=why):
+            build_train_valid_test_datasets(bad, "1", [10, 0, 0], 8, 1, cache_dir=str(cache))
+
+
 def _build_on_two_ranks(data_path, cache_dir):
     import torch.distributed as dist
     datasets = build_train_valid_test_datasets(data_path, "80,20", [100, 10, 0], 8, 3, cache_dir)

@@ -28,11 +28,22 @@ from megatron_core.data.splits import SPLIT_NAMES, split_ranges
 BLEND_MARGIN = 1.005
 
 
-def _split_datasets(prefix: str, splits_string: str, num_samples: Sequence[int],
-                    seq_length: int, seed: int, cache_dir: Optional[str]) -> List[Optional[GPTDataset]]:
-    if not IndexedDataset.exists(prefix):
+def check_prefixes(prefixes: Sequence[str]) -> None:
+    """Every --data-path prefix must have its .bin and .idx; checked before any index is built."""
+    for prefix in prefixes:
+        if IndexedDataset.exists(prefix):
+            continue
+        for ext in (".bin", ".idx"):
+            if prefix.endswith(ext) and IndexedDataset.exists(prefix[: -len(ext)]):
+                raise DataError(f"--data-path {prefix}: give the prefix without {ext}, i.e. "
+                                f"{prefix[: -len(ext)]}.")
         raise DataError(f"no dataset at {prefix} ({prefix}.bin / {prefix}.idx); pass the prefix "
                         f"that tools/preprocess_data.py printed, without .bin or .idx.")
+
+
+def _split_datasets(prefix: str, splits_string: str, num_samples: Sequence[int],
+                    seq_length: int, seed: int, cache_dir: Optional[str]) -> List[Optional[GPTDataset]]:
+    check_prefixes([prefix])
     indexed = IndexedDataset(prefix)
     datasets = []
     for name, (start, stop), count in zip(SPLIT_NAMES, split_ranges(splits_string, len(indexed)),
@@ -47,6 +58,7 @@ def _split_datasets(prefix: str, splits_string: str, num_samples: Sequence[int],
 
 def _build(data_path, splits_string, num_samples, seq_length, seed, cache_dir):
     weights, prefixes = parse_data_path(data_path)
+    check_prefixes(prefixes)
     if len(prefixes) == 1:
         return _split_datasets(prefixes[0], splits_string, num_samples, seq_length, seed, cache_dir)
 
