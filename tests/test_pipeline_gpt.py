@@ -1,6 +1,7 @@
 """GPT through the pipeline schedules on gloo equals the serial model.
 
-Layouts: PP=2, PP=4, PP=2 x TP=2, PP=2 x DP=2, interleaved PP=2 with 2 virtual stages;
+Layouts: PP=2, PP=4, PP=2 x TP=2 (also with sequence parallelism), PP=2 x DP=2,
+interleaved PP=2 with 2 virtual stages, and no pipelining at TP=2 and TP=2 x DP=2;
 4 micro-batches per data-parallel rank; loss and every gradient (the tied word embedding
 included, summed over the embedding group) against one serial process.
 """
@@ -83,6 +84,7 @@ def _check_layout(tp, pp, virtual=None, sequence_parallel=False):
 
 def _two_ranks():
     _check_layout(tp=1, pp=2)
+    _check_layout(tp=2, pp=1)  # no pipelining: gradient accumulation over micro-batches
     _check_layout(tp=1, pp=2, virtual=2)
 
 
@@ -91,6 +93,7 @@ def _four_ranks():
     _check_layout(tp=2, pp=2)
     _check_layout(tp=2, pp=2, sequence_parallel=True)
     _check_layout(tp=1, pp=2)  # DP=2
+    _check_layout(tp=2, pp=1)  # no pipelining with TP=2 x DP=2
 
 
 def test_gpt_pipeline_two_stages_and_interleaved():
