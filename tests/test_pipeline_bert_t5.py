@@ -1,4 +1,4 @@
-"""BERT and T5 at PP=2 on gloo equal the serial model (loss and every gradient).
+"""BERT and T5 at PP=2 (and T5 at PP=4) on gloo equal the serial model (loss and every gradient).
 
 BERT splits its encoder layers over the two stages (tied MLM output on the last stage).
 T5 splits encoder and decoder (pipeline_model_parallel_split_rank=1): stage 0 holds the
@@ -90,9 +90,24 @@ def _t5_build(serial):
     config = _t5_config()
     if serial:
         return T5Model(config, VOCAB, max_sequence_length=S_ENC)
-    encoder_stage = ps.is_pipeline_stage_before_split()
-    return T5Model(config, VOCAB, max_sequence_length=S_ENC, pre_process=True,
-                   post_process=ps.is_pipeline_last_stage(), add_encoder=encoder_stage, add_decoder=not encoder_stage)
+    stage, split = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_split_rank()
+    stages = ps.get_pipeline_model_parallel_world_size()
+    encoder_stage = stage < split
+    # Each stack's layers are spread evenly over its stages.
+    per_stage = config.num_layers // (split if encoder_stage else stages - split)
+    offset = (stage if encoder_stage else stage - split) * per_stage
+    return T5Model(config, VOCAB, max_sequence_length=S_ENC, pre_process=stage in (0, split),
+                   post_process=ps.is_pipeline_last_stage(), add_encoder=encoder_stage,
+                   add_decoder=not encoder_stage, encoder_layer_offset=offset, encoder_num_layers_in_stage=per_stage,
+                   decoder_layer_offset=offset, decoder_num_layers_in_stage=per_stage)
+
+
+def _t5_serial_name(chunk, name):
+    for stack in ("encoder", "decoder"):
+        block = getattr(chunk, stack)
+        if block is not None:
+            name = serial_name(name, block.layer_offset, stack)
+    return name
 
 
 def _t5_step(model, b):
@@ -102,7 +117,7 @@ def _t5_step(model, b):
     return masked_mean(out, b["labels"] >= 0)
 
 
-def _check_t5():
+def _check_t5(stages=2, split=1):
     batches = _t5_batches(4)
     ps.initialize_model_parallel(1, 1)
     serial = _t5_build(serial=True)
@@ -114,9 +129,9 @@ def _check_t5():
     grads = {n: p.grad for n, p in serial.named_parameters()}
     ps.destroy_model_parallel()
 
-    ps.initialize_model_parallel(1, 2, pipeline_model_parallel_split_rank=1)
+    ps.initialize_model_parallel(1, stages, pipeline_model_parallel_split_rank=split)
     model = _t5_build(serial=False)
-    shapes = lambda stage: [(S_ENC, MICRO, HIDDEN)] if stage < 1 else [(S_DEC, MICRO, HIDDEN), (S_ENC, MICRO, HIDDEN)]
+    shapes = lambda stage: [(S_ENC, MICRO, HIDDEN)] if stage < split else [(S_DEC, MICRO, HIDDEN), (S_ENC, MICRO, HIDDEN)]
 
     def forward_step_func(it, m):
         out = _t5_step(m, next(it))
@@ -129,7 +144,7 @@ def _check_t5():
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
         assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
-    assert check_grads([model], grads, lambda chunk, name: name) > 0
+    assert check_grads([model], grads, _t5_serial_name) > 0
     ps.destroy_model_parallel()
 
 
@@ -141,3 +156,9 @@ def _all():
 
 def test_bert_and_t5_pipeline_two_stages_equal_serial():
     run_distributed(_all, 2, timeout=300)
+
+
+def test_t5_pipeline_four_stages_two_per_stack_equal_serial():
+    # Each stack spans two stages: the relative-bias tables' gradients are summed over the
+    # stack's stages and the word table over first, split and last stage.
+    run_distributed(_check_t5, 4, 4, 2, timeout=300)

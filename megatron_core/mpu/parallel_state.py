@@ -136,6 +136,12 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         "embedding": layout.embedding_groups(),
         "position_embedding": layout.position_embedding_groups(),
     }
+    split = pipeline_model_parallel_split_rank
+    if split is not None and 0 < split < pipeline_model_parallel_size:
+        # Stages of one stack of an encoder-decoder pipeline: tables every stage of the
+        # stack holds a copy of (T5's relative-position bias) are summed over these.
+        all_groups["encoder_stages"] = [g[:split] for g in layout.pipeline_groups()]
+        all_groups["decoder_stages"] = [g[split:] for g in layout.pipeline_groups()]
     for name, group_list in all_groups.items():
         for ranks in group_list:
             # new_group is collective: every rank creates every group, keeps its own.
@@ -185,6 +191,16 @@ def get_data_parallel_group():
 
 def get_model_parallel_group():
     return _group("model")
+
+
+def get_pipeline_stack_group(stack: str):
+    """(group, ranks) of the pipeline stages holding `stack`: "encoder" or "decoder" of a
+    split encoder-decoder pipeline; any other stack spans the whole pipeline."""
+    state = _state()
+    name = f"{stack}_stages"
+    if name in state.groups:
+        return state.groups[name], state.ranks[name]
+    return _group("pipeline"), _ranks("pipeline")
 
 
 def get_embedding_group():

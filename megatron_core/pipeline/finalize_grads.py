@@ -1,11 +1,13 @@
 """Make a rank's gradients final after all micro-batches of a step have run backward.
 
-Three sums the schedules leave to the end of the step:
+The sums the schedules leave to the end of the step:
   * sequence parallelism: LayerNorm/RMSNorm weights saw only this rank's sequence chunk,
     so their gradients are summed over the tensor-parallel group;
   * tied word embeddings under pipelining: the first stage's input table and the last
     stage's output copy are one parameter, so their gradients are summed over the
     embedding group (first + last stage) and both copies take the same optimizer step;
+  * tables each stage of a stack holds a copy of (T5 relative-position bias,
+    Transformer-XL's r_w_bias / r_r_bias) are summed over the stages of that stack;
   * data parallelism (when no DDP/DeepSpeed wrapper did it): gradients are averaged
     over the data-parallel group.
 """
@@ -76,20 +78,34 @@ def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> N
         offset += g.numel()
 
 
-def _check_supported(params) -> None:
+def allreduce_stack_shared_grads(params) -> None:
+    """Sum gradients of tables that every stage of a stack holds a copy of.
+
+    Models mark such parameters with `shared_stack` (T5's per-stack relative-position
+    bias: "encoder"/"decoder"; Transformer-XL's r_w_bias/r_r_bias: "xl_r_bias"); the
+    copy on the stack's first stage is the owner, the others are also `shared`."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return
+    by_stack = {}
     for p in params:
-        if getattr(p, "shared_stack", None) and getattr(p, "shared", False):
-            raise ValueError(
-                f"the T5 {p.shared_stack} stack spans several pipeline stages, and summing its relative-"
-                f"position bias over those stages is not implemented yet; put each stack on one stage "
-                f"(pipeline_model_parallel_split_rank = 1 with 2 stages) or use learned_absolute positions.")
+        stack = getattr(p, "shared_stack", None)
+        if stack is not None:
+            by_stack.setdefault(stack, []).append(p)
+    for stack in sorted(by_stack):
+        group, ranks = ps.get_pipeline_stack_group(stack)
+        if len(ranks) == 1:
+            continue
+        for p in by_stack[stack]:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad, group=group)
+            p.grad = grad
 
 
 def finalize_model_grads(model, data_parallel: bool = True) -> None:
     """Call once per step after the schedule, before clipping and the optimizer step."""
     params = [p for chunk in _chunks(model) for p in chunk.parameters()]
-    _check_supported(params)
     allreduce_sequence_parallel_gradients(params)
     allreduce_embedding_grads(model)
+    allreduce_stack_shared_grads(params)
     if data_parallel:
         allreduce_data_parallel_grads(params)
