@@ -69,20 +69,32 @@ MLM_HEAD: Pairs = [("lm_head.dense", "cls.predictions.transform.dense"),
                    ("lm_head.layernorm", "cls.predictions.transform.LayerNorm")]
 BINARY_HEAD: Pairs = [("binary_head", "cls.seq_relationship")]
 
+# Name pairs the BERT-like families share (BERT, MegatronBERT, RoFormer, Zhouwenwang).
+WORD_EMBEDDINGS = ("embedding.word_embeddings", "embeddings.word_embeddings")
+POSITION_EMBEDDINGS = ("embedding.position_embeddings", "embeddings.position_embeddings")
+TOKENTYPE_EMBEDDINGS = ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")
+HF_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
+POST_LN_LAYER: Pairs = [("self_attention.dense", "attention.output.dense"),     # BERT, RoFormer
+                        ("post_attention_layernorm", "attention.output.LayerNorm"),
+                        ("mlp.dense_h_to_4h", "intermediate.dense"),
+                        ("mlp.dense_4h_to_h", "output.dense"),
+                        ("post_mlp_layernorm", "output.LayerNorm")]
+PRE_LN_LAYER: Pairs = [("input_layernorm", "attention.ln"),                     # MegatronBERT, Zhouwenwang
+                       ("self_attention.dense", "attention.output.dense"),
+                       ("post_attention_layernorm", "ln"),
+                       ("mlp.dense_h_to_4h", "intermediate.dense"),
+                       ("mlp.dense_4h_to_h", "output.dense")]
+PRE_LN_FINAL: Pairs = [("encoder.final_layernorm", "encoder.ln")]
+POOLER: Pairs = [("pooler.dense", "pooler.dense")]
+
 BERT_LAYOUT = EncoderLayout(
     prefix="bert.",
-    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
-                ("embedding.position_embeddings", "embeddings.position_embeddings"),
-                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embeddings=[WORD_EMBEDDINGS, POSITION_EMBEDDINGS, TOKENTYPE_EMBEDDINGS],
     embedding_norm=[("embedding.layernorm", "embeddings.LayerNorm")],
-    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
-    layer=[("self_attention.dense", "attention.output.dense"),
-           ("post_attention_layernorm", "attention.output.LayerNorm"),
-           ("mlp.dense_h_to_4h", "intermediate.dense"),
-           ("mlp.dense_4h_to_h", "output.dense"),
-           ("post_mlp_layernorm", "output.LayerNorm")],
+    layer_qkv=HF_QKV,
+    layer=POST_LN_LAYER,
     final=[],
-    pooler=[("pooler.dense", "pooler.dense")],
+    pooler=POOLER,
 )
 
 
@@ -291,6 +303,29 @@ def hf_activation(hf_config) -> str:
     return HF_ACTIVATIONS[act]
 
 
+def architecture_heads(architectures: Dict[str, Tuple[bool, bool, bool, bool]], architecture: str
+                       ) -> Tuple[bool, bool, bool, bool]:
+    """(prefix, pooler, MLM head, binary head) of one HF architecture name of a family."""
+    if architecture not in architectures:
+        raise ConversionError(f"architecture {architecture!r} is not one of {sorted(architectures)}.")
+    return architectures[architecture]
+
+
+def require_absolute_positions(hf_config, family: str) -> None:
+    """BERT-like HF configs may ask for relative position embeddings, which we do not have."""
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ConversionError(f"position_embedding_type={hf_config.position_embedding_type!r} {family} is "
+                              f"not supported; only 'absolute'.")
+
+
+def encoder_config_from_hf(hf_config, overrides: dict, **family_values) -> TransformerConfig:
+    """Our TransformerConfig: the fields all BERT-like HF configs share, then the family's
+    (layernorm_position, position_embedding_type, ...), then the caller's overrides."""
+    values = dict(common_config_kwargs(hf_config), **family_values)
+    values.update(overrides)
+    return TransformerConfig(**values)
+
+
 def common_config_kwargs(hf_config) -> dict:
     return dict(num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
                 num_attention_heads=hf_config.num_attention_heads, ffn_hidden_size=hf_config.intermediate_size,
@@ -335,9 +370,7 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                      ) -> Dict[str, torch.Tensor]:
     """Our BertModel's full state dict -> the HF `architecture`'s (vocab_size trims padding)."""
     check_config(config)
-    if architecture not in ARCHITECTURES:
-        raise ConversionError(f"architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}.")
-    prefix, pooler, mlm, binary = ARCHITECTURES[architecture]
+    prefix, pooler, mlm, binary = architecture_heads(ARCHITECTURES, architecture)
     return encoder_to_hf(our_sd, config, BERT_LAYOUT, FAMILY, prefix, pooler, mlm, binary, vocab_size)
 
 
@@ -352,10 +385,6 @@ def to_hf_config(config: TransformerConfig, vocab_size: int, max_position_embedd
 
 def from_hf_config(hf_config, **overrides) -> TransformerConfig:
     """Our post-LN TransformerConfig for a transformers.BertConfig (overrides: e.g. TP size)."""
-    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
-        raise ConversionError(f"position_embedding_type={hf_config.position_embedding_type!r} BERT is not "
-                              f"supported; only 'absolute'.")
-    values = dict(common_config_kwargs(hf_config), layernorm_position="post",
-                  position_embedding_type="learned_absolute")
-    values.update(overrides)
-    return TransformerConfig(**values)
+    require_absolute_positions(hf_config, FAMILY)
+    return encoder_config_from_hf(hf_config, overrides, layernorm_position="post",
+                                  position_embedding_type="learned_absolute")

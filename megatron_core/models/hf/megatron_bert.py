@@ -15,24 +15,19 @@ from typing import Dict, Optional
 import torch
 
 from ...transformer.config import TransformerConfig
-from .bert import (ConversionError, EncoderLayout, check_encoder_config, common_config_kwargs, common_hf_kwargs,
-                   encoder_from_hf, encoder_to_hf)
+from .bert import (HF_QKV, POOLER, POSITION_EMBEDDINGS, PRE_LN_FINAL, PRE_LN_LAYER, TOKENTYPE_EMBEDDINGS,
+                   WORD_EMBEDDINGS, EncoderLayout, architecture_heads, check_encoder_config, common_hf_kwargs,
+                   encoder_config_from_hf, encoder_from_hf, encoder_to_hf, require_absolute_positions)
 
 FAMILY = "MegatronBERT"
 LAYOUT = EncoderLayout(
     prefix="bert.",
-    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
-                ("embedding.position_embeddings", "embeddings.position_embeddings"),
-                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embeddings=[WORD_EMBEDDINGS, POSITION_EMBEDDINGS, TOKENTYPE_EMBEDDINGS],
     embedding_norm=[],
-    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
-    layer=[("input_layernorm", "attention.ln"),
-           ("self_attention.dense", "attention.output.dense"),
-           ("post_attention_layernorm", "ln"),
-           ("mlp.dense_h_to_4h", "intermediate.dense"),
-           ("mlp.dense_4h_to_h", "output.dense")],
-    final=[("encoder.final_layernorm", "encoder.ln")],
-    pooler=[("pooler.dense", "pooler.dense")],
+    layer_qkv=HF_QKV,
+    layer=PRE_LN_LAYER,
+    final=PRE_LN_FINAL,
+    pooler=POOLER,
 )
 ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head)
     "MegatronBertModel": (False, True, False, False),
@@ -56,9 +51,7 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                      architecture: str = "MegatronBertForPreTraining", vocab_size: Optional[int] = None
                      ) -> Dict[str, torch.Tensor]:
     check_config(config)
-    if architecture not in ARCHITECTURES:
-        raise ConversionError(f"architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}.")
-    prefix, pooler, mlm, binary = ARCHITECTURES[architecture]
+    prefix, pooler, mlm, binary = architecture_heads(ARCHITECTURES, architecture)
     return encoder_to_hf(our_sd, config, LAYOUT, FAMILY, prefix, pooler, mlm, binary, vocab_size)
 
 
@@ -73,10 +66,6 @@ def to_hf_config(config: TransformerConfig, vocab_size: int, max_position_embedd
 
 def from_hf_config(hf_config, **overrides) -> TransformerConfig:
     """Our pre-LN TransformerConfig for a transformers.MegatronBertConfig."""
-    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
-        raise ConversionError(f"position_embedding_type={hf_config.position_embedding_type!r} MegatronBERT is "
-                              f"not supported; only 'absolute'.")
-    values = dict(common_config_kwargs(hf_config), layernorm_position="pre",
-                  position_embedding_type="learned_absolute")
-    values.update(overrides)
-    return TransformerConfig(**values)
+    require_absolute_positions(hf_config, FAMILY)
+    return encoder_config_from_hf(hf_config, overrides, layernorm_position="pre",
+                                  position_embedding_type="learned_absolute")

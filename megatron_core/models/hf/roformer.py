@@ -31,22 +31,18 @@ from typing import Dict, Optional
 import torch
 
 from ...transformer.config import TransformerConfig
-from .bert import (ConversionError, EncoderLayout, check_encoder_config, common_config_kwargs, common_hf_kwargs,
-                   encoder_from_hf, encoder_to_hf)
+from .bert import (HF_QKV, POOLER, POST_LN_LAYER, PRE_LN_FINAL, PRE_LN_LAYER, TOKENTYPE_EMBEDDINGS, WORD_EMBEDDINGS,
+                   ConversionError, EncoderLayout, architecture_heads, check_encoder_config, common_hf_kwargs,
+                   encoder_config_from_hf, encoder_from_hf, encoder_to_hf)
 
 FAMILY = "RoFormer"
 POSITIONS = "encoder.embed_positions.weight"
-LAYOUT = EncoderLayout(
+LAYOUT = EncoderLayout(  # BERT's post-LN layout without the position table and pooler
     prefix="roformer.",
-    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
-                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embeddings=[WORD_EMBEDDINGS, TOKENTYPE_EMBEDDINGS],
     embedding_norm=[("embedding.layernorm", "embeddings.LayerNorm")],
-    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
-    layer=[("self_attention.dense", "attention.output.dense"),
-           ("post_attention_layernorm", "attention.output.LayerNorm"),
-           ("mlp.dense_h_to_4h", "intermediate.dense"),
-           ("mlp.dense_4h_to_h", "output.dense"),
-           ("post_mlp_layernorm", "output.LayerNorm")],
+    layer_qkv=HF_QKV,
+    layer=POST_LN_LAYER,
     final=[],
     pooler=[],
     extra_buffers=(POSITIONS,),
@@ -54,19 +50,14 @@ LAYOUT = EncoderLayout(
 ZHOUWENWANG_FAMILY = "Zhouwenwang RoFormer"
 ZHOUWENWANG_ROPE = "attention.self.rope_emb.div_term"
 ZHOUWENWANG_POSITION_IDS = "embeddings.position_ids"
-ZHOUWENWANG_LAYOUT = EncoderLayout(
+ZHOUWENWANG_LAYOUT = EncoderLayout(  # MegatronBERT's pre-LN layout without the position table
     prefix="bert.",
-    embeddings=[("embedding.word_embeddings", "embeddings.word_embeddings"),
-                ("embedding.tokentype_embeddings", "embeddings.token_type_embeddings")],
+    embeddings=[WORD_EMBEDDINGS, TOKENTYPE_EMBEDDINGS],
     embedding_norm=[],
-    layer_qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
-    layer=[("input_layernorm", "attention.ln"),
-           ("self_attention.dense", "attention.output.dense"),
-           ("post_attention_layernorm", "ln"),
-           ("mlp.dense_h_to_4h", "intermediate.dense"),
-           ("mlp.dense_4h_to_h", "output.dense")],
-    final=[("encoder.final_layernorm", "encoder.ln")],
-    pooler=[("pooler.dense", "pooler.dense")],
+    layer_qkv=HF_QKV,
+    layer=PRE_LN_LAYER,
+    final=PRE_LN_FINAL,
+    pooler=POOLER,
     extra_buffers=(ZHOUWENWANG_POSITION_IDS,),
     layer_buffers=(ZHOUWENWANG_ROPE,),
 )
@@ -101,9 +92,7 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                      architecture: str = "RoFormerForMaskedLM", vocab_size: Optional[int] = None,
                      max_position_embeddings: int = 1536) -> Dict[str, torch.Tensor]:
     check_config(config)
-    if architecture not in ARCHITECTURES:
-        raise ConversionError(f"architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}.")
-    prefix, pooler, mlm, binary = ARCHITECTURES[architecture]
+    prefix, pooler, mlm, binary = architecture_heads(ARCHITECTURES, architecture)
     out = encoder_to_hf(our_sd, config, LAYOUT, FAMILY, prefix, pooler, mlm, binary, vocab_size)
     out[(LAYOUT.prefix if prefix else "") + POSITIONS] = sinusoidal_positions(max_position_embeddings,
                                                                               config.kv_channels)
@@ -129,10 +118,8 @@ def from_hf_config(hf_config, **overrides) -> TransformerConfig:
                               f"needs an embedding projection this model does not have.")
     if getattr(hf_config, "rotary_value", False):
         raise ConversionError("RoFormer with rotary_value=True (rotating v too) is not supported.")
-    values = dict(common_config_kwargs(hf_config), layernorm_position="post", position_embedding_type="rope",
-                  rotary_interleaved=True)
-    values.update(overrides)
-    return TransformerConfig(**values)
+    return encoder_config_from_hf(hf_config, overrides, layernorm_position="post", position_embedding_type="rope",
+                                  rotary_interleaved=True)
 
 
 # --- Zhouwenwang (Fengshenbang-LM) -----------------------------------------------------------
