@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 class AbstractTokenizer(ABC):
@@ -63,3 +66,46 @@ class AbstractTokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"
+
+
+class DictVocabTokenizer(AbstractTokenizer):
+    """A tokenizer whose vocabulary is held as `_vocab` (token -> id) and `_inv_vocab` (id -> token)."""
+
+    _vocab: Dict[str, int]
+    _inv_vocab: Dict[int, str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    @property
+    def inv_vocab(self) -> Dict[int, str]:
+        return self._inv_vocab
+
+
+class RustBackedTokenizer(DictVocabTokenizer):
+    """Encoding and decoding through a HuggingFace `tokenizers.Tokenizer` held as `_tokenizer`.
+
+    `_add_special_tokens` says whether encoding applies the backend's post-processor (its
+    own [CLS]/<s> template); decoding keeps special tokens.
+    """
+
+    _tokenizer: "Tokenizer"
+    _add_special_tokens: bool = False
+
+    @property
+    def backend(self) -> "Tokenizer":
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tokenizer.encode(text, add_special_tokens=self._add_special_tokens).ids
+
+    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=self._add_special_tokens)]
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)

@@ -8,19 +8,19 @@ longest-match WordPiece. As in Megatron, [BOS], [EOS] and `vocab_extra_ids` sent
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from megatron_core.data.errors import DataError
-from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.data.tokenizers.base import RustBackedTokenizer
 from megatron_core.data.tokenizers.files import read_wordpiece_vocab, require_file
 
 _REQUIRED = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 
 
-class BertWordPieceTokenizer(AbstractTokenizer):
+class BertWordPieceTokenizer(RustBackedTokenizer):
     def __init__(self, vocab_file: str, lower_case: bool = True, vocab_extra_ids: int = 0):
         kind = "BertWordPieceLowerCase" if lower_case else "BertWordPieceCase"
         super().__init__(kind)
@@ -64,31 +64,6 @@ class BertWordPieceTokenizer(AbstractTokenizer):
                 f"remove duplicate lines from --vocab-file.")
         self._vocab[token] = self._next_id
         self._next_id += 1
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
-
-    @property
-    def backend(self) -> Tokenizer:
-        return self._tokenizer
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)
 
     @property
     def additional_special_tokens_ids(self) -> List[int]:

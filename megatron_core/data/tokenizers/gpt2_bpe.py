@@ -6,19 +6,19 @@ no prefix space, and <|endoftext|> atomic in text. `eod` is <|endoftext|>.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Sequence
+from typing import Dict
 
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
 from megatron_core.data.errors import DataError
-from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.data.tokenizers.base import RustBackedTokenizer
 from megatron_core.data.tokenizers.files import require_file
 
 _EOD = "<|endoftext|>"
 
 
-class GPT2BPETokenizer(AbstractTokenizer):
+class GPT2BPETokenizer(RustBackedTokenizer):
     def __init__(self, vocab_file: str, merge_file: str):
         super().__init__("GPT2BPETokenizer")
         require_file(vocab_file, "--vocab-file", self.name)
@@ -44,28 +44,3 @@ class GPT2BPETokenizer(AbstractTokenizer):
         self._vocab: Dict[str, int] = vocab
         self._inv_vocab = {i: t for t, i in vocab.items()}
         self.eod = self.eos = self.bos = vocab[_EOD]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
-
-    @property
-    def backend(self) -> Tokenizer:
-        return self._tokenizer
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)

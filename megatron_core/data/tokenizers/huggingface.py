@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 from tokenizers import Tokenizer
 
 from megatron_core.data.errors import DataError
-from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.data.tokenizers.base import RustBackedTokenizer
 
 _ROLES = {"cls": "cls_token", "sep": "sep_token", "pad": "pad_token", "mask": "mask_token",
           "bos": "bos_token", "eos": "eos_token"}
@@ -47,7 +47,9 @@ def _read_role_names(directory: str) -> Dict[str, str]:
     return names
 
 
-class HuggingFaceTokenizer(AbstractTokenizer):
+class HuggingFaceTokenizer(RustBackedTokenizer):
+    _add_special_tokens = True  # as Megatron: the tokenizer's own template (e.g. Llama's <s>)
+
     def __init__(self, tokenizer_model: str):
         super().__init__("HuggingFaceTokenizer")
         if not tokenizer_model:
@@ -80,24 +82,3 @@ class HuggingFaceTokenizer(AbstractTokenizer):
         # Added tokens may sit above the model's ids; the embedding must cover them all.
         return max(self._tokenizer.get_vocab_size(with_added_tokens=True),
                    max(self._vocab.values(), default=-1) + 1)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
-
-    @property
-    def backend(self) -> Tokenizer:
-        return self._tokenizer
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text).ids
-
-    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)

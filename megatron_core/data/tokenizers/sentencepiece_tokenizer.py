@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Sequence
 
 from megatron_core.data.errors import DataError
-from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.data.tokenizers.base import DictVocabTokenizer
 from megatron_core.data.tokenizers.files import require_file
 
 
@@ -28,7 +28,7 @@ def _load(model_file: str, kind: str):
             f"with tools/train_tokenizer.py.") from None
 
 
-class GPTSentencePieceTokenizer(AbstractTokenizer):
+class GPTSentencePieceTokenizer(DictVocabTokenizer):
     def __init__(self, model_file: str, name: str = "GPTSentencePieceTokenizer"):
         super().__init__(name)
         self._sp = _load(model_file, name)
@@ -43,18 +43,6 @@ class GPTSentencePieceTokenizer(AbstractTokenizer):
         self.bos = known(self._sp.bos_id())
         self.eos = known(self._sp.eos_id())
         self.eod = self.eos
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
 
     @property
     def processor(self):
