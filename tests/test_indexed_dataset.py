@@ -241,3 +241,10 @@ def test_gather_equals_concatenated_slices(tmp_path):
         got = ds.gather(seqs, first, last)
         assert got.dtype == np.int64 and got.tolist() == expected.tolist()
     assert ds.gather([3, 4]).tolist() == ds[3].tolist() + ds[4].tolist()
+    n3, n4 = int(ds.sequence_lengths[3]), int(ds.sequence_lengths[4])
+    with pytest.raises(IndexError, match="last_length"):
+        ds.gather([3, 4], 0, n4 + 1)
+    with pytest.raises(IndexError, match="first_offset"):
+        ds.gather([3, 4], n3 + 1, 1)
+    with pytest.raises(IndexError, match="first_offset"):
+        ds.gather([3], 2, 1)

@@ -195,6 +195,7 @@ class IndexedDataset:
         else:
             self._bin = np.memmap(bin_path, mode="r", dtype=np.uint8)
         self._bin_buffer = memoryview(self._bin)
+        self._tokens = np.frombuffer(self._bin_buffer, dtype=self._index.dtype)
 
     # Memory maps do not pickle cheaply (numpy copies them): reopen by path instead,
     # so the dataset can be handed to DataLoader worker processes.
@@ -263,29 +264,34 @@ class IndexedDataset:
     @property
     def tokens(self) -> np.ndarray:
         """Every token of the .bin as one flat read-only array (a view of the memory map)."""
-        return np.frombuffer(self._bin_buffer, dtype=self.dtype)
+        return self._tokens
 
-    def gather(self, sequences: np.ndarray, first_offset: int = 0,
-               last_length: Optional[int] = None, out_dtype=np.int64) -> np.ndarray:
+    def gather(self, sequences, first_offset: int = 0, last_length: Optional[int] = None,
+               out_dtype=np.int64) -> np.ndarray:
         """Sequences `sequences` back to back as one array, in one numpy gather: the first
         one from its token `first_offset` on, the last one up to (not including) its token
-        `last_length` (None: to its end). This is
-        how a GPT sample that spans many short documents is read without a Python loop."""
-        sequences = np.asarray(sequences, dtype=np.int64)
-        starts = self.sequence_pointers[sequences] // self.dtype.itemsize
-        lengths = self.sequence_lengths[sequences].astype(np.int64)
+        `last_length` (None: to its end). This is how a GPT sample that spans many short
+        documents is read without a Python loop over them."""
+        index = self._index
+        starts = index.sequence_pointers[sequences]
+        starts //= index.dtype.itemsize
+        lengths = index.sequence_lengths[sequences].astype(np.int64)
+        last = int(lengths[-1])
+        if last_length is not None:
+            if not 0 <= last_length <= last:
+                raise IndexError(f"last_length {last_length} is outside the last sequence "
+                                 f"gathered, which has {last} tokens")
+            lengths[-1] = last_length
         starts[0] += first_offset
         lengths[0] -= first_offset
-        if last_length is not None:
-            lengths[-1] = last_length - (first_offset if len(sequences) == 1 else 0)
-        if np.any(lengths < 0) or first_offset < 0:
-            raise IndexError(f"gather of sequences {sequences.tolist()} from offset "
-                             f"{first_offset} to length {last_length} is out of range")
+        if first_offset < 0 or lengths[0] < 0:
+            raise IndexError(f"first_offset {first_offset} is outside the first sequence "
+                             f"gathered, or past the last_length of a single sequence")
         ends = np.cumsum(lengths)
-        # position of output token j in .bin: j + (start of its sequence - output start of it)
-        shift = np.repeat(starts - (ends - lengths), lengths)
-        positions = shift + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
-        return self.tokens[positions].astype(out_dtype, copy=False)
+        # token j of the output sits at .bin token j + (start of its sequence - its start in the output)
+        positions = np.repeat(starts - (ends - lengths), lengths)
+        positions += np.arange(ends[-1])
+        return self._tokens[positions].astype(out_dtype, copy=False)
 
     def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         """Tokens [offset, offset + length) of sequence `idx`, reading only those bytes."""
