@@ -293,6 +293,22 @@ def transformer_xl_forward_flops_per_token(config: TransformerConfig, vocab_size
 
 
 # --- Chinese-Transformer-XL checkpoints (full TP=1 'module' state dicts) --------------------------------------
+# (our name, Chinese-Transformer-XL name) of the tensors that are only renamed; layer names are
+# relative to layers.{i}. / transformer.layers.{i}.
+_CHINESE_TXL_SHARED = (("embedding.word_embeddings.weight", "word_embeddings.weight"),
+                       ("r_w_bias", "transformer.r_w_bias"), ("r_r_bias", "transformer.r_r_bias"))
+_CHINESE_TXL_LAYER = tuple((f"{ours}.{kind}", f"{theirs}.{kind}")
+                           for ours, theirs in (("input_layernorm", "input_layernorm"),
+                                                ("post_attention_layernorm", "post_attention_layernorm"),
+                                                ("self_attention.relative", "attention.relative"),
+                                                ("self_attention.dense", "attention.dense"),
+                                                ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"),
+                                                ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h"))
+                           for kind in ("weight", "bias"))
+_CHINESE_TXL_FINAL = tuple((f"final_layernorm.{kind}", f"transformer.final_layernorm.{kind}")
+                           for kind in ("weight", "bias"))
+
+
 def _check_chinese_txl_shape(config: TransformerConfig, untie_r: bool) -> None:
     if untie_r or not config.share_embeddings_and_output_weights or config.normalization != "LayerNorm" \
             or not config.add_bias_linear or not config.add_qkv_bias:
@@ -307,24 +323,16 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
     _check_chinese_txl_shape(config, untie_r)
     n, d = config.num_attention_heads, config.kv_channels
     try:
-        out = {"embedding.word_embeddings.weight": module_state["word_embeddings.weight"],
-               "r_w_bias": module_state["transformer.r_w_bias"], "r_r_bias": module_state["transformer.r_r_bias"]}
+        out = {ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_SHARED}
         for i in range(config.num_layers):
             src, dst = f"transformer.layers.{i}.", f"layers.{i}."
-            for ours, theirs in (("input_layernorm", "input_layernorm"),
-                                 ("post_attention_layernorm", "post_attention_layernorm"),
-                                 ("self_attention.relative", "attention.relative"),
-                                 ("self_attention.dense", "attention.dense"),
-                                 ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"), ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h")):
-                for kind in ("weight", "bias"):
-                    out[f"{dst}{ours}.{kind}"] = module_state[f"{src}{theirs}.{kind}"]
+            out.update({dst + ours: module_state[src + theirs] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = module_state[f"{src}attention.query_key_value.weight"]
             bias = module_state[f"{src}attention.query_key_value.bias"]
             out[f"{dst}self_attention.query_key_value.weight"] = \
                 weight.reshape(3, n, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
             out[f"{dst}self_attention.query_key_value.bias"] = bias.reshape(3, n, d).transpose(0, 1).reshape(-1)
-        for kind in ("weight", "bias"):
-            out[f"final_layernorm.{kind}"] = module_state[f"transformer.final_layernorm.{kind}"]
+        out.update({ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"the Chinese-Transformer-XL state dict has no {missing.args[0]!r}; pass the merged (TP=1) "
                          f"'module' dict of a --transformer-xl checkpoint with this many layers.") from None
@@ -336,26 +344,17 @@ def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = 
     _check_chinese_txl_shape(config, untie_r)
     n, d, h = config.num_attention_heads, config.kv_channels, config.hidden_size
     try:
-        out = {"word_embeddings.weight": state["embedding.word_embeddings.weight"],
-               "transformer.r_w_bias": state["r_w_bias"], "transformer.r_r_bias": state["r_r_bias"],
-               "transformer.position_embeddings.inv_freq":
-                   1.0 / (10000 ** (torch.arange(0.0, h, 2.0) / h))}
+        out = {theirs: state[ours] for ours, theirs in _CHINESE_TXL_SHARED}
+        out["transformer.position_embeddings.inv_freq"] = 1.0 / (10000 ** (torch.arange(0.0, h, 2.0) / h))
         for i in range(config.num_layers):
             src, dst = f"layers.{i}.", f"transformer.layers.{i}."
-            for ours, theirs in (("input_layernorm", "input_layernorm"),
-                                 ("post_attention_layernorm", "post_attention_layernorm"),
-                                 ("self_attention.relative", "attention.relative"),
-                                 ("self_attention.dense", "attention.dense"),
-                                 ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"), ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h")):
-                for kind in ("weight", "bias"):
-                    out[f"{dst}{theirs}.{kind}"] = state[f"{src}{ours}.{kind}"]
+            out.update({dst + theirs: state[src + ours] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = state[f"{src}self_attention.query_key_value.weight"]
             bias = state[f"{src}self_attention.query_key_value.bias"]
             out[f"{dst}attention.query_key_value.weight"] = \
                 weight.reshape(n, 3, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
             out[f"{dst}attention.query_key_value.bias"] = bias.reshape(n, 3, d).transpose(0, 1).reshape(-1)
-        for kind in ("weight", "bias"):
-            out[f"transformer.final_layernorm.{kind}"] = state[f"final_layernorm.{kind}"]
+        out.update({theirs: state[ours] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"our Transformer-XL state dict has no {missing.args[0]!r}; pass the full TP=1 state dict "
                          f"of a model built with this config.") from None
