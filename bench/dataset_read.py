@@ -10,7 +10,8 @@
    usually spanning several documents) against the floor, a raw numpy memmap slice of
    the same .bin with the same token count at a random offset, converted to int64 the
    same way. Reports mean / p50 / p99 microseconds and gpt_over_raw = mean GPT / mean raw
-   (gpt_over_raw_p50 for the medians).
+   (gpt_over_raw_p50 for the medians). Also the same GPT samples read one document at a
+   time, the path without IndexedDataset.gather.
    The file is in the page cache (read once before timing), so this measures the index
    arithmetic and Python overhead, not the disk.
 3. Index builds: the sample index for `--epochs` epochs with the C++ helper and with the
@@ -35,6 +36,13 @@ from megatron_core.data.indexed_dataset import IndexedDataset, merge_datasets  #
 from megatron_core.data.preprocess import PreprocessOptions, preprocess  # noqa: E402
 
 VOCAB = os.path.join(ROOT, "tests", "data", "vocab", "bert-base-chinese-vocab.txt")
+
+
+class _PerDocumentReads:
+    """An IndexedDataset seen without its gather method."""
+
+    def __init__(self, ds):
+        self.get = ds.get
 
 
 def latency_stats(ns):
@@ -96,7 +104,13 @@ def main():
         assert gpt[0]["text"].shape == (L + 1,) and gpt[0]["text"].dtype == np.int64
         gpt_ns = timed_reads(lambda i: gpt[int(i)], gpt_idx)
         raw_ns = timed_reads(lambda s: raw[s:s + L + 1].astype(np.int64), raw_idx)
-        reads = {"gpt_sample": latency_stats(gpt_ns), "raw_memmap_slice": latency_stats(raw_ns)}
+        # the same samples read one document at a time (GPTDataset's path for datasets
+        # without IndexedDataset.gather), to show what the gather saves
+        gpt.indexed_dataset = _PerDocumentReads(ds)
+        loop_ns = timed_reads(lambda i: gpt[int(i)], gpt_idx)
+        gpt.indexed_dataset = ds
+        reads = {"gpt_sample": latency_stats(gpt_ns), "raw_memmap_slice": latency_stats(raw_ns),
+                 "gpt_sample_per_document_reads": latency_stats(loop_ns)}
         reads["gpt_over_raw"] = round(reads["gpt_sample"]["mean_us"] / reads["raw_memmap_slice"]["mean_us"], 2)
         # the median is what a steady reader sees; the mean also carries preemptions
         reads["gpt_over_raw_p50"] = round(reads["gpt_sample"]["p50_us"] / reads["raw_memmap_slice"]["p50_us"], 2)
