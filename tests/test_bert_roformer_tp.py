@@ -14,9 +14,9 @@ import torch
 from megatron_core import mpu
 from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_mean
 from megatron_core.models.roformer import RoFormerModel, unified_lm_targets
-from megatron_core.mpu.init_methods import param_is_tensor_parallel, shard_of_master
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import TransformerConfig
+from tests.model_checks import full_shape, local_shard
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 VOCAB, MAX_POS, B, S = 96, 16, 3, 10
@@ -42,20 +42,6 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def _full_shape(param):
-    shape = list(param.shape)
-    if param_is_tensor_parallel(param):
-        shape[param.partition_dim] *= mpu.get_tensor_model_parallel_world_size()
-    return shape
-
-
-def _local(param, full):
-    if not param_is_tensor_parallel(param):
-        return full
-    return shard_of_master(full, param.partition_dim, param.partition_stride,
-                           mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size())
-
-
 def _batch():
     """Tokens, padding, token types, MLM labels and loss mask, sentence order: as the datasets give them."""
     ids = torch.randint(0, VOCAB, (B, S), generator=_gen(1))
@@ -77,14 +63,14 @@ def _run(model_cls, overrides, tp, serial_init=None):
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
     if serial_init is not None:
         for n, p in model.named_parameters():
-            torch.testing.assert_close(p.detach(), _local(p, serial_init[n]), rtol=0, atol=0,
+            torch.testing.assert_close(p.detach(), local_shard(p, serial_init[n]), rtol=0, atol=0,
                                        msg=lambda m: f"initial {n} is not a shard of the serial weight: {m}")
     with torch.no_grad():
         for name, param in model.named_parameters():
-            full = torch.randn(_full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
+            full = torch.randn(full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
             if "norm" in name and name.endswith("weight"):
                 full += 1.0
-            param.copy_(_local(param, full))
+            param.copy_(local_shard(param, full))
     ids, padding, types, labels, loss_mask, order = _batch()
     torch.manual_seed(2024)  # the dropout stream, alike on every rank and in both phases
     if model_cls is RoFormerModel:
@@ -129,7 +115,7 @@ def _check_all_cases():
         _close(result["loss"], ref["loss"], f"{name}: TP=2 loss")
         _close(result["per_token"], ref["per_token"], f"{name}: TP=2 per-token loss")
         for n, param in params.items():
-            _close(result["grads"][n], _local(param, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
+            _close(result["grads"][n], local_shard(param, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
 
 
 def test_bert_and_roformer_tp2_equal_serial():

@@ -8,12 +8,10 @@ module checks parameter_count(), the RoFormer LM/MLM mask, and pipeline stages.
 """
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from megatron_core import mpu  # noqa: E402
 from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_mean  # noqa: E402
 from megatron_core.models.hf import bert as hf_bert  # noqa: E402
 from megatron_core.models.hf import megatron_bert as hf_megatron_bert  # noqa: E402
@@ -21,8 +19,8 @@ from megatron_core.models.hf import roformer as hf_roformer  # noqa: E402
 from megatron_core.models.hf.bert import ConversionError, fuse_qkv, split_qkv  # noqa: E402
 from megatron_core.models.roformer import (RoFormerModel, unified_attention_mask,  # noqa: E402
                                            unified_lm_targets)
-from megatron_core.testing import find_free_port  # noqa: E402
 from megatron_core.transformer import ConfigError  # noqa: E402
+from tests.model_checks import randomize_trainable, single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, MAX_POS, B, S = 97, 24, 3, 11
@@ -34,24 +32,8 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attentio
 @pytest.fixture(scope="module", autouse=True)
 def single_process_group():
     """Our layers need (trivial) model-parallel groups: one gloo process, TP=1."""
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1)
-    mpu.initialize_model_parallel(1)
-    yield
-    mpu.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
-
-
-def _randomize(model, seed):
-    """Move every trainable parameter off its init (HF zeroes biases, sets norms to 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
+    with single_process_world():
+        yield
 
 
 def _inputs(seed=3):
@@ -80,7 +62,7 @@ FAMILIES = {
 def test_bert_matches_hf_pretraining(family):
     config_cls, model_cls, conv = FAMILIES[family]
     torch.manual_seed(0)
-    hf = _randomize(model_cls(config_cls(**SMALL, max_position_embeddings=MAX_POS)), seed=1)
+    hf = randomize_trainable(model_cls(config_cls(**SMALL, max_position_embeddings=MAX_POS)), seed=1)
     config = conv.from_hf_config(hf.config)
     assert config.layernorm_position == ("post" if family == "bert" else "pre")
     ours = BertModel(config, VOCAB, MAX_POS).eval()
@@ -109,7 +91,7 @@ def test_bert_round_trip_and_hf_export(family):
     config_cls, model_cls, conv = FAMILIES[family]
     hf_config = config_cls(**SMALL, max_position_embeddings=MAX_POS)
     config = conv.from_hf_config(hf_config, init_seed=11)
-    ours = _randomize(BertModel(config, VOCAB, MAX_POS), seed=2)
+    ours = randomize_trainable(BertModel(config, VOCAB, MAX_POS), seed=2)
     sd = ours.state_dict()
     exported = conv.to_hf_state_dict(sd, config)
     back = conv.from_hf_state_dict(exported, config)
@@ -136,8 +118,8 @@ def test_bert_round_trip_and_hf_export(family):
 
 
 def test_bert_vocab_padding_and_param_count_match_hf():
-    hf = _randomize(transformers.BertForPreTraining(transformers.BertConfig(**SMALL, max_position_embeddings=MAX_POS)),
-                    seed=5)
+    hf = randomize_trainable(
+        transformers.BertForPreTraining(transformers.BertConfig(**SMALL, max_position_embeddings=MAX_POS)), seed=5)
     config = hf_bert.from_hf_config(hf.config, make_vocab_size_divisible_by=8)
     padded = config.pad_vocab(VOCAB)
     assert padded == 104
@@ -196,7 +178,7 @@ ROFORMER = dict(SMALL, max_position_embeddings=64)
 def test_roformer_matches_hf(architecture):
     causal = architecture == "RoFormerForCausalLM"
     hf_cls = getattr(transformers, architecture)
-    hf = _randomize(hf_cls(transformers.RoFormerConfig(**ROFORMER, is_decoder=causal)), seed=6)
+    hf = randomize_trainable(hf_cls(transformers.RoFormerConfig(**ROFORMER, is_decoder=causal)), seed=6)
     config = hf_roformer.from_hf_config(hf.config)
     ours = RoFormerModel(config, VOCAB).eval()
     ours.load_state_dict(hf_roformer.from_hf_state_dict(hf.state_dict(), config), strict=True)
@@ -229,7 +211,7 @@ def test_roformer_matches_hf(architecture):
 def test_roformer_round_trip_and_export():
     hf_config = transformers.RoFormerConfig(**ROFORMER)
     config = hf_roformer.from_hf_config(hf_config, init_seed=3)
-    ours = _randomize(RoFormerModel(config, VOCAB), seed=8)
+    ours = randomize_trainable(RoFormerModel(config, VOCAB), seed=8)
     sd = ours.state_dict()
     for architecture in ("RoFormerForMaskedLM", "RoFormerForCausalLM"):
         exported = hf_roformer.to_hf_state_dict(sd, config, architecture=architecture, max_position_embeddings=64)
@@ -352,7 +334,7 @@ def _zhouwenwang_reference(sd, ids, types, padding, heads, eps):
 def test_zhouwenwang_names_match_an_independent_reference():
     config = hf_roformer.from_hf_config(transformers.RoFormerConfig(**ROFORMER), layernorm_position="pre",
                                         final_layernorm=None, init_seed=4)
-    ours = _randomize(RoFormerModel(config, VOCAB, add_pooler=True), seed=12)
+    ours = randomize_trainable(RoFormerModel(config, VOCAB, add_pooler=True), seed=12)
     sd = ours.state_dict()
     exported = hf_roformer.to_zhouwenwang_state_dict(sd, config)
     assert "bert.encoder.layer.1.attention.ln.weight" in exported and "bert.encoder.ln.bias" in exported

@@ -4,18 +4,16 @@ The HF models are built from small configs with random weights (no download).
 """
 import pytest
 import torch
-import torch.distributed as dist
 
 pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from megatron_core import mpu  # noqa: E402
 from megatron_core.models.gpt import GPTModel  # noqa: E402
 from megatron_core.models.hf import gpt2 as hf_gpt2  # noqa: E402
 from megatron_core.models.hf import llama as hf_llama  # noqa: E402
 from megatron_core.models.hf.common import ConversionError  # noqa: E402
 from megatron_core.models.llama import llama_config  # noqa: E402
-from megatron_core.testing import find_free_port  # noqa: E402
+from tests.model_checks import randomize_trainable, single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, PADDED, MAX_POS, B, S = 60, 64, 16, 2, 12
@@ -24,22 +22,8 @@ VOCAB, PADDED, MAX_POS, B, S = 60, 64, 16, 2, 12
 @pytest.fixture(scope="module", autouse=True)
 def single_process_group():
     """Our layers need (trivial) model-parallel groups: one gloo process, TP=1."""
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1)
-    mpu.initialize_model_parallel(1)
-    yield
-    mpu.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
-
-
-def _randomize(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
+    with single_process_world():
+        yield
 
 
 def _inputs():
@@ -66,7 +50,7 @@ def _gpt2_hf():
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=None, eos_token_id=None)
     torch.manual_seed(0)
-    return _randomize(GPT2LMHeadModel(config), 1)
+    return randomize_trainable(GPT2LMHeadModel(config), 1)
 
 
 def _llama_hf(kv_heads, tied=False):
@@ -75,7 +59,7 @@ def _llama_hf(kv_heads, tied=False):
                          rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
                          tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     torch.manual_seed(0)
-    return _randomize(LlamaForCausalLM(config), 2)
+    return randomize_trainable(LlamaForCausalLM(config), 2)
 
 
 def _same_state(actual, expected):
@@ -101,7 +85,7 @@ def _check_family(module, hf_model, hf_class):
     # ours (any values, padded rows included) -> HF -> ours is the identity, and the HF model
     # built from to_hf_config with those weights computes our logits
     torch.manual_seed(4)
-    other = _randomize(GPTModel(config, PADDED, MAX_POS), 5)
+    other = randomize_trainable(GPTModel(config, PADDED, MAX_POS), 5)
     exported = module.to_hf_state_dict(other.state_dict(), config)
     _same_state(module.from_hf_state_dict(exported, config), other.state_dict())
     hf_config = module.to_hf_config(config, vocab_size=PADDED, max_position_embeddings=MAX_POS)

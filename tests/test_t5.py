@@ -1,18 +1,17 @@
 """T5: equals HF T5ForConditionalGeneration (v1.0 tied/relu and v1.1 untied/gated-gelu),
 converts both ways, splits into encoder/decoder pipeline stages, counts its parameters and
 FLOPs, and gives the TP=1 loss and gradients at TP=2 (one gloo spawn)."""
-import datetime
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from megatron_core import mpu
 from megatron_core.models.hf import t5 as hf_t5
 from megatron_core.models.t5 import T5Model
 from megatron_core.models.t5_relative_bias import relative_position_bucket
-from megatron_core.testing import find_free_port, run_distributed
+from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
+from tests.model_checks import gathered_grads, single_process_world
 
 VOCAB, B, S_ENC, S_DEC = 96, 2, 11, 7
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -21,16 +20,8 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 @pytest.fixture(scope="module")
 def single_rank():
     """A world of one gloo process in this pytest process (TP=1), torn down afterwards."""
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1,
-                                timeout=datetime.timedelta(seconds=60))
-        created = True
-    mpu.initialize_model_parallel(1)
-    yield
-    mpu.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
+    with single_process_world():
+        yield
 
 
 def _hf_model(variant):
@@ -252,21 +243,7 @@ def _run_case(overrides, tp):
     loss.sum().backward()
     if config.sequence_parallel_active:
         mpu.allreduce_sequence_parallel_gradients(model.parameters())
-    grads = {}
-    for name, p in model.named_parameters():
-        grad = p.grad
-        if getattr(p, "tensor_model_parallel", False) and tp > 1:
-            parts = [torch.empty_like(grad) for _ in range(tp)]
-            dist.all_gather(parts, grad.contiguous(), group=mpu.get_tensor_model_parallel_group())
-            stride = getattr(p, "partition_stride", 1)
-            dim = p.partition_dim
-            if stride > 1:  # undo the stride-aware split: rank r holds chunks r, r + tp, ...
-                chunks = [part.chunk(stride, dim=dim) for part in parts]
-                grad = torch.cat([chunks[r][s] for s in range(stride) for r in range(tp)], dim=dim)
-            else:
-                grad = torch.cat(parts, dim=dim)
-        grads[name] = grad
-    return loss.detach(), grads
+    return loss.detach(), gathered_grads(model, tp)
 
 
 def _check_tp2():

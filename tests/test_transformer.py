@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from megatron_core import mpu
-from megatron_core.mpu.init_methods import param_is_tensor_parallel, shard_of_master
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, RotaryEmbedding, TransformerBlock, TransformerConfig
+from tests.model_checks import full_shape, local_shard
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 S, B, H = 8, 2, 16
@@ -77,28 +77,14 @@ def _mask(kind):
     return "padding", arbitrary
 
 
-def _full_shape(param):
-    shape = list(param.shape)
-    if param_is_tensor_parallel(param):
-        shape[param.partition_dim] *= mpu.get_tensor_model_parallel_world_size()
-    return shape
-
-
-def _local(param, full):
-    if not param_is_tensor_parallel(param):
-        return full
-    return shard_of_master(full, param.partition_dim, param.partition_stride,
-                           mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size())
-
-
 def _perturb(model):
     """Overwrite every parameter with a deterministic function of its name and full shape."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            full = torch.randn(_full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
+            full = torch.randn(full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
             if "norm" in name and name.endswith("weight"):
                 full += 1.0
-            param.copy_(_local(param, full))
+            param.copy_(local_shard(param, full))
 
 
 def _run(overrides, kind, tp, serial_init=None):
@@ -110,7 +96,7 @@ def _run(overrides, kind, tp, serial_init=None):
     init = {n: p.detach().clone() for n, p in block.named_parameters()}
     if serial_init is not None:
         for n, p in block.named_parameters():
-            torch.testing.assert_close(p.detach(), _local(p, serial_init[n]), rtol=0, atol=0,
+            torch.testing.assert_close(p.detach(), local_shard(p, serial_init[n]), rtol=0, atol=0,
                                        msg=lambda m: f"initial {n} is not a shard of the serial weight: {m}")
     _perturb(block)
     x = torch.randn(S, B, H, generator=_gen(11))
@@ -204,7 +190,7 @@ def _check_all_cases():
         _close(result["out"], expected_out, f"{name}: TP=2 output")
         _close(result["x_grad"], expected_x_grad, f"{name}: TP=2 input grad")
         for n, param in params.items():
-            _close(result["grads"][n], _local(param, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
+            _close(result["grads"][n], local_shard(param, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
 
     # A config whose TP size disagrees with the group is refused in one sentence.
     with pytest.raises(ConfigError, match=r"tensor-parallel group has 2 ranks; build the config with "

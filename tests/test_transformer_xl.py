@@ -2,20 +2,19 @@
 sinusoid of each distance computed directly, no rel-shift, no parallel layers) over 3
 consecutive segments with memory; counts its parameters and FLOPs; and gives the TP=1
 loss and gradients at TP=2 over 3 segments (one gloo spawn)."""
-import datetime
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_core import mpu
 from megatron_core.models.relative_attention import rel_shift
 from megatron_core.models.transformer_xl import (TransformerXLModel, from_chinese_txl_state_dict,
                                                 to_chinese_txl_state_dict, transformer_xl_forward_flops)
-from megatron_core.testing import find_free_port, run_distributed
+from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
+from tests.model_checks import gathered_grads, single_process_world
 
 VOCAB, B, SEG, MEM, H, HEADS = 64, 2, 4, 6, 16, 4
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -41,16 +40,8 @@ def _config(overrides, tp=1):
 
 @pytest.fixture(scope="module")
 def single_rank():
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1,
-                                timeout=datetime.timedelta(seconds=60))
-        created = True
-    mpu.initialize_model_parallel(1)
-    yield
-    mpu.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
+    with single_process_world():
+        yield
 
 
 def _randomize(model, tp=1):
@@ -280,17 +271,7 @@ def _run(case, tp):
         loss, mems = model(ids, mems, labels=labels)
         loss.sum().backward()
         losses.append(loss.detach())
-    grads = {}
-    for name, p in model.named_parameters():
-        grad = p.grad
-        if getattr(p, "tensor_model_parallel", False) and tp > 1:
-            parts = [torch.empty_like(grad) for _ in range(tp)]
-            dist.all_gather(parts, grad.contiguous(), group=mpu.get_tensor_model_parallel_group())
-            stride, dim = getattr(p, "partition_stride", 1), p.partition_dim
-            chunks = [part.chunk(stride, dim=dim) for part in parts]
-            grad = torch.cat([chunks[r][c] for c in range(stride) for r in range(tp)], dim=dim)
-        grads[name] = grad
-    return torch.stack(losses), grads
+    return torch.stack(losses), gathered_grads(model, tp)
 
 
 def _check_tp2():
