@@ -17,7 +17,8 @@ from megatron_core.models.language_model import masked_mean, stage_layer_range
 from megatron_core.models.llama import build_llama, llama_config
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
-from tests.test_transformer import _gen, _local, _perturb
+from tests.model_checks import local_shard
+from tests.test_transformer import _gen, _perturb
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 B, S, V = 2, 8, 64
@@ -161,7 +162,7 @@ def _check_gpt_and_llama():
         ref = serial[name]
         model = GPTModel(_config(family, overrides, 2), V, S)
         for n, p in model.named_parameters():
-            torch.testing.assert_close(p.detach(), _local(p, ref["init"][n]), rtol=0, atol=0,
+            torch.testing.assert_close(p.detach(), local_shard(p, ref["init"][n]), rtol=0, atol=0,
                                        msg=lambda m: f"{name}: initial {n} is not a shard of the serial one")
         _perturb(model)
         result = _run(family, overrides, kind, 2, model=model)
@@ -173,7 +174,7 @@ def _check_gpt_and_llama():
         params = dict(model.named_parameters())
         assert set(params) == set(ref["grads"]), name
         for n, p in params.items():
-            _close(result["grads"][n], _local(p, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
+            _close(result["grads"][n], local_shard(p, ref["grads"][n]), f"{name}: TP=2 grad of {n}")
     # parallel_output=False gathers the whole vocabulary (for sampling)
     model = _perturbed(GPTModel(_config("gpt", {}, 2), V, S, parallel_output=False)).eval()
     ids, _, positions, _, _ = _batch(None)
