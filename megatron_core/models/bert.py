@@ -36,8 +36,9 @@ from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
 from .language_model import current_stage_layer_range, masked_mean
-from .heads import (MaskedLMHead, NormedLanguageEmbedding, Pooler, build_binary_head,
-                    build_tied_word_embeddings_copy, gather_sequence_for_heads)
+from .embedding import LanguageEmbedding
+from .heads import (MaskedLMHead, Pooler, build_binary_head, build_tied_word_embeddings_copy,
+                    gather_sequence_for_heads)
 
 
 def padding_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
@@ -85,8 +86,8 @@ class BertModel(nn.Module):
             num_layers_in_stage = min(stage_layers, config.num_layers - layer_offset)
         self.layer_offset = layer_offset
         if pre_process:
-            self.embedding = NormedLanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,
-                                                     layernorm=self.post_ln)
+            self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,
+                                               layernorm=self.post_ln)
         self.rotary = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         self.encoder = TransformerBlock(config, self_attn_mask_type=self.self_attn_mask_type,
                                         layer_offset=layer_offset, num_layers_in_block=num_layers_in_stage,

@@ -1,7 +1,8 @@
 """Input embeddings shared by the families: words (+ learned positions) (+ token types).
 
 Output is Megatron's [seq, batch, hidden] layout, split along the sequence when
-sequence parallelism is on, after embedding dropout.
+sequence parallelism is on, after an optional norm on the sum (original BERT, HF
+RoFormer) and embedding dropout.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..mpu.mappings import scatter_to_sequence_parallel_region
 from ..transformer.config import TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng, init_method
+from ..transformer.norms import build_norm
 
 WORD_EMBEDDINGS_SEED_NAME = "word_embeddings"
 
@@ -28,8 +30,15 @@ def build_word_embeddings(config: TransformerConfig, vocab_size: int) -> VocabPa
 
 
 class LanguageEmbedding(nn.Module):
+    """words (+ learned positions) (+ token types) -> [norm] -> dropout, [s, b, h].
+
+    layernorm=True adds the config's norm on the summed embeddings (`layernorm.*` in the
+    state dict). It runs after the sequence-parallel scatter (it is per token), so its
+    weights are marked like every other sequence-parallel norm.
+    """
+
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
-                 num_tokentypes: int = 0):
+                 num_tokentypes: int = 0, layernorm: bool = False):
         super().__init__()
         self.config = config
         self.word_embeddings = build_word_embeddings(config, vocab_size)
@@ -48,6 +57,7 @@ class LanguageEmbedding(nn.Module):
                 self.tokentype_embeddings = nn.Embedding(num_tokentypes, config.hidden_size,
                                                          dtype=config.params_dtype, device=default_device())
                 init_method(config)(self.tokentype_embeddings.weight.data)
+        self.layernorm = build_norm(config) if layernorm else None
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -66,4 +76,6 @@ class LanguageEmbedding(nn.Module):
         if self.config.sequence_parallel_active:
             x = scatter_to_sequence_parallel_region(x)
             split_dim = 0
+        if self.layernorm is not None:
+            x = self.layernorm(x)
         return dropout(x, self.config.hidden_dropout, self.training, self.config, split_dim=split_dim)

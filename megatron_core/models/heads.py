@@ -1,7 +1,5 @@
 """Pieces the bidirectional encoder families (BERT, MegatronBERT, RoFormer) share.
 
-  NormedLanguageEmbedding  LanguageEmbedding with an optional LayerNorm on the summed
-                           embeddings, before dropout (original BERT and HF RoFormer);
   Pooler                   dense + tanh on the first token ([CLS]);
   MaskedLMHead             dense, activation, LayerNorm, then logits against the (tied)
                            word table plus an output-only bias; logits stay split over
@@ -25,47 +23,12 @@ from ..mpu import parallel_state as ps
 from ..mpu.init_methods import set_tensor_model_parallel_attributes
 from ..mpu.layers import VocabParallelEmbedding, default_device
 from ..mpu.mappings import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
-from ..mpu.mappings import scatter_to_sequence_parallel_region
 from ..transformer.config import TransformerConfig
-from ..transformer.dropout import dropout
 from ..transformer.init import component_rng, init_method
 from ..transformer.mlp import activation_fn
 from ..transformer.norms import build_norm
-from .embedding import LanguageEmbedding, build_word_embeddings
+from .embedding import build_word_embeddings
 from .gpt import check_vocab_size
-
-
-class NormedLanguageEmbedding(LanguageEmbedding):
-    """words (+ learned positions) (+ token types) -> [LayerNorm] -> dropout, [s, b, h].
-
-    With layernorm=False this computes exactly LanguageEmbedding. The norm runs after the
-    sequence-parallel scatter (it is per token), so its weights are marked like every
-    other sequence-parallel norm.
-    """
-
-    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
-                 num_tokentypes: int = 0, layernorm: bool = False):
-        super().__init__(config, vocab_size, max_sequence_length, num_tokentypes)
-        self.layernorm = build_norm(config) if layernorm else None
-
-    def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.layernorm is None:
-            return super().forward(input_ids, position_ids, tokentype_ids)
-        x = self.word_embeddings(input_ids)
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings(position_ids)
-        if self.tokentype_embeddings is not None:
-            if tokentype_ids is None:
-                raise ValueError("this model has token-type embeddings; pass tokentype_ids.")
-            x = x + self.tokentype_embeddings(tokentype_ids)
-        x = x.transpose(0, 1).contiguous()
-        split_dim = None
-        if self.config.sequence_parallel_active:
-            x = scatter_to_sequence_parallel_region(x)
-            split_dim = 0
-        x = self.layernorm(x)
-        return dropout(x, self.config.hidden_dropout, self.training, self.config, split_dim=split_dim)
 
 
 def _linear(config: TransformerConfig, in_features: int, out_features: int) -> nn.Linear:
