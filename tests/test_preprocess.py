@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -278,7 +277,7 @@ def _big_input(tmp_path, copies):
     return src
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     src = _big_input(tmp_path, 60)  # 12,000 lines: many seconds of work
     out = tmp_path / "out"
@@ -299,9 +298,12 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert "interrupted; no output was written." in rest
+    elif sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert "terminated (SIGTERM); no output was written." in rest
+    if sig != signal.SIGKILL:  # SIGKILL cannot be caught: only temporaries may remain
         assert files_under(out) == []  # temporaries removed too
-    # a rerun afterwards completes normally
-    time.sleep(0.1)
+        assert "Traceback" not in rest
 
 
 def test_failure_mid_run_removes_temporaries(tmp_path, monkeypatch):
@@ -330,3 +332,15 @@ def test_failure_mid_run_removes_temporaries(tmp_path, monkeypatch):
     summary = pp.preprocess(options, log=lambda msg: None)
     assert summary.documents["text"] == 200
     assert files_under(out) == ["f_text_document.bin", "f_text_document.idx"]
+
+
+def test_utf8_bom_on_the_first_line_is_accepted(tmp_path, hf_bert):
+    from megatron_core.data import preprocess as pp
+
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes("\ufeff".encode() + '{"text": "新年讲话"}\n{"text": "好"}\n'.encode())
+    summary = pp.preprocess(pp.PreprocessOptions(
+        input=str(src), output_prefix=str(tmp_path / "bom"), tokenizer_type="BertWordPieceLowerCase",
+        vocab_file=BERT_VOCAB, log_interval=0), log=lambda msg: None)
+    assert summary.documents["text"] == 2 and not summary.skipped
+    assert documents(str(tmp_path / "bom_text_document")) == [hf_bert("新年讲话"), hf_bert("好")]

@@ -8,6 +8,7 @@ writes data/zh_text_document.bin/.idx (data/zh_text_sentence.* with --split-sent
 """
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +50,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived; a BaseException so that it unwinds like KeyboardInterrupt."""
+
+
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     options = PreprocessOptions(
@@ -57,6 +67,8 @@ def main(argv=None) -> int:
         tokenizer_model=args.tokenizer_model, vocab_extra_ids=args.vocab_extra_ids,
         append_eod=args.append_eod, split_sentences=args.split_sentences, workers=args.workers,
         log_interval=args.log_interval, strict=args.strict, batch_lines=args.batch_lines)
+    # A scheduler's `kill` (SIGTERM) cleans up like Ctrl-C: temporaries removed, no output.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         summary = preprocess(options)
     except DataError as e:
@@ -65,6 +77,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no output was written.", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); no output was written.", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(format_summary(summary), file=sys.stderr)
     return 0
 

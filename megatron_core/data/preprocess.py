@@ -14,6 +14,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -133,6 +134,14 @@ def init_worker(options: PreprocessOptions) -> None:
     _worker["tokenizer"] = tokenizer
     _worker["options"] = options
     _worker["dtype"] = best_dtype(tokenizer.vocab_size)
+
+
+def init_pool_worker(options: PreprocessOptions) -> None:
+    """Initializer of the worker processes: the main process may turn SIGTERM into an
+    exception (tools/preprocess_data.py does, to clean up); workers must just die on it,
+    which is how Pool.terminate stops them."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    init_worker(options)
 
 
 def parse_line(raw: bytes, line_no: int, keys: Sequence[str]):
@@ -349,7 +358,8 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
             results = map(encode_batch, batches)
         else:
             throttle = _Throttle(2 * options.workers + 2)
-            pool = multiprocessing.Pool(options.workers, initializer=init_worker, initargs=(options,))
+            pool = multiprocessing.Pool(options.workers, initializer=init_pool_worker,
+                                        initargs=(options,))
             results = pool.imap(encode_batch, throttle.feed(batches), chunksize=1)
 
         for result in results:
