@@ -24,15 +24,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ...transformer.config import ConfigError, TransformerConfig
+from .common import ConversionError, count_layers, pad_vocab_rows, trim_vocab_rows
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 OUR_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 Pairs = List[Tuple[str, str]]  # (our name, HF name), without .weight/.bias
-
-
-class ConversionError(ValueError):
-    """A state dict or config that cannot be converted; the message names the fix."""
 
 
 # --- qkv ------------------------------------------------------------------------------------
@@ -106,15 +103,6 @@ def _w(pairs: Pairs) -> Pairs:
     return [(o + ".weight", h + ".weight") for o, h in pairs]
 
 
-def _layer_count(keys, marker: str) -> int:
-    layers = set()
-    for key in keys:
-        if marker in key:
-            rest = key.split(marker, 1)[1]
-            layers.add(int(rest.split(".", 1)[0]))
-    return len(layers)
-
-
 def check_encoder_config(config: TransformerConfig, family: str, layernorm_position: str,
                          position_embedding_type: str) -> None:
     """Raise ConversionError if our config cannot be expressed in this HF family."""
@@ -144,24 +132,6 @@ def check_encoder_config(config: TransformerConfig, family: str, layernorm_posit
         raise ConversionError(f"{family} needs {', '.join(problems)}; this config differs.")
 
 
-def _pad_rows(t: torch.Tensor, rows: Optional[int], what: str) -> torch.Tensor:
-    if rows is None or rows == t.shape[0]:
-        return t
-    if rows < t.shape[0]:
-        raise ConversionError(f"padded_vocab_size {rows} is smaller than the checkpoint's vocabulary "
-                              f"{t.shape[0]} ({what}); pass a size >= {t.shape[0]}.")
-    pad = t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))
-    return torch.cat([t, pad], dim=0)
-
-
-def _trim_rows(t: torch.Tensor, rows: Optional[int], what: str) -> torch.Tensor:
-    if rows is None or rows == t.shape[0]:
-        return t
-    if rows > t.shape[0]:
-        raise ConversionError(f"vocab_size {rows} is larger than our table ({t.shape[0]} rows, {what}).")
-    return t[:rows]
-
-
 def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, layout: EncoderLayout,
                     family: str, padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """HF state dict (base model alone, or with `prefix` and cls heads) -> ours.
@@ -187,12 +157,12 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
         if ours.startswith("embedding.position_embeddings") and config.position_embedding_type != "learned_absolute":
             continue
         out[ours] = take(base + theirs)
-    out["embedding.word_embeddings.weight"] = _pad_rows(out["embedding.word_embeddings.weight"],
-                                                        padded_vocab_size, "word embeddings")
+    out["embedding.word_embeddings.weight"] = pad_vocab_rows(out["embedding.word_embeddings.weight"],
+                                                             padded_vocab_size, "word embeddings")
     for ours, theirs in _wb(layout.embedding_norm):
         out[ours] = take(base + theirs)
 
-    n_hf = _layer_count(src, base + "encoder.layer.")
+    n_hf = count_layers(src, base + "encoder.layer.")
     if n_hf != config.num_layers:
         raise ConversionError(f"the {family} checkpoint has {n_hf} layers but config.num_layers is "
                               f"{config.num_layers}; build the config from the checkpoint's config.")
@@ -223,7 +193,7 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
     optional_group(BINARY_HEAD, "")
     if "cls.predictions.bias" in src:
         optional_group(MLM_HEAD, "")
-        out["lm_head.bias"] = _pad_rows(take("cls.predictions.bias"), padded_vocab_size, "MLM output bias")
+        out["lm_head.bias"] = pad_vocab_rows(take("cls.predictions.bias"), padded_vocab_size, "MLM output bias")
         if "cls.predictions.decoder.bias" in src:
             used.add("cls.predictions.decoder.bias")
         decoder = src.get("cls.predictions.decoder.weight")
@@ -234,7 +204,7 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
                     raise ConversionError(f"the {family} MLM decoder is not tied to the word embeddings; build "
                                           f"the config with share_embeddings_and_output_weights=False.")
             else:
-                out["lm_head.output_weight"] = _pad_rows(decoder, padded_vocab_size, "MLM decoder")
+                out["lm_head.output_weight"] = pad_vocab_rows(decoder, padded_vocab_size, "MLM decoder")
     for name in layout.extra_buffers:
         used.add(base + name)
     unused = sorted(set(src) - used)
@@ -262,7 +232,7 @@ def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, la
             continue
         out[base + theirs] = take(ours)
     word_key = base + layout.embeddings[0][1] + ".weight"
-    out[word_key] = _trim_rows(out[word_key], vocab_size, "word embeddings")
+    out[word_key] = trim_vocab_rows(out[word_key], vocab_size, "word embeddings")
     for ours, theirs in _wb(layout.embedding_norm):
         out[base + theirs] = take(ours)
     heads = config.num_attention_heads
@@ -282,13 +252,13 @@ def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, la
     if with_mlm_head:
         for ours, theirs in _wb(MLM_HEAD):
             out[theirs] = take(ours)
-        bias = _trim_rows(take("lm_head.bias"), vocab_size, "MLM output bias")
+        bias = trim_vocab_rows(take("lm_head.bias"), vocab_size, "MLM output bias")
         out["cls.predictions.bias"] = bias
         out["cls.predictions.decoder.bias"] = bias
         if config.share_embeddings_and_output_weights:
             out["cls.predictions.decoder.weight"] = out[word_key]
         else:
-            out["cls.predictions.decoder.weight"] = _trim_rows(take("lm_head.output_weight"), vocab_size,
+            out["cls.predictions.decoder.weight"] = trim_vocab_rows(take("lm_head.output_weight"), vocab_size,
                                                                "MLM decoder")
     if with_binary_head:
         for ours, theirs in _wb(BINARY_HEAD):

@@ -1,5 +1,6 @@
-"""Pieces the decoder-only HF converters (GPT-2, Llama) share: the grouped fused-QKV
-layout, vocabulary padding, and config checks.
+"""Pieces the HF converters share: ConversionError, vocabulary padding and layer counting
+(all of them), and for the decoder-only ones (GPT-2, Llama) the grouped fused-QKV layout
+and config checks.
 
 Our fused query_key_value (transformer/attention.py) holds, for h query heads of size d
 in g groups, the rows  [q heads of group 0 | k0 | v0 | q heads of group 1 | k1 | v1 | ...].
@@ -13,10 +14,13 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 
 from ...transformer.config import TransformerConfig
-from .bert import ConversionError
 
 __all__ = ["ConversionError", "fuse_grouped_qkv", "split_grouped_qkv", "pad_vocab_rows", "trim_vocab_rows",
            "require", "count_layers", "take"]
+
+
+class ConversionError(ValueError):
+    """A state dict or config that cannot be converted; the message names the fix."""
 
 
 def fuse_grouped_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
