@@ -35,7 +35,7 @@ from ..transformer.block import TransformerBlock
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
-from .language_model import current_stage_layer_range, masked_mean
+from .language_model import masked_mean, resolve_stage_layers
 from .embedding import LanguageEmbedding
 from .heads import (MaskedLMHead, Pooler, build_binary_head, build_tied_word_embeddings_copy,
                     gather_sequence_for_heads)
@@ -77,13 +77,8 @@ class BertModel(nn.Module):
         self.post_ln = config.layernorm_position == "post"
 
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
-        # This pipeline stage's layers, Megatron's even split (language_model.stage_layer_range);
-        # an explicit offset without a count takes a stage's share (or all remaining layers).
-        stage_offset, stage_layers = current_stage_layer_range(config.num_layers)
-        if layer_offset is None:
-            layer_offset = stage_offset
-        if num_layers_in_stage is None:
-            num_layers_in_stage = min(stage_layers, config.num_layers - layer_offset)
+        layer_offset, num_layers_in_stage = resolve_stage_layers(config.num_layers, layer_offset,
+                                                                 num_layers_in_stage)
         self.layer_offset = layer_offset
         if pre_process:
             self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,

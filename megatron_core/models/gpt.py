@@ -36,7 +36,7 @@ from ..transformer.init import component_rng, init_method
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
 from .embedding import LanguageEmbedding, build_word_embeddings
-from .language_model import current_stage_layer_range, gather_logits, masked_mean
+from .language_model import gather_logits, masked_mean, resolve_stage_layers
 
 __all__ = ["GPTModel", "masked_mean"]
 
@@ -65,13 +65,8 @@ class GPTModel(nn.Module):
         self.label_smoothing = label_smoothing
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
 
-        stage_offset, stage_layers = current_stage_layer_range(config.num_layers)
-        if layer_offset is None:
-            layer_offset = stage_offset
-        if num_layers_in_stage is None:
-            # A stage's share of the layers (all remaining ones if an explicit offset
-            # leaves fewer than that).
-            num_layers_in_stage = min(stage_layers, config.num_layers - layer_offset)
+        layer_offset, num_layers_in_stage = resolve_stage_layers(config.num_layers, layer_offset,
+                                                                 num_layers_in_stage)
         self.layer_offset = layer_offset
 
         self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length) if pre_process else None

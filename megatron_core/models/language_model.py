@@ -50,6 +50,19 @@ def current_stage_layer_range(num_layers: int) -> Tuple[int, int]:
                              ps.get_pipeline_model_parallel_rank(), virtual_size, virtual_rank)
 
 
+def resolve_stage_layers(num_layers: int, layer_offset: Optional[int] = None,
+                         num_layers_in_stage: Optional[int] = None) -> Tuple[int, int]:
+    """(first layer, layer count) a model stage builds: by default this process's stage of
+    Megatron's even split (current_stage_layer_range); an explicit offset without a count
+    takes a stage's share, or all remaining layers if fewer are left."""
+    stage_offset, stage_layers = current_stage_layer_range(num_layers)
+    if layer_offset is None:
+        layer_offset = stage_offset
+    if num_layers_in_stage is None:
+        num_layers_in_stage = min(stage_layers, num_layers - layer_offset)
+    return layer_offset, num_layers_in_stage
+
+
 def gather_logits(vocab_parallel_logits: torch.Tensor) -> torch.Tensor:
     """[..., V/tp] on every rank -> [..., V] (for sampling or export, not for the loss)."""
     return gather_from_tensor_model_parallel_region(vocab_parallel_logits)
