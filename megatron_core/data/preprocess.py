@@ -38,6 +38,7 @@ from megatron_core.data.tokenizers import build_tokenizer
 # large enough that per-batch overhead (pickling, IPC) is small next to tokenizing.
 BATCH_BYTES = 1 << 20
 BATCH_LINES = 4096
+MIN_TAIL_BATCH_BYTES = 32 << 10  # the smallest batch the end of the input is cut into
 MAX_REPORTED = 10  # bad lines printed one by one; the rest are only counted
 
 
@@ -86,16 +87,32 @@ def open_input(path: str):
     return raw, raw
 
 
-def _batches(lines, batch_bytes: int, batch_lines: int) -> Iterator[Tuple[int, List[bytes]]]:
-    """(number of the first line, lines) in input order, read lazily."""
+def _batches(lines, batch_bytes: int, batch_lines: int, total_bytes: Optional[int] = None,
+             workers: int = 1) -> Iterator[Tuple[int, List[bytes]]]:
+    """(number of the first line, lines) in input order, read lazily.
+
+    With `total_bytes` known (plain input), batches shrink near the end of the file so
+    that the workers finish together instead of one of them tokenizing a last big batch
+    while the others wait.
+    """
     batch: List[bytes] = []
-    size, first = 0, 1
+    size, first, consumed = 0, 1, 0
+    target = batch_bytes
+
+    def next_target() -> int:
+        if not total_bytes or workers < 2:
+            return batch_bytes
+        left = total_bytes - consumed
+        return max(MIN_TAIL_BATCH_BYTES, min(batch_bytes, left // (2 * workers)))
+
     for line_no, line in enumerate(lines, start=1):
         if not batch:
             first = line_no
+            target = next_target()
         batch.append(line)
         size += len(line)
-        if size >= batch_bytes or len(batch) >= batch_lines:
+        if size >= target or len(batch) >= batch_lines:
+            consumed += size
             yield first, batch
             batch, size = [], 0
     if batch:
@@ -352,7 +369,8 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
     try:
         for key, prefix in prefixes.items():
             builders[key] = IndexedDatasetBuilder(data_file_path(prefix), dtype=dtype)
-        batches = _batches(lines, options.batch_bytes, options.batch_lines)
+        batches = _batches(lines, options.batch_bytes, options.batch_lines,
+                           None if gz else total_bytes, options.workers)
         if options.workers == 1:
             init_worker(options)
             results = map(encode_batch, batches)
