@@ -285,7 +285,8 @@ class _Progress:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         done = self.position()
         line = (f"processed {documents} documents, {tokens} tokens "
-                f"({documents / elapsed:.0f} docs/s, {done / elapsed / 1e6:.2f} MB/s")
+                f"({documents / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s, "
+                f"{done / elapsed / 1e6:.2f} MB/s")
         if self.total and done:
             fraction = min(done / self.total, 1.0)
             eta = elapsed * (1 - fraction) / max(fraction, 1e-9)
