@@ -105,7 +105,10 @@ class RustBackedTokenizer(DictVocabTokenizer):
         return self._tokenizer.encode(text, add_special_tokens=self._add_special_tokens).ids
 
     def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=self._add_special_tokens)]
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which we never
+        # use: about 20 % less CPU on Chinese BERT text, same ids.
+        encode = getattr(self._tokenizer, "encode_batch_fast", None) or self._tokenizer.encode_batch
+        return [e.ids for e in encode(list(texts), add_special_tokens=self._add_special_tokens)]
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=False)
