@@ -262,6 +262,16 @@ def test_missing_vocab_file_is_one_sentence(tmp_path):
 
 
 def test_missing_input_and_output_dir(tmp_path):
+    proc = run_tool("--input", DATA, "--output-prefix", tmp_path / "x", *BERT, check=False)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr and "merge_datasets" in proc.stderr
+    proc = run_tool("--input", ZH, "--output-prefix", tmp_path / "x", *BERT, "--json-keys", "text", "text",
+                    check=False)
+    assert proc.returncode == 2 and "--json-keys names text more than once" in proc.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    proc = run_tool("--input", empty, "--output-prefix", tmp_path / "x", *BERT, check=False)
+    assert proc.returncode == 2 and "produced no documents" in proc.stderr
+    assert [f for f in files_under(tmp_path) if f.startswith("x")] == []
     proc = run_tool("--input", tmp_path / "no.jsonl", "--output-prefix", tmp_path / "x", *BERT, check=False)
     assert proc.returncode == 2 and "--input" in proc.stderr and "does not exist" in proc.stderr
     proc = run_tool("--input", ZH, "--output-prefix", tmp_path / "no_dir" / "x", *BERT, check=False)

@@ -77,6 +77,9 @@ def output_prefix_for(output_prefix: str, key: str, split: bool) -> str:
 
 def open_input(path: str):
     """(line iterator over bytes, the underlying file for progress by position)."""
+    if os.path.isdir(path):
+        raise DataError(f"--input {path} is a directory; pass one .jsonl or .jsonl.gz file "
+                        f"(preprocess each file, then join them with tools/merge_datasets.py).")
     if not os.path.isfile(path):
         raise DataError(f"--input {path} does not exist; pass a .jsonl or .jsonl.gz file.")
     raw = open(path, "rb")
@@ -344,6 +347,9 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
         raise DataError(f"--batch-lines {options.batch_lines} must be at least 1.")
     if not options.json_keys:
         raise DataError("--json-keys needs at least one key, e.g. --json-keys text.")
+    repeated = sorted({k for k in options.json_keys if list(options.json_keys).count(k) > 1})
+    if repeated:
+        raise DataError(f"--json-keys names {', '.join(repeated)} more than once; give each key once.")
     out_dir = os.path.dirname(os.path.abspath(options.output_prefix))
     if not os.path.isdir(out_dir):
         raise DataError(f"--output-prefix {options.output_prefix}: directory {out_dir} "
