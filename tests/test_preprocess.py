@@ -172,6 +172,21 @@ def test_gzip_input_gives_the_same_bytes(tmp_path):
             (tmp_path / f"gz_text_document{ext}").read_bytes()
 
 
+def test_truncated_gzip_is_one_sentence(tmp_path):
+    data = gzip.compress(open(ZH, "rb").read())
+    src = tmp_path / "cut.jsonl.gz"
+    src.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    for workers in (1, 2):
+        proc = run_tool("--input", src, "--output-prefix", out / "cut", *BERT, "--workers", workers,
+                        "--batch-lines", 10, "--log-interval", 0, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "truncated or corrupt gzip file" in lines[0] and "after line" in lines[0]
+    assert files_under(out) == []
+
+
 def test_two_workers_give_the_same_bytes_as_one(tmp_path):
     # many small batches, finished out of order by two workers, with bad lines between
     lines = [json.dumps({"text": t}, ensure_ascii=False) for t in zh_texts()]

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -88,6 +89,22 @@ def open_input(path: str):
         return gzip.GzipFile(fileobj=raw), raw
     raw.seek(0)
     return raw, raw
+
+
+def _checked_lines(lines, path: str, gz: bool) -> Iterator[bytes]:
+    """The input's lines; a read error (a truncated .gz above all) becomes one DataError."""
+    count = 0
+    try:
+        for line in lines:
+            count += 1
+            yield line
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        if gz:
+            raise DataError(
+                f"--input {path} is a truncated or corrupt gzip file ({e}; it breaks off "
+                f"after line {count}); re-create or re-download it (`gzip -t` checks it).") from None
+        raise DataError(f"--input {path} could not be read after line {count} ({e}); check "
+                        f"the file and the disk.") from None
 
 
 def _batches(lines, batch_bytes: int, batch_lines: int, total_bytes: Optional[int] = None,
@@ -376,7 +393,7 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
     try:
         for key, prefix in prefixes.items():
             builders[key] = IndexedDatasetBuilder(data_file_path(prefix), dtype=dtype)
-        batches = _batches(lines, options.batch_bytes, options.batch_lines,
+        batches = _batches(_checked_lines(lines, options.input, gz), options.batch_bytes, options.batch_lines,
                            None if gz else total_bytes, options.workers)
         if options.workers == 1:
             init_worker(options)
