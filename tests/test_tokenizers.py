@@ -216,3 +216,24 @@ def test_train_tokenizer_reports_and_rejects(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --vocab-size 5000 is too large")
     assert "Traceback" not in bad.stderr
+
+
+def test_train_tokenizer_small_vocab_and_truncated_gzip(tmp_path):
+    import gzip
+
+    tool = os.path.join(ROOT, "tools", "train_tokenizer.py")
+    src = os.path.join(DATA, "zh_news_200.jsonl")
+    small = subprocess.run([sys.executable, tool, "--input", src, "--model-prefix", str(tmp_path / "s"),
+                            "--vocab-size", "100", "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert small.returncode == 2
+    last = small.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --vocab-size 100 is smaller than the") and "--character-coverage" in last
+    data = gzip.compress(open(src, "rb").read())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    bad = subprocess.run([sys.executable, tool, "--input", str(cut), "--model-prefix", str(tmp_path / "c"),
+                          "--vocab-size", "300", "--model-type", "char", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "truncated or corrupt gzip file" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert not os.path.exists(tmp_path / "c.model")

@@ -19,7 +19,7 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_core.data.errors import DataError  # noqa: E402
-from megatron_core.data.preprocess import open_input, parse_line  # noqa: E402
+from megatron_core.data.preprocess import _checked_lines, open_input, parse_line  # noqa: E402
 
 MAX_REPORTED = 10
 
@@ -53,13 +53,18 @@ class TextStream:
         self.path, self.json_keys, self.json_lines = path, json_keys, json_lines
         self.lines = self.texts = self.chars = 0
         self.skipped = Counter()
+        self.error = None
 
     def __iter__(self):
         lines, raw = open_input(self.path)
         try:
-            for line_no, line in enumerate(lines, start=1):
+            for line_no, line in enumerate(_checked_lines(lines, self.path, raw is not lines), start=1):
                 self.lines += 1
                 yield from self._texts_of(line, line_no)
+        except DataError as e:
+            # an exception raised inside sentencepiece's iterator comes out mangled:
+            # stop the stream here and let train() raise it afterwards
+            self.error = e
         finally:
             lines.close()
             raw.close()
@@ -107,15 +112,28 @@ def train(args) -> dict:
             max_sentence_length=args.max_sentence_length, num_threads=args.threads,
             minloglevel=2)
     except RuntimeError as e:
+        if stream.error is not None:
+            raise stream.error from None
         message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         limit = re.search(r"Vocabulary size too high.*<= ?(\d+)", message)
         if limit:
             raise DataError(f"--vocab-size {args.vocab_size} is too large for {args.input}; "
                             f"set it to at most {limit.group(1)}.") from None
+        small = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
+        if small:
+            raise DataError(
+                f"--vocab-size {args.vocab_size} is smaller than the {small.group(2)} characters "
+                f"{args.input} needs at --character-coverage {args.character_coverage}; raise "
+                f"--vocab-size or lower --character-coverage.") from None
         if stream.texts == 0:
             raise DataError(f"--input {args.input} has no usable text under --json-keys "
                             f"{' '.join(args.json_keys)}.") from None
         raise DataError(f"sentencepiece could not train on {args.input}: {message}") from None
+    if stream.error is not None:  # trained on part of the input only: do not leave that model
+        for ext in (".model", ".vocab"):
+            if os.path.exists(args.model_prefix + ext):
+                os.remove(args.model_prefix + ext)
+        raise stream.error
     return {"model": args.model_prefix + ".model", "vocab": args.model_prefix + ".vocab",
             "lines": stream.lines, "texts": stream.texts, "characters": stream.chars,
             "skipped": dict(stream.skipped), "vocab_size": args.vocab_size,
