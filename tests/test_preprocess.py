@@ -305,7 +305,7 @@ def _big_input(tmp_path, copies):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
-    src = _big_input(tmp_path, 60)  # 12,000 lines: many seconds of work
+    src = _big_input(tmp_path, 150)  # 30,000 lines (9 MB): seconds of work even on a fast machine
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen(
