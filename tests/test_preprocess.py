@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -303,6 +304,23 @@ def _big_input(tmp_path, copies):
     return src
 
 
+def _processes_mentioning(text, wait=3.0):
+    """pids whose command line contains `text`, after giving dying ones `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     src = _big_input(tmp_path, 150)  # 30,000 lines (9 MB): seconds of work even on a fast machine
@@ -317,8 +335,12 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     assert first.startswith("processed "), first
     assert [f for f in files_under(out) if f.endswith(".tmp")], "expected temporaries while running"
     os.killpg(proc.pid, sig)
-    rest = proc.stderr.read()
-    proc.wait(timeout=30)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # never hang the suite: clean up, then fail
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"preprocess_data.py did not exit within 60 s of {sig.name}")
     final = [f for f in files_under(out) if not f.endswith(".tmp")]
     assert final == []
     if sig == signal.SIGINT:
@@ -327,6 +349,7 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     elif sig == signal.SIGTERM:
         assert proc.returncode == 143
         assert "terminated (SIGTERM); no output was written." in rest
+    assert _processes_mentioning(str(out)) == [], "workers outlived the interrupted run"
     if sig != signal.SIGKILL:  # SIGKILL cannot be caught: only temporaries may remain
         assert files_under(out) == []  # temporaries removed too
         assert "Traceback" not in rest

@@ -59,6 +59,15 @@ def _terminated(signum, frame):
     raise Terminated()
 
 
+def _exit_now(message: str, code: int) -> None:
+    """Exit without the interpreter's exit handlers: after an interrupt, multiprocessing's
+    handler could wait on a worker that died holding a queue lock. The outputs' temporary
+    files are already removed at this point."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     options = PreprocessOptions(
@@ -75,11 +84,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no output was written.", file=sys.stderr)
-        return 130
+        _exit_now("interrupted; no output was written.", 130)
     except Terminated:
-        print("terminated (SIGTERM); no output was written.", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        _exit_now("terminated (SIGTERM); no output was written.", 128 + signal.SIGTERM)
     print(format_summary(summary), file=sys.stderr)
     return 0
 

@@ -174,11 +174,50 @@ def init_worker(options: PreprocessOptions) -> None:
 
 
 def init_pool_worker(options: PreprocessOptions) -> None:
-    """Initializer of the worker processes: the main process may turn SIGTERM into an
-    exception (tools/preprocess_data.py does, to clean up); workers must just die on it,
-    which is how Pool.terminate stops them."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Initializer of the worker processes (see _after_fork_in_child for their signals)."""
     init_worker(options)
+
+
+_fork_hook = {"installed": False, "active": False}
+
+
+def _after_fork_in_child() -> None:
+    """Runs in every process forked while a preprocess() pool is alive, right after the
+    fork, before anything can block: the main process may turn SIGTERM into an exception
+    (tools/preprocess_data.py does, to clean up), but a worker must simply die on it, as
+    Pool.terminate expects; and a worker must never outlive the main process (Pool
+    replaces workers killed by a signal to the whole process group, and such a late
+    replacement could otherwise miss Pool.terminate)."""
+    if not _fork_hook["active"]:
+        return
+    _fork_hook["active"] = False  # processes the worker forks in turn are not ours
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _install_fork_hook() -> None:
+    if _fork_hook["installed"] or not hasattr(os, "register_at_fork"):
+        return
+    if sys.platform.startswith("linux"):
+        try:  # looked up here: a child right after fork must not import anything
+            import ctypes
+
+            _fork_hook["prctl"] = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _fork_hook["installed"] = True
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the main process dies, however it dies."""
+    prctl = _fork_hook.get("prctl")
+    if prctl is None:
+        return
+    PR_SET_PDEATHSIG = 1
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if _worker.get("main_pid") not in (None, os.getppid()):
+        os._exit(1)  # the main process died before the prctl took effect
 
 
 def parse_line(raw: bytes, line_no: int, keys: Sequence[str]):
@@ -341,6 +380,24 @@ class _Throttle:
         self._slots.release()
 
 
+def _stop_pool(pool, timeout: float = 5.0) -> None:
+    """Stop the workers at once, without risking a hang.
+
+    A worker killed by a signal sent to the whole process group (Ctrl-C, `kill -TERM
+    -pgid`) may die holding the task queue's lock, and Pool.terminate then waits for
+    that lock forever. So the workers are SIGKILLed directly, and terminate() (which
+    also stops the pool's threads) gets a bounded time in a helper thread.
+    """
+    for worker in list(getattr(pool, "_pool", [])):
+        try:
+            worker.kill()
+        except (OSError, AttributeError, ValueError):
+            pass
+    stopper = threading.Thread(target=pool.terminate, daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+
+
 def _check_bad_lines(result: BatchResult, summary: PreprocessSummary, options, report) -> None:
     for line_no, reason, detail in result.bad:
         if options.strict:
@@ -400,6 +457,9 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
             results = map(encode_batch, batches)
         else:
             throttle = _Throttle(2 * options.workers + 2)
+            _worker["main_pid"] = os.getpid()  # inherited by the forked workers
+            _install_fork_hook()
+            _fork_hook["active"] = True
             pool = multiprocessing.Pool(options.workers, initializer=init_pool_worker,
                                         initargs=(options,))
             results = pool.imap(encode_batch, throttle.feed(batches), chunksize=1)
@@ -437,14 +497,15 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
             summary.output_bytes += (os.path.getsize(data_file_path(prefix))
                                      + os.path.getsize(index_file_path(prefix)))
     except BaseException:
-        if pool is not None:
-            throttle.stop()
-            pool.terminate()
-            pool.join()
+        # Files first: whatever happens while stopping the workers, nothing is left behind.
         for builder in builders.values():
             builder.abort()
+        if pool is not None:
+            throttle.stop()
+            _stop_pool(pool)
         raise
     finally:
+        _fork_hook["active"] = False
         lines.close()
         raw.close()
     summary.elapsed = time.perf_counter() - start
