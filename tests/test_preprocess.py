@@ -329,7 +329,10 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, TOOL, "--input", str(src), "--output-prefix", str(out / "big"), *BERT,
          "--workers", "2", "--batch-lines", "100", "--log-interval", "100"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # A shell starts background jobs with SIGINT ignored, and Python then never installs
+        # its Ctrl-C handler; give the tool the disposition a terminal user's run has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until it is writing (first progress line), then interrupt it as Ctrl-C would
     first = proc.stderr.readline()
     assert first.startswith("processed "), first
