@@ -35,9 +35,10 @@ def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
 
 
 def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, pp: int,
-                 virtual: Optional[int], p2p_config: P2PConfig, forward_only: bool = False):
+                 virtual: Optional[int], p2p_config: P2PConfig, forward_only: bool = False,
+                 split_rank: Optional[int] = None):
     """This rank's model chunks and loss stats after one schedule run over its batches."""
-    ps.initialize_model_parallel(tp, pp, virtual)
+    ps.initialize_model_parallel(tp, pp, virtual, pipeline_model_parallel_split_rank=split_rank)
     chunks = []
     for v in range(virtual or 1):
         if virtual:

@@ -12,9 +12,7 @@ from megatron_core.models.bert import BertModel, bert_pretraining_loss
 from megatron_core.models.gpt import masked_mean
 from megatron_core.models.t5 import T5Model
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
-from megatron_core.pipeline.schedules import get_forward_backward_func
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
 from tests.pipeline_checks import check_grads, run_pipeline, serial_grads, serial_name
@@ -86,9 +84,11 @@ def _t5_batches(n):
     return batches
 
 
-def _t5_build(serial):
+def _t5_build(pre_process, post_process, layer_offset):
+    """The whole model for the serial run (layer_offset 0); otherwise this stage of a split
+    encoder-decoder pipeline, which decides its own pre_process (first stage of each stack)."""
     config = _t5_config()
-    if serial:
+    if layer_offset == 0:
         return T5Model(config, VOCAB, max_sequence_length=S_ENC)
     stage, split = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_split_rank()
     stages = ps.get_pipeline_model_parallel_world_size()
@@ -97,7 +97,7 @@ def _t5_build(serial):
     per_stage = config.num_layers // (split if encoder_stage else stages - split)
     offset = (stage if encoder_stage else stage - split) * per_stage
     return T5Model(config, VOCAB, max_sequence_length=S_ENC, pre_process=stage in (0, split),
-                   post_process=ps.is_pipeline_last_stage(), add_encoder=encoder_stage,
+                   post_process=post_process, add_encoder=encoder_stage,
                    add_decoder=not encoder_stage, encoder_layer_offset=offset, encoder_num_layers_in_stage=per_stage,
                    decoder_layer_offset=offset, decoder_num_layers_in_stage=per_stage)
 
@@ -119,32 +119,14 @@ def _t5_step(model, b):
 
 def _check_t5(stages=2, split=1):
     batches = _t5_batches(4)
-    ps.initialize_model_parallel(1, 1)
-    serial = _t5_build(serial=True)
-    serial_losses = []
-    for b in batches:
-        loss = _t5_step(serial, b) / len(batches)
-        loss.backward()
-        serial_losses.append(loss.item() * len(batches))
-    grads = {n: p.grad for n, p in serial.named_parameters()}
-    ps.destroy_model_parallel()
-
-    ps.initialize_model_parallel(1, stages, pipeline_model_parallel_split_rank=split)
-    model = _t5_build(serial=False)
+    serial_losses, grads = serial_grads(_t5_build, batches, _t5_step)
     shapes = lambda stage: [(S_ENC, MICRO, HIDDEN)] if stage < split else [(S_DEC, MICRO, HIDDEN), (S_ENC, MICRO, HIDDEN)]
-
-    def forward_step_func(it, m):
-        out = _t5_step(m, next(it))
-        return out, lambda x: (x, {"loss": x.detach()})
-
-    stats = get_forward_backward_func()(forward_step_func=forward_step_func, data_iterator=iter(batches),
-                                        model=model, num_microbatches=len(batches),
-                                        p2p_config=P2PConfig(stage_output_shapes=shapes))
-    finalize_model_grads(model)
+    chunks, stats, _ = run_pipeline(_t5_build, batches, _t5_step, 1, stages, None,
+                                    P2PConfig(stage_output_shapes=shapes), split_rank=split)
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
         assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
-    assert check_grads([model], grads, _t5_serial_name) > 0
+    assert check_grads(chunks, grads, _t5_serial_name) > 0
     ps.destroy_model_parallel()
 
 

@@ -61,9 +61,10 @@ def _simulate(p, v, m, forward_only=False):
             else:
                 assert not f.send_prev
         # Every message is expected by a receive at the same time, and vice versa.
-        expected_recv = {(r, "f") for r, f in flags.items() if f.recv_prev} | \
-                        {(r, "b") for r, f in flags.items() if f.recv_next}
-        sent = {(dest, kind) for dest, kind, _, _ in outgoing}
+        # The plan also names the chunk each arrival feeds: it must be the sender's target.
+        expected_recv = {(r, "f", f.recv_prev_chunk) for r, f in flags.items() if f.recv_prev} | \
+                        {(r, "b", f.recv_next_chunk) for r, f in flags.items() if f.recv_next}
+        sent = {(dest, kind, chunk) for dest, kind, chunk, _ in outgoing}
         assert sent == expected_recv, (time, sent, expected_recv)
         assert len(outgoing) == len(sent)
         for dest, kind, chunk, tag in outgoing:

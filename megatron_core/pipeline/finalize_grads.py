@@ -20,16 +20,11 @@ import torch.distributed as dist
 
 from ..mpu import parallel_state as ps
 from ..mpu.grads import allreduce_sequence_parallel_gradients
+from .schedules import unwrap_model
 
 
 def _chunks(model) -> List[torch.nn.Module]:
     return list(model) if isinstance(model, (list, tuple)) else [model]
-
-
-def _unwrap(module):
-    while hasattr(module, "module") and not hasattr(module, "word_embeddings_weight"):
-        module = module.module
-    return module
 
 
 def tied_embedding_parameters(model) -> List[torch.nn.Parameter]:
@@ -40,7 +35,7 @@ def tied_embedding_parameters(model) -> List[torch.nn.Parameter]:
     they tie with `share_embeddings_and_output_weights`."""
     found = []
     for chunk in _chunks(model):
-        chunk = _unwrap(chunk)
+        chunk = unwrap_model(chunk)
         if not getattr(chunk, "share_embeddings_and_output_weights", False):
             continue
         if not (getattr(chunk, "pre_process", False) or getattr(chunk, "post_process", False)):
@@ -56,10 +51,15 @@ def tied_embedding_parameters(model) -> List[torch.nn.Parameter]:
 def allreduce_embedding_grads(model) -> None:
     if ps.get_pipeline_model_parallel_world_size() == 1 or not ps.is_rank_in_embedding_group(ignore_virtual=True):
         return
-    for weight in tied_embedding_parameters(model):
-        grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
-        dist.all_reduce(grad, group=ps.get_embedding_group())
-        weight.grad = grad
+    _sum_grads(tied_embedding_parameters(model), ps.get_embedding_group())
+
+
+def _sum_grads(params, group) -> None:
+    """Sum each parameter's gradient over `group`; a copy that got none contributes zeros."""
+    for p in params:
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        dist.all_reduce(grad, group=group)
+        p.grad = grad
 
 
 def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -93,12 +93,8 @@ def allreduce_stack_shared_grads(params) -> None:
             by_stack.setdefault(stack, []).append(p)
     for stack in sorted(by_stack):
         group, ranks = ps.get_pipeline_stack_group(stack)
-        if len(ranks) == 1:
-            continue
-        for p in by_stack[stack]:
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(grad, group=group)
-            p.grad = grad
+        if len(ranks) > 1:
+            _sum_grads(by_stack[stack], group)
 
 
 def finalize_model_grads(model, data_parallel: bool = True) -> None:

@@ -40,8 +40,17 @@ class StepFlags:
     backward: Optional[int]    # backward index run at this step, or None
     send_next: bool
     send_prev: bool
-    recv_prev: bool
-    recv_next: bool
+    # The chunk here that what arrives feeds, or None when nothing arrives.
+    recv_prev_chunk: Optional[int]
+    recv_next_chunk: Optional[int]
+
+    @property
+    def recv_prev(self) -> bool:
+        return self.recv_prev_chunk is not None
+
+    @property
+    def recv_next(self) -> bool:
+        return self.recv_next_chunk is not None
 
 
 @dataclass(frozen=True)
@@ -97,18 +106,25 @@ class InterleavedPlan:
 
     def flags(self, rank: int, step: int) -> StepFlags:
         p = self.stages
+        # The neighbours' steps paired with this one, and, round the ring (last rank <->
+        # rank 0), the chunk shift: chunk c's output on rank p-1 feeds chunk c+1 on rank 0.
         if rank == 0:
-            prev_rank, prev_step = p - 1, step - (p - 1)
+            prev_rank, prev_step, prev_shift = p - 1, step - (p - 1), 1
         else:
-            prev_rank, prev_step = rank - 1, step + 1
+            prev_rank, prev_step, prev_shift = rank - 1, step + 1, 0
         if rank == p - 1:
-            next_rank, next_step = 0, step + (p - 1)
+            next_rank, next_step, next_shift = 0, step + (p - 1), -1
         else:
-            next_rank, next_step = rank + 1, step - 1
+            next_rank, next_step, next_shift = rank + 1, step - 1, 0
+        recv_prev_chunk = recv_next_chunk = None
+        if self._sends_next(prev_rank, prev_step):
+            recv_prev_chunk = self.forward_chunk(self.forward_at(prev_rank, prev_step)) + prev_shift
+        if self._sends_prev(next_rank, next_step):
+            recv_next_chunk = self.backward_chunk(self.backward_at(next_rank, next_step)) + next_shift
         return StepFlags(
             forward=self.forward_at(rank, step), backward=self.backward_at(rank, step),
             send_next=self._sends_next(rank, step), send_prev=self._sends_prev(rank, step),
-            recv_prev=self._sends_next(prev_rank, prev_step), recv_next=self._sends_prev(next_rank, next_step))
+            recv_prev_chunk=recv_prev_chunk, recv_next_chunk=recv_next_chunk)
 
 
 def forward_backward_pipelining_with_interleaving(*, forward_step_func: Callable, data_iterator, model,
@@ -165,16 +181,9 @@ def forward_backward_pipelining_with_interleaving(*, forward_step_func: Callable
                 p2p_config, send_next=output if f.send_next else None,
                 send_prev=input_grad if f.send_prev else None, recv_prev=f.recv_prev, recv_next=f.recv_next)
             if f.recv_prev:
-                # What arrives from the previous rank feeds the same chunk here, except round
-                # the ring (last rank -> rank 0), where chunk c's output feeds chunk c + 1.
-                sender_k = step + 1 if rank > 0 else step - (stages - 1)
-                chunk = plan.forward_chunk(sender_k) + (1 if rank == 0 else 0)
-                arrived_inputs[chunk].append(from_prev)
+                arrived_inputs[f.recv_prev_chunk].append(from_prev)
             if f.recv_next:
-                sender_k = (step - 1 - plan.warmup(rank + 1)) if rank < stages - 1 \
-                    else (step + stages - 1 - plan.warmup(0))
-                chunk = plan.backward_chunk(sender_k) - (1 if rank == stages - 1 else 0)
-                arrived_grads[chunk].append(from_next)
+                arrived_grads[f.recv_next_chunk].append(from_next)
     finally:
         ps.set_virtual_pipeline_model_parallel_rank(0)
     return stats

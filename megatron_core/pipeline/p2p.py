@@ -81,6 +81,23 @@ def _post(ops: List[dist.P2POp], batched: bool, pipeline_rank: int) -> List:
     return [op.op(op.tensor, op.peer, tag=op.tag) for op in ordered]
 
 
+def _transfer(send_next: List[torch.Tensor], send_prev: List[torch.Tensor],
+              recv_prev: List[torch.Tensor], recv_next: List[torch.Tensor], batched: bool) -> None:
+    """Post every send and receive of one exchange and wait for all of them.
+
+    With two stages (or round the ring) "prev" and "next" are the same peer, and backends
+    match messages between two peers in the order they are posted. So every rank posts
+    activations before gradients, on the sending and on the receiving side, and tags the
+    two directions apart where the backend honours tags."""
+    prev, next_ = _ring_neighbors()
+    ops = ([dist.P2POp(dist.isend, t, next_, tag=_FORWARD_TAG) for t in send_next]
+           + [dist.P2POp(dist.isend, t, prev, tag=_BACKWARD_TAG) for t in send_prev]
+           + [dist.P2POp(dist.irecv, t, prev, tag=_FORWARD_TAG) for t in recv_prev]
+           + [dist.P2POp(dist.irecv, t, next_, tag=_BACKWARD_TAG) for t in recv_next])
+    for work in _post(ops, batched, ps.get_pipeline_model_parallel_rank()):
+        work.wait()
+
+
 def _as_list(x) -> Optional[List[torch.Tensor]]:
     if x is None:
         return None
@@ -114,20 +131,13 @@ def _parse_header(header: torch.Tensor) -> List[Tuple[int, ...]]:
 def _exchange_shapes(config: P2PConfig, send_prev, send_next, recv_prev: bool, recv_next: bool):
     """Send the shapes of what goes out; learn the shapes of what comes in."""
     device = config.device()
-    prev, next_ = _ring_neighbors()
-    ops, inbox = [], {}
-    if send_next is not None:
-        ops.append(dist.P2POp(dist.isend, _shape_header(send_next, device), next_, tag=_FORWARD_TAG))
-    if send_prev is not None:
-        ops.append(dist.P2POp(dist.isend, _shape_header(send_prev, device), prev, tag=_BACKWARD_TAG))
-    if recv_prev:
-        inbox["prev"] = _shape_header(None, device)
-        ops.append(dist.P2POp(dist.irecv, inbox["prev"], prev, tag=_FORWARD_TAG))
-    if recv_next:
-        inbox["next"] = _shape_header(None, device)
-        ops.append(dist.P2POp(dist.irecv, inbox["next"], next_, tag=_BACKWARD_TAG))
-    for work in _post(ops, False, ps.get_pipeline_model_parallel_rank()):
-        work.wait()
+    inbox = {side: _shape_header(None, device) for side, wanted in (("prev", recv_prev), ("next", recv_next))
+             if wanted}
+    # Shapes always go one by one: a batch that mixes them with the payload could be
+    # matched out of order by backends that pair by arrival.
+    _transfer([_shape_header(send_next, device)] if send_next is not None else [],
+              [_shape_header(send_prev, device)] if send_prev is not None else [],
+              [inbox["prev"]] if recv_prev else [], [inbox["next"]] if recv_next else [], batched=False)
     return {side: _parse_header(h) for side, h in inbox.items()}
 
 
@@ -161,7 +171,6 @@ def exchange(config: P2PConfig, *, send_next=None, send_prev=None, recv_prev: bo
     else:
         shapes = _known_shapes(config, recv_prev, recv_next)
     device = config.device()
-    prev, next_ = _ring_neighbors()
 
     def buffers(side, wanted):
         if not wanted:
@@ -170,22 +179,10 @@ def exchange(config: P2PConfig, *, send_next=None, send_prev=None, recv_prev: bo
                 for shape in shapes[side]]
 
     from_prev, from_next = buffers("prev", recv_prev), buffers("next", recv_next)
-    ops = []
-    # With two stages (or round the ring) "prev" and "next" are the same peer, and
-    # backends match messages between two peers in the order they are posted. So every
-    # rank posts activations before gradients, on the sending and on the receiving side,
-    # and tags the two directions apart where the backend honours tags.
-    for t in send_next or []:
-        ops.append(dist.P2POp(dist.isend, t.detach().contiguous(), next_, tag=_FORWARD_TAG))
-    for t in send_prev or []:
-        ops.append(dist.P2POp(dist.isend, t.detach().contiguous(), prev, tag=_BACKWARD_TAG))
-    for t in from_prev or []:
-        ops.append(dist.P2POp(dist.irecv, t.data, prev, tag=_FORWARD_TAG))
-    for t in from_next or []:
-        ops.append(dist.P2POp(dist.irecv, t.data, next_, tag=_BACKWARD_TAG))
     batched = config.batch_p2p_comm if config.batch_p2p_comm is not None else _backend_batches_p2p()
-    for work in _post(ops, batched, ps.get_pipeline_model_parallel_rank()):
-        work.wait()
+    _transfer([t.detach().contiguous() for t in send_next or []],
+              [t.detach().contiguous() for t in send_prev or []],
+              [t.data for t in from_prev or []], [t.data for t in from_next or []], batched)
 
     def unwrap(received):
         if received is None:

@@ -34,8 +34,8 @@ from . import p2p
 from .p2p import P2PConfig
 
 
-def _unwrap(model):
-    """The module that has set_input_tensor (through DDP/DeepSpeed wrappers)."""
+def unwrap_model(model):
+    """The model itself, through DDP/DeepSpeed wrappers (it has set_input_tensor)."""
     while not hasattr(model, "set_input_tensor") and hasattr(model, "module"):
         model = model.module
     return model
@@ -49,7 +49,7 @@ def _no_sync(model):
 def forward_step(forward_step_func: Callable, data_iterator, model, num_microbatches: int,
                  input_tensor: Optional[torch.Tensor], stats: List[dict], is_last_stage: bool):
     """One micro-batch through one chunk; on the last stage returns its scaled loss."""
-    _unwrap(model).set_input_tensor(input_tensor)
+    unwrap_model(model).set_input_tensor(input_tensor)
     output, loss_func = forward_step_func(data_iterator, model)
     if is_last_stage:
         loss, loss_stats = loss_func(output)
