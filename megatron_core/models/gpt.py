@@ -36,7 +36,7 @@ from ..transformer.init import component_rng, init_method
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
 from .embedding import LanguageEmbedding, build_word_embeddings
-from .language_model import gather_logits, masked_mean, resolve_stage_layers
+from .language_model import TiedOutputLayerMixin, gather_logits, masked_mean, resolve_stage_layers
 
 __all__ = ["GPTModel", "masked_mean"]
 
@@ -49,7 +49,7 @@ def check_vocab_size(config: TransformerConfig, vocab_size: int) -> None:
             f"with the model.")
 
 
-class GPTModel(nn.Module):
+class GPTModel(TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
                  pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
                  num_layers_in_stage: Optional[int] = None, parallel_output: bool = True,
@@ -111,13 +111,6 @@ class GPTModel(nn.Module):
         if self.word_embeddings is not None:
             return self.word_embeddings.weight
         raise RuntimeError("this GPT stage holds no word embedding (a middle stage, or an untied last stage).")
-
-    def output_weight(self) -> Optional[torch.Tensor]:
-        if not self.post_process:
-            return None
-        if self.share_embeddings_and_output_weights:
-            return self.word_embeddings_weight()
-        return self.output_layer.weight
 
     # --- accounting -------------------------------------------------------------------------
     def parameter_count(self) -> int:

@@ -79,3 +79,16 @@ def masked_mean(per_token_loss: torch.Tensor, loss_mask: Optional[torch.Tensor] 
         return loss.mean()
     mask = loss_mask.to(loss.dtype).reshape(loss.shape)
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class TiedOutputLayerMixin:
+    """`output_weight()` for language models whose last stage computes logits with an
+    `output_layer` (ColumnParallelLinear) that either owns its weight or, with
+    `share_embeddings_and_output_weights`, multiplies by `word_embeddings_weight()`."""
+
+    def output_weight(self) -> Optional[torch.Tensor]:
+        if not self.post_process:
+            return None
+        if self.share_embeddings_and_output_weights:
+            return self.word_embeddings_weight()
+        return self.output_layer.weight

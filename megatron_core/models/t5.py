@@ -53,6 +53,7 @@ from ..transformer.init import component_rng
 from .embedding import LanguageEmbedding, build_word_embeddings
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
+from .language_model import TiedOutputLayerMixin
 from .t5_relative_bias import T5RelativePositionBias
 
 T5_POSITION_EMBEDDINGS = ("t5_relative", "learned_absolute")
@@ -71,7 +72,7 @@ def _keep_to_masked(mask: torch.Tensor, what: str, query_length: int) -> torch.T
     raise ValueError(f"{what} must be [batch, keys] or [batch, queries, keys], got shape {tuple(mask.shape)}.")
 
 
-class T5Model(nn.Module):
+class T5Model(TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
                  max_sequence_length: int = 512, pre_process: bool = True, post_process: bool = True,
                  add_encoder: bool = True, add_decoder: bool = True,
@@ -183,13 +184,6 @@ class T5Model(nn.Module):
         if self.add_encoder:
             return received, None
         return None, received
-
-    def output_weight(self) -> Optional[torch.Tensor]:
-        if not self.post_process:
-            return None
-        if self.share_embeddings_and_output_weights:
-            return self.word_embeddings_weight()
-        return self.output_layer.weight
 
     def word_embeddings_weight(self) -> torch.Tensor:
         if self.embedding is None:

@@ -65,7 +65,7 @@ from ..transformer.norms import build_norm
 from .embedding import LanguageEmbedding, build_word_embeddings
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
-from .language_model import gather_logits
+from .language_model import TiedOutputLayerMixin, gather_logits
 from .relative_attention import RelativeSelfAttention, new_relative_bias
 
 
@@ -100,7 +100,7 @@ class TransformerXLLayer(nn.Module):
         return bias_dropout_add(out, bias, hidden_states, p, self.training, config)
 
 
-class TransformerXLModel(nn.Module):
+class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, mem_length: int,
                  pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
                  num_layers_in_stage: Optional[int] = None, untie_r: bool = False,
@@ -183,13 +183,6 @@ class TransformerXLModel(nn.Module):
             return self.word_embeddings.weight
         raise RuntimeError("this Transformer-XL stage holds no word embedding (a middle stage, or an untied last "
                            "stage).")
-
-    def output_weight(self) -> Optional[torch.Tensor]:
-        if not self.post_process:
-            return None
-        if self.share_embeddings_and_output_weights:
-            return self.word_embeddings_weight()
-        return self.output_layer.weight
 
     # --- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids: Optional[torch.Tensor], mems: Optional[Sequence[torch.Tensor]] = None,
