@@ -1,9 +1,4 @@
-"""The one exception type for user mistakes in the data pipeline.
+"""DataError now lives in `megatron_core.errors`; this name stays for existing imports."""
+from megatron_core.errors import DataError
 
-A DataError carries a single sentence that names the file, line or flag at fault and
-says what to do; command-line tools print just that sentence and exit with status 2.
-"""
-
-
-class DataError(ValueError):
-    """A problem with the user's data files or data flags (not a bug in this package)."""
+__all__ = ["DataError"]

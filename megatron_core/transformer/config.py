@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..mpu.utils import pad_vocab_size
 
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
@@ -26,10 +27,6 @@ POSITION_EMBEDDINGS = ("learned_absolute", "rope", "relative_xl", "t5_relative",
 RECOMPUTE_GRANULARITIES = (None, "full", "selective")
 RECOMPUTE_METHODS = ("uniform", "block")
 ATTENTION_BACKENDS = ("auto", "sdpa", "explicit")
-
-
-class ConfigError(ValueError):
-    """An invalid model configuration; the message is one sentence naming the fix."""
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -13,14 +13,13 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
+from ...errors import ConversionError
 from ...transformer.config import TransformerConfig
 
 __all__ = ["ConversionError", "fuse_grouped_qkv", "split_grouped_qkv", "pad_vocab_rows", "trim_vocab_rows",
            "require", "count_layers", "take"]
 
 
-class ConversionError(ValueError):
-    """A state dict or config that cannot be converted; the message names the fix."""
 
 
 def fuse_grouped_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
