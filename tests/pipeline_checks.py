@@ -9,11 +9,13 @@ losses and gradients must agree to float tolerance.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from megatron_core.mpu import parallel_state as ps
+from megatron_core.mpu.grads import clip_grad_norm
 from megatron_core.mpu.init_methods import shard_of_master
 from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
@@ -22,6 +24,22 @@ from megatron_core.pipeline.schedules import get_forward_backward_func
 
 def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
     """Mean loss over `batches` and the gradient of every parameter, on one process."""
+    reference = serial_step(build, batches, step)
+    return reference.losses, reference.grads
+
+
+@dataclass
+class SerialStep:
+    losses: List[float]
+    grads: Dict[str, torch.Tensor]
+    grad_norm: float                          # 2-norm over every parameter's gradient
+    weights_after: Dict[str, torch.Tensor]    # after one step of make_optimizer (if given)
+
+
+def serial_step(build: Callable, batches: List[dict], step: Callable,
+                make_optimizer: Optional[Callable] = None) -> SerialStep:
+    """The serial model's losses, gradients, gradient norm and (with make_optimizer, a
+    function of the parameter list) its weights after one optimizer step."""
     ps.initialize_model_parallel(1, 1)
     model = build(pre_process=True, post_process=True, layer_offset=0)
     losses = []
@@ -30,8 +48,28 @@ def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
         loss.backward()
         losses.append(loss.item() * len(batches))
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])).item()
+    weights = {}
+    if make_optimizer is not None:
+        make_optimizer(list(model.parameters())).step()
+        weights = {name: p.detach().clone() for name, p in model.named_parameters()}
     ps.destroy_model_parallel()
-    return losses, grads
+    return SerialStep(losses, grads, norm, weights)
+
+
+def check_norm_and_step(chunks, reference: SerialStep, make_optimizer: Callable, name_map: Callable) -> None:
+    """The pipeline's gradient norm (mpu.clip_grad_norm over this replica) is the serial
+    norm, and after one optimizer step every parameter, copies of shared tables included,
+    holds its slice of the serial weights."""
+    params = [p for chunk in chunks for p in chunk.parameters()]
+    norm = clip_grad_norm(params, max_norm=1e9)
+    assert abs(norm - reference.grad_norm) <= 1e-5 * max(1.0, reference.grad_norm), (norm, reference.grad_norm)
+    make_optimizer(params).step()
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            want = expected_shard(reference.weights_after[name_map(chunk, name)], param)
+            torch.testing.assert_close(param.detach(), want, atol=1e-6, rtol=1e-5,
+                                       msg=lambda m: f"{name} after the step: {m}")
 
 
 def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, pp: int,

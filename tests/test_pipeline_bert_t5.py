@@ -3,9 +3,12 @@
 BERT splits its encoder layers over the two stages (tied MLM output on the last stage).
 T5 splits encoder and decoder (pipeline_model_parallel_split_rank=1): stage 0 holds the
 encoder, stage 1 the decoder and head; stage 1 sends back gradients for the encoder
-output it used in cross-attention, and both stages' word tables are summed over the
-embedding group.
+output it used in cross-attention, and both stages' copies of the word table (and, for
+Megatron's T5, of the position table) are summed, tied head or not. The pipeline's
+gradient norm and the weights after one Adam step equal the serial model's as well.
 """
+import functools
+
 import torch
 
 from megatron_core.models.bert import BertModel, bert_pretraining_loss
@@ -15,7 +18,7 @@ from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import check_grads, run_pipeline, serial_grads, serial_name
+from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_name, serial_step
 
 VOCAB, MICRO, HIDDEN, S_ENC, S_DEC = 64, 2, 16, 8, 6
 
@@ -54,20 +57,32 @@ def _bert_step(model, b):
 
 def _check_bert(layout):
     batches = _bert_batches(4)
-    serial_losses, grads = serial_grads(_bert_builder(layout), batches, _bert_step)
+    reference = serial_step(_bert_builder(layout), batches, _bert_step, _adam)
+    serial_losses, grads = reference.losses, reference.grads
     chunks, stats, _ = run_pipeline(_bert_builder(layout), batches, _bert_step, 1, 2, None,
                                     P2PConfig(tensor_shape=(S_ENC, MICRO, HIDDEN)))
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
         assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
-    assert check_grads(chunks, grads, lambda chunk, name: serial_name(name, chunk.layer_offset, "encoder")) > 0
+    name_map = lambda chunk, name: serial_name(name, chunk.layer_offset, "encoder")
+    assert check_grads(chunks, grads, name_map) > 0
+    check_norm_and_step(chunks, reference, _adam, name_map)
     ps.destroy_model_parallel()
 
 
-def _t5_config():
-    return TransformerConfig(num_layers=2, hidden_size=HIDDEN, num_attention_heads=4, hidden_dropout=0.0,
-                             attention_dropout=0.0, normalization="RMSNorm", add_bias_linear=False,
-                             position_embedding_type="t5_relative", activation="relu", ffn_hidden_size=32)
+T5_VARIANTS = {
+    "v1.0": dict(),                                                   # tied head, relative positions
+    "v1.1": dict(share_embeddings_and_output_weights=False, activation="geglu_tanh"),   # untied head
+    "megatron": dict(position_embedding_type="learned_absolute"),     # a position table on each embedding stage
+}
+
+
+def _t5_config(variant="v1.0"):
+    values = dict(num_layers=2, hidden_size=HIDDEN, num_attention_heads=4, hidden_dropout=0.0,
+                  attention_dropout=0.0, normalization="RMSNorm", add_bias_linear=False,
+                  position_embedding_type="t5_relative", activation="relu", ffn_hidden_size=32)
+    values.update(T5_VARIANTS[variant])
+    return TransformerConfig(**values)
 
 
 def _t5_batches(n):
@@ -84,10 +99,10 @@ def _t5_batches(n):
     return batches
 
 
-def _t5_build(pre_process, post_process, layer_offset):
+def _t5_build(pre_process, post_process, layer_offset, variant="v1.0"):
     """The whole model for the serial run (layer_offset 0); otherwise this stage of a split
     encoder-decoder pipeline, which decides its own pre_process (first stage of each stack)."""
-    config = _t5_config()
+    config = _t5_config(variant)
     if layer_offset == 0:
         return T5Model(config, VOCAB, max_sequence_length=S_ENC)
     stage, split = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_split_rank()
@@ -117,30 +132,49 @@ def _t5_step(model, b):
     return masked_mean(out, b["labels"] >= 0)
 
 
-def _check_t5(stages=2, split=1):
+def _adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def _check_t5(stages=2, split=1, variant="v1.0"):
+    """Loss, every gradient (each copy of a table that several stages hold gets the serial
+    gradient), the pipeline's gradient norm, and the weights after one Adam step."""
     batches = _t5_batches(4)
-    serial_losses, grads = serial_grads(_t5_build, batches, _t5_step)
+    build = functools.partial(_t5_build, variant=variant)
+    reference = serial_step(build, batches, _t5_step, _adam)
     shapes = lambda stage: [(S_ENC, MICRO, HIDDEN)] if stage < split else [(S_DEC, MICRO, HIDDEN), (S_ENC, MICRO, HIDDEN)]
-    chunks, stats, _ = run_pipeline(_t5_build, batches, _t5_step, 1, stages, None,
+    chunks, stats, _ = run_pipeline(build, batches, _t5_step, 1, stages, None,
                                     P2PConfig(stage_output_shapes=shapes), split_rank=split)
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
-        assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
-    assert check_grads(chunks, grads, _t5_serial_name) > 0
+        assert torch.allclose(torch.tensor(got), torch.tensor(reference.losses), atol=1e-5), (got, reference.losses)
+    assert check_grads(chunks, reference.grads, _t5_serial_name) > 0
+    check_norm_and_step(chunks, reference, _adam, _t5_serial_name)
     ps.destroy_model_parallel()
+
+
+def _check_t5_variants(stages, split):
+    for variant in T5_VARIANTS:
+        _check_t5(stages, split, variant)
 
 
 def _all():
     _check_bert("post")
     _check_bert("pre")
-    _check_t5()
 
 
-def test_bert_and_t5_pipeline_two_stages_equal_serial():
+def test_t5_two_stages_tied_untied_and_learned_positions_equal_serial():
+    # v1.1 (untied head): the decoder stage's copy of the input table is summed with the
+    # encoder stage's; Megatron T5: so are the two copies of the position table.
+    run_distributed(_check_t5_variants, 2, 2, 1, timeout=300)
+
+
+def test_bert_pipeline_two_stages_equal_serial():
     run_distributed(_all, 2, timeout=300)
 
 
 def test_t5_pipeline_four_stages_two_per_stack_equal_serial():
     # Each stack spans two stages: the relative-bias tables' gradients are summed over the
-    # stack's stages and the word table over first, split and last stage.
-    run_distributed(_check_t5, 4, 4, 2, timeout=300)
+    # stack's stages and the word table over the stages that hold a copy (first, split and,
+    # tied, last), whatever the tying; norms and one Adam step equal the serial model's.
+    run_distributed(_check_t5_variants, 4, 4, 2, timeout=400)
