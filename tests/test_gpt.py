@@ -103,7 +103,7 @@ def _check_pipeline_stages(family, overrides, kind):
     tied = config.share_embeddings_and_output_weights
     if tied:
         copy = stages[1].word_embeddings_weight()
-        assert copy.shared and copy.shared_embedding and not mpu.counts_toward_norm(copy)
+        assert copy.shared and copy.stage_copy == "embedding.word_embeddings.weight" and not mpu.counts_toward_norm(copy)
     else:
         assert stages[1].word_embeddings is None
     _perturb(full)

@@ -24,7 +24,7 @@ hidden states [s, b, h]; a stage that is not first takes its input from set_inpu
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +35,10 @@ from ..transformer.block import TransformerBlock
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
+from ..pipeline.chunk import PipelineChunkMixin
 from .language_model import masked_mean, resolve_stage_layers
-from .embedding import LanguageEmbedding
-from .heads import (MaskedLMHead, Pooler, build_binary_head, build_tied_word_embeddings_copy,
-                    gather_sequence_for_heads)
+from .embedding import LanguageEmbedding, build_word_embeddings_copy
+from .heads import MaskedLMHead, Pooler, build_binary_head, gather_sequence_for_heads
 
 
 def padding_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ def padding_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
     return (padding_mask < 0.5)[:, None, None, :]
 
 
-class BertModel(nn.Module):
+class BertModel(PipelineChunkMixin, nn.Module):
     # Megatron's BERT: the padding mask is bidirectional, never causal.
     self_attn_mask_type = "padding"
 
@@ -92,24 +92,7 @@ class BertModel(nn.Module):
             self.lm_head = MaskedLMHead(config, vocab_size)
             self.binary_head = build_binary_head(config) if add_binary_head else None
             if config.share_embeddings_and_output_weights and not pre_process:
-                self.word_embeddings = build_tied_word_embeddings_copy(config, vocab_size)
-
-    # --- pipeline plumbing -----------------------------------------------------------------
-    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
-        """Input of a non-first pipeline stage ([s(/tp), b, h]); a one-element list is accepted."""
-        if isinstance(tensor, (list, tuple)):
-            if len(tensor) != 1:
-                raise ValueError(f"{type(self).__name__} takes one input tensor, got {len(tensor)}.")
-            tensor = tensor[0]
-        self.encoder.set_input_tensor(tensor)
-
-    def word_embeddings_weight(self) -> Optional[torch.Tensor]:
-        """The table the tied output layer uses on this stage (None if it has none)."""
-        if self.pre_process:
-            return self.embedding.word_embeddings.weight
-        if self.post_process and self.config.share_embeddings_and_output_weights:
-            return self.word_embeddings.weight
-        return None
+                self.word_embeddings = build_word_embeddings_copy(config, vocab_size)
 
     # --- forward -------------------------------------------------------------------------
     def attention_mask(self, padding_mask: torch.Tensor, tokentype_ids: Optional[torch.Tensor]) -> torch.Tensor:
@@ -128,7 +111,7 @@ class BertModel(nn.Module):
         batch, seq = padding_mask.shape
         if seq > self.max_sequence_length and self.config.position_embedding_type == "learned_absolute":
             raise ValueError(f"sequence length {seq} exceeds max_sequence_length {self.max_sequence_length}.")
-        hidden = None
+        hidden = self.input_tensor  # the previous stage's output on a later pipeline stage
         if self.pre_process:
             if input_ids is None or tuple(input_ids.shape) != (batch, seq):
                 raise ValueError(f"input_ids must be [batch, seq] = {(batch, seq)} like padding_mask, "

@@ -13,12 +13,15 @@ from torch import nn
 
 from ..mpu.layers import VocabParallelEmbedding, default_device
 from ..mpu.mappings import scatter_to_sequence_parallel_region
+from ..pipeline.chunk import mark_stage_copy
 from ..transformer.config import TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng, init_method
 from ..transformer.norms import build_norm
 
 WORD_EMBEDDINGS_SEED_NAME = "word_embeddings"
+# The stage-copy key of the word table (pipeline/chunk.py): its name in the serial model.
+WORD_TABLE_KEY = "embedding.word_embeddings.weight"
 
 
 def build_word_embeddings(config: TransformerConfig, vocab_size: int) -> VocabParallelEmbedding:
@@ -27,6 +30,15 @@ def build_word_embeddings(config: TransformerConfig, vocab_size: int) -> VocabPa
     with component_rng(config, WORD_EMBEDDINGS_SEED_NAME):
         return VocabParallelEmbedding(vocab_size, config.hidden_size, init_method=init_method(config),
                                       params_dtype=config.params_dtype)
+
+
+def build_word_embeddings_copy(config: TransformerConfig, vocab_size: int) -> VocabParallelEmbedding:
+    """A later pipeline stage's copy of the word table (for a tied output layer): same seed,
+    so it starts equal to the first stage's table; a stage copy that the first stage owns, so
+    the pipeline sums its gradient with the others' and the gradient norm counts it once."""
+    table = build_word_embeddings(config, vocab_size)
+    mark_stage_copy(table.weight, WORD_TABLE_KEY, owner=False)
+    return table
 
 
 class LanguageEmbedding(nn.Module):
@@ -58,6 +70,10 @@ class LanguageEmbedding(nn.Module):
                                                          dtype=config.params_dtype, device=default_device())
                 init_method(config)(self.tokentype_embeddings.weight.data)
         self.layernorm = build_norm(config) if layernorm else None
+        # Another pipeline stage may hold a copy of these tables (T5's first decoder stage,
+        # a tied last stage): this one owns them unless its model says otherwise.
+        for name, param in self.named_parameters():
+            mark_stage_copy(param, f"embedding.{name}")
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -17,12 +17,12 @@ its own seed, so a stage holds exactly the serial model's weights.
 Tied input/output embedding: on a single stage the output layer multiplies by the word
 embedding table itself. On a last stage without the embedding, a copy of the table is
 built from the same component seed (so it starts equal to the first stage's) and marked
-`shared` / `shared_embedding`: the pipeline code all-reduces its gradient with the first
-stage's over the embedding group, and gradient-norm code counts it once.
+as a stage copy the first stage owns (pipeline/chunk.py): the pipeline code sums its
+gradient with the first stage's, and gradient-norm code counts it once.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.init import component_rng, init_method
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
-from .embedding import LanguageEmbedding, build_word_embeddings
+from ..pipeline.chunk import PipelineChunkMixin
+from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .language_model import TiedOutputLayerMixin, gather_logits, masked_mean, resolve_stage_layers
 
 __all__ = ["GPTModel", "masked_mean"]
@@ -49,7 +50,7 @@ def check_vocab_size(config: TransformerConfig, vocab_size: int) -> None:
             f"with the model.")
 
 
-class GPTModel(TiedOutputLayerMixin, nn.Module):
+class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
                  pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
                  num_layers_in_stage: Optional[int] = None, parallel_output: bool = True,
@@ -80,9 +81,7 @@ class GPTModel(TiedOutputLayerMixin, nn.Module):
             if self.share_embeddings_and_output_weights:
                 if not pre_process:
                     # The last stage's copy of the tied table: same seed, same values.
-                    self.word_embeddings = build_word_embeddings(config, vocab_size)
-                    self.word_embeddings.weight.shared = True
-                    self.word_embeddings.weight.shared_embedding = True
+                    self.word_embeddings = build_word_embeddings_copy(config, vocab_size)
                 self.output_layer = ColumnParallelLinear(
                     config.hidden_size, vocab_size, bias=False, gather_output=False,
                     skip_weight_param_allocation=True, params_dtype=config.params_dtype,
@@ -93,24 +92,6 @@ class GPTModel(TiedOutputLayerMixin, nn.Module):
                         config.hidden_size, vocab_size, bias=False, gather_output=False,
                         init_method=init_method(config), params_dtype=config.params_dtype,
                         sequence_parallel=config.sequence_parallel)
-
-    # --- pipeline hooks -------------------------------------------------------------------
-    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
-        """Input of a non-first pipeline stage ([s(/tp), b, h]); a one-element list is accepted."""
-        if isinstance(tensor, (list, tuple)):
-            if len(tensor) != 1:
-                raise ValueError(f"GPTModel takes one input tensor, got {len(tensor)}.")
-            tensor = tensor[0]
-        self.decoder.set_input_tensor(tensor)
-
-    def word_embeddings_weight(self) -> torch.Tensor:
-        """The word table of this stage: the embedding's on the first stage, the tied copy
-        on a last stage without embedding."""
-        if self.pre_process:
-            return self.embedding.word_embeddings.weight
-        if self.word_embeddings is not None:
-            return self.word_embeddings.weight
-        raise RuntimeError("this GPT stage holds no word embedding (a middle stage, or an untied last stage).")
 
     # --- accounting -------------------------------------------------------------------------
     def parameter_count(self) -> int:
@@ -126,7 +107,7 @@ class GPTModel(TiedOutputLayerMixin, nn.Module):
             return position_ids
         if input_ids is not None:
             return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        hidden = self.decoder.input_tensor
+        hidden = self.input_tensor
         if hidden is None:
             raise ValueError("pass input_ids or position_ids (or set_input_tensor on a later pipeline stage).")
         seq = hidden.shape[0] * (self.config.tensor_model_parallel_size if self.config.sequence_parallel_active else 1)
@@ -148,7 +129,7 @@ class GPTModel(TiedOutputLayerMixin, nn.Module):
         if self.pre_process:
             hidden = self.embedding(input_ids, position_ids)
         else:
-            hidden = None  # the block takes the tensor given to set_input_tensor
+            hidden = self.input_tensor  # the previous stage's output (set_input_tensor)
         hidden = self.decoder(hidden, attention_mask=attention_mask, rotary_angles=rotary)
         if not self.post_process:
             return hidden

@@ -27,7 +27,6 @@ from ..transformer.config import TransformerConfig
 from ..transformer.init import component_rng, init_method
 from ..transformer.mlp import activation_fn
 from ..transformer.norms import build_norm
-from .embedding import build_word_embeddings
 from .gpt import check_vocab_size
 
 
@@ -114,17 +113,3 @@ class MaskedLMHead(nn.Module):
         # Replicated input, vocab-split weight: the input gradient is summed over TP ranks.
         logits = F.linear(copy_to_tensor_model_parallel_region(x), weight, self.bias)
         return logits.transpose(0, 1).contiguous()
-
-
-def build_tied_word_embeddings_copy(config: TransformerConfig, vocab_size: int) -> VocabParallelEmbedding:
-    """The last pipeline stage's copy of the word table for a tied output layer.
-
-    build_word_embeddings draws it from the word table's own seed, so it starts equal to
-    the first stage's table; it is marked `shared` / `shared_embedding` (as GPT's copy) so
-    gradient norms count it once and the pipeline sums its gradient with the first
-    stage's over the embedding group.
-    """
-    table = build_word_embeddings(config, vocab_size)
-    table.weight.shared = True
-    table.weight.shared_embedding = True
-    return table

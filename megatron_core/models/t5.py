@@ -31,14 +31,15 @@ set_input_tensor: the encoder hidden states on encoder stages, (decoder hidden o
 encoder output) on decoder stages. A decoder stage that is not the last returns
 (decoder hidden, encoder output) so the next stage gets both. The word embedding exists on
 every stage that embeds or (tied) computes logits; copies on stages without encoder
-layer 1 are marked `param.shared = True` (the first stage owns it; the pipeline keeps them
-equal). Each stage holding layers of a stack holds that stack's relative-bias table; copies
-on stages that do not hold the stack's first layer are marked `shared` as well and carry
-`param.shared_stack` ("encoder"/"decoder") so the pipeline can all-reduce their gradients.
+layer 1 are marked `param.shared = True` (the first stage owns it). Each stage holding
+layers of a stack holds that stack's relative-bias table; copies on stages that do not
+hold the stack's first layer are `shared` as well. Every such table is a stage copy
+(pipeline/chunk.py): the pipeline sums the gradients of all copies, whatever the tying,
+so they stay equal, and the gradient norm counts each once.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -50,7 +51,8 @@ from ..transformer.block import TransformerBlock, check_parallel_size
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng
-from .embedding import LanguageEmbedding, build_word_embeddings
+from ..pipeline.chunk import PipelineChunkMixin, mark_stage_copy
+from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
 from .language_model import TiedOutputLayerMixin
@@ -72,7 +74,7 @@ def _keep_to_masked(mask: torch.Tensor, what: str, query_length: int) -> torch.T
     raise ValueError(f"{what} must be [batch, keys] or [batch, queries, keys], got shape {tuple(mask.shape)}.")
 
 
-class T5Model(TiedOutputLayerMixin, nn.Module):
+class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
                  max_sequence_length: int = 512, pre_process: bool = True, post_process: bool = True,
                  add_encoder: bool = True, add_decoder: bool = True,
@@ -117,11 +119,11 @@ class T5Model(TiedOutputLayerMixin, nn.Module):
                     # Last stage without an input embedding: only the table for the tied head,
                     # drawn from the same seed as the first stage's table.
                     self.embedding = nn.Module()
-                    self.embedding.word_embeddings = build_word_embeddings(config, vocab_size)
+                    self.embedding.word_embeddings = build_word_embeddings_copy(config, vocab_size)
             if not owns_embedding:
+                # A copy of the first stage's tables (tied or not): summed with it by the pipeline.
                 for param in self.embedding.parameters():
                     param.shared = True
-                    param.shared_embedding = True
 
         self.encoder = self.encoder_relative_bias = None
         if add_encoder:
@@ -144,7 +146,6 @@ class T5Model(TiedOutputLayerMixin, nn.Module):
                     init_method=mpu.init_method_normal(config.init_method_std),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype,
                     sequence_parallel=config.sequence_parallel)
-        self.input_tensor = None
 
     @staticmethod
     def _build_stack(config: TransformerConfig, name: str, offset: int, count: Optional[int]) -> TransformerBlock:
@@ -158,23 +159,14 @@ class T5Model(TiedOutputLayerMixin, nn.Module):
     def _build_bias(config: TransformerConfig, name: str, offset: int) -> T5RelativePositionBias:
         with component_rng(config, f"{name}_relative_bias"):
             bias = T5RelativePositionBias(config, bidirectional=name == "encoder")
-        if offset > 0:
-            # A later pipeline stage of this stack: a copy of the first stage's table.
-            bias.weight.shared = True
-        bias.weight.shared_stack = name
+        # On a later pipeline stage of this stack: a copy of the stack's first stage's table.
+        mark_stage_copy(bias.weight, f"{name}_relative_bias.weight", owner=offset == 0)
         return bias
 
-    # --- pipeline hooks ----------------------------------------------------------------------
-    def set_input_tensor(self, input_tensor: Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]]) -> None:
-        """Encoder stages: the encoder hidden states. Decoder stages: (decoder hidden or None,
-        encoder output); a bare tensor on a decoder-only stage is the encoder output."""
-        if isinstance(input_tensor, (list, tuple)):
-            if len(input_tensor) == 1:
-                input_tensor = input_tensor[0]
-            elif len(input_tensor) != 2:
-                raise ValueError(f"set_input_tensor takes a tensor or (decoder hidden, encoder output), "
-                                 f"got {len(input_tensor)} tensors.")
-        self.input_tensor = input_tensor
+    # --- pipeline hooks: PipelineChunkMixin; encoder stages receive the encoder hidden states,
+    # decoder stages (decoder hidden or None, encoder output), a bare tensor on a decoder-only
+    # stage being the encoder output.
+    max_input_tensors = 2
 
     def _stage_inputs(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(hidden received for this stage's first stack, encoder output received)."""
@@ -184,11 +176,6 @@ class T5Model(TiedOutputLayerMixin, nn.Module):
         if self.add_encoder:
             return received, None
         return None, received
-
-    def word_embeddings_weight(self) -> torch.Tensor:
-        if self.embedding is None:
-            raise RuntimeError("this T5 stage holds no word embedding (neither pre_process nor a tied head).")
-        return self.embedding.word_embeddings.weight
 
     # --- forward -----------------------------------------------------------------------------------
     def encode(self, encoder_input_ids: Optional[torch.Tensor], encoder_attention_mask: Optional[torch.Tensor],

@@ -41,14 +41,23 @@ dict both ways (renames + the q|k|v regrouping); merging their mp_rank shards (s
 query_key_value) is the checkpoint tool's job.
 
 Pipeline: pre_process builds the embedding, post_process the final norm and the head;
-each stage holds layers layer_offset .. + num_layers_in_stage and their mems. The shared
-r_w_bias / r_r_bias live on every stage; copies on stages after the first are marked
-`shared` and `shared_stack = "xl_r_bias"` so the pipeline can all-reduce their gradients.
+each stage builds only its layers (by default its share of Megatron's even split from the
+parallel state, language_model.resolve_stage_layers, as GPT and BERT) and keeps only their
+mems. The shared r_w_bias / r_r_bias live on every stage as stage copies (pipeline/chunk.py)
+that the stage holding layer 1 owns: the pipeline sums their gradients over the stages and
+the gradient norm counts them once. Under a schedule each stage keeps its mems in its own
+`memory` (models/segment_memory.py), one stream per micro-batch index, so mems never cross
+the p2p link; the forward step asks for it with `use_memory=True`:
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        output, _ = model(batch["tokens"], labels=batch["labels"], use_memory=True)
+        return output, loss_func
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -62,11 +71,13 @@ from ..transformer.init import component_rng, init_method
 from ..transformer.layer import bias_dropout_add
 from ..transformer.mlp import ParallelMLP
 from ..transformer.norms import build_norm
-from .embedding import LanguageEmbedding, build_word_embeddings
+from ..pipeline.chunk import PipelineChunkMixin, mark_stage_copy
+from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
-from .language_model import TiedOutputLayerMixin, gather_logits
+from .language_model import TiedOutputLayerMixin, gather_logits, resolve_stage_layers
 from .relative_attention import RelativeSelfAttention, new_relative_bias
+from .segment_memory import SegmentMemory
 
 
 def sinusoid_position_embeddings(key_length: int, hidden_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -100,9 +111,9 @@ class TransformerXLLayer(nn.Module):
         return bias_dropout_add(out, bias, hidden_states, p, self.training, config)
 
 
-class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
+class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, mem_length: int,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
+                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
                  num_layers_in_stage: Optional[int] = None, untie_r: bool = False,
                  parallel_output: bool = True, label_smoothing: float = 0.0):
         super().__init__()
@@ -123,7 +134,7 @@ class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
             raise ConfigError(f"hidden_size ({config.hidden_size}) must be even for the sinusoid position embedding.")
         if mem_length < 0:
             raise ValueError(f"mem_length must be >= 0, got {mem_length}.")
-        count = config.num_layers - layer_offset if num_layers_in_stage is None else num_layers_in_stage
+        layer_offset, count = resolve_stage_layers(config.num_layers, layer_offset, num_layers_in_stage)
         if layer_offset < 0 or count < 0 or layer_offset + count > config.num_layers:
             raise ConfigError(f"layers {layer_offset + 1}..{layer_offset + count} do not fit in a model of "
                               f"{config.num_layers} layers; check layer_offset and num_layers_in_stage.")
@@ -143,10 +154,9 @@ class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
         else:
             self.r_w_bias = new_relative_bias(config)
             self.r_r_bias = new_relative_bias(config)
-            for param in (self.r_w_bias, self.r_r_bias):
-                param.shared_stack = "xl_r_bias"
-                if layer_offset > 0:
-                    param.shared = True
+            # One parameter each, used by every layer: the stage holding layer 1 owns it.
+            mark_stage_copy(self.r_w_bias, "r_w_bias", owner=layer_offset == 0)
+            mark_stage_copy(self.r_r_bias, "r_r_bias", owner=layer_offset == 0)
         layers = []
         for i in range(count):
             number = layer_offset + i + 1
@@ -159,41 +169,38 @@ class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
             self.final_layernorm = build_norm(config)
             tied = self.share_embeddings_and_output_weights
             if tied and not pre_process:
-                self.word_embeddings = build_word_embeddings(config, vocab_size)
-                self.word_embeddings.weight.shared = True
-                self.word_embeddings.weight.shared_embedding = True
+                self.word_embeddings = build_word_embeddings_copy(config, vocab_size)
             with component_rng(config, "output_layer"):
                 self.output_layer = ColumnParallelLinear(
                     config.hidden_size, vocab_size, bias=False, gather_output=False, init_method=init_method(config),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype)
-        self.input_tensor = None
-
-    # --- pipeline hooks ---------------------------------------------------------------------------
-    def set_input_tensor(self, tensor: Union[None, torch.Tensor, Sequence[torch.Tensor]]) -> None:
-        if isinstance(tensor, (list, tuple)):
-            if len(tensor) != 1:
-                raise ValueError(f"TransformerXLModel takes one input tensor, got {len(tensor)}.")
-            tensor = tensor[0]
-        self.input_tensor = tensor
-
-    def word_embeddings_weight(self) -> torch.Tensor:
-        if self.pre_process:
-            return self.embedding.word_embeddings.weight
-        if self.word_embeddings is not None:
-            return self.word_embeddings.weight
-        raise RuntimeError("this Transformer-XL stage holds no word embedding (a middle stage, or an untied last "
-                           "stage).")
+        self.memory = SegmentMemory()  # this stage's mems per micro-batch stream (use_memory=True)
 
     # --- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids: Optional[torch.Tensor], mems: Optional[Sequence[torch.Tensor]] = None,
-                labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                use_memory: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """input_ids [b, s]; mems: one [m, b, h] per layer of this stage (None or [] at the
         start). attention_mask: optional bool (True = masked) broadcastable to
-        [b, heads, s, m + s], added to the causal mask.
+        [b, heads, s, m + s], added to the causal mask. use_memory=True instead reads the
+        mems of stream `current_microbatch` (set by the pipeline schedule) from
+        `self.memory` and stores the new ones there.
 
         Returns (per-token loss [b, s] with labels, else logits [b, s, V/tp]; or the hidden
         states [s, b, h] on a stage without post_process) and the new mems."""
+        if use_memory:
+            if mems is not None:
+                raise ValueError("pass mems or use_memory=True, not both.")
+            if self.current_microbatch is None:
+                raise ValueError("use_memory=True reads the mems of the micro-batch being run; call "
+                                 "set_current_microbatch(i) first (the pipeline schedules do).")
+            mems = self.memory.read(self.current_microbatch)
+        output, new_mems = self._forward(input_ids, mems, labels, attention_mask)
+        if use_memory:
+            self.memory.write(self.current_microbatch, new_mems)
+        return output, new_mems
+
+    def _forward(self, input_ids, mems, labels, attention_mask):
         if self.pre_process:
             if input_ids is None:
                 raise ValueError("the first Transformer-XL stage needs input_ids.")

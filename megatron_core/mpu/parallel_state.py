@@ -11,7 +11,7 @@ Every rank must call `initialize_model_parallel` with the same arguments, becaus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch.distributed as dist
 
@@ -136,12 +136,6 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         "embedding": layout.embedding_groups(),
         "position_embedding": layout.position_embedding_groups(),
     }
-    split = pipeline_model_parallel_split_rank
-    if split is not None and 0 < split < pipeline_model_parallel_size:
-        # Stages of one stack of an encoder-decoder pipeline: tables every stage of the
-        # stack holds a copy of (T5's relative-position bias) are summed over these.
-        all_groups["encoder_stages"] = [g[:split] for g in layout.pipeline_groups()]
-        all_groups["decoder_stages"] = [g[split:] for g in layout.pipeline_groups()]
     for name, group_list in all_groups.items():
         for ranks in group_list:
             # new_group is collective: every rank creates every group, keeps its own.
@@ -193,14 +187,22 @@ def get_model_parallel_group():
     return _group("model")
 
 
-def get_pipeline_stack_group(stack: str):
-    """(group, ranks) of the pipeline stages holding `stack`: "encoder" or "decoder" of a
-    split encoder-decoder pipeline; any other stack spans the whole pipeline."""
+def get_pipeline_stages_group(stages: Sequence[int]):
+    """(group, ranks) of this pipeline's ranks at pipeline stages `stages`; (None, []) when
+    this rank is not one of them. The groups (one per pipeline) are created on the first
+    call, which is collective over the whole world: every rank asks for the same stages in
+    the same order, and they live until destroy_model_parallel."""
     state = _state()
-    name = f"{stack}_stages"
-    if name in state.groups:
-        return state.groups[name], state.ranks[name]
-    return _group("pipeline"), _ranks("pipeline")
+    stages = tuple(sorted(set(stages)))
+    name = "stages " + ",".join(map(str, stages))
+    if name not in state.ranks:
+        state.groups[name], state.ranks[name] = None, []
+        for ranks in state.layout.pipeline_groups():
+            members = [ranks[s] for s in stages]
+            group = dist.new_group(members)
+            if state.rank in members:
+                state.groups[name], state.ranks[name] = group, members
+    return state.groups[name], list(state.ranks[name])
 
 
 def get_embedding_group():

@@ -3,63 +3,98 @@
 The sums the schedules leave to the end of the step:
   * sequence parallelism: LayerNorm/RMSNorm weights saw only this rank's sequence chunk,
     so their gradients are summed over the tensor-parallel group;
-  * tied word embeddings under pipelining: the first stage's input table and the last
-    stage's output copy are one parameter, so their gradients are summed over the
-    embedding group (first + last stage) and both copies take the same optimizer step;
-  * tables each stage of a stack holds a copy of (T5 relative-position bias,
-    Transformer-XL's r_w_bias / r_r_bias) are summed over the stages of that stack;
+  * stage copies (pipeline/chunk.py): one serial parameter held by several pipeline stages
+    (the word table on the first stage and on a tied last stage or T5's first decoder
+    stage, T5's position and relative-bias tables, Transformer-XL's shared r_w_bias /
+    r_r_bias) gets the sum of the gradients of all its copies on every copy, whatever the
+    tying, so the copies take the same optimizer step and stay equal;
   * data parallelism (when no DDP/DeepSpeed wrapper did it): gradients are averaged
     over the data-parallel group.
+
+Which stages hold a copy of which key is learned once per model from the chunks
+themselves (one all_gather over the world on the first call, cached), so the sum runs
+over exactly the holders, and a key whose copies do not name exactly one owner (the copy
+the gradient norm counts) is reported instead of silently counted twice or not at all.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+import weakref
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
 from ..mpu import parallel_state as ps
 from ..mpu.grads import allreduce_sequence_parallel_gradients
-from .schedules import unwrap_model
+from .chunk import unwrap_model
 
 
 def _chunks(model) -> List[torch.nn.Module]:
-    return list(model) if isinstance(model, (list, tuple)) else [model]
+    return [unwrap_model(chunk) for chunk in (model if isinstance(model, (list, tuple)) else [model])]
 
 
-def tied_embedding_parameters(model) -> List[torch.nn.Parameter]:
-    """This rank's copies of the tied word embedding that live on a pipeline end stage.
-
-    A chunk holds one when it has the input embedding (first stage) or the output copy
-    (last stage) and ties them; models expose it as `word_embeddings_weight()` and say
-    they tie with `share_embeddings_and_output_weights`."""
-    found = []
-    for chunk in _chunks(model):
-        chunk = unwrap_model(chunk)
-        if not getattr(chunk, "share_embeddings_and_output_weights", False):
-            continue
-        if not (getattr(chunk, "pre_process", False) or getattr(chunk, "post_process", False)):
-            continue
-        weight = chunk.word_embeddings_weight()
-        if weight is not None and weight.requires_grad:
-            found.append(weight)
-    # A single chunk with both ends ties within itself: it appears once.
-    unique = {id(w): w for w in found}
-    return list(unique.values())
+# key -> pipeline stages holding a copy, per model (keyed by its first chunk).
+_HOLDERS: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[str, Tuple[int, ...]]]" = weakref.WeakKeyDictionary()
 
 
-def allreduce_embedding_grads(model) -> None:
-    if ps.get_pipeline_model_parallel_world_size() == 1 or not ps.is_rank_in_embedding_group(ignore_virtual=True):
+def stage_copy_holders(chunks: List[torch.nn.Module]) -> Dict[str, Tuple[int, ...]]:
+    """{key: stages holding a copy} for this model; collective over the world on the first
+    call for a model (every rank calls it for its chunks of the same model)."""
+    if chunks[0] in _HOLDERS:
+        return _HOLDERS[chunks[0]]
+    held, owners = set(), {}
+    for chunk in chunks:
+        for key, param in chunk.stage_copies().items():
+            held.add(key)
+            owners[key] = owners.get(key, 0) + (not getattr(param, "shared", False))
+    mine = (tuple(ps.get_pipeline_model_parallel_ranks()), ps.get_pipeline_model_parallel_rank(),
+            sorted(held), owners)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    pipelines: Dict[tuple, Dict[str, List[int]]] = {}
+    owner_counts: Dict[tuple, Dict[str, int]] = {}
+    for pipeline, stage, keys, counts in everyone:
+        for key in keys:
+            pipelines.setdefault(pipeline, {}).setdefault(key, []).append(stage)
+            owner_counts.setdefault(pipeline, {}).setdefault(key, 0)
+            owner_counts[pipeline][key] += counts[key]
+    holders = {key: tuple(sorted(stages)) for key, stages in pipelines.get(mine[0], {}).items()}
+    for pipeline, keys in pipelines.items():
+        if {key: tuple(sorted(stages)) for key, stages in keys.items()} != holders:
+            raise ConfigError(f"the pipelines hold different stage copies (ranks {list(pipeline)} differ from "
+                              f"{list(mine[0])}); build every model replica with the same stages.")
+        for key, count in owner_counts[pipeline].items():
+            if count != 1:
+                raise ConfigError(f"{key} is held by pipeline stages {holders[key]} but {count} of the copies are "
+                                  f"marked as its owner; mark exactly one (mark_stage_copy(..., owner=True)) so "
+                                  f"the gradient norm counts it once.")
+    _HOLDERS[chunks[0]] = holders
+    return holders
+
+
+def allreduce_stage_copy_grads(model) -> None:
+    """Give every copy of a stage-copied parameter the sum of all copies' gradients."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
         return
-    _sum_grads(tied_embedding_parameters(model), ps.get_embedding_group())
-
-
-def _sum_grads(params, group) -> None:
-    """Sum each parameter's gradient over `group`; a copy that got none contributes zeros."""
-    for p in params:
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        dist.all_reduce(grad, group=group)
-        p.grad = grad
+    chunks = _chunks(model)
+    holders = stage_copy_holders(chunks)
+    local: Dict[str, List[torch.nn.Parameter]] = {}
+    for chunk in chunks:  # interleaved: one rank may hold several chunks' copies
+        for key, param in chunk.stage_copies().items():
+            local.setdefault(key, []).append(param)
+    for key in sorted(holders):
+        stages = holders[key]
+        # Every rank asks for every group in the same order: creating one is collective.
+        group = ps.get_pipeline_stages_group(stages)[0] if len(stages) > 1 else None
+        if key not in local or (group is None and len(local[key]) == 1):
+            continue
+        copies = local[key]
+        total = sum(p.grad if p.grad is not None else torch.zeros_like(p) for p in copies)
+        if group is not None:
+            dist.all_reduce(total, group=group)
+        for p in copies:
+            p.grad = total.clone()
 
 
 def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -78,30 +113,10 @@ def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> N
         offset += g.numel()
 
 
-def allreduce_stack_shared_grads(params) -> None:
-    """Sum gradients of tables that every stage of a stack holds a copy of.
-
-    Models mark such parameters with `shared_stack` (T5's per-stack relative-position
-    bias: "encoder"/"decoder"; Transformer-XL's r_w_bias/r_r_bias: "xl_r_bias"); the
-    copy on the stack's first stage is the owner, the others are also `shared`."""
-    if ps.get_pipeline_model_parallel_world_size() == 1:
-        return
-    by_stack = {}
-    for p in params:
-        stack = getattr(p, "shared_stack", None)
-        if stack is not None:
-            by_stack.setdefault(stack, []).append(p)
-    for stack in sorted(by_stack):
-        group, ranks = ps.get_pipeline_stack_group(stack)
-        if len(ranks) > 1:
-            _sum_grads(by_stack[stack], group)
-
-
 def finalize_model_grads(model, data_parallel: bool = True) -> None:
     """Call once per step after the schedule, before clipping and the optimizer step."""
     params = [p for chunk in _chunks(model) for p in chunk.parameters()]
     allreduce_sequence_parallel_gradients(params)
-    allreduce_embedding_grads(model)
-    allreduce_stack_shared_grads(params)
+    allreduce_stage_copy_grads(model)
     if data_parallel:
         allreduce_data_parallel_grads(params)

@@ -31,7 +31,7 @@ import torch
 
 from ..mpu import parallel_state as ps
 from .p2p import P2PConfig, exchange
-from .schedules import backward_step, forward_step
+from .microbatch_step import backward_step, forward_step
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ def forward_backward_pipelining_with_interleaving(*, forward_step_func: Callable
         chunk = plan.forward_chunk(k)
         ps.set_virtual_pipeline_model_parallel_rank(chunk)
         input_tensor = None if is_first_piece(chunk) else _pop(arrived_inputs[chunk], "activation", k)
-        output = forward_step(forward_step_func, data_iterator[chunk], model[chunk], num_microbatches,
-                              input_tensor, stats, is_last_piece(chunk))
+        output = forward_step(forward_step_func, data_iterator[chunk], model[chunk], plan.microbatch(k),
+                              num_microbatches, input_tensor, stats, is_last_piece(chunk))
         if not forward_only:
             saved[chunk].append((input_tensor, output))
         return output, chunk

@@ -6,8 +6,9 @@
 
 `forward_step_func(data_iterator, model_chunk)` runs one micro-batch through the chunk
 and returns `(output, loss_func)`; on the last stage `loss_func(output)` returns
-`(loss, stats_dict)`. Each micro-batch's loss is divided by num_microbatches before its
-backward, so the accumulated gradients are those of the mean loss over the batch.
+`(loss, stats_dict)` (microbatch_step.py runs one micro-batch forward and backward, the
+same for every schedule). Each micro-batch's loss is divided by num_microbatches before
+its backward, so the accumulated gradients are those of the mean loss over the batch.
 The return value is the list of stats dicts of the last stage (empty elsewhere).
 
 Three schedules, chosen from the parallel state like Megatron's:
@@ -19,8 +20,10 @@ Three schedules, chosen from the parallel state like Megatron's:
     the pipeline bubble by the number of chunks.
 `forward_only=True` runs the forward passes only (evaluation) on every schedule.
 
-Model chunks receive a pipeline stage's input through `set_input_tensor(tensor)` (None
-on the first stage); the forward_step_func does not pass it.
+Model chunks meet pipeline/chunk.py's PipelineChunk: they receive a stage's input through
+`set_input_tensor(tensor)` (None on the first stage; the forward_step_func does not pass
+it) and learn the index of the micro-batch being run (`current_microbatch`), which keys
+state carried from one iteration to the next, like Transformer-XL's mems.
 """
 from __future__ import annotations
 
@@ -31,54 +34,14 @@ import torch
 
 from ..mpu import parallel_state as ps
 from . import p2p
+from .interleaved import forward_backward_pipelining_with_interleaving
+from .microbatch_step import backward_step, forward_step
 from .p2p import P2PConfig
-
-
-def unwrap_model(model):
-    """The model itself, through DDP/DeepSpeed wrappers (it has set_input_tensor)."""
-    while not hasattr(model, "set_input_tensor") and hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _no_sync(model):
     """DDP accumulates without all-reducing until the last micro-batch."""
     return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
-
-
-def forward_step(forward_step_func: Callable, data_iterator, model, num_microbatches: int,
-                 input_tensor: Optional[torch.Tensor], stats: List[dict], is_last_stage: bool):
-    """One micro-batch through one chunk; on the last stage returns its scaled loss."""
-    unwrap_model(model).set_input_tensor(input_tensor)
-    output, loss_func = forward_step_func(data_iterator, model)
-    if is_last_stage:
-        loss, loss_stats = loss_func(output)
-        stats.append(loss_stats)
-        output = loss / num_microbatches
-    return output
-
-
-def backward_step(input_tensor, output_tensor, output_tensor_grad):
-    """Backward through one chunk; returns the gradient(s) for the previous stage.
-
-    Tensors may be lists (stages that pass several tensors on, like T5's decoder stages
-    forwarding the encoder output); a passed-through input then gets its gradient from
-    both its use on this stage and the next stage."""
-    inputs = input_tensor if isinstance(input_tensor, (list, tuple)) else [input_tensor]
-    for t in inputs:
-        if t is not None:
-            t.retain_grad()
-    if output_tensor_grad is None:  # last stage: output_tensor is the scalar loss
-        torch.autograd.backward(output_tensor)
-    else:
-        outputs = list(output_tensor) if isinstance(output_tensor, (list, tuple)) else [output_tensor]
-        grads = list(output_tensor_grad) if isinstance(output_tensor_grad, (list, tuple)) else [output_tensor_grad]
-        if len(outputs) != len(grads):
-            raise RuntimeError(f"stage produced {len(outputs)} outputs but received {len(grads)} gradients; "
-                               f"check P2PConfig.stage_output_shapes.")
-        torch.autograd.backward(outputs, grad_tensors=grads)
-    grads_in = [t.grad if t is not None else None for t in inputs]
-    return grads_in if isinstance(input_tensor, (list, tuple)) else grads_in[0]
 
 
 def _as_single_model(model):
@@ -105,7 +68,7 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
     stats: List[dict] = []
 
     def run(i):
-        loss = forward_step(forward_step_func, data_iterator, model, num_microbatches, None, stats, True)
+        loss = forward_step(forward_step_func, data_iterator, model, i, num_microbatches, None, stats, True)
         if not forward_only:
             backward_step(None, loss, None)
 
@@ -130,9 +93,13 @@ def forward_backward_pipelining_without_interleaving(*, forward_step_func: Calla
     steady = num_microbatches - warmup
     inputs: List[Optional[torch.Tensor]] = []
     outputs: List[torch.Tensor] = []
+    started = 0  # micro-batches whose forward has run
 
     def forward(input_tensor):
-        return forward_step(forward_step_func, data_iterator, model, num_microbatches, input_tensor, stats, last)
+        nonlocal started
+        started += 1
+        return forward_step(forward_step_func, data_iterator, model, started - 1, num_microbatches, input_tensor,
+                            stats, last)
 
     for _ in range(warmup):
         input_tensor = p2p.recv_forward(p2p_config)
@@ -174,7 +141,6 @@ def get_forward_backward_func() -> Callable:
     """The schedule for the current parallel state (Megatron's entry point)."""
     if ps.get_pipeline_model_parallel_world_size() > 1:
         if ps.get_virtual_pipeline_model_parallel_world_size() is not None:
-            from .interleaved import forward_backward_pipelining_with_interleaving
             return forward_backward_pipelining_with_interleaving
         return forward_backward_pipelining_without_interleaving
     return forward_backward_no_pipelining

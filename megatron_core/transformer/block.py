@@ -49,11 +49,6 @@ class TransformerBlock(nn.Module):
                 layers.append(TransformerLayer(config, number, self_attn_mask_type, has_cross_attention))
         self.layers = nn.ModuleList(layers)
         self.final_layernorm = build_norm(config) if (post_layer_norm and config.final_layernorm) else None
-        self.input_tensor: Optional[torch.Tensor] = None
-
-    def set_input_tensor(self, tensor: Optional[torch.Tensor]) -> None:
-        """Pipeline stages after the first receive their input here instead of as an argument."""
-        self.input_tensor = tensor
 
     def _run_layers(self, start: int, end: int):
         def run(hidden, *args):
@@ -66,9 +61,10 @@ class TransformerBlock(nn.Module):
                 rotary_angles: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None,
                 encoder_output: Optional[torch.Tensor] = None, enc_dec_mask: Optional[torch.Tensor] = None,
                 cross_attention_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden_states [s(/tp with SP), b, h] (None on later pipeline stages) -> same shape."""
+        """hidden_states [s(/tp with SP), b, h] -> same shape."""
         if hidden_states is None:
-            hidden_states = self.input_tensor
+            raise ValueError("the transformer block got no input; a later pipeline stage passes the tensor its "
+                             "model received through set_input_tensor.")
         args = (attention_mask, rotary_angles, attention_bias, encoder_output, enc_dec_mask, cross_attention_bias)
         n = len(self.layers)
         config = self.config
