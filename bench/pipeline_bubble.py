@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_core.mpu import parallel_state as ps  # noqa: E402
+from megatron_core.pipeline.chunk import PipelineChunkMixin  # noqa: E402
 from megatron_core.pipeline.p2p import P2PConfig  # noqa: E402
 from megatron_core.pipeline.schedules import get_forward_backward_func  # noqa: E402
 from megatron_core.testing.distributed import run_distributed  # noqa: E402
@@ -56,15 +57,12 @@ def _spend(seconds):
     _Busy.seconds += time.perf_counter() - start
 
 
-class FixedCostStage(torch.nn.Module):
+class FixedCostStage(PipelineChunkMixin, torch.nn.Module):
     def __init__(self, forward_s):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(()))
         self.forward_s = forward_s
-        self.input_tensor = None
-
-    def set_input_tensor(self, tensor):
-        self.input_tensor = tensor
+        self.pre_process, self.post_process = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
 
     def forward(self):
         x = self.input_tensor if self.input_tensor is not None else torch.ones(SHAPE)
@@ -73,7 +71,13 @@ class FixedCostStage(torch.nn.Module):
 
 def _rank_main(stages, microbatches, virtual, forward_s, out_dir):
     ps.initialize_model_parallel(1, stages, virtual)
-    chunks = [FixedCostStage(forward_s / (virtual or 1)) for _ in range(virtual or 1)]
+    chunks = []
+    for v in range(virtual or 1):
+        if virtual:
+            ps.set_virtual_pipeline_model_parallel_rank(v)
+        chunks.append(FixedCostStage(forward_s / (virtual or 1)))
+    if virtual:
+        ps.set_virtual_pipeline_model_parallel_rank(0)
 
     def step(_it, model):
         return model(), lambda out: (out.sum(), {})
