@@ -127,7 +127,7 @@ def _check_pipeline_stages(family, overrides, kind):
     for stage, offset in zip(stages, (0, 1)):
         for n, p in stage.named_parameters():
             key = _stage_name(n, offset)
-            grads[key] = grads.get(key, 0) + p.grad  # the tied table: first + last stage (embedding group sum)
+            grads[key] = grads.get(key, 0) + p.grad  # the tied table: first + last stage (the stage copies summed)
     assert set(grads) == set(ref["grads"])
     for n, g in grads.items():
         _close(g, ref["grads"][n], f"{family}: two-stage grad of {n}")

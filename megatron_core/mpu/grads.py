@@ -21,8 +21,9 @@ def counts_toward_norm(param: torch.Tensor) -> bool:
     """A parameter counts once per model replica.
 
     Replicated parameters (LayerNorm, row-parallel bias) live on every TP rank: only TP
-    rank 0 counts them. A parameter marked `shared` (the copy of the tied word embedding
-    on the last pipeline stage) is counted by its owner on the first stage.
+    rank 0 counts them. A parameter marked `shared` (a pipeline stage's copy of a table
+    another stage owns: a tied last stage's word table, T5's first decoder stage's tables,
+    Transformer-XL's r_w_bias / r_r_bias after the first stage) is counted by its owner.
     """
     if getattr(param, "shared", False):
         return False
