@@ -55,11 +55,12 @@ def stage_copy_holders(chunks: List[torch.nn.Module]) -> Dict[str, Tuple[int, ..
     pipelines: Dict[tuple, Dict[str, List[int]]] = {}
     owner_counts: Dict[tuple, Dict[str, int]] = {}
     for pipeline, stage, keys, counts in everyone:
+        pipelines.setdefault(pipeline, {})
+        owner_counts.setdefault(pipeline, {})
         for key in keys:
-            pipelines.setdefault(pipeline, {}).setdefault(key, []).append(stage)
-            owner_counts.setdefault(pipeline, {}).setdefault(key, 0)
-            owner_counts[pipeline][key] += counts[key]
-    holders = {key: tuple(sorted(stages)) for key, stages in pipelines.get(mine[0], {}).items()}
+            pipelines[pipeline].setdefault(key, []).append(stage)
+            owner_counts[pipeline][key] = owner_counts[pipeline].get(key, 0) + counts[key]
+    holders = {key: tuple(sorted(stages)) for key, stages in pipelines[mine[0]].items()}
     for pipeline, keys in pipelines.items():
         if {key: tuple(sorted(stages)) for key, stages in keys.items()} != holders:
             raise ConfigError(f"the pipelines hold different stage copies (ranks {list(pipeline)} differ from "
