@@ -16,7 +16,8 @@ from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_m
 from megatron_core.models.hf import bert as hf_bert  # noqa: E402
 from megatron_core.models.hf import megatron_bert as hf_megatron_bert  # noqa: E402
 from megatron_core.models.hf import roformer as hf_roformer  # noqa: E402
-from megatron_core.models.hf.bert import ConversionError, fuse_qkv, split_qkv  # noqa: E402
+from megatron_core.models.hf.bert import ConversionError  # noqa: E402
+from megatron_core.models.hf.qkv_layout import deinterleave_qkv, interleave_qkv  # noqa: E402
 from megatron_core.models.roformer import (RoFormerModel, unified_attention_mask,  # noqa: E402
                                            unified_lm_targets)
 from megatron_core.transformer import ConfigError  # noqa: E402
@@ -161,12 +162,12 @@ def test_conversion_errors_are_one_sentence():
 def test_qkv_fusion_is_per_head_interleaved():
     heads, d, h = 2, 3, 4
     q, k, v = (torch.arange(heads * d * h, dtype=torch.float32).view(heads * d, h) + 100 * i for i in range(3))
-    fused = fuse_qkv(q, k, v, heads)
+    fused = interleave_qkv(q, k, v, heads, heads)
     torch.testing.assert_close(fused[:d], q[:d])
     torch.testing.assert_close(fused[d:2 * d], k[:d])
     torch.testing.assert_close(fused[2 * d:3 * d], v[:d])
     torch.testing.assert_close(fused[3 * d:4 * d], q[d:])
-    for a, b in zip(split_qkv(fused, heads), (q, k, v)):
+    for a, b in zip(deinterleave_qkv(fused, heads, heads), (q, k, v)):
         assert torch.equal(a, b)
 
 

@@ -55,7 +55,7 @@ def _inputs(seed=3, s_enc=S_ENC, s_dec=S_DEC):
 
 
 def _ours_from_hf(hf, **config_overrides):
-    config = hf_t5.config_from_hf(hf.config, **config_overrides)
+    config = hf_t5.from_hf_config(hf.config, **config_overrides)
     model = T5Model(config, VOCAB + 32, decoder_num_layers=hf.config.num_decoder_layers).eval()
     state = hf_t5.from_hf_state_dict(hf.state_dict(), config, hf.config.num_decoder_layers, padded_vocab_size=VOCAB + 32)
     model.load_state_dict(state, strict=True)
@@ -113,7 +113,7 @@ def test_round_trip_is_identity(single_rank, variant):
     for key, value in ours.state_dict().items():
         assert torch.equal(again[key], value), key
     # The config builder gives back an HF config with the same shapes.
-    rebuilt = hf_t5.hf_config_from_ours(config, VOCAB, hf.config.num_decoder_layers)
+    rebuilt = hf_t5.to_hf_config(config, VOCAB, hf.config.num_decoder_layers)
     for name in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
                  "relative_attention_num_buckets", "relative_attention_max_distance"):
         assert getattr(rebuilt, name) == getattr(hf.config, name), name
@@ -207,7 +207,7 @@ def test_bad_configurations_get_one_sentence(single_rank):
     with pytest.raises(ValueError, match="encoder_attention_mask"):
         model(enc, dec, enc_mask[:, None, None, None, :], dec_mask)
     with pytest.raises(ValueError, match="feed_forward_proj"):
-        hf_t5.config_from_hf(type("C", (), {"feed_forward_proj": "gated-mish"})())
+        hf_t5.from_hf_config(type("C", (), {"feed_forward_proj": "gated-mish"})())
 
 
 # --- TP=2 equals TP=1 (one spawn of 2 ranks) ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ the output layer. The HF-style T5 is the config
     TransformerConfig(normalization="RMSNorm", layernorm_epsilon=1e-6, add_bias_linear=False,
                       position_embedding_type="t5_relative", softmax_scale=1.0,
                       activation="relu" (v1.0) or "geglu_tanh" (v1.1 "gated-gelu"), ...)
-(`models/hf/t5.py: config_from_hf` builds it). Megatron-LM's T5 (learned absolute
+(`models/hf/t5.py: from_hf_config` builds it). Megatron-LM's T5 (learned absolute
 positions, LayerNorm, biases, scaled attention) is position_embedding_type="learned_absolute";
 its LM-head bias is not modelled.
 

@@ -65,6 +65,7 @@ from ..transformer.norms import build_norm
 from .embedding import LanguageEmbedding, build_word_embeddings
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
+from .hf.qkv_layout import qkv_from_blocks, qkv_to_blocks
 from .language_model import TiedOutputLayerMixin, gather_logits
 from .relative_attention import RelativeSelfAttention, new_relative_bias
 
@@ -314,7 +315,7 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
     (TP=1) `module` state dict. Their fused query_key_value is [q | k | v] (each h rows,
     heads in order); ours is per head [q0 k0 v0 | q1 k1 v1 | ...]."""
     _check_chinese_txl_shape(config, untie_r)
-    n, d = config.num_attention_heads, config.kv_channels
+    n = config.num_attention_heads
     try:
         out = {ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_SHARED}
         for i in range(config.num_layers):
@@ -322,9 +323,8 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
             out.update({dst + ours: module_state[src + theirs] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = module_state[f"{src}attention.query_key_value.weight"]
             bias = module_state[f"{src}attention.query_key_value.bias"]
-            out[f"{dst}self_attention.query_key_value.weight"] = \
-                weight.reshape(3, n, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
-            out[f"{dst}self_attention.query_key_value.bias"] = bias.reshape(3, n, d).transpose(0, 1).reshape(-1)
+            out[f"{dst}self_attention.query_key_value.weight"] = qkv_from_blocks(weight, n, n)
+            out[f"{dst}self_attention.query_key_value.bias"] = qkv_from_blocks(bias, n, n)
         out.update({ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"the Chinese-Transformer-XL state dict has no {missing.args[0]!r}; pass the merged (TP=1) "
@@ -335,7 +335,7 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
 def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = False):
     """Chinese-Transformer-XL's merged (TP=1) `module` state dict from ours (inverse of the above)."""
     _check_chinese_txl_shape(config, untie_r)
-    n, d, h = config.num_attention_heads, config.kv_channels, config.hidden_size
+    n, h = config.num_attention_heads, config.hidden_size
     try:
         out = {theirs: state[ours] for ours, theirs in _CHINESE_TXL_SHARED}
         out["transformer.position_embeddings.inv_freq"] = 1.0 / (10000 ** (torch.arange(0.0, h, 2.0) / h))
@@ -344,9 +344,8 @@ def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = 
             out.update({dst + theirs: state[src + ours] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = state[f"{src}self_attention.query_key_value.weight"]
             bias = state[f"{src}self_attention.query_key_value.bias"]
-            out[f"{dst}attention.query_key_value.weight"] = \
-                weight.reshape(n, 3, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
-            out[f"{dst}attention.query_key_value.bias"] = bias.reshape(n, 3, d).transpose(0, 1).reshape(-1)
+            out[f"{dst}attention.query_key_value.weight"] = qkv_to_blocks(weight, n, n)
+            out[f"{dst}attention.query_key_value.bias"] = qkv_to_blocks(bias, n, n)
         out.update({theirs: state[ours] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"our Transformer-XL state dict has no {missing.args[0]!r}; pass the full TP=1 state dict "
