@@ -18,14 +18,15 @@ import torch
 from ...errors import ConversionError
 from ...transformer.config import TransformerConfig
 
-__all__ = ["ConversionError", "ModelSpec", "HFMapping", "model_argument", "hf_config_object", "hf_architecture", "pad_vocab_rows",
-           "trim_vocab_rows", "check_vocab_rows", "require", "count_layers", "take"]
+__all__ = ["ConversionError", "ModelSpec", "HFMapping", "model_argument", "hf_config_object", "hf_architecture",
+           "pad_vocab_rows", "trim_vocab_rows", "check_vocab_rows", "require", "count_layers", "take"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of ours as the HF mappings see it: what builds it (config, padded vocabulary,
-    model_kwargs), what its HF twin is called (architecture) and the real vocabulary.
+    model_kwargs), what its HF twin is called (architecture) and the real vocabulary. The
+    registry's mappings make one (config_from_hf, HFMapping.spec) and read it.
 
     vocab_size: the tokenizer's vocabulary, HF's `vocab_size`; padded_vocab_size: the rows of
     our tables (>= vocab_size). model_kwargs: our model class's other constructor arguments

@@ -5,7 +5,7 @@
     hf_config = to_hf_config(config, vocab_size=32000, max_position_embeddings=4096)
 
 q/k/v (HF: separate, grouped-query) become our grouped fused query_key_value
-(models/hf/common.py); gate and up become our dense_h_to_4h [gate; up] (the stride-2
+(models/hf/qkv_layout.py); gate and up become our dense_h_to_4h [gate; up] (the stride-2
 layout the tensor-parallel split keeps per rank); o and down are plain renames. HF Llama
 rotates the two halves of each head (rotate_half), which is our rotary_interleaved=False,
 so q and k rows load without any permutation. (Meta's original checkpoints rotate
