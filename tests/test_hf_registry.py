@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; never reach the hub
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -23,7 +24,6 @@ from megatron_core.models.hf.registry import (get_mapping, mapping_for_hf_config
                                               registered_families)
 from tests.model_checks import randomize_trainable, single_process_world  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, PADDED, B, S = 61, 72, 2, 10
 NO_DROPOUT_BERT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
