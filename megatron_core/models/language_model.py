@@ -19,8 +19,9 @@ TIED_TABLE_COPY = {"word_embeddings.weight": "embedding.word_embeddings.weight"}
 
 def resolve_stage(stage: Optional[PipelineStage]) -> PipelineStage:
     """The pipeline stage a model builds: the one passed, or the whole model on one stage.
-    Under an initialized pipeline of several stages the caller must pass it
-    (mpu.get_pipeline_stage(virtual_rank)); a model never reads it from global state."""
+    A model never takes its stage from the parallel state; under an initialized pipeline
+    of several stages it refuses to guess, and the caller passes
+    mpu.get_pipeline_stage(virtual_rank)."""
     if stage is not None:
         return stage
     if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:

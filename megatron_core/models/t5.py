@@ -28,9 +28,8 @@ decoder layers (add_decoder), or both when unsplit. pre_process: this stage embe
 stack's input ids (first encoder stage, first decoder stage). post_process: this stage
 holds the LM head (last decoder stage). `stage=` (an mpu.PipelineStage with split_rank,
 e.g. mpu.get_pipeline_stage()) sets all of these, each stack's layers split evenly over
-its stages. Later stages take their input via
-set_input_tensor: the encoder hidden states on encoder stages, (decoder hidden or None,
-encoder output) on decoder stages. A decoder stage that is not the last returns
+its stages. Later stages take their input via set_input_tensor: the encoder hidden
+states on encoder stages, (decoder hidden or None, encoder output) on decoder stages. A decoder stage that is not the last returns
 (decoder hidden, encoder output) so the next stage gets both. The word embedding exists on
 every stage that embeds or (tied) computes logits; copies on stages without encoder
 layer 1 are marked `param.shared = True` (the first stage owns it; the pipeline keeps them
