@@ -15,10 +15,11 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.mpu.layout import PipelineStage, shard_tensor
+from megatron_core.mpu.layout import PipelineStage
 from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
+from tests.model_checks import local_shard
 
 
 def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
@@ -62,13 +63,6 @@ def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, 
     return chunks, stats, mine
 
 
-def expected_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    if not getattr(param, "tensor_model_parallel", False):
-        return full
-    return shard_tensor(full, param.partition_dim, ps.get_tensor_model_parallel_rank(),
-                        ps.get_tensor_model_parallel_world_size(), getattr(param, "partition_stride", 1))
-
-
 def check_grads(chunks, serial: Dict[str, torch.Tensor], atol=1e-5, rtol=1e-4) -> int:
     """Every parameter's gradient on this rank equals its slice of the serial gradient (the
     chunk's sharding map names the serial parameter: global layer index, copies' original)."""
@@ -76,7 +70,7 @@ def check_grads(chunks, serial: Dict[str, torch.Tensor], atol=1e-5, rtol=1e-4) -
     for chunk in chunks:
         sharding = chunk.sharding_map()
         for name, param in chunk.named_parameters():
-            ref = expected_shard(serial[sharding.global_key(name)], param)
+            ref = local_shard(param, serial[sharding.global_key(name)])
             assert param.grad is not None, f"{name} got no gradient"
             torch.testing.assert_close(param.grad, ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
             checked += 1

@@ -162,7 +162,8 @@ def merge_tensor_parallel(shards: Sequence[Mapping[str, torch.Tensor]], smap: Sh
 def split_tensor_parallel(full: Mapping[str, torch.Tensor], smap: ShardingMap, size: int
                           ) -> List[Dict[str, torch.Tensor]]:
     """The state dicts of `size` TP ranks from one chunk's full state dict (the map's split
-    dimensions hold for any TP size; its tensor_model_parallel_size is not used)."""
+    dimensions hold for any TP size; its tensor_model_parallel_size is not used). Replicated
+    tensors are the same object in every shard."""
     _check_keys(full, smap, "the full state dict")
     if smap.padded_vocab_size is not None and smap.padded_vocab_size % size != 0:
         raise ConfigError(f"the padded vocabulary ({smap.padded_vocab_size}) does not split over {size} "
