@@ -19,9 +19,10 @@ binary logits [b, 2] or None), as Megatron's BertModel does.
 
 Pipeline stages: the model builds the chunk `stage` (mpu.PipelineStage, by default the
 whole model) and the layers stage.layer_range gives it; the first chunk (pre_process)
-builds the embedding, the last (post_process) the pooler and heads. A last stage without the embedding builds a copy of the
-word table for the tied output layer, marked `shared`. Intermediate stages return the
-hidden states [s, b, h]; a stage that is not first takes its input from set_input_tensor.
+builds the embedding, the last (post_process) the pooler and heads. A last stage without
+the embedding builds a copy of the word table for the tied output layer, marked `shared`.
+Intermediate stages return the hidden states [s, b, h]; a stage that is not first takes
+its input from set_input_tensor.
 """
 from __future__ import annotations
 
