@@ -234,7 +234,7 @@ def _run_case(overrides, tp):
             if "layernorm" in name or name.endswith("bias"):
                 full = torch.randn(p.shape[0] * (tp if getattr(p, "tensor_model_parallel", False) else 1),
                                    generator=g) * 0.1 + (1.0 if "layernorm.weight" in name else 0.0)
-                p.copy_(mpu.shard_of_master(full, 0, 1, mpu.get_tensor_model_parallel_rank(), tp)
+                p.copy_(mpu.shard_tensor(full, 0, mpu.get_tensor_model_parallel_rank(), tp)
                         if getattr(p, "tensor_model_parallel", False) else full)
     enc, dec, enc_mask, dec_mask, labels = _inputs(s_enc=12, s_dec=8)  # even: sequence parallelism splits them
     torch.manual_seed(21)  # the same dropout masks in the TP=1 and TP=2 runs

@@ -26,9 +26,10 @@ otherwise logits [b, s_dec, vocab/tp] (vocab-parallel; gathered with parallel_ou
 Pipeline parallelism (Megatron's T5 split): a stage holds encoder layers (add_encoder) or
 decoder layers (add_decoder), or both when unsplit. pre_process: this stage embeds its
 stack's input ids (first encoder stage, first decoder stage). post_process: this stage
-holds the LM head (last decoder stage). Later stages take their input via
-set_input_tensor: the encoder hidden states on encoder stages, (decoder hidden or None,
-encoder output) on decoder stages. A decoder stage that is not the last returns
+holds the LM head (last decoder stage). `stage=` (an mpu.PipelineStage with split_rank,
+e.g. mpu.get_pipeline_stage()) sets all of these, each stack's layers split evenly over
+its stages. Later stages take their input via set_input_tensor: the encoder hidden
+states on encoder stages, (decoder hidden or None, encoder output) on decoder stages. A decoder stage that is not the last returns
 (decoder hidden, encoder output) so the next stage gets both. The word embedding exists on
 every stage that embeds or (tied) computes logits; copies on stages without encoder
 layer 1 are marked `param.shared = True` (the first stage owns it; the pipeline keeps them
@@ -44,7 +45,9 @@ import torch
 from torch import nn
 
 from .. import mpu
+from ..mpu.init_methods import mark_vocab_parallel
 from ..mpu.layers import ColumnParallelLinear
+from ..mpu.layout import PipelineStage
 from ..mpu.mappings import gather_from_tensor_model_parallel_region
 from ..transformer.block import TransformerBlock, check_parallel_size
 from ..transformer.config import ConfigError, TransformerConfig
@@ -53,7 +56,7 @@ from ..transformer.init import component_rng
 from .embedding import LanguageEmbedding, build_word_embeddings
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
-from .language_model import TiedOutputLayerMixin
+from .language_model import ShardingMapMixin, TiedOutputLayerMixin
 from .t5_relative_bias import T5RelativePositionBias
 
 T5_POSITION_EMBEDDINGS = ("t5_relative", "learned_absolute")
@@ -72,16 +75,41 @@ def _keep_to_masked(mask: torch.Tensor, what: str, query_length: int) -> torch.T
     raise ValueError(f"{what} must be [batch, keys] or [batch, queries, keys], got shape {tuple(mask.shape)}.")
 
 
-class T5Model(TiedOutputLayerMixin, nn.Module):
+def t5_stage_arguments(stage: PipelineStage, config: TransformerConfig, decoder_num_layers: int) -> dict:
+    """T5Model's per-stage arguments for a pipeline stage: stages below split_rank hold the
+    encoder, the others the decoder; each stack's first stage embeds, the last decoder
+    stage holds the head."""
+    if stage.size > 1 and stage.split_rank is None:
+        raise ConfigError("a T5 pipeline puts the encoder and the decoder on different stages; give the stage a "
+                          "split_rank (--pipeline-model-parallel-split-rank).")
+    if stage.virtual_size is not None:
+        raise ConfigError("T5 does not run on virtual pipeline stages; drop --virtual-pipeline-model-parallel-size.")
+    encoder, decoder = stage.stack_stage("encoder"), stage.stack_stage("decoder")
+    return dict(add_encoder=encoder is not None, add_decoder=decoder is not None,
+                pre_process=any(s is not None and s.is_first for s in (encoder, decoder)),
+                post_process=decoder is not None and decoder.is_last,
+                encoder_layers=encoder.layer_range(config.num_layers) if encoder is not None else (0, None),
+                decoder_layers=decoder.layer_range(decoder_num_layers) if decoder is not None else (0, None))
+
+
+class T5Model(TiedOutputLayerMixin, ShardingMapMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
                  max_sequence_length: int = 512, pre_process: bool = True, post_process: bool = True,
                  add_encoder: bool = True, add_decoder: bool = True,
                  encoder_layer_offset: int = 0, encoder_num_layers_in_stage: Optional[int] = None,
                  decoder_layer_offset: int = 0, decoder_num_layers_in_stage: Optional[int] = None,
                  scale_decoder_output: Optional[bool] = None, parallel_output: bool = True,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, stage: Optional[PipelineStage] = None):
         super().__init__()
         check_parallel_size(config)
+        self.stage = stage
+        if stage is not None:
+            # The stage decides which stacks, layers, embedding and head this model holds.
+            derived = t5_stage_arguments(stage, config, decoder_num_layers or config.num_layers)
+            add_encoder, add_decoder = derived["add_encoder"], derived["add_decoder"]
+            pre_process, post_process = derived["pre_process"], derived["post_process"]
+            encoder_layer_offset, encoder_num_layers_in_stage = derived["encoder_layers"]
+            decoder_layer_offset, decoder_num_layers_in_stage = derived["decoder_layers"]
         if config.position_embedding_type not in T5_POSITION_EMBEDDINGS:
             raise ConfigError(f"T5 needs position_embedding_type 't5_relative' (HF T5) or 'learned_absolute' "
                               f"(Megatron T5), got {config.position_embedding_type!r}.")
@@ -144,6 +172,8 @@ class T5Model(TiedOutputLayerMixin, nn.Module):
                     init_method=mpu.init_method_normal(config.init_method_std),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype,
                     sequence_parallel=config.sequence_parallel)
+            if not tied:
+                mark_vocab_parallel(self.output_layer.weight)
         self.input_tensor = None
 
     @staticmethod

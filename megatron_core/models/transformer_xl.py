@@ -41,7 +41,8 @@ dict both ways (renames + the q|k|v regrouping); merging their mp_rank shards (s
 query_key_value) is the checkpoint tool's job.
 
 Pipeline: pre_process builds the embedding, post_process the final norm and the head;
-each stage holds layers layer_offset .. + num_layers_in_stage and their mems. The shared
+each stage holds layers layer_offset .. + num_layers_in_stage and their mems. `stage=`
+(an mpu.PipelineStage) sets all four, Megatron's even split. The shared
 r_w_bias / r_r_bias live on every stage; copies on stages after the first are marked
 `shared` and `shared_stack = "xl_r_bias"` so the pipeline can all-reduce their gradients.
 """
@@ -54,7 +55,9 @@ import torch
 from torch import nn
 
 from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.init_methods import mark_vocab_parallel
 from ..mpu.layers import ColumnParallelLinear
+from ..mpu.layout import PipelineStage
 from ..transformer.block import check_parallel_size
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.dropout import dropout
@@ -66,7 +69,7 @@ from .embedding import LanguageEmbedding, build_word_embeddings
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
 from .hf.qkv_layout import qkv_from_blocks, qkv_to_blocks
-from .language_model import TiedOutputLayerMixin, gather_logits
+from .language_model import TIED_TABLE_COPY, ShardingMapMixin, TiedOutputLayerMixin, gather_logits
 from .relative_attention import RelativeSelfAttention, new_relative_bias
 
 
@@ -101,12 +104,18 @@ class TransformerXLLayer(nn.Module):
         return bias_dropout_add(out, bias, hidden_states, p, self.training, config)
 
 
-class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
+class TransformerXLModel(TiedOutputLayerMixin, ShardingMapMixin, nn.Module):
+    copy_owners = TIED_TABLE_COPY
+
     def __init__(self, config: TransformerConfig, vocab_size: int, mem_length: int,
                  pre_process: bool = True, post_process: bool = True, layer_offset: int = 0,
                  num_layers_in_stage: Optional[int] = None, untie_r: bool = False,
-                 parallel_output: bool = True, label_smoothing: float = 0.0):
+                 parallel_output: bool = True, label_smoothing: float = 0.0, stage: Optional[PipelineStage] = None):
         super().__init__()
+        self.stage = stage
+        if stage is not None:
+            pre_process, post_process = stage.is_first, stage.is_last
+            layer_offset, num_layers_in_stage = stage.layer_range(config.num_layers)
         check_parallel_size(config)
         check_vocab_size(config, vocab_size)
         if config.position_embedding_type != "relative_xl":
@@ -167,6 +176,8 @@ class TransformerXLModel(TiedOutputLayerMixin, nn.Module):
                 self.output_layer = ColumnParallelLinear(
                     config.hidden_size, vocab_size, bias=False, gather_output=False, init_method=init_method(config),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype)
+            if not tied:
+                mark_vocab_parallel(self.output_layer.weight)
         self.input_tensor = None
 
     # --- pipeline hooks ---------------------------------------------------------------------------
