@@ -58,11 +58,11 @@ def _spend(seconds):
 
 
 class FixedCostStage(PipelineChunkMixin, torch.nn.Module):
-    def __init__(self, forward_s):
+    def __init__(self, forward_s, stage):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(()))
         self.forward_s = forward_s
-        self.pre_process, self.post_process = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+        self.stage = stage  # pre_process / post_process (PipelineChunkMixin) are read off it
 
     def forward(self):
         x = self.input_tensor if self.input_tensor is not None else torch.ones(SHAPE)
@@ -73,11 +73,7 @@ def _rank_main(stages, microbatches, virtual, forward_s, out_dir):
     ps.initialize_model_parallel(1, stages, virtual)
     chunks = []
     for v in range(virtual or 1):
-        if virtual:
-            ps.set_virtual_pipeline_model_parallel_rank(v)
-        chunks.append(FixedCostStage(forward_s / (virtual or 1)))
-    if virtual:
-        ps.set_virtual_pipeline_model_parallel_rank(0)
+        chunks.append(FixedCostStage(forward_s / (virtual or 1), ps.get_pipeline_stage(v if virtual else None)))
 
     def step(_it, model):
         return model(), lambda out: (out.sum(), {})

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_core import mpu
-from megatron_core.mpu.init_methods import param_is_tensor_parallel, shard_of_master
+from megatron_core.mpu.init_methods import param_is_tensor_parallel
+from megatron_core.mpu.layout import merge_shards, shard_tensor
 from megatron_core.testing import find_free_port
 
 
@@ -53,21 +54,19 @@ def local_shard(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """This rank's shard of `full`, split as `param` is (the whole of it if not parallel)."""
     if not param_is_tensor_parallel(param):
         return full
-    return shard_of_master(full, param.partition_dim, param.partition_stride,
-                           mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size())
+    return shard_tensor(full, param.partition_dim, mpu.get_tensor_model_parallel_rank(),
+                        mpu.get_tensor_model_parallel_world_size(), param.partition_stride)
 
 
 def gathered_grads(model: torch.nn.Module, tp: int) -> Dict[str, torch.Tensor]:
     """Every parameter's gradient at its serial shape: tensor-parallel shards all-gathered
-    over the TP group, undoing a strided split (rank r holds chunks r, r + tp, ...)."""
+    over the TP group and merged as the layers split them (layout.merge_shards)."""
     grads = {}
     for name, p in model.named_parameters():
         grad = p.grad
         if getattr(p, "tensor_model_parallel", False) and tp > 1:
             parts = [torch.empty_like(grad) for _ in range(tp)]
             dist.all_gather(parts, grad.contiguous(), group=mpu.get_tensor_model_parallel_group())
-            stride, dim = getattr(p, "partition_stride", 1), p.partition_dim
-            chunks = [part.chunk(stride, dim=dim) for part in parts]
-            grad = torch.cat([chunks[r][c] for c in range(stride) for r in range(tp)], dim=dim)
+            grad = merge_shards(parts, p.partition_dim, getattr(p, "partition_stride", 1))
         grads[name] = grad
     return grads

@@ -4,11 +4,12 @@ pipeline schedule inside the same worker processes, and compare losses and gradi
 The serial run happens first on every rank with TP=1, PP=1 (the whole world is data
 parallel, so nothing is split); then the parallel state is rebuilt with the layout under
 test. Per-component seeding makes every stage hold exactly the serial weights, so the
-losses and gradients must agree to float tolerance.
+losses and gradients must agree to float tolerance. `build(stage)` builds one model chunk
+(an mpu.PipelineStage); a chunk's parameter names go to the serial model's by its
+sharding map.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -16,16 +17,11 @@ import torch
 
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.mpu.grads import clip_grad_norm
-from megatron_core.mpu.init_methods import shard_of_master
+from megatron_core.mpu.layout import PipelineStage
 from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
-
-
-def serial_grads(build: Callable, batches: List[dict], step: Callable) -> tuple:
-    """Mean loss over `batches` and the gradient of every parameter, on one process."""
-    reference = serial_step(build, batches, step)
-    return reference.losses, reference.grads
+from tests.model_checks import local_shard
 
 
 @dataclass
@@ -41,7 +37,7 @@ def serial_step(build: Callable, batches: List[dict], step: Callable,
     """The serial model's losses, gradients, gradient norm and (with make_optimizer, a
     function of the parameter list) its weights after one optimizer step."""
     ps.initialize_model_parallel(1, 1)
-    model = build(pre_process=True, post_process=True, layer_offset=0)
+    model = build(PipelineStage())
     losses = []
     for batch in batches:
         loss = step(model, batch) / len(batches)
@@ -57,17 +53,18 @@ def serial_step(build: Callable, batches: List[dict], step: Callable,
     return SerialStep(losses, grads, norm, weights)
 
 
-def check_norm_and_step(chunks, reference: SerialStep, make_optimizer: Callable, name_map: Callable) -> None:
+def check_norm_and_step(chunks, reference: SerialStep, make_optimizer: Callable) -> None:
     """The pipeline's gradient norm (mpu.clip_grad_norm over this replica) is the serial
     norm, and after one optimizer step every parameter, copies of shared tables included,
-    holds its slice of the serial weights."""
+    holds its slice of the serial weights (named through the chunk's sharding map)."""
     params = [p for chunk in chunks for p in chunk.parameters()]
     norm = clip_grad_norm(params, max_norm=1e9)
     assert abs(norm - reference.grad_norm) <= 1e-5 * max(1.0, reference.grad_norm), (norm, reference.grad_norm)
     make_optimizer(params).step()
     for chunk in chunks:
+        sharding = chunk.sharding_map()
         for name, param in chunk.named_parameters():
-            want = expected_shard(reference.weights_after[name_map(chunk, name)], param)
+            want = local_shard(param, reference.weights_after[sharding.global_key(name)])
             torch.testing.assert_close(param.detach(), want, atol=1e-6, rtol=1e-5,
                                        msg=lambda m: f"{name} after the step: {m}")
 
@@ -79,12 +76,7 @@ def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, 
     ps.initialize_model_parallel(tp, pp, virtual, pipeline_model_parallel_split_rank=split_rank)
     chunks = []
     for v in range(virtual or 1):
-        if virtual:
-            ps.set_virtual_pipeline_model_parallel_rank(v)
-        chunks.append(build(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
-                            layer_offset=None))
-    if virtual:
-        ps.set_virtual_pipeline_model_parallel_rank(0)
+        chunks.append(build(ps.get_pipeline_stage(v if virtual else None)))
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     per_rank = len(batches) // dp
     mine = batches[dp_rank * per_rank:(dp_rank + 1) * per_rank]
@@ -104,28 +96,14 @@ def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, 
     return chunks, stats, mine
 
 
-def serial_name(name: str, layer_offset: int, stack: str = "decoder") -> str:
-    """Map a stage's parameter name to the serial model's."""
-    name = re.sub(rf"^{stack}\.layers\.(\d+)\.",
-                  lambda m: f"{stack}.layers.{int(m.group(1)) + layer_offset}.", name)
-    if name == "word_embeddings.weight":  # the last stage's copy of the tied table
-        return "embedding.word_embeddings.weight"
-    return name
-
-
-def expected_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    if not getattr(param, "tensor_model_parallel", False):
-        return full
-    return shard_of_master(full, param.partition_dim, getattr(param, "partition_stride", 1),
-                           ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size())
-
-
-def check_grads(chunks, serial: Dict[str, torch.Tensor], name_map: Callable, atol=1e-5, rtol=1e-4) -> int:
-    """Every parameter's gradient on this rank equals its slice of the serial gradient."""
+def check_grads(chunks, serial: Dict[str, torch.Tensor], atol=1e-5, rtol=1e-4) -> int:
+    """Every parameter's gradient on this rank equals its slice of the serial gradient (the
+    chunk's sharding map names the serial parameter: global layer index, copies' original)."""
     checked = 0
     for chunk in chunks:
+        sharding = chunk.sharding_map()
         for name, param in chunk.named_parameters():
-            ref = expected_shard(serial[name_map(chunk, name)], param)
+            ref = local_shard(param, serial[sharding.global_key(name)])
             assert param.grad is not None, f"{name} got no gradient"
             torch.testing.assert_close(param.grad, ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
             checked += 1

@@ -13,8 +13,9 @@ import torch
 from megatron_core import mpu
 from megatron_core.models import flops
 from megatron_core.models.gpt import GPTModel
-from megatron_core.models.language_model import masked_mean, stage_layer_range
+from megatron_core.models.language_model import masked_mean
 from megatron_core.models.llama import build_llama, llama_config
+from megatron_core.mpu.layout import PipelineStage
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
 from tests.model_checks import local_shard
@@ -94,8 +95,7 @@ def _check_pipeline_stages(family, overrides, kind):
     config = _config(family, overrides, 1)
     full = GPTModel(config, V, S)
     init = {n: p.detach().clone() for n, p in full.named_parameters()}
-    stages = [GPTModel(config, V, S, pre_process=True, post_process=False, layer_offset=0, num_layers_in_stage=1),
-              GPTModel(config, V, S, pre_process=False, post_process=True, layer_offset=1, num_layers_in_stage=1)]
+    stages = [GPTModel(config, V, S, stage=PipelineStage(0, 2)), GPTModel(config, V, S, stage=PipelineStage(1, 2))]
     assert [layer.layer_number for layer in stages[1].decoder.layers] == [2]
     for stage, offset in zip(stages, (0, 1)):
         for n, p in stage.named_parameters():  # each stage starts with the serial weights
@@ -191,15 +191,6 @@ def _perturbed(model):
 
 def test_gpt_and_llama_tp2_equal_serial():
     run_distributed(_check_gpt_and_llama, 2, timeout=240)
-
-
-def test_stage_layer_range_is_megatrons_even_split():
-    assert [stage_layer_range(8, 4, r) for r in range(4)] == [(0, 2), (2, 2), (4, 2), (6, 2)]
-    # interleaved: rank 0 holds [0,1] and [4,5], rank 1 holds [2,3] and [6,7]
-    assert [stage_layer_range(8, 2, r, 2, v) for r in range(2) for v in range(2)] == [(0, 2), (4, 2), (2, 2), (6, 2)]
-    assert stage_layer_range(12, 2, 1, 3, 2) == (10, 2)
-    with pytest.raises(ConfigError, match=r"num_layers \(6\) is not divisible by pipeline_model_parallel_size \(4\)"):
-        stage_layer_range(6, 4, 0)
 
 
 def test_masked_mean():

@@ -16,9 +16,11 @@ from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_m
 from megatron_core.models.hf import bert as hf_bert  # noqa: E402
 from megatron_core.models.hf import megatron_bert as hf_megatron_bert  # noqa: E402
 from megatron_core.models.hf import roformer as hf_roformer  # noqa: E402
-from megatron_core.models.hf.bert import ConversionError, fuse_qkv, split_qkv  # noqa: E402
+from megatron_core.models.hf.bert import ConversionError  # noqa: E402
+from megatron_core.models.hf.qkv_layout import deinterleave_qkv, interleave_qkv  # noqa: E402
 from megatron_core.models.roformer import (RoFormerModel, unified_attention_mask,  # noqa: E402
                                            unified_lm_targets)
+from megatron_core.mpu.layout import PipelineStage  # noqa: E402
 from megatron_core.transformer import ConfigError  # noqa: E402
 from tests.model_checks import randomize_trainable, single_process_world  # noqa: E402
 
@@ -161,12 +163,12 @@ def test_conversion_errors_are_one_sentence():
 def test_qkv_fusion_is_per_head_interleaved():
     heads, d, h = 2, 3, 4
     q, k, v = (torch.arange(heads * d * h, dtype=torch.float32).view(heads * d, h) + 100 * i for i in range(3))
-    fused = fuse_qkv(q, k, v, heads)
+    fused = interleave_qkv(q, k, v, heads, heads)
     torch.testing.assert_close(fused[:d], q[:d])
     torch.testing.assert_close(fused[d:2 * d], k[:d])
     torch.testing.assert_close(fused[2 * d:3 * d], v[:d])
     torch.testing.assert_close(fused[3 * d:4 * d], q[d:])
-    for a, b in zip(split_qkv(fused, heads), (q, k, v)):
+    for a, b in zip(deinterleave_qkv(fused, heads, heads), (q, k, v)):
         assert torch.equal(a, b)
 
 
@@ -256,11 +258,11 @@ def test_stages_rebuild_the_serial_model(model_cls, layernorm_position):
     base = transformers.RoFormerConfig(**ROFORMER) if model_cls is RoFormerModel else \
         transformers.BertConfig(**SMALL, max_position_embeddings=MAX_POS)
     conv = hf_roformer if model_cls is RoFormerModel else hf_bert
-    config = conv.from_hf_config(base, num_layers=3, layernorm_position=layernorm_position, init_seed=21,
+    config = conv.from_hf_config(base, num_layers=4, layernorm_position=layernorm_position, init_seed=21,
                                  final_layernorm=None)
     serial = model_cls(config, VOCAB).eval()
-    first = model_cls(config, VOCAB, post_process=False, num_layers_in_stage=2).eval()
-    last = model_cls(config, VOCAB, pre_process=False, layer_offset=2).eval()
+    first = model_cls(config, VOCAB, stage=PipelineStage(0, 2)).eval()
+    last = model_cls(config, VOCAB, stage=PipelineStage(1, 2)).eval()
     serial_sd = serial.state_dict()
     for stage, offset in ((first, 0), (last, 2)):
         for name, tensor in stage.state_dict().items():
@@ -273,7 +275,7 @@ def test_stages_rebuild_the_serial_model(model_cls, layernorm_position):
                 serial_name = name
             assert torch.equal(tensor, serial_sd[serial_name]), name
     assert last.word_embeddings.weight.shared and not hasattr(first, "lm_head")
-    assert len(first.encoder.layers) == 2 and len(last.encoder.layers) == 1
+    assert len(first.encoder.layers) == 2 and len(last.encoder.layers) == 2
 
     ids, types, padding = _inputs(seed=9)
     with torch.no_grad():

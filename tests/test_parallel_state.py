@@ -76,7 +76,10 @@ def _check_groups(layouts):
         if rank in (pipe[0], pipe[-1]):
             assert _group_sum(mpu.get_embedding_group()) == sum({pipe[0], pipe[-1]})
         assert mpu.is_rank_in_embedding_group(ignore_virtual=True) == (rank in (pipe[0], pipe[-1]))
-        if vpp is not None:
+        if vpp is None:
+            assert mpu.get_pipeline_stage() == mpu.PipelineStage(stage, pp)
+        else:
+            assert mpu.get_pipeline_stage(vpp - 1) == mpu.PipelineStage(stage, pp, vpp - 1, vpp)
             # Only the first virtual chunk of the first stage is "first".
             assert mpu.get_virtual_pipeline_model_parallel_world_size() == vpp
             mpu.set_virtual_pipeline_model_parallel_rank(1)

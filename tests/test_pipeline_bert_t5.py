@@ -18,7 +18,7 @@ from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_name, serial_step
+from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, MICRO, HIDDEN, S_ENC, S_DEC = 64, 2, 16, 8, 6
 
@@ -41,9 +41,8 @@ def _bert_builder(layout):
     config = TransformerConfig(num_layers=4, hidden_size=HIDDEN, num_attention_heads=4, hidden_dropout=0.0,
                                attention_dropout=0.0, layernorm_position=layout)
 
-    def build(pre_process, post_process, layer_offset):
-        return BertModel(config, VOCAB, S_ENC, pre_process=pre_process, post_process=post_process,
-                         layer_offset=layer_offset)
+    def build(stage):
+        return BertModel(config, VOCAB, S_ENC, stage=stage)
     return build
 
 
@@ -64,9 +63,8 @@ def _check_bert(layout):
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
         assert torch.allclose(torch.tensor(got), torch.tensor(serial_losses), atol=1e-5), (got, serial_losses)
-    name_map = lambda chunk, name: serial_name(name, chunk.layer_offset, "encoder")
-    assert check_grads(chunks, grads, name_map) > 0
-    check_norm_and_step(chunks, reference, _sgd, name_map)
+    assert check_grads(chunks, grads) > 0
+    check_norm_and_step(chunks, reference, _sgd)
     ps.destroy_model_parallel()
 
 
@@ -99,30 +97,11 @@ def _t5_batches(n):
     return batches
 
 
-def _t5_build(pre_process, post_process, layer_offset, variant="v1.0"):
-    """The whole model for the serial run (layer_offset 0); otherwise this stage of a split
-    encoder-decoder pipeline, which decides its own pre_process (first stage of each stack)."""
-    config = _t5_config(variant)
-    if layer_offset == 0:
-        return T5Model(config, VOCAB, max_sequence_length=S_ENC)
-    stage, split = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_split_rank()
-    stages = ps.get_pipeline_model_parallel_world_size()
-    encoder_stage = stage < split
-    # Each stack's layers are spread evenly over its stages.
-    per_stage = config.num_layers // (split if encoder_stage else stages - split)
-    offset = (stage if encoder_stage else stage - split) * per_stage
-    return T5Model(config, VOCAB, max_sequence_length=S_ENC, pre_process=stage in (0, split),
-                   post_process=post_process, add_encoder=encoder_stage,
-                   add_decoder=not encoder_stage, encoder_layer_offset=offset, encoder_num_layers_in_stage=per_stage,
-                   decoder_layer_offset=offset, decoder_num_layers_in_stage=per_stage)
-
-
-def _t5_serial_name(chunk, name):
-    for stack in ("encoder", "decoder"):
-        block = getattr(chunk, stack)
-        if block is not None:
-            name = serial_name(name, block.layer_offset, stack)
-    return name
+def _t5_build(stage, variant="v1.0"):
+    """A stage of the split encoder-decoder pipeline (the whole model for the serial run):
+    each stack's layers spread evenly over its stages, each stack's first stage embeds its
+    input."""
+    return T5Model(_t5_config(variant), VOCAB, max_sequence_length=S_ENC, stage=stage)
 
 
 def _t5_step(model, b):
@@ -150,8 +129,8 @@ def _check_t5(stages=2, split=1, variant="v1.0"):
     if ps.is_pipeline_last_stage():
         got = [s["loss"].item() for s in stats]
         assert torch.allclose(torch.tensor(got), torch.tensor(reference.losses), atol=1e-5), (got, reference.losses)
-    assert check_grads(chunks, reference.grads, _t5_serial_name) > 0
-    check_norm_and_step(chunks, reference, _sgd, _t5_serial_name)
+    assert check_grads(chunks, reference.grads) > 0
+    check_norm_and_step(chunks, reference, _sgd)
     ps.destroy_model_parallel()
 
 

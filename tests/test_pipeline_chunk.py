@@ -60,6 +60,12 @@ def test_every_family_is_a_pipeline_chunk_with_its_stage_copies(single_rank):
     assert {"r_w_bias", "r_r_bias"} <= set(families["transformer_xl"].stage_copies())
     with pytest.raises(ValueError, match="at most 1"):
         families["gpt"].set_input_tensor([hidden, hidden])
+    # pre_process / post_process have one source, the stage: read off it, never stored.
+    last = GPTModel(_config(), VOCAB, S, stage=mpu.PipelineStage(1, 2))
+    assert (last.pre_process, last.post_process) == (False, True) and "pre_process" not in vars(last)
+    with pytest.raises(AttributeError):
+        last.pre_process = True
+    assert all(m.pre_process and m.post_process for m in families.values())
     families["t5"].set_input_tensor([None, hidden])  # decoder stages: (decoder hidden, encoder output)
     wrapped = torch.nn.Module()
     wrapped.module = families["gpt"]
@@ -125,8 +131,7 @@ def test_use_memory_continues_each_micro_batch_stream(single_rank):
 def _two_owners():
     mpu.initialize_model_parallel(1, 2)
     config = _config()
-    stage = GPTModel(config, VOCAB, S, pre_process=mpu.is_pipeline_first_stage(),
-                     post_process=mpu.is_pipeline_last_stage())
+    stage = GPTModel(config, VOCAB, S, stage=mpu.get_pipeline_stage())
     if mpu.is_pipeline_last_stage():
         stage.word_embeddings_weight().shared = False  # the copy claims to own the table too
     with pytest.raises(ConfigError, match="2 of the copies are marked as its owner"):

@@ -13,7 +13,7 @@ from megatron_core.models.gpt import GPTModel, masked_mean
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_name, serial_step
+from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, SEQ, MICRO, HIDDEN = 64, 8, 2, 16
 
@@ -42,14 +42,9 @@ def _step(model, batch):
 
 
 def _builder(tp, sequence_parallel=False):
-    def build(pre_process, post_process, layer_offset):
-        return GPTModel(_config(tp, sequence_parallel), VOCAB, SEQ, pre_process=pre_process,
-                        post_process=post_process, layer_offset=layer_offset)
+    def build(stage):
+        return GPTModel(_config(tp, sequence_parallel), VOCAB, SEQ, stage=stage)
     return build
-
-
-def _name_map(chunk, name):
-    return serial_name(name, chunk.layer_offset)
 
 
 def _sgd(params):
@@ -74,8 +69,8 @@ def _check_layout(tp, pp, virtual=None, sequence_parallel=False):
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5), (got, want)
     else:
         assert stats == []
-    assert check_grads(chunks, grads, _name_map) > 0
-    check_norm_and_step(chunks, reference, _sgd, _name_map)  # the tied table counted once
+    assert check_grads(chunks, grads) > 0
+    check_norm_and_step(chunks, reference, _sgd)  # the tied table counted once
     # Evaluation: forward-only gives the same losses and touches no gradient.
     for chunk in chunks:
         chunk.zero_grad(set_to_none=True)

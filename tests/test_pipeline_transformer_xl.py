@@ -1,6 +1,6 @@
 """Transformer-XL through the pipeline schedules on gloo equals the serial model.
 
-Stages are built the README's way (pre_process / post_process only), so each builds only
+Each stage is built from its explicit stage (mpu.get_pipeline_stage), so it builds only
 its share of the layers. Three consecutive iterations of two micro-batches each are three
 segments of two streams: micro-batch i of iteration k+1 continues the text of micro-batch
 i of iteration k, as Chinese-Transformer-XL continues each batch row. The serial model
@@ -21,7 +21,7 @@ from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
 from megatron_core.testing.distributed import DistributedTestFailure, run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import expected_shard
+from tests.model_checks import local_shard
 
 VOCAB, MICRO, SEG, MEM, HIDDEN, LAYERS = 64, 2, 4, 6, 16, 4
 ITERATIONS, MICROBATCHES = 3, 2
@@ -34,8 +34,8 @@ def _config():
                              attention_dropout=0.0, init_seed=9, make_vocab_size_divisible_by=1)
 
 
-def _build(pre_process=True, post_process=True):
-    model = TransformerXLModel(_config(), VOCAB, mem_length=MEM, pre_process=pre_process, post_process=post_process)
+def _build(stage=None):
+    model = TransformerXLModel(_config(), VOCAB, mem_length=MEM, stage=stage)
     # Move the zero-initialised r_w_bias / r_r_bias off zero so they shape the scores.
     with torch.no_grad():
         for name in ("r_w_bias", "r_r_bias"):
@@ -74,15 +74,6 @@ def _serial():
     return results
 
 
-def _serial_name(chunk, name):
-    if name.startswith("layers."):
-        index, rest = name[len("layers."):].split(".", 1)
-        return f"layers.{int(index) + chunk.layer_offset}.{rest}"
-    if name == "word_embeddings.weight":  # the last stage's copy of the tied table
-        return "embedding.word_embeddings.weight"
-    return name
-
-
 def _forward_step(data_iterator, model):
     batch = next(data_iterator)
     output, _ = model(batch["tokens"] if model.pre_process else None, labels=batch["labels"], use_memory=True)
@@ -93,11 +84,7 @@ def _build_chunks(pp, virtual):
     ps.initialize_model_parallel(1, pp, virtual)
     chunks = []
     for v in range(virtual or 1):
-        if virtual:
-            ps.set_virtual_pipeline_model_parallel_rank(v)
-        chunks.append(_build(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage()))
-    if virtual:
-        ps.set_virtual_pipeline_model_parallel_rank(0)
+        chunks.append(_build(ps.get_pipeline_stage(v if virtual else None)))
     return chunks
 
 
@@ -121,8 +108,9 @@ def _check_pipeline(pp, virtual=None):
             got = [s["loss"].item() for s in stats]
             assert torch.allclose(torch.tensor(got), torch.tensor(losses), atol=1e-5), (k, got, losses)
         for chunk in chunks:
+            serial_name = chunk.sharding_map().global_key  # global layer index, copies' original
             for name, param in chunk.named_parameters():
-                want = expected_shard(grads[_serial_name(chunk, name)], param)
+                want = local_shard(param, grads[serial_name(name)])
                 torch.testing.assert_close(param.grad, want, atol=1e-5, rtol=1e-4,
                                            msg=lambda m: f"iteration {k} grad {name}: {m}")
         got_norm = clip_grad_norm(params, max_norm=1e9)
@@ -130,8 +118,9 @@ def _check_pipeline(pp, virtual=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for chunk in chunks:
+            serial_name = chunk.sharding_map().global_key
             for name, param in chunk.named_parameters():
-                torch.testing.assert_close(param.detach(), weights[_serial_name(chunk, name)], atol=1e-6, rtol=1e-5,
+                torch.testing.assert_close(param.detach(), weights[serial_name(name)], atol=1e-6, rtol=1e-5,
                                            msg=lambda m: f"iteration {k} weight {name}: {m}")
     for chunk in chunks:  # one stream per micro-batch, [m, b, h] per layer of the chunk
         assert sorted(chunk.memory.streams()) == list(range(MICROBATCHES))

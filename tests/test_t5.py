@@ -55,7 +55,7 @@ def _inputs(seed=3, s_enc=S_ENC, s_dec=S_DEC):
 
 
 def _ours_from_hf(hf, **config_overrides):
-    config = hf_t5.config_from_hf(hf.config, **config_overrides)
+    config = hf_t5.from_hf_config(hf.config, **config_overrides)
     model = T5Model(config, VOCAB + 32, decoder_num_layers=hf.config.num_decoder_layers).eval()
     state = hf_t5.from_hf_state_dict(hf.state_dict(), config, hf.config.num_decoder_layers, padded_vocab_size=VOCAB + 32)
     model.load_state_dict(state, strict=True)
@@ -113,7 +113,7 @@ def test_round_trip_is_identity(single_rank, variant):
     for key, value in ours.state_dict().items():
         assert torch.equal(again[key], value), key
     # The config builder gives back an HF config with the same shapes.
-    rebuilt = hf_t5.hf_config_from_ours(config, VOCAB, hf.config.num_decoder_layers)
+    rebuilt = hf_t5.to_hf_config(config, VOCAB, hf.config.num_decoder_layers)
     for name in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
                  "relative_attention_num_buckets", "relative_attention_max_distance"):
         assert getattr(rebuilt, name) == getattr(hf.config, name), name
@@ -207,7 +207,7 @@ def test_bad_configurations_get_one_sentence(single_rank):
     with pytest.raises(ValueError, match="encoder_attention_mask"):
         model(enc, dec, enc_mask[:, None, None, None, :], dec_mask)
     with pytest.raises(ValueError, match="feed_forward_proj"):
-        hf_t5.config_from_hf(type("C", (), {"feed_forward_proj": "gated-mish"})())
+        hf_t5.from_hf_config(type("C", (), {"feed_forward_proj": "gated-mish"})())
 
 
 # --- TP=2 equals TP=1 (one spawn of 2 ranks) ---------------------------------------------------------------------
@@ -234,7 +234,7 @@ def _run_case(overrides, tp):
             if "layernorm" in name or name.endswith("bias"):
                 full = torch.randn(p.shape[0] * (tp if getattr(p, "tensor_model_parallel", False) else 1),
                                    generator=g) * 0.1 + (1.0 if "layernorm.weight" in name else 0.0)
-                p.copy_(mpu.shard_of_master(full, 0, 1, mpu.get_tensor_model_parallel_rank(), tp)
+                p.copy_(mpu.shard_tensor(full, 0, mpu.get_tensor_model_parallel_rank(), tp)
                         if getattr(p, "tensor_model_parallel", False) else full)
     enc, dec, enc_mask, dec_mask, labels = _inputs(s_enc=12, s_dec=8)  # even: sequence parallelism splits them
     torch.manual_seed(21)  # the same dropout masks in the TP=1 and TP=2 runs

@@ -58,8 +58,8 @@ def _randomize(model, tp=1):
             if name.endswith("layernorm.weight"):
                 full += 1.0
             if parallel and tp > 1:
-                full = mpu.shard_of_master(full, p.partition_dim, getattr(p, "partition_stride", 1),
-                                           mpu.get_tensor_model_parallel_rank(), tp)
+                full = mpu.shard_tensor(full, p.partition_dim, mpu.get_tensor_model_parallel_rank(), tp,
+                                        getattr(p, "partition_stride", 1))
             p.copy_(full)
 
 

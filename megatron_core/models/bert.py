@@ -17,10 +17,13 @@ positions (any value elsewhere: the loss mask decides what counts). forward retu
 (per-token MLM loss [b, s] fp32, or vocab-parallel logits [b, s, vocab/tp] without labels;
 binary logits [b, 2] or None), as Megatron's BertModel does.
 
-Pipeline stages: pre_process builds the embedding (first stage), post_process the
-pooler and heads (last stage). A last stage without the embedding builds a copy of the
-word table for the tied output layer, marked `shared`. Intermediate stages return the
-hidden states [s, b, h]; a stage that is not first takes its input from set_input_tensor.
+Pipeline stages: the model builds the chunk `stage` (mpu.PipelineStage, by default the
+whole model) and the layers stage.layer_range gives it; the first chunk (pre_process)
+builds the embedding, the last (post_process) the pooler and heads. A last stage without
+the embedding builds a copy of the word table for the tied output layer, a stage copy the
+first stage owns (pipeline/chunk.py).
+Intermediate stages return the hidden states [s, b, h]; a stage that is not first takes
+its input from set_input_tensor.
 """
 from __future__ import annotations
 
@@ -31,12 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.layout import PipelineStage
 from ..transformer.block import TransformerBlock
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
 from . import flops
 from ..pipeline.chunk import PipelineChunkMixin
-from .language_model import masked_mean, resolve_stage_layers
+from .language_model import ShardingMapMixin, masked_mean, resolve_stage
 from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .heads import MaskedLMHead, Pooler, build_binary_head, gather_sequence_for_heads
 
@@ -53,14 +57,13 @@ def padding_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
     return (padding_mask < 0.5)[:, None, None, :]
 
 
-class BertModel(PipelineChunkMixin, nn.Module):
+class BertModel(PipelineChunkMixin, ShardingMapMixin, nn.Module):
     # Megatron's BERT: the padding mask is bidirectional, never causal.
     self_attn_mask_type = "padding"
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, add_binary_head: bool = True, add_pooler: Optional[bool] = None,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
-                 num_layers_in_stage: Optional[int] = None):
+                 stage: Optional[PipelineStage] = None):
         super().__init__()
         if config.apply_residual_connection_post_layernorm:
             raise ConfigError("BertModel does not support apply_residual_connection_post_layernorm; "
@@ -69,7 +72,8 @@ class BertModel(PipelineChunkMixin, nn.Module):
         self.vocab_size = vocab_size
         self.max_sequence_length = max_sequence_length
         self.num_tokentypes = num_tokentypes
-        self.pre_process, self.post_process = pre_process, post_process
+        self.stage = stage = resolve_stage(stage)  # pre_process / post_process are read off it
+        pre_process, post_process = stage.is_first, stage.is_last
         self.add_binary_head = add_binary_head
         self.add_pooler = add_binary_head if add_pooler is None else add_pooler
         if add_binary_head and not self.add_pooler:
@@ -77,8 +81,7 @@ class BertModel(PipelineChunkMixin, nn.Module):
         self.post_ln = config.layernorm_position == "post"
 
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
-        layer_offset, num_layers_in_stage = resolve_stage_layers(config.num_layers, layer_offset,
-                                                                 num_layers_in_stage)
+        layer_offset, num_layers_in_stage = stage.layer_range(config.num_layers)
         self.layer_offset = layer_offset
         if pre_process:
             self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length, num_tokentypes,

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..mpu.layers import VocabParallelEmbedding, default_device
 from ..mpu.mappings import scatter_to_sequence_parallel_region
-from ..pipeline.chunk import mark_stage_copy
+from ..mpu.sharding_map import mark_stage_copy
 from ..transformer.config import TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng, init_method

@@ -7,12 +7,14 @@
 Logits stay split over the vocabulary ([b, s, V/tp] on each rank) and go straight into
 vocab_parallel_cross_entropy; nothing gathers the full vocabulary.
 
-Pipeline stages. `pre_process` (first stage) builds the embedding, `post_process` (last
-stage) the final norm and the output layer; a middle stage has neither and receives its
-input through `set_input_tensor`. Each stage builds only its layers (`layer_offset`,
-`num_layers_in_stage`; by default read from the parallel state, Megatron's even split,
-see language_model.stage_layer_range); layer numbers stay global and every component has
-its own seed, so a stage holds exactly the serial model's weights.
+Pipeline stages. The model builds the chunk `stage` (an mpu.PipelineStage, by default the
+whole model; a pipeline passes mpu.get_pipeline_stage(virtual_rank)). The first chunk
+(`pre_process`) builds the embedding, the last (`post_process`) the final norm and the
+output layer; a middle chunk has neither and receives its input through
+`set_input_tensor`. Each chunk builds only its layers, Megatron's even split
+(stage.layer_range); layer numbers stay global and every component has its own seed, so
+a chunk holds exactly the serial model's weights. `sharding_map()` says how its state
+dict maps to the whole model's (mpu/sharding_map.py).
 
 Tied input/output embedding: on a single stage the output layer multiplies by the word
 embedding table itself. On a last stage without the embedding, a copy of the table is
@@ -27,9 +29,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..mpu import parallel_state as ps
 from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.init_methods import mark_vocab_parallel
 from ..mpu.layers import ColumnParallelLinear
+from ..mpu.layout import PipelineStage
 from ..transformer.block import TransformerBlock
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.init import component_rng, init_method
@@ -37,7 +40,7 @@ from ..transformer.rotary import RotaryEmbedding
 from . import flops
 from ..pipeline.chunk import PipelineChunkMixin
 from .embedding import LanguageEmbedding, build_word_embeddings_copy
-from .language_model import TiedOutputLayerMixin, gather_logits, masked_mean, resolve_stage_layers
+from .language_model import ShardingMapMixin, TiedOutputLayerMixin, gather_logits, masked_mean, resolve_stage
 
 __all__ = ["GPTModel", "masked_mean"]
 
@@ -50,24 +53,21 @@ def check_vocab_size(config: TransformerConfig, vocab_size: int) -> None:
             f"with the model.")
 
 
-class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
+class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
-                 num_layers_in_stage: Optional[int] = None, parallel_output: bool = True,
-                 label_smoothing: float = 0.0):
+                 stage: Optional[PipelineStage] = None, parallel_output: bool = True, label_smoothing: float = 0.0):
         super().__init__()
         check_vocab_size(config, vocab_size)
         self.config = config
         self.vocab_size = vocab_size
         self.max_sequence_length = max_sequence_length
-        self.pre_process = pre_process
-        self.post_process = post_process
+        self.stage = stage = resolve_stage(stage)  # pre_process / post_process are read off it
+        pre_process, post_process = stage.is_first, stage.is_last
         self.parallel_output = parallel_output
         self.label_smoothing = label_smoothing
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
 
-        layer_offset, num_layers_in_stage = resolve_stage_layers(config.num_layers, layer_offset,
-                                                                 num_layers_in_stage)
+        layer_offset, num_layers_in_stage = stage.layer_range(config.num_layers)
         self.layer_offset = layer_offset
 
         self.embedding = LanguageEmbedding(config, vocab_size, max_sequence_length) if pre_process else None
@@ -92,6 +92,7 @@ class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
                         config.hidden_size, vocab_size, bias=False, gather_output=False,
                         init_method=init_method(config), params_dtype=config.params_dtype,
                         sequence_parallel=config.sequence_parallel)
+                mark_vocab_parallel(self.output_layer.weight)
 
     # --- accounting -------------------------------------------------------------------------
     def parameter_count(self) -> int:

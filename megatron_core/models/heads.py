@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mpu import parallel_state as ps
-from ..mpu.init_methods import set_tensor_model_parallel_attributes
+from ..mpu.init_methods import mark_vocab_parallel, set_tensor_model_parallel_attributes
 from ..mpu.layers import VocabParallelEmbedding, default_device
 from ..mpu.mappings import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
 from ..transformer.config import TransformerConfig
@@ -97,6 +97,7 @@ class MaskedLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size // world,
                                              dtype=config.params_dtype, device=default_device()))
         set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
+        mark_vocab_parallel(self.bias)
         self.output_weight = None
         if not config.share_embeddings_and_output_weights:
             with component_rng(config, "output_layer"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+from ..mpu.layout import PipelineStage
 from ..transformer.config import TransformerConfig
 from .gpt import GPTModel
 
@@ -40,9 +41,9 @@ def llama_config(num_layers: int, hidden_size: int, num_attention_heads: int,
     return TransformerConfig(**values)
 
 
-def build_llama(vocab_size: int, max_sequence_length: int, pre_process: bool = True, post_process: bool = True,
+def build_llama(vocab_size: int, max_sequence_length: int, stage: Optional[PipelineStage] = None,
                 **config_kwargs) -> Tuple[TransformerConfig, GPTModel]:
-    """(config, model) for a Llama-style model; config_kwargs go to llama_config."""
+    """(config, model) for a Llama-style model (the pipeline chunk `stage`, by default the
+    whole model); config_kwargs go to llama_config."""
     config = llama_config(**config_kwargs)
-    return config, GPTModel(config, vocab_size, max_sequence_length, pre_process=pre_process,
-                            post_process=post_process)
+    return config, GPTModel(config, vocab_size, max_sequence_length, stage=stage)

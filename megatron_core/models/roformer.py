@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..mpu.layout import PipelineStage
 from ..transformer.config import ConfigError, TransformerConfig
 from .bert import BertModel, bert_parameter_count, bert_training_flops_per_token
 
@@ -78,8 +79,7 @@ class RoFormerModel(BertModel):
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, add_binary_head: bool = False, add_pooler: Optional[bool] = None,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
-                 num_layers_in_stage: Optional[int] = None):
+                 stage: Optional[PipelineStage] = None):
         if config.position_embedding_type != "rope":
             raise ConfigError(f"RoFormer uses rotary positions; set position_embedding_type='rope' "
                               f"(got {config.position_embedding_type!r}).")
@@ -88,8 +88,7 @@ class RoFormerModel(BertModel):
         if num_tokentypes < 2:
             raise ConfigError(f"RoFormer needs token types 0 (MLM) and 1 (LM); num_tokentypes must be >= 2, "
                               f"got {num_tokentypes}.")
-        super().__init__(config, vocab_size, max_sequence_length, num_tokentypes, add_binary_head, add_pooler,
-                         pre_process, post_process, layer_offset, num_layers_in_stage)
+        super().__init__(config, vocab_size, max_sequence_length, num_tokentypes, add_binary_head, add_pooler, stage)
 
     def attention_mask(self, padding_mask: torch.Tensor, tokentype_ids: Optional[torch.Tensor]) -> torch.Tensor:
         return unified_attention_mask(padding_mask, tokentype_ids)

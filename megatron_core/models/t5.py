@@ -11,7 +11,7 @@ the output layer. The HF-style T5 is the config
     TransformerConfig(normalization="RMSNorm", layernorm_epsilon=1e-6, add_bias_linear=False,
                       position_embedding_type="t5_relative", softmax_scale=1.0,
                       activation="relu" (v1.0) or "geglu_tanh" (v1.1 "gated-gelu"), ...)
-(`models/hf/t5.py: config_from_hf` builds it). Megatron-LM's T5 (learned absolute
+(`models/hf/t5.py: from_hf_config` builds it). Megatron-LM's T5 (learned absolute
 positions, LayerNorm, biases, scaled attention) is position_embedding_type="learned_absolute";
 its LM-head bias is not modelled.
 
@@ -26,16 +26,18 @@ otherwise logits [b, s_dec, vocab/tp] (vocab-parallel; gathered with parallel_ou
 Pipeline parallelism (Megatron's T5 split): a stage holds encoder layers (add_encoder) or
 decoder layers (add_decoder), or both when unsplit. pre_process: this stage embeds its
 stack's input ids (first encoder stage, first decoder stage). post_process: this stage
-holds the LM head (last decoder stage). Later stages take their input via
-set_input_tensor: the encoder hidden states on encoder stages, (decoder hidden or None,
-encoder output) on decoder stages. A decoder stage that is not the last returns
+holds the LM head (last decoder stage). `stage=` (an mpu.PipelineStage with split_rank,
+e.g. mpu.get_pipeline_stage()) sets all of these, each stack's layers split evenly over
+its stages. Later stages take their input via set_input_tensor: the encoder hidden
+states on encoder stages, (decoder hidden or None, encoder output) on decoder stages. A decoder stage that is not the last returns
 (decoder hidden, encoder output) so the next stage gets both. The word embedding exists on
 every stage that embeds or (tied) computes logits; copies on stages without encoder
-layer 1 are marked `param.shared = True` (the first stage owns it). Each stage holding
+layer 1 are `shared` (the first stage owns it). Each stage holding
 layers of a stack holds that stack's relative-bias table; copies on stages that do not
 hold the stack's first layer are `shared` as well. Every such table is a stage copy
-(pipeline/chunk.py): the pipeline sums the gradients of all copies, whatever the tying,
-so they stay equal, and the gradient norm counts each once.
+(mark_stage_copy, pipeline/chunk.py): the pipeline sums the gradients of all copies,
+whatever the tying, so they stay equal; the gradient norm counts each once and the
+sharding map saves the non-owners as copies of the owner's key.
 """
 from __future__ import annotations
 
@@ -45,17 +47,20 @@ import torch
 from torch import nn
 
 from .. import mpu
+from ..mpu.init_methods import mark_vocab_parallel
 from ..mpu.layers import ColumnParallelLinear
+from ..mpu.layout import PipelineStage
 from ..mpu.mappings import gather_from_tensor_model_parallel_region
 from ..transformer.block import TransformerBlock, check_parallel_size
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.dropout import dropout
 from ..transformer.init import component_rng
-from ..pipeline.chunk import PipelineChunkMixin, mark_stage_copy
+from ..mpu.sharding_map import mark_stage_copy
+from ..pipeline.chunk import PipelineChunkMixin
 from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
-from .language_model import TiedOutputLayerMixin
+from .language_model import ShardingMapMixin, TiedOutputLayerMixin
 from .t5_relative_bias import T5RelativePositionBias
 
 T5_POSITION_EMBEDDINGS = ("t5_relative", "learned_absolute")
@@ -74,16 +79,44 @@ def _keep_to_masked(mask: torch.Tensor, what: str, query_length: int) -> torch.T
     raise ValueError(f"{what} must be [batch, keys] or [batch, queries, keys], got shape {tuple(mask.shape)}.")
 
 
-class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
+def t5_stage_arguments(stage: PipelineStage, config: TransformerConfig, decoder_num_layers: int) -> dict:
+    """T5Model's per-stage arguments for a pipeline stage: stages below split_rank hold the
+    encoder, the others the decoder; each stack's first stage embeds, the last decoder
+    stage holds the head."""
+    if stage.size > 1 and stage.split_rank is None:
+        raise ConfigError("a T5 pipeline puts the encoder and the decoder on different stages; give the stage a "
+                          "split_rank (--pipeline-model-parallel-split-rank).")
+    if stage.virtual_size is not None:
+        raise ConfigError("T5 does not run on virtual pipeline stages; drop --virtual-pipeline-model-parallel-size.")
+    encoder, decoder = stage.stack_stage("encoder"), stage.stack_stage("decoder")
+    return dict(add_encoder=encoder is not None, add_decoder=decoder is not None,
+                pre_process=any(s is not None and s.is_first for s in (encoder, decoder)),
+                post_process=decoder is not None and decoder.is_last,
+                encoder_layers=encoder.layer_range(config.num_layers) if encoder is not None else (0, None),
+                decoder_layers=decoder.layer_range(decoder_num_layers) if decoder is not None else (0, None))
+
+
+class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
                  max_sequence_length: int = 512, pre_process: bool = True, post_process: bool = True,
                  add_encoder: bool = True, add_decoder: bool = True,
                  encoder_layer_offset: int = 0, encoder_num_layers_in_stage: Optional[int] = None,
                  decoder_layer_offset: int = 0, decoder_num_layers_in_stage: Optional[int] = None,
                  scale_decoder_output: Optional[bool] = None, parallel_output: bool = True,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, stage: Optional[PipelineStage] = None):
         super().__init__()
         check_parallel_size(config)
+        self.stage = stage
+        if stage is not None:
+            # The stage decides which stacks, layers, embedding and head this model holds.
+            derived = t5_stage_arguments(stage, config, decoder_num_layers or config.num_layers)
+            add_encoder, add_decoder = derived["add_encoder"], derived["add_decoder"]
+            pre_process, post_process = derived["pre_process"], derived["post_process"]
+            encoder_layer_offset, encoder_num_layers_in_stage = derived["encoder_layers"]
+            decoder_layer_offset, decoder_num_layers_in_stage = derived["decoder_layers"]
+        # One source of pre_process / post_process (read by the pipeline through the
+        # properties below): the stage when given, else the explicit arguments.
+        self._stage_roles = (bool(pre_process), bool(post_process))
         if config.position_embedding_type not in T5_POSITION_EMBEDDINGS:
             raise ConfigError(f"T5 needs position_embedding_type 't5_relative' (HF T5) or 'learned_absolute' "
                               f"(Megatron T5), got {config.position_embedding_type!r}.")
@@ -97,7 +130,6 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
             else config.replace(num_layers=decoder_num_layers)
         self.vocab_size = vocab_size
         self.max_sequence_length = max_sequence_length
-        self.pre_process, self.post_process = pre_process, post_process
         self.add_encoder, self.add_decoder = add_encoder, add_decoder
         self.parallel_output = parallel_output
         self.label_smoothing = label_smoothing
@@ -122,8 +154,8 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
                     self.embedding.word_embeddings = build_word_embeddings_copy(config, vocab_size)
             if not owns_embedding:
                 # A copy of the first stage's tables (tied or not): summed with it by the pipeline.
-                for param in self.embedding.parameters():
-                    param.shared = True
+                for name, param in self.embedding.named_parameters():
+                    mark_stage_copy(param, f"embedding.{name}", owner=False)
 
         self.encoder = self.encoder_relative_bias = None
         if add_encoder:
@@ -146,6 +178,8 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
                     init_method=mpu.init_method_normal(config.init_method_std),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype,
                     sequence_parallel=config.sequence_parallel)
+            if not tied:
+                mark_vocab_parallel(self.output_layer.weight)
 
     @staticmethod
     def _build_stack(config: TransformerConfig, name: str, offset: int, count: Optional[int]) -> TransformerBlock:
@@ -167,6 +201,16 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
     # decoder stages (decoder hidden or None, encoder output), a bare tensor on a decoder-only
     # stage being the encoder output.
     max_input_tensors = 2
+
+    @property
+    def pre_process(self) -> bool:
+        """This stage embeds its stack's input ids (the first stage of each stack)."""
+        return self._stage_roles[0]
+
+    @property
+    def post_process(self) -> bool:
+        """This stage holds the LM head (the last decoder stage)."""
+        return self._stage_roles[1]
 
     def _stage_inputs(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(hidden received for this stage's first stack, encoder output received)."""

@@ -40,12 +40,14 @@ layers.i.mlp.*, final_layernorm (activation "gelu_tanh" for their checkpoints).
 dict both ways (renames + the q|k|v regrouping); merging their mp_rank shards (stride-3
 query_key_value) is the checkpoint tool's job.
 
-Pipeline: pre_process builds the embedding, post_process the final norm and the head;
-each stage builds only its layers (by default its share of Megatron's even split from the
-parallel state, language_model.resolve_stage_layers, as GPT and BERT) and keeps only their
-mems. The shared r_w_bias / r_r_bias live on every stage as stage copies (pipeline/chunk.py)
-that the stage holding layer 1 owns: the pipeline sums their gradients over the stages and
-the gradient norm counts them once. Under a schedule each stage keeps its mems in its own
+Pipeline: the model builds the chunk `stage` (an mpu.PipelineStage, by default the whole
+model; a pipeline passes mpu.get_pipeline_stage(virtual_rank)), as GPT and BERT do: the
+first chunk (pre_process) builds the embedding, the last (post_process) the final norm
+and the head, and each chunk builds only its layers (stage.layer_range, Megatron's even
+split) and keeps only their mems. The shared r_w_bias / r_r_bias live on every stage as
+stage copies (pipeline/chunk.py) that the stage holding layer 1 owns: the pipeline sums
+their gradients over the stages, the gradient norm counts them once and the sharding map
+saves the other stages' as copies. Under a schedule each stage keeps its mems in its own
 `memory` (models/segment_memory.py), one stream per micro-batch index, so mems never cross
 the p2p link; the forward step asks for it with `use_memory=True`:
 
@@ -63,7 +65,9 @@ import torch
 from torch import nn
 
 from ..mpu.cross_entropy import vocab_parallel_cross_entropy
+from ..mpu.init_methods import mark_vocab_parallel
 from ..mpu.layers import ColumnParallelLinear
+from ..mpu.layout import PipelineStage
 from ..transformer.block import check_parallel_size
 from ..transformer.config import ConfigError, TransformerConfig
 from ..transformer.dropout import dropout
@@ -71,11 +75,13 @@ from ..transformer.init import component_rng, init_method
 from ..transformer.layer import bias_dropout_add
 from ..transformer.mlp import ParallelMLP
 from ..transformer.norms import build_norm
-from ..pipeline.chunk import PipelineChunkMixin, mark_stage_copy
+from ..mpu.sharding_map import mark_stage_copy
+from ..pipeline.chunk import PipelineChunkMixin
 from .embedding import LanguageEmbedding, build_word_embeddings_copy
 from .flops import layer_parameter_count
 from .gpt import check_vocab_size
-from .language_model import TiedOutputLayerMixin, gather_logits, resolve_stage_layers
+from .hf.qkv_layout import qkv_from_blocks, qkv_to_blocks
+from .language_model import ShardingMapMixin, TiedOutputLayerMixin, gather_logits, resolve_stage
 from .relative_attention import RelativeSelfAttention, new_relative_bias
 from .segment_memory import SegmentMemory
 
@@ -111,10 +117,9 @@ class TransformerXLLayer(nn.Module):
         return bias_dropout_add(out, bias, hidden_states, p, self.training, config)
 
 
-class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
+class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, mem_length: int,
-                 pre_process: bool = True, post_process: bool = True, layer_offset: Optional[int] = None,
-                 num_layers_in_stage: Optional[int] = None, untie_r: bool = False,
+                 stage: Optional[PipelineStage] = None, untie_r: bool = False,
                  parallel_output: bool = True, label_smoothing: float = 0.0):
         super().__init__()
         check_parallel_size(config)
@@ -134,14 +139,12 @@ class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
             raise ConfigError(f"hidden_size ({config.hidden_size}) must be even for the sinusoid position embedding.")
         if mem_length < 0:
             raise ValueError(f"mem_length must be >= 0, got {mem_length}.")
-        layer_offset, count = resolve_stage_layers(config.num_layers, layer_offset, num_layers_in_stage)
-        if layer_offset < 0 or count < 0 or layer_offset + count > config.num_layers:
-            raise ConfigError(f"layers {layer_offset + 1}..{layer_offset + count} do not fit in a model of "
-                              f"{config.num_layers} layers; check layer_offset and num_layers_in_stage.")
+        self.stage = stage = resolve_stage(stage)  # pre_process / post_process are read off it
+        pre_process, post_process = stage.is_first, stage.is_last
+        layer_offset, count = stage.layer_range(config.num_layers)
         self.config = config
         self.vocab_size = vocab_size
         self.mem_length = mem_length
-        self.pre_process, self.post_process = pre_process, post_process
         self.layer_offset = layer_offset
         self.untie_r = untie_r
         self.parallel_output = parallel_output
@@ -174,6 +177,8 @@ class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, nn.Module):
                 self.output_layer = ColumnParallelLinear(
                     config.hidden_size, vocab_size, bias=False, gather_output=False, init_method=init_method(config),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype)
+            if not tied:
+                mark_vocab_parallel(self.output_layer.weight)
         self.memory = SegmentMemory()  # this stage's mems per micro-batch stream (use_memory=True)
 
     # --- forward ---------------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
     (TP=1) `module` state dict. Their fused query_key_value is [q | k | v] (each h rows,
     heads in order); ours is per head [q0 k0 v0 | q1 k1 v1 | ...]."""
     _check_chinese_txl_shape(config, untie_r)
-    n, d = config.num_attention_heads, config.kv_channels
+    n = config.num_attention_heads
     try:
         out = {ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_SHARED}
         for i in range(config.num_layers):
@@ -329,9 +334,8 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
             out.update({dst + ours: module_state[src + theirs] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = module_state[f"{src}attention.query_key_value.weight"]
             bias = module_state[f"{src}attention.query_key_value.bias"]
-            out[f"{dst}self_attention.query_key_value.weight"] = \
-                weight.reshape(3, n, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
-            out[f"{dst}self_attention.query_key_value.bias"] = bias.reshape(3, n, d).transpose(0, 1).reshape(-1)
+            out[f"{dst}self_attention.query_key_value.weight"] = qkv_from_blocks(weight, n, n)
+            out[f"{dst}self_attention.query_key_value.bias"] = qkv_from_blocks(bias, n, n)
         out.update({ours: module_state[theirs] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"the Chinese-Transformer-XL state dict has no {missing.args[0]!r}; pass the merged (TP=1) "
@@ -342,7 +346,7 @@ def from_chinese_txl_state_dict(module_state, config: TransformerConfig, untie_r
 def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = False):
     """Chinese-Transformer-XL's merged (TP=1) `module` state dict from ours (inverse of the above)."""
     _check_chinese_txl_shape(config, untie_r)
-    n, d, h = config.num_attention_heads, config.kv_channels, config.hidden_size
+    n, h = config.num_attention_heads, config.hidden_size
     try:
         out = {theirs: state[ours] for ours, theirs in _CHINESE_TXL_SHARED}
         out["transformer.position_embeddings.inv_freq"] = 1.0 / (10000 ** (torch.arange(0.0, h, 2.0) / h))
@@ -351,9 +355,8 @@ def to_chinese_txl_state_dict(state, config: TransformerConfig, untie_r: bool = 
             out.update({dst + theirs: state[src + ours] for ours, theirs in _CHINESE_TXL_LAYER})
             weight = state[f"{src}self_attention.query_key_value.weight"]
             bias = state[f"{src}self_attention.query_key_value.bias"]
-            out[f"{dst}attention.query_key_value.weight"] = \
-                weight.reshape(n, 3, d, -1).transpose(0, 1).reshape(3 * n * d, -1)
-            out[f"{dst}attention.query_key_value.bias"] = bias.reshape(n, 3, d).transpose(0, 1).reshape(-1)
+            out[f"{dst}attention.query_key_value.weight"] = qkv_to_blocks(weight, n, n)
+            out[f"{dst}attention.query_key_value.bias"] = qkv_to_blocks(bias, n, n)
         out.update({theirs: state[ours] for ours, theirs in _CHINESE_TXL_FINAL})
     except KeyError as missing:
         raise ValueError(f"our Transformer-XL state dict has no {missing.args[0]!r}; pass the full TP=1 state dict "

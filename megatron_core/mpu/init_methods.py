@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from . import parallel_state as ps
+from .layout import shard_tensor
 
 InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
@@ -36,19 +37,12 @@ def param_is_tensor_parallel(param: torch.Tensor) -> bool:
     return bool(getattr(param, "tensor_model_parallel", False))
 
 
-def shard_of_master(master: torch.Tensor, partition_dim: int, stride: int, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's part of a full weight, Megatron's stride-aware split.
-
-    The dimension is cut into world_size * stride equal chunks and rank r takes chunks
-    r, r + world_size, ... . With stride > 1 a fused weight (e.g. [gate; up]) keeps
-    each of its pieces split evenly across ranks.
-    """
-    full = master.shape[partition_dim]
-    chunk = full // (world_size * stride)
-    if chunk * world_size * stride != full:
-        raise ValueError(f"dimension {full} cannot be split into {world_size} ranks x stride {stride}.")
-    chunks = torch.split(master, chunk, dim=partition_dim)
-    return torch.cat(chunks[rank::world_size], dim=partition_dim)
+def mark_vocab_parallel(param: torch.Tensor) -> None:
+    """Say that `param`'s tensor-parallel dimension is the (padded) vocabulary: embedding
+    tables, untied output layers, output biases. A resharding tool may re-pad it."""
+    if not param_is_tensor_parallel(param):
+        raise ValueError("only a tensor-parallel parameter can be split over the vocabulary.")
+    param.vocab_parallel = True
 
 
 @torch.no_grad()
@@ -64,4 +58,4 @@ def initialize_affine_weight(weight: torch.Tensor, full_shape, partition_dim: in
     master = torch.empty(full_shape, dtype=torch.float32)
     init_method(master)
     rank = ps.get_tensor_model_parallel_rank()
-    weight.copy_(shard_of_master(master, partition_dim, stride, rank, world).to(weight.dtype))
+    weight.copy_(shard_tensor(master, partition_dim, rank, world, stride).to(weight.dtype))

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import parallel_state as ps
-from .init_methods import InitMethod, initialize_affine_weight, xavier_normal
+from .init_methods import (InitMethod, initialize_affine_weight, mark_vocab_parallel,
+                           set_tensor_model_parallel_attributes, xavier_normal)
 from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region, scatter_to_tensor_model_parallel_region)
@@ -62,7 +63,7 @@ class ColumnParallelLinear(nn.Module):
             initialize_affine_weight(self.weight, (output_size, input_size), 0, init_method or xavier_normal, stride)
         if bias:
             self.bias = _new_param((self.output_size_per_partition,), params_dtype, device)
-            self.bias.tensor_model_parallel, self.bias.partition_dim, self.bias.partition_stride = True, 0, stride
+            set_tensor_model_parallel_attributes(self.bias, True, 0, stride)
             with torch.no_grad():
                 self.bias.zero_()
         else:
@@ -163,6 +164,7 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = _new_param((self.num_embeddings_per_partition, embedding_dim), params_dtype,
                                  device or default_device())
         initialize_affine_weight(self.weight, (num_embeddings, embedding_dim), 0, init_method or xavier_normal, 1)
+        mark_vocab_parallel(self.weight)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         world = ps.get_tensor_model_parallel_world_size()

@@ -6,7 +6,8 @@ then pipeline. With world 8, TP=2, PP=2:
     DP groups [0,2] [1,3] [4,6] [5,7]
     PP groups [0,4] [1,5] [2,6] [3,7]
 Every rank must call `initialize_model_parallel` with the same arguments, because
-`torch.distributed.new_group` is collective over the whole world.
+`torch.distributed.new_group` is collective over the whole world. The arithmetic of the
+layout (ParallelLayout, PipelineStage) lives in layout.py and needs no processes.
 """
 from __future__ import annotations
 
@@ -15,80 +16,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch.distributed as dist
 
-
-@dataclass
-class ParallelLayout:
-    """Pure arithmetic of the rank layout; no process groups are touched.
-
-    Kept separate so that tools (resharding, launch checks) can reason about a layout
-    without an initialized torch.distributed.
-    """
-    world_size: int
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    # Stage where an encoder-decoder model's decoder starts; its embedding joins the groups.
-    pipeline_model_parallel_split_rank: Optional[int] = None
-
-    def __post_init__(self):
-        tp, pp, world = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.world_size
-        if tp < 1 or pp < 1:
-            raise ValueError(f"tensor ({tp}) and pipeline ({pp}) parallel sizes must be at least 1.")
-        if world % (tp * pp) != 0:
-            raise ValueError(
-                f"world size {world} is not divisible by tensor-parallel size {tp} x "
-                f"pipeline-parallel size {pp} = {tp * pp}; launch a multiple of {tp * pp} "
-                f"processes or change --tensor-model-parallel-size/--pipeline-model-parallel-size."
-            )
-
-    @property
-    def data_parallel_size(self) -> int:
-        return self.world_size // (self.tensor_model_parallel_size * self.pipeline_model_parallel_size)
-
-    def tensor_groups(self) -> List[List[int]]:
-        tp = self.tensor_model_parallel_size
-        return [list(range(start, start + tp)) for start in range(0, self.world_size, tp)]
-
-    def pipeline_groups(self) -> List[List[int]]:
-        num_pipelines = self.world_size // self.pipeline_model_parallel_size
-        return [list(range(first, self.world_size, num_pipelines)) for first in range(num_pipelines)]
-
-    def data_groups(self) -> List[List[int]]:
-        tp = self.tensor_model_parallel_size
-        ranks_per_stage = self.world_size // self.pipeline_model_parallel_size
-        groups = []
-        for stage in range(self.pipeline_model_parallel_size):
-            start = stage * ranks_per_stage
-            for offset in range(tp):
-                groups.append(list(range(start + offset, start + ranks_per_stage, tp)))
-        return groups
-
-    def model_groups(self) -> List[List[int]]:
-        """TP x PP groups: all ranks holding one full replica of the model."""
-        dp_groups = self.data_groups()
-        dp = self.data_parallel_size
-        # The i-th member of every DP group belongs to model replica i.
-        return [sorted(group[i] for group in dp_groups) for i in range(dp)]
-
-    def embedding_groups(self) -> List[List[int]]:
-        """First and last stage of each pipeline: they share the tied word embedding."""
-        groups = []
-        for ranks in self.pipeline_groups():
-            members = [ranks[0], ranks[-1]] if len(ranks) > 1 else list(ranks)
-            split = self.pipeline_model_parallel_split_rank
-            if split is not None and len(ranks) > 1 and ranks[split] not in members:
-                members = [ranks[0], ranks[split], ranks[-1]]
-            groups.append(members)
-        return groups
-
-    def position_embedding_groups(self) -> List[List[int]]:
-        groups = []
-        for ranks in self.pipeline_groups():
-            members = [ranks[0]]
-            split = self.pipeline_model_parallel_split_rank
-            if split is not None and len(ranks) > 1 and ranks[split] not in members:
-                members.append(ranks[split])
-            groups.append(members)
-        return groups
+from ..errors import ConfigError
+from .layout import ParallelLayout, PipelineStage
 
 
 @dataclass
@@ -316,6 +245,21 @@ def get_virtual_pipeline_model_parallel_rank() -> Optional[int]:
 
 def set_virtual_pipeline_model_parallel_rank(rank: int) -> None:
     _state().virtual_pipeline_model_parallel_rank = rank
+
+
+def get_pipeline_stage(virtual_rank: Optional[int] = None) -> PipelineStage:
+    """This process's pipeline stage, to pass to a model: with virtual stages, the chunk
+    `virtual_rank` (each process builds one model chunk per virtual stage)."""
+    virtual_size = get_virtual_pipeline_model_parallel_world_size()
+    if virtual_size is not None and virtual_rank is None:
+        raise ConfigError(f"the pipeline has {virtual_size} virtual stages; pass the chunk's virtual_rank "
+                          f"(0..{virtual_size - 1}) to get_pipeline_stage.")
+    if virtual_size is None and virtual_rank is not None:
+        raise ConfigError(f"virtual_rank {virtual_rank} given but the pipeline has no virtual stages; initialize "
+                          f"with virtual_pipeline_model_parallel_size or drop virtual_rank.")
+    size = get_pipeline_model_parallel_world_size()
+    split = get_pipeline_model_parallel_split_rank() if size > 1 else None
+    return PipelineStage(get_pipeline_model_parallel_rank(), size, virtual_rank, virtual_size, split)
 
 
 # --- stage predicates -------------------------------------------------------------------

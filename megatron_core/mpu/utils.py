@@ -5,6 +5,8 @@ from typing import List, Tuple
 
 import torch
 
+from .layout import pad_vocab_size  # noqa: F401  (its old home; tokenizers import it here)
+
 
 def divide(numerator: int, denominator: int, what: str = "value") -> int:
     """Integer division that refuses to round: parallel splits must be exact."""
@@ -30,16 +32,6 @@ def vocab_range_for_rank(global_vocab_size: int, rank: int, world_size: int) -> 
     per_partition = divide(global_vocab_size, world_size, "vocabulary size")
     first = rank * per_partition
     return first, first + per_partition
-
-
-def pad_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tensor_model_parallel_size: int) -> int:
-    """Megatron's padding rule: round up to a multiple of divisible_by * tp.
-
-    Use this once, when a model is first created; the padded size is stored in the
-    checkpoint so that resharding never changes it implicitly.
-    """
-    multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
-    return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
 def flatten_list(list_of_lists: List[list]) -> list:

@@ -5,6 +5,8 @@ schedules and the gradient finalization talk to it only through `PipelineChunk`:
 
     pre_process           the chunk embeds input ids (the first stage of its stack)
     post_process          the chunk computes the output / loss (the last stage)
+                          (both follow from the chunk's `stage`, an mpu.PipelineStage:
+                          is_first / is_last; the mixin reads them there, never stores them)
     set_input_tensor(t)   the previous stage's output for the next forward (None on a
                           first stage; a one-element list counts as its tensor)
     input_tensor          what set_input_tensor received
@@ -22,10 +24,12 @@ schedules and the gradient finalization talk to it only through `PipelineChunk`:
 Stage copies. One parameter of the serial model may live on several stages: the word
 table on the first stage and on the last (a tied head) or the first decoder stage (T5),
 a table every stage of a stack uses. Each copy is marked with `mark_stage_copy(param, key,
-owner)`; finalize_model_grads sums the gradients of all copies with the same key over the
-stages that hold one (whatever the tying), so every copy takes the same optimizer step,
-and the copies that do not own the parameter are `shared`, so the gradient norm counts it
-once. `PipelineChunkMixin` implements the protocol once for every model family.
+owner)` (mpu/sharding_map.py; `key` is the parameter's key in the whole model's state
+dict); finalize_model_grads sums the gradients of all copies with the same key over the
+stages that hold one (whatever the tying), so every copy takes the same optimizer step;
+the copies that do not own the parameter are `shared`, so the gradient norm counts it
+once, and the chunk's sharding map saves them as copies of `key`.
+`PipelineChunkMixin` implements the protocol once for every model family.
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ from typing import Dict, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import nn
 
-InputTensor = Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]]
+from ..mpu.layout import PipelineStage
+from ..mpu.sharding_map import STAGE_COPY_ATTRIBUTE, mark_stage_copy
 
-# The attribute that names which serial parameter a stage's tensor is a copy of.
-STAGE_COPY_ATTRIBUTE = "stage_copy"
+__all__ = ["PipelineChunk", "PipelineChunkMixin", "mark_stage_copy", "unwrap_model"]
+
+InputTensor = Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]]
 
 
 @runtime_checkable
@@ -56,23 +62,24 @@ class PipelineChunk(Protocol):
     def stage_copies(self) -> Dict[str, nn.Parameter]: ...
 
 
-def mark_stage_copy(param: nn.Parameter, key: str, owner: bool = True) -> nn.Parameter:
-    """Mark `param` as this stage's copy of the serial parameter `key`. Exactly one copy of
-    a key in a pipeline is the owner; the others are `shared` (not counted in norms)."""
-    setattr(param, STAGE_COPY_ATTRIBUTE, key)
-    if not owner:
-        param.shared = True
-    return param
-
-
 class PipelineChunkMixin:
-    """PipelineChunk for nn.Modules. Models set `pre_process` / `post_process` and keep the
-    word table at `embedding.word_embeddings` or, as a tied head's copy, `word_embeddings`;
+    """PipelineChunk for nn.Modules. Models set `stage` (the mpu.PipelineStage they build;
+    pre_process / post_process are read off it) and keep the word table at
+    `embedding.word_embeddings` or, as a tied head's copy, `word_embeddings`;
     `max_input_tensors` is how many tensors a stage receives (T5's decoder stages: 2)."""
 
+    stage: PipelineStage
     max_input_tensors = 1
     input_tensor: InputTensor = None
     current_microbatch: Optional[int] = None
+
+    @property
+    def pre_process(self) -> bool:
+        return self.stage.is_first
+
+    @property
+    def post_process(self) -> bool:
+        return self.stage.is_last
 
     def set_input_tensor(self, tensor: InputTensor) -> None:
         if isinstance(tensor, (list, tuple)):

@@ -9,7 +9,8 @@ query_key_value weight has (h + 2g) * d rows ordered group by group:
 
 Plain multi-head attention is the case g = h: [q0 k0 v0 | q1 k1 v1 | ...]. Because each
 group is contiguous, the column-parallel split (contiguous rows per rank) hands every
-rank whole groups with their query heads, and TP shards are slices of the serial weight.
+rank whole groups with their query heads (stride 1 in mpu.layout.shard_tensor), and TP
+shards are slices of the serial weight.
 Cross-attention has a `query` projection (h * d rows, head order) and a fused
 `key_value` projection laid out [k0 v0 | k1 v1 | ...] per group.
 """

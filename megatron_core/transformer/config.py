@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from ..mpu.utils import pad_vocab_size
+from ..mpu.layout import pad_vocab_size
 
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
 LAYERNORM_POSITIONS = ("pre", "post")

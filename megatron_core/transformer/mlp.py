@@ -1,9 +1,10 @@
 """Tensor-parallel MLP: column-parallel up projection, activation, row-parallel down.
 
 Gated activations (swiglu, geglu) fuse the gate and up projections into one
-dense_h_to_4h whose full weight is [gate; up] (2 * ffn rows). It is split with stride 2,
-so each rank holds [its rows of gate; its rows of up] and computes
-act(gate) * up on its own columns; TP shards remain slices of the serial weight.
+dense_h_to_4h whose full weight is [gate; up] (2 * ffn rows). It is split with stride 2
+(mpu.layout.shard_tensor; the sharding map records it), so each rank holds [its rows of
+gate; its rows of up] and computes act(gate) * up on its own columns; TP shards remain
+slices of the serial weight.
 """
 from __future__ import annotations
 

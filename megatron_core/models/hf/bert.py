@@ -4,47 +4,36 @@ Full (TP=1) state dicts in both directions:
 
     ours = from_hf_state_dict(hf_model.state_dict(), config)            # -> BertModel.load_state_dict
     hf_sd = to_hf_state_dict(our_model.state_dict(), config, vocab_size=21128)
-    hf_config = to_hf_config(config, vocab_size=21128, max_position_embeddings=512)
+    hf_config = to_hf_config(config, vocab_size=21128, max_position_embeddings=512)  # hf_config_dict: plain dict
 
 HF keeps q, k and v as three [h*d, h] matrices; ours is one fused query_key_value whose
-rows are per-head interleaved [q0 k0 v0 | q1 k1 v1 | ...] (transformer/attention.py).
+rows are per-head interleaved [q0 k0 v0 | q1 k1 v1 | ...] (qkv_layout.py).
 Everything else is a rename. HF's `cls.predictions.decoder` is tied to the word table
 and shares `cls.predictions.bias`; ours keeps the bias as `lm_head.bias`.
 
 Vocabulary padding: our tables may be padded (config.pad_vocab); `from_hf_state_dict(...,
 padded_vocab_size=n)` appends zero rows, `to_hf_state_dict(..., vocab_size=n)` drops them.
 
-This module also holds the mapping engine the MegatronBERT and RoFormer converters use.
+This module also holds the mapping engine the MegatronBERT and RoFormer converters use,
+and the registry entries of all three (`encoder_mapping`). `MAPPING` is BERT's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ...transformer.config import ConfigError, TransformerConfig
-from .common import ConversionError, count_layers, pad_vocab_rows, trim_vocab_rows
+from ...transformer.config import TransformerConfig
+from ..bert import BertModel
+from .common import (ConversionError, HFMapping, ModelSpec, check_vocab_rows, count_layers, hf_architecture,
+                     hf_config_object, model_argument, pad_vocab_rows, trim_vocab_rows)
+from .qkv_layout import deinterleave_qkv, interleave_qkv
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 OUR_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 Pairs = List[Tuple[str, str]]  # (our name, HF name), without .weight/.bias
-
-
-# --- qkv ------------------------------------------------------------------------------------
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Three [heads*d, ...] projections -> our fused [heads*3d, ...] rows [q0 k0 v0 | q1 k1 v1 | ...]."""
-    parts = [t.reshape(num_heads, t.shape[0] // num_heads, *t.shape[1:]) for t in (q, k, v)]
-    fused = torch.cat(parts, dim=1)
-    return fused.reshape(-1, *q.shape[1:])
-
-
-def split_qkv(fused: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of fuse_qkv."""
-    per_head = fused.reshape(num_heads, fused.shape[0] // num_heads, *fused.shape[1:])
-    q, k, v = per_head.chunk(3, dim=1)
-    return tuple(t.reshape(-1, *fused.shape[1:]).clone() for t in (q, k, v))
 
 
 # --- layouts ----------------------------------------------------------------------------------
@@ -171,7 +160,7 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
         hf_layer, our_layer = f"{base}encoder.layer.{i}.", f"encoder.layers.{i}."
         for suffix in (".weight", ".bias"):
             q, k, v = (take(hf_layer + name + suffix) for name in layout.layer_qkv)
-            out[our_layer + "self_attention.query_key_value" + suffix] = fuse_qkv(q, k, v, heads)
+            out[our_layer + "self_attention.query_key_value" + suffix] = interleave_qkv(q, k, v, heads, heads)
         for ours, theirs in _wb(layout.layer):
             out[our_layer + ours] = take(hf_layer + theirs)
         used.update(hf_layer + name for name in layout.layer_buffers)
@@ -239,7 +228,7 @@ def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, la
     for i in range(config.num_layers):
         hf_layer, our_layer = f"{base}encoder.layer.{i}.", f"encoder.layers.{i}."
         for suffix in (".weight", ".bias"):
-            q, k, v = split_qkv(take(our_layer + "self_attention.query_key_value" + suffix), heads)
+            q, k, v = deinterleave_qkv(take(our_layer + "self_attention.query_key_value" + suffix), heads, heads)
             for name, t in zip(layout.layer_qkv, (q, k, v)):
                 out[hf_layer + name + suffix] = t
         for ours, theirs in _wb(layout.layer):
@@ -306,20 +295,58 @@ def common_config_kwargs(hf_config) -> dict:
                 normalization="LayerNorm", add_bias_linear=True, use_scaled_init_method=False)
 
 
-def common_hf_kwargs(config: TransformerConfig, vocab_size: int) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+def encoder_hf_config_dict(config: TransformerConfig, model_type: str, architecture: str, vocab_size: int,
+                           max_position_embeddings: int, type_vocab_size: int, **family_values) -> dict:
+    """The config.json keys all BERT-like HF configs share, then the family's."""
+    return dict(model_type=model_type, architectures=[architecture], vocab_size=vocab_size,
+                hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
                 num_attention_heads=config.num_attention_heads, intermediate_size=config.ffn_hidden_size,
                 hidden_act=OUR_ACTIVATIONS[config.activation], hidden_dropout_prob=config.hidden_dropout,
                 attention_probs_dropout_prob=config.attention_dropout, layer_norm_eps=config.layernorm_epsilon,
-                initializer_range=config.init_method_std,
-                tie_word_embeddings=config.share_embeddings_and_output_weights)
+                initializer_range=config.init_method_std, max_position_embeddings=max_position_embeddings,
+                type_vocab_size=type_vocab_size, tie_word_embeddings=config.share_embeddings_and_output_weights,
+                **family_values)
+
+
+def encoder_mapping(name: str, model_type: str, architectures: Dict[str, Tuple[bool, bool, bool, bool]],
+                    model_class: type, hf_config_dict: Callable[..., dict], from_hf_config: Callable,
+                    from_hf_state_dict: Callable, to_hf_state_dict: Callable[[Dict, ModelSpec], Dict]) -> HFMapping:
+    """The registry entry of a BERT-like family. Our model gets the pooler and binary head the HF
+    architecture has; our MLM head is always built (left at its init when HF has none, as for
+    BertModel: load such a state dict with strict=False)."""
+
+    def config_to_hf(spec: ModelSpec) -> dict:
+        return hf_config_dict(spec.config, spec.vocab_size, model_argument(model_class, spec, "max_sequence_length"),
+                              model_argument(model_class, spec, "num_tokentypes"), spec.architecture)
+
+    def config_from_hf(hf_config, padded_vocab_size: Optional[int] = None, **overrides) -> ModelSpec:
+        hf_config = hf_config_object(hf_config, model_type)
+        architecture = hf_architecture(hf_config, tuple(architectures))
+        _, pooler, _, binary = architectures[architecture]
+        return ModelSpec(name, from_hf_config(hf_config, **overrides), hf_config.vocab_size,
+                         padded_vocab_size or hf_config.vocab_size, architecture,
+                         dict(max_sequence_length=hf_config.max_position_embeddings,
+                              num_tokentypes=hf_config.type_vocab_size, add_binary_head=binary, add_pooler=pooler))
+
+    def state_dict_to_hf(our_sd: Dict[str, torch.Tensor], spec: ModelSpec) -> Dict[str, torch.Tensor]:
+        if WORD_EMBEDDINGS[0] + ".weight" in our_sd:
+            check_vocab_rows(our_sd[WORD_EMBEDDINGS[0] + ".weight"], spec, "the word table")
+        return to_hf_state_dict(our_sd, spec)
+
+    def state_dict_from_hf(hf_sd: Dict[str, torch.Tensor], spec: ModelSpec) -> Dict[str, torch.Tensor]:
+        return from_hf_state_dict(hf_sd, spec.config, padded_vocab_size=spec.padded_vocab_size)
+
+    return HFMapping(name=name, model_type=model_type, architectures=tuple(architectures), model_class=model_class,
+                     config_to_hf=config_to_hf, config_from_hf=config_from_hf,
+                     state_dict_to_hf=state_dict_to_hf, state_dict_from_hf=state_dict_from_hf)
 
 
 # --- BERT ------------------------------------------------------------------------------------------
 FAMILY = "BERT"
-ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head)
-    "BertModel": (False, True, False, False),
+MODEL_TYPE = "bert"
+ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head); the first is the default export
     "BertForPreTraining": (True, True, True, True),
+    "BertModel": (False, True, False, False),
     "BertForMaskedLM": (True, False, True, False),
 }
 
@@ -344,17 +371,30 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
     return encoder_to_hf(our_sd, config, BERT_LAYOUT, FAMILY, prefix, pooler, mlm, binary, vocab_size)
 
 
+def hf_config_dict(config: TransformerConfig, vocab_size: int, max_position_embeddings: int = 512,
+                   type_vocab_size: int = 2, architecture: str = "BertForPreTraining") -> dict:
+    """BERT's config.json for our model (vocab_size: the real, unpadded size)."""
+    check_config(config)
+    return encoder_hf_config_dict(config, MODEL_TYPE, architecture, vocab_size, max_position_embeddings,
+                                  type_vocab_size, position_embedding_type="absolute")
+
+
 def to_hf_config(config: TransformerConfig, vocab_size: int, max_position_embeddings: int = 512,
                  type_vocab_size: int = 2, architecture: str = "BertForPreTraining"):
     """A transformers.BertConfig describing our model (vocab_size: the real, unpadded size)."""
-    from transformers import BertConfig
-    check_config(config)
-    return BertConfig(**common_hf_kwargs(config, vocab_size), max_position_embeddings=max_position_embeddings,
-                      type_vocab_size=type_vocab_size, architectures=[architecture])
+    return hf_config_object(hf_config_dict(config, vocab_size, max_position_embeddings, type_vocab_size,
+                                           architecture), MODEL_TYPE)
 
 
 def from_hf_config(hf_config, **overrides) -> TransformerConfig:
-    """Our post-LN TransformerConfig for a transformers.BertConfig (overrides: e.g. TP size)."""
+    """Our post-LN TransformerConfig for a transformers.BertConfig or its config.json dict
+    (overrides: e.g. TP size)."""
+    hf_config = hf_config_object(hf_config, MODEL_TYPE)
     require_absolute_positions(hf_config, FAMILY)
     return encoder_config_from_hf(hf_config, overrides, layernorm_position="post",
                                   position_embedding_type="learned_absolute")
+
+
+MAPPING = encoder_mapping("bert", MODEL_TYPE, ARCHITECTURES, BertModel, hf_config_dict, from_hf_config,
+                          from_hf_state_dict,
+                          lambda sd, spec: to_hf_state_dict(sd, spec.config, spec.architecture, spec.vocab_size))

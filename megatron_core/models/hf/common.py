@@ -1,44 +1,130 @@
-"""Pieces the HF converters share: ConversionError, vocabulary padding and layer counting
-(all of them), and for the decoder-only ones (GPT-2, Llama) the grouped fused-QKV layout
-and config checks.
+"""Pieces the HF converters share: ConversionError, the ModelSpec every mapping speaks,
+reading a config.json dict, vocabulary padding, config checks and layer counting.
+(The fused-QKV layouts are in qkv_layout.py.)
 
-Our fused query_key_value (transformer/attention.py) holds, for h query heads of size d
-in g groups, the rows  [q heads of group 0 | k0 | v0 | q heads of group 1 | k1 | v1 | ...].
-HF keeps q ([h*d, ...], heads in order), k and v ([g*d, ...], groups in order) apart.
-These helpers work on weights (rows x in-features) and biases (rows) alike.
+Vocabulary padding is explicit: our tables have `padded_vocab_size` rows, a number chosen
+when the model was made and stored with it (never recomputed from a parallel size); HF's
+have `vocab_size`. Import appends zero rows (pad_vocab_rows), export drops them
+(trim_vocab_rows).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Tuple
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ...errors import ConversionError
 from ...transformer.config import TransformerConfig
 
-__all__ = ["ConversionError", "fuse_grouped_qkv", "split_grouped_qkv", "pad_vocab_rows", "trim_vocab_rows",
-           "require", "count_layers", "take"]
+__all__ = ["ConversionError", "ModelSpec", "HFMapping", "model_argument", "hf_config_object", "hf_architecture",
+           "pad_vocab_rows", "trim_vocab_rows", "check_vocab_rows", "require", "count_layers", "take"]
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of ours as the HF mappings see it: what builds it (config, padded vocabulary,
+    model_kwargs), what its HF twin is called (architecture) and the real vocabulary. The
+    registry's mappings make one (config_from_hf, HFMapping.spec) and read it.
+
+    vocab_size: the tokenizer's vocabulary, HF's `vocab_size`; padded_vocab_size: the rows of
+    our tables (>= vocab_size). model_kwargs: our model class's other constructor arguments
+    (max_sequence_length, num_tokentypes, decoder_num_layers, heads, ...).
+    """
+    family: str
+    config: TransformerConfig
+    vocab_size: int
+    padded_vocab_size: int
+    architecture: str
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.padded_vocab_size < self.vocab_size:
+            raise ConversionError(f"padded_vocab_size {self.padded_vocab_size} is smaller than vocab_size "
+                                  f"{self.vocab_size}; pass the padded size the model was built with.")
 
 
-def fuse_grouped_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-                     num_groups: int) -> torch.Tensor:
-    """HF q [h*d, ...], k and v [g*d, ...] -> our fused [(h + 2g)*d, ...] rows."""
-    rest = tuple(q.shape[1:])
-    q = q.reshape(num_groups, -1, *rest)   # [g, (h/g)*d, ...]
-    k = k.reshape(num_groups, -1, *rest)   # [g, d, ...]
-    v = v.reshape(num_groups, -1, *rest)
-    return torch.cat([q, k, v], dim=1).reshape(-1, *rest).contiguous()
+def model_argument(model_class: type, spec: ModelSpec, name: str):
+    """spec.model_kwargs[name], else the default of that argument of our model class."""
+    if name in spec.model_kwargs:
+        return spec.model_kwargs[name]
+    default = inspect.signature(model_class.__init__).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise ConversionError(f"converting a {spec.family} model needs model_kwargs[{name!r}] "
+                              f"(the {model_class.__name__} argument); pass it in the ModelSpec.")
+    return default
 
 
-def split_grouped_qkv(fused: torch.Tensor, num_heads: int, num_groups: int, head_dim: int
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of fuse_grouped_qkv: our fused rows -> (q, k, v) in HF's order."""
-    rest = tuple(fused.shape[1:])
-    per_group = fused.reshape(num_groups, (num_heads // num_groups + 2) * head_dim, *rest)
-    q, k, v = torch.split(per_group, [num_heads // num_groups * head_dim, head_dim, head_dim], dim=1)
-    return tuple(t.reshape(-1, *rest).contiguous() for t in (q, k, v))
+@dataclass(frozen=True)
+class HFMapping:
+    """How one family of ours maps to HF transformers, config and weights, both ways.
+
+    config_to_hf(spec) -> a config.json dict (no transformers needed);
+    config_from_hf(config.json dict or transformers config, padded_vocab_size=None,
+                   **config_overrides) -> ModelSpec (padded_vocab_size None: no padding);
+    state_dict_to_hf(our full TP=1 state dict, spec) -> HF state dict (padding rows dropped);
+    state_dict_from_hf(HF state dict, spec) -> ours (zero rows up to spec.padded_vocab_size).
+    """
+    name: str                       # our family: "gpt", "llama", "bert", ...
+    model_type: str                 # HF config.json model_type
+    architectures: Tuple[str, ...]  # HF model classes it converts; the first is the default export
+    model_class: type               # our model class to build
+    config_to_hf: Callable[[ModelSpec], dict]
+    config_from_hf: Callable[..., ModelSpec]
+    state_dict_to_hf: Callable[[Dict[str, torch.Tensor], ModelSpec], Dict[str, torch.Tensor]]
+    state_dict_from_hf: Callable[[Dict[str, torch.Tensor], ModelSpec], Dict[str, torch.Tensor]]
+
+    def spec(self, config: TransformerConfig, vocab_size: int, padded_vocab_size: Optional[int] = None,
+             architecture: Optional[str] = None, **model_kwargs) -> ModelSpec:
+        """The ModelSpec of a model of ours (e.g. read from our checkpoint) to export."""
+        architecture = architecture or self.architectures[0]
+        if architecture not in self.architectures:
+            raise ConversionError(f"{self.name} exports to {', '.join(self.architectures)}, not {architecture!r}.")
+        return ModelSpec(self.name, config, vocab_size, padded_vocab_size or vocab_size, architecture, model_kwargs)
+
+    def build_model(self, spec: ModelSpec, **kwargs) -> torch.nn.Module:
+        """Our model for the spec (kwargs: e.g. pre_process/post_process for a pipeline stage)."""
+        return self.model_class(spec.config, spec.padded_vocab_size, **{**spec.model_kwargs, **kwargs})
+
+
+def hf_config_object(hf_config, model_type: str):
+    """A transformers config for a config.json dict (transformers fills the keys the file omits,
+    as older save_pretrained did for defaults); a config object is returned as it is."""
+    if not isinstance(hf_config, Mapping):
+        return hf_config
+    found = hf_config.get("model_type", model_type)
+    if found != model_type:
+        raise ConversionError(f"the HF config has model_type {found!r}, this mapping reads {model_type!r}; "
+                              f"look the mapping up with mapping_for_hf_config.")
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise ConversionError("reading an HF config.json needs transformers; pip install "
+                              "'mcore-pretrain[hf]'.") from None
+    values = {k: v for k, v in hf_config.items() if k != "model_type"}
+    return AutoConfig.for_model(model_type, **values)
+
+
+def hf_architecture(hf_config, supported: Sequence[str]) -> str:
+    """The HF class a config names (its first `architectures` entry we map); the family's
+    default, supported[0], when it names none."""
+    named = list(getattr(hf_config, "architectures", None) or [])
+    for name in named:
+        if name in supported:
+            return name
+    if named:
+        raise ConversionError(f"HF architectures {named} have no mapping here; this family converts "
+                              f"{', '.join(supported)}.")
+    return supported[0]
+
+
+def check_vocab_rows(table: torch.Tensor, spec: ModelSpec, what: str) -> None:
+    """Our table must have the padded size the spec says (a model built for another padding
+    is a different model, not something to trim silently)."""
+    if table.shape[0] != spec.padded_vocab_size:
+        raise ConversionError(f"{what} has {table.shape[0]} rows but padded_vocab_size is {spec.padded_vocab_size}; "
+                              f"pass the padded size the checkpoint was saved with.")
 
 
 def pad_vocab_rows(table: torch.Tensor, padded_vocab_size: Optional[int], what: str) -> torch.Tensor:

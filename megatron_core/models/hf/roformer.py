@@ -22,6 +22,9 @@ RoFormerModel(..., add_pooler=True) to load one.
 
     ours = from_hf_state_dict(hf_model.state_dict(), config)
     hf_sd = to_hf_state_dict(our_sd, config, max_position_embeddings=1536)
+
+`MAPPING` is HF RoFormer's entry in the registry (registry.py), keyed by ModelSpec;
+Zhouwenwang has no transformers class and so no entry.
 """
 from __future__ import annotations
 
@@ -31,11 +34,14 @@ from typing import Dict, Optional
 import torch
 
 from ...transformer.config import TransformerConfig
+from ..roformer import RoFormerModel
 from .bert import (HF_QKV, POOLER, POST_LN_LAYER, PRE_LN_FINAL, PRE_LN_LAYER, TOKENTYPE_EMBEDDINGS, WORD_EMBEDDINGS,
-                   ConversionError, EncoderLayout, architecture_heads, check_encoder_config, common_hf_kwargs,
-                   encoder_config_from_hf, encoder_from_hf, encoder_to_hf)
+                   ConversionError, EncoderLayout, architecture_heads, check_encoder_config, encoder_config_from_hf,
+                   encoder_from_hf, encoder_hf_config_dict, encoder_mapping, encoder_to_hf)
+from .common import hf_config_object, model_argument
 
 FAMILY = "RoFormer"
+MODEL_TYPE = "roformer"
 POSITIONS = "encoder.embed_positions.weight"
 LAYOUT = EncoderLayout(  # BERT's post-LN layout without the position table and pooler
     prefix="roformer.",
@@ -61,10 +67,10 @@ ZHOUWENWANG_LAYOUT = EncoderLayout(  # MegatronBERT's pre-LN layout without the 
     extra_buffers=(ZHOUWENWANG_POSITION_IDS,),
     layer_buffers=(ZHOUWENWANG_ROPE,),
 )
-ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head)
-    "RoFormerModel": (False, False, False, False),
+ARCHITECTURES = {  # name -> (prefix, pooler, MLM head, binary head); the first is the default export
     "RoFormerForMaskedLM": (True, False, True, False),
     "RoFormerForCausalLM": (True, False, True, False),
+    "RoFormerModel": (False, False, False, False),
 }
 
 
@@ -99,19 +105,25 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
     return out
 
 
+def hf_config_dict(config: TransformerConfig, vocab_size: int, max_position_embeddings: int = 1536,
+                   type_vocab_size: int = 2, architecture: str = "RoFormerForMaskedLM") -> dict:
+    """RoFormer's config.json for our model (is_decoder=True for RoFormerForCausalLM)."""
+    check_config(config)
+    return encoder_hf_config_dict(config, MODEL_TYPE, architecture, vocab_size, max_position_embeddings,
+                                  type_vocab_size, embedding_size=config.hidden_size, rotary_value=False,
+                                  is_decoder=architecture == "RoFormerForCausalLM")
+
+
 def to_hf_config(config: TransformerConfig, vocab_size: int, max_position_embeddings: int = 1536,
                  type_vocab_size: int = 2, architecture: str = "RoFormerForMaskedLM"):
     """A transformers.RoFormerConfig (is_decoder=True for RoFormerForCausalLM)."""
-    from transformers import RoFormerConfig
-    check_config(config)
-    return RoFormerConfig(**common_hf_kwargs(config, vocab_size), embedding_size=config.hidden_size,
-                          max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
-                          rotary_value=False, is_decoder=architecture == "RoFormerForCausalLM",
-                          architectures=[architecture])
+    return hf_config_object(hf_config_dict(config, vocab_size, max_position_embeddings, type_vocab_size,
+                                           architecture), MODEL_TYPE)
 
 
 def from_hf_config(hf_config, **overrides) -> TransformerConfig:
-    """Our post-LN rotary TransformerConfig for a transformers.RoFormerConfig."""
+    """Our post-LN rotary TransformerConfig for a transformers.RoFormerConfig or its config.json dict."""
+    hf_config = hf_config_object(hf_config, MODEL_TYPE)
     embedding_size = getattr(hf_config, "embedding_size", None) or hf_config.hidden_size
     if embedding_size != hf_config.hidden_size:
         raise ConversionError(f"RoFormer embedding_size {embedding_size} != hidden_size {hf_config.hidden_size} "
@@ -120,6 +132,12 @@ def from_hf_config(hf_config, **overrides) -> TransformerConfig:
         raise ConversionError("RoFormer with rotary_value=True (rotating v too) is not supported.")
     return encoder_config_from_hf(hf_config, overrides, layernorm_position="post", position_embedding_type="rope",
                                   rotary_interleaved=True)
+
+
+MAPPING = encoder_mapping(
+    "roformer", MODEL_TYPE, ARCHITECTURES, RoFormerModel, hf_config_dict, from_hf_config, from_hf_state_dict,
+    lambda sd, spec: to_hf_state_dict(sd, spec.config, spec.architecture, spec.vocab_size,
+                                      model_argument(RoFormerModel, spec, "max_sequence_length")))
 
 
 # --- Zhouwenwang (Fengshenbang-LM) -----------------------------------------------------------
