@@ -14,7 +14,7 @@ Megatron parser knows keeps its place. Unlike Megatron, a nan or inf loss is pri
 
 A validation line (Megatron's `evaluate_and_print_results`), framed by dashes:
 
-    validation loss at iteration 100 | lm loss value: 6.102938E+00 | lm loss PPL: 4.469718E+02 |
+    validation loss at iteration 100 | lm loss value: 6.102938E+00 | lm loss PPL: 4.471696E+02 |
 
 with the perplexity exp(min(20, loss)) as Megatron caps it (nan stays nan).
 """

@@ -14,8 +14,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-# Module types whose parameters are never decayed, whatever their shape.
-NORM_TYPES: Tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+# Module types whose parameters are never decayed, whatever their shape (nn.RMSNorm: torch >= 2.4).
+NORM_TYPES: Tuple[type, ...] = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None),
+                                                  nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) if t is not None)
 
 LrMult = Callable[[str, nn.Parameter], float]
 
