@@ -5,6 +5,7 @@ from fractions import Fraction
 import pytest
 
 from megatron_core.errors import ConfigError
+from megatron_core.training.config import TrainingConfig
 from megatron_core.training.microbatches import BatchSchedule, num_microbatches
 
 
@@ -48,6 +49,9 @@ def test_sample_based_iterations_step_through_the_ramp_then_drop_a_partial_last_
     assert s.train_iters_for_samples(32) == 7
     # Megatron counts the ramp-up batch that crosses --train-samples (2, 2, 4 for 5 samples)
     assert s.train_iters_for_samples(5) == 3
+    from_config = BatchSchedule.from_config(TrainingConfig(global_batch_size=6, micro_batch_size=1,
+                                                           rampup_batch_size=(2, 2, 8)), 2)
+    assert from_config == s
 
 
 @pytest.mark.parametrize("rampup,match", [

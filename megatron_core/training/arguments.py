@@ -305,8 +305,7 @@ def _validate_batch_and_length(args) -> None:
     if args.lr_warmup_fraction is not None and (args.lr_warmup_iters or args.lr_warmup_samples):
         raise ConfigError("--lr-warmup-fraction and --lr-warmup-iters/--lr-warmup-samples were both given; "
                           "choose one.")
-    schedule = BatchSchedule(args.global_batch_size, args.micro_batch_size, dp,
-                             tuple(args.rampup_batch_size) if args.rampup_batch_size else None)
+    schedule = BatchSchedule.from_config(_training_config(args), dp)
     if args.virtual_pipeline_model_parallel_size is not None:
         pp = args.pipeline_model_parallel_size
         sizes = {schedule.global_batch_size, schedule.global_batch_size_at(0)}
@@ -348,8 +347,9 @@ def _validate_optimizer(args) -> None:
     schedule_from_config(build(OptimizerConfig, args), build(SchedulerConfig, args), _training_config(args))
     if args.loss_scale is not None and args.loss_scale <= 0:
         raise ConfigError(f"--loss-scale must be positive, got {args.loss_scale}.")
+    precision = _precision_config(args)
     if args.fp16 and args.loss_scale is None:
-        build_loss_scaler(_precision_config(args))   # checks window, hysteresis and the scale range
+        build_loss_scaler(precision)   # checks window, hysteresis and the scale range
 
 
 def _validate_logging_and_data(args) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..errors import ConfigError
+from .config import TrainingConfig
 
 
 def num_microbatches(global_batch_size: int, micro_batch_size: int, data_parallel_size: int) -> int:
@@ -61,6 +62,11 @@ class BatchSchedule:
                 f"--rampup-batch-size start {start} and increment {increment} must be multiples of "
                 f"--micro-batch-size x data-parallel size = {per_step}, so every ramped batch splits into "
                 f"whole micro-batches.")
+
+    @classmethod
+    def from_config(cls, training: TrainingConfig, data_parallel_size: int) -> "BatchSchedule":
+        return cls(training.global_batch_size, training.micro_batch_size, data_parallel_size,
+                   training.rampup_batch_size)
 
     def global_batch_size_at(self, consumed_samples: int) -> int:
         if self.rampup_batch_size is None:
