@@ -2,6 +2,7 @@
 
 The loop never asks which backend it has. Per iteration it does:
 
+    lr_schedule.apply(backend.optimizer)
     backend.zero_grad()
     backend.prepare_accumulation(num_microbatches)    # before the schedule's backward passes
     forward_backward(..., loss_func wrapped so its backward loss is backend.scale_loss(loss))
@@ -32,6 +33,9 @@ class StepResult:
 
 @runtime_checkable
 class Backend(Protocol):
+    # Holds `param_groups` (with "lr_mult"/"wd_mult") that lr_schedule.apply() writes into.
+    optimizer: torch.optim.Optimizer
+
     def zero_grad(self) -> None: ...
 
     def prepare_accumulation(self, num_microbatches: int) -> None: ...
