@@ -1,1 +1,17 @@
-"""training"""
+"""training: the pieces of the pretraining loop, each a small file of its own.
+
+    config.py        dataclasses the flags fill (TrainingConfig, OptimizerConfig, SchedulerConfig,
+                     PrecisionConfig, ParallelConfig, DataConfig, LoggingConfig, CheckpointConfig,
+                     RunConfig) and build(cls, args, renames)
+    arguments.py     Megatron-LM's flags: add_megatron_arguments, parse_args, validate(args, world_size),
+                     build_run_config, transformer_config_from_args
+    lr_schedule.py   LearningRateSchedule (lr_at / weight_decay_at a sample count), schedule_from_config
+    loss_scaler.py   Dynamic / Constant loss scalers (Megatron's), unscale_and_check, found_inf_across
+    param_groups.py  build_param_groups: no weight decay on norms and biases, lr multipliers
+    optimizer.py     build_optimizer: AdamW (Apex FusedAdam / fused / foreach) or SGD
+    microbatches.py  num_microbatches, BatchSchedule (Megatron's --rampup-batch-size)
+    log_line.py      Megatron's training and validation log lines
+    mfu.py           peak TFLOP/s by device name, --peak-tflops, MFU
+
+Only entry points and tools import arguments.py; the rest takes the dataclasses.
+"""

@@ -1,0 +1,52 @@
+"""The one surface the training loop talks to; native and DeepSpeed backends implement it.
+
+The loop never asks which backend it has. Per iteration it does:
+
+    lr_schedule.apply(backend.optimizer)
+    backend.zero_grad()
+    backend.prepare_accumulation(num_microbatches)    # before the schedule's backward passes
+    forward_backward(..., loss_func wrapped so its backward loss is backend.scale_loss(loss))
+    result = backend.step()                           # reduce grads, unscale, clip, update
+    if result.updated: lr_schedule.step(global_batch); else: count the skip
+
+`step()` finishes the data-parallel gradient reduction (or waits for the overlapped one),
+agrees on inf/nan across every model-parallel rank, clips by the global norm over TP, PP
+and DP (each shared copy counted once), and steps the optimizer unless the gradients
+overflowed. `state_dict()` holds everything the backend owns (optimizer state, fp32
+master weights when kept, loss scaler kept under its own key so `--no-load-optim` can
+keep it), for the checkpoint issue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepResult:
+    updated: bool                    # False: skipped (fp16 overflow, or a nan/inf gradient)
+    grad_norm: Optional[float]       # global norm before clipping; None when skipped
+    loss_scale: Optional[float]      # the scale used for this step (None without scaling)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    # Holds `param_groups` (with "lr_mult"/"wd_mult") that lr_schedule.apply() writes into.
+    optimizer: torch.optim.Optimizer
+
+    def zero_grad(self) -> None: ...
+
+    def prepare_accumulation(self, num_microbatches: int) -> None: ...
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor: ...
+
+    def step(self) -> StepResult: ...
+
+    @property
+    def loss_scale(self) -> Optional[float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
