@@ -10,7 +10,7 @@ import pytest
 from megatron_core.data import chinese_wwm
 from megatron_core.data.bert_dataset import (BertDataset, BertDatasetConfig,
                                              build_sentence_sample_mapping)
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatron_core.data.tokenizers import build_tokenizer
 

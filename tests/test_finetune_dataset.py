@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.finetune_dataset import FinetuneDataset
 from megatron_core.data.tokenizers import build_tokenizer
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,

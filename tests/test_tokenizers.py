@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from megatron_core.mpu.utils import pad_vocab_size
 

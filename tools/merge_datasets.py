@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_core.data.errors import DataError  # noqa: E402
+from megatron_core.errors import DataError  # noqa: E402
 from megatron_core.data.indexed_dataset import find_datasets, merge_datasets  # noqa: E402
 
 

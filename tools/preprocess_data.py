@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_core.data.errors import DataError  # noqa: E402
+from megatron_core.errors import DataError  # noqa: E402
 from megatron_core.data.preprocess import (  # noqa: E402
     BATCH_BYTES, BATCH_LINES, PreprocessOptions, format_summary, preprocess)
 from megatron_core.data.tokenizers import TOKENIZER_TYPES  # noqa: E402

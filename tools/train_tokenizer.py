@@ -18,7 +18,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_core.data.errors import DataError  # noqa: E402
+from megatron_core.errors import DataError  # noqa: E402
 from megatron_core.data.preprocess import _checked_lines, open_input, parse_line  # noqa: E402
 
 MAX_REPORTED = 10

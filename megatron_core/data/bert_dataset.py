@@ -38,7 +38,7 @@ import torch
 
 from megatron_core.data import chinese_wwm
 from megatron_core.data.dataset_cache import IndexCache, load_or_build
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.gpt_dataset import default_cache_dir
 from megatron_core.data.masking import (create_masked_lm_predictions, random_replacement_ids,
                                         wordpiece_word_starts)

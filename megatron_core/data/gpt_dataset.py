@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from megatron_core.data.dataset_cache import IndexCache, load_or_build
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.index_helpers import build_sample_idx
 
 logger = logging.getLogger(__name__)

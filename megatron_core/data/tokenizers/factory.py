@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.tokenizers.base import AbstractTokenizer
 
 TOKENIZER_TYPES = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Sequence
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 from megatron_core.data.tokenizers.base import DictVocabTokenizer
 from megatron_core.data.tokenizers.files import require_file
 
