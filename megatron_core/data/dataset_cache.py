@@ -1,6 +1,7 @@
 """On-disk cache of dataset index arrays, keyed by the md5 of what they were built from.
 
-For a description such as {"class": "GPTDataset", "path": ..., "seq_length": 2048, ...}
+For a description such as {"class": "GPTDataset", "path": ..., "seq_length": 2048,
+"content_md5": content_digest(lengths), ...}
 the cache holds, in one directory:
 
     <Class>-<md5>-<name>.npy          one file per array (doc_idx, sample_idx, ...)
@@ -28,6 +29,24 @@ def description_hash(description: dict) -> str:
     """md5 of the description as canonical JSON (sorted keys), so key order never matters."""
     text = json.dumps(description, sort_keys=True, separators=(",", ":"))
     return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def content_digest(*arrays: np.ndarray) -> str:
+    """md5 of arrays' values in order (as little-endian int64, whatever their dtype).
+
+    Index arrays depend on the sequence lengths and document boundaries they were built
+    from, not on a dataset's name: putting this digest in a description means a corpus
+    regenerated under the same name (same document count, even the same token count)
+    never picks up an index built for the old one.
+    """
+    digest = hashlib.md5()
+    for array in arrays:
+        values = np.asarray(array)
+        # in chunks: a billion-sequence index is hashed without a second copy in memory
+        for start in range(0, len(values), 1 << 24):
+            digest.update(values[start:start + (1 << 24)].astype("<i8").tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
 
 
 def _write_atomically(path: str, write: Callable) -> None:
