@@ -9,7 +9,7 @@ import pytest
 
 from megatron_core.errors import DataError
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
-from megatron_core.mpu.utils import pad_vocab_size
+from megatron_core import mpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -94,13 +94,37 @@ def test_bert_vocab_and_megatron_special_tokens():
     assert tok.detokenize([tok.eod]) == "[EOS]"
 
 
-def test_padded_vocab_size_reuses_megatron_rule():
-    tok = build_tokenizer("BertWordPieceLowerCase", vocab_file=BERT_VOCAB,
-                          make_vocab_size_divisible_by=128, tensor_model_parallel_size=4)
+def test_vocab_size_is_the_tokenizers_and_padding_is_the_models():
+    tok = build_tokenizer("BertWordPieceLowerCase", vocab_file=BERT_VOCAB)
     assert tok.vocab_size == 21130
-    assert tok.padded_vocab_size == pad_vocab_size(21130, 128, 4) == 21504
+    assert not hasattr(tok, "padded_vocab_size")
+    assert mpu.pad_vocab_size(tok.vocab_size, 128, 4) == 21504
     gpt2 = build_tokenizer("GPT2BPETokenizer", vocab_file=GPT2_VOCAB, merge_file=GPT2_MERGES)
-    assert gpt2.padded_vocab_size == 50304
+    assert mpu.pad_vocab_size(gpt2.vocab_size, 128, 1) == 50304
+
+
+def test_no_data_module_imports_mpu():
+    """Data code (preprocessing workers above all) never pulls in the model-parallel core,
+    not even from inside a function."""
+    import ast
+    import megatron_core.data
+
+    offenders = []
+    for folder, _, files in os.walk(os.path.dirname(megatron_core.data.__file__)):
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""] + [alias.name for alias in node.names]
+                else:
+                    continue
+                if any(m == "mpu" or m.startswith("mpu.") or ".mpu" in m for m in modules):
+                    offenders.append(f"{path}:{node.lineno}")
+    assert offenders == []
 
 
 def test_gpt2_ids_equal_transformers(hf_gpt2_dir):
