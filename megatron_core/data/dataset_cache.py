@@ -17,10 +17,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from megatron_core.data.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +50,6 @@ def content_digest(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: str, write: Callable) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes 0600 files; other users of a shared cache must read them too.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class IndexCache:
     """The cache entry of one description inside `directory`."""
 
@@ -93,10 +75,10 @@ class IndexCache:
     def save(self, arrays: Dict[str, np.ndarray]) -> None:
         os.makedirs(self.directory, exist_ok=True)
         for name in self.array_names:
-            _write_atomically(self.path(name),
-                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False))
+            write_atomically(self.path(name),
+                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False), sync=True)
         text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
-        _write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")))
+        write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")), sync=True)
 
 
 def load_or_build(cache: Optional[IndexCache], build: Callable[[], Dict[str, np.ndarray]]):

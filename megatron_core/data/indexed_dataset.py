@@ -21,14 +21,13 @@ Megatron's multimodal variant appends int8[N] sequence modes; we read past them.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 from array import array
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from megatron_core.data.atomic_files import create_temporary, naming, publish, remove_quietly
 from megatron_core.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -435,9 +434,7 @@ class IndexedDatasetBuilder:
         directory = os.path.dirname(os.path.abspath(bin_path))
         if not os.path.isdir(directory):
             raise DataError(f"output directory {directory} does not exist; create it first.")
-        fd, self._tmp_bin = tempfile.mkstemp(
-            dir=directory, prefix=os.path.basename(bin_path) + ".", suffix=".tmp")
-        self._data = os.fdopen(fd, "wb")
+        self._data, self._tmp_bin = create_temporary(bin_path)
         self._tmp_idx: Optional[str] = None
         self._lengths = array("i")  # int32, as stored in the index
         self._doc_indices = array("q", [0])
@@ -460,7 +457,8 @@ class IndexedDatasetBuilder:
         return arr.astype(self.dtype, copy=False)
 
     def _write(self, arr: np.ndarray) -> None:
-        self._data.write(np.ascontiguousarray(arr).data)
+        with naming(self.bin_path):
+            self._data.write(np.ascontiguousarray(arr).data)
 
     def add_item(self, tokens) -> None:
         """Append one sequence; it joins the current document until `end_document`."""
@@ -521,10 +519,16 @@ class IndexedDatasetBuilder:
         # frombytes: no Python int per sequence, so merging billions of sequences is cheap
         self._lengths.frombytes(np.ascontiguousarray(index.sequence_lengths, np.int32).tobytes())
         self._doc_indices.frombytes((index.document_indices[1:] + offset).astype(np.int64).tobytes())
-        self._data.flush()
-        with open(bin_path, "rb") as src:
-            shutil.copyfileobj(src, self._data, 16 << 20)
         del index
+        with naming(bin_path):
+            src = open(bin_path, "rb")
+        with src:
+            while True:
+                with naming(bin_path):
+                    chunk = src.read(16 << 20)
+                if not chunk:
+                    break
+                self._write(np.frombuffer(chunk, np.uint8))
 
     # -- finishing ---------------------------------------------------------------------
 
@@ -539,7 +543,8 @@ class IndexedDatasetBuilder:
     def finalize(self, idx_path: str) -> None:
         """Write the index and move both files to their final names."""
         self._close_open_document()
-        self._data.close()
+        with naming(self.bin_path):
+            self._data.close()
         lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
@@ -547,10 +552,8 @@ class IndexedDatasetBuilder:
         pointers *= self._itemsize
         doc_indices = np.frombuffer(self._doc_indices, dtype=np.int64)
 
-        fd, self._tmp_idx = tempfile.mkstemp(
-            dir=os.path.dirname(os.path.abspath(idx_path)),
-            prefix=os.path.basename(idx_path) + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        f, self._tmp_idx = create_temporary(idx_path)
+        with naming(idx_path), f:
             f.write(MAGIC)
             f.write(struct.pack("<Q", VERSION))
             f.write(struct.pack("<B", self._code))
@@ -559,25 +562,22 @@ class IndexedDatasetBuilder:
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
             f.write(doc_indices.tobytes())
-        # mkstemp creates 0600 files; give them the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in (self._tmp_bin, self._tmp_idx):
-            os.chmod(tmp, 0o666 & ~umask)
         # .bin first: a reader only trusts a .bin once an .idx that matches it exists.
-        os.replace(self._tmp_bin, self.bin_path)
-        os.replace(self._tmp_idx, idx_path)
+        publish(self._tmp_bin, self.bin_path)
+        publish(self._tmp_idx, idx_path)
         self._finalized = True
 
     def abort(self) -> None:
         """Drop the temporaries; nothing appears under the final names."""
         if self._finalized:
             return
-        if not self._data.closed:
+        try:
             self._data.close()
+        except OSError:  # the write that failed fails again on the way out
+            pass
         for tmp in (self._tmp_bin, self._tmp_idx):
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
+            if tmp:
+                remove_quietly(tmp)
         self._finalized = True
 
     def __enter__(self) -> "IndexedDatasetBuilder":
@@ -610,10 +610,19 @@ def find_datasets(directory: str) -> list:
     return prefixes
 
 
-def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> "IndexedDataset":
+def verify_datasets(prefixes: Sequence[str]) -> None:
+    """Check every index entry of every dataset (IndexedDataset.verify): the check behind
+    the `--verify` flag of the tools and entry points that read datasets."""
+    for prefix in prefixes:
+        IndexedDataset(prefix).verify()
+
+
+def merge_datasets(prefixes: Sequence[str], output_prefix: str,
+                   verify: bool = False) -> "IndexedDataset":
     """Concatenate datasets (sequences, lengths and documents, in the given order) into a
     new dataset at `output_prefix`, written under temporary names and renamed at the end.
-    All inputs must share one token dtype (the same tokenizer)."""
+    All inputs must share one token dtype (the same tokenizer). `verify` checks every
+    index entry of the inputs first, so a damaged one is not copied into the result."""
     prefixes = [str(p) for p in prefixes]
     if not prefixes:
         raise DataError("nothing to merge: no datasets were given (or the directory has no "
@@ -638,6 +647,8 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> "IndexedDatas
                             f"that dataset before merging.")
     dtype = indices[0].dtype
     del indices
+    if verify:
+        verify_datasets(prefixes)
     with IndexedDatasetBuilder(data_file_path(output_prefix), dtype=dtype) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)
