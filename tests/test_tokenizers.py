@@ -10,6 +10,7 @@ import pytest
 from megatron_core.errors import DataError
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from megatron_core import mpu
+from megatron_core.testing import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -261,3 +262,53 @@ def test_train_tokenizer_small_vocab_and_truncated_gzip(tmp_path):
     assert bad.returncode == 2 and "truncated or corrupt gzip file" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not os.path.exists(tmp_path / "c.model")
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_train_tokenizer_writes_what_sentencepiece_itself_writes(tmp_path, model_type):
+    """The tool writes the .model/.vocab itself (so a full disk is an error, not a
+    truncated file): same pieces and byte-identical .vocab as sentencepiece's own writer."""
+    import sentencepiece as spm
+
+    src = os.path.join(DATA, "zh_news_200.jsonl")
+    tool = os.path.join(ROOT, "tools", "train_tokenizer.py")
+    done = subprocess.run([sys.executable, tool, "--input", src, "--model-prefix", str(tmp_path / "ours"),
+                           "--vocab-size", "1500", "--model-type", model_type, "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with open(src, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(tmp_path / "ref"), vocab_size=1500,
+        model_type=model_type, character_coverage=0.9995, input_sentence_size=0,
+        shuffle_input_sentence=True, max_sentence_length=16384, num_threads=1, minloglevel=2)
+    assert (tmp_path / "ours.vocab").read_bytes() == (tmp_path / "ref.vocab").read_bytes()
+    ours = spm.SentencePieceProcessor(model_file=str(tmp_path / "ours.model"))
+    ref = spm.SentencePieceProcessor(model_file=str(tmp_path / "ref.model"))
+    assert ours.encode(texts[:20]) == ref.encode(texts[:20])
+    assert sorted(os.listdir(tmp_path)) == ["ours.model", "ours.vocab", "ref.model", "ref.vocab"]
+
+
+@pytest.mark.parametrize("kind", output_faults.KINDS)
+def test_train_tokenizer_os_error_is_one_sentence_and_leaves_nothing(tmp_path, kind):
+    src = os.path.join(DATA, "zh_news_200.jsonl")
+    tool = os.path.join(ROOT, "tools", "train_tokenizer.py")
+
+    def command(directory):
+        return [sys.executable, tool, "--input", src, "--model-prefix", os.path.join(directory, "zh"),
+                "--vocab-size", "1500", "--model-type", "bpe", "--threads", "1"]
+    try:
+        fault_run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=300)
+    except output_faults.FaultUnavailable as e:
+        pytest.skip(str(e))
+    assert fault_run.returncode == 2, fault_run.stderr
+    lines = fault_run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in fault_run.stderr, fault_run.stderr
+    directory = fault_run.fault.directory
+    if kind == "missing_parent":
+        assert lines[0].startswith(f"error: --model-prefix {directory}/zh: directory {directory} ")
+    else:
+        assert lines[0].startswith(f"error: cannot use {directory}/zh.")
+        assert ".tmp" not in lines[0]
+    assert fault_run.fault.reason in lines[0]
+    assert fault_run.entries_after == fault_run.entries_before
