@@ -190,22 +190,24 @@ class _SequenceChecks:
         end = pointer + length * self.itemsize
         next_start = (self.bin_size if i + 1 == index.sequence_count
                       else int(index.sequence_pointers[i + 1]))
-        if length < 0 or pointer < 0 or end != next_start or end > self.bin_size or (
-                i == 0 and pointer != 0):
+        # (entry 0 starting at byte 0 is checked once, when the dataset is opened)
+        if length < 0 or pointer < 0 or end != next_start or end > self.bin_size:
             raise self.damage(i)
 
-    def check_many(self, entries: np.ndarray) -> None:
-        """`check` for many entries at once (the sequences of one GPT sample)."""
+    def check_many(self, entries: np.ndarray, pointers: np.ndarray, lengths: np.ndarray) -> None:
+        """`check` for many entries at once (the sequences of one GPT sample), given their
+        pointers and lengths (int64) as the caller already read them."""
         index = self.index
-        pointers = index.sequence_pointers[entries]
-        lengths = index.sequence_lengths[entries].astype(np.int64)
-        ends = pointers + lengths * self.itemsize
-        following = np.minimum(entries + 1, index.sequence_count - 1)
-        expected = np.where(entries + 1 == index.sequence_count, self.bin_size,
-                            index.sequence_pointers[following])
-        bad = (lengths < 0) | (pointers < 0) | (ends > self.bin_size) | (ends != expected)
-        bad |= (entries == 0) & (pointers != 0)
-        if bad.any():
+        ends = lengths * self.itemsize
+        ends += pointers
+        following = entries + 1
+        np.minimum(following, index.sequence_count - 1, out=following)
+        following = index.sequence_pointers[following]
+        if entries.max() == index.sequence_count - 1:
+            following[entries == index.sequence_count - 1] = self.bin_size
+        if (ends != following).any() or lengths.min() < 0 or pointers.min() < 0 or (
+                ends.max() > self.bin_size):
+            bad = (ends != following) | (lengths < 0) | (pointers < 0) | (ends > self.bin_size)
             raise self.damage(int(entries[np.argmax(bad)]))
 
     def first_bad_entry(self) -> Optional[int]:
@@ -267,6 +269,8 @@ class IndexedDataset:
         count = self._index.sequence_count
         if count and int(self._index.sequence_lengths[-1]) < 0:
             raise self._checks.damage(count - 1)
+        if count and int(self._index.sequence_pointers[0]) != 0:
+            raise self._checks.damage(0)
         expected = self._index.data_size()
         if bin_size != expected:
             raise DataError(
@@ -353,8 +357,9 @@ class IndexedDataset:
                 return [self[i] for i in range(start, stop, step)]
             if start >= stop:
                 return []
-            self._checks.check_many(np.arange(start, stop))
             lengths = self.sequence_lengths[start:stop]
+            self._checks.check_many(np.arange(start, stop), self.sequence_pointers[start:stop],
+                                    lengths.astype(np.int64))
             # One contiguous read, then split: sequences of a range are adjacent in .bin.
             flat = self._read(int(self.sequence_pointers[start]), int(lengths.sum()))
             return np.split(flat, np.cumsum(lengths[:-1]))
@@ -377,10 +382,10 @@ class IndexedDataset:
         documents is read without a Python loop over them."""
         index = self._index
         sequences = np.asarray(sequences)
-        self._checks.check_many(sequences)
         starts = index.sequence_pointers[sequences]
-        starts //= index.dtype.itemsize
         lengths = index.sequence_lengths[sequences].astype(np.int64)
+        self._checks.check_many(sequences, starts, lengths)
+        starts //= index.dtype.itemsize
         last = int(lengths[-1])
         if last_length is not None:
             if not 0 <= last_length <= last:
