@@ -8,10 +8,10 @@ import pytest
 from megatron_core.data import index_helpers
 from megatron_core.data.blended_dataset import BlendedDataset, parse_data_path
 from megatron_core.data.builder import build_train_valid_test_datasets
-from megatron_core.errors import DataError
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.data.splits import parse_split, split_ranges
+from megatron_core.errors import DataError
 from megatron_core.testing.distributed import run_distributed
 from tests.test_gpt_dataset import write_random_dataset
 

@@ -7,9 +7,9 @@ import pytest
 
 from megatron_core.data import index_helpers
 from megatron_core.data.dataset_cache import description_hash
-from megatron_core.errors import DataError
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatron_core.errors import DataError
 
 EOD = 0
 

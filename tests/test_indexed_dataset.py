@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_core.errors import DataError
 from megatron_core.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -15,6 +14,7 @@ from megatron_core.data.indexed_dataset import (
     data_file_path,
     index_file_path,
 )
+from megatron_core.errors import DataError
 
 DOCS = [  # each document is a list of sequences
     [[5, 6, 7], [8]],

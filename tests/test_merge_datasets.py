@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_core.errors import DataError
 from megatron_core.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -14,6 +13,7 @@ from megatron_core.data.indexed_dataset import (
     index_file_path,
     merge_datasets,
 )
+from megatron_core.errors import DataError
 from megatron_core.testing import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))

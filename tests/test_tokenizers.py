@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from megatron_core.errors import DataError
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
+from megatron_core.errors import DataError
 from megatron_core import mpu
 from megatron_core.testing import output_faults
 

@@ -38,10 +38,10 @@ import torch
 
 from megatron_core.data import chinese_wwm
 from megatron_core.data.dataset_cache import IndexCache, content_digest, load_or_build
-from megatron_core.errors import DataError
 from megatron_core.data.gpt_dataset import default_cache_dir
 from megatron_core.data.masking import (create_masked_lm_predictions, random_replacement_ids,
                                         wordpiece_word_starts)
+from megatron_core.errors import DataError
 
 # Megatron skips documents holding a sentence longer than this (usually tables or junk).
 LONG_SENTENCE_LEN = 512

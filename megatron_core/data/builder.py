@@ -22,10 +22,10 @@ import math
 from typing import List, Optional, Sequence, Union
 
 from megatron_core.data.blended_dataset import BlendedDataset, parse_data_path
-from megatron_core.errors import DataError
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.data.splits import SPLIT_NAMES, split_ranges
+from megatron_core.errors import DataError
 
 # Extra samples asked of each blended dataset beyond its weighted share.
 BLEND_MARGIN = 1.005

@@ -22,8 +22,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from megatron_core.data.dataset_cache import IndexCache, content_digest, load_or_build
-from megatron_core.errors import DataError
 from megatron_core.data.index_helpers import build_sample_idx
+from megatron_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron_core.errors import DataError
 from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.errors import DataError
 
 TOKENIZER_TYPES = (
     "BertWordPieceLowerCase",
