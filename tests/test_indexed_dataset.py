@@ -241,6 +241,8 @@ def test_gather_equals_concatenated_slices(tmp_path):
         got = ds.gather(seqs, first, last)
         assert got.dtype == np.int64 and got.tolist() == expected.tolist()
     assert ds.gather([3, 4]).tolist() == ds[3].tolist() + ds[4].tolist()
+    # negative sequence numbers count from the end, as in numpy (and pass the entry checks)
+    assert ds.gather([-1, 0]).tolist() == ds[len(ds) - 1].tolist() + ds[0].tolist()
     n3, n4 = int(ds.sequence_lengths[3]), int(ds.sequence_lengths[4])
     with pytest.raises(IndexError, match="last_length"):
         ds.gather([3, 4], 0, n4 + 1)

@@ -208,7 +208,9 @@ class _SequenceChecks:
         if (ends != following).any() or lengths.min() < 0 or pointers.min() < 0 or (
                 ends.max() > self.bin_size):
             bad = (ends != following) | (lengths < 0) | (pointers < 0) | (ends > self.bin_size)
-            raise self.damage(int(entries[np.argmax(bad)]))
+            # one by one, exactly (a negative entry counts from the end, as in numpy)
+            for entry in entries[bad]:
+                self.check(int(entry) % index.sequence_count)
 
     def first_bad_entry(self) -> Optional[int]:
         index = self.index
@@ -232,7 +234,7 @@ class _SequenceChecks:
         if length < 0:
             problem = "a length cannot be negative"
         elif pointer < 0 or pointer > self.bin_size or end > self.bin_size:
-            problem = f"that runs past the end of the {self.bin_size}-byte {self.bin_path}"
+            problem = f"that runs past the end of the {self.bin_size}-byte .bin"
         elif i == 0 and pointer != 0:
             problem = "the first sequence must start at byte 0"
         elif i + 1 == index.sequence_count:
