@@ -196,20 +196,18 @@ class _SequenceChecks:
 
     def check_many(self, entries: np.ndarray, pointers: np.ndarray, lengths: np.ndarray) -> None:
         """`check` for many entries at once (the sequences of one GPT sample), given their
-        pointers and lengths (int64) as the caller already read them."""
+        pointers and lengths (int64) as the caller already read them. Few numpy calls on
+        the way through; anything that looks wrong is settled by `check`, entry by entry
+        (the last sequence, whose end is the .bin's and not a pointer, always comes here)."""
         index = self.index
         ends = lengths * self.itemsize
         ends += pointers
         following = entries + 1
         np.minimum(following, index.sequence_count - 1, out=following)
-        following = index.sequence_pointers[following]
-        if entries.max() == index.sequence_count - 1:
-            following[entries == index.sequence_count - 1] = self.bin_size
-        if (ends != following).any() or lengths.min() < 0 or pointers.min() < 0 or (
-                ends.max() > self.bin_size):
-            bad = (ends != following) | (lengths < 0) | (pointers < 0) | (ends > self.bin_size)
-            # one by one, exactly (a negative entry counts from the end, as in numpy)
-            for entry in entries[bad]:
+        mismatched = ends != index.sequence_pointers[following]
+        if mismatched.any() or (lengths | pointers).min() < 0 or ends.max() > self.bin_size:
+            # a negative entry counts from the end, as in numpy
+            for entry in entries[mismatched | (lengths < 0) | (pointers < 0) | (ends > self.bin_size)]:
                 self.check(int(entry) % index.sequence_count)
 
     def first_bad_entry(self) -> Optional[int]:
