@@ -137,6 +137,18 @@ class FaultRun:
     entries_before: list
     entries_after: list
 
+    def clean_failure_line(self) -> str:
+        """The one line a tool printed, after checking that it failed the way every tool
+        must: exit status 2, no traceback, the system's reason in the sentence, and the
+        directory as it was (no output, no temporary)."""
+        lines = self.stderr.strip().splitlines()
+        assert self.returncode == 2, (self.returncode, self.stderr)
+        assert len(lines) == 1 and "Traceback" not in self.stderr, self.stderr
+        assert lines[0].startswith("error: ") and self.fault.reason in lines[0], lines[0]
+        assert ".tmp" not in lines[0], lines[0]  # the file asked for, not a temporary
+        assert self.entries_after == self.entries_before, (self.entries_before, self.entries_after)
+        return lines[0]
+
 
 def run_under_output_fault(kind: str, base: str, command: Callable[[str], list],
                            timeout: float = 300, env: Optional[dict] = None) -> FaultRun:
