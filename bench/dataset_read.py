@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPT sample reads and sample-index builds on a real corpus; prints JSON.
 
-    python bench/dataset_read.py [--input /work/shared/data/zh_news_1998.jsonl] [--copies 8]
+    python -m bench.dataset_read [--input /work/shared/data/zh_news_1998.jsonl] [--copies 8]
                                  [--seq-length 2048] [--reads 20000] [--epochs 10]
 
 1. Preprocesses the corpus (BERT Chinese vocab, --append-eod) into a temporary directory
@@ -21,20 +21,18 @@
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from megatron_core.cli import run
+from megatron_core.data import index_helpers
+from megatron_core.data.gpt_dataset import GPTDataset, build_doc_idx
+from megatron_core.data.indexed_dataset import IndexedDataset, merge_datasets
+from megatron_core.data.preprocess import PreprocessOptions, preprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from megatron_core.data import index_helpers  # noqa: E402
-from megatron_core.data.gpt_dataset import GPTDataset, build_doc_idx  # noqa: E402
-from megatron_core.data.indexed_dataset import IndexedDataset, merge_datasets  # noqa: E402
-from megatron_core.data.preprocess import PreprocessOptions, preprocess  # noqa: E402
-
 VOCAB = os.path.join(ROOT, "tests", "data", "vocab", "bert-base-chinese-vocab.txt")
 
 
@@ -70,14 +68,14 @@ def best_of(fn, repeats=3):
     return min(times), result
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default="/work/shared/data/zh_news_1998.jsonl")
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--seq-length", type=int, default=2048)
     p.add_argument("--reads", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=10)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if index_helpers._compiled is None:
         raise SystemExit("the C++ dataset helpers are not built; run `pip install -e .` first.")
 
@@ -161,4 +159,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

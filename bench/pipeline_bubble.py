@@ -8,26 +8,24 @@ the measured bubble is idle / wall over the schedule, averaged over ranks. Theor
 micro-batches: (p-1)/(m+p-1) for 1F1B, (p-1)/(v*m+p-1) interleaved with v chunks per rank
 (each chunk costing 1/v of the stage).
 
-    python bench/pipeline_bubble.py --stages 4 --microbatches 8 --virtual 2 --forward-ms 60
+    python -m bench.pipeline_bubble --stages 4 --microbatches 8 --virtual 2 --forward-ms 60
 
 Prints one JSON object.
 """
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_core.mpu import parallel_state as ps  # noqa: E402
-from megatron_core.pipeline.chunk import PipelineChunkMixin  # noqa: E402
-from megatron_core.pipeline.p2p import P2PConfig  # noqa: E402
-from megatron_core.pipeline.schedules import get_forward_backward_func  # noqa: E402
-from megatron_core.testing.distributed import run_distributed  # noqa: E402
+from megatron_core.cli import run
+from megatron_core.mpu import parallel_state as ps
+from megatron_core.pipeline.chunk import PipelineChunkMixin
+from megatron_core.pipeline.p2p import P2PConfig
+from megatron_core.pipeline.schedules import get_forward_backward_func
+from megatron_core.testing.distributed import run_distributed
 
 SHAPE = (1, 1, 4)
 
@@ -101,13 +99,13 @@ def measure(stages, microbatches, virtual, forward_s):
             "measured_bubble_per_rank": [round(x, 4) for x in idle]}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", type=int, default=4)
     p.add_argument("--microbatches", type=int, default=8)
     p.add_argument("--virtual", type=int, default=2)
     p.add_argument("--forward-ms", type=float, default=60.0, help="forward cost of one stage per micro-batch")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     s, m, v = a.stages, a.microbatches, a.virtual
     one_f_one_b = measure(s, m, None, a.forward_ms / 1000)
     interleaved = measure(s, m, v, a.forward_ms / 1000)
@@ -122,4 +120,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

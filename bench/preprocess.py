@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How close tools/preprocess_data.py comes to the speed of its tokenizer; prints JSON.
 
-    python bench/preprocess.py [--input /work/shared/data/zh_news_1998.jsonl] [--repeat 4] [--workers 2]
+    python -m bench.preprocess [--input /work/shared/data/zh_news_1998.jsonl] [--repeat 4] [--workers 2]
 
 1. Builds the input repeated `--repeat` times in a temporary directory.
 2. tool_time: wall time of `tools/preprocess_data.py --workers N` on it (BERT Chinese
@@ -29,15 +29,15 @@ import time
 
 import numpy as np
 
+from megatron_core.cli import run
+from megatron_core.data.preprocess import BATCH_LINES  # the tool's batch size
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 DEFAULT_INPUT = "/work/shared/data/zh_news_1998.jsonl"
 VOCAB = os.path.join(ROOT, "tests", "data", "vocab", "bert-base-chinese-vocab.txt")
 TOOL = os.path.join(ROOT, "tools", "preprocess_data.py")
 TOKENIZER = "BertWordPieceLowerCase"
-
-from megatron_core.data.preprocess import BATCH_LINES  # noqa: E402  the tool's batch size
 
 
 def repeat_file(src: str, times: int, dst: str) -> None:
@@ -98,13 +98,13 @@ def tokenizer_limit(workers: int, batch: int = BATCH_LINES):
     return wall, sum(r[3] for r in results), sum(r[2] for r in results)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default=DEFAULT_INPUT)
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"corpus_x{args.repeat}.jsonl")
@@ -143,4 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of tools/preprocess_data.py as the input grows; prints JSON.
 
-    python bench/preprocess_memory.py [--input /work/shared/data/zh_news_1998.jsonl] [--sizes 1 4 16] [--workers 2]
+    python -m bench.preprocess_memory [--input /work/shared/data/zh_news_1998.jsonl] [--sizes 1 4 16] [--workers 2]
 
 For each size k the input is repeated k times in a temporary directory and the tool is
 run on it (BERT Chinese vocab, --workers N). Two numbers per run:
@@ -23,10 +23,8 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-from preprocess import DEFAULT_INPUT, TOKENIZER, TOOL, VOCAB, repeat_file  # noqa: E402
+from bench.preprocess import DEFAULT_INPUT, TOKENIZER, TOOL, VOCAB, repeat_file
+from megatron_core.cli import run
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -91,12 +89,12 @@ def measure(path: str, out_dir: str, workers: int) -> dict:
             "peak_total_rss_mib": round(peak[0] / 2**20, 1)}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default=DEFAULT_INPUT)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.sizes:
@@ -113,4 +111,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

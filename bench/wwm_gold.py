@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Chinese whole-word masking against the human segmentation of the whole corpus; prints JSON.
 
-    python bench/wwm_gold.py [--corpus /work/shared/data/zh_news_1998.jsonl]
+    python -m bench.wwm_gold [--corpus /work/shared/data/zh_news_1998.jsonl]
                              [--segmented /work/shared/data/zh_news_1998.segmented.txt]
 
 Line i of the segmented file is line i of the corpus split into words by people (TABs).
@@ -11,24 +11,22 @@ Masking runs as BertDataset runs it with whole_word_masking="jieba" (flags from 
 import argparse
 import json
 import os
-import sys
 import time
 
+from megatron_core.cli import run
+from megatron_core.data.tokenizers import build_tokenizer
+from megatron_core.data.wwm_eval import measure_wwm, read_gold
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from megatron_core.data.tokenizers import build_tokenizer  # noqa: E402
-from megatron_core.data.wwm_eval import measure_wwm, read_gold  # noqa: E402
-
 VOCAB = os.path.join(ROOT, "tests", "data", "vocab", "bert-base-chinese-vocab.txt")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default="/work/shared/data/zh_news_1998.jsonl")
     p.add_argument("--segmented", default="/work/shared/data/zh_news_1998.segmented.txt")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     start = time.perf_counter()
     tokenizer = build_tokenizer("BertWordPieceLowerCase", vocab_file=VOCAB)
     with open(args.corpus, encoding="utf-8") as f:
@@ -40,4 +38,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,21 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from megatron_core import mpu  # noqa: E402
+from megatron_core import mpu
+from megatron_core.cli import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "tests", "data")
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tensor-model-parallel-size", type=int, default=None,
                         help="default: all launched processes")
@@ -40,7 +39,7 @@ def parse_args():
     parser.add_argument("--clip-grad", type=float, default=1.0)
     parser.add_argument("--log-interval", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1234)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def load_token_ids(corpus: str, vocab_file: str) -> torch.Tensor:
@@ -81,8 +80,8 @@ class TensorParallelContextLM(torch.nn.Module):
         return mpu.vocab_parallel_cross_entropy(logits, targets).mean()
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -133,4 +132,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,6 +23,8 @@ _OS_ERROR_FIXES = {
     errno.EPERM: "check its permissions or choose another path",
     errno.ENOSPC: "free some space or choose another disk",
     errno.EDQUOT: "free some space or raise the quota",
+    errno.EFBIG: "it outgrew the file size limit (ulimit -f) or the file system's; raise the "
+                 "limit or choose another disk",
     errno.EROFS: "the file system is read-only; choose a writable directory",
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a component of the path is a file, not a directory; check the path",

@@ -9,10 +9,10 @@ import pytest
 
 from megatron_core.data import chinese_wwm
 from megatron_core.data.bert_dataset import (BertDataset, BertDatasetConfig,
-                                             build_sentence_sample_mapping)
-from megatron_core.data.errors import DataError
+                                             build_sentence_sample_mapping, sentence_sample_mapping)
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatron_core.data.tokenizers import build_tokenizer
+from megatron_core.errors import DataError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 PARAGRAPHS_PER_DOCUMENT = 4
@@ -284,3 +284,26 @@ def test_chinese_wwm_masks_jieba_words_whole_at_sample_time(zh):
             assert set(range(s, e)) <= masked, f"sample {i}: word {s}:{e} only partly masked"
             multi += e - s > 1
     assert checked > 80 and multi > 100
+
+
+def test_sentence_corpus_regenerated_under_the_same_name_gets_a_new_mapping(tmp_path):
+    """Same prefix, documents and sentences counted alike, same tokens: only the order
+    (and so the lengths and boundaries the mapping is built from) differs."""
+    tokenizer = bert_chinese_tokenizer()
+    prefix, _, docs_ids = write_zh_sentence_dataset(tmp_path, tokenizer)
+    args = dict(document_range=None, max_num_tokens=61, short_seq_prob=0.1, min_sentences=2,
+                seed=3, num_samples=None, class_name="BertDataset", split_name="train")
+    cache = str(tmp_path / "cache")
+    old = sentence_sample_mapping(IndexedDataset(prefix), cache_dir=cache, **args)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for ids in reversed(docs_ids):
+        for sentence in ids:
+            builder.add_item(sentence)
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    regenerated = IndexedDataset(prefix)
+    new = sentence_sample_mapping(regenerated, cache_dir=cache, **args)
+    fresh = sentence_sample_mapping(regenerated, cache_dir=None, **args)
+    assert not np.array_equal(old, fresh)
+    np.testing.assert_array_equal(new, fresh)
+    assert len([n for n in os.listdir(cache) if n.endswith("samples_mapping.npy")]) == 2

@@ -8,10 +8,10 @@ import pytest
 from megatron_core.data import index_helpers
 from megatron_core.data.blended_dataset import BlendedDataset, parse_data_path
 from megatron_core.data.builder import build_train_valid_test_datasets
-from megatron_core.data.errors import DataError
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.data.splits import parse_split, split_ranges
+from megatron_core.errors import DataError
 from megatron_core.testing.distributed import run_distributed
 from tests.test_gpt_dataset import write_random_dataset
 
@@ -141,9 +141,35 @@ def test_builder_single_prefix_splits_documents(two_datasets, tmp_path):
     assert [d.document_range for d in (train, valid, test)] == [(0, 72), (72, 78), (78, 80)]
     assert len(train) >= 200 and len(valid) >= 20 and len(test) >= 5
     assert set(np.unique(valid.doc_idx)) == set(range(72, 78))
-    _, _, none = build_train_valid_test_datasets(two_datasets[0], "98,2", [10, 5, 5], 16, 1,
+    _, _, none = build_train_valid_test_datasets(two_datasets[0], "98,2", [10, 5, 0], 16, 1,
                                                  cache_dir=str(tmp_path / "cache"))
     assert none is None
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_builder_refuses_a_split_asked_for_samples_that_gets_no_documents(two_datasets, tmp_path, blend):
+    data_path = ["0.5", two_datasets[0], "0.5", two_datasets[1]] if blend else two_datasets[0]
+    with pytest.raises(DataError) as info:
+        build_train_valid_test_datasets(data_path, "98,2", [10, 5, 5], 16, 1,
+                                        cache_dir=str(tmp_path / "cache"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"the test split of {two_datasets[0]} gets no documents "
+                              f"(--split 98,2 over its 80 documents) but ")
+    assert "larger share in --split" in message
+
+
+def test_builder_verify_checks_every_entry_before_building(two_datasets, tmp_path):
+    import struct
+    build_train_valid_test_datasets(two_datasets[0], "1", [10, 0, 0], 8, 1, verify=True,
+                                    cache_dir=str(tmp_path / "cache"))
+    with open(two_datasets[0] + ".idx", "r+b") as f:  # a length in the middle of the index
+        f.seek(34 + 4 * 40)
+        f.write(struct.pack("<i", -3))
+    with pytest.raises(DataError, match=f"{two_datasets[0]}.idx is damaged at sequence 40:"):
+        build_train_valid_test_datasets(two_datasets[0], "1", [10, 0, 0], 8, 1, verify=True,
+                                        cache_dir=str(tmp_path / "cache2"))
+    assert not (tmp_path / "cache2").exists()
 
 
 def test_builder_blends_with_margin(two_datasets, tmp_path):

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.finetune_dataset import FinetuneDataset
 from megatron_core.data.tokenizers import build_tokenizer
+from megatron_core.errors import DataError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FIXTURE = os.path.join(DATA, "finetune_small.jsonl")

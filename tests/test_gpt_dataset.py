@@ -7,9 +7,9 @@ import pytest
 
 from megatron_core.data import index_helpers
 from megatron_core.data.dataset_cache import description_hash
-from megatron_core.data.errors import DataError
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatron_core.errors import DataError
 
 EOD = 0
 
@@ -137,6 +137,39 @@ def test_second_build_hits_the_cache_named_by_hash(random_data, tmp_path):
     third = GPTDataset(indexed, (0, 50), 100, 16, seed=7, cache_dir=str(cache_dir))
     assert not third.cache_hit
     assert not [n for n in os.listdir(cache_dir) if n.endswith(".tmp")]
+
+
+def test_corpus_regenerated_under_the_same_name_gets_a_new_index(tmp_path):
+    """Same prefix, same number of documents, even the same number of tokens (the old
+    key's guards): only the lengths differ, and the cached index must not be reused."""
+    prefix = str(tmp_path / "corpus_text_document")
+    cache = str(tmp_path / "cache")
+    docs = write_random_dataset(prefix, num_docs=40, seed=1)
+    old = GPTDataset(IndexedDataset(prefix), (0, 40), 50, 8, seed=3, cache_dir=cache)
+    assert not old.cache_hit
+    # regenerate: the same documents in reverse order, then one token moved between two
+    regenerated = [d.copy() for d in reversed(docs)]
+    donor = next(i for i, d in enumerate(regenerated) if len(d) > 2)
+    regenerated[donor] = np.delete(regenerated[donor], 0)
+    regenerated[donor - 1 if donor else 1] = np.insert(regenerated[donor - 1 if donor else 1], 0, 7)
+    builder = IndexedDatasetBuilder(prefix + ".bin", np.uint16)
+    for tokens in regenerated:
+        builder.add_item(tokens)
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    indexed = IndexedDataset(prefix)
+    assert len(indexed) == 40 and int(indexed.sequence_lengths.sum()) == sum(map(len, docs))
+
+    new = GPTDataset(indexed, (0, 40), 50, 8, seed=3, cache_dir=cache)
+    assert not new.cache_hit and new.unique_hash != old.unique_hash
+    fresh = GPTDataset(indexed, (0, 40), 50, 8, seed=3, cache_dir=str(tmp_path / "fresh"))
+    stream = np.concatenate([regenerated[d] for d in new.doc_idx])
+    for i in range(len(new)):
+        np.testing.assert_array_equal(new[i]["text"], fresh[i]["text"])
+        start = int(new.shuffle_idx[i]) * 8
+        np.testing.assert_array_equal(new[i]["text"], stream[start:start + 9])
+    # and the unchanged corpus still hits its own entry
+    assert GPTDataset(indexed, (0, 40), 50, 8, seed=3, cache_dir=cache).cache_hit
 
 
 def test_default_cache_sits_next_to_the_data(random_data):

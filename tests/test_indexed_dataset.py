@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -15,6 +14,7 @@ from megatron_core.data.indexed_dataset import (
     data_file_path,
     index_file_path,
 )
+from megatron_core.errors import DataError
 
 DOCS = [  # each document is a list of sequences
     [[5, 6, 7], [8]],
@@ -241,6 +241,8 @@ def test_gather_equals_concatenated_slices(tmp_path):
         got = ds.gather(seqs, first, last)
         assert got.dtype == np.int64 and got.tolist() == expected.tolist()
     assert ds.gather([3, 4]).tolist() == ds[3].tolist() + ds[4].tolist()
+    # negative sequence numbers count from the end, as in numpy (and pass the entry checks)
+    assert ds.gather([-1, 0]).tolist() == ds[len(ds) - 1].tolist() + ds[0].tolist()
     n3, n4 = int(ds.sequence_lengths[3]), int(ds.sequence_lengths[4])
     with pytest.raises(IndexError, match="last_length"):
         ds.gather([3, 4], 0, n4 + 1)
@@ -248,3 +250,110 @@ def test_gather_equals_concatenated_slices(tmp_path):
         ds.gather([3, 4], n3 + 1, 1)
     with pytest.raises(IndexError, match="first_offset"):
         ds.gather([3], 2, 1)
+
+
+# --- damaged entries: every read checks its own entry, verify() checks them all ---------
+
+N_SEQUENCES = sum(len(d) for d in DOCS)
+
+
+def _poke(prefix, offset, fmt, value):
+    with open(index_file_path(prefix), "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+
+
+def _set_pointer(prefix, i, value):
+    _poke(prefix, 34 + 4 * N_SEQUENCES + 8 * i, "<q", value)
+
+
+def _set_length(prefix, i, value):
+    _poke(prefix, 34 + 4 * i, "<i", value)
+
+
+def _reads(ds, i):
+    return [lambda: ds[i], lambda: ds.get(i), lambda: ds.gather([i]), lambda: ds[i:i + 1],
+            lambda: ds.gather([0, i])]
+
+
+@pytest.mark.parametrize("damage, entry, expected, first_bad", [
+    # sequence 2 moved 2 bytes on: it still ends inside the .bin, so it used to read
+    # garbage; sequence 1 no longer ends where it starts, so verify() names 1 first
+    (lambda p: _set_pointer(p, 2, 10), 2, "sequence 3 starts at byte 18, not where this one ends", 1),
+    (lambda p: _set_length(p, 1, -1), 1, "a length cannot be negative", 1),
+    (lambda p: _set_pointer(p, 2, 10 ** 6), 2, "runs past the end of the 22-byte", 1),
+    (lambda p: _set_length(p, 2, 4), 2, "sequence 3 starts at byte 18, not where this one ends", 2),
+])
+def test_damaged_entry_is_one_sentence_for_every_read_and_for_verify(tmp_path, damage, entry,
+                                                                    expected, first_bad):
+    prefix = str(tmp_path / "d")
+    build(prefix)
+    damage(prefix)
+    ds = IndexedDataset(prefix)  # opening checks only the ends of the index
+    messages = set()
+    for read in _reads(ds, entry):
+        with pytest.raises(DataError) as info:
+            read()
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages  # every kind of read gives the same sentence
+    message = messages.pop()
+    assert "\n" not in message
+    assert message.startswith(f"{index_file_path(prefix)} is damaged at sequence {entry}:")
+    assert expected in message and "regenerate" in message
+    with pytest.raises(DataError) as info:
+        ds.verify()
+    assert str(info.value).startswith(f"{index_file_path(prefix)} is damaged at sequence {first_bad}:")
+    assert "\n" not in str(info.value)
+
+
+def test_the_neighbour_of_a_damaged_entry_is_refused_too(tmp_path):
+    prefix = str(tmp_path / "d")
+    build(prefix)
+    _set_pointer(prefix, 2, 10)
+    ds = IndexedDataset(prefix)
+    with pytest.raises(DataError, match="damaged at sequence 1: .* sequence 2 starts at byte 10"):
+        ds[1]
+    assert ds[0].tolist() == DOCS[0][0]  # untouched entries still read
+    assert ds[4].tolist() == DOCS[2][1]
+
+
+def test_verify_finds_the_first_damaged_entry_of_a_large_index(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [[rng.integers(0, 1000, rng.integers(0, 20)).tolist()] for _ in range(5000)]
+    prefix = str(tmp_path / "big")
+    ds = build(prefix, docs)
+    assert ds.verify() is ds
+    # swap two lengths: the total (and so the .bin size) is unchanged
+    lengths = ds.sequence_lengths.copy()
+    k = 3000 + int(np.flatnonzero(lengths[3000:-1] != lengths[3001:])[0])
+    del ds
+    with open(index_file_path(prefix), "r+b") as f:
+        f.seek(34 + 4 * k)
+        f.write(struct.pack("<2i", int(lengths[k + 1]), int(lengths[k])))
+    with pytest.raises(DataError, match=f"damaged at sequence {k}:"):
+        IndexedDataset(prefix).verify()
+
+
+def test_verify_checks_the_document_index_that_open_does_not_scan(tmp_path):
+    prefix = str(tmp_path / "d")
+    build(prefix)  # document index [0, 2, 3, 5]
+    _poke(prefix, 34 + 12 * N_SEQUENCES + 8, "<q", 4)  # [0, 4, 3, 5]: not rising
+    ds = IndexedDataset(prefix)
+    with pytest.raises(DataError, match="invalid document index"):
+        ds.verify()
+    _poke(prefix, 34 + 12 * N_SEQUENCES + 8, "<q", -1)
+    with pytest.raises(DataError, match="invalid document index"):
+        IndexedDataset(prefix).verify()
+
+
+def test_truncated_bin_is_one_sentence_at_open_and_for_verify(tmp_path):
+    prefix = str(tmp_path / "d")
+    ds = build(prefix)
+    ds.verify()
+    _rewrite(data_file_path(prefix), lambda d: d[:-4])
+    with pytest.raises(DataError) as info:
+        ds.verify()  # opened before the cut
+    assert str(info.value).startswith(f"{data_file_path(prefix)} has changed since it was opened")
+    with pytest.raises(DataError) as info:
+        IndexedDataset(prefix)
+    assert str(info.value).startswith(f"{data_file_path(prefix)} has 18 bytes but its index says 22")

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -14,6 +13,8 @@ from megatron_core.data.indexed_dataset import (
     index_file_path,
     merge_datasets,
 )
+from megatron_core.errors import DataError
+from megatron_core.testing import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOL = os.path.join(os.path.dirname(HERE), "tools", "merge_datasets.py")
@@ -135,3 +136,48 @@ def test_merge_of_preprocessed_shards_equals_preprocessing_the_whole(tmp_path):
     merge_datasets(shards, str(tmp_path / "merged"))
     for path in (data_file_path, index_file_path):
         assert open(path(str(tmp_path / "merged")), "rb").read() == open(path(whole), "rb").read()
+
+
+def test_verify_flag_refuses_a_damaged_input_that_a_plain_merge_copies(tmp_path):
+    rng = np.random.default_rng(4)
+    a = build(str(tmp_path / "a"), random_docs(rng, 30))
+    b = build(str(tmp_path / "b"), random_docs(rng, 30))
+    # lengths of two neighbours swapped: every size still adds up, only the entries lie
+    ds = IndexedDataset(a)
+    k = int(np.flatnonzero(ds.sequence_lengths[10:-1] != ds.sequence_lengths[11:])[0]) + 10
+    first, second = int(ds.sequence_lengths[k]), int(ds.sequence_lengths[k + 1])
+    del ds
+    with open(index_file_path(a), "r+b") as f:
+        f.seek(34 + 4 * k)
+        f.write(np.array([second, first], np.int32).tobytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run("--input", a, b, "--output-prefix", out / "ab", "--verify")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {index_file_path(a)} is damaged at sequence {k}:")
+    assert os.listdir(out) == []
+    # without --verify the merge rebuilds the pointers from the lengths it copies: the
+    # result is consistent, so no later check can tell that two boundaries moved
+    assert run("--input", a, b, "--output-prefix", out / "ab").returncode == 0
+    merged = IndexedDataset(str(out / "ab")).verify()
+    assert merged.sequence_lengths[k] == second and merged.sequence_lengths[k + 1] == first
+
+
+@pytest.mark.parametrize("kind", output_faults.KINDS)
+def test_os_error_on_the_output_is_one_sentence_and_leaves_nothing(tmp_path, kind):
+    rng = np.random.default_rng(5)  # inputs of about 100 KB: more than a full disk takes
+    inputs = [build(str(tmp_path / f"in{k}"), random_docs(rng, 600)) for k in range(2)]
+
+    def command(directory):
+        return [sys.executable, TOOL, "--input", *inputs, "--output-prefix", os.path.join(directory, "m")]
+    try:
+        fault_run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=60)
+    except output_faults.FaultUnavailable as e:
+        pytest.skip(str(e))
+    line = fault_run.clean_failure_line()
+    directory = fault_run.fault.directory
+    if kind == "missing_parent":
+        assert line == f"error: output directory {directory} does not exist; create it first."
+    else:
+        assert line.startswith(f"error: cannot use {directory}/m.")

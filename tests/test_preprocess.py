@@ -1,4 +1,5 @@
 """tools/preprocess_data.py run as users run it, on real files, read back through IndexedDataset."""
+import errno
 import gzip
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from megatron_core.data.indexed_dataset import IndexedDataset
+from megatron_core.testing import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -396,3 +398,51 @@ def test_utf8_bom_on_the_first_line_is_accepted(tmp_path, hf_bert):
         vocab_file=BERT_VOCAB, log_interval=0), log=lambda msg: None)
     assert summary.documents["text"] == 2 and not summary.skipped
     assert documents(str(tmp_path / "bom_text_document")) == [hf_bert("新年讲话"), hf_bert("好")]
+
+
+# --- OS errors: one sentence naming the path, exit 2, nothing left behind -------------------
+
+
+@pytest.mark.parametrize("kind", output_faults.KINDS)
+def test_os_error_on_the_output_is_one_sentence_and_leaves_nothing(tmp_path, kind):
+    def command(directory):
+        return [sys.executable, TOOL, "--input", ZH, "--output-prefix", os.path.join(directory, "x"),
+                *BERT, "--workers", "2", "--batch-lines", "20", "--log-interval", "0"]
+    try:
+        run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=120,
+                                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    except output_faults.FaultUnavailable as e:
+        pytest.skip(str(e))
+    line = run.clean_failure_line()
+    directory = run.fault.directory
+    if kind == "missing_parent":
+        assert line.startswith(f"error: --output-prefix {directory}/x: directory {directory} ")
+    else:
+        assert line.startswith(f"error: cannot use {directory}/x_text_document.")
+    assert _processes_mentioning(directory) == [], "workers outlived the failed run"
+
+
+def test_a_key_finished_before_a_later_key_fails_is_removed_too(tmp_path, monkeypatch):
+    from megatron_core.data import indexed_dataset
+
+    real = indexed_dataset.IndexedDatasetBuilder.finalize
+    finished = []
+
+    def finalize_then_fail_the_second(builder, idx_path):
+        if finished:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), idx_path)
+        real(builder, idx_path)
+        finished.append(idx_path)
+
+    monkeypatch.setattr(indexed_dataset.IndexedDatasetBuilder, "finalize", finalize_then_fail_the_second)
+    src = write_jsonl(tmp_path / "two.jsonl", [{"a": "迈向新世纪", "b": "中国人民"}] * 5)
+    out = tmp_path / "out"
+    out.mkdir()
+    from megatron_core.data import preprocess as pp
+    options = pp.PreprocessOptions(input=src, output_prefix=str(out / "k"), json_keys=["a", "b"],
+                                   tokenizer_type="BertWordPieceLowerCase", vocab_file=BERT_VOCAB,
+                                   log_interval=0)
+    with pytest.raises(OSError, match="No space left"):
+        pp.preprocess(options, log=lambda msg: None)
+    assert finished == [str(out / "k_a_document.idx")]  # the first key was published...
+    assert files_under(out) == []                        # ...and removed with the rest

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
-from megatron_core.mpu.utils import pad_vocab_size
+from megatron_core.errors import DataError
+from megatron_core import mpu
+from megatron_core.testing import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -94,13 +95,37 @@ def test_bert_vocab_and_megatron_special_tokens():
     assert tok.detokenize([tok.eod]) == "[EOS]"
 
 
-def test_padded_vocab_size_reuses_megatron_rule():
-    tok = build_tokenizer("BertWordPieceLowerCase", vocab_file=BERT_VOCAB,
-                          make_vocab_size_divisible_by=128, tensor_model_parallel_size=4)
+def test_vocab_size_is_the_tokenizers_and_padding_is_the_models():
+    tok = build_tokenizer("BertWordPieceLowerCase", vocab_file=BERT_VOCAB)
     assert tok.vocab_size == 21130
-    assert tok.padded_vocab_size == pad_vocab_size(21130, 128, 4) == 21504
+    assert not hasattr(tok, "padded_vocab_size")
+    assert mpu.pad_vocab_size(tok.vocab_size, 128, 4) == 21504
     gpt2 = build_tokenizer("GPT2BPETokenizer", vocab_file=GPT2_VOCAB, merge_file=GPT2_MERGES)
-    assert gpt2.padded_vocab_size == 50304
+    assert mpu.pad_vocab_size(gpt2.vocab_size, 128, 1) == 50304
+
+
+def test_no_data_module_imports_mpu():
+    """Data code (preprocessing workers above all) never pulls in the model-parallel core,
+    not even from inside a function."""
+    import ast
+    import megatron_core.data
+
+    offenders = []
+    for folder, _, files in os.walk(os.path.dirname(megatron_core.data.__file__)):
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""] + [alias.name for alias in node.names]
+                else:
+                    continue
+                if any(m == "mpu" or m.startswith("mpu.") or ".mpu" in m for m in modules):
+                    offenders.append(f"{path}:{node.lineno}")
+    assert offenders == []
 
 
 def test_gpt2_ids_equal_transformers(hf_gpt2_dir):
@@ -237,3 +262,48 @@ def test_train_tokenizer_small_vocab_and_truncated_gzip(tmp_path):
     assert bad.returncode == 2 and "truncated or corrupt gzip file" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not os.path.exists(tmp_path / "c.model")
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_train_tokenizer_writes_what_sentencepiece_itself_writes(tmp_path, model_type):
+    """The tool writes the .model/.vocab itself (so a full disk is an error, not a
+    truncated file): same pieces and byte-identical .vocab as sentencepiece's own writer."""
+    import sentencepiece as spm
+
+    src = os.path.join(DATA, "zh_news_200.jsonl")
+    tool = os.path.join(ROOT, "tools", "train_tokenizer.py")
+    done = subprocess.run([sys.executable, tool, "--input", src, "--model-prefix", str(tmp_path / "ours"),
+                           "--vocab-size", "1500", "--model-type", model_type, "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with open(src, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(tmp_path / "ref"), vocab_size=1500,
+        model_type=model_type, character_coverage=0.9995, input_sentence_size=0,
+        shuffle_input_sentence=True, max_sentence_length=16384, num_threads=1, minloglevel=2)
+    assert (tmp_path / "ours.vocab").read_bytes() == (tmp_path / "ref.vocab").read_bytes()
+    ours = spm.SentencePieceProcessor(model_file=str(tmp_path / "ours.model"))
+    ref = spm.SentencePieceProcessor(model_file=str(tmp_path / "ref.model"))
+    assert ours.encode(texts[:20]) == ref.encode(texts[:20])
+    assert sorted(os.listdir(tmp_path)) == ["ours.model", "ours.vocab", "ref.model", "ref.vocab"]
+
+
+@pytest.mark.parametrize("kind", output_faults.KINDS)
+def test_train_tokenizer_os_error_is_one_sentence_and_leaves_nothing(tmp_path, kind):
+    src = os.path.join(DATA, "zh_news_200.jsonl")
+    tool = os.path.join(ROOT, "tools", "train_tokenizer.py")
+
+    def command(directory):
+        return [sys.executable, tool, "--input", src, "--model-prefix", os.path.join(directory, "zh"),
+                "--vocab-size", "1500", "--model-type", "bpe", "--threads", "1"]
+    try:
+        fault_run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=300)
+    except output_faults.FaultUnavailable as e:
+        pytest.skip(str(e))
+    line = fault_run.clean_failure_line()
+    directory = fault_run.fault.directory
+    if kind == "missing_parent":
+        assert line.startswith(f"error: --model-prefix {directory}/zh: directory {directory} ")
+    else:
+        assert line.startswith(f"error: cannot use {directory}/zh.")

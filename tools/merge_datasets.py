@@ -9,16 +9,16 @@
 prefixes (in the order given). The result holds the inputs' documents one after another,
 so it is the same as preprocessing the concatenated corpora. All inputs must come from the
 same tokenizer (same token dtype). The output is written under temporary names and renamed.
+--verify checks every index entry of the inputs first (IndexedDataset.verify).
 """
 import argparse
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_core.data.errors import DataError  # noqa: E402
-from megatron_core.data.indexed_dataset import find_datasets, merge_datasets  # noqa: E402
+from megatron_core.cli import run
+from megatron_core.data.indexed_dataset import find_datasets, merge_datasets
+from megatron_core.errors import DataError
 
 
 def parse_args(argv=None):
@@ -27,6 +27,9 @@ def parse_args(argv=None):
                    help="a directory of .bin/.idx pairs, or dataset prefixes (without .bin/.idx)")
     p.add_argument("--output-prefix", required=True,
                    help="writes {prefix}.bin and {prefix}.idx")
+    p.add_argument("--verify", action="store_true",
+                   help="check every index entry of every input before merging (a full pass "
+                        "over the .idx files; opening a dataset only checks its ends)")
     return p.parse_args(argv)
 
 
@@ -48,21 +51,15 @@ def resolve_inputs(inputs):
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    try:
-        prefixes = resolve_inputs(args.input)
-        merged = merge_datasets(prefixes, args.output_prefix)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; no output was written.", file=sys.stderr)
-        return 130
+    prefixes = resolve_inputs(args.input)
+    merged = merge_datasets(prefixes, args.output_prefix, verify=args.verify)
     tokens = int(merged.sequence_lengths.sum(dtype="int64"))
-    print(f"merged {len(prefixes)} datasets in {time.perf_counter() - start:.1f} s: "
-          f"{merged.num_documents} documents, {len(merged)} sequences, {tokens} tokens "
-          f"({merged.dtype}) -> {args.output_prefix}.bin/.idx", file=sys.stderr)
+    print(f"merged {len(prefixes)} datasets in {time.perf_counter() - start:.1f} s"
+          f"{' (inputs verified)' if args.verify else ''}: {merged.num_documents} documents, "
+          f"{len(merged)} sequences, {tokens} tokens ({merged.dtype}) -> "
+          f"{args.output_prefix}.bin/.idx", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

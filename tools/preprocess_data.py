@@ -7,16 +7,13 @@
 writes data/zh_text_document.bin/.idx (data/zh_text_sentence.* with --split-sentences).
 """
 import argparse
-import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_core.data.errors import DataError  # noqa: E402
-from megatron_core.data.preprocess import (  # noqa: E402
+from megatron_core.cli import exit_now, run
+from megatron_core.data.preprocess import (
     BATCH_BYTES, BATCH_LINES, PreprocessOptions, format_summary, preprocess)
-from megatron_core.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+from megatron_core.data.tokenizers import TOKENIZER_TYPES
 
 
 def parse_args(argv=None):
@@ -65,7 +62,7 @@ def _exit_now(message: str, code: int) -> None:
     files are already removed at this point."""
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def main(argv=None) -> int:
@@ -78,11 +75,11 @@ def main(argv=None) -> int:
         log_interval=args.log_interval, strict=args.strict, batch_lines=args.batch_lines)
     # A scheduler's `kill` (SIGTERM) cleans up like Ctrl-C: temporaries removed, no output.
     signal.signal(signal.SIGTERM, _terminated)
+    # A user mistake or an OS error (disk full, permission denied) propagates to cli.run:
+    # one sentence and exit 2, after preprocess() removed the temporaries and stopped the
+    # workers. Interrupts exit here, without the interpreter's exit handlers.
     try:
         summary = preprocess(options)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         _exit_now("interrupted; no output was written.", 130)
     except Terminated:
@@ -92,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -10,16 +10,17 @@ Texts are streamed to the trainer (no temporary text file); .jsonl / .jsonl.gz i
 use --json-keys, any other file is read one text per line.
 """
 import argparse
+import io
 import os
 import re
 import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_core.data.errors import DataError  # noqa: E402
-from megatron_core.data.preprocess import _checked_lines, open_input, parse_line  # noqa: E402
+from megatron_core.cli import run
+from megatron_core.data.atomic_files import create_temporary, naming, publish, remove_quietly
+from megatron_core.data.preprocess import _checked_lines, open_input, parse_line
+from megatron_core.errors import DataError
 
 MAX_REPORTED = 10
 
@@ -103,9 +104,46 @@ def train(args) -> dict:
         raise DataError(f"--model-prefix {args.model_prefix}: directory {out_dir} does not exist; create it first.")
     stream = TextStream(args.input, args.json_keys, is_json_lines(args.input))
     start = time.perf_counter()
+    outputs = [args.model_prefix + ".model", args.model_prefix + ".vocab"]
+    # Created before training, so a directory that cannot be written fails in a second,
+    # not after an hour; removed on any failure, so no partial file is ever left.
+    temporaries = []
+    try:
+        for path in outputs:
+            temporaries.append(create_temporary(path))
+        model = _train_model(sentencepiece, stream, args)
+        _write_outputs(sentencepiece, model, temporaries, outputs)
+    except BaseException:
+        for f, tmp in temporaries:
+            f.close()
+            remove_quietly(tmp)
+        raise
+    return {"model": outputs[0], "vocab": outputs[1],
+            "lines": stream.lines, "texts": stream.texts, "characters": stream.chars,
+            "skipped": dict(stream.skipped), "vocab_size": args.vocab_size,
+            "elapsed_s": round(time.perf_counter() - start, 2)}
+
+
+def _write_outputs(sentencepiece, model: bytes, temporaries, outputs) -> None:
+    """The .model as trained and the .vocab as sentencepiece writes it (piece, tab, score
+    printed as C++ streams a float), each to its temporary, then both renamed."""
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+                    for i in range(processor.get_piece_size()))
+    for (f, tmp), path, data in zip(temporaries, outputs, (model, vocab.encode("utf-8"))):
+        with naming(path), f:
+            f.write(data)
+    for (_, tmp), path in zip(temporaries, outputs):
+        publish(tmp, path)
+
+
+def _train_model(sentencepiece, stream: "TextStream", args) -> bytes:
+    """The trained model's bytes. sentencepiece writes no file itself: given a full disk it
+    leaves truncated ones and reports success."""
+    model = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(stream), model_prefix=args.model_prefix,
+            sentence_iterator=iter(stream), model_writer=model,
             vocab_size=args.vocab_size, model_type=args.model_type,
             character_coverage=args.character_coverage,
             input_sentence_size=args.input_sentence_size, shuffle_input_sentence=True,
@@ -129,24 +167,14 @@ def train(args) -> dict:
             raise DataError(f"--input {args.input} has no usable text under --json-keys "
                             f"{' '.join(args.json_keys)}.") from None
         raise DataError(f"sentencepiece could not train on {args.input}: {message}") from None
-    if stream.error is not None:  # trained on part of the input only: do not leave that model
-        for ext in (".model", ".vocab"):
-            if os.path.exists(args.model_prefix + ext):
-                os.remove(args.model_prefix + ext)
+    if stream.error is not None:  # trained on part of the input only: write no model
         raise stream.error
-    return {"model": args.model_prefix + ".model", "vocab": args.model_prefix + ".vocab",
-            "lines": stream.lines, "texts": stream.texts, "characters": stream.chars,
-            "skipped": dict(stream.skipped), "vocab_size": args.vocab_size,
-            "elapsed_s": round(time.perf_counter() - start, 2)}
+    return model.getvalue()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        summary = train(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = train(args)
     skipped = sum(summary["skipped"].values())
     print(f"trained a {args.model_type} model of {summary['vocab_size']} pieces on {summary['texts']} texts "
           f"({summary['characters']} characters, {summary['lines']} lines, {skipped} skipped) "
@@ -155,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from megatron_core.data import chinese_wwm
-from megatron_core.data.dataset_cache import IndexCache, load_or_build
-from megatron_core.data.errors import DataError
+from megatron_core.data.dataset_cache import IndexCache, content_digest, load_or_build
 from megatron_core.data.gpt_dataset import default_cache_dir
 from megatron_core.data.masking import (create_masked_lm_predictions, random_replacement_ids,
                                         wordpiece_word_starts)
+from megatron_core.errors import DataError
 
 # Megatron skips documents holding a sentence longer than this (usually tables or junk).
 LONG_SENTENCE_LEN = 512
@@ -152,6 +152,10 @@ def sentence_sample_mapping(indexed_dataset, document_range: Optional[Tuple[int,
         "class": class_name, "format_version": MAPPING_FORMAT_VERSION, "path_prefix": prefix,
         "split": split_name, "document_range": [start, stop],
         "num_sequences": len(indexed_dataset), "max_num_tokens": max_num_tokens,
+        # the sentence lengths and document boundaries the mapping is built from
+        "content_md5": content_digest(
+            indexed_dataset.sequence_lengths[doc_index[start]:doc_index[stop]],
+            doc_index[start:stop + 1] - doc_index[start]),
         "short_seq_prob": short_seq_prob, "min_sentences": min_sentences, "seed": seed,
         "num_samples": num_samples, "long_sentence_len": LONG_SENTENCE_LEN,
     }

@@ -13,8 +13,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from megatron_core.data.dataset_cache import IndexCache, load_or_build
-from megatron_core.data.errors import DataError
 from megatron_core.data.index_helpers import build_blending_indices
+from megatron_core.errors import DataError
 
 
 def parse_data_path(data_path: Union[str, Sequence[str]]) -> Tuple[List[float], List[str]]:

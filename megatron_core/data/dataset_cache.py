@@ -1,6 +1,7 @@
 """On-disk cache of dataset index arrays, keyed by the md5 of what they were built from.
 
-For a description such as {"class": "GPTDataset", "path": ..., "seq_length": 2048, ...}
+For a description such as {"class": "GPTDataset", "path": ..., "seq_length": 2048,
+"content_md5": content_digest(lengths), ...}
 the cache holds, in one directory:
 
     <Class>-<md5>-<name>.npy          one file per array (doc_idx, sample_idx, ...)
@@ -16,10 +17,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from megatron_core.data.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +32,22 @@ def description_hash(description: dict) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-def _write_atomically(path: str, write: Callable) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes 0600 files; other users of a shared cache must read them too.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def content_digest(*arrays: np.ndarray) -> str:
+    """md5 of arrays' values in order (as little-endian int64, whatever their dtype).
+
+    Index arrays depend on the sequence lengths and document boundaries they were built
+    from, not on a dataset's name: putting this digest in a description means a corpus
+    regenerated under the same name (same document count, even the same token count)
+    never picks up an index built for the old one.
+    """
+    digest = hashlib.md5()
+    for array in arrays:
+        values = np.asarray(array)
+        # in chunks: a billion-sequence index is hashed without a second copy in memory
+        for start in range(0, len(values), 1 << 24):
+            digest.update(values[start:start + (1 << 24)].astype("<i8").tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
 
 
 class IndexCache:
@@ -74,10 +75,10 @@ class IndexCache:
     def save(self, arrays: Dict[str, np.ndarray]) -> None:
         os.makedirs(self.directory, exist_ok=True)
         for name in self.array_names:
-            _write_atomically(self.path(name),
-                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False))
+            write_atomically(self.path(name),
+                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False), sync=True)
         text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
-        _write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")))
+        write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")), sync=True)
 
 
 def load_or_build(cache: Optional[IndexCache], build: Callable[[], Dict[str, np.ndarray]]):

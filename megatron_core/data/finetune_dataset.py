@@ -25,7 +25,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

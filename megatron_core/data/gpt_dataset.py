@@ -21,9 +21,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from megatron_core.data.dataset_cache import IndexCache, load_or_build
-from megatron_core.data.errors import DataError
+from megatron_core.data.dataset_cache import IndexCache, content_digest, load_or_build
 from megatron_core.data.index_helpers import build_sample_idx
+from megatron_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,11 @@ class GPTDataset:
             "path_prefix": self.path_prefix,
             "split": split_name,
             "document_range": [start, stop],
-            # Guards against a dataset regenerated under the same name.
+            # The indices depend only on these lengths, in this order: keyed on them, a
+            # dataset regenerated under the same name never reuses a stale index.
             "num_sequences": len(indexed_dataset),
             "tokens_in_range": self.tokens_per_epoch,
+            "content_md5": content_digest(sizes[start:stop]),
             "seq_length": self.seq_length,
             "seed": self.seed,
             "num_samples": num_samples,

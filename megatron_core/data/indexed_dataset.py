@@ -21,15 +21,14 @@ Megatron's multimodal variant appends int8[N] sequence modes; we read past them.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 from array import array
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from megatron_core.data.errors import DataError
+from megatron_core.data.atomic_files import create_temporary, naming, publish, remove_quietly
+from megatron_core.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -144,23 +143,107 @@ class _Index:
         self.sequence_lengths = np.frombuffer(buf, np.int32, n, HEADER_SIZE)
         self.sequence_pointers = np.frombuffer(buf, np.int64, n, HEADER_SIZE + 4 * n)
         self.document_indices = np.frombuffer(buf, np.int64, d, HEADER_SIZE + 12 * n)
-        self._check_document_indices()
-
-    def _check_document_indices(self) -> None:
+        # Only the ends are checked here, so opening costs the same for any corpus size;
+        # verify() checks every entry.
         doc = self.document_indices
-        if doc[0] != 0 or doc[-1] > self.sequence_count or (
-                len(doc) > 1 and np.any(doc[1:] < doc[:-1])):
-            raise DataError(
-                f"{self.path} has an invalid document index (it must rise from 0 to at "
-                f"most the sequence count {self.sequence_count}); the file is corrupt, "
-                f"regenerate it."
-            )
+        if doc[0] != 0 or not 0 <= doc[-1] <= n:
+            raise self._bad_document_index()
+
+    def _bad_document_index(self) -> DataError:
+        return DataError(
+            f"{self.path} has an invalid document index (it must rise from 0 to at most the "
+            f"sequence count {self.sequence_count}); the file is corrupt, regenerate it.")
 
     def data_size(self) -> int:
-        """Bytes of .bin that the index describes."""
+        """Bytes of .bin that the index describes (its last sequence's end)."""
         if self.sequence_count == 0:
             return 0
         return int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
+
+    def verify_document_index(self) -> None:
+        """Every document-index entry in [0, sequence count] and none below the one before."""
+        doc = self.document_indices
+        bad = (doc < 0) | (doc > self.sequence_count)
+        bad[1:] |= doc[1:] < doc[:-1]
+        if doc[0] != 0 or bad.any():
+            raise self._bad_document_index()
+
+
+class _SequenceChecks:
+    """Whether index entries agree with their neighbours and with the .bin, one or all.
+
+    Entry i is sound when its length is not negative, it starts where entry i - 1 ends
+    (entry 0 at byte 0) and ends where entry i + 1 starts (the last one at the end of the
+    .bin). A read checks only the entries it reads, in O(1) each; `first_bad_entry` checks
+    all of them, vectorised. Both report through `damage`, so a damaged index gives the
+    same sentence whichever finds it.
+    """
+
+    def __init__(self, index: _Index, bin_path: str, bin_size: int):
+        self.index, self.bin_path, self.bin_size = index, bin_path, bin_size
+        self.itemsize = index.dtype.itemsize
+
+    def check(self, i: int) -> None:
+        index = self.index
+        pointer = int(index.sequence_pointers[i])
+        length = int(index.sequence_lengths[i])
+        end = pointer + length * self.itemsize
+        next_start = (self.bin_size if i + 1 == index.sequence_count
+                      else int(index.sequence_pointers[i + 1]))
+        # (entry 0 starting at byte 0 is checked once, when the dataset is opened)
+        if length < 0 or pointer < 0 or end != next_start or end > self.bin_size:
+            raise self.damage(i)
+
+    def check_many(self, entries: np.ndarray, pointers: np.ndarray, lengths: np.ndarray) -> None:
+        """`check` for many entries at once (the sequences of one GPT sample), given their
+        pointers and lengths (int64) as the caller already read them. Few numpy calls on
+        the way through; anything that looks wrong is settled by `check`, entry by entry
+        (the last sequence, whose end is the .bin's and not a pointer, always comes here)."""
+        index = self.index
+        ends = lengths * self.itemsize
+        ends += pointers
+        following = entries + 1
+        np.minimum(following, index.sequence_count - 1, out=following)
+        mismatched = ends != index.sequence_pointers[following]
+        if mismatched.any() or (lengths | pointers).min() < 0 or ends.max() > self.bin_size:
+            # a negative entry counts from the end, as in numpy
+            for entry in entries[mismatched | (lengths < 0) | (pointers < 0) | (ends > self.bin_size)]:
+                self.check(int(entry) % index.sequence_count)
+
+    def first_bad_entry(self) -> Optional[int]:
+        index = self.index
+        if index.sequence_count == 0:
+            return None
+        pointers = index.sequence_pointers
+        ends = pointers + index.sequence_lengths.astype(np.int64) * self.itemsize
+        expected = np.empty_like(ends)
+        expected[:-1] = pointers[1:]
+        expected[-1] = self.bin_size
+        bad = (index.sequence_lengths < 0) | (pointers < 0) | (ends > self.bin_size) | (ends != expected)
+        bad[0] |= pointers[0] != 0
+        return int(np.argmax(bad)) if bad.any() else None
+
+    def damage(self, i: int) -> DataError:
+        """The sentence for a damaged entry i: what the index says, and why it cannot be."""
+        index = self.index
+        pointer = int(index.sequence_pointers[i])
+        length = int(index.sequence_lengths[i])
+        end = pointer + length * self.itemsize
+        if length < 0:
+            problem = "a length cannot be negative"
+        elif pointer < 0 or pointer > self.bin_size or end > self.bin_size:
+            problem = f"that runs past the end of the {self.bin_size}-byte .bin"
+        elif i == 0 and pointer != 0:
+            problem = "the first sequence must start at byte 0"
+        elif i + 1 == index.sequence_count:
+            problem = f"the last sequence must end at the end of the {self.bin_size}-byte .bin"
+        else:
+            problem = (f"sequence {i + 1} starts at byte {int(index.sequence_pointers[i + 1])}, "
+                       f"not where this one ends")
+        return DataError(
+            f"{index.path} is damaged at sequence {i}: it says the sequence starts at byte "
+            f"{pointer} of {self.bin_path} and has {length} tokens of {index.dtype} (ending at "
+            f"byte {end}), but {problem}; regenerate the dataset with tools/preprocess_data.py.")
 
 
 class IndexedDataset:
@@ -180,22 +263,44 @@ class IndexedDataset:
         if not os.path.isfile(bin_path):
             raise DataError(
                 f"{bin_path} does not exist but its index {index_file_path(prefix)} does; "
-                f"copy both files of the dataset, or regenerate them."
-            )
+                f"copy both files of the dataset, or regenerate them.")
         bin_size = os.path.getsize(bin_path)
+        self._checks = _SequenceChecks(self._index, bin_path, bin_size)
+        count = self._index.sequence_count
+        if count and int(self._index.sequence_lengths[-1]) < 0:
+            raise self._checks.damage(count - 1)
+        if count and int(self._index.sequence_pointers[0]) != 0:
+            raise self._checks.damage(0)
         expected = self._index.data_size()
         if bin_size != expected:
             raise DataError(
                 f"{bin_path} has {bin_size} bytes but its index says {expected} "
-                f"({self._index.sequence_count} sequences of {self._index.dtype}); the .bin "
-                f"and .idx do not belong together or one is truncated, regenerate them."
-            )
+                f"({count} sequences of {self._index.dtype}); the .bin and .idx do not belong "
+                f"together or one is truncated, regenerate them.")
         if bin_size == 0:  # mmap refuses empty files
             self._bin = np.empty(0, dtype=np.uint8)
         else:
             self._bin = np.memmap(bin_path, mode="r", dtype=np.uint8)
         self._bin_buffer = memoryview(self._bin)
         self._tokens = np.frombuffer(self._bin_buffer, dtype=self._index.dtype)
+
+    def verify(self) -> "IndexedDataset":
+        """Check every entry of the index (see _SequenceChecks), the document index, and
+        that the .bin still has the size it had when opened; raises one DataError naming
+        the file and the first bad entry. Reads check their own entries anyway: this
+        finds damage before a long run reaches it. Returns the dataset."""
+        checks = self._checks
+        size_now = os.path.getsize(checks.bin_path) if os.path.isfile(checks.bin_path) else None
+        if size_now != checks.bin_size:
+            raise DataError(
+                f"{checks.bin_path} has changed since it was opened ({checks.bin_size} bytes, now "
+                f"{'missing' if size_now is None else f'{size_now} bytes'}); something is "
+                f"rewriting or truncating it, regenerate the dataset and reopen it.")
+        bad = checks.first_bad_entry()
+        if bad is not None:
+            raise checks.damage(bad)
+        self._index.verify_document_index()
+        return self
 
     # Memory maps do not pickle cheaply (numpy copies them): reopen by path instead,
     # so the dataset can be handed to DataLoader worker processes.
@@ -253,11 +358,14 @@ class IndexedDataset:
             if start >= stop:
                 return []
             lengths = self.sequence_lengths[start:stop]
+            self._checks.check_many(np.arange(start, stop), self.sequence_pointers[start:stop],
+                                    lengths.astype(np.int64))
             # One contiguous read, then split: sequences of a range are adjacent in .bin.
             flat = self._read(int(self.sequence_pointers[start]), int(lengths.sum()))
             return np.split(flat, np.cumsum(lengths[:-1]))
         if isinstance(idx, (int, np.integer)):
             i = self._check_index(int(idx))
+            self._checks.check(i)
             return self._read(int(self.sequence_pointers[i]), int(self.sequence_lengths[i]))
         raise TypeError(f"IndexedDataset indices must be int or slice, not {type(idx).__name__}")
 
@@ -273,9 +381,11 @@ class IndexedDataset:
         `last_length` (None: to its end). This is how a GPT sample that spans many short
         documents is read without a Python loop over them."""
         index = self._index
+        sequences = np.asarray(sequences)
         starts = index.sequence_pointers[sequences]
-        starts //= index.dtype.itemsize
         lengths = index.sequence_lengths[sequences].astype(np.int64)
+        self._checks.check_many(sequences, starts, lengths)
+        starts //= index.dtype.itemsize
         last = int(lengths[-1])
         if last_length is not None:
             if not 0 <= last_length <= last:
@@ -296,6 +406,7 @@ class IndexedDataset:
     def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         """Tokens [offset, offset + length) of sequence `idx`, reading only those bytes."""
         i = self._check_index(int(idx))
+        self._checks.check(i)
         size = int(self.sequence_lengths[i])
         if length is None:
             length = size - offset
@@ -328,9 +439,7 @@ class IndexedDatasetBuilder:
         directory = os.path.dirname(os.path.abspath(bin_path))
         if not os.path.isdir(directory):
             raise DataError(f"output directory {directory} does not exist; create it first.")
-        fd, self._tmp_bin = tempfile.mkstemp(
-            dir=directory, prefix=os.path.basename(bin_path) + ".", suffix=".tmp")
-        self._data = os.fdopen(fd, "wb")
+        self._data, self._tmp_bin = create_temporary(bin_path)
         self._tmp_idx: Optional[str] = None
         self._lengths = array("i")  # int32, as stored in the index
         self._doc_indices = array("q", [0])
@@ -353,7 +462,8 @@ class IndexedDatasetBuilder:
         return arr.astype(self.dtype, copy=False)
 
     def _write(self, arr: np.ndarray) -> None:
-        self._data.write(np.ascontiguousarray(arr).data)
+        with naming(self.bin_path):
+            self._data.write(np.ascontiguousarray(arr).data)
 
     def add_item(self, tokens) -> None:
         """Append one sequence; it joins the current document until `end_document`."""
@@ -414,10 +524,16 @@ class IndexedDatasetBuilder:
         # frombytes: no Python int per sequence, so merging billions of sequences is cheap
         self._lengths.frombytes(np.ascontiguousarray(index.sequence_lengths, np.int32).tobytes())
         self._doc_indices.frombytes((index.document_indices[1:] + offset).astype(np.int64).tobytes())
-        self._data.flush()
-        with open(bin_path, "rb") as src:
-            shutil.copyfileobj(src, self._data, 16 << 20)
         del index
+        with naming(bin_path):
+            src = open(bin_path, "rb")
+        with src:
+            while True:
+                with naming(bin_path):
+                    chunk = src.read(16 << 20)
+                if not chunk:
+                    break
+                self._write(np.frombuffer(chunk, np.uint8))
 
     # -- finishing ---------------------------------------------------------------------
 
@@ -432,7 +548,8 @@ class IndexedDatasetBuilder:
     def finalize(self, idx_path: str) -> None:
         """Write the index and move both files to their final names."""
         self._close_open_document()
-        self._data.close()
+        with naming(self.bin_path):
+            self._data.close()
         lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
@@ -440,10 +557,8 @@ class IndexedDatasetBuilder:
         pointers *= self._itemsize
         doc_indices = np.frombuffer(self._doc_indices, dtype=np.int64)
 
-        fd, self._tmp_idx = tempfile.mkstemp(
-            dir=os.path.dirname(os.path.abspath(idx_path)),
-            prefix=os.path.basename(idx_path) + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        f, self._tmp_idx = create_temporary(idx_path)
+        with naming(idx_path), f:
             f.write(MAGIC)
             f.write(struct.pack("<Q", VERSION))
             f.write(struct.pack("<B", self._code))
@@ -452,25 +567,22 @@ class IndexedDatasetBuilder:
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
             f.write(doc_indices.tobytes())
-        # mkstemp creates 0600 files; give them the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in (self._tmp_bin, self._tmp_idx):
-            os.chmod(tmp, 0o666 & ~umask)
         # .bin first: a reader only trusts a .bin once an .idx that matches it exists.
-        os.replace(self._tmp_bin, self.bin_path)
-        os.replace(self._tmp_idx, idx_path)
+        publish(self._tmp_bin, self.bin_path)
+        publish(self._tmp_idx, idx_path)
         self._finalized = True
 
     def abort(self) -> None:
         """Drop the temporaries; nothing appears under the final names."""
         if self._finalized:
             return
-        if not self._data.closed:
+        try:
             self._data.close()
+        except OSError:  # the write that failed fails again on the way out
+            pass
         for tmp in (self._tmp_bin, self._tmp_idx):
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
+            if tmp:
+                remove_quietly(tmp)
         self._finalized = True
 
     def __enter__(self) -> "IndexedDatasetBuilder":
@@ -503,10 +615,19 @@ def find_datasets(directory: str) -> list:
     return prefixes
 
 
-def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> "IndexedDataset":
+def verify_datasets(prefixes: Sequence[str]) -> None:
+    """Check every index entry of every dataset (IndexedDataset.verify): the check behind
+    the `--verify` flag of the tools and entry points that read datasets."""
+    for prefix in prefixes:
+        IndexedDataset(prefix).verify()
+
+
+def merge_datasets(prefixes: Sequence[str], output_prefix: str,
+                   verify: bool = False) -> "IndexedDataset":
     """Concatenate datasets (sequences, lengths and documents, in the given order) into a
     new dataset at `output_prefix`, written under temporary names and renamed at the end.
-    All inputs must share one token dtype (the same tokenizer)."""
+    All inputs must share one token dtype (the same tokenizer). `verify` checks every
+    index entry of the inputs first, so a damaged one is not copied into the result."""
     prefixes = [str(p) for p in prefixes]
     if not prefixes:
         raise DataError("nothing to merge: no datasets were given (or the directory has no "
@@ -531,6 +652,8 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> "IndexedDatas
                             f"that dataset before merging.")
     dtype = indices[0].dtype
     del indices
+    if verify:
+        verify_datasets(prefixes)
     with IndexedDatasetBuilder(data_file_path(output_prefix), dtype=dtype) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)

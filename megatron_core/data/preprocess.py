@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_core.data.errors import DataError
+from megatron_core.data.atomic_files import remove_quietly
 from megatron_core.data.indexed_dataset import (
     IndexedDatasetBuilder,
     best_dtype,
@@ -34,6 +34,7 @@ from megatron_core.data.indexed_dataset import (
 )
 from megatron_core.data.text_splitting import split_sentences
 from megatron_core.data.tokenizers import build_tokenizer
+from megatron_core.errors import DataError
 
 # Input is cut into batches of about this many bytes (or lines, whichever comes first):
 # large enough that per-batch overhead (pickling, IPC) is small next to tokenizing.
@@ -446,6 +447,7 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
                          (lambda: raw.tell()) if gz else (lambda: summary.input_bytes))
 
     builders: Dict[str, IndexedDatasetBuilder] = {}
+    published: List[str] = []
     pool = throttle = None
     try:
         for key, prefix in prefixes.items():
@@ -494,12 +496,17 @@ def preprocess(options: PreprocessOptions, log=None) -> PreprocessSummary:
                 f"{' '.join(options.json_keys)}.")
         for key, prefix in prefixes.items():
             builders[key].finalize(index_file_path(prefix))
+            published.append(prefix)
             summary.output_bytes += (os.path.getsize(data_file_path(prefix))
                                      + os.path.getsize(index_file_path(prefix)))
     except BaseException:
-        # Files first: whatever happens while stopping the workers, nothing is left behind.
+        # Files first: whatever happens while stopping the workers, nothing is left behind,
+        # not even the datasets of the keys finished before the one that failed.
         for builder in builders.values():
             builder.abort()
+        for prefix in published:
+            for path in (index_file_path(prefix), data_file_path(prefix)):
+                remove_quietly(path)
         if pool is not None:
             throttle.stop()
             _stop_pool(pool)

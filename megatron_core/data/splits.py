@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from megatron_core.data.bert_dataset import LONG_SENTENCE_LEN, sentence_sample_mapping
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 
 
 @dataclass

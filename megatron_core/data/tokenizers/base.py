@@ -17,7 +17,8 @@ class AbstractTokenizer(ABC):
     @property
     @abstractmethod
     def vocab_size(self) -> int:
-        """Number of ids the tokenizer can emit (before padding for tensor parallelism)."""
+        """Number of ids the tokenizer can emit (the model pads its embedding; see
+        TransformerConfig.pad_vocab)."""
 
     @property
     @abstractmethod
@@ -49,20 +50,6 @@ class AbstractTokenizer(ABC):
     bos: Optional[int] = None
     eos: Optional[int] = None
     eod: Optional[int] = None
-
-    # Megatron pads the embedding to a multiple of divisible_by * tp; build_tokenizer sets these.
-    make_vocab_size_divisible_by: int = 128
-    tensor_model_parallel_size: int = 1
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Embedding rows a *new* model needs; a loaded checkpoint keeps its stored size."""
-        # Imported here: megatron_core.mpu pulls in torch (over a second), which the
-        # preprocessing workers never need.
-        from megatron_core.mpu.utils import pad_vocab_size
-
-        return pad_vocab_size(self.vocab_size, self.make_vocab_size_divisible_by,
-                              self.tensor_model_parallel_size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"

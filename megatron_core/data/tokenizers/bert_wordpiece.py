@@ -13,9 +13,9 @@ from typing import Dict, List
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers.base import RustBackedTokenizer
 from megatron_core.data.tokenizers.files import read_wordpiece_vocab, require_file
+from megatron_core.errors import DataError
 
 _REQUIRED = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 

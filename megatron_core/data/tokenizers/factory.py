@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers.base import AbstractTokenizer
+from megatron_core.errors import DataError
 
 TOKENIZER_TYPES = (
     "BertWordPieceLowerCase",
@@ -18,9 +18,9 @@ TOKENIZER_TYPES = (
 
 def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str] = None,
                     merge_file: Optional[str] = None, tokenizer_model: Optional[str] = None,
-                    vocab_extra_ids: int = 0, make_vocab_size_divisible_by: int = 128,
-                    tensor_model_parallel_size: int = 1) -> AbstractTokenizer:
-    """Build a tokenizer; `tokenizer.padded_vocab_size` is Megatron's padded embedding size."""
+                    vocab_extra_ids: int = 0) -> AbstractTokenizer:
+    """Build a tokenizer. Padding its vocab_size for the embedding is the model's business
+    (the padded size is stored in checkpoints), not the tokenizer's."""
     if tokenizer_type in ("BertWordPieceLowerCase", "BertWordPieceCase"):
         from megatron_core.data.tokenizers.bert_wordpiece import BertWordPieceTokenizer
         tokenizer = BertWordPieceTokenizer(
@@ -42,8 +42,6 @@ def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str] = None,
         raise DataError(
             f"--tokenizer-type {tokenizer_type!r} is not supported; use one of "
             f"{', '.join(TOKENIZER_TYPES)}.")
-    tokenizer.make_vocab_size_divisible_by = make_vocab_size_divisible_by
-    tokenizer.tensor_model_parallel_size = tensor_model_parallel_size
     return tokenizer
 
 
@@ -55,6 +53,4 @@ def build_tokenizer_from_args(args) -> AbstractTokenizer:
         merge_file=getattr(args, "merge_file", None),
         tokenizer_model=getattr(args, "tokenizer_model", None),
         vocab_extra_ids=getattr(args, "vocab_extra_ids", 0) or 0,
-        make_vocab_size_divisible_by=getattr(args, "make_vocab_size_divisible_by", 128),
-        tensor_model_parallel_size=getattr(args, "tensor_model_parallel_size", 1),
     )

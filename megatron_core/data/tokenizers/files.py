@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-from megatron_core.data.errors import DataError
+from megatron_core.errors import DataError
 
 
 def require_file(path: Optional[str], flag: str, tokenizer_type: str) -> str:

@@ -11,9 +11,9 @@ from typing import Dict
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers.base import RustBackedTokenizer
 from megatron_core.data.tokenizers.files import require_file
+from megatron_core.errors import DataError
 
 _EOD = "<|endoftext|>"
 

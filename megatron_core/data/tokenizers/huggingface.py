@@ -14,8 +14,8 @@ from typing import Dict, Optional
 
 from tokenizers import Tokenizer
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers.base import RustBackedTokenizer
+from megatron_core.errors import DataError
 
 _ROLES = {"cls": "cls_token", "sep": "sep_token", "pad": "pad_token", "mask": "mask_token",
           "bos": "bos_token", "eos": "eos_token"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Sequence
 
-from megatron_core.data.errors import DataError
 from megatron_core.data.tokenizers.base import DictVocabTokenizer
 from megatron_core.data.tokenizers.files import require_file
+from megatron_core.errors import DataError
 
 
 def _load(model_file: str, kind: str):
