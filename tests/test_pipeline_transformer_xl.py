@@ -12,7 +12,6 @@ at PP=2 with two virtual stages per rank.
 import pytest
 import torch
 
-from megatron_core.errors import UserError
 from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.mpu.grads import clip_grad_norm

@@ -58,7 +58,6 @@ the p2p link; the forward step asks for it with `use_memory=True`:
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch

@@ -5,8 +5,6 @@ from typing import List, Tuple
 
 import torch
 
-from .layout import pad_vocab_size  # noqa: F401  (its old home; tokenizers import it here)
-
 
 def divide(numerator: int, denominator: int, what: str = "value") -> int:
     """Integer division that refuses to round: parallel splits must be exact."""
