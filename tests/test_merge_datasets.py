@@ -138,7 +138,7 @@ def test_merge_of_preprocessed_shards_equals_preprocessing_the_whole(tmp_path):
         assert open(path(str(tmp_path / "merged")), "rb").read() == open(path(whole), "rb").read()
 
 
-def test_verify_flag_refuses_a_damaged_input_that_a_plain_merge_copies(tmp_path):
+def test_merge_refuses_a_damaged_input_unless_told_not_to_verify(tmp_path):
     rng = np.random.default_rng(4)
     a = build(str(tmp_path / "a"), random_docs(rng, 30))
     b = build(str(tmp_path / "b"), random_docs(rng, 30))
@@ -152,14 +152,14 @@ def test_verify_flag_refuses_a_damaged_input_that_a_plain_merge_copies(tmp_path)
         f.write(np.array([second, first], np.int32).tobytes())
     out = tmp_path / "out"
     out.mkdir()
-    proc = run("--input", a, b, "--output-prefix", out / "ab", "--verify")
+    proc = run("--input", a, b, "--output-prefix", out / "ab")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {index_file_path(a)} is damaged at sequence {k}:")
     assert os.listdir(out) == []
-    # without --verify the merge rebuilds the pointers from the lengths it copies: the
+    # with --no-verify the merge rebuilds the pointers from the lengths it copies: the
     # result is consistent, so no later check can tell that two boundaries moved
-    assert run("--input", a, b, "--output-prefix", out / "ab").returncode == 0
+    assert run("--input", a, b, "--output-prefix", out / "ab", "--no-verify").returncode == 0
     merged = IndexedDataset(str(out / "ab")).verify()
     assert merged.sequence_lengths[k] == second and merged.sequence_lengths[k + 1] == first
 

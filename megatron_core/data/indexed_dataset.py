@@ -623,11 +623,12 @@ def verify_datasets(prefixes: Sequence[str]) -> None:
 
 
 def merge_datasets(prefixes: Sequence[str], output_prefix: str,
-                   verify: bool = False) -> "IndexedDataset":
+                   verify: bool = True) -> "IndexedDataset":
     """Concatenate datasets (sequences, lengths and documents, in the given order) into a
     new dataset at `output_prefix`, written under temporary names and renamed at the end.
-    All inputs must share one token dtype (the same tokenizer). `verify` checks every
-    index entry of the inputs first, so a damaged one is not copied into the result."""
+    All inputs must share one token dtype (the same tokenizer). `verify` (on by
+    default) checks every index entry of the inputs first: the merge rebuilds pointers from
+    the lengths it copies, so a damaged input would otherwise become a consistent, wrong result."""
     prefixes = [str(p) for p in prefixes]
     if not prefixes:
         raise DataError("nothing to merge: no datasets were given (or the directory has no "
