@@ -4,8 +4,8 @@
 
 One process, no pipeline schedule, no backend, no lr schedule object: the serial model
 (GPTModel at TP=1), the same train split as pretrain_gpt.py, global batch k = samples
-k*G .. (k+1)*G - 1 as one batch, the mean token loss, backward, torch's
-clip_grad_norm_, torch.optim.AdamW with weight decay on matrices only. It supports what
+k*G .. (k+1)*G - 1 in micro-batches of --micro-batch-size (gradients accumulated), the
+mean token loss, backward, torch's clip_grad_norm_, torch.optim.AdamW with weight decay on matrices only. It supports what
 it needs to: fp32, no dropout, a constant learning rate. Output: {"losses": [per step],
 "tokens_per_second": [per --log-interval window]}.
 """
@@ -65,13 +65,18 @@ def train(argv) -> dict:
     window_start, window_tokens = time.perf_counter(), 0
     for step in range(iters):
         text = torch.from_numpy(np.stack([train_ds[i]["text"] for i in range(step * gbs, (step + 1) * gbs)]))
-        loss = model(text[:, :-1], labels=text[:, 1:]).float().mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        # Gradient accumulation over micro-batches of equal size: the mean of their means.
+        micro_batches = text.split(args.micro_batch_size)
+        for micro in micro_batches:
+            micro_loss = model(micro[:, :-1], labels=micro[:, 1:]).float().mean() / len(micro_batches)
+            micro_loss.backward()
+            loss += micro_loss.item()
         if args.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss)
         window_tokens += gbs * args.seq_length
         if (step + 1) % args.log_interval == 0:
             rates.append(window_tokens / (time.perf_counter() - window_start))
