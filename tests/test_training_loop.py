@@ -96,6 +96,18 @@ def test_torchrun_layout_logs_the_serial_losses(corpus, plain_losses, tp, pp, dp
     assert_serial_losses(run_pretrain(flags, nproc=tp * pp * dp), plain_losses)
 
 
+@pytest.mark.parametrize("tp,pp,extra", [
+    (1, 2, ["--num-layers-per-virtual-pipeline-stage", "1"]),
+    (2, 1, ["--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
+            "--recompute-num-layers", "1"]),
+], ids=["virtual-pipeline", "sequence-parallel-recompute"])
+def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(corpus, plain_losses, tp, pp,
+                                                                                      extra):
+    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
+                                   *extra]
+    assert_serial_losses(run_pretrain(flags, nproc=tp * pp), plain_losses)
+
+
 def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(corpus):
     # WORLD_SIZE=2 with no second process: any rendezvous would hang until the timeout.
     flags = model_flags(corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]

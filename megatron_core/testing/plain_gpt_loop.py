@@ -5,8 +5,9 @@
 One process, no pipeline schedule, no backend, no lr schedule object: the serial model
 (GPTModel at TP=1), the same train split as pretrain_gpt.py, global batch k = samples
 k*G .. (k+1)*G - 1 in micro-batches of --micro-batch-size (gradients accumulated), the
-mean token loss, backward, torch's clip_grad_norm_, torch.optim.AdamW with weight decay on matrices only. It supports what
-it needs to: fp32, no dropout, a constant learning rate. Output: {"losses": [per step],
+mean token loss, backward, torch's clip_grad_norm_, torch.optim.AdamW with weight decay
+on matrices only. It supports what it needs to: fp32, no dropout, a constant learning
+rate. Output: {"losses": [per step],
 "tokens_per_second": [per --log-interval window]}.
 """
 from __future__ import annotations

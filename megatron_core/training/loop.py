@@ -6,6 +6,9 @@
     datasets_provider(args, [train, valid, test] sample counts) -> (train, valid, test) datasets
     forward_step(data_iterator, model) -> (output, loss_func); loss_func(output) -> (loss, {"lm loss": loss})
 
+`p2p_config_provider(args) -> P2PConfig` describes what pipeline stages exchange when it
+is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
+
 `args` is the validated flag namespace (entry points own it; the loop itself reads the
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
@@ -44,7 +47,7 @@ class TrainState:
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
              extra_args_provider: Optional[Callable] = None, argv: Optional[Sequence[str]] = None,
-             p2p_config: Optional[P2PConfig] = None) -> TrainState:
+             p2p_config_provider: Optional[Callable] = None) -> TrainState:
     args = parse_args(argv, extra_args_provider)
     validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
     run = build_run_config(args)
@@ -58,7 +61,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         load_checkpoint(run, chunks, backend, lr_schedule, state)
         train_iters, valid_iters = build_data_iterators(train_valid_test_datasets_provider, args, run, state,
                                                         len(chunks))
-        p2p_config = p2p_config or default_p2p_config(run)
+        p2p_config = p2p_config_provider(args) if p2p_config_provider is not None else default_p2p_config(run)
         batches = BatchSchedule.from_config(run.training, run.parallel.data_parallel_size)
         log = TrainingLogger(
             train_iters=run.training.train_iters, seq_length=run.training.seq_length,
