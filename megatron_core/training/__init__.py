@@ -12,6 +12,14 @@
     microbatches.py  num_microbatches, BatchSchedule (Megatron's --rampup-batch-size)
     log_line.py      Megatron's training and validation log lines
     mfu.py           peak TFLOP/s by device name, --peak-tflops, MFU
+    backend.py       the Backend protocol the loop talks to (zero_grad, prepare_accumulation, scale_loss, step)
+    simple_backend.py  a plain DP all-reduce Backend, the stand-in until the native backend lands
+    initialize.py    torch.distributed from the launcher's environment (or a world of one), groups, seeds
+    loop.py          pretrain(): initialize, build chunks/backend/schedule, load hook, while: step, log, evaluate
+    train_step.py    one global batch through the pipeline schedule and the backend; SkipCounter
+    evaluate.py      forward-only validation over --eval-iters batches
+    train_log.py     Megatron's log lines every --log-interval, TensorBoard, progress bar, summary
+    data_iterators.py  per-DP-rank micro-batch iterators in Megatron's sample order
 
 Only entry points and tools import arguments.py; the rest takes the dataclasses.
 """

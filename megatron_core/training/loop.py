@@ -1,0 +1,158 @@
+"""pretrain(): the whole run on one page, as Megatron-LM's pretrain() without its flags on every line.
+
+    pretrain(datasets_provider, model_provider, forward_step, extra_args_provider=None, argv=None)
+
+    model_provider(args, stage) -> nn.Module        one chunk: stage is an mpu.PipelineStage
+    datasets_provider(args, [train, valid, test] sample counts) -> (train, valid, test) datasets
+    forward_step(data_iterator, model) -> (output, loss_func); loss_func(output) -> (loss, {"lm loss": loss})
+
+`p2p_config_provider(args) -> P2PConfig` describes what pipeline stages exchange when it
+is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
+
+`args` is the validated flag namespace (entry points own it; the loop itself reads the
+dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
+`args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
+virtual pipeline stage. Checkpoints are the next issue: `load_checkpoint` below is where
+loading goes, and the end of each iteration where saving goes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .. import mpu
+from ..pipeline import P2PConfig
+from .arguments import build_run_config, parse_args, validate
+from .config import RunConfig
+from .data_iterators import micro_batch_iterator
+from .evaluate import evaluate
+from .initialize import initialize_distributed, launcher_world_size, shutdown_distributed
+from .lr_schedule import schedule_from_config
+from .mfu import detect_peak
+from .microbatches import BatchSchedule, num_microbatches
+from .simple_backend import build_backend   # stand-in until native_backend.build_backend lands
+from .train_log import TrainingLogger
+from .train_step import SkipCounter, train_step
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must restore for the run to continue where it stopped."""
+    iteration: int = 0
+    consumed_samples: int = 0
+
+
+def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
+             extra_args_provider: Optional[Callable] = None, argv: Optional[Sequence[str]] = None,
+             p2p_config_provider: Optional[Callable] = None) -> TrainState:
+    args = parse_args(argv, extra_args_provider)
+    validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
+    run = build_run_config(args)
+    initialize_distributed(run.parallel, run.training.seed)
+    try:
+        _set_padded_vocab_size(args)
+        chunks = build_model_chunks(model_provider, args)
+        backend = build_backend(chunks, run)
+        lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
+        state = TrainState()
+        load_checkpoint(run, chunks, backend, lr_schedule, state)
+        train_iters, valid_iters = build_data_iterators(train_valid_test_datasets_provider, args, run, state,
+                                                        len(chunks))
+        p2p_config = p2p_config_provider(args) if p2p_config_provider is not None else default_p2p_config(run)
+        batches = BatchSchedule.from_config(run.training, run.parallel.data_parallel_size)
+        log = TrainingLogger(
+            train_iters=run.training.train_iters, seq_length=run.training.seq_length,
+            log_interval=run.logging.log_interval, world_size=run.parallel.world_size,
+            peak=detect_peak(run.logging.peak_tflops), flops_per_token=_flops_per_token(chunks[0], run),
+            is_logging_rank=dist.get_rank() == dist.get_world_size() - 1,
+            tensorboard_dir=run.logging.tensorboard_dir, start_iteration=state.iteration)
+        skips = SkipCounter(run.training.max_skipped_iterations)
+        eval_batches = num_microbatches(run.training.global_batch_size, run.training.micro_batch_size,
+                                        run.parallel.data_parallel_size)   # the full batch, after any ramp-up
+
+        while state.iteration < run.training.train_iters:
+            global_batch = batches.global_batch_size_at(state.consumed_samples)
+            learning_rate = lr_schedule.lr
+            outcome = train_step(forward_step_func, train_iters, chunks, backend, lr_schedule,
+                                 batches.num_microbatches_at(state.consumed_samples), global_batch, p2p_config)
+            state.iteration += 1
+            state.consumed_samples += global_batch
+            warning = skips.record(state.iteration, outcome)
+            log.after_step(state.iteration, state.consumed_samples, global_batch, learning_rate, outcome, skips,
+                           warning)
+            if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval == 0:
+                paused = log.pause_clock()
+                losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
+                                  p2p_config)
+                log.validation(f"iteration {state.iteration}", state.iteration, losses)
+                log.resume_clock(paused)
+            # (checkpoint issue) save here every --save-interval iterations.
+
+        if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval != 0:
+            losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
+                              p2p_config)
+            log.validation("the end of training for val data", state.iteration, losses)
+        log.close(skips)
+        return state
+    finally:
+        shutdown_distributed()
+
+
+def _set_padded_vocab_size(args) -> None:
+    if getattr(args, "tokenizer_type", None):
+        from ..data.tokenizers import build_tokenizer_from_args
+        args.tokenizer = build_tokenizer_from_args(args)
+        args.padded_vocab_size = args.tokenizer.padded_vocab_size
+
+
+def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:
+    """This rank's chunks, one per virtual pipeline stage, on this rank's device."""
+    virtual = mpu.get_virtual_pipeline_model_parallel_world_size()
+    device = mpu.layers.default_device()
+    chunks = []
+    for virtual_rank in range(virtual or 1):
+        stage = mpu.get_pipeline_stage(virtual_rank if virtual else None)
+        chunks.append(model_provider(args, stage).to(device))
+    return chunks
+
+
+def load_checkpoint(run: RunConfig, chunks, backend, lr_schedule, state: TrainState) -> None:
+    """The checkpoint issue fills this: restore weights, backend.load_state_dict, the lr schedule's
+    num_steps, the RNG states and `state` from --load. Nothing is loaded yet."""
+    if run.checkpoint.load is not None:
+        from ..errors import CheckpointError
+        raise CheckpointError(f"--load {run.checkpoint.load}: loading checkpoints is not built yet; drop --load.")
+
+
+def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, state: TrainState, num_chunks: int):
+    """(train, valid) micro-batch iterators of this DP rank, one per model chunk (None for an absent split)."""
+    t = run.training
+    evaluations = t.train_iters // t.eval_interval + 1
+    num_samples = [t.train_iters * t.global_batch_size if not t.train_samples else t.train_samples,
+                   evaluations * t.eval_iters * t.global_batch_size, t.eval_iters * t.global_batch_size]
+    train_ds, valid_ds, _test_ds = datasets_provider(args, num_samples)
+    dp_rank, dp_size = mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
+
+    def iterators(dataset, consumed, cyclic):
+        if dataset is None:
+            return None
+        return [micro_batch_iterator(dataset, consumed, t.micro_batch_size, dp_rank, dp_size, cyclic)
+                for _ in range(num_chunks)]
+    return iterators(train_ds, state.consumed_samples, False), iterators(valid_ds, 0, True)
+
+
+def default_p2p_config(run: RunConfig) -> P2PConfig:
+    """A decoder-only stage sends [seq (/tp with sequence parallelism), micro-batch, hidden]."""
+    seq = run.training.seq_length
+    if run.model.sequence_parallel_active:
+        seq //= run.parallel.tensor_model_parallel_size
+    return P2PConfig(tensor_shape=[seq, run.training.micro_batch_size, run.model.hidden_size],
+                     dtype=run.model.params_dtype)
+
+
+def _flops_per_token(chunk, run: RunConfig) -> Optional[int]:
+    flops = getattr(chunk, "training_flops_per_token", None)
+    return flops(run.training.seq_length) if flops is not None else None
