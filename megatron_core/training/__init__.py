@@ -12,6 +12,12 @@
     microbatches.py  num_microbatches, BatchSchedule (Megatron's --rampup-batch-size)
     log_line.py      Megatron's training and validation log lines
     mfu.py           peak TFLOP/s by device name, --peak-tflops, MFU
+    data_options.py  the families' data flags (--reset-position-ids, --mask-prob, --wwm, ...) -> DataOptions
+    data_providers.py build_tokenizer(DataConfig), train_valid_test_num_samples, {gpt,bert,roformer,t5,
+                     transformer_xl,finetune}_datasets -> (train, valid, test)
+    data_iterators.py build_data_iterators: micro-batches per DP rank, resumable; TP peers and chunks
+                     that need no batch get a receiver / None
+    batches.py       get_batch_{gpt,finetune,bert,roformer,t5,transformer_xl}: micro-batch -> model inputs
 
 Only entry points and tools import arguments.py; the rest takes the dataclasses.
 """
