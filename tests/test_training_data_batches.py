@@ -75,7 +75,7 @@ def test_get_batch_gpt_shifts_labels_and_masks_eod(corpus):
                                   DataOptions(eod_mask_loss=True, reset_position_ids=True))
     text = stacked(first_micro_batch(train), "text")
     assert torch.equal(batch.tokens, text[:, :-1]) and torch.equal(batch.labels, text[:, 1:])
-    assert batch.tokens.dtype == torch.int64 and batch.attention_mask is None
+    assert batch.tokens.dtype == torch.int64 and batch.attention_mask is None and batch["labels"] is batch.labels
     eods = (text[:, :-1] == tokenizer.eod)
     assert eods.any(), "the sample windows should cross a document end"
     assert torch.equal(batch.loss_mask, (~eods).float())

@@ -84,6 +84,10 @@ class _Batch:
     def empty(cls):
         return cls(**{f.name: None for f in fields(cls)})
 
+    def __getitem__(self, name: str):
+        """batch["tokens"] reads like batch.tokens, for forward steps written against dicts."""
+        return getattr(self, name)
+
 
 # --- GPT and finetune -------------------------------------------------------------------------------
 
