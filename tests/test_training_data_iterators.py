@@ -155,3 +155,30 @@ def _check_tp_broadcast(directory, mbs):
 def test_tp2_dp2_peers_receive_the_reading_ranks_batch_and_dp_ranks_share_global_batches(tmp_path, mbs):
     build_gpt_train(tmp_path)   # preprocess and cache the indices once, before the processes start
     run_distributed(_check_tp_broadcast, 4, str(tmp_path), mbs)
+
+
+def _check_every_stage_broadcast(directory):
+    import torch.distributed as dist
+    from megatron_core import mpu
+    from megatron_core.training.batches import get_batch_bert, reads_data_on_every_stage
+    from megatron_core.training.data_options import DataOptions
+    from megatron_core.training.data_providers import bert_datasets, build_tokenizer
+    mpu.initialize_model_parallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
+    data = DataConfig(data_path=[str(pathlib.Path(directory) / "zh_text_sentence")], split="1",
+                      data_cache_path=str(pathlib.Path(directory) / "cache"),
+                      tokenizer_type="BertWordPieceLowerCase", vocab_file=BERT_VOCAB)
+    training = TrainingConfig(micro_batch_size=2, global_batch_size=2, seq_length=32, train_iters=2)
+    train = bert_datasets(data, training, DataOptions(), build_tokenizer(data), [8, 0, 0])[0]
+    iterators = build_data_iterators((train,), 2, every_stage=reads_data_on_every_stage("bert"))
+    assert isinstance(iterators.train, ReceiveFromTensorParallelSource) == (mpu.get_tensor_model_parallel_rank() != 0)
+    for k in range(2):
+        batch = get_batch_bert(iterators.train)
+        everyone = [torch.empty_like(batch.tokens) for _ in range(4)]
+        dist.all_gather(everyone, batch.tokens)
+        want = torch.tensor(np.stack([train[i]["text"] for i in (2 * k, 2 * k + 1)]))
+        assert all(torch.equal(t, want) for t in everyone), f"micro-batch {k}"
+
+
+def test_bert_batch_reaches_every_tp_rank_of_every_pipeline_stage(tmp_path):
+    preprocess_zh_news(str(tmp_path), split_sentences=True)
+    run_distributed(_check_every_stage_broadcast, 4, str(tmp_path))
