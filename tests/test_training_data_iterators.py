@@ -28,7 +28,8 @@ def build_gpt_train(directory):
 
 
 def open_gpt_train(directory):
-    data = DataConfig(data_path=[str(directory / "zh_text_document")], split="1", data_cache_path=str(directory / "cache"),
+    data = DataConfig(data_path=[str(directory / "zh_text_document")], split="1",
+                      data_cache_path=str(directory / "cache"),
                       tokenizer_type="BertWordPieceLowerCase", vocab_file=BERT_VOCAB)
     training = TrainingConfig(micro_batch_size=1, global_batch_size=GLOBAL, seq_length=SEQ, train_iters=6,
                               eval_interval=1000, eval_iters=0)

@@ -87,8 +87,8 @@ def _blend(data: DataConfig, num_samples: Sequence[int], build_split, by_documen
         ranges = split_ranges(data.split, indexed.num_documents if by_documents else len(indexed))
         counts = num_samples if len(pairs) == 1 else [int(math.ceil(n * weight * builder.BLEND_MARGIN))
                                                        for n in num_samples]
-        per_prefix.append([build_split(indexed, k, ranges[k], counts[k]) if counts[k] > 0 and ranges[k][1] > ranges[k][0]
-                           else None for k in range(3)])
+        per_prefix.append([build_split(indexed, k, ranges[k], counts[k])
+                           if counts[k] > 0 and ranges[k][1] > ranges[k][0] else None for k in range(3)])
     if len(pairs) == 1:
         return tuple(per_prefix[0])
     result = []
