@@ -11,55 +11,46 @@ Llama-style: add --normalization RMSNorm --swiglu --position-embedding-type rope
 --group-query-attention --num-query-groups N --untie-embeddings-and-output-weights
 --disable-bias-linear. `python pretrain_gpt.py ...` without a launcher runs one process.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from megatron_core.cli import run  # noqa: E402
-from megatron_core.data.builder import build_train_valid_test_datasets  # noqa: E402
-from megatron_core.errors import ConfigError  # noqa: E402
-from megatron_core.models.gpt import GPTModel, masked_mean  # noqa: E402
-from megatron_core.training.arguments import transformer_config_from_args  # noqa: E402
-from megatron_core.training.loop import pretrain  # noqa: E402
+from megatron_core.cli import run
+from megatron_core.errors import ConfigError
+from megatron_core.models.gpt import GPTModel, masked_mean
+from megatron_core.training.arguments import build_run_config, transformer_config_from_args
+from megatron_core.training.batches import get_batch_gpt, reads_data_on_every_stage
+from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
+from megatron_core.training.data_providers import gpt_datasets
+from megatron_core.training.loop import pretrain
 
 
 def model_provider(args, stage):
-    """One pipeline chunk of the GPT the flags describe."""
+    """One pipeline chunk of the GPT the flags describe; it carries what its batches need."""
     if not args.tokenizer_type:
         raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
                           "with --vocab-file).")
-    return GPTModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
-                    stage=stage)
-
-
-def get_batch(data_iterator):
-    """tokens and labels of one micro-batch: a window of seq-length + 1 tokens, shifted by one."""
-    text = next(data_iterator)["text"].long()
-    return text[:, :-1].contiguous(), text[:, 1:].contiguous()
-
-
-def loss_func(per_token_loss):
-    loss = masked_mean(per_token_loss)
-    return loss, {"lm loss": loss.detach()}
+    model = GPTModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
+                     stage=stage)
+    model.batch_settings = (args.tokenizer.eod, data_options_from_args(args))
+    return model
 
 
 def forward_step(data_iterator, model):
-    tokens, labels = get_batch(data_iterator)
-    device = next(model.parameters()).device
-    return model(tokens.to(device), labels=labels.to(device)), loss_func
+    eod, options = model.batch_settings
+    batch = get_batch_gpt(data_iterator, eod, options)
+    output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
+
+    def loss_func(per_token_loss):
+        loss = masked_mean(per_token_loss, batch.loss_mask)
+        return loss, {"lm loss": loss.detach()}
+    return output, loss_func
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):
-    if not args.data_path:
-        raise ConfigError("--data-path is required: the prefix tools/preprocess_data.py printed "
-                          "(e.g. data/zh_text_document).")
-    return build_train_valid_test_datasets(args.data_path, args.split, train_val_test_num_samples,
-                                           args.seq_length, args.seed, args.data_cache_path)
+    run_config = build_run_config(args)
+    return gpt_datasets(run_config.data, run_config.training, train_val_test_num_samples)
 
 
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, argv=argv)
+    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_data_options_arguments, argv,
+             data_on_every_stage=lambda args: reads_data_on_every_stage("gpt", data_options_from_args(args)))
 
 
 if __name__ == "__main__":

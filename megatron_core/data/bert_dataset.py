@@ -29,6 +29,7 @@ already exist, and costs well under a millisecond per sentence.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -164,6 +165,16 @@ def sentence_sample_mapping(indexed_dataset, document_range: Optional[Tuple[int,
     return arrays["samples_mapping"]
 
 
+def sample_dataset_description(class_name: str, indexed_dataset, document_range, split_name: str,
+                               config, **extra) -> dict:
+    """What a sentence-sample dataset is made of, for the cache key of a blend over it."""
+    prefix = getattr(indexed_dataset, "path_prefix", None)
+    return {"class": class_name, "path_prefix": os.path.abspath(prefix) if prefix else None,
+            "split": split_name, "num_sequences": len(indexed_dataset),
+            "document_range": None if document_range is None else [int(x) for x in document_range],
+            "config": dataclasses.asdict(config), **extra}
+
+
 # ----------------------------------------------------------------------------- sample
 
 Segment = Tuple[List[int], List[bool]]  # tokens and their word-start flags
@@ -205,6 +216,8 @@ class BertDataset(torch.utils.data.Dataset):
                  cache_dir: Optional[str] = None, split_name: str = "train"):
         self.indexed_dataset = indexed_dataset
         self.config = config
+        self.description = sample_dataset_description(type(self).__name__, indexed_dataset, document_range,
+                                                      split_name, config)
         self.cls_id, self.sep_id = int(tokenizer.cls), int(tokenizer.sep)
         self.mask_id, self.pad_id = int(tokenizer.mask), int(tokenizer.pad)
         self.inv_vocab = tokenizer.inv_vocab

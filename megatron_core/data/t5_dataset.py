@@ -28,7 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from megatron_core.data.bert_dataset import LONG_SENTENCE_LEN, sentence_sample_mapping
+from megatron_core.data.bert_dataset import (LONG_SENTENCE_LEN, sample_dataset_description,
+                                             sentence_sample_mapping)
 from megatron_core.errors import DataError
 
 
@@ -123,6 +124,9 @@ class T5Dataset(torch.utils.data.Dataset):
                                               else extra_id_sentinels(tokenizer))]
         self.max_num_tokens = config.max_seq_length
         self._check_lengths()
+        self.description = sample_dataset_description(
+            type(self).__name__, indexed_dataset, document_range, split_name, config,
+            sentinel_ids=self.sentinel_ids, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id)
 
         self.samples_mapping = sentence_sample_mapping(
             indexed_dataset, document_range, self.max_num_tokens, config.short_seq_prob, 1,

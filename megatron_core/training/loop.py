@@ -18,16 +18,18 @@ loading goes, and the end of each iteration where saving goes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
 
 from .. import mpu
+from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
 from .config import RunConfig
-from .data_iterators import micro_batch_iterator
+from .data_iterators import build_data_iterators as build_split_iterators
+from .data_providers import build_tokenizer, train_valid_test_num_samples
 from .evaluate import evaluate
 from .initialize import initialize_distributed, launcher_world_size, shutdown_distributed
 from .lr_schedule import schedule_from_config
@@ -47,20 +49,22 @@ class TrainState:
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
              extra_args_provider: Optional[Callable] = None, argv: Optional[Sequence[str]] = None,
-             p2p_config_provider: Optional[Callable] = None) -> TrainState:
+             p2p_config_provider: Optional[Callable] = None,
+             data_on_every_stage: Union[bool, Callable] = False) -> TrainState:
     args = parse_args(argv, extra_args_provider)
     validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     initialize_distributed(run.parallel, run.training.seed)
     try:
-        _set_padded_vocab_size(args)
+        _set_padded_vocab_size(args, run)
         chunks = build_model_chunks(model_provider, args)
         backend = build_backend(chunks, run)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
         state = TrainState()
         load_checkpoint(run, chunks, backend, lr_schedule, state)
+        every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage
         train_iters, valid_iters = build_data_iterators(train_valid_test_datasets_provider, args, run, state,
-                                                        len(chunks))
+                                                        every_stage)
         p2p_config = p2p_config_provider(args) if p2p_config_provider is not None else default_p2p_config(run)
         batches = BatchSchedule.from_config(run.training, run.parallel.data_parallel_size)
         log = TrainingLogger(
@@ -101,11 +105,13 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         shutdown_distributed()
 
 
-def _set_padded_vocab_size(args) -> None:
+def _set_padded_vocab_size(args, run: RunConfig) -> None:
+    """The tokenizer, once, and Megatron's padded vocabulary (a multiple of
+    --make-vocab-size-divisible-by x TP) for the model providers."""
     if getattr(args, "tokenizer_type", None):
-        from ..data.tokenizers import build_tokenizer_from_args
-        args.tokenizer = build_tokenizer_from_args(args)
-        args.padded_vocab_size = args.tokenizer.padded_vocab_size
+        args.tokenizer = build_tokenizer(run.data)
+        args.padded_vocab_size = pad_vocab_size(args.tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                                run.parallel.tensor_model_parallel_size)
 
 
 def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:
@@ -127,21 +133,22 @@ def load_checkpoint(run: RunConfig, chunks, backend, lr_schedule, state: TrainSt
         raise CheckpointError(f"--load {run.checkpoint.load}: loading checkpoints is not built yet; drop --load.")
 
 
-def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, state: TrainState, num_chunks: int):
-    """(train, valid) micro-batch iterators of this DP rank, one per model chunk (None for an absent split)."""
-    t = run.training
-    evaluations = t.train_iters // t.eval_interval + 1
-    num_samples = [t.train_iters * t.global_batch_size if not t.train_samples else t.train_samples,
-                   evaluations * t.eval_iters * t.global_batch_size, t.eval_iters * t.global_batch_size]
-    train_ds, valid_ds, _test_ds = datasets_provider(args, num_samples)
-    dp_rank, dp_size = mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
+def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, state: TrainState, every_stage: bool):
+    """(train, valid) micro-batch iterators of this process (data_iterators.py: Megatron's sample
+    order, only the first TP rank reads, one per model chunk with virtual stages)."""
+    datasets = list(datasets_provider(args, train_valid_test_num_samples(run.training)))
+    # DataLoader workers: 0 keeps reads in the training process (the datasets are mmap reads).
+    iterators = build_split_iterators(datasets, run.training.micro_batch_size, state.consumed_samples,
+                                      every_stage=every_stage, seed=run.training.seed)
+    # Every rank must agree on whether to evaluate (it is a pipeline collective), so that
+    # follows the dataset, not this rank's iterator (None on stages that read no data).
+    valid = _per_chunk(iterators.valid) if len(datasets) > 1 and datasets[1] is not None else None
+    return _per_chunk(iterators.train), valid
 
-    def iterators(dataset, consumed, cyclic):
-        if dataset is None:
-            return None
-        return [micro_batch_iterator(dataset, consumed, t.micro_batch_size, dp_rank, dp_size, cyclic)
-                for _ in range(num_chunks)]
-    return iterators(train_ds, state.consumed_samples, False), iterators(valid_ds, 0, True)
+
+def _per_chunk(iterator) -> list:
+    """The loop hands the schedules one iterator (or None) per chunk."""
+    return iterator if isinstance(iterator, list) else [iterator]
 
 
 def default_p2p_config(run: RunConfig) -> P2PConfig:

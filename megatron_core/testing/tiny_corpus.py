@@ -1,0 +1,43 @@
+"""Small real datasets for data tests: tests/data's Chinese news slice through tools/preprocess_data.py.
+
+    prefix = preprocess_zh_news(tmp_dir)                        # <tmp>/zh_text_document, with EOD
+    prefix = preprocess_zh_news(tmp_dir, split_sentences=True)  # <tmp>/zh_text_sentence, 4 paragraphs a document
+
+The tool runs as a user runs it (a subprocess), so the tests read what users' data looks like.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEST_DATA = os.path.join(ROOT, "tests", "data")
+BERT_VOCAB = os.path.join(TEST_DATA, "vocab", "bert-base-chinese-vocab.txt")
+ZH_NEWS = os.path.join(TEST_DATA, "zh_news_200.jsonl")
+FINETUNE_JSONL = os.path.join(TEST_DATA, "finetune_small.jsonl")
+
+
+def _write_lines(path: str, first: int, stop: int, per_document: int) -> None:
+    """Lines [first, stop) of the news slice, `per_document` paragraphs joined into one document."""
+    with open(ZH_NEWS, encoding="utf-8") as f:
+        paragraphs = [json.loads(line)["text"] for line in f][first:stop]
+    with open(path, "w", encoding="utf-8") as f:
+        for d in range(0, len(paragraphs), per_document):
+            f.write(json.dumps({"text": "".join(paragraphs[d:d + per_document])}, ensure_ascii=False) + "\n")
+
+
+def preprocess_zh_news(directory: str, split_sentences: bool = False, name: str = "zh", first: int = 0,
+                       stop: Optional[int] = None) -> str:
+    """Run tools/preprocess_data.py (BertWordPieceLowerCase) on paragraphs [first, stop); returns the prefix."""
+    os.makedirs(directory, exist_ok=True)
+    source = os.path.join(directory, f"{name}.jsonl")
+    _write_lines(source, first, 200 if stop is None else stop, 4 if split_sentences else 1)
+    command = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", source,
+               "--output-prefix", os.path.join(directory, name), "--tokenizer-type", "BertWordPieceLowerCase",
+               "--vocab-file", BERT_VOCAB]
+    command += ["--split-sentences"] if split_sentences else ["--append-eod"]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    return os.path.join(directory, f"{name}_text_{'sentence' if split_sentences else 'document'}")
