@@ -149,14 +149,24 @@ def test_builder_single_prefix_splits_documents(two_datasets, tmp_path):
 @pytest.mark.parametrize("blend", [False, True])
 def test_builder_refuses_a_split_asked_for_samples_that_gets_no_documents(two_datasets, tmp_path, blend):
     data_path = ["0.5", two_datasets[0], "0.5", two_datasets[1]] if blend else two_datasets[0]
+    # test's share is positive but rounds to no document of 80
     with pytest.raises(DataError) as info:
-        build_train_valid_test_datasets(data_path, "98,2", [10, 5, 5], 16, 1,
+        build_train_valid_test_datasets(data_path, "98,1.9,0.1", [10, 5, 5], 16, 1,
                                         cache_dir=str(tmp_path / "cache"))
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"the test split of {two_datasets[0]} gets no documents "
-                              f"(--split 98,2 over its 80 documents) but ")
+                              f"(--split 98,1.9,0.1 over its 80 documents) but ")
     assert "larger share in --split" in message
+
+
+def test_builder_gives_no_dataset_for_a_split_whose_share_is_zero(two_datasets, tmp_path):
+    """A zero (or absent) share in --split means no such split, as in Megatron, even though
+    the run asks for its samples."""
+    for split in ("98,2", "98,2,0"):
+        train, valid, test = build_train_valid_test_datasets(two_datasets[0], split, [10, 5, 5], 16, 1,
+                                                             cache_dir=str(tmp_path / "cache"))
+        assert train is not None and valid is not None and test is None
 
 
 def test_builder_verify_checks_every_entry_before_building(two_datasets, tmp_path):

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Union
 from megatron_core.data.blended_dataset import BlendedDataset, parse_data_path
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset
-from megatron_core.data.splits import SPLIT_NAMES, split_ranges
+from megatron_core.data.splits import SPLIT_NAMES, parse_split, split_ranges
 from megatron_core.errors import DataError
 
 # Extra samples asked of each blended dataset beyond its weighted share.
@@ -52,10 +52,13 @@ def _split_datasets(prefix: str, splits_string: str, num_samples: Sequence[int],
     if verify:
         indexed.verify()
     datasets = []
-    for name, (start, stop), count in zip(SPLIT_NAMES, split_ranges(splits_string, len(indexed)),
-                                          num_samples):
+    shares = parse_split(splits_string)
+    for name, share, (start, stop), count in zip(SPLIT_NAMES, shares, split_ranges(splits_string, len(indexed)),
+                                                 num_samples):
         if stop <= start:
-            if count > 0:
+            # A zero share in --split asks for no such split (Megatron's meaning); a positive
+            # share that rounds to no documents while samples are wanted is a mistake.
+            if count > 0 and share > 0:
                 raise DataError(
                     f"the {name} split of {prefix} gets no documents (--split {splits_string} "
                     f"over its {len(indexed)} documents) but {count} {name} samples are asked "

@@ -25,6 +25,7 @@ from .. import mpu
 from ..data.builder import build_train_valid_test_datasets
 from ..data.tokenizers import build_tokenizer_from_args
 from ..models.gpt import GPTModel
+from ..mpu.layout import pad_vocab_size
 from ..training.arguments import parse_args, transformer_config_from_args, validate
 from .distributed import find_free_port
 
@@ -47,7 +48,7 @@ def train(argv) -> dict:
     args = validate(parse_args(argv), world_size=1)
     _check_supported(args)
     config = transformer_config_from_args(args)
-    vocab = build_tokenizer_from_args(args).padded_vocab_size
+    vocab = pad_vocab_size(build_tokenizer_from_args(args).vocab_size, args.make_vocab_size_divisible_by, 1)
     model = GPTModel(config, vocab, args.max_position_embeddings)
 
     gbs, iters = args.global_batch_size, args.train_iters
