@@ -8,8 +8,15 @@ The sums the schedules leave to the end of the step:
     embedding group (first + last stage) and both copies take the same optimizer step;
   * tables each stage of a stack holds a copy of (T5 relative-position bias,
     Transformer-XL's r_w_bias / r_r_bias) are summed over the stages of that stack;
-  * data parallelism (when no DDP/DeepSpeed wrapper did it): gradients are averaged
-    over the data-parallel group.
+  * data parallelism is NOT done here: the training backend owns it (bucketed, maybe
+    overlapped with backward, maybe reduce-scattered for the distributed optimizer) and
+    calls these sums itself in `step()`, the stage copies before its data-parallel
+    reduction (their buffer layouts differ between stages, so they are summed while every
+    element is still whole), the sequence-parallel sums after it. Code without a backend
+    (tests) averages over data parallelism with `allreduce_data_parallel_grads`.
+
+Every sum acts on `mpu.param_grad(p)`: the backend's fp32 `main_grad` when it keeps one,
+else `.grad`.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ..mpu import parallel_state as ps
-from ..mpu.grads import allreduce_sequence_parallel_gradients
+from ..mpu.grads import allreduce_sequence_parallel_gradients, param_grad
 from .schedules import unwrap_model
 
 
@@ -57,9 +64,10 @@ def allreduce_embedding_grads(model) -> None:
 def _sum_grads(params, group) -> None:
     """Sum each parameter's gradient over `group`; a copy that got none contributes zeros."""
     for p in params:
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        grad = param_grad(p)
+        if grad is None:
+            grad = p.grad = torch.zeros_like(p)
         dist.all_reduce(grad, group=group)
-        p.grad = grad
 
 
 def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -97,11 +105,26 @@ def allreduce_stack_shared_grads(params) -> None:
             _sum_grads(by_stack[stack], group)
 
 
-def finalize_model_grads(model, data_parallel: bool = True) -> None:
-    """Call once per step after the schedule, before clipping and the optimizer step."""
+def stage_copy_parameters(model) -> List[torch.nn.Parameter]:
+    """The parameters `sum_stage_copies` reduces on this rank (a backend reduces them over
+    data parallelism only after that sum)."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return []
+    found = tied_embedding_parameters(model) if ps.is_rank_in_embedding_group(ignore_virtual=True) else []
+    found += [p for chunk in _chunks(model) for p in chunk.parameters() if getattr(p, "shared_stack", None) is not None]
+    return list({id(p): p for p in found}.values())
+
+
+def sum_stage_copies(model) -> None:
+    """Sum the gradients of parameters several pipeline stages hold a copy of."""
     params = [p for chunk in _chunks(model) for p in chunk.parameters()]
-    allreduce_sequence_parallel_gradients(params)
     allreduce_embedding_grads(model)
     allreduce_stack_shared_grads(params)
-    if data_parallel:
-        allreduce_data_parallel_grads(params)
+
+
+def finalize_model_grads(model) -> None:
+    """The pipeline and sequence-parallel sums, once per step after the schedule (without a
+    training backend; a backend's step() does this itself). No data-parallel reduction."""
+    params = [p for chunk in _chunks(model) for p in chunk.parameters()]
+    allreduce_sequence_parallel_gradients(params)
+    sum_stage_copies(model)
