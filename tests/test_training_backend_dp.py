@@ -25,7 +25,15 @@ def _run(zero, overlap, unused=False, bucket_size=300):
                               world_size=2)
     backend = build_backend([model], OPT, PrecisionConfig(), parallel)
     assert len(backend.sync.buckets) > 2
-    results = backend_steps([model], backend, global_batches(STEPS, MICROBATCHES), gpt_step)
+    launched_in_backward = []
+
+    def count_launched(index):
+        launched_in_backward.append(sum(bucket.launched for bucket in backend.sync.buckets))
+
+    results = backend_steps([model], backend, global_batches(STEPS, MICROBATCHES), gpt_step, before_step=count_launched)
+    # Overlap: all buckets but the one holding the unused parameter went out during backward.
+    want = len(backend.sync.buckets) - (1 if unused else 0) if overlap else 0
+    assert launched_in_backward == [want] * STEPS, (launched_in_backward, want)
     return model, backend, results
 
 
