@@ -30,3 +30,17 @@ def test_main_grads_are_views_of_one_buffer_and_held_parameters_get_their_own():
     assert buffers[0].grad_data[:3].tolist() == [1.0, 1.0, 1.0]
     before = c.detach().clone()
     assert c.data_ptr() == buffers[0].param_data[3:].data_ptr() and torch.equal(c.detach(), before)
+
+
+def test_a_second_backend_on_the_same_parameters_is_refused():
+    from megatron_core.errors import ConfigError
+    from megatron_core.training.grad_sync import GradSync
+    p = torch.nn.Parameter(torch.randn(4))
+    buffers = build_grad_buffers([p], held=[], bucket_size=10, data_parallel_size=1, flat_params=False)
+    first = GradSync(buffers, None, 1, 0, scatter=False, overlap=False)
+    with pytest.raises(ConfigError, match="one backend per model"):
+        GradSync(buffers, None, 1, 0, scatter=False, overlap=False)
+    (p * 2).sum().backward()
+    assert p.grad is None and p.main_grad.tolist() == [2.0] * 4
+    first.remove_hooks()
+    GradSync(buffers, None, 1, 0, scatter=False, overlap=False)

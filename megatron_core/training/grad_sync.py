@@ -60,8 +60,13 @@ class GradSync:
         self._counts = {}
         self._next = 0            # the first bucket not yet launched
         self._names = {}
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad)
-                         for bucket in self.buckets for p in bucket.params]
+        params = [p for bucket in self.buckets for p in bucket.params]
+        if any(getattr(p, "_grad_sync_hooked", False) for p in params):
+            raise ConfigError("these parameters already feed another backend's gradient buffers; build one backend "
+                              "per model (or call remove_hooks() on the old one first).")
+        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+        for p in params:
+            p._grad_sync_hooked = True
         self.reset()
 
     def name_parameters(self, names: dict) -> None:
@@ -135,3 +140,6 @@ class GradSync:
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
+        for bucket in self.buckets:
+            for p in bucket.params:
+                p._grad_sync_hooked = False
