@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from megatron_core.cli import run as run_cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 VOCAB = os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt")
@@ -39,7 +41,7 @@ def flags(prefix, cache, iters, log_interval):
             "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB]
 
 
-def run(command, env):
+def run_command(command, env):
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:3])} failed:\n{done.stderr[-3000:]}")
@@ -47,25 +49,25 @@ def run(command, env):
 
 
 def loop_rate(argv, env):
-    rates = [float(r) for r in RATE.findall(run([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *argv], env))]
+    rates = [float(r) for r in RATE.findall(run_command([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *argv], env))]
     return statistics.median(rates[1:])
 
 
 def plain_rate(argv, env):
-    out = run([sys.executable, "-m", "megatron_core.testing.plain_gpt_loop", *argv], env)
+    out = run_command([sys.executable, "-m", "megatron_core.testing.plain_gpt_loop", *argv], env)
     return statistics.median(json.loads(out.strip().splitlines()[-1])["tokens_per_second"][1:])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--log-interval", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = ROOT
     with tempfile.TemporaryDirectory() as tmp:
-        run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input",
+        run_command([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input",
              os.path.join(DATA, "zh_news_200.jsonl"), "--output-prefix", os.path.join(tmp, "zh"),
              "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB, "--append-eod",
              "--log-interval", "0"], env)
@@ -86,4 +88,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

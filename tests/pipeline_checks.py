@@ -18,7 +18,7 @@ import torch
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.mpu.grads import clip_grad_norm
 from megatron_core.mpu.layout import PipelineStage
-from megatron_core.pipeline.finalize_grads import finalize_model_grads
+from megatron_core.pipeline.finalize_grads import allreduce_data_parallel_grads, finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
 from tests.model_checks import local_shard
@@ -93,6 +93,7 @@ def run_pipeline(build: Callable, batches: List[dict], step: Callable, tp: int, 
                      forward_only=forward_only)
     if not forward_only:
         finalize_model_grads(chunks if virtual else chunks[0])
+        allreduce_data_parallel_grads([p for chunk in chunks for p in chunk.parameters()])
     return chunks, stats, mine
 
 

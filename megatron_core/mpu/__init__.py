@@ -2,7 +2,8 @@
 the pure layout and sharding arithmetic (layout.py, sharding_map.py) needs no processes."""
 from .cross_entropy import vocab_parallel_cross_entropy
 from .data import broadcast_data
-from .grads import allreduce_sequence_parallel_gradients, clip_grad_norm, counts_toward_norm, get_grad_norm
+from .grads import (allreduce_sequence_parallel_gradients, clip_grad_norm, counts_toward_norm, get_grad_norm,
+                    param_grad, total_norm)
 from .init_methods import (init_method_normal, initialize_affine_weight, mark_vocab_parallel,
                            param_is_tensor_parallel, scaled_init_method_normal, set_tensor_model_parallel_attributes,
                            xavier_normal)

@@ -30,23 +30,42 @@ def counts_toward_norm(param: torch.Tensor) -> bool:
     return param_is_tensor_parallel(param) or ps.get_tensor_model_parallel_rank() == 0
 
 
-def get_grad_norm(parameters, norm_type: float = 2.0) -> float:
-    """Norm of the gradients of the whole model (all TP and PP ranks of this replica)."""
-    grads = [p.grad.detach() for p in _params_list(parameters) if p.grad is not None and counts_toward_norm(p)]
-    device = grads[0].device if grads else (torch.device("cuda", torch.cuda.current_device())
-                                            if torch.cuda.is_available() else torch.device("cpu"))
+def param_grad(param: torch.Tensor):
+    """The gradient reductions act on: the fp32 `main_grad` a training backend accumulates
+    micro-batch gradients into when it keeps one, else `.grad`."""
+    main_grad = getattr(param, "main_grad", None)
+    return main_grad if main_grad is not None else param.grad
+
+
+def total_norm(tensors: List[torch.Tensor], groups, norm_type: float = 2.0) -> float:
+    """Norm of the concatenation of `tensors` held across the ranks of `groups`.
+
+    Each rank passes its own disjoint part (the caller leaves out copies that another rank
+    counts); the partial sums (max for the inf-norm) are reduced over every group in turn,
+    e.g. [data-parallel group, model-parallel group] for gradients sharded over DP."""
+    device = tensors[0].device if tensors else (torch.device("cuda", torch.cuda.current_device())
+                                                if torch.cuda.is_available() else torch.device("cpu"))
     norm_type = float(norm_type)
-    group = ps.get_model_parallel_group()
     if math.isinf(norm_type):
-        local = max((g.abs().max().float() for g in grads), default=torch.zeros((), device=device))
-        total = torch.as_tensor(local, dtype=torch.float32, device=device).clone()
-        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for t in tensors:
+            total = torch.maximum(total, t.detach().abs().max().float())
+        for group in groups:
+            dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
         return float(total.item())
     total = torch.zeros((), dtype=torch.float32, device=device)
-    for g in grads:
-        total += torch.linalg.vector_norm(g.float(), norm_type) ** norm_type
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    for t in tensors:
+        total += torch.linalg.vector_norm(t.detach().float(), norm_type) ** norm_type
+    for group in groups:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return float(total.item() ** (1.0 / norm_type))
+
+
+def get_grad_norm(parameters, norm_type: float = 2.0) -> float:
+    """Norm of the gradients of the whole model (all TP and PP ranks of this replica)."""
+    grads = [param_grad(p) for p in _params_list(parameters)
+             if param_grad(p) is not None and counts_toward_norm(p)]
+    return total_norm(grads, [ps.get_model_parallel_group()], norm_type)
 
 
 def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> float:
@@ -60,8 +79,9 @@ def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> float
     clip_coeff = max_norm / (total_norm + 1.0e-6)
     if clip_coeff < 1.0 and math.isfinite(total_norm):
         for p in params:
-            if p.grad is not None:
-                p.grad.detach().mul_(clip_coeff)
+            grad = param_grad(p)
+            if grad is not None:
+                grad.detach().mul_(clip_coeff)
     return total_norm
 
 
@@ -73,8 +93,8 @@ def allreduce_sequence_parallel_gradients(parameters) -> None:
     """
     if ps.get_tensor_model_parallel_world_size() == 1:
         return
-    grads = [p.grad for p in _params_list(parameters)
-             if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    grads = [param_grad(p) for p in _params_list(parameters)
+             if getattr(p, "sequence_parallel", False) and param_grad(p) is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

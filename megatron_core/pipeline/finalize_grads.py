@@ -8,8 +8,15 @@ The sums the schedules leave to the end of the step:
     stage, T5's position and relative-bias tables, Transformer-XL's shared r_w_bias /
     r_r_bias) gets the sum of the gradients of all its copies on every copy, whatever the
     tying, so the copies take the same optimizer step and stay equal;
-  * data parallelism (when no DDP/DeepSpeed wrapper did it): gradients are averaged
-    over the data-parallel group.
+  * data parallelism is NOT done here: the training backend owns it (bucketed, maybe
+    overlapped with backward, maybe reduce-scattered for the distributed optimizer) and
+    calls `sum_stage_copies` itself in `step()` before its data-parallel reduction (buffer
+    layouts differ between stages, so copies are summed while every element is whole) and
+    the sequence-parallel sums after it. Code without a backend (tests) averages over data
+    parallelism with `allreduce_data_parallel_grads`.
+
+Every sum acts on `mpu.param_grad(p)`: the backend's fp32 `main_grad` when it keeps one,
+else `.grad`.
 
 Which stages hold a copy of which key is learned once per model from the chunks
 themselves (one all_gather over the world on the first call, cached), so the sum runs
@@ -26,7 +33,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 from ..mpu import parallel_state as ps
-from ..mpu.grads import allreduce_sequence_parallel_gradients
+from ..mpu.grads import allreduce_sequence_parallel_gradients, param_grad
 from .chunk import unwrap_model
 
 
@@ -74,16 +81,32 @@ def stage_copy_holders(chunks: List[torch.nn.Module]) -> Dict[str, Tuple[int, ..
     return holders
 
 
-def allreduce_stage_copy_grads(model) -> None:
+def _local_stage_copies(chunks) -> Dict[str, List[torch.nn.Parameter]]:
+    local: Dict[str, List[torch.nn.Parameter]] = {}
+    for chunk in chunks:  # interleaved: one rank may hold several chunks' copies
+        for key, param in chunk.stage_copies().items():
+            local.setdefault(key, []).append(param)
+    return local
+
+
+def stage_copy_parameters(model) -> List[torch.nn.Parameter]:
+    """This rank's parameters that `sum_stage_copies` reduces (a backend reduces them over
+    data parallelism only after that sum). Collective on the first call for a model."""
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return []
+    chunks = _chunks(model)
+    stage_copy_holders(chunks)
+    found = [p for params in _local_stage_copies(chunks).values() for p in params]
+    return list({id(p): p for p in found}.values())
+
+
+def sum_stage_copies(model) -> None:
     """Give every copy of a stage-copied parameter the sum of all copies' gradients."""
     if ps.get_pipeline_model_parallel_world_size() == 1:
         return
     chunks = _chunks(model)
     holders = stage_copy_holders(chunks)
-    local: Dict[str, List[torch.nn.Parameter]] = {}
-    for chunk in chunks:  # interleaved: one rank may hold several chunks' copies
-        for key, param in chunk.stage_copies().items():
-            local.setdefault(key, []).append(param)
+    local = _local_stage_copies(chunks)
     for key in sorted(holders):
         stages = holders[key]
         # Every rank asks for every group in the same order: creating one is collective.
@@ -91,11 +114,15 @@ def allreduce_stage_copy_grads(model) -> None:
         if key not in local or (group is None and len(local[key]) == 1):
             continue
         copies = local[key]
-        total = sum(p.grad if p.grad is not None else torch.zeros_like(p) for p in copies)
+        grads = [param_grad(p) for p in copies]
+        total = sum(g if g is not None else torch.zeros_like(p) for g, p in zip(grads, copies))
         if group is not None:
             dist.all_reduce(total, group=group)
-        for p in copies:
-            p.grad = total.clone()
+        for p, g in zip(copies, grads):
+            if g is None:
+                p.grad = total.clone()
+            else:
+                g.copy_(total)
 
 
 def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -114,10 +141,9 @@ def allreduce_data_parallel_grads(parameters: Iterable[torch.nn.Parameter]) -> N
         offset += g.numel()
 
 
-def finalize_model_grads(model, data_parallel: bool = True) -> None:
-    """Call once per step after the schedule, before clipping and the optimizer step."""
+def finalize_model_grads(model) -> None:
+    """The pipeline and sequence-parallel sums, once per step after the schedule (without a
+    training backend; a backend's step() does this itself). No data-parallel reduction."""
     params = [p for chunk in _chunks(model) for p in chunk.parameters()]
     allreduce_sequence_parallel_gradients(params)
-    allreduce_stage_copy_grads(model)
-    if data_parallel:
-        allreduce_data_parallel_grads(params)
+    sum_stage_copies(model)

@@ -9,11 +9,14 @@
     loss_scaler.py   Dynamic / Constant loss scalers (Megatron's), unscale_and_check, found_inf_across
     param_groups.py  build_param_groups: no weight decay on norms and biases, lr multipliers
     optimizer.py     build_optimizer: AdamW (Apex FusedAdam / fused / foreach) or SGD
+    backend.py       the Backend protocol the loop talks to (StepResult)
+    native_backend.py  NativeBackend / build_backend(chunks, OptimizerConfig, PrecisionConfig, ParallelConfig):
+                     grad_buffer.py (fp32 main_grad buckets, ZeRO shards), grad_sync.py (DP mean,
+                     overlapped with backward), master_params.py (fp32 masters, ZeRO-1 pieces)
     microbatches.py  num_microbatches, BatchSchedule (Megatron's --rampup-batch-size)
     log_line.py      Megatron's training and validation log lines
     mfu.py           peak TFLOP/s by device name, --peak-tflops, MFU
     backend.py       the Backend protocol the loop talks to (zero_grad, prepare_accumulation, scale_loss, step)
-    simple_backend.py  a plain DP all-reduce Backend, the stand-in until the native backend lands
     initialize.py    torch.distributed from the launcher's environment (or a world of one), groups, seeds
     loop.py          pretrain(): initialize, build chunks/backend/schedule, load hook, while: step, log, evaluate
     train_step.py    one global batch through the pipeline schedule and the backend; SkipCounter

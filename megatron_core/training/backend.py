@@ -9,10 +9,12 @@ The loop never asks which backend it has. Per iteration it does:
     result = backend.step()                           # reduce grads, unscale, clip, update
     if result.updated: lr_schedule.step(global_batch); else: count the skip
 
-`step()` finishes the data-parallel gradient reduction (or waits for the overlapped one),
-agrees on inf/nan across every model-parallel rank, clips by the global norm over TP, PP
-and DP (each shared copy counted once), and steps the optimizer unless the gradients
-overflowed. `state_dict()` holds everything the backend owns (optimizer state, fp32
+`step()` owns every gradient reduction: the sums of copies pipeline stages hold (tied
+embedding, stack tables) and the sequence-parallel sums (pipeline/finalize_grads.py), and
+the data-parallel mean (finishing or waiting for the overlapped one); the loop calls
+neither finalize_model_grads nor any all-reduce itself. It then agrees on inf/nan across
+every model-parallel and data-parallel rank, clips by the global norm over TP, PP and DP
+(each shared copy counted once), and steps the optimizer unless the gradients overflowed. `state_dict()` holds everything the backend owns (optimizer state, fp32
 master weights when kept, loss scaler kept under its own key so `--no-load-optim` can
 keep it), for the checkpoint issue.
 """

@@ -38,6 +38,8 @@ class ParallelConfig:
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
+    # Elements per data-parallel gradient bucket (None: Megatron's 40M, or 1M per DP rank if more).
+    ddp_bucket_size: Optional[int] = None
     # "nccl" or "gloo"; None picks nccl when CUDA is available, gloo otherwise.
     distributed_backend: Optional[str] = None
     distributed_timeout_minutes: int = 10

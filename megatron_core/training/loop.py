@@ -35,7 +35,7 @@ from .initialize import initialize_distributed, launcher_world_size, shutdown_di
 from .lr_schedule import schedule_from_config
 from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
-from .simple_backend import build_backend   # stand-in until native_backend.build_backend lands
+from .native_backend import build_backend
 from .train_log import TrainingLogger
 from .train_step import SkipCounter, train_step
 
@@ -58,7 +58,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     try:
         _set_padded_vocab_size(args, run)
         chunks = build_model_chunks(model_provider, args)
-        backend = build_backend(chunks, run)
+        backend = build_backend(chunks, run.optimizer, run.precision, run.parallel)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
         state = TrainState()
         load_checkpoint(run, chunks, backend, lr_schedule, state)

@@ -3,12 +3,12 @@
     schedule.apply(backend.optimizer)               # this step's lr and weight decay
     backend.zero_grad(); backend.prepare_accumulation(num_microbatches)
     forward_backward(...)                           # each micro-batch's loss through backend.scale_loss
-    finalize_model_grads(chunks, data_parallel=False)   # SP norms, tied embeddings, stage-shared tables
-    result = backend.step()                         # DP reduction, unscale, found-inf, clip, update
+    result = backend.step()     # stage-copy sums, DP reduction, SP sums, unscale, found-inf, clip, update
     schedule.step(global_batch) only if result.updated
 
-The data-parallel reduction is the backend's (buckets, overlap, ZeRO-1 reduce-scatter), so
-finalize_model_grads does only the model-parallel sums. The losses returned are the
+Every gradient reduction is the backend's (native_backend.py: the stage copies first, then
+buckets, overlap or the ZeRO-1 reduce-scatter, then the sequence-parallel sums), so the
+loop calls no finalize_model_grads and no all-reduce of its own. The losses returned are the
 forward step's stats, averaged over the micro-batches and the data-parallel group: the
 mean over the global batch, valid on the last pipeline stage (None elsewhere).
 
@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .. import mpu
 from ..errors import UserError
-from ..pipeline import P2PConfig, finalize_model_grads, get_forward_backward_func
+from ..pipeline import P2PConfig, get_forward_backward_func
 from .backend import Backend
 from .lr_schedule import LearningRateSchedule
 
@@ -92,7 +92,6 @@ def train_step(forward_step_func: Callable, data_iterators: List, chunks: List[t
     backend.prepare_accumulation(num_microbatches)
     stats = forward_backward(forward_step_func, data_iterators, chunks, num_microbatches, p2p_config,
                              scale_loss=backend.scale_loss)
-    finalize_model_grads(_model_arg(chunks), data_parallel=False)
     result = backend.step()
     if result.updated:
         schedule.step(global_batch_size)
