@@ -137,9 +137,9 @@ def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, stat
     """(train, valid) micro-batch iterators of this process (data_iterators.py: Megatron's sample
     order, only the first TP rank reads, one per model chunk with virtual stages)."""
     datasets = list(datasets_provider(args, train_valid_test_num_samples(run.training)))
-    # DataLoader workers: 0 keeps reads in the training process (the datasets are mmap reads).
     iterators = build_split_iterators(datasets, run.training.micro_batch_size, state.consumed_samples,
-                                      every_stage=every_stage, seed=run.training.seed)
+                                      every_stage=every_stage, num_workers=run.data.num_workers,
+                                      seed=run.training.seed)
     # Every rank must agree on whether to evaluate (it is a pipeline collective), so that
     # follows the dataset, not this rank's iterator (None on stages that read no data).
     valid = _per_chunk(iterators.valid) if len(datasets) > 1 and datasets[1] is not None else None
