@@ -9,9 +9,10 @@ one SGD step against one serial process.
 import torch
 
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.models.gpt import GPTModel, masked_mean
+from megatron_core.models.gpt import GPTModel
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
+from megatron_core.testing.gpt_fixture import gpt_step
 from megatron_core.transformer.config import TransformerConfig
 from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
@@ -34,13 +35,6 @@ def _batches(n):
     return out
 
 
-def _step(model, batch):
-    out = model(batch["tokens"], labels=batch["labels"])
-    if not model.post_process:
-        return out
-    return masked_mean(out, batch["loss_mask"])
-
-
 def _builder(tp, sequence_parallel=False):
     def build(stage):
         return GPTModel(_config(tp, sequence_parallel), VOCAB, SEQ, stage=stage)
@@ -57,11 +51,11 @@ def _check_layout(tp, pp, virtual=None, sequence_parallel=False):
     world = torch.distributed.get_world_size()
     dp = world // (tp * pp)
     batches = _batches(4 * dp)
-    reference = serial_step(_builder(1), batches, _step, _sgd)
+    reference = serial_step(_builder(1), batches, gpt_step, _sgd)
     serial_losses, grads = reference.losses, reference.grads
     seq = SEQ // tp if sequence_parallel else SEQ
     p2p_config = P2PConfig(tensor_shape=(seq, MICRO, HIDDEN))
-    chunks, stats, mine = run_pipeline(_builder(tp, sequence_parallel), batches, _step, tp, pp, virtual, p2p_config)
+    chunks, stats, mine = run_pipeline(_builder(tp, sequence_parallel), batches, gpt_step, tp, pp, virtual, p2p_config)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         dp_rank = ps.get_data_parallel_rank()
         got = [s["loss"].item() for s in stats]
@@ -75,7 +69,7 @@ def _check_layout(tp, pp, virtual=None, sequence_parallel=False):
     for chunk in chunks:
         chunk.zero_grad(set_to_none=True)
     ps.destroy_model_parallel()
-    chunks, stats, mine = run_pipeline(_builder(tp, sequence_parallel), batches, _step, tp, pp, virtual,
+    chunks, stats, mine = run_pipeline(_builder(tp, sequence_parallel), batches, gpt_step, tp, pp, virtual,
                                        p2p_config, forward_only=True)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         dp_rank = ps.get_data_parallel_rank()
