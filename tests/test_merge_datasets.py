@@ -171,12 +171,7 @@ def test_os_error_on_the_output_is_one_sentence_and_leaves_nothing(tmp_path, kin
 
     def command(directory):
         return [sys.executable, TOOL, "--input", *inputs, "--output-prefix", os.path.join(directory, "m")]
-    try:
-        fault_run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=60)
-    except output_faults.FaultUnavailable as e:
-        pytest.skip(str(e))
-    line = fault_run.clean_failure_line()
-    directory = fault_run.fault.directory
+    line, directory = output_faults.failure_line_or_skip(kind, str(tmp_path), command, timeout=60)
     if kind == "missing_parent":
         assert line == f"error: output directory {directory} does not exist; create it first."
     else:

@@ -408,13 +408,8 @@ def test_os_error_on_the_output_is_one_sentence_and_leaves_nothing(tmp_path, kin
     def command(directory):
         return [sys.executable, TOOL, "--input", ZH, "--output-prefix", os.path.join(directory, "x"),
                 *BERT, "--workers", "2", "--batch-lines", "20", "--log-interval", "0"]
-    try:
-        run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=120,
-                                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    except output_faults.FaultUnavailable as e:
-        pytest.skip(str(e))
-    line = run.clean_failure_line()
-    directory = run.fault.directory
+    line, directory = output_faults.failure_line_or_skip(kind, str(tmp_path), command, timeout=120,
+                                                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if kind == "missing_parent":
         assert line.startswith(f"error: --output-prefix {directory}/x: directory {directory} ")
     else:

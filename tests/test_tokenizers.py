@@ -297,12 +297,7 @@ def test_train_tokenizer_os_error_is_one_sentence_and_leaves_nothing(tmp_path, k
     def command(directory):
         return [sys.executable, tool, "--input", src, "--model-prefix", os.path.join(directory, "zh"),
                 "--vocab-size", "1500", "--model-type", "bpe", "--threads", "1"]
-    try:
-        fault_run = output_faults.run_under_output_fault(kind, str(tmp_path), command, timeout=300)
-    except output_faults.FaultUnavailable as e:
-        pytest.skip(str(e))
-    line = fault_run.clean_failure_line()
-    directory = fault_run.fault.directory
+    line, directory = output_faults.failure_line_or_skip(kind, str(tmp_path), command, timeout=300)
     if kind == "missing_parent":
         assert line.startswith(f"error: --model-prefix {directory}/zh: directory {directory} ")
     else:

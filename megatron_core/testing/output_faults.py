@@ -160,3 +160,16 @@ def run_under_output_fault(kind: str, base: str, command: Callable[[str], list],
         done = subprocess.run(command(fault.directory), capture_output=True, text=True,
                               timeout=timeout, env=env, preexec_fn=fault.preexec_fn)
         return FaultRun(fault, done.returncode, done.stderr, before, fault.entries())
+
+
+def failure_line_or_skip(kind: str, base: str, command: Callable[[str], list], timeout: float = 300,
+                         env: Optional[dict] = None):
+    """(the tool's one failure line, the faulty directory) under fault `kind`, checked as
+    FaultRun.clean_failure_line does; skips the calling test where the machine cannot make
+    the fault."""
+    import pytest
+    try:
+        fault_run = run_under_output_fault(kind, base, command, timeout=timeout, env=env)
+    except FaultUnavailable as e:
+        pytest.skip(str(e))
+    return fault_run.clean_failure_line(), fault_run.fault.directory
