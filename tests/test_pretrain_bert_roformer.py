@@ -2,8 +2,9 @@
 
 A parallel layout logs, step for step, the losses of the single-process run of the same
 flags (fp32, no dropout, relative 1e-5); each BERT variant flag (SOP, post-LN, --wwm,
---bert-no-binary-head) reaches the run and logs Megatron's loss names. In-process checks
-read the models the flags build and the loss a forward step trains.
+--bert-no-binary-head) reaches the run and logs Megatron's loss names. BERT's first logged
+losses are recomputed by hand from the dataset samples and the model the flags build;
+in-process checks read that model's layout and the loss a forward step trains (lm + sop).
 """
 import math
 import os
@@ -21,7 +22,7 @@ from megatron_core.testing.tiny_corpus import preprocess_zh_news
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.training.data_iterators import build_data_iterators
 from megatron_core.training.data_options import add_data_options_arguments
-from megatron_core.training.data_providers import build_tokenizer
+from megatron_core.training.data_providers import build_tokenizer, train_valid_test_num_samples
 from tests.model_checks import single_process_world
 
 STEPS = 5
@@ -122,6 +123,27 @@ def test_bert_forward_step_trains_the_sum_of_lm_and_sop_loss(flags, one_process)
     torch.testing.assert_close(stats["sop loss"], sop.detach())
     torch.testing.assert_close(loss, lm + sop)
     assert loss.requires_grad
+
+
+def test_bert_first_logged_losses_are_the_initial_models_on_the_first_global_batch(flags, bert_serial, one_process):
+    """Step 1 is logged before any update: the model the flags build, on samples 0..7 in
+    micro-batches of 2 (Megatron's sample order), mean of the micro-batch losses."""
+    args = _args(flags)
+    train = pretrain_bert.train_valid_test_datasets_provider(
+        args, train_valid_test_num_samples(build_run_config(args).training))[0]
+    model = pretrain_bert.model_provider(args, None)
+    lm, sop = [], []
+    with torch.no_grad():
+        for first in range(0, 8, 2):
+            batch = {key: torch.tensor(np.stack([train[i][key] for i in (first, first + 1)]))
+                     for key in ("text", "types", "padding_mask", "labels", "loss_mask", "is_random")}
+            per_token, binary_logits = model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"],
+                                             lm_labels=batch["labels"])
+            mask = batch["loss_mask"].float()
+            lm.append(((per_token * mask).sum() / mask.sum()).item())
+            sop.append(F.cross_entropy(binary_logits, batch["is_random"]).item())
+    assert bert_serial[1]["lm loss"] == pytest.approx(sum(lm) / 4, rel=1e-5)
+    assert bert_serial[1]["sop loss"] == pytest.approx(sum(sop) / 4, rel=1e-5)
 
 
 def test_roformer_tensor_parallel_under_torchrun_logs_the_single_process_lm_loss(flags):
