@@ -27,7 +27,7 @@ its input from set_input_tensor.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -164,16 +164,23 @@ class BertModel(PipelineChunkMixin, ShardingMapMixin, nn.Module):
         return bert_training_flops_per_token(self.config, self.vocab_size, seq_length)
 
 
-def bert_pretraining_loss(lm_loss: torch.Tensor, binary_logits: Optional[torch.Tensor], loss_mask: torch.Tensor,
-                          sentence_order: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Megatron's pretrain_bert loss: masked-token mean of the MLM loss + NSP/SOP cross entropy
-    (sentence_order [b]: 1 = random / swapped; -1 ignored)."""
-    loss = masked_mean(lm_loss.float(), loss_mask)
+def bert_pretraining_losses(lm_loss: torch.Tensor, binary_logits: Optional[torch.Tensor], loss_mask: torch.Tensor,
+                            sentence_order: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """The terms of Megatron's pretrain_bert loss under the names it logs: "lm loss" (masked-token
+    mean of the MLM loss) and, with a binary head, "sop loss" (its NSP or SOP cross entropy;
+    sentence_order [b]: 1 = random / swapped, -1 ignored)."""
+    losses = {"lm loss": masked_mean(lm_loss.float(), loss_mask)}
     if binary_logits is not None:
         if sentence_order is None:
             raise ValueError("this BERT has a binary head; pass sentence_order (the dataset's is_random).")
-        loss = loss + F.cross_entropy(binary_logits.float(), sentence_order.view(-1).long(), ignore_index=-1)
-    return loss
+        losses["sop loss"] = F.cross_entropy(binary_logits.float(), sentence_order.view(-1).long(), ignore_index=-1)
+    return losses
+
+
+def bert_pretraining_loss(lm_loss: torch.Tensor, binary_logits: Optional[torch.Tensor], loss_mask: torch.Tensor,
+                          sentence_order: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Megatron's pretrain_bert loss: the MLM term + the NSP/SOP term (bert_pretraining_losses)."""
+    return sum(bert_pretraining_losses(lm_loss, binary_logits, loss_mask, sentence_order).values())
 
 
 def bert_parameter_count(config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,

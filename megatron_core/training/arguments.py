@@ -56,6 +56,9 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"])
     g.add_argument("--norm-epsilon", type=float, default=1e-5)
     g.add_argument("--apply-residual-connection-post-layernorm", action="store_true")
+    g.add_argument("--layernorm-position", default="pre", choices=["pre", "post"],
+                   help="(ours) pre: x + f(norm(x)), Megatron's layers (GPT, MegatronBERT as Erlangshen-MegatronBert, "
+                        "Zhouwenwang); post: norm(x + f(x)), the original BERT (HF BertModel, RoFormer).")
     g.add_argument("--swiglu", action="store_true")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear")

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Pretrain RoFormer as Zhouwenwang: one model, masked LM and left-to-right LM at once.
+
+    torchrun --nproc-per-node 2 pretrain_roformer.py --tensor-model-parallel-size 2 \\
+        --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 \\
+        --micro-batch-size 8 --global-batch-size 32 --train-iters 300 --lr 1e-4 \\
+        --data-path data/zh_text_sentence --tokenizer-type BertWordPieceLowerCase \\
+        --vocab-file vocab.txt --roformer-lm-prob 0.5
+
+Each sample is an LM sample with probability --roformer-lm-prob, else a masked-LM sample;
+its token types select the objective (1: causal, 0: bidirectional; models/roformer.py), so
+one batch mixes both. Positions are rotary on adjacent channel pairs (the defaults here:
+--position-embedding-type rope --rotary-interleaved). Layers are pre-LN as Zhouwenwang;
+--layernorm-position post gives HF's RoFormer. The data is sentence-split
+(tools/preprocess_data.py --split-sentences); "lm loss" is the mean over every predicted token.
+"""
+from megatron_core.cli import run
+from megatron_core.errors import ConfigError
+from megatron_core.models.gpt import masked_mean
+from megatron_core.models.roformer import RoFormerModel
+from megatron_core.training.arguments import build_run_config, transformer_config_from_args
+from megatron_core.training.batches import get_batch_roformer, reads_data_on_every_stage
+from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
+from megatron_core.training.data_providers import roformer_datasets
+from megatron_core.training.loop import pretrain
+
+
+def add_roformer_arguments(parser):
+    add_data_options_arguments(parser)
+    parser.set_defaults(position_embedding_type="rope", rotary_interleaved=True)
+    return parser
+
+
+def model_provider(args, stage):
+    """One pipeline chunk of the RoFormer the flags describe: no pooler, no binary head."""
+    if not args.tokenizer_type:
+        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
+                          "with --vocab-file).")
+    return RoFormerModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
+                         stage=stage)
+
+
+def forward_step(data_iterator, model):
+    batch = get_batch_roformer(data_iterator)
+    output = model(batch.tokens, batch.padding_mask, tokentype_ids=batch.types, lm_labels=batch.labels)
+
+    def loss_func(output):
+        per_token_loss, _ = output
+        loss = masked_mean(per_token_loss.float(), batch.loss_mask)
+        return loss, {"lm loss": loss.detach()}
+    return output, loss_func
+
+
+def train_valid_test_datasets_provider(args, train_val_test_num_samples):
+    run_config = build_run_config(args)
+    return roformer_datasets(run_config.data, run_config.training, data_options_from_args(args), args.tokenizer,
+                             train_val_test_num_samples)
+
+
+def main(argv=None):
+    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_roformer_arguments, argv,
+             data_on_every_stage=reads_data_on_every_stage("roformer"))
+
+
+if __name__ == "__main__":
+    run(main)
