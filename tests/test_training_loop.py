@@ -3,7 +3,6 @@
 Every layout logs, step for step, the losses of megatron_core.testing.plain_gpt_loop: the
 serial GPT trained by torch.optim.AdamW on the same samples (fp32, relative 1e-5).
 """
-import json
 import os
 import re
 import subprocess
@@ -12,44 +11,18 @@ import sys
 import pytest
 
 from megatron_core.testing import find_free_port
-from megatron_core.testing.entry_points import clean_env, failure_report, logged_values, run_entry_point
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT, ZH_NEWS
+from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_values,
+                                                run_entry_point, tiny_gpt_flags)
+from megatron_core.testing.tiny_corpus import ROOT
 from megatron_core.training.train_step import SkipCounter, StepOutcome, TrainingStopped
 
-STEPS = 5
+STEPS = TINY_GPT_STEPS
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"),
-                    "--input", ZH_NEWS, "--output-prefix", str(out / "zh"),
-                    "--tokenizer-type", "BertWordPieceLowerCase", "--log-interval", "0",
-                    "--vocab-file", BERT_VOCAB, "--append-eod"],
-                   check=True, capture_output=True, env=clean_env())
-    return str(out)
-
-
-def model_flags(corpus):
-    """A tiny GPT, fp32, no dropout, constant lr: what the plain loop models exactly."""
-    return ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
-            "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(STEPS),
-            "--lr", "3e-3", "--lr-decay-style", "constant", "--weight-decay", "0.1", "--clip-grad", "1.0",
-            "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
-            "--eval-interval", "5", "--eval-iters", "1", "--split", "90,10,0",
-            "--data-path", os.path.join(corpus, "zh_text_document"), "--data-cache-path", os.path.join(corpus, "cache"),
-            "--tokenizer-type", "BertWordPieceLowerCase", "--num-workers", "0",
-            "--vocab-file", BERT_VOCAB]
-
-
-@pytest.fixture(scope="module")
-def plain_losses(corpus):
-    done = subprocess.run([sys.executable, "-m", "megatron_core.testing.plain_gpt_loop", *model_flags(corpus)],
-                          capture_output=True, text=True, env=clean_env(), timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = json.loads(done.stdout.strip().splitlines()[-1])["losses"]
-    assert len(losses) == STEPS
-    return losses
+@pytest.fixture
+def plain_losses(plain_gpt):
+    assert len(plain_gpt["losses"]) == STEPS
+    return plain_gpt["losses"]
 
 
 def run_pretrain(flags, nproc=None, timeout=300):
@@ -65,16 +38,17 @@ def assert_serial_losses(done, plain_losses):
         assert losses[step] == pytest.approx(expected, rel=1e-5), (step, losses, plain_losses)
 
 
-def test_single_process_without_launcher_logs_the_plain_pytorch_losses(corpus, plain_losses):
-    done = run_pretrain(model_flags(corpus))
+def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpus, plain_losses):
+    done = run_pretrain(tiny_gpt_flags(gpt_corpus))
     assert_serial_losses(done, plain_losses)
     assert "validation loss at iteration 5 | lm loss value:" in done.stdout
     assert "MFU: n/a (CPU)" in done.stdout and "summary:" in done.stdout
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2)])
-def test_torchrun_layout_logs_the_serial_losses(corpus, plain_losses, tp, pp, dp):
-    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp, dp):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
+                                          "--pipeline-model-parallel-size", str(pp)]
     assert_serial_losses(run_pretrain(flags, nproc=tp * pp * dp), plain_losses)
 
 
@@ -83,10 +57,10 @@ def test_torchrun_layout_logs_the_serial_losses(corpus, plain_losses, tp, pp, dp
     (2, 1, ["--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
             "--recompute-num-layers", "1"]),
 ], ids=["virtual-pipeline", "sequence-parallel-recompute"])
-def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(corpus, plain_losses, tp, pp,
-                                                                                      extra):
-    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-                                   *extra]
+def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(gpt_corpus, plain_losses, tp,
+                                                                                      pp, extra):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
+                                          "--pipeline-model-parallel-size", str(pp), *extra]
     assert_serial_losses(run_pretrain(flags, nproc=tp * pp), plain_losses)
 
 
@@ -105,18 +79,18 @@ def bucket_count(stdout):
     (1, ["--use-distributed-optimizer"], False),
     (2, ["--overlap-grad-reduce", "--ddp-bucket-size", "20000"], True),
 ], ids=["zero1-dp2", "tp2-dp2-overlap-small-buckets"])
-def test_torchrun_distributed_optimizer_and_overlapped_buckets_at_dp2_log_the_serial_losses(corpus, plain_losses, tp,
-                                                                                             extra, several_buckets):
-    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), *extra]
+def test_torchrun_distributed_optimizer_and_overlapped_buckets_at_dp2_log_the_serial_losses(
+        gpt_corpus, plain_losses, tp, extra, several_buckets):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp), *extra]
     done = run_pretrain(flags, nproc=tp * 2)
     assert_serial_losses(done, plain_losses)
     # Megatron's default bucket (40M elements) holds the whole tiny model; --ddp-bucket-size splits it.
     assert (bucket_count(done.stdout) > 1) == several_buckets
 
 
-def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(corpus):
+def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(gpt_corpus):
     # WORLD_SIZE=2 with no second process: any rendezvous would hang until the timeout.
-    flags = model_flags(corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]
+    flags = tiny_gpt_flags(gpt_corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]
     env = dict(clean_env(), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(find_free_port()))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *flags], capture_output=True,
@@ -127,8 +101,8 @@ def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(c
     assert "--num-layers 3" in lines[0] and "--pipeline-model-parallel-size 2" in lines[0]
 
 
-def test_global_batch_not_divisible_by_micro_batch_times_dp_names_the_flags(corpus):
-    flags = model_flags(corpus) + ["--global-batch-size", "6", "--micro-batch-size", "4"]
+def test_global_batch_not_divisible_by_micro_batch_times_dp_names_the_flags(gpt_corpus):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--global-batch-size", "6", "--micro-batch-size", "4"]
     done = run_pretrain(flags, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: --global-batch-size 6") and len(done.stderr.strip().splitlines()) == 1
