@@ -42,7 +42,17 @@ def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpu
     done = run_pretrain(tiny_gpt_flags(gpt_corpus))
     assert_serial_losses(done, plain_losses)
     assert "validation loss at iteration 5 | lm loss value:" in done.stdout
-    assert "MFU: n/a (CPU)" in done.stdout and "summary:" in done.stdout
+    assert "MFU: n/a (CPU)" in done.stdout
+    # The closing summary: the first and last training and validation losses, with their iterations.
+    losses = logged_values(done.stdout, "lm loss")
+    validation = float(done.stdout.split("lm loss value:")[1].split("|")[0])
+    summary = re.findall(r"summary: (training|validation): lm loss (\S+) \(iteration (\d+)\) -> (\S+) "
+                         r"\(iteration (\d+)\)", done.stdout)
+    assert [(kind, int(a), int(b)) for kind, _, a, _, b in summary] == [("training", 1, STEPS),
+                                                                         ("validation", STEPS, STEPS)], done.stdout
+    (_, first, _, last, _), (_, first_val, _, last_val, _) = summary
+    assert (float(first), float(last)) == (pytest.approx(losses[1], abs=1e-4), pytest.approx(losses[STEPS], abs=1e-4))
+    assert float(first_val) == float(last_val) == pytest.approx(validation, abs=1e-4)
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2)])
