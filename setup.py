@@ -49,7 +49,7 @@ setup(
         "jieba>=0.42",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99"],
+        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99", "tensorboard>=2.12"],
         "deepspeed": ["deepspeed>=0.14"],
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
         "mpi": ["mpi4py>=3.1"],

@@ -26,7 +26,7 @@ def test_a_megatron_gpt_launch_line_builds_every_config():
                  "--init-method-std 0.01 --seed 7 --recompute-granularity full --recompute-method uniform "
                  "--recompute-num-layers 2 --min-lr 3e-5 --lr-decay-style cosine --lr-warmup-iters 10 "
                  "--weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0 --use-distributed-optimizer "
-                 "--overlap-grad-reduce --data-path 0.3 data/a_text_document 0.7 data/b_text_document "
+                 "--overlap-grad-reduce --ddp-bucket-size 1000 --data-path 0.3 data/a_text_document 0.7 data/b_text_document "
                  "--split 98,2,0 --tokenizer-type GPT2BPETokenizer --vocab-file v.json --merge-file m.txt "
                  "--log-interval 10 --eval-interval 50 --eval-iters 5 --save ckpt --save-interval 20 "
                  "--distributed-backend gloo --peak-tflops 100", world=8)
@@ -45,7 +45,7 @@ def test_a_megatron_gpt_launch_line_builds_every_config():
     assert (o.lr, o.min_lr, o.weight_decay, o.adam_beta2, o.clip_grad) == (3e-4, 3e-5, 0.1, 0.95, 1.0)
     assert (s.lr_decay_style, s.lr_warmup_iters, s.start_weight_decay, s.end_weight_decay) == ("cosine", 10, 0.1, 0.1)
     assert (p.world_size, p.data_parallel_size, p.pipeline_model_parallel_size, p.backend()) == (8, 2, 2, "gloo")
-    assert p.use_distributed_optimizer and p.overlap_grad_reduce
+    assert p.use_distributed_optimizer and p.overlap_grad_reduce and p.ddp_bucket_size == 1000
     assert run.precision.bf16 and run.precision.params_dtype == torch.bfloat16
     assert run.data.data_path == ["0.3", "data/a_text_document", "0.7", "data/b_text_document"]
     assert (run.data.split, run.data.tokenizer_type) == ("98,2,0", "GPT2BPETokenizer")
@@ -117,6 +117,7 @@ IMPOSSIBLE = [
     ("--start-weight-decay 0.0 --end-weight-decay 0.1", 1, r"--weight-decay-incr-style linear"),
     ("--weight-decay-incr-style cosine --start-weight-decay 0.0", 1, r"--end-weight-decay"),
     ("--kv-channels 0", 1, r"--kv-channels must be a positive integer"),
+    ("--ddp-bucket-size 0", 2, r"--ddp-bucket-size must be a positive integer, got 0"),
     ("--loss-scale-window 0 --fp16", 1, r"--loss-scale-window"),
     ("--hysteresis 0 --fp16", 1, r"--hysteresis"),
 ]

@@ -11,88 +11,54 @@ import sys
 import pytest
 
 from megatron_core.testing import find_free_port
+from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_values,
+                                                run_entry_point, tiny_gpt_flags)
+from megatron_core.testing.tiny_corpus import ROOT
 from megatron_core.training.train_step import SkipCounter, StepOutcome, TrainingStopped
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "tests", "data")
-STEPS = 5
-LOG_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: (\S+) \|")
+STEPS = TINY_GPT_STEPS
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"),
-                    "--input", os.path.join(DATA, "zh_news_200.jsonl"), "--output-prefix", str(out / "zh"),
-                    "--tokenizer-type", "BertWordPieceLowerCase", "--log-interval", "0",
-                    "--vocab-file", os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt"), "--append-eod"],
-                   check=True, capture_output=True, env=_env())
-    return str(out)
-
-
-def model_flags(corpus):
-    """A tiny GPT, fp32, no dropout, constant lr: what the plain loop models exactly."""
-    return ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
-            "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(STEPS),
-            "--lr", "3e-3", "--lr-decay-style", "constant", "--weight-decay", "0.1", "--clip-grad", "1.0",
-            "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
-            "--eval-interval", "5", "--eval-iters", "1", "--split", "90,10,0",
-            "--data-path", os.path.join(corpus, "zh_text_document"), "--data-cache-path", os.path.join(corpus, "cache"),
-            "--tokenizer-type", "BertWordPieceLowerCase", "--num-workers", "0",
-            "--vocab-file", os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt")]
-
-
-def logged_losses(stdout):
-    return {int(it): float(loss) for it, loss in LOG_LINE.findall(stdout)}
-
-
-@pytest.fixture(scope="module")
-def plain_losses(corpus):
-    import json
-    done = subprocess.run([sys.executable, "-m", "megatron_core.testing.plain_gpt_loop", *model_flags(corpus)],
-                          capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = json.loads(done.stdout.strip().splitlines()[-1])["losses"]
-    assert len(losses) == STEPS
-    return losses
+@pytest.fixture
+def plain_losses(plain_gpt):
+    assert len(plain_gpt["losses"]) == STEPS
+    return plain_gpt["losses"]
 
 
 def run_pretrain(flags, nproc=None, timeout=300):
-    script = os.path.join(ROOT, "pretrain_gpt.py")
-    if nproc is None:
-        command = [sys.executable, script, *flags]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), script, *flags]
-    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
+    return run_entry_point("pretrain_gpt.py", flags, nproc, timeout)
 
 
 def assert_serial_losses(done, plain_losses):
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    losses = logged_losses(done.stdout)
+    assert done.returncode == 0, failure_report(done)
+    losses = logged_values(done.stdout, "lm loss")
     assert sorted(losses) == list(range(1, STEPS + 1)), done.stdout[-2000:]
     assert losses[STEPS] < losses[1]   # it learns
     for step, expected in enumerate(plain_losses, 1):
         assert losses[step] == pytest.approx(expected, rel=1e-5), (step, losses, plain_losses)
 
 
-def test_single_process_without_launcher_logs_the_plain_pytorch_losses(corpus, plain_losses):
-    done = run_pretrain(model_flags(corpus))
+def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpus, plain_losses):
+    done = run_pretrain(tiny_gpt_flags(gpt_corpus))
     assert_serial_losses(done, plain_losses)
     assert "validation loss at iteration 5 | lm loss value:" in done.stdout
-    assert "MFU: n/a (CPU)" in done.stdout and "summary:" in done.stdout
+    assert "MFU: n/a (CPU)" in done.stdout
+    # The closing summary: the first and last training and validation losses, with their iterations.
+    losses = logged_values(done.stdout, "lm loss")
+    validation = float(done.stdout.split("lm loss value:")[1].split("|")[0])
+    summary = re.findall(r"summary: (training|validation): lm loss (\S+) \(iteration (\d+)\) -> (\S+) "
+                         r"\(iteration (\d+)\)", done.stdout)
+    assert [(kind, int(a), int(b)) for kind, _, a, _, b in summary] == [("training", 1, STEPS),
+                                                                         ("validation", STEPS, STEPS)], done.stdout
+    (_, first, _, last, _), (_, first_val, _, last_val, _) = summary
+    assert (float(first), float(last)) == (pytest.approx(losses[1], abs=1e-4), pytest.approx(losses[STEPS], abs=1e-4))
+    assert float(first_val) == float(last_val) == pytest.approx(validation, abs=1e-4)
 
 
-@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1)])
-def test_torchrun_layout_logs_the_serial_losses(corpus, plain_losses, tp, pp, dp):
-    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2)])
+def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp, dp):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
+                                          "--pipeline-model-parallel-size", str(pp)]
     assert_serial_losses(run_pretrain(flags, nproc=tp * pp * dp), plain_losses)
 
 
@@ -101,17 +67,41 @@ def test_torchrun_layout_logs_the_serial_losses(corpus, plain_losses, tp, pp, dp
     (2, 1, ["--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
             "--recompute-num-layers", "1"]),
 ], ids=["virtual-pipeline", "sequence-parallel-recompute"])
-def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(corpus, plain_losses, tp, pp,
-                                                                                      extra):
-    flags = model_flags(corpus) + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-                                   *extra]
+def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(gpt_corpus, plain_losses, tp,
+                                                                                      pp, extra):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
+                                          "--pipeline-model-parallel-size", str(pp), *extra]
     assert_serial_losses(run_pretrain(flags, nproc=tp * pp), plain_losses)
 
 
-def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(corpus):
+def bucket_count(stdout):
+    """Megatron's start-of-run line: how many data-parallel gradient buckets the logging rank has."""
+    match = re.search(r"Number of buckets for gradient all-reduce / reduce-scatter: (\d+)", stdout)
+    assert match, stdout[-2000:]
+    return int(match.group(1))
+
+
+# The backend tests (test_training_backend_dp.py) cover plain, overlapped and ZeRO-1 reduction,
+# alone and combined, at DP=2. Here: ZeRO-1 through the entry point, and the (2,1,2) layout
+# run with overlap over several small buckets (one run for both: a broken layout or a broken
+# overlap each change the losses). Plain (1,1,2) and (1,2,2) are in the layout test above.
+@pytest.mark.parametrize("tp,extra,several_buckets", [
+    (1, ["--use-distributed-optimizer"], False),
+    (2, ["--overlap-grad-reduce", "--ddp-bucket-size", "20000"], True),
+], ids=["zero1-dp2", "tp2-dp2-overlap-small-buckets"])
+def test_torchrun_distributed_optimizer_and_overlapped_buckets_at_dp2_log_the_serial_losses(
+        gpt_corpus, plain_losses, tp, extra, several_buckets):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp), *extra]
+    done = run_pretrain(flags, nproc=tp * 2)
+    assert_serial_losses(done, plain_losses)
+    # Megatron's default bucket (40M elements) holds the whole tiny model; --ddp-bucket-size splits it.
+    assert (bucket_count(done.stdout) > 1) == several_buckets
+
+
+def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(gpt_corpus):
     # WORLD_SIZE=2 with no second process: any rendezvous would hang until the timeout.
-    flags = model_flags(corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]
-    env = dict(_env(), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+    flags = tiny_gpt_flags(gpt_corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]
+    env = dict(clean_env(), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(find_free_port()))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *flags], capture_output=True,
                           text=True, env=env, timeout=60, cwd=ROOT)
@@ -121,8 +111,8 @@ def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(c
     assert "--num-layers 3" in lines[0] and "--pipeline-model-parallel-size 2" in lines[0]
 
 
-def test_global_batch_not_divisible_by_micro_batch_times_dp_names_the_flags(corpus):
-    flags = model_flags(corpus) + ["--global-batch-size", "6", "--micro-batch-size", "4"]
+def test_global_batch_not_divisible_by_micro_batch_times_dp_names_the_flags(gpt_corpus):
+    flags = tiny_gpt_flags(gpt_corpus) + ["--global-batch-size", "6", "--micro-batch-size", "4"]
     done = run_pretrain(flags, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: --global-batch-size 6") and len(done.stderr.strip().splitlines()) == 1

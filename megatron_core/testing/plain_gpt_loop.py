@@ -7,7 +7,7 @@ One process, no pipeline schedule, no backend, no lr schedule object: the serial
 k*G .. (k+1)*G - 1 in micro-batches of --micro-batch-size (gradients accumulated), the
 mean token loss, backward, torch's clip_grad_norm_, torch.optim.AdamW with weight decay
 on matrices only. It supports what it needs to: fp32, no dropout, a constant learning
-rate. Output: {"losses": [per step],
+rate. Output: {"losses": [per step], "grad_norms": [per step, before clipping],
 "tokens_per_second": [per --log-interval window]}.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def train(argv) -> dict:
          {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
         lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
 
-    losses, rates = [], []
+    losses, grad_norms, rates = [], [], []
     window_start, window_tokens = time.perf_counter(), 0
     for step in range(iters):
         text = torch.from_numpy(np.stack([train_ds[i]["text"] for i in range(step * gbs, (step + 1) * gbs)]))
@@ -75,15 +75,16 @@ def train(argv) -> dict:
             micro_loss = model(micro[:, :-1], labels=micro[:, 1:]).float().mean() / len(micro_batches)
             micro_loss.backward()
             loss += micro_loss.item()
-        if args.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+        # max_norm inf measures without clipping.
+        norm = torch.nn.utils.clip_grad_norm_(params, args.clip_grad if args.clip_grad > 0 else float("inf"))
+        grad_norms.append(norm.item())
         optimizer.step()
         losses.append(loss)
         window_tokens += gbs * args.seq_length
         if (step + 1) % args.log_interval == 0:
             rates.append(window_tokens / (time.perf_counter() - window_start))
             window_start, window_tokens = time.perf_counter(), 0
-    return {"losses": losses, "tokens_per_second": rates}
+    return {"losses": losses, "grad_norms": grad_norms, "tokens_per_second": rates}
 
 
 def main(argv=None) -> None:

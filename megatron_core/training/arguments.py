@@ -139,6 +139,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="nccl with CUDA, gloo without, if not given.")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10)
     g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--ddp-bucket-size", type=int, default=None,
+                   help="Elements per data-parallel gradient bucket; max(40M, 1M x data-parallel size) if not given.")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--sequence-parallel", action="store_true")
     # DeepSpeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
@@ -248,7 +250,7 @@ def _validate_model(args) -> None:
 
 def _validate_parallel(args, world_size: int) -> None:
     _positive(args, "tensor_model_parallel_size", "pipeline_model_parallel_size",
-              "num_layers_per_virtual_pipeline_stage", "distributed_timeout_minutes")
+              "num_layers_per_virtual_pipeline_stage", "distributed_timeout_minutes", "ddp_bucket_size")
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if world_size < 1 or world_size % (tp * pp) != 0:
         raise ConfigError(f"the world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "

@@ -73,6 +73,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
             peak=detect_peak(run.logging.peak_tflops), flops_per_token=_flops_per_token(chunks[0], run),
             is_logging_rank=dist.get_rank() == dist.get_world_size() - 1,
             tensorboard_dir=run.logging.tensorboard_dir, start_iteration=state.iteration)
+        log.print(backend.describe())
         skips = SkipCounter(run.training.max_skipped_iterations)
         eval_batches = num_microbatches(run.training.global_batch_size, run.training.micro_batch_size,
                                         run.parallel.data_parallel_size)   # the full batch, after any ramp-up

@@ -118,6 +118,12 @@ class NativeBackend:
         self._update()
         return StepResult(True, norm, scale)
 
+    def describe(self) -> str:
+        """Megatron's start-of-run line about the data-parallel buckets of this rank."""
+        return (f"Number of buckets for gradient all-reduce / reduce-scatter: {len(self.sync.buckets)} "
+                f"(data-parallel size {self.dp_size}, overlap {self.sync.overlap}, distributed optimizer "
+                f"{self.distributed})")
+
     # --- the pieces of step() -------------------------------------------------------------
 
     def _reduce_grads(self) -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .log_line import perplexity, training_log_line, validation_log_lines
 from .mfu import PeakThroughput
@@ -52,10 +52,11 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 @dataclass
 class RunTotals:
-    first_loss: Optional[Dict[str, float]] = None
-    last_loss: Optional[Dict[str, float]] = None
-    first_validation: Optional[Dict[str, float]] = None
-    last_validation: Optional[Dict[str, float]] = None
+    # (iteration, {loss name: value}) of the first and last training step and evaluation
+    first_loss: Optional[Tuple[int, Dict[str, float]]] = None
+    last_loss: Optional[Tuple[int, Dict[str, float]]] = None
+    first_validation: Optional[Tuple[int, Dict[str, float]]] = None
+    last_validation: Optional[Tuple[int, Dict[str, float]]] = None
     iterations: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -106,8 +107,8 @@ class TrainingLogger:
                     self._sums[name] = self._sums.get(name, 0.0) + value
                     self._finite_counts[name] = self._finite_counts.get(name, 0) + 1
             if self.totals.first_loss is None:
-                self.totals.first_loss = dict(outcome.losses)
-            self.totals.last_loss = dict(outcome.losses)
+                self.totals.first_loss = (iteration, dict(outcome.losses))
+            self.totals.last_loss = (iteration, dict(outcome.losses))
         if self._bar is not None:
             self._bar.update(1)
             if outcome.losses:
@@ -153,8 +154,8 @@ class TrainingLogger:
         if losses is None or not self.is_logging_rank:
             return
         if self.totals.first_validation is None:
-            self.totals.first_validation = dict(losses)
-        self.totals.last_validation = dict(losses)
+            self.totals.first_validation = (iteration, dict(losses))
+        self.totals.last_validation = (iteration, dict(losses))
         for line in validation_log_lines(at, losses):
             self.print(line)
         if self._writer is not None:
@@ -174,13 +175,16 @@ class TrainingLogger:
         t = self.totals
         lines = []
         if t.first_loss and t.last_loss:
+            (first_it, first), (last_it, last) = t.first_loss, t.last_loss
             lines.append("training: " + ", ".join(
-                f"{name} {t.first_loss[name]:.4f} -> {t.last_loss[name]:.4f}" for name in t.last_loss))
+                f"{name} {first[name]:.4f} (iteration {first_it}) -> {last[name]:.4f} (iteration {last_it})"
+                for name in last if name in first))
         if t.first_validation and t.last_validation:
+            (first_it, first), (last_it, last) = t.first_validation, t.last_validation
             lines.append("validation: " + ", ".join(
-                f"{name} {t.first_validation[name]:.4f} -> {t.last_validation[name]:.4f} "
-                f"(PPL {perplexity(t.first_validation[name]):.1f} -> {perplexity(t.last_validation[name]):.1f})"
-                for name in t.last_validation))
+                f"{name} {first[name]:.4f} (iteration {first_it}) -> {last[name]:.4f} (iteration {last_it}); "
+                f"PPL {perplexity(first[name]):.1f} -> {perplexity(last[name]):.1f}"
+                for name in last if name in first))
         rate = t.tokens / t.seconds if t.seconds > 0 else 0.0
         lines.append(f"{t.iterations} iterations, {t.tokens:,} tokens in {t.seconds:.1f} s ({rate:,.0f} tokens/s); "
                      f"skipped iterations: {skips.total_skipped}, nan iterations: {skips.total_nan}")

@@ -41,7 +41,7 @@ class StepOutcome:
     losses: Optional[Dict[str, float]]   # mean over the global batch; None off the last pipeline stage
     updated: bool
     grad_norm: Optional[float]
-    loss_scale: Optional[float]
+    loss_scale: Optional[float]          # after this step's update, as Megatron logs it (None: no scaling)
 
 
 def _model_arg(chunks: List[torch.nn.Module]):
@@ -95,7 +95,8 @@ def train_step(forward_step_func: Callable, data_iterators: List, chunks: List[t
     result = backend.step()
     if result.updated:
         schedule.step(global_batch_size)
-    return StepOutcome(average_losses(stats), result.updated, result.grad_norm, result.loss_scale)
+    # Megatron's log line shows the scale the scaler holds after this step (grown or backed off).
+    return StepOutcome(average_losses(stats), result.updated, result.grad_norm, backend.loss_scale)
 
 
 @dataclass

@@ -1,0 +1,19 @@
+"""Fixtures shared by the entry-point tests: the tiny Chinese corpus and the plain PyTorch loop's run."""
+import pytest
+
+from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
+from megatron_core.testing.tiny_corpus import preprocess_zh_news
+
+
+@pytest.fixture(scope="session")
+def gpt_corpus(tmp_path_factory):
+    """A directory holding zh_text_document.{bin,idx}: the news slice, one document a paragraph, with EOD."""
+    directory = str(tmp_path_factory.mktemp("gpt_corpus"))
+    preprocess_zh_news(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def plain_gpt(gpt_corpus):
+    """plain_gpt_loop on tiny_gpt_flags(gpt_corpus): {"losses": [...], "grad_norms": [...], ...}."""
+    return plain_gpt_reference(tiny_gpt_flags(gpt_corpus))
