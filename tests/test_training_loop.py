@@ -4,26 +4,19 @@ Every layout logs, step for step, the losses of megatron_core.testing.plain_gpt_
 serial GPT trained by torch.optim.AdamW on the same samples (fp32, relative 1e-5).
 """
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 from megatron_core.testing import find_free_port
+from megatron_core.testing.entry_point_runs import entry_point_environment as _env
+from megatron_core.testing.entry_point_runs import logged_losses, run_entry_point
 from megatron_core.training.train_step import SkipCounter, StepOutcome, TrainingStopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 STEPS = 5
-LOG_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: (\S+) \|")
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +42,6 @@ def model_flags(corpus):
             "--vocab-file", os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt")]
 
 
-def logged_losses(stdout):
-    return {int(it): float(loss) for it, loss in LOG_LINE.findall(stdout)}
-
-
 @pytest.fixture(scope="module")
 def plain_losses(corpus):
     import json
@@ -65,13 +54,7 @@ def plain_losses(corpus):
 
 
 def run_pretrain(flags, nproc=None, timeout=300):
-    script = os.path.join(ROOT, "pretrain_gpt.py")
-    if nproc is None:
-        command = [sys.executable, script, *flags]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), script, *flags]
-    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
+    return run_entry_point("pretrain_gpt.py", flags, nproc, timeout)
 
 
 def assert_serial_losses(done, plain_losses):
@@ -111,10 +94,8 @@ def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_lo
 def test_impossible_flags_are_one_sentence_and_exit_2_before_any_process_group(corpus):
     # WORLD_SIZE=2 with no second process: any rendezvous would hang until the timeout.
     flags = model_flags(corpus) + ["--pipeline-model-parallel-size", "2", "--num-layers", "3"]
-    env = dict(_env(), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(find_free_port()))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *flags], capture_output=True,
-                          text=True, env=env, timeout=60, cwd=ROOT)
+    env = dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_port()))
+    done = run_entry_point("pretrain_gpt.py", flags, timeout=60, env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
