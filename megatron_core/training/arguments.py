@@ -163,7 +163,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def add_encoder_decoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """An encoder-decoder's flags (T5; Megatron-LM's names): the stacks' depths and the stage
     where the pipeline passes from the encoder to the decoder. `validate` then fills --num-layers
-    and --seq-length from the encoder's flags and checks each stack's split over its stages."""
+    and --seq-length from the encoder's flags and checks each stack's split over its stages
+    (`args.encoder_decoder`, set here, tells it to)."""
     g = parser.add_argument_group("encoder-decoder")
     g.add_argument("--encoder-num-layers", type=int, default=None, help="Encoder layers (same as --num-layers).")
     g.add_argument("--decoder-num-layers", type=int, default=None, help="Decoder layers; the encoder's if not given.")
@@ -233,11 +234,11 @@ def _fill_encoder_decoder(args) -> None:
     if args.decoder_num_layers is None:
         args.decoder_num_layers = args.num_layers
     decoder_seq_length = getattr(args, "decoder_seq_length", None)
-    if args.max_position_embeddings is None and args.seq_length is not None and decoder_seq_length is not None:
+    if decoder_seq_length is None or args.seq_length is None:
+        return
+    if args.max_position_embeddings is None:
         args.max_position_embeddings = max(args.seq_length, decoder_seq_length)
-    if args.position_embedding_type == "learned_absolute" and None not in (args.max_position_embeddings,
-                                                                           decoder_seq_length) \
-            and args.max_position_embeddings < decoder_seq_length:
+    if args.position_embedding_type == "learned_absolute" and args.max_position_embeddings < decoder_seq_length:
         raise ConfigError(f"--max-position-embeddings {args.max_position_embeddings} is shorter than "
                           f"--decoder-seq-length {decoder_seq_length}; raise it to at least {decoder_seq_length}.")
 
