@@ -152,3 +152,48 @@ def test_bad_data_flags_are_user_errors_before_any_file_is_opened():
 def test_validation_fills_the_namespace_it_was_given():
     ns = parse_args(BASE.split())
     assert isinstance(ns, argparse.Namespace) and validate(ns, 2) is ns and ns.data_parallel_size == 2
+
+
+def _encoder_decoder_args(line, world=1):
+    from megatron_core.training.arguments import add_encoder_decoder_arguments
+    from megatron_core.training.data_options import add_data_options_arguments
+    extra = lambda parser: add_data_options_arguments(add_encoder_decoder_arguments(parser))
+    return validate(parse_args(line.split(), extra_args_provider=extra), world)
+
+
+T5_BASE = ("--hidden-size 64 --num-attention-heads 8 --micro-batch-size 2 --train-iters 100 --lr 3e-4 "
+           "--encoder-num-layers 4 --encoder-seq-length 64 --decoder-seq-length 96")
+
+
+def test_t5_flags_fill_megatrons_encoder_decoder_values_and_the_split_reaches_the_parallel_config():
+    args = _encoder_decoder_args(T5_BASE + " --decoder-num-layers 2 --pipeline-model-parallel-size 3 "
+                                           "--pipeline-model-parallel-split-rank 2", world=3)
+    assert (args.num_layers, args.decoder_num_layers, args.seq_length) == (4, 2, 64)
+    assert args.max_position_embeddings == 96       # the learned table covers the longer decoder
+    run = build_run_config(args)
+    assert (run.parallel.pipeline_model_parallel_split_rank, run.model.num_layers) == (2, 4)
+    assert _encoder_decoder_args(T5_BASE).decoder_num_layers == 4   # the encoder's depth by default
+    with pytest.raises(SystemExit):                  # a decoder-only entry point has no split rank
+        parse_args((BASE + " --pipeline-model-parallel-split-rank 1").split())
+
+
+ENCODER_DECODER_IMPOSSIBLE = [
+    ("--pipeline-model-parallel-size 2", 2, r"--pipeline-model-parallel-size 2 .*--pipeline-model-parallel-split-rank"),
+    ("--pipeline-model-parallel-size 2 --pipeline-model-parallel-split-rank 2", 2,
+     r"--pipeline-model-parallel-split-rank 2 must be between 1 and 1"),
+    ("--pipeline-model-parallel-split-rank 1", 1, r"--pipeline-model-parallel-split-rank 1 needs"),
+    ("--pipeline-model-parallel-size 3 --pipeline-model-parallel-split-rank 1 --decoder-num-layers 3", 3,
+     r"--decoder-num-layers 3 is not divisible by its 2 pipeline stages"),
+    ("--pipeline-model-parallel-size 4 --pipeline-model-parallel-split-rank 3", 4,
+     r"--encoder-num-layers 4 is not divisible by its 3 pipeline stages"),
+    ("--num-layers 6", 1, r"--encoder-num-layers 4 and --num-layers 6 disagree"),
+    ("--seq-length 32", 1, r"--encoder-seq-length 64 and --seq-length 32 disagree"),
+    ("--max-position-embeddings 64", 1, r"--max-position-embeddings 64 .*--decoder-seq-length 96"),
+]
+
+
+@pytest.mark.parametrize("extra,world,match", ENCODER_DECODER_IMPOSSIBLE, ids=[c[0] for c in ENCODER_DECODER_IMPOSSIBLE])
+def test_an_impossible_encoder_decoder_layout_is_one_sentence_naming_the_flags(extra, world, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        _encoder_decoder_args(T5_BASE + " " + extra, world)
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")

@@ -195,6 +195,24 @@ def test_mems_are_the_layer_inputs_and_detached(single_rank):
     assert none == []
 
 
+def test_evaluation_scope_keeps_training_memory_and_continues_its_own(single_rank):
+    model = TransformerXLModel(_config({}), VOCAB, mem_length=MEM)
+    model.set_current_microbatch(0)
+    segments = [ids for segment in _segments() for ids in segment]
+    model(segments[0], use_memory=True)
+    training = model.memory.read(0)
+    with model.evaluation_scope():
+        assert model.memory.read(0) is None              # validation's own stream starts empty
+        model(segments[1], use_memory=True)
+        first_validation = model.memory.read(0)
+    assert model.memory.read(0) is training              # training's mems, untouched
+    with model.evaluation_scope():
+        assert model.memory.read(0) is first_validation  # the next evaluation continues its stream
+    _, expected = model(segments[2], list(training))
+    model(segments[2], use_memory=True)                  # training goes on from its own mems
+    assert all(torch.equal(got, want) for got, want in zip(model.memory.read(0), expected))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parameter_count_and_flops(single_rank, case):
     from torch.utils.flop_counter import FlopCounterMode

@@ -11,8 +11,9 @@ by the micro-batch index the schedule is running (PipelineChunk.current_microbat
     memory.write(i, new_mems)      # [m, b, h] per layer of this stage, detached
     memory.clear()                 # a new text (or evaluation) starts from empty memory
 
-Evaluation runs its own streams: save `memory.state()` and `load_state` it back after,
-or `clear()` before and after.
+Evaluation runs its own streams: TransformerXLModel.evaluation_scope() swaps in a second
+SegmentMemory for them (the training loop's evaluate enters it), or by hand save
+`memory.state()` and `load_state` it back after.
 """
 from __future__ import annotations
 

@@ -55,9 +55,13 @@ the p2p link; the forward step asks for it with `use_memory=True`:
         batch = next(data_iterator)
         output, _ = model(batch["tokens"], labels=batch["labels"], use_memory=True)
         return output, loss_func
+
+Evaluation runs inside `evaluation_scope()`, on a memory of its own (the validation
+streams'), so validating between steps does not change what training attends to.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -179,6 +183,17 @@ class TransformerXLModel(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMi
             if not tied:
                 mark_vocab_parallel(self.output_layer.weight)
         self.memory = SegmentMemory()  # this stage's mems per micro-batch stream (use_memory=True)
+        self.validation_memory = SegmentMemory()  # the validation streams' mems, kept between evaluations
+
+    @contextlib.contextmanager
+    def evaluation_scope(self):
+        """Validation reads its own text streams: inside, `memory` is the validation memory,
+        and the training memory comes back untouched afterwards (training/evaluate.py)."""
+        self.memory, self.validation_memory = self.validation_memory, self.memory
+        try:
+            yield
+        finally:
+            self.memory, self.validation_memory = self.validation_memory, self.memory
 
     # --- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids: Optional[torch.Tensor], mems: Optional[Sequence[torch.Tensor]] = None,

@@ -20,6 +20,9 @@ schedules and the gradient finalization talk to it only through `PipelineChunk`:
     stage_copies()        {key: parameter} for the parameters of which other stages hold
                           copies of their own (word and position tables, T5's relative-bias
                           tables, Transformer-XL's shared r_w_bias / r_r_bias)
+    evaluation_scope()    optional: a context manager the training loop's evaluation runs
+                          in, for chunks with state carried between batches
+                          (Transformer-XL keeps validation's memory apart from training's)
 
 Stage copies. One parameter of the serial model may live on several stages: the word
 table on the first stage and on the last (a tied head) or the first decoder stage (T5),

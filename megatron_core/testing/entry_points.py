@@ -1,12 +1,16 @@
-"""Run an entry point (pretrain_gpt.py, finetune_gpt.py, ...) as a user runs it, and read its log.
+"""Run an entry point (pretrain_*.py, finetune_gpt.py) as a user runs it, and read its log lines.
 
     done = run_entry_point("pretrain_gpt.py", flags)              # plain python: one process
     done = run_entry_point("pretrain_gpt.py", flags, nproc=4)     # torchrun --nproc-per-node 4
-    losses = logged_values(done.stdout, "lm loss")                # {iteration: value}
+    lm = logged_values(done.stdout, "lm loss")                    # {iteration: value}
+    losses = logged_losses(done.stdout)                           # {iteration: {"lm loss": .., "sop loss": ..}}
+    lines = logged_iterations(done.stdout)                        # {iteration: the line without clock fields}
     reference = plain_gpt_reference(tiny_gpt_flags(corpus_dir))   # the plain PyTorch loop's losses
 
 The child gets this checkout on PYTHONPATH, one intra-op thread (ranks share the cores)
-and none of the launcher variables a surrounding torchrun may have set.
+and none of the launcher variables a surrounding torchrun may have set. Flag sets of tiny
+fp32 runs: tiny_gpt_flags (what plain_gpt_loop models exactly), tiny_run_flags (any
+family over a given prefix), corpus_flags (the data flags of a corpus built on first use).
 """
 from __future__ import annotations
 
@@ -15,33 +19,50 @@ import os
 import re
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .distributed import find_free_port
-from .tiny_corpus import BERT_VOCAB, ROOT
+from .tiny_corpus import BERT_VOCAB, ROOT, preprocess_zh_news
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _ITERATION = re.compile(r"iteration\s+(\d+)/\s*\d+ \|(.*)$", re.MULTILINE)
+# What differs between two runs of the same computation: the clock.
+_CLOCK_FIELDS = [re.compile(p) for p in (r"^ ?\[[^\]]*\] ", r" elapsed time per iteration \(ms\): [^|]*\|",
+                                         r" throughput per GPU[^|]*\|", r" tokens per second: [^|]*\|",
+                                         r" MFU: [^|]*\|")]
 
 
-def clean_env() -> Dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+def clean_env(**extra: str) -> Dict[str, str]:
+    """The caller's environment for a fresh launch: this checkout first, one thread, no launcher variables."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **extra)
     for name in LAUNCHER_VARIABLES:
         env.pop(name, None)
     return env
 
 
-def run_entry_point(script: str, flags: List[str], nproc: Optional[int] = None,
-                    timeout: float = 300) -> subprocess.CompletedProcess:
-    """`script` (relative to the repository root) with `flags`; nproc=None runs it without a launcher."""
+def entry_point_command(script: str, flags: Sequence[str], nproc: Optional[int] = None) -> List[str]:
+    """`python script flags`, or `torchrun --nproc-per-node nproc script flags` on a free local port."""
     path = os.path.join(ROOT, script)
     if nproc is None:
-        command = [sys.executable, path, *flags]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), path, *flags]
-    return subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=timeout, cwd=ROOT)
+        return [sys.executable, path, *flags]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), path, *flags]
 
+
+def run_entry_point(script: str, flags: Sequence[str], nproc: Optional[int] = None, timeout: float = 300,
+                    env: Optional[Dict[str, str]] = None, **popen) -> subprocess.CompletedProcess:
+    """`script` (relative to the repository root) with `flags`, from the root; nproc=None runs it without
+    a launcher. `env` adds to clean_env(). stdout and stderr are captured as text."""
+    return subprocess.run(entry_point_command(script, flags, nproc), capture_output=True, text=True,
+                          env={**clean_env(), **(env or {})}, timeout=timeout, cwd=ROOT, **popen)
+
+
+def failure_report(done: subprocess.CompletedProcess) -> str:
+    """The tail of a run's output, for an assertion message."""
+    return f"exit {done.returncode}\n--- stdout ---\n{done.stdout[-2000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
+
+
+# --- reading the log --------------------------------------------------------------------------------
 
 def logged_values(stdout: str, name: str) -> Dict[int, float]:
     """{iteration: value} of the `name: value |` field of Megatron's training log lines."""
@@ -54,10 +75,42 @@ def logged_values(stdout: str, name: str) -> Dict[int, float]:
     return values
 
 
-def failure_report(done: subprocess.CompletedProcess) -> str:
-    """The tail of a run's output, for an assertion message."""
-    return f"exit {done.returncode}\n--- stdout ---\n{done.stdout[-2000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
+def logged_losses(stdout: str) -> Dict[int, Dict[str, float]]:
+    """{iteration: {loss name: value}}: the fields whose names end in "loss" ("lm loss", "sop loss";
+    not "loss scale") of every training log line."""
+    result = {}
+    for iteration, rest in _ITERATION.findall(stdout):
+        losses = {}
+        for field in rest.split("|"):
+            name, sep, value = field.partition(":")
+            if sep and name.strip().endswith("loss"):
+                losses[name.strip()] = float(value)
+        if losses:
+            result[int(iteration)] = losses
+    return result
 
+
+def without_clock(line: str) -> str:
+    for pattern in _CLOCK_FIELDS:
+        line = pattern.sub("", line)
+    return line.strip()
+
+
+def logged_iterations(stdout: str) -> Dict[int, str]:
+    """{iteration: its training log line without the clock fields}: equal strings for equal computations."""
+    result = {}
+    for line in stdout.splitlines():
+        match = _ITERATION.search(line)
+        if match and "lm loss" in line:
+            result[int(match.group(1))] = without_clock(line)
+    return result
+
+
+def logged_validations(stdout: str) -> List[str]:
+    return [line.strip() for line in stdout.splitlines() if "validation loss at iteration" in line]
+
+
+# --- flags of tiny runs -----------------------------------------------------------------------------
 
 TINY_GPT_STEPS = 5
 
@@ -73,6 +126,31 @@ def tiny_gpt_flags(corpus_dir: str) -> List[str]:
             "--data-path", os.path.join(corpus_dir, "zh_text_document"),
             "--data-cache-path", os.path.join(corpus_dir, "cache"), "--num-workers", "0",
             "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB]
+
+
+def tiny_run_flags(data_prefix: str, cache_dir: str, train_iters: int = 5, seq_length: int = 64,
+                   num_layers: int = 2) -> List[str]:
+    """A tiny fp32 model without dropout on the BERT Chinese vocabulary: micro-batch 2, global
+    batch 8, constant lr, a log line every iteration, one validation batch at the end."""
+    return ["--num-layers", str(num_layers), "--hidden-size", "32", "--num-attention-heads", "4",
+            "--seq-length", str(seq_length), "--micro-batch-size", "2", "--global-batch-size", "8",
+            "--train-iters", str(train_iters), "--lr", "3e-3", "--lr-decay-style", "constant",
+            "--weight-decay", "0.01", "--clip-grad", "1.0", "--hidden-dropout", "0", "--attention-dropout", "0",
+            "--log-interval", "1", "--eval-interval", str(train_iters), "--eval-iters", "1", "--split", "90,10,0",
+            "--data-path", data_prefix, "--data-cache-path", cache_dir, "--num-workers", "0",
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB]
+
+
+def corpus_flags(directory: str, sentences: bool = False) -> List[str]:
+    """The data flags of a small preprocessed corpus in `directory` (built on first use): one document
+    per paragraph with EOD (GPT, Transformer-XL), or sentence-split (BERT, T5), BERT's Chinese vocabulary,
+    a 90/10 train/validation split."""
+    name = "zh_sentences" if sentences else "zh_documents"
+    prefix = os.path.join(directory, f"{name}_text_{'sentence' if sentences else 'document'}")
+    if not os.path.exists(prefix + ".idx"):
+        preprocess_zh_news(directory, split_sentences=sentences, name=name)
+    return ["--data-path", prefix, "--data-cache-path", os.path.join(directory, "cache"), "--split", "90,10,0",
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB, "--num-workers", "0"]
 
 
 def plain_gpt_reference(flags: List[str], timeout: float = 300) -> dict:

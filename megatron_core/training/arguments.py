@@ -165,6 +165,20 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+def add_encoder_decoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """An encoder-decoder's flags (T5; Megatron-LM's names): the stacks' depths and the stage
+    where the pipeline passes from the encoder to the decoder. `validate` then fills --num-layers
+    and --seq-length from the encoder's flags and checks each stack's split over its stages
+    (`args.encoder_decoder`, set here, tells it to)."""
+    g = parser.add_argument_group("encoder-decoder")
+    g.add_argument("--encoder-num-layers", type=int, default=None, help="Encoder layers (same as --num-layers).")
+    g.add_argument("--decoder-num-layers", type=int, default=None, help="Decoder layers; the encoder's if not given.")
+    g.add_argument("--pipeline-model-parallel-split-rank", type=int, default=None,
+                   help="With pipeline parallelism: the first decoder stage (stages below it hold the encoder).")
+    parser.set_defaults(encoder_decoder=True)
+    return parser
+
+
 def parse_args(argv: Optional[List[str]] = None,
                extra_args_provider: Optional[Callable[[argparse.ArgumentParser], argparse.ArgumentParser]] = None
                ) -> argparse.Namespace:
@@ -200,12 +214,38 @@ def validate(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ConfigError("--fp16 and --bf16 were both given; choose one precision.")
     args.params_dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
 
+    if getattr(args, "encoder_decoder", False):
+        _fill_encoder_decoder(args)
     _validate_model(args)
     _validate_parallel(args, world_size)
     _validate_batch_and_length(args)
     _validate_optimizer(args)
     _validate_logging_and_data(args)
     return args
+
+
+def _fill_encoder_decoder(args) -> None:
+    """Megatron's T5 reading: --encoder-num-layers is --num-layers, --encoder-seq-length is
+    --seq-length, the decoder defaults to the encoder's depth, and the learned position table
+    covers the longer of the two sequences."""
+    for encoder_flag, flag in (("encoder_num_layers", "num_layers"), ("encoder_seq_length", "seq_length")):
+        encoder_value, value = getattr(args, encoder_flag, None), getattr(args, flag)
+        if encoder_value is not None and value is not None and encoder_value != value:
+            raise ConfigError(f"--{encoder_flag.replace('_', '-')} {encoder_value} and --{flag.replace('_', '-')} "
+                              f"{value} disagree; give only one of them.")
+        if value is None:
+            setattr(args, flag, encoder_value)
+    _positive(args, "decoder_num_layers")
+    if args.decoder_num_layers is None:
+        args.decoder_num_layers = args.num_layers
+    decoder_seq_length = getattr(args, "decoder_seq_length", None)
+    if decoder_seq_length is None or args.seq_length is None:
+        return
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = max(args.seq_length, decoder_seq_length)
+    if args.position_embedding_type == "learned_absolute" and args.max_position_embeddings < decoder_seq_length:
+        raise ConfigError(f"--max-position-embeddings {args.max_position_embeddings} is shorter than "
+                          f"--decoder-seq-length {decoder_seq_length}; raise it to at least {decoder_seq_length}.")
 
 
 def _validate_model(args) -> None:
@@ -270,7 +310,9 @@ def _validate_parallel(args, world_size: int) -> None:
     if args.sequence_parallel and tp == 1:
         raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1; drop the flag or raise "
                           "the tensor-parallel size.")
-    if args.num_layers % pp != 0:
+    if getattr(args, "encoder_decoder", False):
+        _validate_split_rank(args, pp)
+    elif args.num_layers % pp != 0:
         raise ConfigError(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size "
                           f"{pp}; every pipeline stage needs the same number of layers.")
     args.virtual_pipeline_model_parallel_size = None
@@ -285,6 +327,33 @@ def _validate_parallel(args, world_size: int) -> None:
                               f"--num-layers-per-virtual-pipeline-stage {per_virtual}.")
         # One chunk per stage is plain 1F1B.
         args.virtual_pipeline_model_parallel_size = per_stage // per_virtual if per_stage > per_virtual else None
+
+
+def _validate_split_rank(args, pp: int) -> None:
+    """An encoder-decoder pipeline: encoder on stages [0, split), decoder on [split, pp), each stack
+    split evenly over its stages."""
+    split = args.pipeline_model_parallel_split_rank
+    if pp == 1:
+        if split is not None:
+            raise ConfigError(f"--pipeline-model-parallel-split-rank {split} needs --pipeline-model-parallel-size "
+                              f"> 1; drop it for a single-stage run.")
+        return
+    if split is None:
+        raise ConfigError(f"--pipeline-model-parallel-size {pp} puts the encoder and the decoder on different "
+                          f"stages; give --pipeline-model-parallel-split-rank (the first decoder stage, e.g. "
+                          f"{pp // 2}).")
+    if not 0 < split < pp:
+        raise ConfigError(f"--pipeline-model-parallel-split-rank {split} must be between 1 and {pp - 1} "
+                          f"(--pipeline-model-parallel-size {pp}) so that encoder and decoder get a stage each.")
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        raise ConfigError("--num-layers-per-virtual-pipeline-stage cannot be combined with "
+                          "--pipeline-model-parallel-split-rank; an encoder-decoder pipeline has no virtual stages.")
+    for flag, layers, stages in (("--encoder-num-layers", args.num_layers, split),
+                                 ("--decoder-num-layers", args.decoder_num_layers, pp - split)):
+        if layers % stages != 0:
+            raise ConfigError(f"{flag} {layers} is not divisible by its {stages} pipeline stages "
+                              f"(--pipeline-model-parallel-split-rank {split} of --pipeline-model-parallel-size "
+                              f"{pp}); change the layers or the split.")
 
 
 def _validate_batch_and_length(args) -> None:

@@ -35,6 +35,8 @@ class ParallelConfig:
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
     # Derived by validation: chunks per stage (None without interleaving).
     virtual_pipeline_model_parallel_size: Optional[int] = None
+    # Encoder-decoder pipelines: the first decoder stage (None: no split).
+    pipeline_model_parallel_split_rank: Optional[int] = None
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False

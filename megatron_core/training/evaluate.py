@@ -4,9 +4,14 @@ Each evaluation continues the validation stream where the previous one stopped (
 Megatron's), so successive evaluations see different samples. The losses are the forward
 step's stats averaged over every micro-batch of every evaluated batch and over the
 data-parallel group; they exist on the last pipeline stage only (None elsewhere).
+
+A chunk whose state carries over from batch to batch (Transformer-XL's segment memory)
+offers `evaluation_scope()`, a context manager that evaluation runs inside, so that
+validation keeps its own state and training continues from where it left off.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -20,7 +25,10 @@ def evaluate(forward_step_func: Callable, data_iterators: List, chunks: List[tor
     for chunk in chunks:
         chunk.eval()
     stats: List[dict] = []
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as scopes:
+        for chunk in chunks:
+            if hasattr(chunk, "evaluation_scope"):
+                scopes.enter_context(chunk.evaluation_scope())
         for _ in range(eval_iters):
             stats.extend(forward_backward(forward_step_func, data_iterators, chunks, num_microbatches, p2p_config,
                                           forward_only=True))

@@ -70,7 +70,8 @@ def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
         raise LaunchError(f"the process group has {dist.get_world_size()} ranks but the flags were checked for "
                           f"{parallel.world_size}; set WORLD_SIZE to the number of launched processes.")
     mpu.initialize_model_parallel(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
-                                  parallel.virtual_pipeline_model_parallel_size)
+                                  parallel.virtual_pipeline_model_parallel_size,
+                                  parallel.pipeline_model_parallel_split_rank)
     mpu.model_parallel_manual_seed(seed)
 
 
