@@ -118,6 +118,17 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
+    g.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"],
+                   help="(ours) The layout --save writes; --load detects the layout it finds.")
+    g.add_argument("--finetune", action="store_true",
+                   help="Load the weights only: iteration, optimizer, scheduler and RNG start afresh.")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="Do not load the optimizer and lr scheduler (the fp16 loss scaler still loads).")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                   help="With --load: a directory without a checkpoint is an error instead of a fresh start.")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="Save (with --save) and exit after an iteration that is a multiple of this.")
 
     g = parser.add_argument_group("mixed precision")
     g.add_argument("--fp16", action="store_true")
@@ -353,7 +364,7 @@ def _validate_optimizer(args) -> None:
 
 
 def _validate_logging_and_data(args) -> None:
-    _positive(args, "log_interval", "eval_interval", "save_interval", "max_skipped_iterations")
+    _positive(args, "log_interval", "eval_interval", "save_interval", "max_skipped_iterations", "exit_interval")
     if args.eval_iters < 0:
         raise ConfigError(f"--eval-iters must be 0 or more, got {args.eval_iters}.")
     if args.save is not None and args.save_interval is None:

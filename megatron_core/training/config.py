@@ -72,6 +72,8 @@ class TrainingConfig:
     seed: int = 1234
     # Stop with one sentence after this many consecutive skipped (overflowed) steps.
     max_skipped_iterations: Optional[int] = None
+    # Save (with --save) and stop after an iteration that is a multiple of this.
+    exit_interval: Optional[int] = None
 
 
 @dataclass
@@ -148,6 +150,11 @@ class CheckpointConfig:
     save: Optional[str] = None
     load: Optional[str] = None
     save_interval: Optional[int] = None
+    ckpt_format: str = "megatron"          # the layout written: "megatron" or "deepspeed"
+    finetune: bool = False                 # load the weights only; iteration and counters start at 0
+    no_load_optim: bool = False            # keep a fresh optimizer and lr schedule (the loss scaler still loads)
+    no_load_rng: bool = False
+    exit_on_missing_checkpoint: bool = False
 
 
 @dataclass
