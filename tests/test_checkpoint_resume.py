@@ -259,3 +259,44 @@ def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_c
     line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path),
                                                                     "--exit-on-missing-checkpoint")))
     assert str(tmp_path) in line and "--exit-on-missing-checkpoint" in line
+
+
+def test_keep_last_leaves_the_newest_checkpoints(corpus, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "1", "--keep-last",
+                                                "2", "--train-iters", "4", "--eval-interval", "100")))
+    assert sorted(os.listdir(directory)) == ["iter_0000003", "iter_0000004", "latest_checkpointed_iteration.txt"]
+    assert tracker(directory) == "4"
+
+
+def test_sigterm_with_exit_signal_handler_saves_and_exits_cleanly(corpus, tmp_path):
+    directory, log_path = str(tmp_path / "ckpt"), tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(entry_point_command("pretrain_gpt.py", flags(
+            corpus, "--save", directory, "--save-interval", "1000", "--train-iters", "1000", "--eval-interval", "1000",
+            "--exit-signal-handler")), stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        try:
+            deadline = time.time() + 240
+            while "iteration        2/" not in log_path.read_text():
+                assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log_path.read_text()
+    stopped = max(logged_iterations(text))
+    assert f"exiting program at iteration {stopped} (SIGTERM received" in text and stopped < 1000
+    assert tracker(directory) == str(stopped)
+
+
+def test_use_checkpoint_args_takes_the_model_shape_and_lists_the_differences(corpus, serial_checkpoint):
+    shape = {"--hidden-size": "32", "--num-attention-heads": "4", "--num-layers": "4"}
+    argv = flags(corpus, "--load", serial_checkpoint, "--use-checkpoint-args", "--lr", "1e-3")
+    argv = [a for i, a in enumerate(argv) if a not in shape and (i == 0 or argv[i - 1] not in shape)]
+    assert "--hidden-size" not in argv
+    done = ok(run_entry_point("pretrain_gpt.py", argv))
+    assert sorted(logged_iterations(done.stdout)) == [4, 5, 6]
+    assert "  lr: 0.003 in the checkpoint, 0.001 in this run" in done.stdout
+    assert "hidden_size" not in done.stdout

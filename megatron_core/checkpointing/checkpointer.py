@@ -18,6 +18,7 @@ rank instead of a hang.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import List, Optional
 
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from .. import mpu
 from ..cli import describe_os_error
 from ..errors import CheckpointError
 from . import compatibility, rng_state
+from .exit_conditions import ExitConditions
 from .contents import model_keys, model_state, optimizer_shard_state, rng_state_of_rank
 from .file_io import load_file, save_file, write_bytes_atomically
 from .formats import detect_layout, layout_named
@@ -45,20 +47,24 @@ class Checkpointer:
         self.pp_rank = mpu.get_pipeline_model_parallel_rank()
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
+        training = run.training
+        self.exits = ExitConditions(training.exit_interval, training.exit_duration_in_mins,
+                                    training.exit_signal_handler)
 
     # --- when to save ---------------------------------------------------------------------
 
     def after_iteration(self, state) -> bool:
-        """Save every --save-interval; at --exit-interval save (if not just done) and say stop."""
-        interval, exit_interval = self.config.save_interval, self.run.training.exit_interval
+        """Save every --save-interval; when an exit condition holds, save (if not just done) and say stop."""
+        interval = self.config.save_interval
         if self.config.save and interval and state.iteration % interval == 0:
             self.save(state)
-        if exit_interval and state.iteration % exit_interval == 0:
-            if self.config.save and self._last_saved != state.iteration:
-                self.save(state)
-            _print(f"exiting program at iteration {state.iteration} (--exit-interval {exit_interval})")
-            return True
-        return False
+        reason = self.exits.reason(state.iteration)
+        if reason is None:
+            return False
+        if self.config.save and self._last_saved != state.iteration:
+            self.save(state)
+        _print(f"exiting program at iteration {state.iteration} ({reason})")
+        return True
 
     def at_end(self, state) -> None:
         """Megatron-LM saves the last iteration too, when --save is given."""
@@ -100,8 +106,16 @@ class Checkpointer:
                 tracker_error = describe_os_error(e)
         self._agree(tracker_error, f"updating the tracker of {directory} after iteration {iteration}")
         self._last_saved = iteration
+        if self.config.keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
+            self._remove_older_than_last(directory, iteration)
         _print(f"  successfully saved checkpoint from iteration {iteration:7d} to {directory} "
                f"[{self.layout.name} layout]")
+
+    def _remove_older_than_last(self, directory: str, newest: int) -> None:
+        """--keep-last N: only once the newest checkpoint is complete and named by the tracker."""
+        older = sorted((i for i in self.layout.saved_iterations(directory) if i < newest), reverse=True)
+        for iteration in older[self.config.keep_last - 1:]:
+            shutil.rmtree(self.layout.iteration_dir(directory, iteration), ignore_errors=True)
 
     def _gather_over_data_parallel(self, value):
         if not dist.is_initialized() or mpu.get_data_parallel_world_size() == 1:

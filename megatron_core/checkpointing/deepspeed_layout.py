@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import List, Optional
 
 from ..errors import CheckpointError
 
@@ -60,6 +60,14 @@ class DeepSpeedLayout:
 
     def saved_parallel_sizes(self, iteration_path: str):
         return None   # TP and PP are not in the names; contents.py's `parallel` entry is checked instead
+
+    def saved_iterations(self, directory: str) -> List[int]:
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        return sorted(int(m.group(1)) for m in map(_TAG.match, names) if m)
+
+    def first_model_file(self, iteration_path: str) -> Optional[str]:
+        path = os.path.join(iteration_path, "mp_rank_00_model_states.pt")
+        return path if os.path.isfile(path) else None
 
     def to_file(self, state: dict) -> dict:
         state = dict(state)

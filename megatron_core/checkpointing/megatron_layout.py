@@ -21,6 +21,7 @@ TRACKER = "latest_checkpointed_iteration.txt"
 MODEL_FILE = "model_optim_rng.pt"
 RELEASE = "release"
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+_ITERATION_DIR = re.compile(r"^iter_(\d{7})$")
 
 
 def tracker_path(directory: str) -> str:
@@ -95,6 +96,15 @@ class MegatronLayout:
 
     def saved_parallel_sizes(self, iteration_path: str):
         return saved_parallel_sizes(iteration_path)
+
+    def saved_iterations(self, directory: str) -> List[int]:
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        return sorted(int(m.group(1)) for m in map(_ITERATION_DIR.match, names) if m)
+
+    def first_model_file(self, iteration_path: str) -> Optional[str]:
+        names = sorted(n for n in os.listdir(iteration_path) if _RANK_DIR.match(n)) if os.path.isdir(
+            iteration_path) else []
+        return os.path.join(iteration_path, names[0], MODEL_FILE) if names else None
 
     def to_file(self, state: dict) -> dict:
         return state

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from .. import mpu
 from ..checkpointing import Checkpointer
+from ..checkpointing.checkpoint_args import apply_checkpoint_args
 from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
@@ -55,6 +56,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
              p2p_config_provider: Optional[Callable] = None,
              data_on_every_stage: Union[bool, Callable] = False) -> TrainState:
     args = parse_args(argv, extra_args_provider)
+    apply_checkpoint_args(args, argv, extra_args_provider)   # --use-checkpoint-args: before validation
     validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     initialize_distributed(run.parallel, run.training.seed)
