@@ -12,7 +12,7 @@ is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
 `args` is the validated flag namespace (entry points own it; the loop itself reads the
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
-virtual pipeline stage. Checkpoints (--load, --save, --save-interval, --exit-interval) are
+virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
 megatron_core.checkpointing's Checkpointer: one load before the data iterators are built
 (they resume at the consumed-samples counts), one call after each iteration, one at the end.
 """
@@ -100,7 +100,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                 state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
                 log.validation(f"iteration {state.iteration}", state.iteration, losses)
                 log.resume_clock(paused)
-            if checkpoints.after_iteration(state):    # saves every --save-interval; True at --exit-interval
+            if checkpoints.after_iteration(state):    # saves every --save-interval; True at an --exit-* condition
                 break
         else:
             checkpoints.at_end(state)
@@ -140,8 +140,8 @@ def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, stat
     order, only the first TP rank reads, one per model chunk with virtual stages)."""
     datasets = list(datasets_provider(args, train_valid_test_num_samples(run.training)))
     iterators = build_split_iterators(datasets, run.training.micro_batch_size, state.consumed_samples,
-                                      state.consumed_valid_samples, every_stage=every_stage, num_workers=run.data.num_workers,
-                                      seed=run.training.seed)
+                                      state.consumed_valid_samples, every_stage=every_stage,
+                                      num_workers=run.data.num_workers, seed=run.training.seed)
     # Every rank must agree on whether to evaluate (it is a pipeline collective), so that
     # follows the dataset, not this rank's iterator (None on stages that read no data).
     valid = _per_chunk(iterators.valid) if len(datasets) > 1 and datasets[1] is not None else None
