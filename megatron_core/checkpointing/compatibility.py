@@ -32,7 +32,8 @@ def _fix_for_sizes(saved: Tuple[int, int], wanted: Tuple[int, int]) -> str:
 def check_parallel_sizes(where: str, saved: Optional[Tuple[int, int]], wanted: Tuple[int, int]) -> None:
     if saved is not None and tuple(saved) != tuple(wanted):
         raise CheckpointError(f"{where} was saved with tensor-parallel size {saved[0]} and pipeline-parallel size "
-                              f"{saved[1]}, this run uses {wanted[0]} and {wanted[1]}; {_fix_for_sizes(saved, wanted)}.")
+                              f"{saved[1]}, this run uses {wanted[0]} and {wanted[1]}; "
+                              f"{_fix_for_sizes(saved, wanted)}.")
 
 
 def check_virtual_stages(path: str, saved: Dict, run) -> None:

@@ -56,7 +56,8 @@ class DeepSpeedLayout:
 
     def optimizer_shard_file(self, model_path: str, data_parallel_rank: int) -> str:
         mp = os.path.basename(model_path)[len("mp_rank_"):][:2]
-        return os.path.join(os.path.dirname(model_path), f"zero_pp_rank_{data_parallel_rank}_mp_rank_{mp}_optim_states.pt")
+        return os.path.join(os.path.dirname(model_path),
+                            f"zero_pp_rank_{data_parallel_rank}_mp_rank_{mp}_optim_states.pt")
 
     def saved_parallel_sizes(self, iteration_path: str):
         return None   # TP and PP are not in the names; contents.py's `parallel` entry is checked instead
