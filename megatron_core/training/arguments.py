@@ -121,6 +121,26 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
+    g.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"],
+                   help="(ours) The layout --save writes; --load detects the layout it finds.")
+    g.add_argument("--finetune", action="store_true",
+                   help="Load the weights only: iteration, optimizer, scheduler and RNG start afresh.")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="Do not load the optimizer and lr scheduler (the fp16 loss scaler still loads).")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                   help="With --load: a directory without a checkpoint is an error instead of a fresh start.")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="Save (with --save) and exit after an iteration that is a multiple of this.")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="Save (with --save) and exit once training has run this many minutes.")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="On SIGTERM, save (with --save) after the current iteration and exit cleanly on every rank.")
+    g.add_argument("--keep-last", type=int, default=None,
+                   help="(ours) Keep only the newest N checkpoints in --save; older ones go after a complete save.")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="Take the model shape and parallel sizes from the --load checkpoint; flags given on the "
+                        "command line win.")
 
     g = parser.add_argument_group("mixed precision")
     g.add_argument("--fp16", action="store_true")
@@ -427,11 +447,14 @@ def _validate_optimizer(args) -> None:
 
 
 def _validate_logging_and_data(args) -> None:
-    _positive(args, "log_interval", "eval_interval", "save_interval", "max_skipped_iterations")
+    _positive(args, "log_interval", "eval_interval", "save_interval", "max_skipped_iterations", "exit_interval",
+              "keep_last")
     if args.eval_iters < 0:
         raise ConfigError(f"--eval-iters must be 0 or more, got {args.eval_iters}.")
     if args.save is not None and args.save_interval is None:
         raise ConfigError(f"--save {args.save} needs --save-interval (iterations between checkpoints).")
+    if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
+        raise ConfigError(f"--exit-duration-in-mins must be positive, got {args.exit_duration_in_mins}.")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise ConfigError(f"--peak-tflops must be positive, got {args.peak_tflops}.")
     if args.data_path:

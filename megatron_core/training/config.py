@@ -74,6 +74,11 @@ class TrainingConfig:
     seed: int = 1234
     # Stop with one sentence after this many consecutive skipped (overflowed) steps.
     max_skipped_iterations: Optional[int] = None
+    # Save (with --save) and stop: after an iteration that is a multiple of exit_interval, once
+    # exit_duration_in_mins have passed, or on SIGTERM with exit_signal_handler.
+    exit_interval: Optional[int] = None
+    exit_duration_in_mins: Optional[float] = None
+    exit_signal_handler: bool = False
 
 
 @dataclass
@@ -150,6 +155,13 @@ class CheckpointConfig:
     save: Optional[str] = None
     load: Optional[str] = None
     save_interval: Optional[int] = None
+    ckpt_format: str = "megatron"          # the layout written: "megatron" or "deepspeed"
+    finetune: bool = False                 # load the weights only; iteration and counters start at 0
+    no_load_optim: bool = False            # keep a fresh optimizer and lr schedule (the loss scaler still loads)
+    no_load_rng: bool = False
+    exit_on_missing_checkpoint: bool = False
+    keep_last: Optional[int] = None        # remove all but the newest N checkpoints, after each complete save
+    use_checkpoint_args: bool = False      # model shape from the --load checkpoint (command line wins)
 
 
 @dataclass

@@ -98,9 +98,13 @@ def micro_batch_iterator(dataset, consumed_samples: int, micro_batch_size: int, 
     """This DP rank's micro-batches of `dataset` (dicts of stacked tensors), from `consumed_samples` on."""
     sampler = pretraining_sampler(len(dataset), consumed_samples, micro_batch_size, data_parallel_rank,
                                   data_parallel_size, dataloader_type, seed)
+    # Each pass over a DataLoader draws its workers' base seed from `generator`; a private one
+    # keeps that draw off the global stream that dropout uses, so building the iterators after
+    # a checkpoint's RNG states are restored does not shift them (exact resume).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                          pin_memory=torch.cuda.is_available(),
-                                         persistent_workers=num_workers > 0)
+                                         persistent_workers=num_workers > 0,
+                                         generator=torch.Generator().manual_seed(seed))
     return _epochs(loader) if dataloader_type == "cyclic" else iter(loader)
 
 

@@ -12,8 +12,9 @@ is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
 `args` is the validated flag namespace (entry points own it; the loop itself reads the
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
-virtual pipeline stage. Checkpoints are the next issue: `load_checkpoint` below is where
-loading goes, and the end of each iteration where saving goes.
+virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
+megatron_core.checkpointing's Checkpointer: one load before the data iterators are built
+(they resume at the consumed-samples counts), one call after each iteration, one at the end.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from .. import mpu
+from ..checkpointing import Checkpointer
+from ..checkpointing.checkpoint_args import apply_checkpoint_args
 from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
@@ -45,6 +48,7 @@ class TrainState:
     """What a checkpoint must restore for the run to continue where it stopped."""
     iteration: int = 0
     consumed_samples: int = 0
+    consumed_valid_samples: int = 0
 
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
@@ -52,6 +56,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
              p2p_config_provider: Optional[Callable] = None,
              data_on_every_stage: Union[bool, Callable] = False) -> TrainState:
     args = parse_args(argv, extra_args_provider)
+    apply_checkpoint_args(args, argv, extra_args_provider)   # --use-checkpoint-args: before validation
     validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     initialize_distributed(run.parallel, run.training.seed)
@@ -61,7 +66,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         backend = build_backend(chunks, run.optimizer, run.precision, run.parallel)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
         state = TrainState()
-        load_checkpoint(run, chunks, backend, lr_schedule, state)
+        checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
+        checkpoints.load(state)
         every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage
         train_iters, valid_iters = build_data_iterators(train_valid_test_datasets_provider, args, run, state,
                                                         every_stage)
@@ -92,14 +98,18 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                 paused = log.pause_clock()
                 losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
                                   p2p_config)
+                state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
                 log.validation(f"iteration {state.iteration}", state.iteration, losses)
                 log.resume_clock(paused)
-            # (checkpoint issue) save here every --save-interval iterations.
-
-        if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval != 0:
-            losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
-                              p2p_config)
-            log.validation("the end of training for val data", state.iteration, losses)
+            if checkpoints.after_iteration(state):    # saves every --save-interval; True at an --exit-* condition
+                break
+        else:
+            checkpoints.at_end(state)
+            if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval != 0:
+                losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
+                                  p2p_config)
+                state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
+                log.validation("the end of training for val data", state.iteration, losses)
         log.close(skips)
         return state
     finally:
@@ -126,21 +136,13 @@ def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:
     return chunks
 
 
-def load_checkpoint(run: RunConfig, chunks, backend, lr_schedule, state: TrainState) -> None:
-    """The checkpoint issue fills this: restore weights, backend.load_state_dict, the lr schedule's
-    num_steps, the RNG states and `state` from --load. Nothing is loaded yet."""
-    if run.checkpoint.load is not None:
-        from ..errors import CheckpointError
-        raise CheckpointError(f"--load {run.checkpoint.load}: loading checkpoints is not built yet; drop --load.")
-
-
 def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, state: TrainState, every_stage: bool):
     """(train, valid) micro-batch iterators of this process (data_iterators.py: Megatron's sample
     order, only the first TP rank reads, one per model chunk with virtual stages)."""
     datasets = list(datasets_provider(args, train_valid_test_num_samples(run.training)))
     iterators = build_split_iterators(datasets, run.training.micro_batch_size, state.consumed_samples,
-                                      every_stage=every_stage, num_workers=run.data.num_workers,
-                                      seed=run.training.seed)
+                                      state.consumed_valid_samples, every_stage=every_stage,
+                                      num_workers=run.data.num_workers, seed=run.training.seed)
     # Every rank must agree on whether to evaluate (it is a pipeline collective), so that
     # follows the dataset, not this rank's iterator (None on stages that read no data).
     valid = _per_chunk(iterators.valid) if len(datasets) > 1 and datasets[1] is not None else None

@@ -1,0 +1,221 @@
+"""Save and load a training run's checkpoints: the loop's only contact with this package.
+
+    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
+    checkpoints.load(state)                   # --load: weights, optimizer, scheduler, RNG, counters
+    while ...:
+        ... one iteration ...
+        if checkpoints.after_iteration(state):   # saves every --save-interval; True at --exit-interval
+            break
+    else:
+        checkpoints.at_end(state)             # the last iteration, unless just saved
+
+A save is collective. Each rank writes its files atomically (file_io.py); then every rank
+learns whether every other one succeeded; only then does rank 0 replace the tracker, last
+and atomically. So a crash or a full disk at any point leaves the tracker naming the
+previous complete checkpoint, and a failed write on one rank is one sentence on every
+rank instead of a hang.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import List, Optional
+
+import torch.distributed as dist
+
+from .. import mpu
+from ..cli import describe_os_error
+from ..errors import CheckpointError
+from . import compatibility, rng_state
+from .exit_conditions import ExitConditions
+from .contents import model_keys, model_state, optimizer_shard_state, rng_state_of_rank
+from .file_io import load_file, save_file, write_bytes_atomically
+from .formats import detect_layout, layout_named
+
+
+def _print(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+class Checkpointer:
+    def __init__(self, run, args, chunks: List, backend, lr_schedule):
+        self.run, self.args, self.chunks, self.backend, self.lr_schedule = run, args, chunks, backend, lr_schedule
+        self.config = run.checkpoint
+        self.layout = layout_named(self.config.ckpt_format)
+        self.tp_rank = mpu.get_tensor_model_parallel_rank()
+        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.dp_rank = mpu.get_data_parallel_rank()
+        self._last_saved: Optional[int] = None
+        training = run.training
+        self.exits = ExitConditions(training.exit_interval, training.exit_duration_in_mins,
+                                    training.exit_signal_handler)
+
+    # --- when to save ---------------------------------------------------------------------
+
+    def after_iteration(self, state) -> bool:
+        """Save every --save-interval; when an exit condition holds, save (if not just done) and say stop."""
+        interval = self.config.save_interval
+        if self.config.save and interval and state.iteration % interval == 0:
+            self.save(state)
+        reason = self.exits.reason(state.iteration)
+        if reason is None:
+            return False
+        if self.config.save and self._last_saved != state.iteration:
+            self.save(state)
+        _print(f"exiting program at iteration {state.iteration} ({reason})")
+        return True
+
+    def at_end(self, state) -> None:
+        """Megatron-LM saves the last iteration too, when --save is given."""
+        if self.config.save and state.iteration > 0 and self._last_saved != state.iteration:
+            self.save(state)
+
+    # --- saving ---------------------------------------------------------------------------
+
+    def save(self, state) -> None:
+        directory, iteration = self.config.save, state.iteration
+        backend_state = self.backend.state_dict()
+        rng_states = self._gather_over_data_parallel(rng_state.capture())
+        model_path = self.layout.model_file(directory, iteration, self.tp_rank,
+                                            self.run.parallel.tensor_model_parallel_size, self.pp_rank,
+                                            self.run.parallel.pipeline_model_parallel_size)
+        distributed = self.run.parallel.use_distributed_optimizer
+        writes = []
+        if self.dp_rank == 0:
+            writes.append((model_path, self.layout.to_file(model_state(
+                self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
+                include_optimizer=not distributed))))
+        if distributed:
+            writes.append((self.layout.optimizer_shard_file(model_path, self.dp_rank), self.layout.to_file(
+                optimizer_shard_state(backend_state, iteration, self.dp_rank, self.run.parallel.data_parallel_size))))
+        error = None
+        try:
+            for path, content in writes:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                save_file(content, path)
+        except OSError as e:
+            error = describe_os_error(e)
+        self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
+        tracker_error = None
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            try:
+                write_bytes_atomically(os.path.join(directory, self.layout.tracker_name),
+                                       (self.layout.tracker_text(iteration) + "\n").encode())
+            except OSError as e:
+                tracker_error = describe_os_error(e)
+        self._agree(tracker_error, f"updating the tracker of {directory} after iteration {iteration}")
+        self._last_saved = iteration
+        if self.config.keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
+            self._remove_older_than_last(directory, iteration)
+        _print(f"  successfully saved checkpoint from iteration {iteration:7d} to {directory} "
+               f"[{self.layout.name} layout]")
+
+    def _remove_older_than_last(self, directory: str, newest: int) -> None:
+        """--keep-last N: only once the newest checkpoint is complete and named by the tracker."""
+        older = sorted((i for i in self.layout.saved_iterations(directory) if i < newest), reverse=True)
+        for iteration in older[self.config.keep_last - 1:]:
+            shutil.rmtree(self.layout.iteration_dir(directory, iteration), ignore_errors=True)
+
+    def _gather_over_data_parallel(self, value):
+        if not dist.is_initialized() or mpu.get_data_parallel_world_size() == 1:
+            return [value]
+        gathered = [None] * mpu.get_data_parallel_world_size()
+        dist.all_gather_object(gathered, value, group=mpu.get_data_parallel_group())
+        return gathered
+
+    def _agree(self, error: Optional[str], what: str) -> None:
+        """Every rank learns every rank's failure; all raise together (no rank waits forever)."""
+        errors = [error]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            errors = [None] * dist.get_world_size()
+            dist.all_gather_object(errors, error)
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, first = failed[0]
+            previous = self._tracker_note()
+            raise CheckpointError(f"{what} failed on rank {rank}: {first.rstrip('.')}; {previous}.")
+
+    def _tracker_note(self) -> str:
+        path = os.path.join(self.config.save, self.layout.tracker_name)
+        try:
+            with open(path) as f:
+                return f"{path} still names {f.read().strip()}, which is intact"
+        except OSError:
+            return "no tracker was written, so nothing names the partial checkpoint"
+
+    # --- loading --------------------------------------------------------------------------
+
+    def load(self, state) -> None:
+        directory = self.config.load
+        if directory is None:
+            return
+        found = detect_layout(directory, self.layout)
+        if found is None:
+            if self.config.exit_on_missing_checkpoint:
+                raise CheckpointError(f"--load {directory} holds no checkpoint (no latest_checkpointed_iteration.txt "
+                                      f"or latest file) and --exit-on-missing-checkpoint is set; check the path.")
+            _print(f"WARNING: no checkpoint found in --load {directory} (no latest_checkpointed_iteration.txt or "
+                   f"latest file); starting from scratch.")
+            return
+        layout, iteration = found
+        wanted_sizes = (self.run.parallel.tensor_model_parallel_size, self.run.parallel.pipeline_model_parallel_size)
+        iteration_path = layout.iteration_dir(directory, iteration)
+        if not os.path.isdir(iteration_path):
+            raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
+                                  f"not exist; point the tracker at a complete checkpoint or remove it.")
+        compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
+        model_path = layout.model_file(directory, iteration, self.tp_rank, wanted_sizes[0], self.pp_rank,
+                                       wanted_sizes[1])
+        if not os.path.exists(model_path):
+            raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
+                                  f"tracker at an earlier one.")
+        saved = layout.from_file(load_file(model_path))
+        self._restore(saved, model_path, layout, state, release=iteration is None)
+        _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
+               f"{state.iteration}")
+
+    def _restore(self, saved: dict, model_path: str, layout, state, release: bool) -> None:
+        parallel = saved.get("parallel") or {}
+        if parallel:
+            compatibility.check_parallel_sizes(model_path, (parallel["tensor_model_parallel_size"],
+                                                            parallel["pipeline_model_parallel_size"]),
+                                               (self.run.parallel.tensor_model_parallel_size,
+                                                self.run.parallel.pipeline_model_parallel_size))
+        compatibility.check_virtual_stages(model_path, parallel, self.run)
+        compatibility.check_model(model_path, saved, self.run, getattr(self.args, "padded_vocab_size", None))
+        keys = model_keys(len(self.chunks))
+        missing = [key for key in keys if key not in saved]
+        if missing:
+            raise CheckpointError(f"{model_path} holds no {missing[0]} entry (it has {', '.join(sorted(saved))}); it "
+                                  f"is not a training checkpoint of this model.")
+        for key, chunk in zip(keys, self.chunks):
+            try:
+                chunk.load_state_dict(saved[key], strict=True)
+            except RuntimeError as error:
+                raise CheckpointError(f"{model_path}: {key} does not fit this model "
+                                      f"({str(error).splitlines()[0]}); use the model flags it was saved "
+                                      f"with.") from None
+        weights_only = release or self.config.finetune
+        if not weights_only:
+            state.iteration = int(saved["iteration"])
+            state.consumed_samples = int(saved.get("consumed_train_samples", 0))
+            state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
+        backend_state = {}
+        if not weights_only and not self.config.no_load_optim:
+            compatibility.check_optimizer_layout(model_path, parallel, self.run)
+            if self.run.parallel.use_distributed_optimizer:
+                shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
+                backend_state.update(shard["optimizer"])
+            else:
+                backend_state.update(saved["optimizer"])
+            self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
+        if not weights_only and "grad_scaler" in saved:
+            backend_state["grad_scaler"] = saved["grad_scaler"]
+        # Without optimizer state the backend keeps a fresh optimizer and takes its fp32
+        # masters from the weights just loaded.
+        self.backend.load_state_dict(backend_state)
+        if not weights_only and not self.config.no_load_rng:
+            streams = rng_state_of_rank(saved.get("rng_state"), self.dp_rank)
+            if streams is not None:
+                rng_state.restore(streams)

@@ -1,0 +1,80 @@
+"""Checkpoint files on disk: written whole or not at all, read without running code.
+
+save_file: the state is serialized in memory, written under a temporary name in the target
+directory, fsynced, renamed, and the directory fsynced, so a crash (kill -9, power loss)
+leaves either the old file or the complete new one under the final name, never a half
+file. Serializing first also turns a full disk into the OS error it is (torch.save into a
+failing file reports an opaque RuntimeError), which names the checkpoint file.
+
+load_file: torch.load(weights_only=True) only. A file whose pickle stream asks for
+anything but tensors and plain containers is refused with one sentence naming it, and no
+code from it runs.
+
+MCORE_TEST_PAUSE_BEFORE_RENAME=<seconds> (tests only) holds each write between the
+complete temporary and its rename, so a test can kill the process at that point.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import time
+import zipfile
+from typing import Any
+
+import torch
+
+from ..data.atomic_files import create_temporary, naming, publish, remove_quietly
+from ..errors import CheckpointError
+
+PAUSE_ENV = "MCORE_TEST_PAUSE_BEFORE_RENAME"
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomically(path: str, payload) -> None:
+    """`payload` (bytes-like) as `path`: temporary, fsync, rename, fsync the directory."""
+    f, tmp = create_temporary(path)
+    try:
+        with naming(path):
+            with f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        pause = os.environ.get(PAUSE_ENV)
+        if pause:
+            time.sleep(float(pause))
+        publish(tmp, path)
+        with naming(path):
+            _fsync_directory(path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def save_file(state: Any, path: str) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomically(path, buffer.getbuffer())
+
+
+def load_file(path: str, map_location="cpu") -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()
+        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason
+                      else "")
+        raise CheckpointError(f"{path} carries a pickle payload that safe loading refuses ({detail.strip()}); it "
+                              f"was not loaded and no code from it ran. Load only checkpoints you trust to "
+                              f"convert it, or use one saved by this package.") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint file ({str(error).splitlines()[0]}); it is "
+                              f"damaged or was not written by torch.save; restore it or load another "
+                              f"checkpoint.") from None

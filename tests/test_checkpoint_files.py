@@ -1,0 +1,71 @@
+"""The checkpoint package's pieces without a training run: names, plain records, RNG streams, safe loading."""
+import argparse
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_core import mpu
+from megatron_core.checkpointing import megatron_layout, rng_state
+from megatron_core.checkpointing.deepspeed_layout import DeepSpeedLayout
+from megatron_core.checkpointing.file_io import load_file, save_file
+from megatron_core.checkpointing.run_record import args_to_dict
+from megatron_core.errors import CheckpointError
+
+
+def test_megatron_names_add_the_pipeline_rank_only_with_pipeline_parallelism():
+    assert megatron_layout.model_file("ck", 5, 1, 2, 4) == os.path.join("ck", "iter_0000005", "mp_rank_01_002",
+                                                                         "model_optim_rng.pt")
+    assert megatron_layout.model_file("ck", 1234567, 3, 0, 1) == os.path.join("ck", "iter_1234567", "mp_rank_03",
+                                                                               "model_optim_rng.pt")
+    assert megatron_layout.iteration_dir("ck", None) == os.path.join("ck", "release")
+    assert megatron_layout.parse_tracker("12\n", "t") == 12 and megatron_layout.parse_tracker("release", "t") is None
+    with pytest.raises(CheckpointError, match="not an iteration number"):
+        megatron_layout.parse_tracker("iter_12", "ck/latest_checkpointed_iteration.txt")
+
+
+def test_deepspeed_names_use_the_model_parallel_rank_and_the_global_step_tag():
+    layout = DeepSpeedLayout()
+    path = layout.model_file("ck", 7, 1, 2, 1, 2)          # TP rank 1 of 2 on PP rank 1: mp rank 3
+    assert path == os.path.join("ck", "global_step7", "mp_rank_03_model_states.pt")
+    assert layout.optimizer_shard_file(path, 1) == os.path.join("ck", "global_step7",
+                                                                "zero_pp_rank_1_mp_rank_03_optim_states.pt")
+    assert layout.parse_tracker("global_step7\n", "latest") == 7
+
+
+def test_args_become_plain_values_that_weights_only_loads(tmp_path):
+    args = argparse.Namespace(lr=1e-3, params_dtype=torch.float16, data_path=["0.3", "a"], tokenizer=object(),
+                              rampup_batch_size=(1, 2, 3), load=None)
+    record = args_to_dict(args)
+    assert record == {"lr": 1e-3, "params_dtype": "float16", "data_path": ["0.3", "a"],
+                      "rampup_batch_size": [1, 2, 3], "load": None}
+    save_file({"args": record}, str(tmp_path / "a.pt"))
+    assert load_file(str(tmp_path / "a.pt"))["args"] == record
+
+
+def test_rng_streams_saved_and_restored_replay_the_same_draws(tmp_path):
+    mpu.model_parallel_manual_seed(7)
+    random.random(), np.random.rand(), torch.rand(1)          # somewhere in the middle of every stream
+    save_file(rng_state.capture(), str(tmp_path / "rng.pt"))
+
+    def draws():
+        with mpu.get_rng_tracker().fork():
+            tracked = torch.rand(3)
+        return random.random(), float(np.random.rand()), np.random.randn(), torch.rand(3), tracked
+
+    first = draws()
+    rng_state.restore(load_file(str(tmp_path / "rng.pt")))
+    second = draws()
+    assert first[:3] == second[:3]
+    assert torch.equal(first[3], second[3]) and torch.equal(first[4], second[4])
+
+
+def test_a_truncated_file_is_one_sentence_naming_it(tmp_path):
+    path = str(tmp_path / "model_optim_rng.pt")
+    save_file({"x": torch.ones(1000)}, path)
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match="model_optim_rng.pt is not a readable checkpoint file"):
+        load_file(path)

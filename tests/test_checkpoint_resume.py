@@ -1,0 +1,302 @@
+"""Checkpoints through pretrain_gpt.py as users run it: exact resume, flags, faults.
+
+An uninterrupted run of 6 iterations is the reference. The resumed runs stop after 3 with
+--exit-interval (saving), then --load and train 3 more: they must log the same strings for
+iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
+end with bit-identical weights and optimizer state (both runs save at iteration 6).
+Dropout stays on, so the RNG streams must be restored too.
+"""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from megatron_core.testing.entry_points import (clean_env, entry_point_command, logged_iterations,
+                                                    logged_validations, run_entry_point)
+from megatron_core.testing.output_faults import output_fault, FaultUnavailable
+from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
+
+ITERS = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return preprocess_zh_news(str(tmp_path_factory.mktemp("corpus")))
+
+
+def flags(corpus, *extra):
+    """A tiny GPT with dropout, a warmup + cosine lr, evaluation every 2 iterations."""
+    return ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+            "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(ITERS), "--lr", "3e-3",
+            "--lr-decay-style", "cosine", "--lr-warmup-iters", "2", "--weight-decay", "0.1", "--clip-grad", "1.0",
+            "--log-interval", "1", "--eval-interval", "2", "--eval-iters", "1", "--split", "90,10,0",
+            "--data-path", corpus, "--data-cache-path", os.path.join(os.path.dirname(corpus), "cache"),
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB, "--num-workers", "0",
+            *extra]
+
+
+def ok(done):
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def tracker(directory, name="latest_checkpointed_iteration.txt"):
+    with open(os.path.join(directory, name)) as f:
+        return f.read().strip()
+
+
+def assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}/{i}")
+
+
+def assert_same_training_state(full_dir, resumed_dir):
+    """Every file of the final checkpoints: identical weights, optimizer, scaler, scheduler, counters."""
+    full_files = sorted(os.path.relpath(p, full_dir) for p in glob.glob(os.path.join(full_dir, "*", "**", "*.pt"),
+                                                                      recursive=True))
+    resumed_files = sorted(os.path.relpath(p, resumed_dir)
+                           for p in glob.glob(os.path.join(resumed_dir, "*", "**", "*.pt"), recursive=True))
+    assert full_files and full_files == resumed_files
+    for name in full_files:
+        full = torch.load(os.path.join(full_dir, name), weights_only=True)
+        resumed = torch.load(os.path.join(resumed_dir, name), weights_only=True)
+        for key in ("args", "rng_state"):   # the args name other directories; RNG streams checked by the losses
+            full.pop(key, None), resumed.pop(key, None)
+        assert_same_tensors(full, resumed, name)
+        for key in ("iteration", "consumed_train_samples", "consumed_valid_samples", "global_steps"):
+            assert full.get(key) == resumed.get(key), (name, key)
+
+
+def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None):
+    """(reference stdout, first half stdout, resumed stdout) after checking the resumed run's
+    log lines and final state equal the uninterrupted run's."""
+    full_dir, half_dir, resumed_dir = (os.path.join(tmp, n) for n in ("full", "half", "resumed"))
+    full = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--save", full_dir, "--save-interval",
+                                                       str(ITERS)), nproc))
+    half = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--save", half_dir, "--save-interval", "100",
+                                                       "--exit-interval", "3"), nproc))
+    resumed = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--load", half_dir, "--save", resumed_dir,
+                                                          "--save-interval", "100"), nproc))
+    reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
+    assert sorted(reference) == list(range(1, ITERS + 1))
+    assert sorted(first) == [1, 2, 3] and sorted(second) == [4, 5, 6], (first, second)
+    assert {**first, **second} == reference
+    assert logged_validations(half.stdout) + logged_validations(resumed.stdout) == logged_validations(full.stdout)
+    assert "consumed samples:           32" in second[4]   # the data stream continues at sample 24
+    assert_same_training_state(full_dir, resumed_dir)
+    return full, half, resumed, half_dir
+
+
+@pytest.mark.parametrize("tp,pp,extra,files", [
+    (2, 1, [], ["iter_0000003/mp_rank_00/model_optim_rng.pt", "iter_0000003/mp_rank_01/model_optim_rng.pt"]),
+    (1, 2, ["--num-layers-per-virtual-pipeline-stage", "1"],
+     ["iter_0000003/mp_rank_00_000/model_optim_rng.pt", "iter_0000003/mp_rank_00_001/model_optim_rng.pt"]),
+    (1, 1, ["--use-distributed-optimizer"],
+     ["iter_0000003/mp_rank_00/model_optim_rng.pt", "iter_0000003/mp_rank_00/distrib_optim_dp_000.pt",
+      "iter_0000003/mp_rank_00/distrib_optim_dp_001.pt"]),
+], ids=["tp2", "pp2-virtual-stages", "dp2-distributed-optimizer"])
+def test_torchrun_resume_logs_the_uninterrupted_losses_and_ends_bit_identical(corpus, tmp_path, tp, pp, extra,
+                                                                              files):
+    extra = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra]
+    *_, half_dir = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=2)
+    saved = sorted(os.path.relpath(p, half_dir) for p in glob.glob(os.path.join(half_dir, "**", "*.pt"),
+                                                                  recursive=True))
+    assert saved == sorted(files)
+    assert tracker(half_dir) == "3"
+    if pp == 2:
+        state = torch.load(os.path.join(half_dir, files[0]), weights_only=True)
+        assert "model0" in state and "model1" in state and set(state["sharding_map"]) == {"model0", "model1"}
+
+
+FP16 = ["--fp16", "--initial-loss-scale", "4096", "--loss-scale-window", "2"]
+
+
+@pytest.fixture(scope="module")
+def fp16_runs(corpus, tmp_path_factory):
+    """The fp16 resume (DeepSpeed layout) whose checkpoint the --no-load-optim test reuses."""
+    return resume_matches_uninterrupted(corpus, str(tmp_path_factory.mktemp("fp16")),
+                                        FP16 + ["--ckpt-format", "deepspeed"])
+
+
+def test_fp16_resume_in_deepspeed_layout_restores_the_loss_scale(fp16_runs):
+    full, _, resumed, half_dir = fp16_runs
+    assert tracker(half_dir, "latest") == "global_step3"
+    assert os.path.isfile(os.path.join(half_dir, "global_step3", "mp_rank_00_model_states.pt"))
+    state = torch.load(os.path.join(half_dir, "global_step3", "mp_rank_00_model_states.pt"), weights_only=True)
+    for key in ("module", "optimizer", "lr_scheduler", "global_steps", "dp_world_size", "mp_world_size"):
+        assert key in state
+    scales = {i: line.split("loss scale: ")[1].split(" |")[0] for i, line in logged_iterations(full.stdout).items()}
+    assert scales[4] != "4096.0"    # the scale moved before the save, so a reset would show
+
+
+def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(corpus, fp16_runs):
+    full, _, _, half_dir = fp16_runs
+    reference = logged_iterations(full.stdout)
+    fresh_optim = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--no-load-optim")))
+    lines = logged_iterations(fresh_optim.stdout)
+    assert sorted(lines) == [4, 5, 6]
+    scale = reference[4].split("loss scale: ")[1].split(" |")[0]
+    assert f"loss scale: {scale} |" in lines[4]
+    finetune = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--finetune",
+                                                           "--exit-interval", "1")))
+    lines = logged_iterations(finetune.stdout)
+    assert sorted(lines) == [1] and "iteration        1/       6" in lines[1]
+    assert "consumed samples:            8" in lines[1] and "loss scale: 4096.0" in lines[1]
+    loss = float(lines[1].split("lm loss: ")[1].split(" |")[0])
+    assert loss < float(reference[1].split("lm loss: ")[1].split(" |")[0])   # the trained weights were loaded
+
+
+@pytest.fixture(scope="module")
+def serial_checkpoint(corpus, tmp_path_factory):
+    """A single-process checkpoint of iteration 3, for the fault and mismatch tests."""
+    directory = str(tmp_path_factory.mktemp("serial") / "ckpt")
+    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
+                                                "--exit-interval", "3")))
+    return directory
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(corpus, serial_checkpoint, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    log = open(tmp_path / "killed.log", "w+")
+    # The write of iteration 6 pauses between its complete temporary and the rename.
+    killed = subprocess.Popen(entry_point_command("pretrain_gpt.py", flags(
+        corpus, "--load", directory, "--save", directory, "--save-interval", "3")), stdout=log,
+        stderr=subprocess.STDOUT, env=clean_env(MCORE_TEST_PAUSE_BEFORE_RENAME="120"), start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not glob.glob(os.path.join(directory, "iter_0000006", "*", "*.tmp")):
+            assert killed.poll() is None and time.time() < deadline, open(tmp_path / "killed.log").read()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    log.seek(0)
+    before_kill = logged_iterations(log.read())
+    assert sorted(before_kill) == [4, 5, 6]
+    assert tracker(directory) == "3"
+    assert not glob.glob(os.path.join(directory, "iter_0000006", "*", "model_optim_rng.pt"))
+    resumed = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
+    assert logged_iterations(resumed.stdout) == before_kill
+
+
+def _one_error_line(done):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["permission_denied", "file_size_limit"])
+def test_unwritable_or_full_save_is_one_sentence_and_keeps_the_previous_checkpoint(corpus, serial_checkpoint,
+                                                                                    tmp_path, kind):
+    try:
+        with output_fault(kind, str(tmp_path)) as fault:
+            directory = os.path.join(fault.directory, "ckpt")
+            shutil.copytree(serial_checkpoint, directory)
+            os.chmod(directory, 0o555 if kind == "permission_denied" else 0o755)
+            done = run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--save", directory,
+                                                            "--save-interval", "3"), preexec_fn=fault.preexec_fn)
+            os.chmod(directory, 0o755)
+    except FaultUnavailable as e:
+        pytest.skip(str(e))
+    line = _one_error_line(done)
+    assert "iteration 6" in line and fault.reason in line and "still names 3" in line, line
+    assert tracker(directory) == "3"
+    assert not glob.glob(os.path.join(directory, "**", "*.tmp"), recursive=True)
+    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--train-iters", "4")))
+
+
+def test_a_pickle_payload_is_refused_with_one_sentence_and_never_runs(corpus, serial_checkpoint, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    marker = tmp_path / "payload_ran"
+    target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
+    torch.save({"model": _Payload(str(marker))}, target)
+    line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
+    assert target in line and "pickle payload" in line, line
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_another_model_shape_or_parallel_size_is_one_sentence_naming_the_fix(corpus, serial_checkpoint):
+    line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", serial_checkpoint,
+                                                                    "--hidden-size", "64")))
+    assert "--hidden-size 32 in the checkpoint vs 64 here" in line, line
+    done = run_entry_point("pretrain_gpt.py", flags(corpus, "--load", serial_checkpoint,
+                                                    "--tensor-model-parallel-size", "2"), nproc=2)
+    # torchrun adds its own report (and traceback) of the failed ranks; the ranks' own words are one sentence.
+    lines = {line for line in done.stderr.splitlines() if line.startswith("error: ")}
+    assert done.returncode != 0 and len(lines) == 1 and "megatron_core" not in done.stderr, done.stderr[-3000:]
+    line = lines.pop()
+    assert "tensor-parallel size 1" in line and "this run uses 2" in line and "tools/change_mp.py" in line, line
+
+
+def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_checkpoint(corpus, tmp_path):
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path), "--exit-interval", "1")))
+    assert "no checkpoint found" in done.stdout and sorted(logged_iterations(done.stdout)) == [1]
+    line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path),
+                                                                    "--exit-on-missing-checkpoint")))
+    assert str(tmp_path) in line and "--exit-on-missing-checkpoint" in line
+
+
+def test_keep_last_leaves_the_newest_checkpoints(corpus, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "1", "--keep-last",
+                                                "2", "--train-iters", "4", "--eval-interval", "100")))
+    assert sorted(os.listdir(directory)) == ["iter_0000003", "iter_0000004", "latest_checkpointed_iteration.txt"]
+    assert tracker(directory) == "4"
+
+
+def test_sigterm_with_exit_signal_handler_saves_and_exits_cleanly(corpus, tmp_path):
+    directory, log_path = str(tmp_path / "ckpt"), tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(entry_point_command("pretrain_gpt.py", flags(
+            corpus, "--save", directory, "--save-interval", "1000", "--train-iters", "1000", "--eval-interval", "1000",
+            "--exit-signal-handler")), stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        try:
+            deadline = time.time() + 240
+            while "iteration        2/" not in log_path.read_text():
+                assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log_path.read_text()
+    stopped = max(logged_iterations(text))
+    assert f"exiting program at iteration {stopped} (SIGTERM received" in text and stopped < 1000
+    assert tracker(directory) == str(stopped)
+
+
+def test_use_checkpoint_args_takes_the_model_shape_and_lists_the_differences(corpus, serial_checkpoint):
+    shape = {"--hidden-size": "32", "--num-attention-heads": "4", "--num-layers": "4"}
+    argv = flags(corpus, "--load", serial_checkpoint, "--use-checkpoint-args", "--lr", "1e-3")
+    argv = [a for i, a in enumerate(argv) if a not in shape and (i == 0 or argv[i - 1] not in shape)]
+    assert "--hidden-size" not in argv
+    done = ok(run_entry_point("pretrain_gpt.py", argv))
+    assert sorted(logged_iterations(done.stdout)) == [4, 5, 6]
+    assert "  lr: 0.003 in the checkpoint, 0.001 in this run" in done.stdout
+    assert "hidden_size" not in done.stdout
