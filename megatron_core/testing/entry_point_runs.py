@@ -30,16 +30,18 @@ def entry_point_env() -> Dict[str, str]:
 
 
 def run_entry_point(script: str, flags: Sequence[str], nproc: Optional[int] = None,
-                    timeout: float = 300) -> subprocess.CompletedProcess:
+                    timeout: float = 300, extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """`python <script> flags` (nproc None) or `torchrun --nproc-per-node nproc <script> flags`,
-    from the repository root; stdout and stderr captured as text."""
+    from the repository root; stdout and stderr captured as text; `extra_env` added to the
+    children's environment."""
     path = os.path.join(ROOT, script)
     if nproc is None:
         command = [sys.executable, path, *flags]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                    "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), path, *flags]
-    return subprocess.run(command, capture_output=True, text=True, env=entry_point_env(), timeout=timeout, cwd=ROOT)
+    env = dict(entry_point_env(), **(extra_env or {}))
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
 def failure_report(done: subprocess.CompletedProcess) -> str:
