@@ -30,6 +30,7 @@ scale, whether it applied the step (an overflow skips it) and its global grad no
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import torch
@@ -86,14 +87,11 @@ def _keep_clip_norm(optimizer: torch.optim.Optimizer, params: List[torch.nn.Para
     clip_grad_norm_ but keeps no norm. Clip here instead, with the same function, just
     before the update (after DeepSpeed's data-parallel reduction), and leave the norm
     where the engine reads it (`_global_grad_norm`)."""
-    from deepspeed.runtime.utils import clip_grad_norm_, get_grad_norm
+    from deepspeed.runtime.utils import clip_grad_norm_
 
     def clip(opt, args, kwargs):
         with_grads = [p for p in params if p.grad is not None]
-        if max_norm > 0:
-            norm = clip_grad_norm_(with_grads, max_norm=max_norm, mpu=mpu)
-        else:
-            norm = get_grad_norm(with_grads, mpu=mpu)
+        norm = clip_grad_norm_(with_grads, max_norm=max_norm if max_norm > 0 else math.inf, mpu=mpu)
         opt._global_grad_norm = float(norm)
     optimizer.register_step_pre_hook(clip)
 
