@@ -83,16 +83,23 @@ def import_deepspeed():
 
 
 def _keep_clip_norm(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], max_norm: float, mpu):
-    """ZeRO stage 0 in fp32 steps our torch optimizer directly: DeepSpeed clips with its own
-    clip_grad_norm_ but keeps no norm. Clip here instead, with the same function, just
-    before the update (after DeepSpeed's data-parallel reduction), and leave the norm
-    where the engine reads it (`_global_grad_norm`)."""
+    """ZeRO stage 0 in fp32 steps our torch optimizer directly: DeepSpeed clips with its
+    clip_grad_norm_ but keeps no norm, and counts a pipeline stage's shared copy twice.
+    Clip here instead, just before the update (after DeepSpeed's data-parallel reduction):
+    the norm by DeepSpeed's clip_grad_norm_ over the parameters a replica counts once,
+    DeepSpeed's coefficient on every gradient, and the norm left where the engine reads it
+    (`_global_grad_norm`)."""
     from deepspeed.runtime.utils import clip_grad_norm_
 
     def clip(opt, args, kwargs):
         with_grads = [p for p in params if p.grad is not None]
-        norm = clip_grad_norm_(with_grads, max_norm=max_norm if max_norm > 0 else math.inf, mpu=mpu)
-        opt._global_grad_norm = float(norm)
+        counted = [p for p in with_grads if not getattr(p, "shared", False)]
+        norm = float(clip_grad_norm_(counted, max_norm=math.inf, mpu=mpu))   # inf: measure only
+        if max_norm > 0:
+            coefficient = min(1.0, max_norm / (norm + 1e-6))
+            for p in with_grads:
+                p.grad.mul_(coefficient)
+        opt._global_grad_norm = norm
     optimizer.register_step_pre_hook(clip)
 
 
@@ -106,6 +113,11 @@ class DeepSpeedBackend:
         self.accumulation_steps = int(ds_config["gradient_accumulation_steps"])
         groups = build_param_groups(self.chunks, optimizer_config.weight_decay)
         self.params = [p for group in groups for p in group["params"]]
+        for p in self.params:
+            # A stage's copy of a table another stage owns (pipeline/chunk.py): the norm
+            # counts the owner's; DeepSpeed skips parameters marked as its pipeline replicas.
+            if getattr(p, "shared", False):
+                p.ds_pipe_replicated = True
         mpu = DeepSpeedMpu()
 
         config = dict(ds_config)
