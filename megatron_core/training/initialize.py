@@ -9,10 +9,10 @@ MASTER_PORT. `mpirun -np N` (OpenMPI) sets OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL
 instead: they are adopted as RANK / WORLD_SIZE / LOCAL_RANK (no mpi4py needed); the
 rendezvous is MASTER_ADDR / MASTER_PORT when given (`mpirun -x MASTER_ADDR=host0 -x
 MASTER_PORT=29500`), else 127.0.0.1:29500 when every rank is on this host, and a
-multi-host mpirun without them is one sentence. A plain `python pretrain_gpt.py ...` sets none of them: it becomes a world
-of one on a free local port. The collective backend is ParallelConfig.backend(): nccl
-when CUDA is available, gloo otherwise (--distributed-backend overrides). On CUDA each
-process takes the device LOCAL_RANK.
+multi-host mpirun without them is one sentence. A plain `python pretrain_gpt.py ...` sets
+none of them: it becomes a world of one on a free local port. The collective backend is
+ParallelConfig.backend(): nccl when CUDA is available, gloo otherwise
+(--distributed-backend overrides). On CUDA each process takes the device LOCAL_RANK.
 """
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                            warning)
             if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval == 0:
                 paused = log.pause_clock()
-                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters, eval_batches,
-                                  p2p_config)
+                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
+                                  eval_batches, p2p_config)
                 log.validation(f"iteration {state.iteration}", state.iteration, losses)
                 log.resume_clock(paused)
             # (checkpoint issue) save here every --save-interval iterations.
