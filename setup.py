@@ -50,7 +50,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99", "tensorboard>=2.12"],
-        "deepspeed": ["deepspeed>=0.14"],
+        # Tested with 0.19.8 (torch-style backward, managed_gradient_accumulation). Its only torch
+        # requirement is torch>=2.0, which an installed CPU or CUDA torch already satisfies.
+        "deepspeed": ["deepspeed>=0.19,<0.20"],
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
         "mpi": ["mpi4py>=3.1"],
         "tensorboard": ["tensorboard>=2.12"],

@@ -120,6 +120,7 @@ IMPOSSIBLE = [
     ("--ddp-bucket-size 0", 2, r"--ddp-bucket-size must be a positive integer, got 0"),
     ("--loss-scale-window 0 --fp16", 1, r"--loss-scale-window"),
     ("--hysteresis 0 --fp16", 1, r"--hysteresis"),
+    ("--deepspeed --save ckpt --save-interval 5", 1, r"--save ckpt with --deepspeed: checkpoints of the DeepSpeed"),
 ]
 
 

@@ -40,8 +40,11 @@ from .p2p import P2PConfig
 
 
 def _no_sync(model):
-    """DDP accumulates without all-reducing until the last micro-batch."""
-    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+    """torch DDP accumulates without all-reducing until the last micro-batch. Only DDP: a
+    DeepSpeed engine also has no_sync(), but it reduces at engine.step() anyway (the
+    backend turns off its managed accumulation) and refuses no_sync under ZeRO-2/3."""
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    return model.no_sync() if ddp else contextlib.nullcontext()
 
 
 def _as_single_model(model):

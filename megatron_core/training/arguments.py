@@ -17,6 +17,7 @@ dtype, and --train-iters of a sample-based run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import types
 from typing import Callable, List, Optional
 
@@ -27,8 +28,9 @@ from ..data.splits import parse_split
 from ..data.tokenizers import TOKENIZER_TYPES
 from ..errors import ConfigError
 from ..transformer.config import TransformerConfig
-from .config import (CheckpointConfig, DataConfig, LoggingConfig, OptimizerConfig, ParallelConfig,
+from .config import (CheckpointConfig, DataConfig, DeepSpeedConfig, LoggingConfig, OptimizerConfig, ParallelConfig,
                      PrecisionConfig, RunConfig, SchedulerConfig, TrainingConfig, build)
+from .deepspeed_config import FlagSettings, read_deepspeed_config, resolve_deepspeed_config
 from .loss_scaler import build_loss_scaler
 from .lr_schedule import DECAY_STYLES, WD_INCR_STYLES, WSD_DECAY_STYLES, schedule_from_config
 from .microbatches import BatchSchedule
@@ -163,6 +165,11 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="Elements per data-parallel gradient bucket; max(40M, 1M x data-parallel size) if not given.")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--deepspeed", action="store_true",
+                   help="Train through deepspeed.initialize with --deepspeed_config (DeepSpeed's flag names).")
+    g.add_argument("--deepspeed_config", "--deepspeed-config", default=None, dest="deepspeed_config",
+                   help="The DeepSpeed config JSON: ZeRO stage, offload; batch sizes, precision, optimizer and "
+                        "clipping must agree with the flags and are filled from them when absent.")
     # DeepSpeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
     g.add_argument("--local-rank", "--local_rank", type=int, default=None, dest="local_rank")
 
@@ -241,6 +248,7 @@ def validate(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     _validate_batch_and_length(args)
     _validate_optimizer(args)
     _validate_logging_and_data(args)
+    _validate_deepspeed(args)
     return args
 
 
@@ -462,6 +470,33 @@ def _validate_logging_and_data(args) -> None:
         parse_split(args.split)
 
 
+def _validate_deepspeed(args) -> None:
+    """--deepspeed: ds.json read, checked against the flags and completed (deepspeed_config.py)."""
+    args.deepspeed_resolved = None
+    if not getattr(args, "deepspeed", False):
+        if getattr(args, "deepspeed_config", None):
+            raise ConfigError(f"--deepspeed_config {args.deepspeed_config} is given without --deepspeed; add "
+                              f"--deepspeed to train through DeepSpeed, or drop the config.")
+        return
+    for flag, value in (("--save", getattr(args, "save", None)), ("--load", getattr(args, "load", None))):
+        if value:   # the engine's own checkpoint layout is the launcher issue's point 3
+            raise ConfigError(f"{flag} {value} with --deepspeed: checkpoints of the DeepSpeed engine are not "
+                              f"built yet; train with the native backend (drop --deepspeed) to save or load.")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--deepspeed needs the deepspeed package; install it with "
+                          "pip install 'mcore-pretrain[deepspeed]'.")
+    flags = FlagSettings(
+        global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+        data_parallel_size=args.data_parallel_size, tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size, sequence_parallel=args.sequence_parallel,
+        rampup=args.rampup_batch_size is not None, fp16=args.fp16, bf16=args.bf16, clip_grad=args.clip_grad,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        adam_betas=(args.adam_beta1, args.adam_beta2), adam_eps=args.adam_eps, loss_scale=args.loss_scale,
+        initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
+        loss_scale_window=int(args.loss_scale_window), hysteresis=args.hysteresis)
+    args.deepspeed_resolved = resolve_deepspeed_config(read_deepspeed_config(args.deepspeed_config), flags)
+
+
 # --- building the dataclasses -------------------------------------------------------------------
 
 def _training_config(args) -> TrainingConfig:
@@ -506,5 +541,6 @@ def build_run_config(args) -> RunConfig:
         data=build(DataConfig, args),
         logging=build(LoggingConfig, args),
         checkpoint=build(CheckpointConfig, args),
+        deepspeed=build(DeepSpeedConfig, args, {"resolved": "deepspeed_resolved"}),
         max_position_embeddings=args.max_position_embeddings,
     )

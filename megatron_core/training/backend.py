@@ -5,7 +5,7 @@ The loop never asks which backend it has. Per iteration it does:
     lr_schedule.apply(backend.optimizer)
     backend.zero_grad()
     backend.prepare_accumulation(num_microbatches)    # before the schedule's backward passes
-    forward_backward(..., loss_func wrapped so its backward loss is backend.scale_loss(loss))
+    forward_backward(backend.modules, ..., loss_func wrapped so its backward loss is backend.scale_loss(loss))
     result = backend.step()                           # reduce grads, unscale, clip, update
     if result.updated: lr_schedule.step(global_batch); else: count the skip
 
@@ -21,7 +21,7 @@ keep it), for the checkpoint issue.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import List, Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -37,6 +37,10 @@ class StepResult:
 class Backend(Protocol):
     # Holds `param_groups` (with "lr_mult"/"wd_mult") that lr_schedule.apply() writes into.
     optimizer: torch.optim.Optimizer
+    # The modules the schedules run forward on: the model chunks themselves (native,
+    # DeepSpeed ZeRO-0/1), or DeepSpeed's engine around them when its backward hooks must
+    # see every micro-batch (ZeRO-2/3). Checkpoints and logging keep using the chunks.
+    modules: List[torch.nn.Module]
 
     def zero_grad(self) -> None: ...
 
@@ -54,3 +58,12 @@ class Backend(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def describe(self) -> str: ...   # one line for the start of the log (Megatron prints its bucket count)
+
+def build_training_backend(chunks: List[torch.nn.Module], run) -> Backend:
+    """The one place that picks the backend: DeepSpeed with --deepspeed, else native.
+    `run` is the RunConfig (its deepspeed.resolved holds the checked ds.json)."""
+    if run.deepspeed.deepspeed:
+        from .deepspeed_backend import DeepSpeedBackend
+        return DeepSpeedBackend(chunks, run.optimizer, run.deepspeed.resolved)
+    from .native_backend import build_backend
+    return build_backend(chunks, run.optimizer, run.precision, run.parallel)

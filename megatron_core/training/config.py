@@ -165,6 +165,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    # --deepspeed: train through deepspeed.initialize (training/deepspeed_backend.py).
+    deepspeed: bool = False
+    deepspeed_config: Optional[str] = None      # the ds.json path, --deepspeed_config
+    # ds.json checked against the flags and completed from them (deepspeed_config.py); set by validate.
+    resolved: Optional[dict] = None
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs, built once from the flags."""
     model: TransformerConfig
@@ -176,5 +185,6 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     # Learned position table size (None for models without one is fine).
     max_position_embeddings: Optional[int] = None

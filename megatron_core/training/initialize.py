@@ -5,10 +5,14 @@
     initialize_distributed(run.parallel, run.training.seed)
 
 torchrun (and the DeepSpeed launcher) set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT. A plain `python pretrain_gpt.py ...` sets none of them: it becomes a world
-of one on a free local port. The collective backend is ParallelConfig.backend(): nccl
-when CUDA is available, gloo otherwise (--distributed-backend overrides). On CUDA each
-process takes the device LOCAL_RANK.
+MASTER_PORT. `mpirun -np N` (OpenMPI) sets OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
+instead: they are adopted as RANK / WORLD_SIZE / LOCAL_RANK (no mpi4py needed); the
+rendezvous is MASTER_ADDR / MASTER_PORT when given (`mpirun -x MASTER_ADDR=host0 -x
+MASTER_PORT=29500`), else 127.0.0.1:29500 when every rank is on this host, and a
+multi-host mpirun without them is one sentence. A plain `python pretrain_gpt.py ...` sets
+none of them: it becomes a world of one on a free local port. The collective backend is
+ParallelConfig.backend(): nccl when CUDA is available, gloo otherwise
+(--distributed-backend overrides). On CUDA each process takes the device LOCAL_RANK.
 """
 from __future__ import annotations
 
@@ -24,10 +28,28 @@ from ..errors import LaunchError
 from .config import ParallelConfig
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+MPI_DEFAULT_PORT = "29500"
+
+
+def adopt_openmpi_environment(environ=os.environ) -> None:
+    """Under `mpirun` (OMPI_COMM_WORLD_* set, RANK not): fill RANK, WORLD_SIZE, LOCAL_RANK and the
+    rendezvous from OpenMPI's variables, in `environ`."""
+    if "RANK" in environ or "OMPI_COMM_WORLD_RANK" not in environ:
+        return
+    size = environ.get("OMPI_COMM_WORLD_SIZE", "1")
+    environ.update(RANK=environ["OMPI_COMM_WORLD_RANK"], WORLD_SIZE=size,
+                   LOCAL_RANK=environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+    if "MASTER_ADDR" not in environ:
+        if environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", size) != size:
+            raise LaunchError(f"mpirun started {size} ranks over several hosts but MASTER_ADDR is not set; pass "
+                              f"-x MASTER_ADDR=<the host of rank 0> -x MASTER_PORT={MPI_DEFAULT_PORT} to mpirun.")
+        environ["MASTER_ADDR"] = "127.0.0.1"
+    environ.setdefault("MASTER_PORT", MPI_DEFAULT_PORT)
 
 
 def launcher_world_size() -> int:
     """WORLD_SIZE as the launcher set it (1 without a launcher), checked to be a positive integer."""
+    adopt_openmpi_environment()
     value = os.environ.get("WORLD_SIZE", "1")
     try:
         world_size = int(value)

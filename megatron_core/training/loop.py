@@ -30,6 +30,7 @@ from ..checkpointing.checkpoint_args import apply_checkpoint_args
 from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
+from .backend import build_training_backend
 from .config import RunConfig
 from .data_iterators import build_data_iterators as build_split_iterators
 from .data_providers import build_tokenizer, train_valid_test_num_samples
@@ -38,7 +39,6 @@ from .initialize import initialize_distributed, launcher_world_size, shutdown_di
 from .lr_schedule import schedule_from_config
 from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
-from .native_backend import build_backend
 from .train_log import TrainingLogger
 from .train_step import SkipCounter, train_step
 
@@ -63,7 +63,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     try:
         _set_padded_vocab_size(args, run)
         chunks = build_model_chunks(model_provider, args)
-        backend = build_backend(chunks, run.optimizer, run.precision, run.parallel)
+        backend = build_training_backend(chunks, run)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
         state = TrainState()
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
@@ -87,7 +87,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         while state.iteration < run.training.train_iters:
             global_batch = batches.global_batch_size_at(state.consumed_samples)
             learning_rate = lr_schedule.lr
-            outcome = train_step(forward_step_func, train_iters, chunks, backend, lr_schedule,
+            outcome = train_step(forward_step_func, train_iters, backend.modules, backend, lr_schedule,
                                  batches.num_microbatches_at(state.consumed_samples), global_batch, p2p_config)
             state.iteration += 1
             state.consumed_samples += global_batch
@@ -96,20 +96,20 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                            warning)
             if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval == 0:
                 paused = log.pause_clock()
-                losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
-                                  p2p_config)
+                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
+                                  eval_batches, p2p_config)
                 state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
                 log.validation(f"iteration {state.iteration}", state.iteration, losses)
                 log.resume_clock(paused)
             if checkpoints.after_iteration(state):    # saves every --save-interval; True at an --exit-* condition
                 break
         else:
-            checkpoints.at_end(state)
             if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval != 0:
-                losses = evaluate(forward_step_func, valid_iters, chunks, run.training.eval_iters, eval_batches,
-                                  p2p_config)
+                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
+                                  eval_batches, p2p_config)
                 state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
                 log.validation("the end of training for val data", state.iteration, losses)
+            checkpoints.at_end(state)    # as Megatron: after the last evaluation
         log.close(skips)
         return state
     finally:

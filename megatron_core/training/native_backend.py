@@ -54,6 +54,7 @@ class NativeBackend:
                  scaler: Optional[LossScaler], distributed_optimizer: bool, overlap_grad_reduce: bool,
                  bucket_size: Optional[int] = None):
         self.chunks = list(chunks)
+        self.modules = self.chunks          # the schedules run the chunks themselves
         self.clip_grad = optimizer_config.clip_grad
         self.scaler = scaler
         self.distributed = distributed_optimizer
