@@ -16,11 +16,12 @@ its initialization. `python finetune_gpt.py ...` without a launcher runs one pro
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
-from megatron_core.models.gpt import GPTModel, masked_mean
+from megatron_core.models.gpt import GPTModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_finetune
 from megatron_core.training.data_providers import finetune_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.loss_funcs import masked_lm_loss
 
 
 def model_provider(args, stage):
@@ -35,11 +36,7 @@ def model_provider(args, stage):
 def forward_step(data_iterator, model):
     batch = get_batch_finetune(data_iterator)   # loss_mask: 1 on text tokens and the EOD only
     output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
-
-    def loss_func(per_token_loss):
-        loss = masked_mean(per_token_loss, batch.loss_mask)
-        return loss, {"lm loss": loss.detach()}
-    return output, loss_func
+    return output, masked_lm_loss(batch.loss_mask)
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):

@@ -13,12 +13,13 @@ Llama-style: add --normalization RMSNorm --swiglu --position-embedding-type rope
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
-from megatron_core.models.gpt import GPTModel, masked_mean
+from megatron_core.models.gpt import GPTModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_gpt, reads_data_on_every_stage
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
 from megatron_core.training.data_providers import gpt_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.loss_funcs import masked_lm_loss
 
 
 def model_provider(args, stage):
@@ -36,11 +37,7 @@ def forward_step(data_iterator, model):
     eod, options = model.batch_settings
     batch = get_batch_gpt(data_iterator, eod, options)
     output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
-
-    def loss_func(per_token_loss):
-        loss = masked_mean(per_token_loss, batch.loss_mask)
-        return loss, {"lm loss": loss.detach()}
-    return output, loss_func
+    return output, masked_lm_loss(batch.loss_mask)
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):

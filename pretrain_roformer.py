@@ -16,13 +16,13 @@ one batch mixes both. Positions are rotary on adjacent channel pairs (the defaul
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
-from megatron_core.models.gpt import masked_mean
 from megatron_core.models.roformer import RoFormerModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_roformer, reads_data_on_every_stage
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
 from megatron_core.training.data_providers import roformer_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.loss_funcs import masked_lm_loss
 
 
 def add_roformer_arguments(parser):
@@ -43,12 +43,8 @@ def model_provider(args, stage):
 def forward_step(data_iterator, model):
     batch = get_batch_roformer(data_iterator)
     output = model(batch.tokens, batch.padding_mask, tokentype_ids=batch.types, lm_labels=batch.labels)
-
-    def loss_func(output):
-        per_token_loss, _ = output
-        loss = masked_mean(per_token_loss.float(), batch.loss_mask)
-        return loss, {"lm loss": loss.detach()}
-    return output, loss_func
+    lm_loss = masked_lm_loss(batch.loss_mask)
+    return output, lambda output: lm_loss(output[0])     # output: (per-token loss, binary logits)
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):

@@ -13,7 +13,6 @@ encoder, the others the decoder and the head.
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
-from megatron_core.models.gpt import masked_mean
 from megatron_core.models.t5 import T5Model
 from megatron_core.pipeline import P2PConfig
 from megatron_core.training.arguments import (add_encoder_decoder_arguments, build_run_config,
@@ -22,6 +21,7 @@ from megatron_core.training.batches import get_batch_t5
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
 from megatron_core.training.data_providers import t5_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.loss_funcs import masked_lm_loss
 
 
 def model_provider(args, stage):
@@ -38,11 +38,7 @@ def forward_step(data_iterator, model):
     output = model(batch.encoder_input_ids, batch.decoder_input_ids, batch.encoder_attention_mask,
                    batch.decoder_attention_mask, labels=batch.labels,
                    enc_dec_attention_mask=batch.enc_dec_attention_mask)
-
-    def loss_func(per_token_loss):
-        loss = masked_mean(per_token_loss, batch.loss_mask)
-        return loss, {"lm loss": loss.detach()}
-    return output, loss_func
+    return output, masked_lm_loss(batch.loss_mask)
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):

@@ -12,13 +12,13 @@ pipeline stage and micro-batch). Validation runs its own text streams on a memor
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
-from megatron_core.models.gpt import masked_mean
 from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_transformer_xl
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
 from megatron_core.training.data_providers import transformer_xl_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.loss_funcs import masked_lm_loss
 
 
 def model_provider(args, stage):
@@ -42,11 +42,7 @@ def forward_step(data_iterator, model):
     batch = get_batch_transformer_xl(data_iterator, eod, options)
     # The stage's mems of this micro-batch's text stream are read and updated in model.memory.
     output, _ = model(batch.tokens, labels=batch.labels, use_memory=True)
-
-    def loss_func(per_token_loss):
-        loss = masked_mean(per_token_loss, batch.loss_mask)
-        return loss, {"lm loss": loss.detach()}
-    return output, loss_func
+    return output, masked_lm_loss(batch.loss_mask)
 
 
 def train_valid_test_datasets_provider(args, train_val_test_num_samples):
