@@ -13,7 +13,7 @@ is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
 virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
-megatron_core.checkpointing's Checkpointer: one load before the data iterators are built
+megatron_core.training.checkpoint's Checkpointer: one load before the data iterators are built
 (they resume at the consumed-samples counts), one call after each iteration, one at the end.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from .. import mpu
-from ..checkpointing import Checkpointer
-from ..checkpointing.checkpoint_args import apply_checkpoint_args
+from .checkpoint import Checkpointer
+from .checkpoint.checkpoint_args import apply_checkpoint_args
 from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate

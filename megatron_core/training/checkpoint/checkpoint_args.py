@@ -12,8 +12,8 @@ import argparse
 import os
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import CheckpointError
-from ..training.arguments import add_megatron_arguments
+from ...errors import CheckpointError
+from ..arguments import add_megatron_arguments
 from .file_io import load_file
 from .formats import detect_layout, layout_named
 

@@ -23,9 +23,9 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
-from .. import mpu
-from ..cli import describe_os_error
-from ..errors import CheckpointError
+from ... import mpu
+from ...cli import describe_os_error
+from ...errors import CheckpointError
 from . import compatibility, rng_state
 from .exit_conditions import ExitConditions
 from .contents import model_keys, model_state, optimizer_shard_state, rng_state_of_rank

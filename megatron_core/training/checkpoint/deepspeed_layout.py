@@ -20,7 +20,7 @@ import os
 import re
 from typing import List, Optional
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 TRACKER = "latest"
 _TAG = re.compile(r"^global_step(\d+)$")

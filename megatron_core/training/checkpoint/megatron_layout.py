@@ -51,7 +51,7 @@ def optimizer_shard_file(model_path: str, data_parallel_rank: int) -> str:
 
 def parse_tracker(text: str, path: str) -> Optional[int]:
     """The iteration a tracker names (None: release); CheckpointError for anything else."""
-    from ..errors import CheckpointError
+    from ...errors import CheckpointError
     value = text.strip()
     if value == RELEASE:
         return None

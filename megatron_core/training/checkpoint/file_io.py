@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..data.atomic_files import create_temporary, naming, publish, remove_quietly
-from ..errors import CheckpointError
+from ...data.atomic_files import create_temporary, naming, publish, remove_quietly
+from ...errors import CheckpointError
 
 PAUSE_ENV = "MCORE_TEST_PAUSE_BEFORE_RENAME"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .deepspeed_layout import DeepSpeedLayout
 from .megatron_layout import MegatronLayout
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 # TransformerConfig fields whose difference makes a checkpoint another model, with their flag.
 SHAPE_FIELDS = {

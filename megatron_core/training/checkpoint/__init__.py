@@ -1,6 +1,6 @@
 """Checkpoints: Megatron-LM's and DeepSpeed's layouts, atomic saves, exact resume.
 
-    from megatron_core.checkpointing import Checkpointer
+    from megatron_core.training.checkpoint import Checkpointer
 
 One idea per file:
   megatron_layout.py   iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt + latest_checkpointed_iteration.txt

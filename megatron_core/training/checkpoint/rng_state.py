@@ -14,7 +14,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..mpu import random as mpu_random
+from ...mpu import random as mpu_random
 
 
 def capture() -> Dict:
