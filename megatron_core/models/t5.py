@@ -344,14 +344,19 @@ def _norm_size(config: TransformerConfig) -> int:
     return (2 if config.normalization == "LayerNorm" else 1) * config.hidden_size
 
 
+def t5_cross_attention_parameter_count(config: TransformerConfig) -> int:
+    """A decoder layer's cross-attention: its norm, q / kv / out projections and their biases."""
+    h, q, kv = config.hidden_size, config.query_projection_size, config.kv_projection_size
+    count = h * q + h * 2 * kv + q * h + _norm_size(config)
+    return count + (q + 2 * kv if config.add_qkv_bias else 0) + (h if config.add_bias_linear else 0)
+
+
 def t5_parameter_count(config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
                        max_sequence_length: int = 0) -> int:
     """Parameters of the serial T5 (encoder + decoder + tied or untied head), whatever the TP size."""
     h = config.hidden_size
     dec_layers = config.num_layers if decoder_num_layers is None else decoder_num_layers
-    q, kv = config.query_projection_size, config.kv_projection_size
-    cross = h * q + h * 2 * kv + q * h + _norm_size(config)
-    cross += (q + 2 * kv if config.add_qkv_bias else 0) + (h if config.add_bias_linear else 0)
+    cross = t5_cross_attention_parameter_count(config)
     count = vocab_size * h
     if config.position_embedding_type == "learned_absolute":
         count += max_sequence_length * h
