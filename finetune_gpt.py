@@ -17,6 +17,7 @@ its initialization. `python finetune_gpt.py ...` without a launcher runs one pro
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
 from megatron_core.models.gpt import GPTModel
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_finetune
 from megatron_core.training.data_providers import finetune_datasets
@@ -33,6 +34,11 @@ def model_provider(args, stage):
                     stage=stage)
 
 
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    return ModelShape("gpt", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings)
+
+
 def forward_step(data_iterator, model):
     batch = get_batch_finetune(data_iterator)   # loss_mask: 1 on text tokens and the EOD only
     output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
@@ -45,7 +51,7 @@ def train_valid_test_datasets_provider(args, train_val_test_num_samples):
 
 
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, argv=argv)
+    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, argv=argv, model_shape=model_shape)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ head's "sop loss" (so named for NSP too); the loss trained is their sum.
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
 from megatron_core.models.bert import BertModel, bert_pretraining_losses
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_bert, reads_data_on_every_stage
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
@@ -33,6 +34,13 @@ def model_provider(args, stage):
     return BertModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
                      num_tokentypes=2 if args.bert_binary_head else 0, add_binary_head=args.bert_binary_head,
                      stage=stage)
+
+
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    binary = args.bert_binary_head
+    return ModelShape("bert", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
+                      num_tokentypes=2 if binary else 0, add_pooler=binary, add_binary_head=binary)
 
 
 def forward_step(data_iterator, model):
@@ -54,7 +62,7 @@ def train_valid_test_datasets_provider(args, train_val_test_num_samples):
 
 def main(argv=None):
     pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_data_options_arguments, argv,
-             data_on_every_stage=reads_data_on_every_stage("bert"))
+             data_on_every_stage=reads_data_on_every_stage("bert"), model_shape=model_shape)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Llama-style: add --normalization RMSNorm --swiglu --position-embedding-type rope
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
 from megatron_core.models.gpt import GPTModel
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_gpt, reads_data_on_every_stage
 from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
@@ -33,6 +34,11 @@ def model_provider(args, stage):
     return model
 
 
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    return ModelShape("gpt", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings)
+
+
 def forward_step(data_iterator, model):
     eod, options = model.batch_settings
     batch = get_batch_gpt(data_iterator, eod, options)
@@ -47,7 +53,8 @@ def train_valid_test_datasets_provider(args, train_val_test_num_samples):
 
 def main(argv=None):
     pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_data_options_arguments, argv,
-             data_on_every_stage=lambda args: reads_data_on_every_stage("gpt", data_options_from_args(args)))
+             data_on_every_stage=lambda args: reads_data_on_every_stage("gpt", data_options_from_args(args)),
+             model_shape=model_shape)
 
 
 if __name__ == "__main__":

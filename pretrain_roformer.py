@@ -16,6 +16,7 @@ one batch mixes both. Positions are rotary on adjacent channel pairs (the defaul
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.models.roformer import RoFormerModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_roformer, reads_data_on_every_stage
@@ -40,6 +41,12 @@ def model_provider(args, stage):
                          stage=stage)
 
 
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    return ModelShape("roformer", transformer_config_from_args(args), args.padded_vocab_size,
+                      args.max_position_embeddings, num_tokentypes=2)
+
+
 def forward_step(data_iterator, model):
     batch = get_batch_roformer(data_iterator)
     output = model(batch.tokens, batch.padding_mask, tokentype_ids=batch.types, lm_labels=batch.labels)
@@ -55,7 +62,7 @@ def train_valid_test_datasets_provider(args, train_val_test_num_samples):
 
 def main(argv=None):
     pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_roformer_arguments, argv,
-             data_on_every_stage=reads_data_on_every_stage("roformer"))
+             data_on_every_stage=reads_data_on_every_stage("roformer"), model_shape=model_shape)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ encoder, the others the decoder and the head.
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.models.t5 import T5Model
 from megatron_core.pipeline import P2PConfig
 from megatron_core.training.arguments import (add_encoder_decoder_arguments, build_run_config,
@@ -31,6 +32,12 @@ def model_provider(args, stage):
                           "with --vocab-file).")
     return T5Model(transformer_config_from_args(args), args.padded_vocab_size, args.decoder_num_layers,
                    args.max_position_embeddings, stage=stage)
+
+
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    return ModelShape("t5", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
+                      decoder_num_layers=args.decoder_num_layers, decoder_seq_length=args.decoder_seq_length)
 
 
 def forward_step(data_iterator, model):
@@ -65,7 +72,8 @@ def add_t5_arguments(parser):
 def main(argv=None):
     # Every stage reads the batch: decoder stages need the encoder's padding mask as well.
     pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_t5_arguments, argv,
-             p2p_config_provider=p2p_config_provider, data_on_every_stage=True)
+             p2p_config_provider=p2p_config_provider, data_on_every_stage=True,
+             model_shape=model_shape)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ pipeline stage and micro-batch). Validation runs its own text streams on a memor
 """
 from megatron_core.cli import run
 from megatron_core.errors import ConfigError
+from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_transformer_xl
@@ -26,15 +27,27 @@ def model_provider(args, stage):
     if not args.tokenizer_type:
         raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
                           "with --vocab-file).")
+    model = TransformerXLModel(_config(args), args.padded_vocab_size, _mem_length(args), stage=stage)
+    model.batch_settings = (args.tokenizer.eod, data_options_from_args(args))
+    return model
+
+
+def _config(args):
     config = transformer_config_from_args(args)
-    config = config.replace(position_embedding_type="relative_xl",
-                            activation="gelu_tanh" if config.activation == "gelu" else config.activation)
+    return config.replace(position_embedding_type="relative_xl",
+                          activation="gelu_tanh" if config.activation == "gelu" else config.activation)
+
+
+def _mem_length(args) -> int:
     mem_length = args.seq_length if args.mem_length is None else args.mem_length
     if mem_length < 0:
         raise ConfigError(f"--mem-length must be 0 (no memory) or more, got {mem_length}.")
-    model = TransformerXLModel(config, args.padded_vocab_size, mem_length, stage=stage)
-    model.batch_settings = (args.tokenizer.eod, data_options_from_args(args))
-    return model
+    return mem_length
+
+
+def model_shape(args):
+    """The model model_provider builds, without weights: its parameter count and memory estimate."""
+    return ModelShape("transformer_xl", _config(args), args.padded_vocab_size, mem_length=_mem_length(args))
 
 
 def forward_step(data_iterator, model):
@@ -58,7 +71,8 @@ def add_transformer_xl_arguments(parser):
 
 
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_transformer_xl_arguments, argv)
+    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_transformer_xl_arguments, argv,
+             model_shape=model_shape)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,17 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--merge-file", default=None)
     g.add_argument("--vocab-extra-ids", type=int, default=0)
     g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="The tokenizer's vocabulary size before padding: lets --dry-run run without the tokenizer "
+                        "files; a real run checks it against the tokenizer.")
+
+    g = parser.add_argument_group("dry run (ours)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="Parse and validate the flags (and the DeepSpeed config), print the parameter count and "
+                        "the memory estimate per rank, and exit: no process group, no weights.")
+    g.add_argument("--dry-run-world-size", type=int, default=None,
+                   help="The world size a --dry-run checks the layout against; the launcher's WORLD_SIZE if not "
+                        "given, else tensor x pipeline parallel size.")
     return parser
 
 
@@ -463,6 +474,8 @@ def _validate_logging_and_data(args) -> None:
         raise ConfigError(f"--save {args.save} needs --save-interval (iterations between checkpoints).")
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
         raise ConfigError(f"--exit-duration-in-mins must be positive, got {args.exit_duration_in_mins}.")
+    if getattr(args, "vocab_size", None) is not None and args.vocab_size < 1:
+        raise ConfigError(f"--vocab-size must be a positive integer, got {args.vocab_size}.")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise ConfigError(f"--peak-tflops must be positive, got {args.peak_tflops}.")
     if args.data_path:
@@ -482,7 +495,8 @@ def _validate_deepspeed(args) -> None:
         if value:   # the engine's own checkpoint layout is the launcher issue's point 3
             raise ConfigError(f"{flag} {value} with --deepspeed: checkpoints of the DeepSpeed engine are not "
                               f"built yet; train with the native backend (drop --deepspeed) to save or load.")
-    if importlib.util.find_spec("deepspeed") is None:
+    # A dry run checks ds.json against the flags on a machine that need not have DeepSpeed.
+    if importlib.util.find_spec("deepspeed") is None and not getattr(args, "dry_run", False):
         raise ConfigError("--deepspeed needs the deepspeed package; install it with "
                           "pip install 'mcore-pretrain[deepspeed]'.")
     flags = FlagSettings(

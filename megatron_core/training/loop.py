@@ -9,6 +9,10 @@
 `p2p_config_provider(args) -> P2PConfig` describes what pipeline stages exchange when it
 is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
 
+`model_shape(args) -> models.rank_parameters.ModelShape` describes the model without building
+it: rank 0 prints its parameter count and memory estimate per rank at start, and --dry-run
+prints them and returns None before any process group (training/dry_run.py).
+
 `args` is the validated flag namespace (entry points own it; the loop itself reads the
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
@@ -27,15 +31,15 @@ import torch.distributed as dist
 from .. import mpu
 from .checkpoint import Checkpointer
 from .checkpoint.checkpoint_args import apply_checkpoint_args
-from ..mpu.layout import pad_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
 from .backend import build_training_backend
 from .config import RunConfig
 from .data_iterators import build_data_iterators as build_split_iterators
-from .data_providers import build_tokenizer, train_valid_test_num_samples
+from .data_providers import train_valid_test_num_samples
+from .dry_run import dry_run, estimate_block, intended_world_size, set_padded_vocab_size
 from .evaluate import evaluate
-from .initialize import initialize_distributed, launcher_world_size, shutdown_distributed
+from .initialize import initialize_distributed, shutdown_distributed
 from .lr_schedule import schedule_from_config
 from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
@@ -54,14 +58,22 @@ class TrainState:
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
              extra_args_provider: Optional[Callable] = None, argv: Optional[Sequence[str]] = None,
              p2p_config_provider: Optional[Callable] = None,
-             data_on_every_stage: Union[bool, Callable] = False) -> TrainState:
+             data_on_every_stage: Union[bool, Callable] = False,
+             model_shape: Optional[Callable] = None) -> Optional[TrainState]:
     args = parse_args(argv, extra_args_provider)
     apply_checkpoint_args(args, argv, extra_args_provider)   # --use-checkpoint-args: before validation
-    validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
+    validate(args, intended_world_size(args))      # a bad flag is one sentence, before any process group
     run = build_run_config(args)
+    if args.dry_run:
+        dry_run(model_shape, args, run)            # the estimate, then exit: no process group, no weights
+        return None
     initialize_distributed(run.parallel, run.training.seed)
     try:
-        _set_padded_vocab_size(args, run)
+        set_padded_vocab_size(args, run)
+        if dist.get_rank() == 0:
+            block = estimate_block(model_shape, args, run)
+            if block is not None:
+                print(block, flush=True)
         chunks = build_model_chunks(model_provider, args)
         backend = build_training_backend(chunks, run)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
@@ -114,15 +126,6 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         return state
     finally:
         shutdown_distributed()
-
-
-def _set_padded_vocab_size(args, run: RunConfig) -> None:
-    """The tokenizer, once, and Megatron's padded vocabulary (a multiple of
-    --make-vocab-size-divisible-by x TP) for the model providers."""
-    if getattr(args, "tokenizer_type", None):
-        args.tokenizer = build_tokenizer(run.data)
-        args.padded_vocab_size = pad_vocab_size(args.tokenizer.vocab_size, args.make_vocab_size_divisible_by,
-                                                run.parallel.tensor_model_parallel_size)
 
 
 def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:
