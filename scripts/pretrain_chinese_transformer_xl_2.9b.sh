@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/8x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-cog-pretrain.model}
-VOCAB_SIZE=50001            # the tokenizer's size, for DRY_RUN=1 without the tokenizer file
+VOCAB_SIZE=50004            # 50000 pieces + <CLS> <SEP> <EOD> <MASK>, for DRY_RUN=1 without the file (padded 50048)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

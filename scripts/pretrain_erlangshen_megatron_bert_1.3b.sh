@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=21128            # the tokenizer's size, for DRY_RUN=1 without the vocabulary file
+VOCAB_SIZE=21130            # 21128 entries + [BOS] [EOS], for DRY_RUN=1 without the file (padded 21248)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

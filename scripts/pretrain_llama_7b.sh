@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/corpus_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-tokenizer.model}
-VOCAB_SIZE=32000            # the tokenizer's size, for DRY_RUN=1 without the tokenizer file
+VOCAB_SIZE=32000            # the tokenizer's ids (its pieces, nothing added), for DRY_RUN=1 without the file
 source scripts/deepspeed_launch.sh
 
 FLAGS=(
@@ -30,7 +30,7 @@ FLAGS=(
     --lr 3e-4 --min-lr 3e-5 --lr-decay-style cosine --lr-warmup-iters 2000
     --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --weight-decay 0.1 --clip-grad 1.0
     --bf16 --recompute-activations
-    --tokenizer-type SentencePieceTokenizer --tokenizer-model "$TOKENIZER_MODEL"
+    --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$TOKENIZER_MODEL"
     --data-path "$DATA_PATH" --split 949,50,1
     --log-interval 10 --eval-interval 1000 --eval-iters 10
     --deepspeed --deepspeed_config scripts/ds_config_llama_7b.json

@@ -2,7 +2,7 @@
 # Randeng-MegatronT5-770M (IDEA-CCNL Fengshenbang): a Megatron-LM T5 ("Chinese T5-large") of
 # 24 encoder + 24 decoder layers, hidden 1024, 16 heads, MLP 4096, learned positions (512),
 # tied output, the 21128-token BERT Chinese vocabulary with Megatron's 100 sentinel ids
-# (21228, padded to 21248); "16 A100s for about 14 days" (hostfiles/2x8). Source: the HF model
+# (padded to 21248); "16 A100s for about 14 days" (hostfiles/2x8). Source: the HF model
 # card of IDEA-CCNL/Randeng-MegatronT5-770M and its fp16 pytorch_model.bin of 1.46 GB (= 0.73B
 # parameters; "770M" is Google's T5-large count with a 32k vocabulary). The mT5-style
 # Randeng-T5-784M (gated GELU, relative buckets, RMSNorm) needs flags pretrain_t5.py lacks.
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/2x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=21228            # the tokenizer's size with the 100 sentinels, for DRY_RUN=1 without the file
+VOCAB_SIZE=21230            # 21128 + [BOS] [EOS] + 100 sentinels, for DRY_RUN=1 without the file (padded 21248)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=12000            # the tokenizer's size, for DRY_RUN=1 without the vocabulary file
+VOCAB_SIZE=12002            # 12000 entries + [BOS] [EOS], for DRY_RUN=1 without the file (padded 12032)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(
