@@ -245,8 +245,9 @@ def format_estimate(estimate: MemoryEstimate, run: RunConfig) -> str:
         + (f", {p.virtual_pipeline_model_parallel_size} virtual stages" if p.virtual_pipeline_model_parallel_size
            else ""),
         f"parameters per rank (pipeline stage {estimate.pipeline_rank}, the largest): {_count(estimate.parameters)}",
-        f"estimated memory per rank ({str(c.params_dtype).replace('torch.', '')}, micro-batch {t.micro_batch_size}, seq {t.seq_length}, "
-        f"sequence parallel {c.sequence_parallel_active}, recompute {recompute}):",
+        f"estimated memory per rank ({str(c.params_dtype).replace('torch.', '')}, micro-batch "
+        f"{t.micro_batch_size}, seq {t.seq_length}, sequence parallel {c.sequence_parallel_active}, "
+        f"recompute {recompute}):",
         f"  weights      {_gib(estimate.weights)}",
         f"  gradients    {_gib(estimate.gradients)}",
         f"  optimizer    {_gib(estimate.optimizer)}"
