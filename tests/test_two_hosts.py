@@ -67,10 +67,12 @@ def test_deepspeed_hostfile_over_pdsh_with_zero1_at_dp2_across_two_hosts_logs_th
     flags = [*tiny_gpt_flags(gpt_corpus), "--deepspeed", "--deepspeed_config", str(config)]
     command = deepspeed_hostfile_command(hosts.hostfile(slots=1), "pretrain_gpt.py", flags, hosts.addresses[0],
                                          find_free_port())
+    logins = [hosts.ssh_logins(i) for i in range(2)]
     done = subprocess.run(hosts.run_on(0, command), capture_output=True, text=True, cwd=str(tmp_path),
                           env=rank_env(hosts, **ops), timeout=TIMEOUT)
-    assert "hosta" in done.stdout and "hostb" in done.stdout, failure_report(done)    # pdsh prefixes lines
     assert_plain_losses(done, plain_gpt)
+    assert "hostb: " in done.stdout, failure_report(done)        # pdsh prefixes each line with its host
+    assert all(hosts.ssh_logins(i) > logins[i] for i in range(2))    # each rank's launcher came over ssh
 
 
 def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hosts, gpt_corpus, plain_gpt):
@@ -102,6 +104,8 @@ def test_mpirun_over_ssh_one_rank_per_host_at_tp2_logs_the_plain_pytorch_losses(
            "btl_tcp_if_include": INTERFACE}
     command = mpirun_command([f"{address}:1" for address in hosts.addresses], "pretrain_gpt.py", flags,
                              environment, mca)
+    logins = hosts.ssh_logins(1)
     done = subprocess.run(hosts.run_on(0, command), capture_output=True, text=True, cwd=ROOT, env=rank_env(hosts),
                           timeout=TIMEOUT)
     assert_plain_losses(done, plain_gpt)
+    assert hosts.ssh_logins(1) > logins          # rank 1's orted was started on hostb over ssh

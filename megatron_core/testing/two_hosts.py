@@ -5,6 +5,7 @@
         hosts.addresses                         # ("10.233.0.1", "10.233.0.2")
         hosts.run_on(0, command, env)           # a process on host 0: `ip netns exec <ns> command`
         hosts.client_env()                      # PATH with the test's ssh first, PDSH_RCMD_TYPE=ssh
+        hosts.ssh_logins(1)                     # sessions host 1's sshd accepted so far
 
 Each namespace holds one end of the veth pair, renamed INTERFACE inside both, so one
 GLOO_SOCKET_IFNAME names the right interface on either host (gloo would otherwise pick the
@@ -155,6 +156,12 @@ class TwoHosts:
     def client_env(self) -> Dict[str, str]:
         """What a launcher needs to reach the hosts: the ssh wrapper first on PATH, pdsh over ssh."""
         return {"PATH": f"{self.bin}:{os.environ.get('PATH', '')}", "PDSH_RCMD_TYPE": "ssh"}
+
+    def ssh_logins(self, index: int) -> int:
+        """How many ssh sessions host `index`'s sshd has accepted so far: a launcher that says it reached
+        the host did."""
+        with open(os.path.join(self.directory, f"sshd_{index}.log")) as f:
+            return f.read().count("Accepted publickey")
 
     def hostfile(self, slots: int = 1) -> str:
         path = os.path.join(self.directory, "hostfile")
