@@ -17,21 +17,13 @@ import pytest
 
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env
 from megatron_core.testing.distributed import find_free_port
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_losses,
+from megatron_core.testing.entry_points import (assert_logged_losses, clean_env, failure_report,
                                                 run_entry_point, tiny_gpt_flags)
 from megatron_core.testing.launch_commands import (deepspeed_hostfile_command, deepspeed_num_gpus_command,
                                                    missing_programs, mpirun_command)
 from megatron_core.testing.tiny_corpus import ROOT
 
 TIMEOUT = 600
-
-
-def assert_plain_losses(done, plain_gpt):
-    assert done.returncode == 0, failure_report(done)
-    losses = {step: values["lm loss"] for step, values in logged_losses(done.stdout).items()}
-    assert sorted(losses) == list(range(1, TINY_GPT_STEPS + 1)), failure_report(done)
-    for step, want in enumerate(plain_gpt["losses"], 1):
-        assert losses[step] == pytest.approx(want, rel=1e-5), (step, losses, plain_gpt["losses"])
 
 
 def launch(command, env=None):
@@ -44,7 +36,7 @@ def test_deepspeed_hostfile_localhost_without_ssh_at_tp2_logs_the_plain_pytorch_
     flags = [*tiny_gpt_flags(gpt_corpus), "--tensor-model-parallel-size", "2"]
     command = deepspeed_hostfile_command(f"{ROOT}/hostfiles/localhost", "pretrain_gpt.py", flags, "127.0.0.1",
                                          find_free_port(), no_ssh=True)
-    assert_plain_losses(launch(command), plain_gpt)
+    assert_logged_losses(launch(command), plain_gpt["losses"])
 
 
 def test_deepspeed_num_gpus_2_on_a_gpu_less_host_with_zero1_at_dp2_logs_the_plain_pytorch_losses(
@@ -54,7 +46,7 @@ def test_deepspeed_num_gpus_2_on_a_gpu_less_host_with_zero1_at_dp2_logs_the_plai
     config.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
     flags = [*tiny_gpt_flags(gpt_corpus), "--deepspeed", "--deepspeed_config", str(config)]
     command = deepspeed_num_gpus_command(2, "pretrain_gpt.py", flags, find_free_port())
-    assert_plain_losses(launch(command, deepspeed_test_env()), plain_gpt)
+    assert_logged_losses(launch(command, deepspeed_test_env()), plain_gpt["losses"])
 
 
 def test_mpirun_np_2_at_dp2_logs_the_plain_pytorch_losses(gpt_corpus, plain_gpt):
@@ -63,7 +55,7 @@ def test_mpirun_np_2_at_dp2_logs_the_plain_pytorch_losses(gpt_corpus, plain_gpt)
     # Only the port is given: every rank is on this host, so the rendezvous is 127.0.0.1.
     environment = {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(find_free_port())}
     command = mpirun_command(["localhost:2"], "pretrain_gpt.py", tiny_gpt_flags(gpt_corpus), environment)
-    assert_plain_losses(launch(command), plain_gpt)
+    assert_logged_losses(launch(command), plain_gpt["losses"])
 
 
 @pytest.mark.parametrize("env, sentence", [

@@ -21,7 +21,7 @@ import pytest
 
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env
 from megatron_core.testing.distributed import find_free_port
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_losses,
+from megatron_core.testing.entry_points import (assert_logged_losses, clean_env, failure_report,
                                                 tiny_gpt_flags)
 from megatron_core.testing.launch_commands import (deepspeed_hostfile_command, missing_programs, mpirun_command,
                                                    torchrun_node_command)
@@ -45,14 +45,6 @@ def rank_env(hosts, **extra):
     return {**clean_env(), **hosts.client_env(), "GLOO_SOCKET_IFNAME": INTERFACE, **extra}
 
 
-def assert_plain_losses(done, plain_gpt):
-    assert done.returncode == 0, failure_report(done)
-    losses = {step: values["lm loss"] for step, values in logged_losses(done.stdout).items()}
-    assert sorted(losses) == list(range(1, TINY_GPT_STEPS + 1)), failure_report(done)
-    for step, want in enumerate(plain_gpt["losses"], 1):
-        assert losses[step] == pytest.approx(want, rel=1e-5), (step, losses, plain_gpt["losses"])
-
-
 def test_deepspeed_hostfile_over_pdsh_with_zero1_at_dp2_across_two_hosts_logs_the_plain_pytorch_losses(
         hosts, gpt_corpus, plain_gpt, tmp_path):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
@@ -70,7 +62,7 @@ def test_deepspeed_hostfile_over_pdsh_with_zero1_at_dp2_across_two_hosts_logs_th
     logins = [hosts.ssh_logins(i) for i in range(2)]
     done = subprocess.run(hosts.run_on(0, command), capture_output=True, text=True, cwd=str(tmp_path),
                           env=rank_env(hosts, **ops), timeout=TIMEOUT)
-    assert_plain_losses(done, plain_gpt)
+    assert_logged_losses(done, plain_gpt["losses"])
     assert "hostb: " in done.stdout, failure_report(done)        # pdsh prefixes each line with its host
     assert all(hosts.ssh_logins(i) > logins[i] for i in range(2))    # each rank's launcher came over ssh
 
@@ -91,7 +83,7 @@ def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hos
     done = [subprocess.CompletedProcess(node.args, node.returncode, out, err) for node, (out, err) in
             zip(nodes, outputs)]
     assert done[0].returncode == 0, failure_report(done[0])
-    assert_plain_losses(done[1], plain_gpt)         # the last rank logs; it runs on hostb
+    assert_logged_losses(done[1], plain_gpt["losses"])         # the last rank logs; it runs on hostb
 
 
 def test_mpirun_over_ssh_one_rank_per_host_at_tp2_logs_the_plain_pytorch_losses(hosts, gpt_corpus, plain_gpt):
@@ -107,5 +99,5 @@ def test_mpirun_over_ssh_one_rank_per_host_at_tp2_logs_the_plain_pytorch_losses(
     logins = hosts.ssh_logins(1)
     done = subprocess.run(hosts.run_on(0, command), capture_output=True, text=True, cwd=ROOT, env=rank_env(hosts),
                           timeout=TIMEOUT)
-    assert_plain_losses(done, plain_gpt)
+    assert_logged_losses(done, plain_gpt["losses"])
     assert hosts.ssh_logins(1) > logins          # rank 1's orted was started on hostb over ssh
