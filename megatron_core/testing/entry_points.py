@@ -106,6 +106,15 @@ def logged_iterations(stdout: str) -> Dict[int, str]:
     return result
 
 
+def assert_logged_losses(done: subprocess.CompletedProcess, expected: Sequence[float], rel: float = 1e-5) -> None:
+    """The run succeeded and its "lm loss" lines are `expected` (iterations 1, 2, ...) within `rel`."""
+    assert done.returncode == 0, failure_report(done)
+    losses = {step: values["lm loss"] for step, values in logged_losses(done.stdout).items()}
+    assert sorted(losses) == list(range(1, len(expected) + 1)), failure_report(done)
+    for step, want in enumerate(expected, 1):
+        assert abs(losses[step] - want) <= rel * abs(want), (step, losses, list(expected))
+
+
 def logged_validations(stdout: str) -> List[str]:
     return [line.strip() for line in stdout.splitlines() if "validation loss at iteration" in line]
 

@@ -332,9 +332,9 @@ def _validate_parallel(args, world_size: int) -> None:
               "num_layers_per_virtual_pipeline_stage", "distributed_timeout_minutes", "ddp_bucket_size")
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if world_size < 1 or world_size % (tp * pp) != 0:
-        raise ConfigError(f"the world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
-                          f"--pipeline-model-parallel-size {pp} = {tp * pp}; launch a multiple of {tp * pp} "
-                          f"processes or change the parallel sizes.")
+        raise ConfigError(f"the world size {world_size} (WORLD_SIZE, the launched processes) is not divisible "
+                          f"by --tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {tp * pp}; "
+                          f"launch a multiple of {tp * pp} processes or change the parallel sizes.")
     args.world_size = world_size
     args.data_parallel_size = world_size // (tp * pp)
     if args.num_attention_heads % tp != 0:

@@ -13,6 +13,13 @@ multi-host mpirun without them is one sentence. A plain `python pretrain_gpt.py 
 none of them: it becomes a world of one on a free local port. The collective backend is
 ParallelConfig.backend(): nccl when CUDA is available, gloo otherwise
 (--distributed-backend overrides). On CUDA each process takes the device LOCAL_RANK.
+
+A launcher environment that does not add up is one sentence naming the variables and the
+fix before any process group could wait on a peer that never comes (check_launcher_environment):
+some of RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT without the others, a non-integer or
+non-positive WORLD_SIZE, RANK outside [0, WORLD_SIZE), LOCAL_RANK outside [0, LOCAL_WORLD_SIZE),
+a MASTER_PORT that is not a port, a MASTER_ADDR that does not resolve; nccl without CUDA or
+with LOCAL_RANK beyond the visible devices. WORLD_SIZE against TP x PP is validate()'s.
 """
 from __future__ import annotations
 
@@ -47,18 +54,56 @@ def adopt_openmpi_environment(environ=os.environ) -> None:
     environ.setdefault("MASTER_PORT", MPI_DEFAULT_PORT)
 
 
-def launcher_world_size() -> int:
-    """WORLD_SIZE as the launcher set it (1 without a launcher), checked to be a positive integer."""
-    adopt_openmpi_environment()
-    value = os.environ.get("WORLD_SIZE", "1")
+def _integer(environ, name: str):
     try:
-        world_size = int(value)
-    except ValueError:
-        world_size = 0
-    if world_size < 1:
-        raise LaunchError(f"WORLD_SIZE={value!r} in the environment is not a positive integer; launch with "
-                          f"torchrun --nproc-per-node N, or unset it to run a single process.")
-    return world_size
+        return int(environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def check_launcher_environment(environ=os.environ) -> None:
+    """Raise LaunchError (one sentence) when the launcher variables in `environ` cannot make a world.
+    No variable at all is a single process and passes."""
+    present = [name for name in LAUNCHER_VARIABLES if name in environ]
+    if not present:
+        return
+    if len(present) != len(LAUNCHER_VARIABLES):
+        missing = [name for name in LAUNCHER_VARIABLES if name not in environ]
+        raise LaunchError(f"the environment sets {', '.join(present)} but not {', '.join(missing)}; launch with "
+                          f"torchrun, deepspeed or mpirun, which set them all, or unset them to run a single "
+                          f"process.")
+    world_size, rank = _integer(environ, "WORLD_SIZE"), _integer(environ, "RANK")
+    if world_size is None or world_size < 1:
+        raise LaunchError(f"WORLD_SIZE={environ['WORLD_SIZE']!r} in the environment is not a positive integer; "
+                          f"launch with torchrun --nproc-per-node N, or unset it to run a single process.")
+    if rank is None or not 0 <= rank < world_size:
+        raise LaunchError(f"RANK={environ['RANK']!r} is not in [0, WORLD_SIZE={world_size}); every process needs "
+                          f"its own RANK from 0 to WORLD_SIZE-1: let the launcher set both.")
+    if "LOCAL_RANK" in environ:
+        local_rank, local_size = _integer(environ, "LOCAL_RANK"), _integer(environ, "LOCAL_WORLD_SIZE")
+        bound = min(world_size, local_size) if local_size is not None else world_size
+        if local_rank is None or not 0 <= local_rank < bound:
+            raise LaunchError(f"LOCAL_RANK={environ['LOCAL_RANK']!r} is not in [0, {bound}) (WORLD_SIZE="
+                              f"{world_size}, LOCAL_WORLD_SIZE={environ.get('LOCAL_WORLD_SIZE', 'unset')}); it "
+                              f"numbers the processes of one host from 0: let the launcher set it.")
+    port = _integer(environ, "MASTER_PORT")
+    if port is None or not 0 < port < 65536:
+        raise LaunchError(f"MASTER_PORT={environ['MASTER_PORT']!r} is not a TCP port (1-65535); set it to a free "
+                          f"port of the host of rank 0, the same on every process.")
+    address = environ["MASTER_ADDR"]
+    try:
+        socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise LaunchError(f"MASTER_ADDR={address!r} does not resolve to an address on this host; set it to the "
+                          f"IP address (or a resolvable name) of the host of rank 0.") from None
+
+
+def launcher_world_size() -> int:
+    """WORLD_SIZE as the launcher set it (1 without a launcher), after the whole launcher environment
+    (OpenMPI's adopted) was checked to add up."""
+    adopt_openmpi_environment()
+    check_launcher_environment()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _free_port() -> int:
@@ -69,14 +114,22 @@ def _free_port() -> int:
 
 def _fill_single_process_environment() -> None:
     """A run without a launcher: a world of one, rendezvous on a free local port."""
-    present = [name for name in LAUNCHER_VARIABLES if name in os.environ]
-    if present and len(present) != len(LAUNCHER_VARIABLES):
-        missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
-        raise LaunchError(f"the environment sets {', '.join(present)} but not {', '.join(missing)}; launch with "
-                          f"torchrun, or unset them all to run a single process.")
-    if not present:
+    check_launcher_environment()
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+
+
+def check_backend(backend: str, local_rank: int, cuda_devices: int) -> None:
+    """nccl needs a CUDA device for this process: one sentence before init_process_group otherwise."""
+    if backend != "nccl":
+        return
+    if cuda_devices == 0:
+        raise LaunchError("--distributed-backend nccl needs CUDA, and this machine shows no CUDA device; "
+                          "use --distributed-backend gloo, or drop the flag to choose by the hardware.")
+    if local_rank >= cuda_devices:
+        raise LaunchError(f"LOCAL_RANK={local_rank} but this host shows {cuda_devices} CUDA device(s); start "
+                          f"at most {cuda_devices} processes per host (--nproc-per-node / slots=).")
 
 
 def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
@@ -84,8 +137,10 @@ def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
     if not dist.is_initialized():
         _fill_single_process_environment()
         backend = parallel.backend()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        check_backend(backend, local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                                 timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes))
     if dist.get_world_size() != parallel.world_size:
