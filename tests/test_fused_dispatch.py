@@ -3,11 +3,14 @@
 it is installed and ours is not. The kernel branches run here through a fake extension that
 implements the binding's contract with the kernels' formulas (megatron_core.testing.fake_fused),
 so they also prove the autograd glue gives the fallbacks' outputs and gradients."""
+import contextlib
+
 import pytest
 import torch
 
-from megatron_core import fused
+from megatron_core import fused, mpu
 from megatron_core.fused import dispatch
+from megatron_core.testing import run_distributed
 from megatron_core.testing.fake_fused import fake_apex, fake_fused_extension, no_fused_extension
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.transformer.config import TransformerConfig
@@ -148,34 +151,33 @@ def _layer_run(fused_kernels, fake):
     config = TransformerConfig(num_layers=2, hidden_size=24, num_attention_heads=3, position_embedding_type="rope",
                                hidden_dropout=0.2, attention_dropout=0.0, attention_backend="explicit",
                                fused_kernels=fused_kernels)
+    torch.manual_seed(0)  # the layer's weights
     layer = TransformerLayer(config, layer_number=1, self_attn_mask_type="causal")
     x = torch.randn(6, 2, 24, generator=_gen(10), requires_grad=True)
     angles = RotaryEmbedding(config)(torch.arange(6).expand(2, 6))
     torch.manual_seed(11)  # the hidden dropout's mask
-    ext_calls = []
-    if fake:
-        with fake_fused_extension() as ext:
-            out = layer(x, rotary_angles=angles)
-            out.sum().backward()
-            ext_calls = ext.calls
-    else:
+    context = fake_fused_extension() if fake else contextlib.nullcontext(None)
+    with context as ext:
         out = layer(x, rotary_angles=angles)
         out.sum().backward()
-    return out, x.grad, sorted(set(ext_calls))
+    return out, x.grad, sorted(set(ext.calls)) if fake else []
 
 
-def test_the_transformer_layer_runs_every_fused_op_and_equals_the_unfused_layer():
+def _check_the_layer_goes_through_megatron_core_fused():
+    mpu.initialize_model_parallel(1)
     out, grad, calls = _layer_run(True, fake=True)
     assert calls == ["bias_dropout_add", "bias_gelu_backward", "bias_gelu_forward", "norm_backward", "norm_forward",
                      "rotary_apply", "softmax_backward", "softmax_forward"]
     ref_out, ref_grad, _ = _layer_run(True, fake=False)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
-
-
-def test_fused_kernels_false_keeps_every_op_on_the_fallback():
+    # fused_kernels=False: every op stays on the fallback, even with the extension importable.
     _, _, calls = _layer_run(False, fake=True)
     assert calls == []
+
+
+def test_the_transformer_layer_runs_every_fused_op_equals_the_unfused_layer_and_obeys_the_switch():
+    run_distributed(_check_the_layer_goes_through_megatron_core_fused, 1)
 
 
 @pytest.mark.parametrize("flag", ["--no-fused-kernels", "--no-masked-softmax-fusion", "--no-bias-gelu-fusion",
