@@ -4,6 +4,7 @@ it is installed and ours is not. The kernel branches run here through a fake ext
 implements the binding's contract with the kernels' formulas (megatron_core.testing.fake_fused),
 so they also prove the autograd glue gives the fallbacks' outputs and gradients."""
 import contextlib
+import sys
 
 import pytest
 import torch
@@ -68,6 +69,16 @@ def test_apex_is_used_when_installed_and_ours_is_not():
     expected = fused.scaled_masked_softmax(scores.detach(), mask, 0.5)
     torch.testing.assert_close(probs, expected, rtol=2e-3, atol=2e-3)
     assert (probs[0, :, 2] == 0).all() and causal.shape == (2, 2, 20, 20) and small.shape == (2, 2, 4, 8)
+
+
+def test_a_python_only_apex_without_its_cuda_extension_is_not_used():
+    x, w, b = torch.randn(2, 8), torch.rand(8), torch.randn(8)
+    with fake_apex() as calls:
+        sys.modules["fused_layer_norm_cuda"] = None  # fake_apex restores it
+        dispatch.forget_imports()
+        out = fused.layer_norm(x, w, b, 1e-5)
+    assert calls == []
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (8,), w, b, 1e-5))
 
 
 # --- the kernel branch of every op equals its fallback, outputs and gradients ---------------------

@@ -2,7 +2,8 @@
 
 Every import is guarded (megatron_core never requires Apex):
   LayerNorm / RMSNorm   apex.normalization.fused_layer_norm.fused_layer_norm_affine /
-                        fused_rms_norm_affine (over the last dimension)
+                        fused_rms_norm_affine (over the last dimension), when Apex's
+                        fused_layer_norm_cuda extension is built
   masked softmax        scaled_masked_softmax_cuda.forward(scores, mask, scale) with the
                         mask [b, 1, sq, sk] (uint8/bool, True = masked)
   causal softmax        scaled_upper_triang_masked_softmax_cuda.forward(scores [b*np, s, s], scale)
@@ -20,14 +21,19 @@ import torch
 from .dispatch import optional_import
 
 _LAYER_NORM_MODULE = "apex.normalization.fused_layer_norm"
+_LAYER_NORM_EXTENSION = "fused_layer_norm_cuda"
 _MASKED_SOFTMAX_MODULE = "scaled_masked_softmax_cuda"
 _CAUSAL_SOFTMAX_MODULE = "scaled_upper_triang_masked_softmax_cuda"
 _MAX_KEYS = 2048
 
 
 def _norm_function(name: str):
+    # A Python-only Apex install has the functions but not their CUDA extension, which
+    # they import on first call: require both.
     module = optional_import(_LAYER_NORM_MODULE)
-    return getattr(module, name, None) if module is not None else None
+    if module is None or optional_import(_LAYER_NORM_EXTENSION) is None:
+        return None
+    return getattr(module, name, None)
 
 
 def has_layer_norm() -> bool:

@@ -59,7 +59,7 @@ def _kernel_dtype(scores: torch.Tensor) -> bool:
 def scaled_masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor], scale: float = 1.0,
                           enabled: bool = True) -> torch.Tensor:
     if mask is not None and mask.dim() < 4:
-        mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        mask = mask[(None,) * (4 - mask.dim())]  # leading broadcast dims: [b|1, h|1, sq|1, sk]
     applicable = _kernel_dtype(scores) and (mask is None or (mask.dtype == torch.bool and mask.dim() == 4))
     backend = dispatch.choose(scores, enabled, applicable, lambda: apex_ops.masked_softmax_fits(scores, mask))
     if backend == dispatch.KERNEL:

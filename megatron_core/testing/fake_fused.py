@@ -219,6 +219,7 @@ def fake_apex():
         "apex": types.ModuleType("apex"),
         "apex.normalization": types.ModuleType("apex.normalization"),
         "apex.normalization.fused_layer_norm": norm_module,
+        "fused_layer_norm_cuda": types.ModuleType("fused_layer_norm_cuda"),
         "scaled_masked_softmax_cuda": _FakeApexSoftmax("scaled_masked_softmax_cuda", calls, causal=False),
         "scaled_upper_triang_masked_softmax_cuda": _FakeApexSoftmax(
             "scaled_upper_triang_masked_softmax_cuda", calls, causal=True),
