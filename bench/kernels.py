@@ -34,14 +34,16 @@ def _inputs(op, dtype):
         mask = torch.rand(1, 1, SEQ, SEQ, generator=g, device="cuda") < 0.1
         return (lambda s, on: fused.scaled_masked_softmax(s, mask, 0.125, enabled=on)), [rand(1, HEADS, SEQ, SEQ)]
     if op == "causal_softmax":
-        return (lambda s, on: fused.scaled_upper_triang_masked_softmax(s, 0.125, enabled=on)), [rand(1, HEADS, SEQ, SEQ)]
+        fn = lambda s, on: fused.scaled_upper_triang_masked_softmax(s, 0.125, enabled=on)
+        return fn, [rand(1, HEADS, SEQ, SEQ)]
     if op == "layer_norm":
         return (lambda x, w, b, on: fused.layer_norm(x, w, b, 1e-5, enabled=on)), [
             rand(tokens, HIDDEN), rand(HIDDEN), rand(HIDDEN)]
     if op == "rms_norm":
         return (lambda x, w, on: fused.rms_norm(x, w, 1e-5, enabled=on)), [rand(tokens, HIDDEN), rand(HIDDEN)]
     if op == "bias_gelu":
-        return (lambda x, b, on: fused.bias_gelu(x, b, "none", enabled=on)), [rand(tokens, 4 * HIDDEN), rand(4 * HIDDEN)]
+        fn = lambda x, b, on: fused.bias_gelu(x, b, "none", enabled=on)
+        return fn, [rand(tokens, 4 * HIDDEN), rand(4 * HIDDEN)]
     if op == "bias_dropout_add":
         keep = (torch.rand(tokens, HIDDEN, generator=g, device="cuda") > 0.1).to(dtype)
         return (lambda x, b, r, on: fused.bias_dropout_add(x, b, r, keep, 0.1, enabled=on)), [

@@ -20,6 +20,7 @@ import torch
 
 from . import apex_ops, dispatch
 
+
 def causal_mask(sq: int, sk: int, device) -> torch.Tensor:
     """[sq, sk] bool, True above the end-aligned diagonal (keys a query may not see)."""
     return torch.ones(sq, sk, dtype=torch.bool, device=device).triu(diagonal=sk - sq + 1)
