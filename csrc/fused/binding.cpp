@@ -13,8 +13,6 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
-#include <string>
-#include <tuple>
 #include <vector>
 
 #include "kernels.h"
