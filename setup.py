@@ -10,6 +10,8 @@ import sys
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # setup_kernels.py beside this file (PEP 517 builds do not add it)
+from setup_kernels import kernel_extensions  # noqa: E402
 
 
 def _extensions():
@@ -28,6 +30,8 @@ def _extensions():
                               extra_compile_args=["-O3"], cxx_std=17)]
 
 
+KERNEL_EXTENSIONS, KERNEL_CMDCLASS = kernel_extensions()
+
 setup(
     name="mcore-pretrain",
     version="0.1.0",
@@ -37,7 +41,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["megatron_core", "megatron_core.*"]),
-    ext_modules=_extensions(),
+    ext_modules=_extensions() + KERNEL_EXTENSIONS,
+    cmdclass=KERNEL_CMDCLASS,
     # >=2.1 admits the local CPU wheel 2.13.0; with it installed pip adds nothing from CUDA.
     install_requires=[
         "torch>=2.1",

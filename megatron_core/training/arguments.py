@@ -153,6 +153,14 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--loss-scale-window", type=float, default=1000)
     g.add_argument("--hysteresis", type=int, default=2)
 
+    g = parser.add_argument_group("fused kernels")
+    g.add_argument("--no-fused-kernels", "--no-masked-softmax-fusion", "--no-bias-gelu-fusion",
+                   "--no-bias-dropout-fusion", "--no-rope-fusion", "--no-persist-layer-norm",
+                   action="store_false", dest="fused_kernels",
+                   help="(ours) Run the torch fallbacks instead of the fused CUDA kernels (softmax, norms, "
+                        "bias-GeLU, bias-dropout-add, rotary). Megatron's per-kernel --no-*-fusion flags are "
+                        "accepted as aliases and turn all of them off.")
+
     g = parser.add_argument_group("distributed")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)

@@ -76,8 +76,8 @@ class SelfAttention(_Attention):
         q, k, v = torch.split(mixed, [hpg * d, d, d], dim=-1)
         q = q.reshape(s, b, self.heads_per_rank, d)
         if rotary_angles is not None:
-            q = apply_rotary(q, rotary_angles, self.config.rotary_interleaved)
-            k = apply_rotary(k, rotary_angles, self.config.rotary_interleaved)
+            q = apply_rotary(q, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
+            k = apply_rotary(k, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
         context = self._attend(q, k, v, attention_mask, attention_bias)
         return self.dense(context)
 

@@ -106,6 +106,9 @@ class TransformerConfig:
     # "auto": torch scaled_dot_product_attention unless tp_invariant dropout needs the
     # explicit path; "sdpa"/"explicit" force one (tests compare them).
     attention_backend: str = "auto"
+    # Fused CUDA kernels (megatron_core.fused: softmax, norms, bias-GeLU, bias-dropout-add,
+    # rotary) where built and on GPU tensors; False forces the torch fallbacks everywhere.
+    fused_kernels: bool = True
 
     # --- precision and parallelism -------------------------------------------------------------
     params_dtype: torch.dtype = torch.float32

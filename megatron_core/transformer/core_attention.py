@@ -13,7 +13,8 @@ Two paths compute the same function:
   * torch scaled_dot_product_attention (flash / memory-efficient kernels on GPU);
     its attention dropout draws from the stream that `dropout.py` would use;
   * an explicit path (fp32 softmax, Megatron's query-key layer scaling) used when
-    config.tp_invariant_dropout needs a full-size mask, or when forced.
+    config.tp_invariant_dropout needs a full-size mask, or when forced; without an
+    attention bias its softmax is megatron_core.fused's scaled (causal) masked softmax.
 Masked entries get zero weight in both. A query whose every key is masked (a padding
 query under a [b, 1, s, s] padding mask) gets a zero context vector and passes no
 gradient, in both paths alike, instead of NaN.
@@ -27,15 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import fused
+from ..fused.softmax import causal_mask  # noqa: F401  (re-exported: relative attention uses it)
 from ..mpu.random import get_rng_tracker
 from .config import TransformerConfig
 from .dropout import dropout
-
-
-
-def causal_mask(sq: int, sk: int, device) -> torch.Tensor:
-    """[sq, sk] bool, True above the (end-aligned) diagonal."""
-    return torch.ones(sq, sk, dtype=torch.bool, device=device).triu(diagonal=sk - sq + 1)
 
 
 class CoreAttention(nn.Module):
@@ -108,13 +105,27 @@ class CoreAttention(nn.Module):
         coeff = self.layer_number if config.apply_query_key_layer_scaling else 1.0
         scale = config.softmax_scale if config.softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         scores = torch.matmul(q, k.transpose(-1, -2)) * (scale / coeff)
-        if config.attention_softmax_in_fp32:
+        if attention_bias is None:
+            probs = self._fused_softmax(scores, full, coeff)
+        else:
+            probs = self._biased_softmax(scores, full, attention_bias, coeff)
+        probs = dropout(probs.to(v.dtype), self.dropout_p, self.training, config, split_dim=1)
+        return torch.matmul(probs, v)
+
+    def _fused_softmax(self, scores, full, coeff):
+        """softmax(coeff * scores) over the keys `full` leaves visible (fp32 math, fused where built)."""
+        enabled = self.config.fused_kernels
+        if self.causal and full is not None and full.dim() == 2:
+            # `full` is the causal mask alone (no attention_mask was given): the kernel
+            # computes it instead of reading it.
+            return fused.scaled_upper_triang_masked_softmax(scores, coeff, enabled=enabled)
+        return fused.scaled_masked_softmax(scores, full, coeff, enabled=enabled)
+
+    def _biased_softmax(self, scores, full, attention_bias, coeff):
+        """softmax(coeff * scores + bias) with masked entries at weight 0 (relative positions)."""
+        if self.config.attention_softmax_in_fp32:
             scores = scores.float()
-        scores = scores * coeff
-        if attention_bias is not None:
-            scores = scores + attention_bias.to(scores.dtype)
+        scores = scores * coeff + attention_bias.to(scores.dtype)
         if full is not None:
             scores = scores.masked_fill(full, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        probs = dropout(probs, self.dropout_p, self.training, config, split_dim=1)
-        return torch.matmul(probs, v)
+        return torch.softmax(scores, dim=-1)

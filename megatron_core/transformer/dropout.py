@@ -9,6 +9,11 @@ model-parallel stream by default (Megatron's behaviour: each rank's own stream, 
 but not the serial mask). With config.tp_invariant_dropout every mask is drawn at full
 size from the default generator and sliced, so TP=k drops exactly what TP=1 drops; the
 price is generating tp times more random numbers for split activations.
+
+    dropout_keep_mask(x, p, training, config, split_dim=None)
+draws the keep mask (0/1 in x's dtype; None when nothing drops) by the same rules, for
+ops that apply it themselves (megatron_core.fused.bias_dropout_add). On CPU it is the
+very mask F.dropout would draw from the same generator state.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from ..mpu.random import get_rng_tracker
 from .config import TransformerConfig
 
 
-def _full_size_mask_dropout(x: torch.Tensor, p: float, split_dim: Optional[int]) -> torch.Tensor:
+def _full_size_keep_mask(x: torch.Tensor, p: float, split_dim: Optional[int]) -> torch.Tensor:
     world = ps.get_tensor_model_parallel_world_size() if split_dim is not None else 1
     full_shape = list(x.shape)
     if split_dim is not None:
@@ -31,7 +36,7 @@ def _full_size_mask_dropout(x: torch.Tensor, p: float, split_dim: Optional[int])
     if world > 1:
         local = x.shape[split_dim]
         keep = keep.narrow(split_dim, ps.get_tensor_model_parallel_rank() * local, local)
-    return x * keep * (1.0 / (1.0 - p))
+    return keep
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, config: TransformerConfig,
@@ -39,8 +44,22 @@ def dropout(x: torch.Tensor, p: float, training: bool, config: TransformerConfig
     if not training or p == 0.0:
         return x
     if config.tp_invariant_dropout:
-        return _full_size_mask_dropout(x, p, split_dim)
+        return x * _full_size_keep_mask(x, p, split_dim) * (1.0 / (1.0 - p))
     if split_dim is None:
         return F.dropout(x, p, True)
     with get_rng_tracker().fork():
         return F.dropout(x, p, True)
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float, training: bool, config: TransformerConfig,
+                      split_dim: Optional[int] = None) -> Optional[torch.Tensor]:
+    """The keep mask `dropout` would apply to x, drawn from the same generator, or None."""
+    if not training or p == 0.0:
+        return None
+    if config.tp_invariant_dropout:
+        return _full_size_keep_mask(x, p, split_dim)
+    draw = lambda: torch.empty_like(x, memory_format=torch.contiguous_format).bernoulli_(1.0 - p)
+    if split_dim is None:
+        return draw()
+    with get_rng_tracker().fork():
+        return draw()

@@ -15,9 +15,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import fused
 from .attention import CrossAttention, SelfAttention
 from .config import TransformerConfig
-from .dropout import dropout
+from .dropout import dropout_keep_mask
 from .mlp import ParallelMLP
 from .norms import build_norm
 
@@ -25,10 +26,9 @@ from .norms import build_norm
 def bias_dropout_add(x: torch.Tensor, bias: Optional[torch.Tensor], residual: torch.Tensor, p: float,
                      training: bool, config: TransformerConfig) -> torch.Tensor:
     """residual + dropout(x + bias); with sequence parallelism x is this rank's chunk."""
-    if bias is not None:
-        x = x + bias
     split_dim = 0 if config.sequence_parallel_active else None
-    return residual + dropout(x, p, training, config, split_dim=split_dim)
+    keep = dropout_keep_mask(x, p, training, config, split_dim=split_dim)
+    return fused.bias_dropout_add(x, bias, residual, keep, p, enabled=config.fused_kernels)
 
 
 class TransformerLayer(nn.Module):

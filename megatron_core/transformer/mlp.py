@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import fused
 from ..mpu.layers import ColumnParallelLinear, RowParallelLinear
 from .config import TransformerConfig
 from .init import init_method, output_init_method
@@ -35,6 +36,10 @@ def activation_fn(name: str):
     raise ValueError(f"unknown activation {name!r}.")
 
 
+# Activations with a fused bias + GeLU kernel, by F.gelu's `approximate` argument.
+FUSED_GELU_APPROXIMATION = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
 class ParallelMLP(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -44,6 +49,8 @@ class ParallelMLP(nn.Module):
             gather_output=False, init_method=init_method(config), stride=2 if gated else 1,
             skip_bias_add=True, params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel)
         self.activation = activation_fn(config.activation)
+        self.gelu_approximate = FUSED_GELU_APPROXIMATION.get(config.activation)
+        self.fused_kernels = config.fused_kernels
         self.dense_4h_to_h = RowParallelLinear(
             config.ffn_hidden_size, config.hidden_size, bias=config.add_bias_linear, input_is_parallel=True,
             init_method=output_init_method(config), skip_bias_add=True, params_dtype=config.params_dtype,
@@ -51,6 +58,8 @@ class ParallelMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         intermediate, bias = self.dense_h_to_4h(hidden_states)
+        if self.gelu_approximate is not None:
+            return self.dense_4h_to_h(fused.bias_gelu(intermediate, bias, self.gelu_approximate, self.fused_kernels))
         if bias is not None:
             intermediate = intermediate + bias
         return self.dense_4h_to_h(self.activation(intermediate))

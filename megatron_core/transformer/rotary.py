@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import fused
 from .config import TransformerConfig
 
 
@@ -34,18 +35,10 @@ class RotaryEmbedding(nn.Module):
         return angles.transpose(0, 1).unsqueeze(2)
 
 
-def _rotate(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack([-x2, x1], dim=-1).flatten(-2)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+def apply_rotary(t: torch.Tensor, angles: torch.Tensor, interleaved: bool, fused_kernels: bool = True) -> torch.Tensor:
+    """Rotate the first rot_dim channels of t [seq, batch, heads, d]; the rest pass through.
 
-
-def apply_rotary(t: torch.Tensor, angles: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Rotate the first rot_dim channels of t [seq, batch, heads, d]; the rest pass through."""
-    rot_dim = angles.shape[-1]
-    t_rot, t_pass = t[..., :rot_dim], t[..., rot_dim:]
-    # Compute in fp32 so low-precision runs rotate exactly like fp32 ones, then cast back.
-    rotated = t_rot.float() * angles.cos() + _rotate(t_rot.float(), interleaved) * angles.sin()
-    return torch.cat([rotated.to(t.dtype), t_pass], dim=-1)
+    Computed in fp32 so low-precision runs rotate exactly like fp32 ones, then cast back
+    (megatron_core.fused.apply_rotary: the fused kernel, or its torch fallback).
+    """
+    return fused.apply_rotary(t, angles, interleaved, enabled=fused_kernels)
