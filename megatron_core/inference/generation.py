@@ -43,20 +43,30 @@ class Generation:
     prompt_log_probs: Optional[List[List[float]]] = field(default=None)   # tokens 2.. of each prompt
 
 
+def broadcast(tensor: torch.Tensor, src: int, group=None) -> torch.Tensor:
+    """dist.broadcast of a CPU tensor on any backend (NCCL moves it through the GPU)."""
+    if dist.get_backend(group) == "nccl":
+        moved = tensor.cuda()
+        dist.broadcast(moved, src=src, group=group)
+        return moved.cpu()
+    dist.broadcast(tensor, src=src, group=group)
+    return tensor
+
+
 def agreed_seed(seed: Optional[int]) -> int:
     """The seed, or one drawn on rank 0 and broadcast so every rank samples alike."""
     if seed is not None:
         return int(seed)
     drawn = torch.randint(0, 2 ** 62, (1,))
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast(drawn, src=0)
+        drawn = broadcast(drawn, src=0)
     return int(drawn.item())
 
 
 def _from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
     if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(tensor, src=ps.get_pipeline_model_parallel_last_rank(),
-                       group=ps.get_pipeline_model_parallel_group())
+        return broadcast(tensor, src=ps.get_pipeline_model_parallel_last_rank(),
+                         group=ps.get_pipeline_model_parallel_group())
     return tensor
 
 
@@ -105,7 +115,7 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
     result = Generation([[] for _ in range(batch)], [[] for _ in range(batch)])
     if return_prompt_log_probs:
         shape = (batch, start - 1)
-        scores = token_log_probs(logits[:, :-1], tokens[:, 1:start], vocab_size) if _is_last_stage() \
+        scores = token_log_probs(logits[:, :-1], tokens[:, 1:start], vocab_size).cpu() if _is_last_stage() \
             else torch.zeros(shape)
         scores = _from_last_stage(scores.float().contiguous()).tolist()
         lengths = keep[:, :start].sum(dim=1).tolist()
