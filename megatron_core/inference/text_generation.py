@@ -85,7 +85,8 @@ class TextGenerator:
         else:
             result = generate(self._decoder(), token_lists, max_new_tokens, params, self.loaded.vocab_size,
                               eos_id=self.eos_id, max_sequence_length=self._max_length(),
-                              return_prompt_log_probs=return_prompt_log_probs, on_step=on_step)
+                              return_prompt_log_probs=return_prompt_log_probs, on_step=on_step,
+                              device=next(self.loaded.model.parameters()).device)
         out = []
         for i, (prompt, ids) in enumerate(zip(prompts, token_lists)):
             tokens = result.tokens[i]
