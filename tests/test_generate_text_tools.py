@@ -4,7 +4,6 @@ size under torchrun they print the greedy tokens that recomputing the loaded mod
 the server answers real HTTP PUTs with the same text, a bad request gets 400 and the
 server keeps answering."""
 import json
-import os
 import re
 import subprocess
 import time

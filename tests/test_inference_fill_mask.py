@@ -40,5 +40,5 @@ def test_fill_mask_lists_the_top_candidates_of_each_mask(build):
         for options, position in zip(got[row], positions):
             values, tokens = probs[position].topk(3)
             assert [t for t, _ in options] == tokens.tolist()
-            torch.testing.assert_close(torch.tensor([p for _, p in options], dtype=torch.float64), values.double(), rtol=1e-5,
-                                       atol=1e-6)
+            listed = torch.tensor([p for _, p in options], dtype=torch.float64)
+            torch.testing.assert_close(listed, values.double(), rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.tokenizers import TOKENIZER_TYPES, build_tokenizer
+from ..errors import ConfigError
 from ..training.initialize import launcher_world_size
 from .checkpoint_model import load_checkpoint_model
 from .sampling import SamplingParams
@@ -87,7 +88,6 @@ def load_text_generator(args, keep_memory: bool = False) -> TextGenerator:
     settings = {name: loaded.args.get(name) for name in TOKENIZER_FLAGS}
     settings.update({name: getattr(args, name) for name in TOKENIZER_FLAGS if getattr(args, name, None) is not None})
     if not settings["tokenizer_type"]:
-        from ..errors import ConfigError
         raise ConfigError(f"{args.load} stores no --tokenizer-type; give --tokenizer-type and its files "
                           f"(e.g. --vocab-file).")
     tokenizer = build_tokenizer(settings["tokenizer_type"], vocab_file=settings["vocab_file"],
