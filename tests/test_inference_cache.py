@@ -37,7 +37,8 @@ def test_cached_batch_of_unequal_prompts_equals_full_recomputation(build):
 def test_cached_log_probs_equal_the_full_forward_log_softmax():
     model = tiny_llama()
     prompt = random_prompts([5], seed=2)[0]
-    got = generate(CausalLMDecoder(model), [prompt], 4, GREEDY, VOCAB, return_prompt_log_probs=True)
+    got = generate(CausalLMDecoder(model), [prompt], 4, GREEDY, VOCAB, return_log_probs=True,
+                   return_prompt_log_probs=True)
     ids = torch.tensor([prompt + got.tokens[0]])
     log_probs = torch.log_softmax(full_logits(model, ids)[0, :, :VOCAB].float(), dim=-1)
     expected = log_probs[:-1].gather(1, ids[0, 1:, None])[:, 0]

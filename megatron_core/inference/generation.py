@@ -39,7 +39,7 @@ StepCallback = Callable[[int, List[int], List[bool]], None]
 @dataclass
 class Generation:
     tokens: List[List[int]]                       # the new tokens of each prompt
-    log_probs: List[List[float]]                  # their log-probabilities under the raw logits
+    log_probs: List[List[float]]                  # their log-probabilities under the raw logits (if asked)
     prompt_log_probs: Optional[List[List[float]]] = field(default=None)   # tokens 2.. of each prompt
 
 
@@ -88,9 +88,10 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0, dev
 @torch.no_grad()
 def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, params: SamplingParams,
              vocab_size: int, eos_id: Optional[int] = None, max_sequence_length: Optional[int] = None,
-             return_prompt_log_probs: bool = False, on_step: Optional[StepCallback] = None,
-             device=None) -> Generation:
-    """Generate for every prompt (lists of token ids, at least one token each) on every rank."""
+             return_log_probs: bool = False, return_prompt_log_probs: bool = False,
+             on_step: Optional[StepCallback] = None, device=None) -> Generation:
+    """Generate for every prompt (lists of token ids, at least one token each) on every rank;
+    log-probabilities of the new tokens (and of the prompts' tokens 2..) only when asked."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token; give a non-empty prompt.")
     if max_new_tokens < 0:
@@ -107,7 +108,7 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
     keep = torch.zeros(batch, total, dtype=torch.bool, device=device)
     tokens[:, :start], keep[:, :start] = prompt_tokens, prompt_keep
     positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
-    context = InferenceContext(batch, max(total, 1))
+    context = InferenceContext(batch, max(total, 1), last_logits_only=not return_prompt_log_probs)
     generator = new_generator(agreed_seed(None if params.greedy else params.seed))
 
     logits = decoder.step(tokens[:, :start], positions[:, :start], keep[:, :start], context)
@@ -126,16 +127,20 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
         chosen = torch.zeros(batch, 2, dtype=torch.float64)
         if _is_last_stage():
             last = logits[:, -1]
-            previous = torch.where(keep[:, :end], tokens[:, :end], torch.full_like(tokens[:, :end], -1))
+            previous = tokens[:, :0]
+            if params.repetition_penalty != 1.0:
+                previous = torch.where(keep[:, :end], tokens[:, :end], torch.full_like(tokens[:, :end], -1))
             new = sample_next_tokens(last, params, generator, previous, vocab_size)
             chosen[:, 0] = new.cpu().double()
-            chosen[:, 1] = token_log_probs(last[:, None], new[:, None], vocab_size)[:, 0].cpu().double()
+            if return_log_probs:
+                chosen[:, 1] = token_log_probs(last[:, None], new[:, None], vocab_size)[:, 0].cpu().double()
         chosen = _from_last_stage(chosen)
         new = chosen[:, 0].long()
         for row in range(batch):
             if not finished[row]:
                 result.tokens[row].append(int(new[row]))
-                result.log_probs[row].append(float(chosen[row, 1]))
+                if return_log_probs:
+                    result.log_probs[row].append(float(chosen[row, 1]))
         if eos_id is not None:
             finished |= new == eos_id
         tokens[:, end], keep[:, end] = new.to(tokens.device), True

@@ -11,7 +11,8 @@ after rotary, [max_len, b, kv_groups/tp, d]: with grouped-query attention only t
 heads are cached, never the repeated query-head copies. A step writes its s new
 positions at `sequence_len_offset` and attends over everything written so far; the
 caller advances the offset once the whole model (every layer) has run the step.
-Cross-attention (T5) projects the encoder output once per layer and keeps it.
+Cross-attention (T5) projects the encoder output once per layer and keeps it. With
+`last_logits_only` a language model computes logits for the step's last position only.
 """
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ import torch
 
 
 class InferenceContext:
-    def __init__(self, max_batch_size: int, max_sequence_length: int):
+    def __init__(self, max_batch_size: int, max_sequence_length: int, last_logits_only: bool = True):
         self.max_batch_size = max_batch_size
         self.max_sequence_length = max_sequence_length
         self.sequence_len_offset = 0
+        # The output layer needs only the last position of a step (not of the whole prompt)
+        # unless the prompt's own log-probabilities are wanted.
+        self.last_logits_only = last_logits_only
         self._self_kv: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._cross_kv: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 

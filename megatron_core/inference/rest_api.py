@@ -75,7 +75,7 @@ def parse_request(body: Any) -> Dict[str, Any]:
 def respond(generator, request: Dict[str, Any]) -> Dict[str, Any]:
     """Run the request on this rank (every rank calls it); the response body (rank 0 sends it)."""
     items = generator.generate(request["prompts"], request["tokens_to_generate"], request["params"],
-                               return_prompt_log_probs=request["logprobs"])
+                               return_log_probs=request["logprobs"])
     texts: List[str] = []
     segments: List[List[str]] = []
     logprobs: List[List[float]] = []

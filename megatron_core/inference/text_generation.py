@@ -75,7 +75,7 @@ class TextGenerator:
         return ids
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, params: SamplingParams,
-                 return_prompt_log_probs: bool = False,
+                 return_log_probs: bool = False,
                  on_step: Optional[Callable[[int, List[int], List[bool]], None]] = None) -> List[GeneratedText]:
         token_lists = [self.tokenize(p) for p in prompts]
         if self._session is not None:
@@ -85,7 +85,8 @@ class TextGenerator:
         else:
             result = generate(self._decoder(), token_lists, max_new_tokens, params, self.loaded.vocab_size,
                               eos_id=self.eos_id, max_sequence_length=self._max_length(),
-                              return_prompt_log_probs=return_prompt_log_probs, on_step=on_step,
+                              return_log_probs=return_log_probs, return_prompt_log_probs=return_log_probs,
+                              on_step=on_step,
                               device=next(self.loaded.model.parameters()).device)
         out = []
         for i, (prompt, ids) in enumerate(zip(prompts, token_lists)):
