@@ -116,9 +116,11 @@ class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mo
 
     def forward(self, input_ids: Optional[torch.Tensor], position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                ) -> torch.Tensor:
+                inference_context=None) -> torch.Tensor:
         """input_ids [b, s]; attention_mask bool (True = masked), broadcastable to [b, 1, s, s],
-        combined with the causal mask (None: causal only).
+        combined with the causal mask (None: causal only). inference_context: the KV cache of
+        incremental decoding (inference/kv_cache.py); pass the tokens' position_ids with it
+        (logits: of the last position only when the context says last_logits_only).
 
         Returns the per-token loss [b, s] (fp32) with labels, else vocab-parallel logits
         [b, s, V/tp] (all of V with parallel_output=False); a stage without post_process
@@ -131,9 +133,12 @@ class GPTModel(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mo
             hidden = self.embedding(input_ids, position_ids)
         else:
             hidden = self.input_tensor  # the previous stage's output (set_input_tensor)
-        hidden = self.decoder(hidden, attention_mask=attention_mask, rotary_angles=rotary)
+        hidden = self.decoder(hidden, attention_mask=attention_mask, rotary_angles=rotary,
+                              inference_context=inference_context)
         if not self.post_process:
             return hidden
+        if inference_context is not None and inference_context.last_logits_only:
+            hidden = hidden[-1:]     # decoding needs the next token's logits only
         logits, _ = self.output_layer(hidden, weight=self.output_weight())  # [s, b, V/tp]
         logits = logits.transpose(0, 1).contiguous()
         if labels is None:

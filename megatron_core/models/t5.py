@@ -242,15 +242,18 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
 
     def decode(self, decoder_input_ids: Optional[torch.Tensor], encoder_output: torch.Tensor,
                decoder_attention_mask: Optional[torch.Tensor] = None,
-               enc_dec_attention_mask: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
-        """Decoder layers of this stage -> [s_dec(/tp with SP), b, h]."""
+               enc_dec_attention_mask: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
+               inference_context=None) -> torch.Tensor:
+        """Decoder layers of this stage -> [s_dec(/tp with SP), b, h]. With an inference_context
+        (inference/kv_cache.py) decoder_input_ids are the tokens after the cached ones: their
+        positions and relative biases start at the context's offset."""
         if encoder_output is None:
             raise ValueError("the decoder needs the encoder output (pass encoder_output or set_input_tensor).")
+        offset = 0 if inference_context is None else inference_context.sequence_len_offset
         if self.pre_process and self.decoder.layer_offset == 0:
             if decoder_input_ids is None:
                 raise ValueError("the first decoder stage needs decoder_input_ids.")
-            hidden = self.embedding(decoder_input_ids, self._position_ids(decoder_input_ids))
+            hidden = self.embedding(decoder_input_ids, self._position_ids(decoder_input_ids, offset))
         elif hidden is None:
             raise ValueError("this decoder stage takes its input from set_input_tensor, which was not called.")
         s_dec = decoder_input_ids.shape[1] if decoder_input_ids is not None else self._full_length(hidden)
@@ -258,9 +261,12 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
             _keep_to_masked(decoder_attention_mask, "decoder_attention_mask", s_dec)
         cross_mask = None if enc_dec_attention_mask is None else \
             _keep_to_masked(enc_dec_attention_mask, "enc_dec_attention_mask", s_dec)
-        bias = self.decoder_relative_bias(s_dec, s_dec) if self.decoder_relative_bias is not None else None
+        bias = None
+        if self.decoder_relative_bias is not None:
+            # The rows of this step's queries (the last s_dec) over every key so far.
+            bias = self.decoder_relative_bias(offset + s_dec, offset + s_dec)[:, :, offset:]
         hidden = self.decoder(hidden, attention_mask=mask, attention_bias=bias, encoder_output=encoder_output,
-                              enc_dec_mask=cross_mask)
+                              enc_dec_mask=cross_mask, inference_context=inference_context)
         if self.decoder.final_layernorm is not None and self.dropout_after_final_norm:
             hidden = self._stack_dropout(hidden)
         return hidden
@@ -305,13 +311,14 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
         return loss.masked_fill(ignore, 0.0)
 
     # --- helpers ----------------------------------------------------------------------------------------
-    def _position_ids(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
+    def _position_ids(self, input_ids: torch.Tensor, offset: int = 0) -> Optional[torch.Tensor]:
         if self.config.position_embedding_type != "learned_absolute":
             return None
-        if input_ids.shape[1] > self.max_sequence_length:
-            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds max_sequence_length "
+        if offset + input_ids.shape[1] > self.max_sequence_length:
+            raise ValueError(f"sequence of {offset + input_ids.shape[1]} tokens exceeds max_sequence_length "
                              f"{self.max_sequence_length}.")
-        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device)
+        return positions.unsqueeze(0).expand_as(input_ids)
 
     def _full_length(self, hidden: torch.Tensor) -> int:
         length = hidden.shape[0]

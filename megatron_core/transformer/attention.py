@@ -13,6 +13,11 @@ rank whole groups with their query heads (stride 1 in mpu.layout.shard_tensor), 
 shards are slices of the serial weight.
 Cross-attention has a `query` projection (h * d rows, head order) and a fused
 `key_value` projection laid out [k0 v0 | k1 v1 | ...] per group.
+
+Incremental decoding passes an `inference_context` (inference/kv_cache.py, as
+megatron/core's InferenceParams): self-attention appends this step's keys and values
+(after rotary, only the kv heads of grouped-query attention) to the context's cache and
+attends over all of it; cross-attention projects the encoder output once and reuses it.
 """
 from __future__ import annotations
 
@@ -66,8 +71,8 @@ class SelfAttention(_Attention):
             params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                rotary_angles: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                rotary_angles: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None,
+                inference_context=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """hidden_states [s(/tp with SP), b, h] -> (output, bias to add later)."""
         mixed, _ = self.query_key_value(hidden_states)  # [s, b, groups_per_rank * (h/g + 2) * d]
         s, b = mixed.shape[:2]
@@ -78,8 +83,15 @@ class SelfAttention(_Attention):
         if rotary_angles is not None:
             q = apply_rotary(q, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
             k = apply_rotary(k, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
+        if inference_context is not None:
+            k, v = inference_context.append_key_value(self.layer_number, k, v)
         context = self._attend(q, k, v, attention_mask, attention_bias)
         return self.dense(context)
+
+    def _project_key_value(self, encoder_output: torch.Tensor):
+        kv, _ = self.key_value(encoder_output)
+        sk, b = kv.shape[:2]
+        return kv.view(sk, b, self.groups_per_rank, 2 * self.head_dim).chunk(2, dim=-1)
 
 
 class CrossAttention(_Attention):
@@ -97,13 +109,19 @@ class CrossAttention(_Attention):
             sequence_parallel=config.sequence_parallel)
 
     def forward(self, hidden_states: torch.Tensor, encoder_output: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                attention_mask: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None,
+                inference_context=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         q, _ = self.query(hidden_states)
-        kv, _ = self.key_value(encoder_output)
         sq, b = q.shape[:2]
-        sk = kv.shape[0]
         q = q.view(sq, b, self.heads_per_rank, self.head_dim)
-        k, v = kv.view(sk, b, self.groups_per_rank, 2 * self.head_dim).chunk(2, dim=-1)
+        if inference_context is not None:
+            k, v = inference_context.cross_key_value(self.layer_number, lambda: self._project_key_value(encoder_output))
+        else:
+            k, v = self._project_key_value(encoder_output)
         context = self._attend(q, k, v, attention_mask, attention_bias)
         return self.dense(context)
+
+    def _project_key_value(self, encoder_output: torch.Tensor):
+        kv, _ = self.key_value(encoder_output)
+        sk, b = kv.shape[:2]
+        return kv.view(sk, b, self.groups_per_rank, 2 * self.head_dim).chunk(2, dim=-1)

@@ -60,12 +60,14 @@ class TransformerBlock(nn.Module):
     def forward(self, hidden_states: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor] = None,
                 rotary_angles: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None,
                 encoder_output: Optional[torch.Tensor] = None, enc_dec_mask: Optional[torch.Tensor] = None,
-                cross_attention_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden_states [s(/tp with SP), b, h] -> same shape."""
+                cross_attention_bias: Optional[torch.Tensor] = None, inference_context=None) -> torch.Tensor:
+        """hidden_states [s(/tp with SP), b, h] -> same shape; inference_context: the KV cache of
+        incremental decoding (inference/kv_cache.py)."""
         if hidden_states is None:
             raise ValueError("the transformer block got no input; a later pipeline stage passes the tensor its "
                              "model received through set_input_tensor.")
-        args = (attention_mask, rotary_angles, attention_bias, encoder_output, enc_dec_mask, cross_attention_bias)
+        args = (attention_mask, rotary_angles, attention_bias, encoder_output, enc_dec_mask, cross_attention_bias,
+                inference_context)
         n = len(self.layers)
         config = self.config
         if config.recompute_granularity == "full" and self.training and torch.is_grad_enabled():

@@ -69,9 +69,12 @@ class CoreAttention(nn.Module):
         k = key.permute(1, 2, 0, 3).repeat_interleave(heads // groups, dim=1)
         v = value.permute(1, 2, 0, 3).repeat_interleave(heads // groups, dim=1)
         pure_causal = attention_mask is None and attention_bias is None and self.causal and sq == sk
+        # One query after the keys (a step of incremental decoding) may see every key.
+        sees_all_keys = attention_mask is None and self.causal and sq == 1
         use_sdpa = self._use_sdpa()
         # SDPA applies a pure causal mask itself (is_causal): no mask tensor needed then.
-        full = None if (use_sdpa and pure_causal) else self._full_mask(attention_mask, sq, sk, q.device)
+        full = None if (use_sdpa and pure_causal) or sees_all_keys else \
+            self._full_mask(attention_mask, sq, sk, q.device)
         if use_sdpa:
             context = self._sdpa(q, k, v, full, attention_bias, is_causal=pure_causal)
         else:

@@ -64,16 +64,19 @@ class TransformerLayer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 rotary_angles: Optional[torch.Tensor] = None, attention_bias: Optional[torch.Tensor] = None,
                 encoder_output: Optional[torch.Tensor] = None, enc_dec_mask: Optional[torch.Tensor] = None,
-                cross_attention_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden_states [s(/tp with SP), b, h] -> same shape."""
+                cross_attention_bias: Optional[torch.Tensor] = None, inference_context=None) -> torch.Tensor:
+        """hidden_states [s(/tp with SP), b, h] -> same shape. inference_context: the KV cache
+        of incremental decoding (inference/kv_cache.py), None otherwise."""
         x = hidden_states
         attn_norm = self.input_layernorm if self.pre_ln else self.post_attention_layernorm
         x = self._sublayer(x, attn_norm,
-                           lambda h: self.self_attention(h, attention_mask, rotary_angles, attention_bias))
+                           lambda h: self.self_attention(h, attention_mask, rotary_angles, attention_bias,
+                                                         inference_context=inference_context))
         if self.inter_attention is not None:
             if encoder_output is None:
                 raise ValueError("this decoder layer has cross-attention; pass encoder_output.")
             x = self._sublayer(x, self.post_inter_attention_layernorm,
-                               lambda h: self.inter_attention(h, encoder_output, enc_dec_mask, cross_attention_bias))
+                               lambda h: self.inter_attention(h, encoder_output, enc_dec_mask, cross_attention_bias,
+                                                              inference_context=inference_context))
         mlp_norm = self.post_attention_layernorm if self.pre_ln else self.post_mlp_layernorm
         return self._sublayer(x, mlp_norm, self.mlp)

@@ -1,0 +1,124 @@
+"""Text in, text out: a loaded checkpoint with its tokenizer, for tools/generate_text.py and
+tools/run_text_generation_server.py.
+
+    generator = TextGenerator(loaded, tokenizer)
+    for item in generator.generate(["清华大学位于"], 32, SamplingParams(top_p=0.9)):
+        item.text, item.tokens, item.log_probs
+
+GPT / Llama and RoFormer (LM mode) continue each prompt; T5 reads it with the encoder and
+writes the answer from its start token ([BOS], as the T5 dataset's decoder input);
+Transformer-XL continues the conversation: with `keep_memory=True` every call is a turn
+that attends to the memory of the previous ones (`reset()` forgets it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import ConfigError
+from .checkpoint_model import LoadedModel
+from .decoders import CausalLMDecoder, RoFormerLMDecoder, T5Decoder
+from .fill_mask import fill_mask
+from .generation import Generation, generate
+from .sampling import SamplingParams
+from .transformer_xl import TransformerXLSession
+
+GENERATIVE = ("gpt", "roformer", "t5", "transformer_xl")
+MASKED = ("bert", "roformer")
+
+
+@dataclass
+class GeneratedText:
+    prompt: str
+    prompt_tokens: List[int]
+    tokens: List[int]                 # the new tokens (eos included when it stopped there)
+    text: str                         # the new tokens as text
+    log_probs: List[float]
+    prompt_log_probs: Optional[List[float]] = None
+
+
+def _first_set(*values):
+    return next((v for v in values if v is not None), None)
+
+
+class TextGenerator:
+    def __init__(self, loaded: LoadedModel, tokenizer, keep_memory: bool = False):
+        self.loaded, self.tokenizer = loaded, tokenizer
+        self.keep_memory = keep_memory
+        self.eos_id = _first_set(tokenizer.eod, tokenizer.eos)
+        self._session = TransformerXLSession(loaded.model, loaded.vocab_size) \
+            if loaded.family == "transformer_xl" else None
+
+    @property
+    def family(self) -> str:
+        return self.loaded.family
+
+    def reset(self) -> None:
+        if self._session is not None:
+            self._session.reset()
+
+    def _decoder(self):
+        model, family = self.loaded.model, self.loaded.family
+        if family == "gpt":
+            return CausalLMDecoder(model)
+        if family == "roformer":
+            return RoFormerLMDecoder(model)
+        if family == "t5":
+            return T5Decoder(model, _first_set(self.tokenizer.bos, self.tokenizer.cls))
+        raise ConfigError(f"{self.loaded.path} holds a {family} model, which does not generate text; use "
+                          f"--fill-mask for a masked language model.")
+
+    def tokenize(self, prompt: str) -> List[int]:
+        ids = self.tokenizer.tokenize(prompt)
+        if not ids:
+            raise ConfigError(f"the prompt {prompt!r} has no tokens; give some text.")
+        return ids
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, params: SamplingParams,
+                 return_log_probs: bool = False,
+                 on_step: Optional[Callable[[int, List[int], List[bool]], None]] = None) -> List[GeneratedText]:
+        token_lists = [self.tokenize(p) for p in prompts]
+        if self._session is not None:
+            if not self.keep_memory:
+                self._session.reset()
+            result: Generation = self._session.generate(token_lists, max_new_tokens, params, self.eos_id, on_step)
+        else:
+            result = generate(self._decoder(), token_lists, max_new_tokens, params, self.loaded.vocab_size,
+                              eos_id=self.eos_id, max_sequence_length=self._max_length(),
+                              return_log_probs=return_log_probs, return_prompt_log_probs=return_log_probs,
+                              on_step=on_step,
+                              device=next(self.loaded.model.parameters()).device)
+        out = []
+        for i, (prompt, ids) in enumerate(zip(prompts, token_lists)):
+            tokens = result.tokens[i]
+            out.append(GeneratedText(prompt, ids, tokens, self.detokenize(tokens), result.log_probs[i],
+                                     result.prompt_log_probs[i] if result.prompt_log_probs else None))
+        return out
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The tokens as text, without the end-of-document token."""
+        return self.tokenizer.detokenize([t for t in tokens if t != self.eos_id])
+
+    def _max_length(self) -> Optional[int]:
+        config = self.loaded.config
+        if config.position_embedding_type == "learned_absolute":
+            return getattr(self.loaded.model, "max_sequence_length", None)
+        return None
+
+    def fill_mask(self, texts: Sequence[str], top_k: int) -> List[List[List[tuple]]]:
+        """Per text, per [MASK]: the top_k (token, probability) pairs; inputs are [CLS] text [SEP]."""
+        if self.loaded.family not in MASKED:
+            raise ConfigError(f"--fill-mask needs a BERT, MegatronBERT or RoFormer checkpoint; {self.loaded.path} "
+                              f"holds a {self.loaded.family} model.")
+        tok = self.tokenizer
+        if tok.mask is None:
+            raise ConfigError(f"the tokenizer {tok.name} has no [MASK] token; use the BERT WordPiece vocabulary the "
+                              f"model was trained with.")
+        inputs = []
+        for text in texts:
+            ids = tok.tokenize(text)
+            if tok.mask not in ids:
+                raise ConfigError(f"the input {text!r} holds no [MASK]; write [MASK] where a token should be "
+                                  f"predicted.")
+            inputs.append([tok.cls] + ids + [tok.sep])
+        return fill_mask(self.loaded.model, inputs, tok.mask, top_k, self.loaded.vocab_size)
