@@ -39,6 +39,7 @@ from .initialize import initialize_distributed, launcher_world_size, shutdown_di
 from .lr_schedule import schedule_from_config
 from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
+from .rank_watch import RankWatch
 from .train_log import TrainingLogger
 from .train_step import SkipCounter, train_step
 
@@ -60,12 +61,13 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     validate(args, launcher_world_size())          # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     initialize_distributed(run.parallel, run.training.seed)
+    watch = RankWatch.start()     # a rank that dies is named by its peers, not a silent hang
+    state = TrainState()
     try:
         _set_padded_vocab_size(args, run)
         chunks = build_model_chunks(model_provider, args)
         backend = build_training_backend(chunks, run)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
-        state = TrainState()
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
         checkpoints.load(state)
         every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage
@@ -85,6 +87,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                                         run.parallel.data_parallel_size)   # the full batch, after any ramp-up
 
         while state.iteration < run.training.train_iters:
+            watch.test_hook(state.iteration + 1)
             global_batch = batches.global_batch_size_at(state.consumed_samples)
             learning_rate = lr_schedule.lr
             outcome = train_step(forward_step_func, train_iters, backend.modules, backend, lr_schedule,
@@ -112,7 +115,11 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
             checkpoints.at_end(state)    # as Megatron: after the last evaluation
         log.close(skips)
         return state
+    except Exception as error:
+        watch.explain(error, state.iteration + 1)   # RankFailure when a peer stopped
+        raise
     finally:
+        watch.stop()
         shutdown_distributed()
 
 
