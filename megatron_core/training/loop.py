@@ -15,6 +15,8 @@ dataclasses of build_run_config). With --tokenizer-type the tokenizer is built o
 virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
 megatron_core.training.checkpoint's Checkpointer: one load before the data iterators are built
 (they resume at the consumed-samples counts), one call after each iteration, one at the end.
+A collective that fails because another rank died or hung becomes one sentence naming that
+rank (rank_watch.py) on every rank that is left.
 """
 from __future__ import annotations
 
