@@ -4,8 +4,8 @@ save_file: torch.save streams the state into a temporary file in the target dire
 which is fsynced, renamed, and the directory fsynced, so a crash (kill -9, power loss)
 leaves either the old file or the complete new one under the final name, never a half
 file. It writes through a Python file object, not a path: then a full disk is the OS error
-it is (torch.save to a path reports an opaque RuntimeError), named after the checkpoint
-file; and no in-memory copy of the state is made (bench/checkpoint.py: that copy cost a
+it is (torch.save to a path reports an opaque RuntimeError; to a file object, the
+OSError under a RuntimeError of its writer's close), named after the checkpoint file; and no in-memory copy of the state is made (bench/checkpoint.py: that copy cost a
 third of the save time and as much memory again as the state).
 
 load_file: torch.load(weights_only=True) only. A file whose pickle stream asks for
@@ -65,7 +65,21 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def save_file(state: Any, path: str) -> None:
-    write_atomically(path, lambda f: torch.save(state, f))
+    write_atomically(path, lambda f: _torch_save(state, f))
+
+
+def _torch_save(state: Any, f: BinaryIO) -> None:
+    """torch.save into `f`; a failed write (full disk, file size limit) is the OSError it is.
+    (torch's zip writer, closing after the failure, raises a RuntimeError over it.)"""
+    try:
+        torch.save(state, f)
+    except RuntimeError as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def load_file(path: str, map_location="cpu") -> Any:
