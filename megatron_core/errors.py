@@ -32,3 +32,8 @@ class CheckpointError(UserError, ValueError):
 
 class LaunchError(UserError, ValueError):
     """A launcher environment or hostfile that does not add up."""
+
+
+class RankFailure(UserError):
+    """Another rank of the run died or hung (not the user's mistake, but as plain a story): the
+    message names the rank and the iteration, and every other rank exits with it."""

@@ -1,4 +1,4 @@
-"""Checkpoints through pretrain_gpt.py as users run it: exact resume, flags, faults.
+"""Checkpoints through pretrain_gpt.py (and pretrain_bert.py) as users run them: exact resume, flags, faults.
 
 An uninterrupted run of 6 iterations is the reference. The resumed runs stop after 3 with
 --exit-interval (saving), then --load and train 3 more: they must log the same strings for
@@ -80,16 +80,16 @@ def assert_same_training_state(full_dir, resumed_dir):
             assert full.get(key) == resumed.get(key), (name, key)
 
 
-def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None):
+def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrain_gpt.py"):
     """(reference stdout, first half stdout, resumed stdout) after checking the resumed run's
     log lines and final state equal the uninterrupted run's."""
     full_dir, half_dir, resumed_dir = (os.path.join(tmp, n) for n in ("full", "half", "resumed"))
-    full = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--save", full_dir, "--save-interval",
-                                                       str(ITERS)), nproc))
-    half = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--save", half_dir, "--save-interval", "100",
-                                                       "--exit-interval", "3"), nproc))
-    resumed = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *extra, "--load", half_dir, "--save", resumed_dir,
-                                                          "--save-interval", "100"), nproc))
+    full = ok(run_entry_point(script, flags(corpus, *extra, "--save", full_dir, "--save-interval", str(ITERS)),
+                              nproc))
+    half = ok(run_entry_point(script, flags(corpus, *extra, "--save", half_dir, "--save-interval", "100",
+                                            "--exit-interval", "3"), nproc))
+    resumed = ok(run_entry_point(script, flags(corpus, *extra, "--load", half_dir, "--save", resumed_dir,
+                                               "--save-interval", "100"), nproc))
     reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
     assert sorted(reference) == list(range(1, ITERS + 1))
     assert sorted(first) == [1, 2, 3] and sorted(second) == [4, 5, 6], (first, second)
@@ -102,12 +102,15 @@ def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None):
 
 @pytest.mark.parametrize("tp,pp,extra,files", [
     (2, 1, [], ["iter_0000003/mp_rank_00/model_optim_rng.pt", "iter_0000003/mp_rank_01/model_optim_rng.pt"]),
+    (1, 1, ["--use-distributed-optimizer", "--ckpt-format", "deepspeed"],
+     ["global_step3/mp_rank_00_model_states.pt", "global_step3/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+      "global_step3/zero_pp_rank_1_mp_rank_00_optim_states.pt"]),
     (1, 2, ["--num-layers-per-virtual-pipeline-stage", "1"],
      ["iter_0000003/mp_rank_00_000/model_optim_rng.pt", "iter_0000003/mp_rank_00_001/model_optim_rng.pt"]),
     (1, 1, ["--use-distributed-optimizer"],
      ["iter_0000003/mp_rank_00/model_optim_rng.pt", "iter_0000003/mp_rank_00/distrib_optim_dp_000.pt",
       "iter_0000003/mp_rank_00/distrib_optim_dp_001.pt"]),
-], ids=["tp2", "pp2-virtual-stages", "dp2-distributed-optimizer"])
+], ids=["tp2", "dp2-distributed-optimizer-deepspeed-layout", "pp2-virtual-stages", "dp2-distributed-optimizer"])
 def test_torchrun_resume_logs_the_uninterrupted_losses_and_ends_bit_identical(corpus, tmp_path, tp, pp, extra,
                                                                               files):
     extra = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra]
@@ -115,13 +118,46 @@ def test_torchrun_resume_logs_the_uninterrupted_losses_and_ends_bit_identical(co
     saved = sorted(os.path.relpath(p, half_dir) for p in glob.glob(os.path.join(half_dir, "**", "*.pt"),
                                                                   recursive=True))
     assert saved == sorted(files)
-    assert tracker(half_dir) == "3"
+    if "deepspeed" in extra:
+        assert tracker(half_dir, "latest") == "global_step3"
+        shard = torch.load(os.path.join(half_dir, files[2]), weights_only=True)
+        assert shard["data_parallel_rank"] == 1 and "optimizer_state_dict" in shard
+    else:
+        assert tracker(half_dir) == "3"
     if pp == 2:
         state = torch.load(os.path.join(half_dir, files[0]), weights_only=True)
         assert "model0" in state and "model1" in state and set(state["sharding_map"]) == {"model0", "model1"}
 
 
 FP16 = ["--fp16", "--initial-loss-scale", "4096", "--loss-scale-window", "2"]
+
+
+def test_resume_at_tp2_pp2_dp2_distributed_optimizer_fp16_megatron_layout_is_exact(corpus, tmp_path):
+    """All of it at once on 8 processes: TP groups [0,1].., PP [0,4].., DP [0,2]..; each (TP, PP)
+    rank's model file plus one optimizer shard per data-parallel rank; fp16's loss scale resumes."""
+    extra = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+             "--use-distributed-optimizer", *FP16]
+    full, *_, half_dir = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=8)
+    saved = sorted(os.path.relpath(p, half_dir) for p in glob.glob(os.path.join(half_dir, "**", "*.pt"),
+                                                                  recursive=True))
+    ranks = [f"iter_0000003/mp_rank_{t:02d}_{p:03d}" for t in range(2) for p in range(2)]
+    assert saved == sorted([f"{r}/model_optim_rng.pt" for r in ranks] +
+                           [f"{r}/distrib_optim_dp_{d:03d}.pt" for r in ranks for d in range(2)])
+    state = torch.load(os.path.join(half_dir, ranks[0], "model_optim_rng.pt"), weights_only=True)
+    assert state["parallel"]["data_parallel_size"] == 2 and "optimizer" not in state
+    logged = logged_iterations(full.stdout)[3].split("loss scale: ")[1].split(" |")[0]
+    assert logged != "4096.0" and float(state["grad_scaler"]["scale"]) == float(logged)   # it moved; saved as logged
+
+
+@pytest.fixture(scope="module")
+def sentence_corpus(tmp_path_factory):
+    return preprocess_zh_news(str(tmp_path_factory.mktemp("sentences")), split_sentences=True)
+
+
+def test_bert_resume_logs_the_uninterrupted_losses_and_continues_the_data(sentence_corpus, tmp_path):
+    full, half, resumed, _ = resume_matches_uninterrupted(sentence_corpus, str(tmp_path), [],
+                                                          script="pretrain_bert.py")
+    assert "sop loss" in logged_iterations(resumed.stdout)[4]    # both of BERT's losses resume
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +336,35 @@ def test_use_checkpoint_args_takes_the_model_shape_and_lists_the_differences(cor
     assert sorted(logged_iterations(done.stdout)) == [4, 5, 6]
     assert "  lr: 0.003 in the checkpoint, 0.001 in this run" in done.stdout
     assert "hidden_size" not in done.stdout
+
+
+def test_exit_duration_in_mins_stops_every_rank_after_the_same_iteration_and_saves(corpus, tmp_path):
+    """A budget no iteration fits in: every rank is over it after iteration 1, and the
+    all-reduce (MAX) makes both stop there together (no rank is left in a collective)."""
+    directory = str(tmp_path / "ckpt")
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--tensor-model-parallel-size", "2", "--save",
+                                                       directory, "--save-interval", "100",
+                                                       "--exit-duration-in-mins", "1e-6"), nproc=2))
+    assert sorted(logged_iterations(done.stdout)) == [1]
+    assert "exiting program at iteration 1 (--exit-duration-in-mins 1e-06 reached)" in done.stdout
+    assert tracker(directory) == "1"
+    assert sorted(os.listdir(os.path.join(directory, "iter_0000001"))) == ["mp_rank_00", "mp_rank_01"]
+
+
+def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_checkpoint, tmp_path):
+    """Megatron-LM's converted checkpoints: the tracker says "release", the files sit in release/."""
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    os.rename(os.path.join(directory, "iter_0000003"), os.path.join(directory, "release"))
+    with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("release")
+    scratch = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--exit-interval", "1")))
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "1")))
+    assert "successfully loaded checkpoint from " + directory in done.stdout and "at iteration 0" in done.stdout
+    lines = logged_iterations(done.stdout)
+    assert sorted(lines) == [1] and "consumed samples:            8" in lines[1]
+    first = logged_iterations(scratch.stdout)[1]
+    lr = first.split("learning rate: ")[1].split(" |")[0]
+    assert f"learning rate: {lr} |" in lines[1]      # a fresh schedule, as from scratch
+    loss = float(lines[1].split("lm loss: ")[1].split(" |")[0])
+    assert loss < float(first.split("lm loss: ")[1].split(" |")[0])     # but the trained weights

@@ -8,9 +8,12 @@ then pipeline. With world 8, TP=2, PP=2:
 Every rank must call `initialize_model_parallel` with the same arguments, because
 `torch.distributed.new_group` is collective over the whole world. The arithmetic of the
 layout (ParallelLayout, PipelineStage) lives in layout.py and needs no processes.
+`timeout` bounds every collective of the groups (as --distributed-timeout-minutes does the
+world's); without it torch gives new groups its default, 30 minutes on gloo.
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -28,6 +31,7 @@ class _State:
     ranks: Dict[str, List[int]] = field(default_factory=dict)
     virtual_pipeline_model_parallel_size: Optional[int] = None
     virtual_pipeline_model_parallel_rank: Optional[int] = None
+    timeout: Optional[datetime.timedelta] = None
 
 
 _STATE: Optional[_State] = None
@@ -36,7 +40,8 @@ _STATE: Optional[_State] = None
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                               pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: Optional[int] = None,
-                              pipeline_model_parallel_split_rank: Optional[int] = None) -> None:
+                              pipeline_model_parallel_split_rank: Optional[int] = None,
+                              timeout: Optional[datetime.timedelta] = None) -> None:
     """Create the tensor/pipeline/data/model/embedding groups on an initialized world."""
     global _STATE
     if not dist.is_available() or not dist.is_initialized():
@@ -56,7 +61,8 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
     rank = dist.get_rank()
     state = _State(layout=layout, rank=rank,
                    virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
-                   virtual_pipeline_model_parallel_rank=0 if virtual_pipeline_model_parallel_size else None)
+                   virtual_pipeline_model_parallel_rank=0 if virtual_pipeline_model_parallel_size else None,
+                   timeout=timeout)
     all_groups = {
         "tensor": layout.tensor_groups(),
         "pipeline": layout.pipeline_groups(),
@@ -68,7 +74,7 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
     for name, group_list in all_groups.items():
         for ranks in group_list:
             # new_group is collective: every rank creates every group, keeps its own.
-            group = dist.new_group(ranks)
+            group = dist.new_group(ranks, timeout=timeout)
             if rank in ranks:
                 state.groups[name] = group
                 state.ranks[name] = ranks
@@ -128,7 +134,7 @@ def get_pipeline_stages_group(stages: Sequence[int]):
         state.groups[name], state.ranks[name] = None, []
         for ranks in state.layout.pipeline_groups():
             members = [ranks[s] for s in stages]
-            group = dist.new_group(members)
+            group = dist.new_group(members, timeout=state.timeout)
             if state.rank in members:
                 state.groups[name], state.ranks[name] = group, members
     return state.groups[name], list(state.ranks[name])

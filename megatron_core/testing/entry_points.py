@@ -2,6 +2,7 @@
 
     done = run_entry_point("pretrain_gpt.py", flags)              # plain python: one process
     done = run_entry_point("pretrain_gpt.py", flags, nproc=4)     # torchrun --nproc-per-node 4
+    ranks = run_plain_ranks("pretrain_gpt.py", flags, 2)          # 2 processes, no launcher (as mpirun)
     lm = logged_values(done.stdout, "lm loss")                    # {iteration: value}
     losses = logged_losses(done.stdout)                           # {iteration: {"lm loss": .., "sop loss": ..}}
     lines = logged_iterations(done.stdout)                        # {iteration: the line without clock fields}
@@ -19,6 +20,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Dict, List, Optional, Sequence
 
 from .distributed import find_free_port
@@ -55,6 +58,42 @@ def run_entry_point(script: str, flags: Sequence[str], nproc: Optional[int] = No
     a launcher. `env` adds to clean_env(). stdout and stderr are captured as text."""
     return subprocess.run(entry_point_command(script, flags, nproc), capture_output=True, text=True,
                           env={**clean_env(), **(env or {})}, timeout=timeout, cwd=ROOT, **popen)
+
+
+def run_plain_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
+                    env: Optional[Dict[str, str]] = None,
+                    grace: Optional[float] = None) -> List[subprocess.CompletedProcess]:
+    """`script` as `nproc` separate processes without a launcher (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT set by hand, as mpirun's ranks get them; rank 0 hosts the store), one
+    CompletedProcess per rank. A rank still running at `timeout`, or `grace` seconds after the first
+    rank exited (when given), is killed (returncode -9)."""
+    port = str(find_free_port())
+    with tempfile.TemporaryDirectory() as logs:
+        processes = []
+        for rank in range(nproc):
+            rank_env = {**clean_env(), **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
+                        "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": port}
+            out, err = (open(os.path.join(logs, f"{rank}.{name}"), "w+") for name in ("out", "err"))
+            processes.append((subprocess.Popen(entry_point_command(script, flags), stdout=out, stderr=err,
+                                               env=rank_env, cwd=ROOT, text=True), out, err))
+        deadline = time.monotonic() + timeout
+        while grace is not None and time.monotonic() < deadline:
+            if any(process.poll() is not None for process, _, _ in processes):
+                deadline = min(deadline, time.monotonic() + grace)
+                break
+            time.sleep(0.1)
+        results = []
+        for process, out, err in processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            out.seek(0), err.seek(0)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()))
+            out.close(), err.close()
+    return results
 
 
 def failure_report(done: subprocess.CompletedProcess) -> str:

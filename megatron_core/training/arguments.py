@@ -167,7 +167,9 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo"],
                    help="nccl with CUDA, gloo without, if not given.")
-    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10,
+                   help="How long a collective waits for a peer before the run stops naming the rank that "
+                        "stopped responding; a fraction such as 0.1 (6 s) suits tests.")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--ddp-bucket-size", type=int, default=None,
                    help="Elements per data-parallel gradient bucket; max(40M, 1M x data-parallel size) if not given.")
@@ -337,7 +339,9 @@ def _validate_model(args) -> None:
 
 def _validate_parallel(args, world_size: int) -> None:
     _positive(args, "tensor_model_parallel_size", "pipeline_model_parallel_size",
-              "num_layers_per_virtual_pipeline_stage", "distributed_timeout_minutes", "ddp_bucket_size")
+              "num_layers_per_virtual_pipeline_stage", "ddp_bucket_size")
+    if not args.distributed_timeout_minutes > 0:
+        raise ConfigError(f"--distributed-timeout-minutes must be positive, got {args.distributed_timeout_minutes}.")
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if world_size < 1 or world_size % (tp * pp) != 0:
         raise ConfigError(f"the world size {world_size} (WORLD_SIZE, the launched processes) is not divisible "

@@ -44,7 +44,7 @@ class ParallelConfig:
     ddp_bucket_size: Optional[int] = None
     # "nccl" or "gloo"; None picks nccl when CUDA is available, gloo otherwise.
     distributed_backend: Optional[str] = None
-    distributed_timeout_minutes: int = 10
+    distributed_timeout_minutes: float = 10
     world_size: int = 1
 
     @property

@@ -134,6 +134,7 @@ def check_backend(backend: str, local_rank: int, cuda_devices: int) -> None:
 
 def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
     """Process group, model-parallel groups and the seeded RNG streams of this rank."""
+    timeout = datetime.timedelta(minutes=parallel.distributed_timeout_minutes)
     if not dist.is_initialized():
         _fill_single_process_environment()
         backend = parallel.backend()
@@ -142,13 +143,13 @@ def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                                timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes))
+                                timeout=timeout)
     if dist.get_world_size() != parallel.world_size:
         raise LaunchError(f"the process group has {dist.get_world_size()} ranks but the flags were checked for "
                           f"{parallel.world_size}; set WORLD_SIZE to the number of launched processes.")
     mpu.initialize_model_parallel(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
                                   parallel.virtual_pipeline_model_parallel_size,
-                                  parallel.pipeline_model_parallel_split_rank)
+                                  parallel.pipeline_model_parallel_split_rank, timeout=timeout)
     mpu.model_parallel_manual_seed(seed)
 
 

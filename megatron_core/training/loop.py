@@ -19,6 +19,8 @@ dataclasses of build_run_config). With --tokenizer-type the tokenizer is built o
 virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
 megatron_core.training.checkpoint's Checkpointer: one load before the data iterators are built
 (they resume at the consumed-samples counts), one call after each iteration, one at the end.
+A collective that fails because another rank died or hung becomes one sentence naming that
+rank (rank_watch.py) on every rank that is left.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from .initialize import initialize_distributed, shutdown_distributed
 from .lr_schedule import schedule_from_config
 from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
+from .rank_watch import RankWatch
 from .train_log import TrainingLogger
 from .train_step import SkipCounter, train_step
 
@@ -68,6 +71,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         dry_run(model_shape, args, run)            # the estimate, then exit: no process group, no weights
         return None
     initialize_distributed(run.parallel, run.training.seed)
+    watch = RankWatch.start()     # a rank that dies is named by its peers, not a silent hang
+    state = TrainState()
     try:
         set_padded_vocab_size(args, run)
         if dist.get_rank() == 0:
@@ -77,7 +82,6 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         chunks = build_model_chunks(model_provider, args)
         backend = build_training_backend(chunks, run)
         lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
-        state = TrainState()
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
         checkpoints.load(state)
         every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage
@@ -97,6 +101,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                                         run.parallel.data_parallel_size)   # the full batch, after any ramp-up
 
         while state.iteration < run.training.train_iters:
+            watch.test_hook(state.iteration + 1)
             global_batch = batches.global_batch_size_at(state.consumed_samples)
             learning_rate = lr_schedule.lr
             outcome = train_step(forward_step_func, train_iters, backend.modules, backend, lr_schedule,
@@ -124,7 +129,11 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
             checkpoints.at_end(state)    # as Megatron: after the last evaluation
         log.close(skips)
         return state
+    except Exception as error:
+        watch.explain(error, state.iteration + 1)   # RankFailure when a peer stopped
+        raise
     finally:
+        watch.stop()
         shutdown_distributed()
 
 

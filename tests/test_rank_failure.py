@@ -1,0 +1,78 @@
+"""A rank that dies or hangs mid-run, and a loss that turns nan: the run says so in one sentence.
+
+Plain processes (as mpirun starts them; rank 0 hosts the rendezvous store): the rank that
+MCORE_TEST_STOP_RANK kills (SIGKILL) or freezes (SIGSTOP) at the start of iteration 3 is
+named by every other rank, which exits with status 2 and that one sentence, within the
+collective timeout (--distributed-timeout-minutes 0.1: 6 s) instead of hanging. Under
+torchrun the agent stops the other workers itself as soon as one dies, and its report
+names the dead rank as the root cause.
+"""
+import re
+
+import pytest
+
+from megatron_core.testing.entry_points import run_entry_point, run_plain_ranks, tiny_gpt_flags
+from megatron_core.testing.tiny_corpus import preprocess_zh_news
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("corpus"))
+    preprocess_zh_news(directory)
+    return directory
+
+
+def long_run(corpus_dir, *extra):
+    return tiny_gpt_flags(corpus_dir) + ["--train-iters", "30", "--eval-interval", "100",
+                                         "--distributed-timeout-minutes", "0.1", *extra]
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("world,layout,victim,how", [
+    (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"], 1, "KILL"),
+    (2, [], 0, "KILL"),                                         # rank 0 hosts the store
+    (2, ["--tensor-model-parallel-size", "2"], 1, "STOP"),      # hung: found at the collective timeout
+], ids=["tp2-pp2-rank1-killed", "dp2-rank0-killed", "tp2-rank1-hung"])
+def test_every_other_rank_exits_naming_the_rank_that_stopped(corpus_dir, world, layout, victim, how):
+    ranks = run_plain_ranks("pretrain_gpt.py", long_run(corpus_dir, *layout), world, timeout=240, grace=90,
+                            env={"MCORE_TEST_STOP_RANK": f"{victim}:3:{how}"})
+    expected = (f"error: rank {victim} stopped responding during iteration 3 (its process died or hung); the "
+                f"other ranks exit; see its log.")
+    assert ranks[victim].returncode == -9
+    for rank, done in enumerate(ranks):
+        if rank != victim:
+            assert done.returncode == 2, (rank, done.returncode, done.stderr[-3000:])
+            assert error_lines(done.stderr) == [expected] and "Traceback" not in done.stderr, done.stderr[-3000:]
+    logged = ranks[world - 1].stdout     # the last rank logs
+    assert "iteration        2/" in logged and "iteration        3/" not in logged
+
+
+def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(corpus_dir):
+    done = run_entry_point("pretrain_gpt.py", long_run(corpus_dir, "--tensor-model-parallel-size", "2"), nproc=2,
+                           timeout=240, env={"MCORE_TEST_STOP_RANK": "1:3"})
+    assert done.returncode != 0
+    root_cause = done.stderr.split("Root Cause (first observed failure):")[1]
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", root_cause), done.stderr[-3000:]
+    # Rank 0 is stopped by the agent (SIGTERM) or, if it noticed first, names rank 1 itself.
+    for line in error_lines(done.stderr):
+        assert line.startswith("error: rank 1 stopped responding during iteration 3"), line
+
+
+def test_a_nan_loss_is_named_with_its_iteration_skipped_and_stops_at_max_skipped_iterations(corpus_dir):
+    """A learning rate of 1e30 blows the weights up within a few updates: from then on the loss
+    is nan and the update is skipped with a warning naming the iteration, and
+    --max-skipped-iterations 2 stops the run at the next one with one sentence naming it."""
+    flags = tiny_gpt_flags(corpus_dir) + ["--lr", "1e30", "--clip-grad", "0", "--train-iters", "20",
+                                          "--max-skipped-iterations", "2"]
+    done = run_entry_point("pretrain_gpt.py", flags)
+    assert done.returncode == 2, done.stderr[-3000:]
+    warnings = re.findall(r"^warning: iteration (\d+): lm loss is (nan|inf); the update was skipped$", done.stdout,
+                          re.MULTILINE)
+    first = int(warnings[0][0])       # the next one stops the run before its log line
+    assert [int(i) for i, _ in warnings] == [first], done.stdout[-3000:]
+    assert error_lines(done.stderr) == [
+        f"error: stopped at iteration {first + 1}: the last 2 updates were all skipped for inf/nan gradients; lower "
+        f"--lr, raise --min-loss-scale or use --bf16, or raise --max-skipped-iterations."], done.stderr[-3000:]
