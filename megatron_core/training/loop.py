@@ -28,6 +28,8 @@ from .. import mpu
 from .checkpoint import Checkpointer
 from .checkpoint.checkpoint_args import apply_checkpoint_args
 from ..mpu.layout import pad_vocab_size
+from .checkpoint.formats import layout_named
+from .checkpoint.reshard import saved_padded_vocab_size
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
 from .backend import build_training_backend
@@ -123,6 +125,10 @@ def _set_padded_vocab_size(args, run: RunConfig) -> None:
         args.tokenizer = build_tokenizer(run.data)
         args.padded_vocab_size = pad_vocab_size(args.tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                                 run.parallel.tensor_model_parallel_size)
+        # A checkpoint keeps its padded vocabulary at any TP size that divides it (DESIGN.md).
+        saved = saved_padded_vocab_size(run.checkpoint.load, layout_named(run.checkpoint.ckpt_format))
+        if saved and saved >= args.tokenizer.vocab_size and saved % run.parallel.tensor_model_parallel_size == 0:
+            args.padded_vocab_size = saved
 
 
 def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:

@@ -64,9 +64,11 @@ def save_file(state: Any, path: str) -> None:
     write_bytes_atomically(path, buffer.getbuffer())
 
 
-def load_file(path: str, map_location="cpu") -> Any:
+def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
+    """mmap=True: tensors are views of the file mapped into memory, read only where touched
+    (resharding reads slices of many files this way)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason
