@@ -239,11 +239,14 @@ class Checkpointer:
             state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
         backend_state = {}
         if not weights_only and not self.config.no_load_optim:
-            compatibility.check_optimizer_layout(model_path, parallel, self.run)
-            if self.run.parallel.use_distributed_optimizer:
+            if reshard.PER_PARAMETER in (saved.get("optimizer") or {}):   # resharded: fits any DP / layout
+                backend_state.update(saved["optimizer"])
+            elif self.run.parallel.use_distributed_optimizer:
+                compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
                 backend_state.update(shard["optimizer"])
             else:
+                compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 backend_state.update(saved["optimizer"])
             self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
         if not weights_only and "grad_scaler" in saved:

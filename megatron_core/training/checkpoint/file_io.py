@@ -40,11 +40,16 @@ def _fsync_directory(path: str) -> None:
 
 def write_bytes_atomically(path: str, payload) -> None:
     """`payload` (bytes-like) as `path`: temporary, fsync, rename, fsync the directory."""
+    write_atomically(path, lambda f: f.write(payload))
+
+
+def write_atomically(path: str, write) -> None:
+    """What `write(file)` writes, as `path`: temporary, fsync, rename, fsync the directory."""
     f, tmp = create_temporary(path)
     try:
         with naming(path):
             with f:
-                f.write(payload)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
         pause = os.environ.get(PAUSE_ENV)

@@ -102,7 +102,8 @@ class SavedCheckpoint:
     def optimizer_paths(self, tensor_rank: int, pipeline_rank: int) -> List[str]:
         """The files holding this (TP, PP) rank's optimizer: its distributed shards, or the model file."""
         model = self.model_path(tensor_rank, pipeline_rank)
-        if not self.parallel.get("use_distributed_optimizer"):
+        optimizer = self.files.get(model).get("optimizer")
+        if not self.parallel.get("use_distributed_optimizer") or (optimizer and PER_PARAMETER in optimizer):
             return [model]
         return [self.layout.optimizer_shard_file(model, d) for d in range(self.parallel["data_parallel_size"])]
 
@@ -128,10 +129,26 @@ class SavedCheckpoint:
 
     # --- optimizer -------------------------------------------------------------------------
     def has_optimizer(self) -> bool:
-        state = self.files.get(self.model_path(0, 0))
-        if self.parallel.get("use_distributed_optimizer"):
-            return os.path.isfile(self.optimizer_paths(0, 0)[0])
-        return state.get("optimizer") is not None
+        path = self.optimizer_paths(0, 0)[0]
+        return os.path.isfile(path) and self.files.get(path).get("optimizer") is not None
+
+    def optimizer_fields(self, name: str) -> Dict[str, object]:
+        """{field: dtype for an element field, the value for a scalar one (step)} of `name`'s
+        optimizer state, read from the files' indexes only."""
+        owner = self.owner(name)
+        pieces = self._index(0, owner.pipeline_rank).get((owner.chunk, owner.key))
+        if not pieces:
+            return {}
+        path, position, _, _, master = pieces[0]
+        optimizer = self._positional(path)
+        if position is None:
+            values = optimizer[PER_PARAMETER][owner.chunk][owner.key]
+        else:
+            values = dict(optimizer["optimizer"]["state"].get(position, {}))
+            if master is not None:
+                values["fp32_master"] = optimizer["fp32_master_weights"][master]
+        return {field: value.dtype if isinstance(value, torch.Tensor) and value.dim() > 0 else
+                (value.clone() if isinstance(value, torch.Tensor) else value) for field, value in values.items()}
 
     def _positional(self, path: str) -> dict:
         optimizer = self.files.get(path).get("optimizer")
