@@ -189,7 +189,11 @@ class Checkpointer:
         compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
         release = iteration is None
         weights_only = release or self.config.finetune
-        with_optimizer = not weights_only and not self.config.no_load_optim
+        load_optimizer = not weights_only and not self.config.no_load_optim
+        with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
+        if load_optimizer and not with_optimizer:
+            _print(f"note: {where} holds no optimizer state (resharded with --no-optim); starting a fresh "
+                   f"optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
             source, self.chunks, self.tp_rank, self.run.parallel.tensor_model_parallel_size,
             getattr(self.args, "padded_vocab_size", None), with_optimizer)
@@ -204,12 +208,20 @@ class Checkpointer:
             if "grad_scaler" in head:
                 backend_state["grad_scaler"] = head["grad_scaler"]
         if with_optimizer:
+            self._check_backend_takes_per_parameter(where)
             backend_state[reshard.PER_PARAMETER] = optimizer
+        if load_optimizer:
             self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
         self.backend.load_state_dict(backend_state)
         _print(reshard.describe(parallel, self.run, iteration))
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
+
+    def _check_backend_takes_per_parameter(self, path: str) -> None:
+        if not getattr(self.backend, "loads_per_parameter", False):
+            raise CheckpointError(f"{path} needs its optimizer state resharded, which this training backend "
+                                  f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
+                                  f"optimizer, or resume at the sizes it was saved with.")
 
     def _restore(self, saved: dict, model_path: str, layout, state, release: bool) -> None:
         parallel = saved.get("parallel") or {}
@@ -240,7 +252,11 @@ class Checkpointer:
         backend_state = {}
         if not weights_only and not self.config.no_load_optim:
             if reshard.PER_PARAMETER in (saved.get("optimizer") or {}):   # resharded: fits any DP / layout
+                self._check_backend_takes_per_parameter(model_path)
                 backend_state.update(saved["optimizer"])
+            elif parallel.get("optimizer_dropped"):    # tools/change_mp.py --no-optim
+                _print(f"note: {model_path} holds no optimizer state (resharded with --no-optim); starting a "
+                       f"fresh optimizer from its weights.")
             elif self.run.parallel.use_distributed_optimizer:
                 compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))

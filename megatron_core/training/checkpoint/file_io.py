@@ -40,16 +40,17 @@ def _fsync_directory(path: str) -> None:
 
 def write_bytes_atomically(path: str, payload) -> None:
     """`payload` (bytes-like) as `path`: temporary, fsync, rename, fsync the directory."""
-    write_atomically(path, lambda f: f.write(payload))
+    write_atomically(path, lambda f, _: f.write(payload))
 
 
 def write_atomically(path: str, write) -> None:
-    """What `write(file)` writes, as `path`: temporary, fsync, rename, fsync the directory."""
+    """What `write(file, temporary_path)` writes, as `path`: temporary, fsync, rename, fsync the
+    directory (a writer may also write the temporary by its name)."""
     f, tmp = create_temporary(path)
     try:
         with naming(path):
             with f:
-                write(f)
+                write(f, tmp)
                 f.flush()
                 os.fsync(f.fileno())
         pause = os.environ.get(PAUSE_ENV)

@@ -13,8 +13,9 @@ memory at a time), with no model and no process group.
   full_model.py       read_full_model_state: the whole model's state dict (TP=1, PP=1)
 """
 from ..contents import PER_PARAMETER
+from .full_model import iter_full_model_state, read_full_model_state
 from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
 from .source import SavedCheckpoint
 
-__all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
+__all__ = ["iter_full_model_state", "read_full_model_state", "PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
            "saved_padded_vocab_size"]

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 
 from ..file_io import load_file
 
-DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
 
 
 class LazyFiles:

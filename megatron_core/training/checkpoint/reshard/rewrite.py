@@ -95,6 +95,8 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
                     data_parallel_size=target.data_parallel_size or source.parallel.get("data_parallel_size"))
     if target.pipeline_model_parallel_size != source.pp:
         parallel["virtual_pipeline_model_parallel_size"] = None
+    if not target.keep_optimizer:
+        parallel["optimizer_dropped"] = True
     args = dict(head.get("args") or {}, tensor_model_parallel_size=size,
                 pipeline_model_parallel_size=target.pipeline_model_parallel_size, padded_vocab_size=padded)
     if target.make_vocab_size_divisible_by:

@@ -79,12 +79,14 @@ class _Pickler(pickle.Pickler):
         return None
 
 
-def _write(obj: Any, f) -> int:
+def _write(obj: Any, path: str) -> int:
     storages: List[_Storage] = []
     plain = _replace_tensors(obj, storages)
     data = io.BytesIO()
     _Pickler(data, protocol=2).dump(plain)
-    writer = torch._C.PyTorchFileWriter(f, True, 64)
+    # The writer opens the temporary by name and writes each storage straight from its
+    # memory (a Python file object would get a bytes copy of every tensor first).
+    writer = torch._C.PyTorchFileWriter(path, True, 64)
     payload = data.getvalue()
     writer.write_record("data.pkl", payload, len(payload))
     writer.write_record(".format_version", "1", 1)
@@ -108,4 +110,4 @@ def _write(obj: Any, f) -> int:
 
 def save_streamed(obj: Any, path: str) -> None:
     """torch.save(obj, path), atomically, making each LazyTensor only when its record is written."""
-    write_atomically(path, lambda f: _write(obj, f))
+    write_atomically(path, lambda _, temporary: _write(obj, temporary))
