@@ -6,7 +6,7 @@
 Makes a GPT checkpoint at TP=2 with this package's save path (two gloo processes build
 the TP=2 model chunks; each rank's state, sharding map and parallel record written with
 checkpoint.file_io.save_file in the Megatron layout): fp32 weights only, no optimizer
-state (~470M parameters at the defaults, ~1.9 GB). Then, in interleaved rounds,
+state (~336M parameters at the defaults, ~1.35 GB). Then, in interleaved rounds,
   reshard  tools/change_mp.py TP2 -> TP1, and TP1 -> TP4 from that result, each in a
            child process: wall time and its peak RSS (ru_maxrss of the child, os.wait4);
   copy     shutil.copy of the same input files in a child process: wall time.
@@ -96,7 +96,7 @@ def _copy(source, target):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden-size", type=int, default=1280)
+    p.add_argument("--hidden-size", type=int, default=1024)
     p.add_argument("--num-layers", type=int, default=24)
     p.add_argument("--num-attention-heads", type=int, default=16)
     p.add_argument("--vocab-size", type=int, default=32000)

@@ -74,10 +74,12 @@ def _save_checkpoints(root):
         maps = [chunk.sharding_map(VOCAB - 3) for chunk in chunks]
         owners = {}
         for stage_rank, (chunk, smap) in enumerate(zip(chunks, maps)):
-            g = torch.Generator().manual_seed(1000 * tp_rank + stage_rank)
+            split = torch.Generator().manual_seed(1000 * tp_rank + stage_rank)
+            replicated = torch.Generator().manual_seed(stage_rank)    # the same on every TP rank, as in training
             with torch.no_grad():
                 for key, p in sorted(chunk.named_parameters()):
                     if smap[key].copy_of is None:
+                        g = replicated if smap[key].replicated else split
                         p.add_(0.3 * torch.randn(p.shape, generator=g))
                         owners[smap.global_key(key)] = p
         with torch.no_grad():   # a stage's copy holds its original's values, as in training
