@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 from ..errors import ConfigError, UserError
 from ..mpu.layout import pad_vocab_size
+from .checkpoint.formats import layout_named
+from .checkpoint.reshard import saved_padded_vocab_size
 from .config import RunConfig
 from .data_providers import build_tokenizer
 from .initialize import launcher_world_size
@@ -63,6 +65,12 @@ def set_padded_vocab_size(args, run: RunConfig) -> None:
         return
     args.padded_vocab_size = pad_vocab_size(vocab, args.make_vocab_size_divisible_by,
                                             run.parallel.tensor_model_parallel_size)
+    if getattr(args, "dry_run", False):
+        return
+    # A checkpoint keeps its padded vocabulary at any TP size that divides it (DESIGN.md).
+    saved = saved_padded_vocab_size(run.checkpoint.load, layout_named(run.checkpoint.ckpt_format))
+    if saved and saved >= vocab and saved % run.parallel.tensor_model_parallel_size == 0:
+        args.padded_vocab_size = saved
 
 
 def estimate_block(model_shape: Optional[Callable], args, run: RunConfig) -> Optional[str]:

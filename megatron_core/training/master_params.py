@@ -31,6 +31,8 @@ class Master:
     grad: torch.Tensor              # its gradient: a view of main_grad
     write_back: Optional[torch.Tensor]  # the model's storage to copy the update into (None: in place)
     counts: bool                    # counts toward the global gradient norm
+    model_param: Optional[torch.nn.Parameter] = None   # the model parameter it steps (part of)
+    elements: Optional[tuple] = None    # (start, end) of the flat elements of model_param it covers
 
 
 def _group_index(model_groups: List[dict]) -> Dict[int, int]:
@@ -51,10 +53,10 @@ def plain_masters(model_groups: List[dict]):
     for g, group in enumerate(model_groups):
         for p in group["params"]:
             if p.dtype == torch.float32:
-                master = Master(p, p.main_grad, None, counts_toward_norm(p))
+                master = Master(p, p.main_grad, None, counts_toward_norm(p), p, (0, p.numel()))
             else:
                 copy = torch.nn.Parameter(p.detach().float().clone())
-                master = Master(copy, p.main_grad, p.data, counts_toward_norm(p))
+                master = Master(copy, p.main_grad, p.data, counts_toward_norm(p), p, (0, p.numel()))
             by_group[g].append(master)
     return [m for ms in by_group for m in ms], _optimizer_groups(model_groups, by_group)
 
@@ -74,10 +76,11 @@ def sharded_masters(model_groups: List[dict], buffers: List[GradBuffer], rank: i
                     continue
                 weights = buffer.param_data[lo:hi]
                 grad = buffer.grad_data[lo:hi]
+                elements = (lo - p_start, hi - p_start)
                 if weights.dtype == torch.float32:
-                    master = Master(torch.nn.Parameter(weights), grad, None, counts_toward_norm(p))
+                    master = Master(torch.nn.Parameter(weights), grad, None, counts_toward_norm(p), p, elements)
                 else:
                     master = Master(torch.nn.Parameter(weights.detach().float().clone()), grad, weights,
-                                    counts_toward_norm(p))
+                                    counts_toward_norm(p), p, elements)
                 by_group[group_of[id(p)]].append(master)
     return [m for ms in by_group for m in ms], _optimizer_groups(model_groups, by_group)

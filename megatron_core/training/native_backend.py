@@ -33,6 +33,7 @@ from ..mpu.collectives import _all_gather_flat
 from ..mpu.grads import allreduce_sequence_parallel_gradients, total_norm
 from ..pipeline.finalize_grads import stage_copy_parameters, sum_stage_copies
 from .backend import StepResult
+from .checkpoint.contents import PER_PARAMETER, model_keys
 from .config import OptimizerConfig, ParallelConfig, PrecisionConfig
 from .grad_buffer import build_grad_buffers, shard_range
 from .grad_sync import GradSync
@@ -50,6 +51,7 @@ def default_bucket_size(data_parallel_size: int) -> int:
 
 
 class NativeBackend:
+    loads_per_parameter = True      # load_state_dict takes a resharded checkpoint's per-parameter optimizer state
     def __init__(self, chunks: List[torch.nn.Module], optimizer_config: OptimizerConfig,
                  scaler: Optional[LossScaler], distributed_optimizer: bool, overlap_grad_reduce: bool,
                  bucket_size: Optional[int] = None):
@@ -188,12 +190,22 @@ class NativeBackend:
         # fp32 parameters are their own masters: the model's weights already hold them.
         return [m for m in self.masters if m.write_back is not None]
 
+    def _master_names(self) -> List[list]:
+        """[chunk key, parameter name, first element, end element] of each master, in the
+        optimizer's order: what lets a checkpoint's optimizer state be resharded by name."""
+        keys = model_keys(len(self.chunks))
+        where = {id(p): (keys[i], name) for i, c in enumerate(self.chunks) for name, p in c.named_parameters()}
+        return [[*where[id(m.model_param)], *m.elements] for m in self.masters]
+
     def state_dict(self) -> dict:
         """Optimizer state (this rank's shard under ZeRO-1, with the ranges it covers), the
-        fp32 master weights, and the loss scaler under its own key."""
+        fp32 master weights, for each master in the optimizer's order its parameter's chunk key,
+        name, element range and whether it has an fp32 copy ("params": what resharding reads),
+        and the loss scaler under its own key."""
         state = {"optimizer": self.optimizer.state_dict(),
                  "fp32_master_weights": [m.param.detach().clone() for m in self._copied_masters()],
-                 "shard": self._shard_layout()}
+                 "shard": self._shard_layout(),
+                 "params": [[*names, m.write_back is not None] for names, m in zip(self._master_names(), self.masters)]}
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
         return state
@@ -202,10 +214,15 @@ class NativeBackend:
         """A state without "optimizer" (a checkpoint loaded with --no-load-optim or --finetune)
         keeps the fresh optimizer and takes the fp32 masters from the model's weights, which
         the checkpoint has just replaced; its "grad_scaler", if any, still loads."""
-        if "optimizer" not in state:
+        if "optimizer" not in state and PER_PARAMETER not in state:
             with torch.no_grad():
                 for m in self._copied_masters():
                     m.param.copy_(m.write_back.view_as(m.param))
+            if self.scaler is not None and "grad_scaler" in state:
+                self.scaler.load_state_dict(state["grad_scaler"])
+            return
+        if PER_PARAMETER in state:
+            self._load_per_parameter(state[PER_PARAMETER])
             if self.scaler is not None and "grad_scaler" in state:
                 self.scaler.load_state_dict(state["grad_scaler"])
             return
@@ -227,6 +244,31 @@ class NativeBackend:
         self._write_back()
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+
+    def _load_per_parameter(self, saved: dict) -> None:
+        """Optimizer state keyed by parameter name, each tensor in its parameter's shape
+        (a resharded checkpoint: training/checkpoint/reshard/). Each master takes its own
+        elements, so any data-parallel size and either optimizer layout loads it; fields
+        with no element dimension (Adam's step) are taken whole. "fp32_master" holds the
+        fp32 weights of a bf16/fp16 model (else the model's weights, just loaded, are used)."""
+        with torch.no_grad():
+            for m, (chunk, name, start, end) in zip(self.masters, self._master_names()):
+                entry = saved.get(chunk, {}).get(name)
+                if entry is None:
+                    raise CheckpointError(f"the resharded optimizer state has no entry for {chunk}.{name}; it was "
+                                          f"resharded from another model, load it with --no-load-optim.")
+                fields = {}
+                for field, value in entry.items():
+                    if field == "fp32_master":
+                        continue
+                    if isinstance(value, torch.Tensor) and value.dim() > 0:
+                        value = value.reshape(-1)[start:end].view_as(m.param)
+                    fields[field] = value.clone() if isinstance(value, torch.Tensor) else value
+                self.optimizer.state[m.param] = fields
+                if m.write_back is not None:
+                    weights = entry.get("fp32_master", m.model_param.detach())
+                    m.param.copy_(weights.reshape(-1)[start:end].view_as(m.param))
+        self._write_back()
 
 
 def build_backend(chunks: List[torch.nn.Module], optimizer: OptimizerConfig, precision: PrecisionConfig,

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ... import mpu
 from ...cli import describe_os_error
 from ...errors import CheckpointError
-from . import compatibility, rng_state
+from . import compatibility, reshard, rng_state
 from .exit_conditions import ExitConditions
 from .contents import model_keys, model_state, optimizer_shard_state, rng_state_of_rank
 from .file_io import load_file, save_file, write_bytes_atomically
@@ -164,6 +164,11 @@ class Checkpointer:
         if not os.path.isdir(iteration_path):
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
+        first = layout.first_model_file(iteration_path)
+        parallel = layout.from_file(load_file(first, mmap=True)).get("parallel") if first else None
+        if parallel and reshard.needs_resharding(parallel, self.run):
+            self._load_resharded(directory, layout, iteration, parallel, state)
+            return
         compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
         model_path = layout.model_file(directory, iteration, self.tp_rank, wanted_sizes[0], self.pp_rank,
                                        wanted_sizes[1])
@@ -174,6 +179,49 @@ class Checkpointer:
         self._restore(saved, model_path, layout, state, release=iteration is None)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
+
+    def _load_resharded(self, directory: str, layout, iteration, parallel: dict, state) -> None:
+        """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
+        chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
+        loss scaler as saved. RNG streams belong to the saved ranks and are not restored."""
+        source = reshard.SavedCheckpoint(directory, layout.name)
+        where = source.model_path(0, 0)
+        compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
+        release = iteration is None
+        weights_only = release or self.config.finetune
+        load_optimizer = not weights_only and not self.config.no_load_optim
+        with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
+        if load_optimizer and not with_optimizer:
+            _print(f"note: {where} holds no optimizer state (resharded with --no-optim); starting a fresh "
+                   f"optimizer from its weights.")
+        states, optimizer = reshard.resharded_chunk_states(
+            source, self.chunks, self.tp_rank, self.run.parallel.tensor_model_parallel_size,
+            getattr(self.args, "padded_vocab_size", None), with_optimizer)
+        for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
+            chunk.load_state_dict(chunk_state, strict=True)
+        head = source.head
+        backend_state = {}
+        if not weights_only:
+            state.iteration = int(head["iteration"])
+            state.consumed_samples = int(head.get("consumed_train_samples", 0))
+            state.consumed_valid_samples = int(head.get("consumed_valid_samples", 0))
+            if "grad_scaler" in head:
+                backend_state["grad_scaler"] = head["grad_scaler"]
+        if with_optimizer:
+            self._check_backend_takes_per_parameter(where)
+            backend_state[reshard.PER_PARAMETER] = optimizer
+        if load_optimizer:
+            self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
+        self.backend.load_state_dict(backend_state)
+        _print(reshard.describe(parallel, self.run, iteration))
+        _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
+               f"{state.iteration}")
+
+    def _check_backend_takes_per_parameter(self, path: str) -> None:
+        if not getattr(self.backend, "loads_per_parameter", False):
+            raise CheckpointError(f"{path} needs its optimizer state resharded, which this training backend "
+                                  f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
+                                  f"optimizer, or resume at the sizes it was saved with.")
 
     def _restore(self, saved: dict, model_path: str, layout, state, release: bool) -> None:
         parallel = saved.get("parallel") or {}
@@ -203,11 +251,18 @@ class Checkpointer:
             state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
         backend_state = {}
         if not weights_only and not self.config.no_load_optim:
-            compatibility.check_optimizer_layout(model_path, parallel, self.run)
-            if self.run.parallel.use_distributed_optimizer:
+            if reshard.PER_PARAMETER in (saved.get("optimizer") or {}):   # resharded: fits any DP / layout
+                self._check_backend_takes_per_parameter(model_path)
+                backend_state.update(saved["optimizer"])
+            elif parallel.get("optimizer_dropped"):    # tools/change_mp.py --no-optim
+                _print(f"note: {model_path} holds no optimizer state (resharded with --no-optim); starting a "
+                       f"fresh optimizer from its weights.")
+            elif self.run.parallel.use_distributed_optimizer:
+                compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
                 backend_state.update(shard["optimizer"])
             else:
+                compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 backend_state.update(saved["optimizer"])
             self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
         if not weights_only and "grad_scaler" in saved:

@@ -1,7 +1,8 @@
 """Does a checkpoint fit the run loading it? One sentence naming the mismatch and the fix.
 
 Parallel sizes: a checkpoint holds one file per (TP, PP) rank, split for the sizes it was
-saved with; another layout needs resharding first (tools/change_mp.py). Model shape: the
+saved with; the checkpointer reshards another layout on load (reshard/on_load.py), so the
+size check only guards files whose contents carry no parallel record. Model shape: the
 fields of TransformerConfig that decide a tensor's shape or meaning, and the padded
 vocabulary. Both are checked before any tensor is copied, so a mismatch never leaves a
 half-loaded model.

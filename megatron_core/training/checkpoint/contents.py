@@ -27,6 +27,9 @@ from typing import Dict, List, Optional
 from .run_record import args_to_dict
 
 FORMAT_VERSION = 1
+# The optimizer entry of a resharded checkpoint: {chunk key: {parameter name: {field: tensor}}}
+# (reshard/optimizer_state.py), which the native backend loads at any layout.
+PER_PARAMETER = "per_parameter"
 MEGATRON_CHECKPOINT_VERSION = 3.0
 
 

@@ -41,16 +41,17 @@ def _fsync_directory(path: str) -> None:
 
 def write_bytes_atomically(path: str, payload) -> None:
     """`payload` (bytes-like) as `path`: temporary, fsync, rename, fsync the directory."""
-    write_atomically(path, lambda f: f.write(payload))
+    write_atomically(path, lambda f, _: f.write(payload))
 
 
-def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
-    """`write(file)` into a temporary, fsynced, renamed to `path`; then the directory fsynced."""
+def write_atomically(path: str, write) -> None:
+    """What `write(file, temporary_path)` writes, as `path`: temporary, fsync, rename, fsync the
+    directory (a writer may also write the temporary by its name)."""
     f, tmp = create_temporary(path)
     try:
         with naming(path):
             with f:
-                write(f)
+                write(f, tmp)
                 f.flush()
                 os.fsync(f.fileno())
         pause = os.environ.get(PAUSE_ENV)
@@ -65,7 +66,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def save_file(state: Any, path: str) -> None:
-    write_atomically(path, lambda f: _torch_save(state, f))
+    write_atomically(path, lambda f, _: _torch_save(state, f))
 
 
 def _torch_save(state: Any, f: BinaryIO) -> None:
@@ -82,9 +83,11 @@ def _torch_save(state: Any, f: BinaryIO) -> None:
         raise cause from None
 
 
-def load_file(path: str, map_location="cpu") -> Any:
+def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
+    """mmap=True: tensors are views of the file mapped into memory, read only where touched
+    (resharding reads slices of many files this way)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason

@@ -1,0 +1,21 @@
+"""Resharding checkpoints: any TP x PP (x DP, optimizer included) to any other, from the
+sharding map a checkpoint carries, streaming (one source slice and one output tensor in
+memory at a time), with no model and no process group.
+
+  slices.py           one target shard out of the source shards, by index arithmetic
+  lazy_files.py       source files as memory maps, dropped after a read budget
+  source.py           a saved checkpoint: files, sizes, maps, tensors and optimizer state by key
+  targets.py          a target rank's weight and per-parameter optimizer state of one key
+  stages.py           the target pipeline chunks' maps, derived from the source maps
+  streaming_writer.py a torch.save file written one tensor at a time
+  rewrite.py          tools/change_mp.py's work: a whole checkpoint at other sizes
+  on_load.py          --load at other sizes: each rank reads its own slices
+  full_model.py       read_full_model_state: the whole model's state dict (TP=1, PP=1)
+"""
+from ..contents import PER_PARAMETER
+from .full_model import iter_full_model_state, read_full_model_state
+from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
+from .source import SavedCheckpoint
+
+__all__ = ["iter_full_model_state", "read_full_model_state", "PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
+           "saved_padded_vocab_size"]

@@ -1,0 +1,113 @@
+"""A torch.save file written one tensor at a time, so a whole output file never sits in memory.
+
+torch.save pickles the object first (tensors become references to storages) and then
+writes each storage as its own record of the zip archive. Here the tensors of the object
+may be LazyTensor: a shape, a dtype and a function that makes the tensor. The pickle is
+written from the shapes alone, in the records torch.load expects (`data.pkl`, `data/<key>`
+with the same persistent ids and rebuild function as torch.save), and then each record's
+tensor is made, written and dropped in turn. The file loads with
+torch.load(weights_only=True) and with mmap=True; it is written atomically (file_io).
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, List
+
+import torch
+
+from ..file_io import write_atomically
+
+_STORAGE_TYPES = torch.storage._dtype_to_storage_type_map()
+
+
+@dataclass
+class LazyTensor:
+    shape: tuple
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "LazyTensor":
+        return cls(tuple(tensor.shape), tensor.dtype, lambda: tensor)
+
+
+class _Storage:
+    def __init__(self, key: str, tensor: LazyTensor):
+        self.key, self.tensor = key, tensor
+        self.numel = 1
+        for size in tensor.shape:
+            self.numel *= size
+
+
+class _Placeholder:
+    """Pickles as torch.save pickles a contiguous CPU tensor of its storage."""
+
+    def __init__(self, storage: _Storage):
+        self.storage = storage
+
+    def __reduce_ex__(self, protocol):
+        shape = self.storage.tensor.shape
+        stride, step = [], 1
+        for size in reversed(shape):
+            stride.insert(0, step)
+            step *= size
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, torch.Size(shape), tuple(stride), False, collections.OrderedDict()))
+
+
+def _replace_tensors(obj: Any, storages: List[_Storage]) -> Any:
+    if isinstance(obj, (LazyTensor, torch.Tensor)):
+        lazy = obj if isinstance(obj, LazyTensor) else LazyTensor.of(obj)
+        storages.append(_Storage(str(len(storages)), lazy))
+        return _Placeholder(storages[-1])
+    if isinstance(obj, dict):
+        return {k: _replace_tensors(v, storages) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_replace_tensors(v, storages) for v in obj)
+    return obj
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            storage_type = getattr(torch, _STORAGE_TYPES[obj.tensor.dtype])
+            return ("storage", storage_type, obj.key, "cpu", obj.numel)
+        return None
+
+
+def _write(obj: Any, path: str) -> int:
+    storages: List[_Storage] = []
+    plain = _replace_tensors(obj, storages)
+    data = io.BytesIO()
+    _Pickler(data, protocol=2).dump(plain)
+    # The writer opens the temporary by name and writes each storage straight from its
+    # memory (a Python file object would get a bytes copy of every tensor first).
+    writer = torch._C.PyTorchFileWriter(path, True, 64)
+    payload = data.getvalue()
+    writer.write_record("data.pkl", payload, len(payload))
+    writer.write_record(".format_version", "1", 1)
+    writer.write_record(".storage_alignment", "64", 2)
+    writer.write_record("byteorder", sys.byteorder, len(sys.byteorder))
+    written = 0
+    for storage in storages:
+        tensor = storage.tensor.make().detach().to("cpu").contiguous()
+        if tuple(tensor.shape) != tuple(storage.tensor.shape) or tensor.dtype != storage.tensor.dtype:
+            raise ValueError(f"a lazy tensor promised {storage.tensor.shape} {storage.tensor.dtype}, made "
+                             f"{tuple(tensor.shape)} {tensor.dtype}.")
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()    # a view: write only its elements
+        nbytes = tensor.numel() * tensor.element_size()
+        writer.write_record(f"data/{storage.key}", tensor.untyped_storage(), nbytes)
+        written += nbytes
+        del tensor
+    writer.write_end_of_file()
+    return written
+
+
+def save_streamed(obj: Any, path: str) -> None:
+    """torch.save(obj, path), atomically, making each LazyTensor only when its record is written."""
+    write_atomically(path, lambda _, temporary: _write(obj, temporary))

@@ -1,0 +1,54 @@
+"""A target rank's tensors, each read from a saved checkpoint by the whole model's key:
+the weight, and its per-parameter optimizer state, as target tensor-parallel rank r of
+T would hold them (split as the key's sharding spec says; a vocabulary-split tensor
+re-padded to the target's padded vocabulary when that differs)."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from ....mpu.sharding_map import ShardSpec
+from .slices import read_shard
+from .source import SavedCheckpoint
+
+
+def _length(source: SavedCheckpoint, name: str, spec: ShardSpec, padded_vocab_size: Optional[int]) -> Optional[int]:
+    saved = source.owner(name).spec
+    return padded_vocab_size if saved.vocab and spec.vocab and padded_vocab_size else None
+
+
+def _count(source: SavedCheckpoint, tensor: torch.Tensor) -> torch.Tensor:
+    source.files.count(tensor.numel() * tensor.element_size())
+    return tensor
+
+
+def target_weight(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int, size: int,
+                  padded_vocab_size: Optional[int] = None) -> torch.Tensor:
+    """Whole-model key `name` as target TP rank `rank` of `size` holds it (a new tensor)."""
+    saved = source.owner(name).spec
+    out = read_shard(saved, lambda s: source.weight(name, s), source.tp, rank,
+                     size, _length(source, name, spec, padded_vocab_size))
+    return _count(source, out)
+
+
+def target_optimizer_state(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int, size: int,
+                           padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """{field: value} of `name`'s optimizer state at target TP rank `rank` of `size`:
+    element fields split like the weight, scalar fields (step) as saved."""
+    saved = source.owner(name).spec
+    states: Dict[int, Dict] = {}
+
+    def state_of(tensor_rank: int) -> Dict:
+        if tensor_rank not in states:
+            states[tensor_rank] = source.optimizer_state(name, tensor_rank)
+        return states[tensor_rank]
+
+    result = {}
+    for field, value in state_of(0).items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            result[field] = value
+            continue
+        result[field] = _count(source, read_shard(saved, lambda s: state_of(s)[field], source.tp, rank, size,
+                                                  _length(source, name, spec, padded_vocab_size)))
+    return result
