@@ -64,7 +64,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         _set_padded_vocab_size(args, run)
         chunks = build_model_chunks(model_provider, args)
         backend = build_training_backend(chunks, run)
-        lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
+        lr_schedule = backend.learning_rate_schedule(schedule_from_config(run.optimizer, run.scheduler,
+                                                                          run.training))
         state = TrainState()
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
         checkpoints.load(state)

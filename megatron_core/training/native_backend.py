@@ -188,6 +188,13 @@ class NativeBackend:
         # fp32 parameters are their own masters: the model's weights already hold them.
         return [m for m in self.masters if m.write_back is not None]
 
+    def learning_rate_schedule(self, schedule):
+        return schedule
+
+    def checkpoint_files(self, run, chunks: List[torch.nn.Module]):
+        from .checkpoint.layout_files import LayoutFiles
+        return LayoutFiles(run, chunks, self)
+
     def state_dict(self) -> dict:
         """Optimizer state (this rank's shard under ZeRO-1, with the ranges it covers), the
         fp32 master weights, and the loss scaler under its own key."""
