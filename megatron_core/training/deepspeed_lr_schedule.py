@@ -8,8 +8,9 @@ WarmupDecayLR, WarmupCosineLR, ...) counts optimizer steps: the engine advances 
 engine.step() after an applied update (not after an fp16 overflow), as our loop advances
 its own. So:
 
-* `lr` is the scheduler's rate for the coming update (its get_lr(); DeepSpeed's schedulers
-  give every param group the same rate), which the log prints as "learning rate";
+* `lr` is the scheduler's rate for the coming update (its get_lr(), or before its first
+  step the rate it set at construction; DeepSpeed's schedulers give every param group the
+  same rate), which the log prints as "learning rate";
 * `apply` writes those rates into the param groups before every step, as DeepSpeed's own
   step() does after each update; this also puts the right rate in place after a resume,
   where the scheduler's load_state_dict restores its count but not the groups' rates;
@@ -28,9 +29,16 @@ class EngineLearningRate:
         self.schedule = schedule          # the flags' schedule: weight decay and the sample count
         self.scheduler = scheduler        # DeepSpeed's, built by deepspeed.initialize from ds.json
 
+    def _rates(self):
+        if getattr(self.scheduler, "last_batch_iteration", 0) < 0:
+            # Not stepped yet (DeepSpeed 0.19.8 starts at -1): the rates it set at construction;
+            # its get_lr() would warn on every call.
+            return self.scheduler.get_last_lr()
+        return self.scheduler.get_lr()
+
     @property
     def lr(self) -> float:
-        return float(self.scheduler.get_lr()[0])
+        return float(self._rates()[0])
 
     @property
     def weight_decay(self) -> float:
@@ -41,7 +49,7 @@ class EngineLearningRate:
         return self.schedule.num_steps
 
     def apply(self, optimizer) -> None:
-        rates = self.scheduler.get_lr()
+        rates = self._rates()
         wd = self.schedule.weight_decay
         for group, lr in zip(optimizer.param_groups, rates):
             group["lr"] = lr

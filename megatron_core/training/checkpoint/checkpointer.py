@@ -49,8 +49,6 @@ class Checkpointer:
         self.config = run.checkpoint
         self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
         self.layout = self.files.layout
-        self.tp_rank = mpu.get_tensor_model_parallel_rank()
-        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
         training = run.training
@@ -82,9 +80,7 @@ class Checkpointer:
     def save(self, state) -> None:
         directory, iteration = self.config.save, state.iteration
         rng_states = self._gather_over_data_parallel(rng_state.capture())
-        model_path = self.layout.model_file(directory, iteration, self.tp_rank,
-                                            self.run.parallel.tensor_model_parallel_size, self.pp_rank,
-                                            self.run.parallel.pipeline_model_parallel_size)
+        model_path = self.files.model_file(self.layout, directory, iteration)
 
         def contents_for(backend_state, include_optimizer):
             return model_state(self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
@@ -159,8 +155,7 @@ class Checkpointer:
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
         compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
-        model_path = layout.model_file(directory, iteration, self.tp_rank, wanted_sizes[0], self.pp_rank,
-                                       wanted_sizes[1])
+        model_path = self.files.model_file(layout, directory, iteration)
         if not os.path.exists(model_path):
             raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
                                   f"tracker at an earlier one.")

@@ -1,16 +1,18 @@
 """The DeepSpeed backend's checkpoints: engine.save_checkpoint / engine.load_checkpoint, our state inside.
 
     files = DeepSpeedEngineFiles(run, engine)        # DeepSpeedBackend.checkpoint_files(run, chunks)
-    error = files.save(directory, iteration, model_path, contents_for)
-    files.restore(directory, iteration, layout, saved, model_path, load_optimizer, keep_scaler)
+    path = files.model_file(layout, directory, iteration)      # this rank's model-states file
+    error = files.save(directory, iteration, path, contents_for)
+    files.restore(directory, iteration, layout, saved, path, load_optimizer, keep_scaler)
 
 The files are DeepSpeed's own layout, as Megatron-DeepSpeed writes it (tag global_step<N>):
 
     <save>/latest                                              "global_step<N>", written last, by us
     <save>/global_step<N>/mp_rank_XX_model_states.pt           data-parallel rank 0 of each model-parallel rank
+                         (ZeRO-3: zero_pp_rank_D_mp_rank_XX_model_states.pt from every data-parallel rank D)
     <save>/global_step<N>/zero_pp_rank_D_mp_rank_XX_optim_states.pt   ZeRO 1-3: data-parallel rank D's partition
                          (bf16_zero_pp_rank_D_... under bf16, DeepSpeed's name)
-    <save>/global_step<N>/zero_to_fp32.py, zero_to_torch.py    DeepSpeed's recovery scripts (ZeRO 1-3)
+    <save>/zero_to_fp32.py, zero_to_torch.py                   DeepSpeed's recovery scripts (ZeRO 1-3), beside latest
 
 XX is the model-parallel rank pipeline_rank * TP + tensor_rank (deepspeed_layout.py's
 naming; at PP=1 that is DeepSpeed's own, the tensor-parallel rank). The model-states file
@@ -39,7 +41,9 @@ loads with torch.load(weights_only=False), and writes `latest` from rank 0 right
 own files, before the other ranks finish theirs. So the engine gets our checkpoint engine
 (SafeCheckpointEngine): every file goes through file_io.save_file (temporary name, fsync,
 rename) and every read through file_io.load_file (weights_only=True; a pickle payload is
-one sentence and never runs). save_checkpoint runs with save_latest=False; the
+one sentence and never runs). DeepSpeed's ZeRO optimizer state pickles four of its own
+classes (fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler: numbers in a
+named holder); the engine's loads allow exactly those by name, nothing else. save_checkpoint runs with save_latest=False; the
 Checkpointer writes `latest` atomically after every rank reports its files written. What
 DeepSpeed still does its own way: the recovery scripts are copied with shutil, and a
 failed makedirs/copy on one rank raises there (the others then wait in DeepSpeed's
@@ -51,6 +55,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
+import torch
+
 from ... import mpu
 from ...cli import describe_os_error
 from ...errors import CheckpointError
@@ -60,6 +66,16 @@ from .formats import layout_named
 # What the engine writes itself: never taken from our client_state.
 ENGINE_KEYS = ("module", "buffer_names", "optimizer", "global_steps", "global_samples", "skipped_steps",
                "dp_world_size", "mp_world_size", "ds_config", "ds_version")
+
+
+def deepspeed_state_classes() -> list:
+    """The classes DeepSpeed's own optimizer state pickles (its ZeRO optim_states files), each
+    a plain holder of numbers: a fragment's offsets, the stage enum, the loss scalers. Loading
+    allows these by name and nothing else (torch.serialization.safe_globals)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]
 
 
 def _checkpoint_engine_base():
@@ -93,7 +109,8 @@ class SafeCheckpointEngine(_checkpoint_engine_base()):
             self.error = self.error or describe_os_error(e)
 
     def load(self, path: str, map_location=None):
-        return load_file(path, map_location=map_location or "cpu")
+        with torch.serialization.safe_globals(deepspeed_state_classes()):
+            return load_file(path, map_location=map_location or "cpu")
 
     def commit(self, info) -> bool:
         return True
@@ -113,6 +130,18 @@ class DeepSpeedEngineFiles:
             engine.checkpoint_mp_rank = (mpu.get_pipeline_model_parallel_rank() * p.tensor_model_parallel_size
                                          + mpu.get_tensor_model_parallel_rank())
             engine.mp_world_size = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+
+    def model_file(self, layout, directory: str, iteration: Optional[int]) -> str:
+        """The model-states file this rank reads: mp_rank_XX_model_states.pt, or at ZeRO-3 (which
+        partitions the weights) its own zero_pp_rank_D_mp_rank_XX_model_states.pt."""
+        p = self.run.parallel
+        path = layout.model_file(directory, iteration, mpu.get_tensor_model_parallel_rank(),
+                                 p.tensor_model_parallel_size, mpu.get_pipeline_model_parallel_rank(),
+                                 p.pipeline_model_parallel_size)
+        if self.stage == 3:
+            path = os.path.join(os.path.dirname(path),
+                                f"zero_pp_rank_{mpu.get_data_parallel_rank()}_{os.path.basename(path)}")
+        return path
 
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         contents = self.layout.to_file(contents_for({}, include_optimizer=False))

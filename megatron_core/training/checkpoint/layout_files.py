@@ -1,8 +1,9 @@
 """The native backend's checkpoint files: this package writes and reads them through a layout.
 
     files = LayoutFiles(run, chunks, backend)       # backend.checkpoint_files(run, chunks)
-    error = files.save(directory, iteration, contents_for)
-    files.restore(saved, model_path, load_optimizer, keep_scaler)
+    path = files.model_file(layout, directory, iteration)      # this rank's model file
+    error = files.save(directory, iteration, path, contents_for)
+    files.restore(directory, iteration, layout, saved, path, load_optimizer, keep_scaler)
 
 --ckpt-format picks the layout (megatron_layout.py or deepspeed_layout.py). The model file
 of a (TP, PP) rank is written by its data-parallel rank 0 (contents.py's keys); with the
@@ -27,6 +28,13 @@ class LayoutFiles:
         self.run, self.chunks, self.backend = run, chunks, backend
         self.layout = layout_named(run.checkpoint.ckpt_format)
         self.dp_rank = mpu.get_data_parallel_rank()
+
+    def model_file(self, layout, directory: str, iteration: Optional[int]) -> str:
+        """This rank's model file under `layout`."""
+        p = self.run.parallel
+        return layout.model_file(directory, iteration, mpu.get_tensor_model_parallel_rank(),
+                                 p.tensor_model_parallel_size, mpu.get_pipeline_model_parallel_rank(),
+                                 p.pipeline_model_parallel_size)
 
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         """Write this rank's files; the OS error as a sentence, or None."""
