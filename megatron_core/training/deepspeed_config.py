@@ -6,8 +6,8 @@
 The flags stay the source of truth for what the loop does (our schedules run the
 micro-batches, our lr schedule sets the learning rate unless ds.json has a scheduler, our
 data iterators make the batches); ds.json chooses what DeepSpeed owns (the ZeRO stage,
-offload, communication knobs, its scheduler). Where both speak they must agree, and a disagreement is one sentence naming the
-ds.json key and the flag:
+offload, communication knobs, its scheduler). Where both speak they must agree, and a
+disagreement is one sentence naming the ds.json key and the flag:
 
 * train_batch_size = --global-batch-size, train_micro_batch_size_per_gpu =
   --micro-batch-size, gradient_accumulation_steps = global / (micro x DP);

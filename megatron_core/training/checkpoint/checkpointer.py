@@ -34,7 +34,7 @@ from ...errors import CheckpointError
 from . import compatibility, rng_state
 from .exit_conditions import ExitConditions
 from .contents import model_keys, model_state, rng_state_of_rank
-from .file_io import load_file, write_bytes_atomically
+from .file_io import write_bytes_atomically
 from .formats import detect_layout
 
 
@@ -159,7 +159,7 @@ class Checkpointer:
         if not os.path.exists(model_path):
             raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
                                   f"tracker at an earlier one.")
-        saved = layout.from_file(load_file(model_path))
+        saved = layout.from_file(self.files.read(model_path))
         self._restore(directory, iteration, saved, model_path, layout, state, release=iteration is None)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")

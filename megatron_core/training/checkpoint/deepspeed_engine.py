@@ -43,9 +43,9 @@ own files, before the other ranks finish theirs. So the engine gets our checkpoi
 rename) and every read through file_io.load_file (weights_only=True; a pickle payload is
 one sentence and never runs). DeepSpeed's ZeRO optimizer state pickles four of its own
 classes (fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler: numbers in a
-named holder); the engine's loads allow exactly those by name, nothing else. save_checkpoint runs with save_latest=False; the
-Checkpointer writes `latest` atomically after every rank reports its files written. What
-DeepSpeed still does its own way: the recovery scripts are copied with shutil, and a
+named holder); the engine's loads allow exactly those by name, nothing else.
+save_checkpoint runs with save_latest=False; the Checkpointer writes `latest` atomically
+after every rank reports its files written. What DeepSpeed still does its own way: the recovery scripts are copied with shutil, and a
 failed makedirs/copy on one rank raises there (the others then wait in DeepSpeed's
 barrier); a failed file write is caught and reported on every rank. Loading without the
 optimizer at ZeRO-3 would run zero_to_fp32's unsafe torch.load, so arguments.py refuses it.
@@ -142,6 +142,10 @@ class DeepSpeedEngineFiles:
             path = os.path.join(os.path.dirname(path),
                                 f"zero_pp_rank_{mpu.get_data_parallel_rank()}_{os.path.basename(path)}")
         return path
+
+    def read(self, path: str) -> dict:
+        """A model-states file as the engine reads it (weights_only, DeepSpeed's state classes allowed)."""
+        return self.safe.load(path)
 
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         contents = self.layout.to_file(contents_for({}, include_optimizer=False))

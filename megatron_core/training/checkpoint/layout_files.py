@@ -36,6 +36,9 @@ class LayoutFiles:
                                  p.tensor_model_parallel_size, mpu.get_pipeline_model_parallel_rank(),
                                  p.pipeline_model_parallel_size)
 
+    def read(self, path: str) -> dict:
+        return load_file(path)
+
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         """Write this rank's files; the OS error as a sentence, or None."""
         backend_state = self.backend.state_dict()
