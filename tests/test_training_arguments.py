@@ -223,3 +223,15 @@ def test_deepspeed_with_save_writes_deepspeed_layout(tmp_path):
     path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
     args = _args(f"--deepspeed --deepspeed_config {path} --save ckpt --save-interval 5")
     assert args.ckpt_format == "deepspeed"
+
+
+def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_process_group(tmp_path):
+    pytest.importorskip("deepspeed")
+    from deepspeed.accelerator import get_accelerator
+    if get_accelerator().is_fp16_supported():
+        pytest.skip("this device trains fp16 under DeepSpeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    with pytest.raises(ConfigError, match=r"--fp16 with --deepspeed: DeepSpeed does not train fp16 .*--bf16") as info:
+        _args(f"--deepspeed --deepspeed_config {path} --fp16")
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")

@@ -493,6 +493,14 @@ def _validate_deepspeed(args) -> None:
         loss_scale_window=int(args.loss_scale_window), hysteresis=args.hysteresis, train_iters=args.train_iters,
         lr_schedule_flags=_lr_schedule_flags_given(args))
     args.deepspeed_resolved = resolve_deepspeed_config(read_deepspeed_config(args.deepspeed_config), flags)
+    if args.fp16:
+        # DeepSpeed 0.19.8 raises this inside deepspeed.initialize, after the process groups start.
+        from deepspeed.accelerator import get_accelerator
+        accelerator = get_accelerator()
+        if not accelerator.is_fp16_supported():
+            raise ConfigError(f"--fp16 with --deepspeed: DeepSpeed does not train fp16 on this "
+                              f"{accelerator.device_name()} device; use --bf16, or --fp16 with the native backend "
+                              f"(drop --deepspeed).")
     _validate_deepspeed_checkpoints(args)
 
 
