@@ -37,7 +37,9 @@ def test_auto_values_are_filled_and_agreeing_values_kept():
     ({"fp16": {"enabled": True}}, ["fp16.enabled true", "--fp16 is not given"]),
     ({"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}, ["optimizer.params.lr 0.0001", "--lr gives 0.003"]),
     ({"optimizer": {"type": "Lamb"}}, ["optimizer.type Lamb", "--optimizer gives adam"]),
-    ({"scheduler": {"type": "WarmupLR"}}, ["scheduler (WarmupLR)", "--lr-decay-style"]),
+    ({"scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": 1e-3}}},
+     ["scheduler.params.warmup_max_lr 0.001", "--lr gives 0.003"]),
+    ({"scheduler": {"type": "StepLR"}}, ["scheduler.type 'StepLR'", "WarmupDecayLR"]),
 ])
 def test_contradiction_is_one_sentence_naming_the_key_and_the_flag(config, words):
     with pytest.raises(ConfigError) as raised:
@@ -46,6 +48,23 @@ def test_contradiction_is_one_sentence_naming_the_key_and_the_flag(config, words
     assert message.count(". ") == 0 and message.endswith(".")
     for word in words:
         assert word in message, message
+
+
+def test_a_deepspeed_scheduler_is_filled_from_lr_and_train_iters():
+    flags = FlagSettings(**{**FLAGS.__dict__, "train_iters": 50})
+    resolved = resolve_deepspeed_config({"scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 5}}},
+                                        flags)
+    assert resolved["scheduler"] == {"type": "WarmupDecayLR", "params": {
+        "warmup_num_steps": 5, "warmup_max_lr": 3e-3, "total_num_steps": 50}}
+
+
+def test_a_deepspeed_scheduler_with_megatron_schedule_flags_is_one_sentence_naming_both():
+    flags = FlagSettings(**{**FLAGS.__dict__, "lr_schedule_flags": ("--lr-decay-style cosine",)})
+    with pytest.raises(ConfigError) as raised:
+        resolve_deepspeed_config({"scheduler": {"type": "WarmupCosineLR"}}, flags)
+    message = str(raised.value)
+    assert "scheduler WarmupCosineLR" in message and "--lr-decay-style cosine" in message
+    assert message.count(". ") == 0 and message.endswith(".")
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -2,6 +2,7 @@
 derived values as Megatron does, and build the config dataclasses; each impossible combination
 is one sentence naming the flags."""
 import argparse
+import json
 
 import pytest
 import torch
@@ -120,7 +121,6 @@ IMPOSSIBLE = [
     ("--ddp-bucket-size 0", 2, r"--ddp-bucket-size must be a positive integer, got 0"),
     ("--loss-scale-window 0 --fp16", 1, r"--loss-scale-window"),
     ("--hysteresis 0 --fp16", 1, r"--hysteresis"),
-    ("--deepspeed --save ckpt --save-interval 5", 1, r"--save ckpt with --deepspeed: checkpoints of the DeepSpeed"),
 ]
 
 
@@ -197,4 +197,41 @@ ENCODER_DECODER_IMPOSSIBLE = [
 def test_an_impossible_encoder_decoder_layout_is_one_sentence_naming_the_flags(extra, world, match):
     with pytest.raises(ConfigError, match=match) as info:
         _encoder_decoder_args(T5_BASE + " " + extra, world)
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+@pytest.mark.parametrize("config,extra,world,match", [
+    ({"zero_optimization": {"stage": 1}}, "--save ckpt --save-interval 5 --pipeline-model-parallel-size 2 "
+     "--num-layers-per-virtual-pipeline-stage 2 --global-batch-size 4", 2,
+     r"--num-layers-per-virtual-pipeline-stage; drop"),
+    ({"zero_optimization": {"stage": 3}}, "--load ckpt --finetune", 1, r"ZeRO stage 3 .*zero_to_fp32"),
+    ({"zero_optimization": {"stage": 3}}, "--load ckpt --no-load-optim", 1, r"--no-load-optim\) at ZeRO stage 3"),
+], ids=["virtual-stages", "zero3-finetune", "zero3-no-load-optim"])
+def test_a_deepspeed_checkpoint_the_engine_cannot_save_or_load_safely_is_one_sentence(tmp_path, config, extra, world,
+                                                                                        match):
+    pytest.importorskip("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=match) as info:
+        _args(f"--deepspeed --deepspeed_config {path} {extra}", world)
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_deepspeed_with_save_writes_deepspeed_layout(tmp_path):
+    pytest.importorskip("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    args = _args(f"--deepspeed --deepspeed_config {path} --save ckpt --save-interval 5")
+    assert args.ckpt_format == "deepspeed"
+
+
+def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_process_group(tmp_path):
+    pytest.importorskip("deepspeed")
+    from deepspeed.accelerator import get_accelerator
+    if get_accelerator().is_fp16_supported():
+        pytest.skip("this device trains fp16 under DeepSpeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    with pytest.raises(ConfigError, match=r"--fp16 with --deepspeed: DeepSpeed does not train fp16 .*--bf16") as info:
+        _args(f"--deepspeed --deepspeed_config {path} --fp16")
     assert "\n" not in str(info.value) and str(info.value).endswith(".")

@@ -124,7 +124,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"],
-                   help="(ours) The layout --save writes; --load detects the layout it finds.")
+                   help="(ours) The layout --save writes; --load detects the layout it finds. With "
+                        "--deepspeed the engine writes DeepSpeed's layout.")
     g.add_argument("--finetune", action="store_true",
                    help="Load the weights only: iteration, optimizer, scheduler and RNG start afresh.")
     g.add_argument("--no-load-optim", action="store_true",
@@ -503,10 +504,6 @@ def _validate_deepspeed(args) -> None:
             raise ConfigError(f"--deepspeed_config {args.deepspeed_config} is given without --deepspeed; add "
                               f"--deepspeed to train through DeepSpeed, or drop the config.")
         return
-    for flag, value in (("--save", getattr(args, "save", None)), ("--load", getattr(args, "load", None))):
-        if value:   # the engine's own checkpoint layout is the launcher issue's point 3
-            raise ConfigError(f"{flag} {value} with --deepspeed: checkpoints of the DeepSpeed engine are not "
-                              f"built yet; train with the native backend (drop --deepspeed) to save or load.")
     # A dry run checks ds.json against the flags on a machine that need not have DeepSpeed.
     if importlib.util.find_spec("deepspeed") is None and not getattr(args, "dry_run", False):
         raise ConfigError("--deepspeed needs the deepspeed package; install it with "
@@ -519,8 +516,44 @@ def _validate_deepspeed(args) -> None:
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         adam_betas=(args.adam_beta1, args.adam_beta2), adam_eps=args.adam_eps, loss_scale=args.loss_scale,
         initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
-        loss_scale_window=int(args.loss_scale_window), hysteresis=args.hysteresis)
+        loss_scale_window=int(args.loss_scale_window), hysteresis=args.hysteresis, train_iters=args.train_iters,
+        lr_schedule_flags=_lr_schedule_flags_given(args))
     args.deepspeed_resolved = resolve_deepspeed_config(read_deepspeed_config(args.deepspeed_config), flags)
+    if args.fp16:
+        # DeepSpeed 0.19.8 raises this inside deepspeed.initialize, after the process groups start.
+        from deepspeed.accelerator import get_accelerator
+        accelerator = get_accelerator()
+        if not accelerator.is_fp16_supported():
+            raise ConfigError(f"--fp16 with --deepspeed: DeepSpeed does not train fp16 on this "
+                              f"{accelerator.device_name()} device; use --bf16, or --fp16 with the native backend "
+                              f"(drop --deepspeed).")
+    _validate_deepspeed_checkpoints(args)
+
+
+def _lr_schedule_flags_given(args) -> tuple:
+    """Megatron's schedule flags away from their defaults, as "--flag value"."""
+    defaults = {"lr_decay_style": "linear", "lr_decay_iters": None, "lr_decay_samples": None,
+                "lr_wsd_decay_iters": None, "lr_wsd_decay_samples": None, "lr_warmup_fraction": None,
+                "lr_warmup_iters": 0, "lr_warmup_samples": 0, "lr_warmup_init": 0.0, "min_lr": 0.0}
+    return tuple(f"--{name.replace('_', '-')} {getattr(args, name)}" for name, default in defaults.items()
+                 if getattr(args, name, default) != default)
+
+
+def _validate_deepspeed_checkpoints(args) -> None:
+    """--save/--load with --deepspeed go through the engine (checkpoint/deepspeed_engine.py),
+    which writes DeepSpeed's layout."""
+    if not (args.save or args.load):
+        return
+    args.ckpt_format = "deepspeed"
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        raise ConfigError("DeepSpeed's engine saves one module per rank, not the model chunks of "
+                          "--num-layers-per-virtual-pipeline-stage; drop that flag to save or load with --deepspeed.")
+    stage = int(args.deepspeed_resolved.get("zero_optimization", {}).get("stage", 0))
+    if args.load and stage == 3 and (args.finetune or args.no_load_optim):
+        raise ConfigError(f"--load {args.load} without its optimizer (--finetune or --no-load-optim) at ZeRO stage 3 "
+                          f"rebuilds the weights with DeepSpeed's zero_to_fp32, which unpickles the files unsafely; "
+                          f"load with the optimizer state, or consolidate the weights first with the checkpoint's "
+                          f"zero_to_fp32.py.")
 
 
 # --- building the dataclasses -------------------------------------------------------------------

@@ -14,9 +14,10 @@ embedding, stack tables) and the sequence-parallel sums (pipeline/finalize_grads
 the data-parallel mean (finishing or waiting for the overlapped one); the loop calls
 neither finalize_model_grads nor any all-reduce itself. It then agrees on inf/nan across
 every model-parallel and data-parallel rank, clips by the global norm over TP, PP and DP
-(each shared copy counted once), and steps the optimizer unless the gradients overflowed. `state_dict()` holds everything the backend owns (optimizer state, fp32
-master weights when kept, loss scaler kept under its own key so `--no-load-optim` can
-keep it), for the checkpoint issue.
+(each shared copy counted once), and steps the optimizer unless the gradients overflowed.
+`state_dict()` holds everything the backend owns (optimizer state, fp32 master weights
+when kept, loss scaler kept under its own key so `--no-load-optim` can keep it);
+`checkpoint_files()` says who puts it on disk (checkpoint/checkpointer.py).
 """
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ class Backend(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def describe(self) -> str: ...   # one line for the start of the log (Megatron prints its bucket count)
+
+    # The schedule the loop applies and steps: the flags' own, or one that lets the
+    # backend's engine set the rate (a ds.json "scheduler", deepspeed_lr_schedule.py).
+    def learning_rate_schedule(self, schedule): ...
+
+    # Who writes and reads this backend's checkpoint files (checkpoint/checkpointer.py's
+    # CheckpointFiles): our layouts' files, or DeepSpeed's engine's.
+    def checkpoint_files(self, run, chunks: List[torch.nn.Module]): ...
 
 def build_training_backend(chunks: List[torch.nn.Module], run) -> Backend:
     """The one place that picks the backend: DeepSpeed with --deepspeed, else native.

@@ -42,6 +42,7 @@ from ..pipeline.finalize_grads import sum_stage_copies
 from .backend import StepResult
 from .config import OptimizerConfig
 from .deepspeed_config import zero_stage
+from .deepspeed_lr_schedule import EngineLearningRate
 from .optimizer import build_optimizer
 from .param_groups import build_param_groups
 
@@ -180,7 +181,18 @@ class DeepSpeedBackend:
         offload = " with CPU optimizer offload" if self.offload else ""
         return f"DeepSpeed engine: ZeRO stage {self.stage}{offload}, {self.accumulation_steps} micro-batches per step"
 
-    # --- state (the checkpoint issue builds DeepSpeed's checkpoint layout on the engine) ----
+    def learning_rate_schedule(self, schedule):
+        """The flags' schedule, or DeepSpeed's scheduler from ds.json setting the rate."""
+        if self.engine.lr_scheduler is None:
+            return schedule
+        return EngineLearningRate(schedule, self.engine.lr_scheduler)
+
+    def checkpoint_files(self, run, chunks: List[torch.nn.Module]):
+        """engine.save_checkpoint / load_checkpoint, DeepSpeed's layout (checkpoint/deepspeed_engine.py)."""
+        from .checkpoint.deepspeed_engine import DeepSpeedEngineFiles
+        return DeepSpeedEngineFiles(run, self.engine, self.stage)
+
+    # --- state (checkpoints go through the engine: checkpoint_files) ----------------------
 
     def state_dict(self) -> dict:
         return {"optimizer": self.engine.optimizer.state_dict(), "zero_stage": self.stage}

@@ -4,10 +4,10 @@
     resolved = resolve_deepspeed_config(ds, settings)       # pure: no process, no deepspeed import
 
 The flags stay the source of truth for what the loop does (our schedules run the
-micro-batches, our lr schedule sets the learning rate, our data iterators make the
-batches); ds.json chooses what DeepSpeed owns (the ZeRO stage, offload, communication
-knobs). Where both speak they must agree, and a disagreement is one sentence naming the
-ds.json key and the flag:
+micro-batches, our lr schedule sets the learning rate unless ds.json has a scheduler, our
+data iterators make the batches); ds.json chooses what DeepSpeed owns (the ZeRO stage,
+offload, communication knobs, its scheduler). Where both speak they must agree, and a
+disagreement is one sentence naming the ds.json key and the flag:
 
 * train_batch_size = --global-batch-size, train_micro_batch_size_per_gpu =
   --micro-batch-size, gradient_accumulation_steps = global / (micro x DP);
@@ -20,8 +20,11 @@ ds.json key and the flag:
   betas, eps and weight_decay equal --lr, --adam-beta1/2, --adam-eps, --weight-decay;
   DeepSpeed then builds it (DeepSpeedCPUAdam under offload_optimizer), and our lr
   schedule writes each step's lr into it as it does for the native optimizer;
-* "scheduler": DeepSpeed would set the lr at every step, against --lr-decay-style; it is
-  refused with one sentence (say the schedule with Megatron's --lr-* flags);
+* "scheduler" (one of DeepSpeed's: WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle,
+  LRRangeTest): DeepSpeed's scheduler then sets the learning rate (deepspeed_lr_schedule.py),
+  so Megatron's schedule flags (--lr-decay-style, --lr-warmup-*, --lr-decay-*, --min-lr,
+  --lr-wsd-*) must stay unset; warmup_max_lr (WarmupLR, WarmupDecayLR) = --lr, and
+  total_num_steps (WarmupDecayLR, WarmupCosineLR) is filled from --train-iters when absent;
 * ZeRO-2/3 reduce gradients during backward, inside DeepSpeed's hooks; with
   --pipeline-model-parallel-size > 1 the stage copies must be summed first, so PP takes
   ZeRO 0/1; --sequence-parallel likewise; ZeRO-3 and offload_optimizer run at
@@ -44,6 +47,7 @@ from typing import Optional, Tuple
 from ..errors import ConfigError
 
 OPTIMIZER_TYPES = {"adam": ("adam", "adamw"), "sgd": ("sgd",)}
+DEEPSPEED_SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class FlagSettings:
     min_loss_scale: float = 1.0
     loss_scale_window: int = 1000
     hysteresis: int = 2
+    train_iters: Optional[int] = None
+    # Megatron's own schedule flags given away from their defaults, as "--flag value" (a
+    # ds.json scheduler contradicts them).
+    lr_schedule_flags: Tuple[str, ...] = ()
 
 
 def read_deepspeed_config(path: Optional[str]) -> dict:
@@ -142,10 +150,7 @@ def _check_precision(config: dict, flags: FlagSettings) -> None:
 
 def _check_optimizer(config: dict, flags: FlagSettings) -> None:
     _agree(config, "gradient_clipping", flags.clip_grad, "--clip-grad")
-    if "scheduler" in config:
-        raise ConfigError(f"the DeepSpeed config has a scheduler ({config['scheduler'].get('type', '?')}), which "
-                          f"would set the lr against --lr-decay-style; remove it and give the schedule with "
-                          f"Megatron's flags (--lr, --lr-decay-style, --lr-warmup-iters, --min-lr).")
+    _check_scheduler(config, flags)
     optimizer = config.get("optimizer")
     if optimizer is None:
         return
@@ -166,6 +171,32 @@ def _check_optimizer(config: dict, flags: FlagSettings) -> None:
             params[key] = value
         elif (list(given) if isinstance(given, (list, tuple)) else given) != value:
             raise _disagree(f"optimizer.params.{key}", given, flag, value)
+
+
+def _check_scheduler(config: dict, flags: FlagSettings) -> None:
+    scheduler = config.get("scheduler")
+    if scheduler is None:
+        return
+    kind = scheduler.get("type") if isinstance(scheduler, dict) else None
+    if kind not in DEEPSPEED_SCHEDULERS:
+        raise ConfigError(f"the DeepSpeed config's scheduler.type {kind!r} is not one of DeepSpeed's schedulers "
+                          f"({', '.join(DEEPSPEED_SCHEDULERS)}); fix the type or drop the scheduler.")
+    if flags.lr_schedule_flags:
+        raise ConfigError(f"the DeepSpeed config's scheduler {kind} sets the learning rate but "
+                          f"{flags.lr_schedule_flags[0]} asks Megatron's schedule to; drop the scheduler from the "
+                          f"config or the --lr-*/--min-lr schedule flags.")
+    params = scheduler.setdefault("params", {})
+    if kind in ("WarmupLR", "WarmupDecayLR"):
+        peak = params.get("warmup_max_lr", "auto")
+        if peak == "auto":
+            params["warmup_max_lr"] = flags.lr
+        elif peak != flags.lr:
+            raise _disagree("scheduler.params.warmup_max_lr", peak, "--lr", flags.lr)
+    if kind in ("WarmupDecayLR", "WarmupCosineLR") and params.get("total_num_steps", "auto") == "auto":
+        if not flags.train_iters:
+            raise ConfigError(f"the DeepSpeed config's scheduler {kind} needs scheduler.params.total_num_steps "
+                              f"(optimizer steps) when the run is sized by --train-samples; set it.")
+        params["total_num_steps"] = flags.train_iters
 
 
 def _check_layout(config: dict, flags: FlagSettings) -> None:

@@ -81,7 +81,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                 print(block, flush=True)
         chunks = build_model_chunks(model_provider, args)
         backend = build_training_backend(chunks, run)
-        lr_schedule = schedule_from_config(run.optimizer, run.scheduler, run.training)
+        lr_schedule = backend.learning_rate_schedule(schedule_from_config(run.optimizer, run.scheduler,
+                                                                          run.training))
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
         checkpoints.load(state)
         every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage

@@ -197,6 +197,13 @@ class NativeBackend:
         where = {id(p): (keys[i], name) for i, c in enumerate(self.chunks) for name, p in c.named_parameters()}
         return [[*where[id(m.model_param)], *m.elements] for m in self.masters]
 
+    def learning_rate_schedule(self, schedule):
+        return schedule
+
+    def checkpoint_files(self, run, chunks: List[torch.nn.Module]):
+        from .checkpoint.layout_files import LayoutFiles
+        return LayoutFiles(run, chunks, self)
+
     def state_dict(self) -> dict:
         """Optimizer state (this rank's shard under ZeRO-1, with the ranges it covers), the
         fp32 master weights, for each master in the optimizer's order its parameter's chunk key,

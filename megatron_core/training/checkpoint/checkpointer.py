@@ -9,6 +9,11 @@
     else:
         checkpoints.at_end(state)             # the last iteration, unless just saved
 
+Who writes a rank's files is the backend's choice (backend.checkpoint_files): our layouts
+(layout_files.py) for the native backend, DeepSpeed's engine (deepspeed_engine.py) for
+--deepspeed. Both take the same contents (contents.py) and write the same DeepSpeed layout
+where they share it; the Checkpointer owns the tracker, the counters, the schedule and RNG.
+
 A save is collective. Each rank writes its files atomically (file_io.py); then every rank
 learns whether every other one succeeded; only then does rank 0 replace the tracker, last
 and atomically. So a crash or a full disk at any point leaves the tracker naming the
@@ -28,9 +33,9 @@ from ...cli import describe_os_error
 from ...errors import CheckpointError
 from . import compatibility, reshard, rng_state
 from .exit_conditions import ExitConditions
-from .contents import model_keys, model_state, optimizer_shard_state, rng_state_of_rank
-from .file_io import load_file, save_file, write_bytes_atomically
-from .formats import detect_layout, layout_named
+from .contents import model_keys, model_state, rng_state_of_rank
+from .file_io import write_bytes_atomically
+from .formats import detect_layout
 
 
 def _print(message: str) -> None:
@@ -42,9 +47,8 @@ class Checkpointer:
     def __init__(self, run, args, chunks: List, backend, lr_schedule):
         self.run, self.args, self.chunks, self.backend, self.lr_schedule = run, args, chunks, backend, lr_schedule
         self.config = run.checkpoint
-        self.layout = layout_named(self.config.ckpt_format)
-        self.tp_rank = mpu.get_tensor_model_parallel_rank()
-        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
+        self.layout = self.files.layout
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
         training = run.training
@@ -75,27 +79,13 @@ class Checkpointer:
 
     def save(self, state) -> None:
         directory, iteration = self.config.save, state.iteration
-        backend_state = self.backend.state_dict()
         rng_states = self._gather_over_data_parallel(rng_state.capture())
-        model_path = self.layout.model_file(directory, iteration, self.tp_rank,
-                                            self.run.parallel.tensor_model_parallel_size, self.pp_rank,
-                                            self.run.parallel.pipeline_model_parallel_size)
-        distributed = self.run.parallel.use_distributed_optimizer
-        writes = []
-        if self.dp_rank == 0:
-            writes.append((model_path, self.layout.to_file(model_state(
-                self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
-                include_optimizer=not distributed))))
-        if distributed:
-            writes.append((self.layout.optimizer_shard_file(model_path, self.dp_rank), self.layout.to_file(
-                optimizer_shard_state(backend_state, iteration, self.dp_rank, self.run.parallel.data_parallel_size))))
-        error = None
-        try:
-            for path, content in writes:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                save_file(content, path)
-        except OSError as e:
-            error = describe_os_error(e)
+        model_path = self.files.model_file(self.layout, directory, iteration)
+
+        def contents_for(backend_state, include_optimizer):
+            return model_state(self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
+                               include_optimizer=include_optimizer)
+        error = self.files.save(directory, iteration, model_path, contents_for)
         self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
         tracker_error = None
         if not dist.is_initialized() or dist.get_rank() == 0:
@@ -165,18 +155,18 @@ class Checkpointer:
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
         first = layout.first_model_file(iteration_path)
-        parallel = layout.from_file(load_file(first, mmap=True)).get("parallel") if first else None
+        # Only this file's small entries are read: its tensors stay mapped, untouched.
+        parallel = layout.from_file(self.files.read(first, mmap=True)).get("parallel") if first else None
         if parallel and reshard.needs_resharding(parallel, self.run):
             self._load_resharded(directory, layout, iteration, parallel, state)
             return
         compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
-        model_path = layout.model_file(directory, iteration, self.tp_rank, wanted_sizes[0], self.pp_rank,
-                                       wanted_sizes[1])
+        model_path = self.files.model_file(layout, directory, iteration)
         if not os.path.exists(model_path):
             raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
                                   f"tracker at an earlier one.")
-        saved = layout.from_file(load_file(model_path))
-        self._restore(saved, model_path, layout, state, release=iteration is None)
+        saved = layout.from_file(self.files.read(model_path))
+        self._restore(directory, iteration, saved, model_path, layout, state, release=iteration is None)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 
@@ -184,6 +174,11 @@ class Checkpointer:
         """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
         chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
         loss scaler as saved. RNG streams belong to the saved ranks and are not restored."""
+        if not getattr(self.backend, "loads_per_parameter", False):
+            raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
+                                  f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
+                                  f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
+                                  f"saved with, or without --deepspeed.")
         source = reshard.SavedCheckpoint(directory, layout.name)
         where = source.model_path(0, 0)
         compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
@@ -223,7 +218,8 @@ class Checkpointer:
                                   f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
                                   f"optimizer, or resume at the sizes it was saved with.")
 
-    def _restore(self, saved: dict, model_path: str, layout, state, release: bool) -> None:
+    def _restore(self, directory: str, iteration: Optional[int], saved: dict, model_path: str, layout, state,
+                 release: bool) -> None:
         parallel = saved.get("parallel") or {}
         if parallel:
             compatibility.check_parallel_sizes(model_path, (parallel["tensor_model_parallel_size"],
@@ -237,39 +233,16 @@ class Checkpointer:
         if missing:
             raise CheckpointError(f"{model_path} holds no {missing[0]} entry (it has {', '.join(sorted(saved))}); it "
                                   f"is not a training checkpoint of this model.")
-        for key, chunk in zip(keys, self.chunks):
-            try:
-                chunk.load_state_dict(saved[key], strict=True)
-            except RuntimeError as error:
-                raise CheckpointError(f"{model_path}: {key} does not fit this model "
-                                      f"({str(error).splitlines()[0]}); use the model flags it was saved "
-                                      f"with.") from None
         weights_only = release or self.config.finetune
+        load_optimizer = not weights_only and not self.config.no_load_optim
+        self.files.restore(directory, iteration, layout, saved, model_path, load_optimizer=load_optimizer,
+                           keep_scaler=not weights_only)
         if not weights_only:
             state.iteration = int(saved["iteration"])
             state.consumed_samples = int(saved.get("consumed_train_samples", 0))
             state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
-        backend_state = {}
-        if not weights_only and not self.config.no_load_optim:
-            if reshard.PER_PARAMETER in (saved.get("optimizer") or {}):   # resharded: fits any DP / layout
-                self._check_backend_takes_per_parameter(model_path)
-                backend_state.update(saved["optimizer"])
-            elif parallel.get("optimizer_dropped"):    # tools/change_mp.py --no-optim
-                _print(f"note: {model_path} holds no optimizer state (resharded with --no-optim); starting a "
-                       f"fresh optimizer from its weights.")
-            elif self.run.parallel.use_distributed_optimizer:
-                compatibility.check_optimizer_layout(model_path, parallel, self.run)
-                shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
-                backend_state.update(shard["optimizer"])
-            else:
-                compatibility.check_optimizer_layout(model_path, parallel, self.run)
-                backend_state.update(saved["optimizer"])
+        if load_optimizer:
             self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
-        if not weights_only and "grad_scaler" in saved:
-            backend_state["grad_scaler"] = saved["grad_scaler"]
-        # Without optimizer state the backend keeps a fresh optimizer and takes its fp32
-        # masters from the weights just loaded.
-        self.backend.load_state_dict(backend_state)
         if not weights_only and not self.config.no_load_rng:
             streams = rng_state_of_rank(saved.get("rng_state"), self.dp_rank)
             if streams is not None:

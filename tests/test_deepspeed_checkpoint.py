@@ -1,0 +1,243 @@
+"""pretrain_gpt.py --deepspeed --save/--load: DeepSpeed's engine writes its own layout with our state inside.
+
+Each layout trains a tiny GPT (dropout on, so the RNG streams matter) for 4 iterations
+without a break, and again as 2 + save + --load + 2. The resumed run must log the same
+strings (loss, learning rate, grad norm, consumed samples, validations) and end with the
+same tensors in every file. ZeRO-1 and ZeRO-2 let a DeepSpeed scheduler from ds.json set
+the learning rate (WarmupCosineLR, WarmupDecayLR), whose logged rates must follow
+DeepSpeed's documented formulas, computed here; ZeRO-3 and TP=2 keep Megatron's schedule.
+DeepSpeed's zero_to_fp32 must recover the weights the training model holds.
+
+DeepSpeed compiles its CPU comm op at every engine start; the op cache is
+megatron_core.testing.deepspeed_op_cache. Skipped when deepspeed is not installed.
+"""
+import glob
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
+
+from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
+from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
+from megatron_core.testing.entry_points import (failure_report, logged_iterations, logged_validations,  # noqa: E402
+                                                logged_values, run_entry_point)
+from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
+
+ITERS = 4
+LR = 3e-3
+MEGATRON_SCHEDULE = ["--lr-decay-style", "cosine", "--lr-warmup-iters", "1"]
+WARMUP_COSINE = {"type": "WarmupCosineLR", "params": {"warmup_num_steps": 2, "warmup_min_ratio": 0.1,
+                                                      "warmup_type": "linear", "cos_min_ratio": 0.01}}
+WARMUP_DECAY = {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 3, "warmup_min_lr": 1e-4}}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return preprocess_zh_news(str(tmp_path_factory.mktemp("ds_ckpt_corpus")))
+
+
+def flags(corpus, config_path, *extra):
+    return ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+            "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(ITERS), "--lr", str(LR),
+            "--weight-decay", "0.1", "--clip-grad", "1.0", "--log-interval", "1", "--eval-interval", "2",
+            "--eval-iters", "1", "--split", "90,10,0", "--data-path", corpus,
+            "--data-cache-path", os.path.join(os.path.dirname(corpus), "cache"), "--tokenizer-type",
+            "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB, "--num-workers", "0",
+            "--deepspeed", "--deepspeed_config", config_path, *extra]
+
+
+def run(corpus, config_path, *extra, nproc=2):
+    done = run_entry_point("pretrain_gpt.py", flags(corpus, config_path, *extra), nproc=nproc, timeout=600,
+                           env=deepspeed_test_env())
+    assert done.returncode == 0, failure_report(done)
+    return done
+
+
+def load(path):
+    """Every file loads weights_only, allowing only DeepSpeed's four plain state classes by name."""
+    with torch.serialization.safe_globals(deepspeed_state_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def files_of(directory):
+    return sorted(os.path.relpath(p, directory) for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+                  if os.path.isfile(p))
+
+
+def assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}/{i}")
+
+
+def resume(corpus, tmp, config, extra=(), nproc=2):
+    """The uninterrupted run and the 2 + 2 resumed one; checks their logs and final files agree."""
+    config_path = os.path.join(tmp, "ds.json")
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    dirs = {name: os.path.join(tmp, name) for name in ("full", "half", "resumed")}
+    full = run(corpus, config_path, *extra, "--save", dirs["full"], "--save-interval", str(ITERS), nproc=nproc)
+    half = run(corpus, config_path, *extra, "--save", dirs["half"], "--save-interval", "100", "--exit-interval", "2",
+               nproc=nproc)
+    resumed = run(corpus, config_path, *extra, "--load", dirs["half"], "--save", dirs["resumed"],
+                  "--save-interval", "100", nproc=nproc)
+    reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
+    assert sorted(reference) == list(range(1, ITERS + 1))
+    assert sorted(first) == [1, 2] and sorted(second) == [3, 4], (first, second)
+    assert {**first, **second} == reference
+    assert logged_validations(half.stdout) + logged_validations(resumed.stdout) == logged_validations(full.stdout)
+    assert "successfully loaded checkpoint from" in resumed.stdout
+    step = f"global_step{ITERS}"
+    assert files_of(os.path.join(dirs["full"], step)) == files_of(os.path.join(dirs["resumed"], step))
+    for name in files_of(os.path.join(dirs["full"], step)):
+        full_state = load(os.path.join(dirs["full"], step, name))
+        resumed_state = load(os.path.join(dirs["resumed"], step, name))
+        for key in ("args", "rng_state", "ds_config"):    # args name other directories; RNG shown by the losses
+            full_state.pop(key, None), resumed_state.pop(key, None)
+        assert_same_tensors(full_state, resumed_state, name)
+        for key in ("iteration", "consumed_train_samples", "consumed_valid_samples", "global_steps", "lr_scheduler"):
+            assert full_state.get(key) == resumed_state.get(key), (name, key)
+    return {"full": full, "half": half, "resumed": resumed, **{f"{k}_dir": v for k, v in dirs.items()}}
+
+
+def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2):
+    """DeepSpeed's names, `latest` naming the tag, and our state riding in the model-states files."""
+    with open(os.path.join(directory, "latest")) as f:
+        assert f.read().strip() == "global_step2"
+    assert files_of(os.path.join(directory, "global_step2")) == sorted(model_files + optimizer_files)
+    for name in model_files:
+        state = load(os.path.join(directory, "global_step2", name))
+        assert state["iteration"] == 2 and state["global_steps"] == 2
+        assert state["consumed_train_samples"] == 16 and state["consumed_valid_samples"] == 8
+        assert len(state["rng_state"]) == dp and {"torch_rng_state", "rng_tracker_states"} <= set(state["rng_state"][0])
+        assert state["args"]["deepspeed"] is True and state["args"]["tensor_model_parallel_size"] == tp
+        assert state["model_config"]["num_layers"] == 2 and state["model_config"]["hidden_size"] == 32
+        assert state["parallel"]["tensor_model_parallel_size"] == tp and state["parallel"]["data_parallel_size"] == dp
+        assert state["mp_world_size"] == tp and state["dp_world_size"] == dp
+        assert state["padded_vocab_size"] % tp == 0 and state["vocab_size"] <= state["padded_vocab_size"]
+        assert set(state["sharding_map"]) == {"model"} and state["format_version"] >= 1
+        assert state["lr_scheduler"]["num_steps"] == 16        # Megatron's schedule state counts samples
+        assert set(state["module"]) == set(state["sharding_map"]["model"]["tensors"])
+
+
+def zero_file(dp_rank, mp_rank=0):
+    return f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
+
+
+def deepspeed_lr(scheduler, update):
+    """The rate DeepSpeed's scheduler gives update `update` (1-based): the engine steps it once after
+    each update, from last_batch_iteration -1 (deepspeed.ai/docs, runtime/lr_schedules: log or linear
+    warmup over max(2, warmup_num_steps) steps, then WarmupDecayLR decays linearly to total_num_steps,
+    WarmupCosineLR follows a cosine from 1 to cos_min_ratio of the optimizer's lr)."""
+    p, k = scheduler["params"], update - 2
+    warmup = max(2, p["warmup_num_steps"])
+    if p.get("warmup_type", "log") == "log":
+        rise = math.log(k + 1) / math.log(warmup) if k >= 0 else 0.0
+    else:
+        rise = k / warmup
+    if scheduler["type"] == "WarmupDecayLR":
+        low, high = p.get("warmup_min_lr", 0.0), LR
+        if k < 0:
+            return low
+        gamma = rise if k < warmup else max(0.0, (ITERS - k) / max(1.0, ITERS - warmup))
+        return low + (high - low) * gamma
+    if k < 0:
+        return 0.0
+    if k < warmup:
+        return LR * (p["warmup_min_ratio"] + (1 - p["warmup_min_ratio"]) * rise)
+    progress = min(1.0, (k - warmup + 1) / max(1, ITERS - warmup))
+    return LR * max(0.0, p["cos_min_ratio"] + (1 - p["cos_min_ratio"]) * (1 + math.cos(math.pi * progress)) / 2)
+
+
+def assert_logged_rates_follow(scheduler, stdout):
+    logged = logged_values(stdout, "learning rate")
+    assert sorted(logged) == list(range(1, ITERS + 1))
+    expected = [deepspeed_lr(scheduler, update) for update in range(1, ITERS + 1)]
+    assert len(set(expected)) >= 3                 # the schedule moves over these steps
+    for update, want in enumerate(expected, 1):
+        assert logged[update] == pytest.approx(want, rel=1e-6, abs=1e-12), (update, logged, expected)
+
+
+@pytest.fixture(scope="module")
+def zero2_runs(corpus, tmp_path_factory):
+    config = {"zero_optimization": {"stage": 2}, "scheduler": WARMUP_DECAY}
+    return resume(corpus, str(tmp_path_factory.mktemp("zero2")), config)
+
+
+def test_zero1_at_dp2_resumes_exactly_under_a_deepspeed_warmup_cosine_scheduler(corpus, tmp_path):
+    runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}, "scheduler": WARMUP_COSINE})
+    assert_deepspeed_layout(runs["half_dir"], ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
+    assert_logged_rates_follow(WARMUP_COSINE, runs["full"].stdout)
+
+
+def test_zero2_at_dp2_resumes_exactly_under_a_deepspeed_warmup_decay_scheduler(zero2_runs):
+    assert_deepspeed_layout(zero2_runs["half_dir"], ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
+    assert_logged_rates_follow(WARMUP_DECAY, zero2_runs["full"].stdout)
+    state = load(os.path.join(zero2_runs["half_dir"], "global_step2", "mp_rank_00_model_states.pt"))
+    assert state["lr_scheduler"]["last_batch_iteration"] == 1    # DeepSpeed's scheduler state rides along
+
+
+def test_zero3_at_dp2_resumes_exactly(corpus, tmp_path):
+    runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 3}}, MEGATRON_SCHEDULE)
+    # ZeRO-3 partitions the weights too: each data-parallel rank writes its model-states file.
+    assert_deepspeed_layout(runs["half_dir"], ["zero_pp_rank_0_mp_rank_00_model_states.pt",
+                                               "zero_pp_rank_1_mp_rank_00_model_states.pt"],
+                            [zero_file(0), zero_file(1)])
+
+
+def test_zero1_at_tp2_resumes_exactly(corpus, tmp_path):
+    runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}},
+                  [*MEGATRON_SCHEDULE, "--tensor-model-parallel-size", "2"])
+    assert_deepspeed_layout(runs["half_dir"], ["mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"],
+                            [zero_file(0, 0), zero_file(0, 1)], tp=2, dp=1)
+
+
+def test_zero_to_fp32_recovers_the_weights_the_training_model_holds(zero2_runs):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    directory = zero2_runs["resumed_dir"]
+    recovered = get_fp32_state_dict_from_zero_checkpoint(directory, tag=f"global_step{ITERS}")
+    # The model's own state dict, saved by the engine from the live (fp32) module, against the
+    # weights zero_to_fp32 reassembles from the optimizer's partitions on the two ranks.
+    module = load(os.path.join(directory, f"global_step{ITERS}", "mp_rank_00_model_states.pt"))["module"]
+    params = {k: v for k, v in module.items() if not k.endswith("_extra_state")}
+    assert set(recovered) == set(params)
+    for key, tensor in params.items():
+        assert torch.equal(recovered[key], tensor), key
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_in_a_zero_optimizer_file_is_refused_and_never_runs(corpus, zero2_runs, tmp_path):
+    # The engine alone reads the optim_states files: our checkpoint engine loads them weights_only.
+    directory = str(tmp_path / "tampered")
+    shutil.copytree(zero2_runs["half_dir"], directory)
+    marker = str(tmp_path / "payload_ran")
+    for dp_rank in (0, 1):
+        path = os.path.join(directory, "global_step2", zero_file(dp_rank))
+        state = load(path)
+        state["extra"] = _Payload(marker)
+        torch.save(state, path)
+    done = run_entry_point("pretrain_gpt.py", flags(corpus, os.path.join(os.path.dirname(zero2_runs["half_dir"]),
+                                                                         "ds.json"), "--load", directory),
+                           nproc=2, timeout=600, env=deepspeed_test_env())
+    assert done.returncode != 0
+    assert "carries a pickle payload that safe loading refuses" in done.stderr, failure_report(done)
+    assert not os.path.exists(marker)
