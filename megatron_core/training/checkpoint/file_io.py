@@ -8,13 +8,18 @@ failing file reports an opaque RuntimeError), which names the checkpoint file.
 
 load_file: torch.load(weights_only=True) only. A file whose pickle stream asks for
 anything but tensors and plain containers is refused with one sentence naming it, and no
-code from it runs.
+code from it runs. `mmap=True` maps the file instead of reading it (tensors page in when
+touched: tools that merge shards one tensor at a time). `allow_namespace=True` (foreign
+checkpoints only) also rebuilds argparse.Namespace, which Megatron-LM and
+Chinese-Transformer-XL pickle as `args`: a Namespace is only an attribute dict, so this
+runs no code either; every other class stays refused.
 
 MCORE_TEST_PAUSE_BEFORE_RENAME=<seconds> (tests only) holds each write between the
 complete temporary and its rename, so a test can kill the process at that point.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import pickle
@@ -64,9 +69,11 @@ def save_file(state: Any, path: str) -> None:
     write_bytes_atomically(path, buffer.getbuffer())
 
 
-def load_file(path: str, map_location="cpu") -> Any:
+def load_file(path: str, map_location="cpu", mmap: bool = False, allow_namespace: bool = False) -> Any:
+    allowed = [argparse.Namespace] if allow_namespace else []
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason
