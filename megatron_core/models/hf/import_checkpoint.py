@@ -61,7 +61,7 @@ def read_hf_weights(hf_dir: str) -> Dict[str, torch.Tensor]:
                           f"pass a directory written by save_pretrained.")
 
 
-def _flag_defaults() -> dict:
+def flag_defaults() -> dict:
     """Every flag of every entry point at its default, as a checkpoint records them."""
     from ...training.arguments import add_encoder_decoder_arguments, parse_args
     from ...training.data_options import add_data_options_arguments
@@ -70,6 +70,20 @@ def _flag_defaults() -> dict:
         add_data_options_arguments(parser)
         return add_encoder_decoder_arguments(parser)
     return args_to_dict(parse_args([], extra))
+
+
+def _tokenizer_note(tokenizer_args: dict, vocab_size: int, divisible_by: int, tp: int) -> Optional[str]:
+    """The entry points pad the tokenizer's vocabulary, not config.json's: say so when they differ."""
+    if not tokenizer_args:
+        return "no tokenizer files found; give the entry points --tokenizer-type and its files"
+    from ...data.tokenizers.factory import build_tokenizer
+    ours = build_tokenizer(tokenizer_args["tokenizer_type"], vocab_file=tokenizer_args.get("vocab_file"),
+                           merge_file=tokenizer_args.get("merge_file"),
+                           tokenizer_model=tokenizer_args.get("tokenizer_model")).vocab_size
+    if pad_vocab_size(ours, divisible_by, tp) != pad_vocab_size(vocab_size, divisible_by, tp):
+        return (f"the tokenizer has {ours} tokens but config.json's vocab_size is {vocab_size}; the entry points "
+                f"pad the tokenizer's size, so give them a tokenizer of {vocab_size} tokens")
+    return None
 
 
 def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int = 1,
@@ -95,7 +109,8 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
                               f"stages; pick a --pipeline-model-parallel-size that divides it.")
     ours = mapping.state_dict_from_hf(read_hf_weights(hf_dir), spec)
     tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
-    record = args_record(spec, tokenizer_args, _flag_defaults())
+    note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
+    record = args_record(spec, tokenizer_args, flag_defaults())
     record["hf_architecture"] = spec.architecture
     with serial_world():
         whole = mapping.build_model(spec).state_dict()
@@ -111,4 +126,4 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     return {"family": spec.family, "architecture": spec.architecture, "directory": written,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,
             "vocab_size": vocab_size, "padded_vocab_size": padded, "initialized_keys": kept,
-            "tokenizer": tokenizer_args.get("tokenizer_type")}
+            "tokenizer": tokenizer_args.get("tokenizer_type"), **({"note": note} if note else {})}

@@ -4,7 +4,8 @@ Export (save_hf_tokenizer): the tokenizer a checkpoint's args name becomes an HF
 saved with save_pretrained (tokenizer_config.json, special_tokens_map.json, tokenizer.json and
 the vocabulary files), so AutoTokenizer.from_pretrained(DIR) works offline and gives our ids:
 
-    BertWordPieceLowerCase / BertWordPieceCase   BertTokenizerFast over vocab.txt, do_lower_case
+    BertWordPieceLowerCase / BertWordPieceCase   BertTokenizerFast over vocab.txt, do_lower_case, plus
+                                                 our [BOS], [EOS] and <extra_id_N> after the file's ids
     GPT2BPETokenizer                             GPT2TokenizerFast over vocab.json + merges.txt
     HuggingFaceTokenizer                         the --tokenizer-model directory's tokenizer, re-saved
     SentencePieceTokenizer / GPTSentencePiece..  T5Tokenizer (T5) or LlamaTokenizer around the .model
@@ -52,8 +53,13 @@ def build_hf_tokenizer(args: Mapping, family: str, staging: str):
         return None
     import transformers
     if kind in ("BertWordPieceLowerCase", "BertWordPieceCase"):
-        return _from_files(transformers.BertTokenizerFast, {"vocab.txt": _need_file(args, "vocab_file")}, staging,
-                           do_lower_case=kind == "BertWordPieceLowerCase")
+        tokenizer = _from_files(transformers.BertTokenizerFast, {"vocab.txt": _need_file(args, "vocab_file")},
+                                staging, do_lower_case=kind == "BertWordPieceLowerCase")
+        # ours appends [BOS], [EOS] (the eod) and the <extra_id_N> sentinels after the file's ids, as Megatron does
+        extra = [f"<extra_id_{i}>" for i in range(args.get("vocab_extra_ids") or 0)]
+        tokenizer.add_special_tokens({"bos_token": "[BOS]", "eos_token": "[EOS]",
+                                      "additional_special_tokens": extra})
+        return tokenizer
     if kind == "GPT2BPETokenizer":
         return _from_files(transformers.GPT2TokenizerFast, {"vocab.json": _need_file(args, "vocab_file"),
                                                             "merges.txt": _need_file(args, "merge_file")}, staging)

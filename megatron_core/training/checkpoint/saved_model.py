@@ -47,7 +47,8 @@ def find_iteration_dir(directory: str) -> str:
         path = layout.iteration_dir(directory, iteration)
         if not os.path.isdir(path):
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(path)}, which does not exist; "
-                                  f"point the tracker at a complete checkpoint.")
+                                  f"point the tracker at a complete checkpoint (a Chinese-Transformer-XL checkpoint "
+                                  f"converts with tools/convert_checkpoint.py --from-ctxl).")
         return path
     if _rank_entries(directory):
         return directory
