@@ -107,7 +107,9 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     if spec.config.num_layers % pp:
         raise ConversionError(f"the model has {spec.config.num_layers} layers, which do not split over {pp} pipeline "
                               f"stages; pick a --pipeline-model-parallel-size that divides it.")
-    ours = mapping.state_dict_from_hf(read_hf_weights(hf_dir), spec)
+    # older transformers saved the position_ids buffer (an arange, not a weight); HF itself ignores it
+    weights = {k: v for k, v in read_hf_weights(hf_dir).items() if not k.endswith("embeddings.position_ids")}
+    ours = mapping.state_dict_from_hf(weights, spec)
     tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
     note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
     record = args_record(spec, tokenizer_args, flag_defaults())
