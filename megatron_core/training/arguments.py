@@ -62,6 +62,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="(ours) pre: x + f(norm(x)), Megatron's layers (GPT, MegatronBERT as Erlangshen-MegatronBert, "
                         "Zhouwenwang); post: norm(x + f(x)), the original BERT (HF BertModel, RoFormer).")
     g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--openai-gelu", action="store_true",
+                   help="GELU's tanh approximation (GPT-2's gelu_new), as Megatron-LM's flag.")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear")
     g.add_argument("--add-qkv-bias", action="store_true")
@@ -576,7 +578,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
     """The model's TransformerConfig from validated flags (Megatron's core_transformer_config_from_args)."""
     values = dict(vars(args))
     values.update(
-        activation="swiglu" if args.swiglu else "gelu",
+        activation="swiglu" if args.swiglu else ("gelu_tanh" if getattr(args, "openai_gelu", False) else "gelu"),
         num_query_groups=args.num_query_groups if args.group_query_attention else None,
         add_qkv_bias=args.add_bias_linear or args.add_qkv_bias,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,

@@ -22,7 +22,8 @@ MODEL_ARGS = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels", "group_query_attention",
     "num_query_groups", "seq_length", "max_position_embeddings", "position_embedding_type", "rotary_percent",
     "rotary_interleaved", "rotary_base", "make_vocab_size_divisible_by", "normalization", "norm_epsilon",
-    "apply_residual_connection_post_layernorm", "swiglu", "untie_embeddings_and_output_weights", "add_bias_linear",
+    "apply_residual_connection_post_layernorm", "layernorm_position", "swiglu", "openai_gelu",
+    "untie_embeddings_and_output_weights", "add_bias_linear",
     "add_qkv_bias", "tokenizer_type", "vocab_file", "merge_file", "tokenizer_model", "vocab_extra_ids",
     "tensor_model_parallel_size", "pipeline_model_parallel_size", "num_layers_per_virtual_pipeline_stage",
 )

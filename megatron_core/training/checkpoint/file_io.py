@@ -10,13 +10,18 @@ third of the save time and as much memory again as the state).
 
 load_file: torch.load(weights_only=True) only. A file whose pickle stream asks for
 anything but tensors and plain containers is refused with one sentence naming it, and no
-code from it runs.
+code from it runs. `mmap=True` maps the file instead of reading it (tensors page in when
+touched: tools that merge shards one tensor at a time). `allow_namespace=True` (foreign
+checkpoints only) also rebuilds argparse.Namespace, which Megatron-LM and
+Chinese-Transformer-XL pickle as `args`: a Namespace is only an attribute dict, so this
+runs no code either; every other class stays refused.
 
 MCORE_TEST_PAUSE_BEFORE_RENAME=<seconds> (tests only) holds each write between the
 complete temporary and its rename, so a test can kill the process at that point.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import time
@@ -83,11 +88,14 @@ def _torch_save(state: Any, f: BinaryIO) -> None:
         raise cause from None
 
 
-def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
+def load_file(path: str, map_location="cpu", mmap: bool = False, allow_namespace: bool = False) -> Any:
     """mmap=True: tensors are views of the file mapped into memory, read only where touched
-    (resharding reads slices of many files this way)."""
+    (resharding reads slices of many files this way). allow_namespace: the argparse.Namespace
+    that Megatron-LM / DeepSpeed files pickle as their args, and nothing else."""
+    allowed = [argparse.Namespace] if allow_namespace else []
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason

@@ -1,0 +1,131 @@
+"""An HF model directory -> our checkpoint at any TP x PP, in either layout.
+
+    summary = import_checkpoint("hf_dir/", "ckpt/", tensor_model_parallel_size=2)
+    # then: pretrain_gpt.py --load ckpt/ --finetune --use-checkpoint-args ... trains it
+
+Weights are read from model.safetensors (or the shards a model.safetensors.index.json names,
+or pytorch_model.bin with torch.load(weights_only=True): no code from the file runs).
+The registry maps config.json and the weights to our family; the vocabulary is padded as the
+training loop pads it for that TP size (Megatron's rule, --make-vocab-size-divisible-by x TP),
+so the entry points build tables of the stored size. Parameters the HF class lacks (the MLM
+head of a BertModel) keep our initialization. The tokenizer files are copied into
+`<output>/tokenizer/` and the args name them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import torch
+
+from ...errors import ConversionError
+from ...mpu.layout import pad_vocab_size
+from ...training.checkpoint.file_io import load_file
+from ...training.checkpoint.run_record import args_to_dict
+from ...training.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
+from .checkpoint_spec import args_record
+from .registry import mapping_for_hf_config
+from .tokenizer_files import tokenizer_flags_from_hf
+
+
+def read_hf_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{hf_dir} has no config.json; pass a directory written by save_pretrained.")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except ValueError as error:
+            raise ConversionError(f"{path} is not valid JSON ({error}); fix or re-save it.") from None
+
+
+def read_hf_weights(hf_dir: str) -> Dict[str, torch.Tensor]:
+    """The HF state dict of a save_pretrained directory (safetensors, sharded or not; else a .bin)."""
+    from safetensors.torch import load_file as load_safetensors
+    single = os.path.join(hf_dir, "model.safetensors")
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return load_safetensors(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for name in files:
+            state.update(load_safetensors(os.path.join(hf_dir, name)))
+        return state
+    binary = os.path.join(hf_dir, "pytorch_model.bin")
+    if os.path.isfile(binary):
+        return load_file(binary)
+    raise ConversionError(f"{hf_dir} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin; "
+                          f"pass a directory written by save_pretrained.")
+
+
+def flag_defaults() -> dict:
+    """Every flag of every entry point at its default, as a checkpoint records them."""
+    from ...training.arguments import add_encoder_decoder_arguments, parse_args
+    from ...training.data_options import add_data_options_arguments
+
+    def extra(parser):
+        add_data_options_arguments(parser)
+        return add_encoder_decoder_arguments(parser)
+    return args_to_dict(parse_args([], extra))
+
+
+def _tokenizer_note(tokenizer_args: dict, vocab_size: int, divisible_by: int, tp: int) -> Optional[str]:
+    """The entry points pad the tokenizer's vocabulary, not config.json's: say so when they differ."""
+    if not tokenizer_args:
+        return "no tokenizer files found; give the entry points --tokenizer-type and its files"
+    from ...data.tokenizers.factory import build_tokenizer
+    ours = build_tokenizer(tokenizer_args["tokenizer_type"], vocab_file=tokenizer_args.get("vocab_file"),
+                           merge_file=tokenizer_args.get("merge_file"),
+                           tokenizer_model=tokenizer_args.get("tokenizer_model")).vocab_size
+    if pad_vocab_size(ours, divisible_by, tp) != pad_vocab_size(vocab_size, divisible_by, tp):
+        return (f"the tokenizer has {ours} tokens but config.json's vocab_size is {vocab_size}; the entry points "
+                f"pad the tokenizer's size, so give them a tokenizer of {vocab_size} tokens")
+    return None
+
+
+def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int = 1,
+                      pipeline_model_parallel_size: int = 1, ckpt_format: str = "megatron",
+                      make_vocab_size_divisible_by: int = 128, architecture: Optional[str] = None) -> dict:
+    """Write our checkpoint of the HF model in hf_dir to `output`; returns what was written."""
+    tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
+    config_json = read_hf_config(hf_dir)
+    if architecture:
+        config_json = dict(config_json, architectures=[architecture])
+    mapping = mapping_for_hf_config(config_json)
+    vocab_size = config_json["vocab_size"]
+    padded = pad_vocab_size(vocab_size, make_vocab_size_divisible_by, tp)
+    spec = mapping.config_from_hf(config_json, padded_vocab_size=padded,
+                                  make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+    spec.config.replace(tensor_model_parallel_size=tp)   # one sentence now if the heads do not split over tp
+    if spec.family == "t5" and pp > 1:
+        raise ConversionError("importing T5 at a pipeline-parallel size above 1 needs the encoder/decoder split rank, "
+                              "which this converter does not take; import at --pipeline-model-parallel-size 1 and "
+                              "reshard with tools/change_mp.py.")
+    if spec.config.num_layers % pp:
+        raise ConversionError(f"the model has {spec.config.num_layers} layers, which do not split over {pp} pipeline "
+                              f"stages; pick a --pipeline-model-parallel-size that divides it.")
+    # older transformers saved the position_ids buffer (an arange, not a weight); HF itself ignores it
+    weights = {k: v for k, v in read_hf_weights(hf_dir).items() if not k.endswith("embeddings.position_ids")}
+    ours = mapping.state_dict_from_hf(weights, spec)
+    tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
+    note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
+    record = args_record(spec, tokenizer_args, flag_defaults())
+    record["hf_architecture"] = spec.architecture
+    with serial_world():
+        whole = mapping.build_model(spec).state_dict()
+        kept = sorted(set(whole) - set(ours))
+        full = {key: ours.get(key, whole[key]) for key in whole}
+        unexpected = sorted(set(ours) - set(whole))
+        if unexpected:
+            raise ConversionError(f"the converted weights have keys our {spec.family} model lacks: {unexpected[:3]}; "
+                                  f"the mapping and the model disagree, please report it.")
+        del whole, ours
+        written = write_weights_checkpoint(output, full, lambda stage: mapping.build_model(spec, stage=stage), record,
+                                           spec.config, vocab_size, padded, tp, pp, ckpt_format)
+    return {"family": spec.family, "architecture": spec.architecture, "directory": written,
+            "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,
+            "vocab_size": vocab_size, "padded_vocab_size": padded, "initialized_keys": kept,
+            "tokenizer": tokenizer_args.get("tokenizer_type"), **({"note": note} if note else {})}
