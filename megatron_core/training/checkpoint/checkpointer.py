@@ -190,7 +190,7 @@ class Checkpointer:
             _print(f"note: {where} holds no optimizer state (resharded with --no-optim); starting a fresh "
                    f"optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
-            source, self.chunks, self.tp_rank, self.run.parallel.tensor_model_parallel_size,
+            source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
             getattr(self.args, "padded_vocab_size", None), with_optimizer)
         for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
             chunk.load_state_dict(chunk_state, strict=True)
