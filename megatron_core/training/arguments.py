@@ -521,7 +521,7 @@ def _validate_deepspeed(args) -> None:
         loss_scale_window=int(args.loss_scale_window), hysteresis=args.hysteresis, train_iters=args.train_iters,
         lr_schedule_flags=_lr_schedule_flags_given(args))
     args.deepspeed_resolved = resolve_deepspeed_config(read_deepspeed_config(args.deepspeed_config), flags)
-    if args.fp16:
+    if args.fp16 and not getattr(args, "dry_run", False):   # a dry run plans for the cluster's devices
         # DeepSpeed 0.19.8 raises this inside deepspeed.initialize, after the process groups start.
         from deepspeed.accelerator import get_accelerator
         accelerator = get_accelerator()

@@ -36,8 +36,15 @@ def intended_world_size(args) -> int:
         if args.dry_run_world_size < 1:
             raise ConfigError(f"--dry-run-world-size must be a positive integer, got {args.dry_run_world_size}.")
         return args.dry_run_world_size
-    if "WORLD_SIZE" in os.environ or "OMPI_COMM_WORLD_SIZE" in os.environ:
-        return launcher_world_size()
+    # Only the size matters: a dry run starts no rendezvous, so the rest of the launcher
+    # environment (RANK, MASTER_ADDR, ...) need not be there.
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if name in os.environ:
+            value = os.environ[name]
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"{name}={value!r} is not a positive integer; set it to the number of "
+                                  f"processes, or give --dry-run-world-size N.")
+            return int(value)
     return args.tensor_model_parallel_size * args.pipeline_model_parallel_size
 
 
