@@ -1,9 +1,10 @@
 """Checkpoints through pretrain_gpt.py (and pretrain_bert.py) as users run them: exact resume, flags, faults.
 
-An uninterrupted run of 6 iterations is the reference. The resumed runs stop after 3 with
---exit-interval (saving), then --load and train 3 more: they must log the same strings for
+An uninterrupted run of 6 iterations, saving at 3 and 6, is the reference. The resumed run
+loads its checkpoint of iteration 3 and trains 3 more: it must log the same strings for
 iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
-end with bit-identical weights and optimizer state (both runs save at iteration 6).
+end with bit-identical weights and optimizer state (megatron_core.testing.resume_check).
+A run stopped by --exit-interval saves exactly that iteration-3 state (checked once).
 Dropout stays on, so the RNG streams must be restored too.
 """
 import glob
@@ -17,8 +18,9 @@ import pytest
 import torch
 
 from megatron_core.testing.entry_points import (clean_env, entry_point_command, logged_iterations,
-                                                    logged_validations, run_entry_point)
+                                                    run_entry_point)
 from megatron_core.testing.output_faults import output_fault, FaultUnavailable
+from megatron_core.testing.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
 
 ITERS = 6
@@ -40,64 +42,18 @@ def flags(corpus, *extra):
             *extra]
 
 
-def ok(done):
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
 def tracker(directory, name="latest_checkpointed_iteration.txt"):
     with open(os.path.join(directory, name)) as f:
         return f.read().strip()
 
 
-def assert_same_tensors(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            assert_same_tensors(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tensors(x, y, f"{where}/{i}")
-
-
-def assert_same_training_state(full_dir, resumed_dir):
-    """Every file of the final checkpoints: identical weights, optimizer, scaler, scheduler, counters."""
-    full_files = sorted(os.path.relpath(p, full_dir) for p in glob.glob(os.path.join(full_dir, "*", "**", "*.pt"),
-                                                                      recursive=True))
-    resumed_files = sorted(os.path.relpath(p, resumed_dir)
-                           for p in glob.glob(os.path.join(resumed_dir, "*", "**", "*.pt"), recursive=True))
-    assert full_files and full_files == resumed_files
-    for name in full_files:
-        full = torch.load(os.path.join(full_dir, name), weights_only=True)
-        resumed = torch.load(os.path.join(resumed_dir, name), weights_only=True)
-        for key in ("args", "rng_state"):   # the args name other directories; RNG streams checked by the losses
-            full.pop(key, None), resumed.pop(key, None)
-        assert_same_tensors(full, resumed, name)
-        for key in ("iteration", "consumed_train_samples", "consumed_valid_samples", "global_steps"):
-            assert full.get(key) == resumed.get(key), (name, key)
-
-
 def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrain_gpt.py"):
-    """(reference stdout, first half stdout, resumed stdout) after checking the resumed run's
-    log lines and final state equal the uninterrupted run's."""
-    full_dir, half_dir, resumed_dir = (os.path.join(tmp, n) for n in ("full", "half", "resumed"))
-    full = ok(run_entry_point(script, flags(corpus, *extra, "--save", full_dir, "--save-interval", str(ITERS)),
-                              nproc))
-    half = ok(run_entry_point(script, flags(corpus, *extra, "--save", half_dir, "--save-interval", "100",
-                                            "--exit-interval", "3"), nproc))
-    resumed = ok(run_entry_point(script, flags(corpus, *extra, "--load", half_dir, "--save", resumed_dir,
-                                               "--save-interval", "100"), nproc))
-    reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
-    assert sorted(reference) == list(range(1, ITERS + 1))
-    assert sorted(first) == [1, 2, 3] and sorted(second) == [4, 5, 6], (first, second)
-    assert {**first, **second} == reference
-    assert logged_validations(half.stdout) + logged_validations(resumed.stdout) == logged_validations(full.stdout)
-    assert "consumed samples:           32" in second[4]   # the data stream continues at sample 24
-    assert_same_training_state(full_dir, resumed_dir)
-    return full, half, resumed, half_dir
+    """The runs (full, resumed, their directories) after checking the resumed run repeats the
+    uninterrupted one from iteration 3 on."""
+    runs = check_exact_resume(lambda run_flags: run_entry_point(script, run_flags, nproc), flags(corpus, *extra),
+                              tmp, iters=ITERS, break_at=3)
+    assert "consumed samples:           32" in logged_iterations(runs.resumed.stdout)[4]   # data continues at 24
+    return runs
 
 
 @pytest.mark.parametrize("tp,pp,extra,files", [
@@ -114,7 +70,7 @@ def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrai
 def test_torchrun_resume_logs_the_uninterrupted_losses_and_ends_bit_identical(corpus, tmp_path, tp, pp, extra,
                                                                               files):
     extra = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra]
-    *_, half_dir = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=2)
+    half_dir = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=2).break_dir
     saved = sorted(os.path.relpath(p, half_dir) for p in glob.glob(os.path.join(half_dir, "**", "*.pt"),
                                                                   recursive=True))
     assert saved == sorted(files)
@@ -137,7 +93,8 @@ def test_resume_at_tp2_pp2_dp2_distributed_optimizer_fp16_megatron_layout_is_exa
     rank's model file plus one optimizer shard per data-parallel rank; fp16's loss scale resumes."""
     extra = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
              "--use-distributed-optimizer", *FP16]
-    full, *_, half_dir = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=8)
+    runs = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=8)
+    full, half_dir = runs.full, runs.break_dir
     saved = sorted(os.path.relpath(p, half_dir) for p in glob.glob(os.path.join(half_dir, "**", "*.pt"),
                                                                   recursive=True))
     ranks = [f"iter_0000003/mp_rank_{t:02d}_{p:03d}" for t in range(2) for p in range(2)]
@@ -155,9 +112,8 @@ def sentence_corpus(tmp_path_factory):
 
 
 def test_bert_resume_logs_the_uninterrupted_losses_and_continues_the_data(sentence_corpus, tmp_path):
-    full, half, resumed, _ = resume_matches_uninterrupted(sentence_corpus, str(tmp_path), [],
-                                                          script="pretrain_bert.py")
-    assert "sop loss" in logged_iterations(resumed.stdout)[4]    # both of BERT's losses resume
+    runs = resume_matches_uninterrupted(sentence_corpus, str(tmp_path), [], script="pretrain_bert.py")
+    assert "sop loss" in logged_iterations(runs.resumed.stdout)[4]    # both of BERT's losses resume
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +124,7 @@ def fp16_runs(corpus, tmp_path_factory):
 
 
 def test_fp16_resume_in_deepspeed_layout_restores_the_loss_scale(fp16_runs):
-    full, _, resumed, half_dir = fp16_runs
+    full, half_dir = fp16_runs.full, fp16_runs.break_dir
     assert tracker(half_dir, "latest") == "global_step3"
     assert os.path.isfile(os.path.join(half_dir, "global_step3", "mp_rank_00_model_states.pt"))
     state = torch.load(os.path.join(half_dir, "global_step3", "mp_rank_00_model_states.pt"), weights_only=True)
@@ -178,8 +134,20 @@ def test_fp16_resume_in_deepspeed_layout_restores_the_loss_scale(fp16_runs):
     assert scales[4] != "4096.0"    # the scale moved before the save, so a reset would show
 
 
+def test_exit_interval_saves_the_state_the_uninterrupted_run_holds_at_that_iteration(corpus, fp16_runs, tmp_path):
+    """What every resume test loads (the uninterrupted run's iteration 3) is what a run stopped
+    with --exit-interval 3 saves: the same files, tensors and counters."""
+    directory = str(tmp_path / "exited")
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--ckpt-format", "deepspeed", "--save",
+                                                       directory, "--save-interval", "100", "--exit-interval", "3")))
+    assert sorted(logged_iterations(done.stdout)) == [1, 2, 3]
+    assert tracker(directory, "latest") == "global_step3"
+    assert_same_checkpoint_files(fp16_runs.break_dir, directory,
+                                 lambda path: torch.load(path, map_location="cpu", weights_only=True))
+
+
 def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(corpus, fp16_runs):
-    full, _, _, half_dir = fp16_runs
+    full, half_dir = fp16_runs.full, fp16_runs.break_dir
     reference = logged_iterations(full.stdout)
     fresh_optim = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--no-load-optim")))
     lines = logged_iterations(fresh_optim.stdout)

@@ -1,9 +1,10 @@
 """pretrain_gpt.py --deepspeed --save/--load: DeepSpeed's engine writes its own layout with our state inside.
 
 Each layout trains a tiny GPT (dropout on, so the RNG streams matter) for 4 iterations
-without a break, and again as 2 + save + --load + 2. The resumed run must log the same
-strings (loss, learning rate, grad norm, consumed samples, validations) and end with the
-same tensors in every file. ZeRO-1 and ZeRO-2 let a DeepSpeed scheduler from ds.json set
+without a break, saving at 2 and 4, and again from its iteration-2 checkpoint
+(megatron_core.testing.resume_check). The resumed run must log the same strings (loss,
+learning rate, grad norm, consumed samples, validations) and end with the same tensors in
+every file. ZeRO-1 and ZeRO-2 let a DeepSpeed scheduler from ds.json set
 the learning rate (WarmupCosineLR, WarmupDecayLR), whose logged rates must follow
 DeepSpeed's documented formulas, computed here; ZeRO-3 and TP=2 keep Megatron's schedule.
 DeepSpeed's zero_to_fp32 must recover the weights the training model holds.
@@ -24,8 +25,8 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
 from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
-from megatron_core.testing.entry_points import (failure_report, logged_iterations, logged_validations,  # noqa: E402
-                                                logged_values, run_entry_point)
+from megatron_core.testing.entry_points import failure_report, logged_values, run_entry_point  # noqa: E402
+from megatron_core.testing.resume_check import COUNTERS, check_exact_resume  # noqa: E402
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
 
 ITERS = 4
@@ -69,47 +70,14 @@ def files_of(directory):
                   if os.path.isfile(p))
 
 
-def assert_same_tensors(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            assert_same_tensors(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tensors(x, y, f"{where}/{i}")
-
-
 def resume(corpus, tmp, config, extra=(), nproc=2):
-    """The uninterrupted run and the 2 + 2 resumed one; checks their logs and final files agree."""
+    """The uninterrupted run and the one resumed from its iteration-2 checkpoint; checks their logs
+    and final files agree (DeepSpeed's scheduler state too)."""
     config_path = os.path.join(tmp, "ds.json")
     with open(config_path, "w") as f:
         json.dump(config, f)
-    dirs = {name: os.path.join(tmp, name) for name in ("full", "half", "resumed")}
-    full = run(corpus, config_path, *extra, "--save", dirs["full"], "--save-interval", str(ITERS), nproc=nproc)
-    half = run(corpus, config_path, *extra, "--save", dirs["half"], "--save-interval", "100", "--exit-interval", "2",
-               nproc=nproc)
-    resumed = run(corpus, config_path, *extra, "--load", dirs["half"], "--save", dirs["resumed"],
-                  "--save-interval", "100", nproc=nproc)
-    reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
-    assert sorted(reference) == list(range(1, ITERS + 1))
-    assert sorted(first) == [1, 2] and sorted(second) == [3, 4], (first, second)
-    assert {**first, **second} == reference
-    assert logged_validations(half.stdout) + logged_validations(resumed.stdout) == logged_validations(full.stdout)
-    assert "successfully loaded checkpoint from" in resumed.stdout
-    step = f"global_step{ITERS}"
-    assert files_of(os.path.join(dirs["full"], step)) == files_of(os.path.join(dirs["resumed"], step))
-    for name in files_of(os.path.join(dirs["full"], step)):
-        full_state = load(os.path.join(dirs["full"], step, name))
-        resumed_state = load(os.path.join(dirs["resumed"], step, name))
-        for key in ("args", "rng_state", "ds_config"):    # args name other directories; RNG shown by the losses
-            full_state.pop(key, None), resumed_state.pop(key, None)
-        assert_same_tensors(full_state, resumed_state, name)
-        for key in ("iteration", "consumed_train_samples", "consumed_valid_samples", "global_steps", "lr_scheduler"):
-            assert full_state.get(key) == resumed_state.get(key), (name, key)
-    return {"full": full, "half": half, "resumed": resumed, **{f"{k}_dir": v for k, v in dirs.items()}}
+    return check_exact_resume(lambda run_flags: run(corpus, config_path, *extra, *run_flags, nproc=nproc),
+                              [], tmp, iters=ITERS, break_at=2, load=load, compared_keys=COUNTERS + ("lr_scheduler",))
 
 
 def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2):
@@ -178,21 +146,21 @@ def zero2_runs(corpus, tmp_path_factory):
 
 def test_zero1_at_dp2_resumes_exactly_under_a_deepspeed_warmup_cosine_scheduler(corpus, tmp_path):
     runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}, "scheduler": WARMUP_COSINE})
-    assert_deepspeed_layout(runs["half_dir"], ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
-    assert_logged_rates_follow(WARMUP_COSINE, runs["full"].stdout)
+    assert_deepspeed_layout(runs.break_dir, ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
+    assert_logged_rates_follow(WARMUP_COSINE, runs.full.stdout)
 
 
 def test_zero2_at_dp2_resumes_exactly_under_a_deepspeed_warmup_decay_scheduler(zero2_runs):
-    assert_deepspeed_layout(zero2_runs["half_dir"], ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
-    assert_logged_rates_follow(WARMUP_DECAY, zero2_runs["full"].stdout)
-    state = load(os.path.join(zero2_runs["half_dir"], "global_step2", "mp_rank_00_model_states.pt"))
+    assert_deepspeed_layout(zero2_runs.break_dir, ["mp_rank_00_model_states.pt"], [zero_file(0), zero_file(1)])
+    assert_logged_rates_follow(WARMUP_DECAY, zero2_runs.full.stdout)
+    state = load(os.path.join(zero2_runs.break_dir, "global_step2", "mp_rank_00_model_states.pt"))
     assert state["lr_scheduler"]["last_batch_iteration"] == 1    # DeepSpeed's scheduler state rides along
 
 
 def test_zero3_at_dp2_resumes_exactly(corpus, tmp_path):
     runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 3}}, MEGATRON_SCHEDULE)
     # ZeRO-3 partitions the weights too: each data-parallel rank writes its model-states file.
-    assert_deepspeed_layout(runs["half_dir"], ["zero_pp_rank_0_mp_rank_00_model_states.pt",
+    assert_deepspeed_layout(runs.break_dir, ["zero_pp_rank_0_mp_rank_00_model_states.pt",
                                                "zero_pp_rank_1_mp_rank_00_model_states.pt"],
                             [zero_file(0), zero_file(1)])
 
@@ -200,13 +168,13 @@ def test_zero3_at_dp2_resumes_exactly(corpus, tmp_path):
 def test_zero1_at_tp2_resumes_exactly(corpus, tmp_path):
     runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}},
                   [*MEGATRON_SCHEDULE, "--tensor-model-parallel-size", "2"])
-    assert_deepspeed_layout(runs["half_dir"], ["mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"],
+    assert_deepspeed_layout(runs.break_dir, ["mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"],
                             [zero_file(0, 0), zero_file(0, 1)], tp=2, dp=1)
 
 
 def test_zero_to_fp32_recovers_the_weights_the_training_model_holds(zero2_runs):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    directory = zero2_runs["resumed_dir"]
+    directory = zero2_runs.resumed_dir
     recovered = get_fp32_state_dict_from_zero_checkpoint(directory, tag=f"global_step{ITERS}")
     # The model's own state dict, saved by the engine from the live (fp32) module, against the
     # weights zero_to_fp32 reassembles from the optimizer's partitions on the two ranks.
@@ -228,14 +196,14 @@ class _Payload:
 def test_a_pickle_payload_in_a_zero_optimizer_file_is_refused_and_never_runs(corpus, zero2_runs, tmp_path):
     # The engine alone reads the optim_states files: our checkpoint engine loads them weights_only.
     directory = str(tmp_path / "tampered")
-    shutil.copytree(zero2_runs["half_dir"], directory)
+    shutil.copytree(zero2_runs.break_dir, directory)
     marker = str(tmp_path / "payload_ran")
     for dp_rank in (0, 1):
         path = os.path.join(directory, "global_step2", zero_file(dp_rank))
         state = load(path)
         state["extra"] = _Payload(marker)
         torch.save(state, path)
-    done = run_entry_point("pretrain_gpt.py", flags(corpus, os.path.join(os.path.dirname(zero2_runs["half_dir"]),
+    done = run_entry_point("pretrain_gpt.py", flags(corpus, os.path.join(os.path.dirname(zero2_runs.break_dir),
                                                                          "ds.json"), "--load", directory),
                            nproc=2, timeout=600, env=deepspeed_test_env())
     assert done.returncode != 0
