@@ -1,5 +1,10 @@
 """Fixtures shared by the entry-point tests: the tiny Chinese corpus and the plain PyTorch loop's run."""
 import pytest
+import tqdm
+
+# tqdm's monitor thread would outlive the progress bar that started it, and a process running
+# a second thread forks unsafely: run_distributed would spawn its workers (5 s of imports each).
+tqdm.tqdm.monitor_interval = 0
 
 from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
 from megatron_core.testing.tiny_corpus import preprocess_zh_news

@@ -2,8 +2,14 @@
 
     run_distributed(check_column_parallel, world_size=4, tp=2)
 
-`fn` must be importable by name (a module-level function) because the workers are
-started with the 'spawn' method, like torchrun's workers. Each worker initializes
+Workers are forked from this process when that is safe (it runs no other thread and has no
+process group of its own): they inherit the imported torch and test module instead of
+importing them again, which costs about 5 s of CPU per worker (torch, plus torch._dynamo
+that every torch.optim step loads) and made these tests spend most of their time starting
+up. Otherwise, or with MCORE_TEST_START_METHOD=spawn, they are spawned like torchrun's
+workers; `fn` must then be importable by name (a module-level function), so write it so
+either way. Entry-point tests (megatron_core.testing.entry_points) always start fresh
+processes through the real launchers. Each worker initializes
 torch.distributed, runs `fn(*args, **kwargs)` and tears the groups down. The parent
 never waits longer than `timeout` seconds: a hung collective kills every worker and
 raises with the ranks that did not finish.
@@ -14,6 +20,7 @@ import datetime
 import os
 import queue as queue_module
 import socket
+import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -39,6 +46,8 @@ def _worker(rank: int, world_size: int, port: int, backend: str, collective_time
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
     # Workers share two cores: extra intra-op threads only thrash.
     torch.set_num_threads(1)
+    from megatron_core.mpu import parallel_state
+    parallel_state.destroy_model_parallel()     # nothing a forking parent set up leaks in
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=collective_timeout))
@@ -47,16 +56,28 @@ def _worker(rank: int, world_size: int, port: int, backend: str, collective_time
     except BaseException:  # report everything, including KeyboardInterrupt in a worker
         results.put((rank, traceback.format_exc()))
     finally:
-        from megatron_core.mpu import parallel_state
         parallel_state.destroy_model_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def start_method() -> str:
+    """"fork" when forking this process is safe, else "spawn"; MCORE_TEST_START_METHOD overrides.
+
+    Forking copies only the calling thread, so a lock another thread holds (logging, a server)
+    would stay locked in the child; and a child must not share this process's process group.
+    The workers set one intra-op thread before any torch op, so the OpenMP pool this process
+    may have started is never entered in a child."""
+    forced = os.environ.get("MCORE_TEST_START_METHOD")
+    if forced:
+        return forced
+    return "fork" if threading.active_count() == 1 and not dist.is_initialized() else "spawn"
+
+
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0,
                     backend: str = "gloo", **kwargs: Any) -> None:
     """Run `fn(*args, **kwargs)` on `world_size` processes; raise if any rank fails."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(start_method())
     results = ctx.Queue()
     port = find_free_port()
     collective_timeout = max(30.0, timeout * 0.8)
