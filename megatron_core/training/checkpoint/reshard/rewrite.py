@@ -113,9 +113,9 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
     for chunk in chunks:
         weights = {}
         for local, (name, spec) in chunk.entries.items():
-            weights[local] = LazyTensor(_shape(source, name, spec, size, padded), source.weight(name, 0).dtype,
-                                        lambda name=name, spec=spec: target_weight(source, name, spec, tensor_rank,
-                                                                                   size, padded))
+            weights[local] = LazyTensor.filled(
+                _shape(source, name, spec, size, padded), source.weight(name, 0).dtype,
+                lambda out, name=name, spec=spec: target_weight(source, name, spec, tensor_rank, size, padded, out=out))
             if not target.keep_optimizer:
                 continue
             fields = {}
