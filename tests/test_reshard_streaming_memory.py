@@ -21,7 +21,7 @@ from megatron_core.training.checkpoint.contents import FORMAT_VERSION
 from megatron_core.training.checkpoint.file_io import save_file
 from megatron_core.training.checkpoint.megatron_layout import model_file
 
-HIDDEN, LAYERS, PADDED_VOCAB = 512, 8, 16384
+HIDDEN, LAYERS, PADDED_VOCAB = 512, 10, 4096
 ALLOWANCE = 24 * 2**20      # Python objects, the files' unpickled indexes, writer buffers
 TOOL = os.path.join(ROOT, "tools", "change_mp.py")
 

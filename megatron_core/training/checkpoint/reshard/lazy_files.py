@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -32,6 +33,7 @@ from ....errors import CheckpointError
 from ..file_io import load_file
 
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+MAX_HANDLES = 32
 _MADV_DONTNEED = 4
 
 
@@ -80,8 +82,8 @@ def _mapping_base(path: str, state) -> Optional[int]:
 
 @dataclass
 class _Open:
+    path: str
     state: dict
-    file: object          # unbuffered binary file for explicit reads
     base: Optional[int]   # address of byte 0 in the mapping (None: read through the mapping)
     size: int
 
@@ -106,21 +108,32 @@ class LazyFiles:
         self._open: Dict[str, _Open] = {}
         self._read = 0
         self._scratch_bytes = torch.empty(0, dtype=torch.uint8)
+        self._handles: "OrderedDict[str, object]" = OrderedDict()
 
     def get(self, path: str) -> dict:
         if path not in self._open:
             raw = load_file(path, mmap=True)
             base = _mapping_base(path, raw)
-            self._open[path] = _Open(self.transform(raw), open(path, "rb", buffering=0), base,
-                                     os.path.getsize(path))
+            self._open[path] = _Open(path, self.transform(raw), base, os.path.getsize(path))
         return self._open[path].state
 
     def _locate(self, view: torch.Tensor) -> Optional[tuple]:
         pointer = view.untyped_storage().data_ptr()
         for opened in self._open.values():
             if opened.base is not None and opened.base <= pointer < opened.base + opened.size:
-                return opened.file, view.data_ptr() - opened.base
+                return self._handle(opened.path), view.data_ptr() - opened.base
         return None
+
+    def _handle(self, path: str):
+        """An unbuffered reader of `path`; the last MAX_HANDLES stay open (a checkpoint may have
+        thousands of files, a process a limit of 1024 descriptors)."""
+        if path in self._handles:
+            self._handles.move_to_end(path)
+        else:
+            if len(self._handles) >= MAX_HANDLES:
+                self._handles.popitem(last=False)[1].close()
+            self._handles[path] = open(path, "rb", buffering=0)
+        return self._handles[path]
 
     def copy(self, dest: torch.Tensor, view: torch.Tensor) -> None:
         """dest.copy_(view), where `view` may be a view of an open file: its bytes are read from
@@ -171,8 +184,9 @@ class LazyFiles:
         return True
 
     def release(self) -> None:
-        for opened in self._open.values():
-            opened.file.close()
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
         self._open.clear()
         self._read = 0
         self._scratch_bytes = torch.empty(0, dtype=torch.uint8)
