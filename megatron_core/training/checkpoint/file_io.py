@@ -60,7 +60,7 @@ class EarlyWriteback:
 
     def _sync(self) -> None:
         try:
-            os.fdatasync(self.fileno)
+            getattr(os, "fdatasync", os.fsync)(self.fileno)     # no fdatasync on some systems
         except OSError as error:
             self.error = error
 
