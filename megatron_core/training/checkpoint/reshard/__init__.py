@@ -3,7 +3,7 @@ sharding map a checkpoint carries, streaming (one source slice and one output te
 memory at a time), with no model and no process group.
 
   slices.py           one target shard out of the source shards, by index arithmetic
-  lazy_files.py       source files as memory maps, dropped after a read budget
+  lazy_files.py       source files: index unpickled once (mmap), bytes read with explicit file reads
   source.py           a saved checkpoint: files, sizes, maps, tensors and optimizer state by key
   targets.py          a target rank's weight and per-parameter optimizer state of one key
   stages.py           the target pipeline chunks' maps, derived from the source maps

@@ -1,9 +1,10 @@
 """tools/change_mp.py's work: a whole checkpoint rewritten for other parallel sizes.
 
 Streaming: each output file is written by streaming_writer one tensor at a time, each
-tensor read just then from the memory-mapped sources (targets.py), and the source
-mappings are dropped after every budget of bytes read (lazy_files.py). So the peak
-memory is about one budget plus one output tensor, never a whole shard or model.
+weight read just then from the source files into the writer's one reused buffer
+(targets.py; lazy_files.py reads the bytes with explicit file reads, not through the
+mappings). So the peak memory is about the largest output tensor plus one source piece
+(and, with the optimizer, one budget of mapped pages), never a whole shard or model.
 
 Kept: iteration, consumed samples, the scheduler, the loss scaler, args and model config
 (with the new sizes), the padded vocabulary (unless re-padded on request), and the
@@ -113,9 +114,9 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
     for chunk in chunks:
         weights = {}
         for local, (name, spec) in chunk.entries.items():
-            weights[local] = LazyTensor(_shape(source, name, spec, size, padded), source.weight(name, 0).dtype,
-                                        lambda name=name, spec=spec: target_weight(source, name, spec, tensor_rank,
-                                                                                   size, padded))
+            weights[local] = LazyTensor.filled(
+                _shape(source, name, spec, size, padded), source.weight(name, 0).dtype,
+                lambda out, name=name, spec=spec: target_weight(source, name, spec, tensor_rank, size, padded, out=out))
             if not target.keep_optimizer:
                 continue
             fields = {}

@@ -31,13 +31,33 @@ def _target_ranges(length: int, rank: int, size: int, stride: int) -> List[Tuple
     return [((rank + size * i) * chunk, (rank + size * i + 1) * chunk) for i in range(stride)]
 
 
+def _output(out: Optional[torch.Tensor], shape, dtype: torch.dtype, zeros: bool) -> torch.Tensor:
+    if out is None:
+        return torch.zeros(shape, dtype=dtype) if zeros else torch.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"read_shard was given a {tuple(out.shape)} {out.dtype} tensor to fill with a "
+                         f"{tuple(shape)} {dtype} shard.")
+    return out.zero_() if zeros else out
+
+
+def _copy(dest: torch.Tensor, view: torch.Tensor) -> None:
+    dest.copy_(view)
+
+
 def read_shard(spec: ShardSpec, read_source: Callable[[int], torch.Tensor], source_size: int, target_rank: int,
-               target_size: int, target_length: Optional[int] = None) -> torch.Tensor:
+               target_size: int, target_length: Optional[int] = None,
+               copy: Callable[[torch.Tensor, torch.Tensor], None] = _copy,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Target rank `target_rank`'s shard of a tensor whose source shards `read_source(s)`
     (s < source_size) were split as `spec` says. `target_length`: the full length of the
-    split dimension at the target (another padded vocabulary); default the source's."""
+    split dimension at the target (another padded vocabulary); default the source's.
+    `copy(dest, view)` moves each piece (LazyFiles.copy reads a mapped file's bytes directly);
+    `out`: a contiguous tensor of the target shard's shape and dtype to fill (default: a new one)."""
     if spec.replicated:
-        return read_source(0).clone()
+        first = read_source(0)
+        out = _output(out, first.shape, first.dtype, zeros=False)
+        copy(out, first)
+        return out
     dim, stride = spec.split_dim, spec.stride
     first = read_source(0)
     local = first.shape[dim]
@@ -50,7 +70,7 @@ def read_shard(spec: ShardSpec, read_source: Callable[[int], torch.Tensor], sour
     ranges = _target_ranges(length, target_rank, target_size, stride)
     shape = list(first.shape)
     shape[dim] = sum(b - a for a, b in ranges)
-    out = torch.zeros(shape, dtype=first.dtype) if length > source_length else torch.empty(shape, dtype=first.dtype)
+    out = _output(out, shape, first.dtype, zeros=length > source_length)
     at = 0
     for a, b in ranges:
         position = a
@@ -59,7 +79,7 @@ def read_shard(spec: ShardSpec, read_source: Callable[[int], torch.Tensor], sour
             end = min(b, source_length, (chunk + 1) * source_chunk)
             source = read_source(chunk % source_size)
             offset = (chunk // source_size) * source_chunk + position - chunk * source_chunk
-            out.narrow(dim, at + position - a, end - position).copy_(source.narrow(dim, offset, end - position))
+            copy(out.narrow(dim, at + position - a, end - position), source.narrow(dim, offset, end - position))
             position = end
         at += b - a
     return out

@@ -18,18 +18,13 @@ def _length(source: SavedCheckpoint, name: str, spec: ShardSpec, padded_vocab_si
     return padded_vocab_size if saved.vocab and spec.vocab and padded_vocab_size else None
 
 
-def _count(source: SavedCheckpoint, tensor: torch.Tensor) -> torch.Tensor:
-    source.files.count(tensor.numel() * tensor.element_size())
-    return tensor
-
-
 def target_weight(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int, size: int,
-                  padded_vocab_size: Optional[int] = None) -> torch.Tensor:
-    """Whole-model key `name` as target TP rank `rank` of `size` holds it (a new tensor)."""
+                  padded_vocab_size: Optional[int] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Whole-model key `name` as target TP rank `rank` of `size` holds it: a new tensor, or
+    `out` filled (a writer's reused buffer); its pieces read from the source files by LazyFiles.copy."""
     saved = source.owner(name).spec
-    out = read_shard(saved, lambda s: source.weight(name, s), source.tp, rank,
-                     size, _length(source, name, spec, padded_vocab_size))
-    return _count(source, out)
+    return read_shard(saved, lambda s: source.weight(name, s), source.tp, rank,
+                      size, _length(source, name, spec, padded_vocab_size), copy=source.files.copy, out=out)
 
 
 def target_optimizer_state(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int, size: int,
@@ -49,6 +44,6 @@ def target_optimizer_state(source: SavedCheckpoint, name: str, spec: ShardSpec, 
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             result[field] = value
             continue
-        result[field] = _count(source, read_shard(saved, lambda s: state_of(s)[field], source.tp, rank, size,
-                                                  _length(source, name, spec, padded_vocab_size)))
+        result[field] = read_shard(saved, lambda s: state_of(s)[field], source.tp, rank, size,
+                                   _length(source, name, spec, padded_vocab_size))
     return result
