@@ -24,9 +24,12 @@ def needs_resharding(parallel: Dict, run) -> bool:
     p = run.parallel
     if not parallel:
         return False
+    sizes_differ = (parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"]) != \
+        (p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+    if parallel.get("optimizer_per_parameter") or parallel.get("optimizer_dropped"):
+        return sizes_differ     # written by change_mp: any optimizer layout and DP size load it as it is
     distributed = bool(parallel.get("use_distributed_optimizer"))
-    return (parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"]) != \
-        (p.tensor_model_parallel_size, p.pipeline_model_parallel_size) or distributed != p.use_distributed_optimizer \
+    return sizes_differ or distributed != p.use_distributed_optimizer \
         or (distributed and parallel.get("data_parallel_size") != p.data_parallel_size)
 
 

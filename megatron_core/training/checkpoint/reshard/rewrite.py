@@ -106,6 +106,8 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
         parallel["virtual_pipeline_model_parallel_size"] = None
     if not target.keep_optimizer:
         parallel["optimizer_dropped"] = True
+    else:   # per parameter, in the model file: it loads with either optimizer layout at any DP size
+        parallel.update(use_distributed_optimizer=False, optimizer_per_parameter=True)
     args = dict(head.get("args") or {}, tensor_model_parallel_size=size,
                 pipeline_model_parallel_size=target.pipeline_model_parallel_size, padded_vocab_size=padded)
     if target.make_vocab_size_divisible_by:
