@@ -47,7 +47,7 @@ def _train_and_keep_iteration_5(corpus, root, tp, pp, dp, *extra):
         f.write(f"{SAVED_AT}\n")
     losses = logged_values(done.stdout, "lm loss")
     assert sorted(losses) == list(range(1, ITERS + 1)), failure_report(done)
-    return at5, losses
+    return at5, {"losses": losses, "consumed": logged_values(done.stdout, "consumed samples")}
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,15 @@ def _change_mp(*args):
 
 
 def _assert_losses(done, reference, rel):
+    """Iterations 6-8 continue the run: the same consumed-samples count (the data goes on at
+    sample 40 of the one global order, whatever the new layout) and the same losses (the
+    same samples, weights and optimizer state)."""
     losses = logged_values(done.stdout, "lm loss")
     assert sorted(losses) == [6, 7, 8], failure_report(done)
+    consumed = logged_values(done.stdout, "consumed samples")
+    assert consumed == {i: reference["consumed"][i] for i in (6, 7, 8)} == {i: 8 * i for i in (6, 7, 8)}, consumed
     for iteration, loss in losses.items():
-        assert loss == pytest.approx(reference[iteration], rel=rel), (iteration, losses, reference)
+        assert loss == pytest.approx(reference["losses"][iteration], rel=rel), (iteration, losses, reference)
 
 
 def _load(path):

@@ -6,6 +6,12 @@ it holds by the whole model's key (copies by their original), so a (TP, PP) rank
 the saved checkpoint for exactly those keys at its tensor-parallel rank. The optimizer
 state comes out per parameter (source.py), which the native backend loads at any
 data-parallel size and with either optimizer layout, each master taking its elements.
+
+Carried: weights, optimizer state (fp32 masters of a bf16/fp16 run included), iteration,
+consumed samples (so the data goes on at the next sample of the one global order), the
+scheduler and the loss scaler. Not carried: the RNG streams, which belong to the saved
+ranks (Megatron-LM does not carry them across TP changes either); the run keeps the
+streams it seeded from --seed at start.
 """
 from __future__ import annotations
 
