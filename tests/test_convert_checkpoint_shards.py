@@ -1,10 +1,14 @@
-"""HuggingFace's sharded safetensors both ways: --from-hf reads a sharded save_pretrained
-directory lazily, --to-hf --max-shard-size writes model-0000X-of-0000N.safetensors plus
+"""HuggingFace's sharded safetensors both ways, streamed: --from-hf reads a sharded
+save_pretrained directory lazily and converts it one HF layer at a time (equal to the
+whole-state-dict conversion, every family; one of our layer keys reads one HF layer),
+--to-hf --max-shard-size writes model-0000X-of-0000N.safetensors plus
 model.safetensors.index.json, which transformers' from_pretrained follows to the original
 model's logits; a later export into the same directory leaves no stale shard behind."""
 import importlib.util
 import json
 import os
+import re
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -15,6 +19,9 @@ transformers = pytest.importorskip("transformers")
 from megatron_core.errors import ConfigError  # noqa: E402
 from megatron_core.models.hf.safetensors_files import (INDEX_FILE, SafetensorsWeights, parse_shard_size,  # noqa: E402
                                                        write_safetensors_shards)
+from megatron_core.models.hf.registry import mapping_for_hf_config  # noqa: E402
+from megatron_core.models.hf.streamed_import import StreamedImport  # noqa: E402
+from megatron_core.mpu.layout import pad_vocab_size  # noqa: E402
 from megatron_core.testing.hf_models import CASES, hf_batch, logits_of, saved_hf_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +92,43 @@ def test_sharded_hf_in_and_sharded_hf_out_keep_the_logits(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(logits_of(case, model_cls.from_pretrained(str(tmp_path / "back")).eval(), None, x),
                                    expected, **TOL)
+
+
+class _CountingWeights(Mapping):
+    """The HF weights, noting every key read."""
+
+    def __init__(self, weights, read):
+        self.weights, self.read = weights, read
+
+    def __getitem__(self, key):
+        self.read.append(key)
+        return self.weights[key]
+
+    def shape_and_dtype(self, key):
+        return self.weights.shape_and_dtype(key)
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self):
+        return len(self.weights)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streamed_import_equals_the_whole_conversion_and_a_layer_key_reads_one_layer(case, tmp_path):
+    saved_hf_model(case, tmp_path)
+    with open(tmp_path / "config.json") as f:
+        config_json = json.load(f)
+    mapping = mapping_for_hf_config(config_json)
+    spec = mapping.config_from_hf(config_json, padded_vocab_size=pad_vocab_size(config_json["vocab_size"], 128, 1),
+                                  make_vocab_size_divisible_by=128)
+    weights = SafetensorsWeights(str(tmp_path))
+    whole = mapping.state_dict_from_hf(dict(weights.items()), spec)
+    read = []
+    streamed = StreamedImport(mapping, spec, _CountingWeights(weights, read))
+    assert read == [] and set(streamed) == set(whole)      # planned from the file headers alone
+    layer_key = next(k for k in whole if ".layers.1." in k)
+    streamed[layer_key]
+    assert read and all(re.search(r"\.(h|layers|layer|block)\.1\.", k) for k in read), read
+    for key, value in whole.items():
+        assert torch.equal(streamed[key], value), key

@@ -5,7 +5,9 @@
 
 Weights are read lazily from model.safetensors (or the shards a model.safetensors.index.json
 names; safe_open, one tensor at a time), or from pytorch_model.bin with
-torch.load(weights_only=True): no code from the file runs.
+torch.load(weights_only=True): no code from the file runs. They are converted one HF layer
+at a time as the writer asks for our keys (streamed_import.py) and written stage by stage,
+each tensor split into its TP shards (weights_checkpoint.py).
 The registry maps config.json and the weights to our family; the vocabulary is padded as the
 training loop pads it for that TP size (Megatron's rule, --make-vocab-size-divisible-by x TP),
 so the entry points build tables of the stored size. Parameters the HF class lacks (the MLM
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import ChainMap
 from typing import Mapping, Optional
 
 import torch
@@ -28,6 +31,7 @@ from ...training.checkpoint.weights_checkpoint import serial_world, write_weight
 from .checkpoint_spec import args_record
 from .registry import mapping_for_hf_config
 from .safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsWeights
+from .streamed_import import StreamedImport
 from .tokenizer_files import tokenizer_flags_from_hf
 
 
@@ -105,22 +109,25 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     if spec.config.num_layers % pp:
         raise ConversionError(f"the model has {spec.config.num_layers} layers, which do not split over {pp} pipeline "
                               f"stages; pick a --pipeline-model-parallel-size that divides it.")
-    weights = read_hf_weights(hf_dir)
-    ours = mapping.state_dict_from_hf(weights, spec)
+    # our weights are converted from the HF files one window (layer) at a time, as the writer asks
+    ours = StreamedImport(mapping, spec, read_hf_weights(hf_dir))
     tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
     note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
     record = args_record(spec, tokenizer_args, flag_defaults())
     record["hf_architecture"] = spec.architecture
     with serial_world():
+        # Parameters the HF class lacks keep our initialization (the model is built at TP=1
+        # for them; only those tensors are kept).
         whole = mapping.build_model(spec).state_dict()
         kept = sorted(set(whole) - set(ours))
-        full = {key: ours.get(key, whole[key]) for key in whole}
         unexpected = sorted(set(ours) - set(whole))
         if unexpected:
             raise ConversionError(f"the converted weights have keys our {spec.family} model lacks: {unexpected[:3]}; "
                                   f"the mapping and the model disagree, please report it.")
-        del whole, ours
-        written = write_weights_checkpoint(output, full, lambda stage: mapping.build_model(spec, stage=stage), record,
+        initialized = {key: whole[key].clone() for key in kept}
+        del whole
+        written = write_weights_checkpoint(output, ChainMap(initialized, ours),
+                                           lambda stage: mapping.build_model(spec, stage=stage), record,
                                            spec.config, vocab_size, padded, tp, pp, ckpt_format)
     return {"family": spec.family, "architecture": spec.architecture, "directory": written,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,

@@ -28,6 +28,9 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"          # huggingface_hub's split_torch_state_dict_into_shards default
 _UNITS = {"KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 _SHARD_NAME = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 
 
@@ -118,6 +121,11 @@ class SafetensorsWeights(Mapping):
         if key not in self._where:
             raise KeyError(key)
         return self._handles[self._where[key]].get_tensor(key)
+
+    def shape_and_dtype(self, key: str) -> Tuple[tuple, torch.dtype]:
+        """From the file's header: nothing of the tensor is read."""
+        piece = self._handles[self._where[key]].get_slice(key)
+        return tuple(piece.get_shape()), _DTYPES[piece.get_dtype()]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
