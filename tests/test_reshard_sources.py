@@ -125,13 +125,6 @@ def test_distributed_fp16_shards_change_mp_to_tp2_keeps_the_fp32_masters_and_res
     _assert_losses(done, reference, 1e-4)
 
 
-def test_virtual_pipeline_chunks_reshard_on_load_to_one_stage_and_log_the_run_losses(gpt_corpus, virtual_pipeline):
-    directory, reference = virtual_pipeline
-    done = _run(gpt_corpus, 1, 1, 2, "--load", directory)
-    assert f"resharded checkpoint iteration {SAVED_AT} from TP=1 PP=2 DP=1 to TP=1 PP=1 DP=2 on load" in done.stdout
-    _assert_losses(done, reference, 1e-5)
-
-
 def test_virtual_pipeline_chunks_change_mp_to_tp2_one_stage_and_resume(gpt_corpus, virtual_pipeline, tmp_path):
     directory, reference = virtual_pipeline
     output = str(tmp_path / "tp2pp1")
