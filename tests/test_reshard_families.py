@@ -196,3 +196,48 @@ def test_single_stack_pipelines_recut_to_four_stages_hold_the_same_model(checkpo
         for p in range(4):
             built = FAMILIES[family](_config(family, 1), _stage(family, p, 4))
             assert sorted(files[(0, p)]["model"]) == sorted(built.state_dict()), (family, p)
+
+
+def _assert_stage_maps_are_the_models(directory, family, tp, pp, split):
+    """Each written stage's map (keys, splits, copies, layer offsets) is the one the model
+    builds for that stage: an independent reference for the offline stage plan."""
+    files = _files(directory, tp, pp)
+    with single_process_world():
+        for p in range(pp):
+            built = FAMILIES[family](_config(family, 1), PipelineStage(p, pp, split_rank=split)).sharding_map(VOCAB - 3)
+            saved = ShardingMap.from_dict(files[(0, p)]["sharding_map"]["model"])
+            assert saved.tensors == built.tensors, (family, p)
+            assert saved.layer_offsets == built.layer_offsets, (family, p)
+            assert sorted(files[(0, p)]["model"]) == sorted(built.tensors), (family, p)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_one_stage_checkpoints_cut_into_four_stages_hold_the_models_stages_and_the_same_model(
+        checkpoints, family, tmp_path):
+    source = os.path.join(checkpoints, family)
+    reshard_checkpoint(source, str(tmp_path / "pp1"), Target(1, 1, keep_optimizer=False), progress=lambda _: None)
+    split = 2 if family == "t5" else None
+    reshard_checkpoint(str(tmp_path / "pp1"), str(tmp_path / "pp4"),
+                       Target(2, 4, keep_optimizer=False, pipeline_split_rank=split), progress=lambda _: None)
+    _assert_stage_maps_are_the_models(str(tmp_path / "pp4"), family, 2, 4, split)
+    _assert_equal_states(_merged(str(tmp_path / "pp4"), 2, 4), _merged(source, 2, 2), family)
+    args = _files(str(tmp_path / "pp4"), 2, 4)[(0, 0)]["args"]
+    assert args.get("pipeline_model_parallel_split_rank") == split
+
+
+@pytest.mark.parametrize("pipeline_size,split", [(3, 1), (3, 2), (4, 2)])
+def test_t5_pipelines_recut_to_other_encoder_decoder_splits_hold_the_same_model(checkpoints, tmp_path,
+                                                                              pipeline_size, split):
+    source = os.path.join(checkpoints, "t5")
+    out = str(tmp_path / "t5")
+    reshard_checkpoint(source, out, Target(1, pipeline_size, keep_optimizer=False, pipeline_split_rank=split),
+                       progress=lambda _: None)
+    _assert_stage_maps_are_the_models(out, "t5", 1, pipeline_size, split)
+    _assert_equal_states(_merged(out, 1, pipeline_size), _merged(source, 2, 2), "t5")
+
+
+def test_t5_cut_into_stages_without_a_split_rank_is_one_sentence(checkpoints, tmp_path):
+    from megatron_core.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="--target-pipeline-model-parallel-split-rank"):
+        reshard_checkpoint(os.path.join(checkpoints, "t5"), str(tmp_path / "t5"), Target(1, 4, keep_optimizer=False),
+                           progress=lambda _: None)

@@ -9,7 +9,9 @@ CKPT is a --save directory (latest_checkpointed_iteration.txt or latest) or one
 iteration's directory (iter_0000005, global_step5, release), in either layout. Any TP x PP
 goes to any TP' x PP' for every model family, from the sharding map stored in the
 checkpoint (no model is built, no process group started): fused QKV by query group, GLU
-halves, tied copies and stage tables follow the map. The padded vocabulary is kept
+halves, tied copies and stage tables follow the map; a one-stage checkpoint cuts into any
+number of stages, and a T5 into any encoder / decoder split
+(--target-pipeline-model-parallel-split-rank). The padded vocabulary is kept
 unless --make-vocab-size-divisible-by re-pads it (rows past the true vocabulary are
 zeros). Optimizer state (fp32 masters, Adam moments, step; distributed-optimizer shards
 too) is resharded per parameter, so the result loads at any data-parallel size with or
@@ -40,6 +42,9 @@ def parse_args(argv=None):
                    "(writes CKPT_MP{M} unless --output is given)")
     p.add_argument("--target-tensor-parallel-size", type=int)
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    p.add_argument("--target-pipeline-model-parallel-split-rank", type=int,
+                   help="an encoder-decoder (T5): the first decoder stage of the target pipeline (default: the "
+                        "source's when the pipeline size is kept)")
     p.add_argument("--target-data-parallel-size", type=int,
                    help="recorded in the result (its per-parameter optimizer state loads at any DP size)")
     p.add_argument("--output", help="the new checkpoint directory (default CKPT_MP{M})")
@@ -74,7 +79,8 @@ def main(argv=None):
     start = time.time()
     summary = reshard_checkpoint(args.checkpoint, args.output, Target(
         args.size, args.target_pipeline_parallel_size, args.target_data_parallel_size, not args.no_optim,
-        args.ckpt_format, args.make_vocab_size_divisible_by), progress=lambda line: print(line, flush=True))
+        args.ckpt_format, args.make_vocab_size_divisible_by, args.target_pipeline_model_parallel_split_rank),
+        progress=lambda line: print(line, flush=True))
     tp, pp, dp = summary["source"]
     print(f"resharded checkpoint iteration {summary['iteration'] if summary['iteration'] is not None else 'release'} "
           f"from TP={tp} PP={pp} DP={dp} to TP={args.size} PP={args.target_pipeline_parallel_size} "

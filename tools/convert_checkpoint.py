@@ -39,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True, help="the directory to write")
     p.add_argument("--architecture", default=None,
                    help="the HF class (e.g. BertModel, MegatronBertForMaskedLM); the family's default if not given")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="with --to-hf: the largest safetensors shard (bytes, or e.g. 500MB, 5GB); a bigger model is "
+                        "written as model-0000X-of-0000N.safetensors + model.safetensors.index.json")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     p.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"])
@@ -64,7 +67,8 @@ def main(argv=None):
         if not args.load:
             raise ConfigError("--to-hf converts the checkpoint given by --load; add --load CKPT.")
         from megatron_core.models.hf.export_checkpoint import export_checkpoint
-        summary = export_checkpoint(args.load, args.output, args.architecture, _tokenizer_overrides(args))
+        summary = export_checkpoint(args.load, args.output, args.architecture, _tokenizer_overrides(args),
+                                    args.max_shard_size)
     elif args.from_hf:
         from megatron_core.models.hf.import_checkpoint import import_checkpoint
         summary = import_checkpoint(args.from_hf, args.output, args.tensor_model_parallel_size,

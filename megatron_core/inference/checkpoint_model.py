@@ -34,7 +34,7 @@ from ..models.transformer_xl import TransformerXLModel
 from ..mpu.layout import PipelineStage
 from ..mpu.sharding_map import ShardingMap, merge_pipeline_stages, merge_tensor_parallel
 from ..training.checkpoint.file_io import load_file
-from ..training.checkpoint.formats import detect_layout, layout_named
+from ..training.checkpoint.formats import tracked_checkpoint
 from ..transformer.config import TransformerConfig
 
 
@@ -82,22 +82,6 @@ def build_model(family: str, config: TransformerConfig, args: Dict, padded_vocab
                               stage=stage)
 
 
-def _checkpoint_files(directory: str):
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"--load {directory} is not a directory; give the checkpoint directory (the one "
-                              f"holding latest_checkpointed_iteration.txt or latest).")
-    found = detect_layout(directory, layout_named("megatron"))
-    if found is None:
-        raise CheckpointError(f"--load {directory} holds no checkpoint (no latest_checkpointed_iteration.txt or "
-                              f"latest file); give the --save directory of a training run.")
-    layout, iteration = found
-    first = layout.first_model_file(layout.iteration_dir(directory, iteration))
-    if first is None:
-        raise CheckpointError(f"the tracker of {directory} names a checkpoint without model files; point it at a "
-                              f"complete checkpoint.")
-    return layout, iteration, first
-
-
 def _read(path: str, layout) -> Dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; restore it or load another one.")
@@ -119,7 +103,7 @@ def _sizes(saved: Dict) -> Tuple[int, int]:
 
 def load_checkpoint_model(directory: str) -> LoadedModel:
     """Initialize model parallelism for this world and load the checkpoint (module doc)."""
-    layout, iteration, first = _checkpoint_files(directory)
+    layout, iteration, first = tracked_checkpoint(directory)
     head = _read(first, layout)
     tp, pp = _sizes(head)
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -3,8 +3,11 @@
     summary = import_checkpoint("hf_dir/", "ckpt/", tensor_model_parallel_size=2)
     # then: pretrain_gpt.py --load ckpt/ --finetune --use-checkpoint-args ... trains it
 
-Weights are read from model.safetensors (or the shards a model.safetensors.index.json names,
-or pytorch_model.bin with torch.load(weights_only=True): no code from the file runs).
+Weights are read lazily from model.safetensors (or the shards a model.safetensors.index.json
+names; safe_open, one tensor at a time), or from pytorch_model.bin with
+torch.load(weights_only=True): no code from the file runs. They are converted one HF layer
+at a time as the writer asks for our keys (streamed_import.py) and written stage by stage,
+each tensor split into its TP shards (weights_checkpoint.py).
 The registry maps config.json and the weights to our family; the vocabulary is padded as the
 training loop pads it for that TP size (Megatron's rule, --make-vocab-size-divisible-by x TP),
 so the entry points build tables of the stored size. Parameters the HF class lacks (the MLM
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from collections import ChainMap
+from typing import Mapping, Optional
 
 import torch
 
@@ -26,6 +30,8 @@ from ...training.checkpoint.run_record import args_to_dict
 from ...training.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
 from .checkpoint_spec import args_record
 from .registry import mapping_for_hf_config
+from .safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsWeights
+from .streamed_import import StreamedImport
 from .tokenizer_files import tokenizer_flags_from_hf
 
 
@@ -40,23 +46,19 @@ def read_hf_config(hf_dir: str) -> dict:
             raise ConversionError(f"{path} is not valid JSON ({error}); fix or re-save it.") from None
 
 
-def read_hf_weights(hf_dir: str) -> Dict[str, torch.Tensor]:
-    """The HF state dict of a save_pretrained directory (safetensors, sharded or not; else a .bin)."""
-    from safetensors.torch import load_file as load_safetensors
-    single = os.path.join(hf_dir, "model.safetensors")
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        return load_safetensors(single)
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        state = {}
-        for name in files:
-            state.update(load_safetensors(os.path.join(hf_dir, name)))
-        return state
+def _position_ids(key: str) -> bool:
+    # older transformers saved the position_ids buffer (an arange, not a weight); HF itself ignores it
+    return key.endswith("embeddings.position_ids")
+
+
+def read_hf_weights(hf_dir: str) -> Mapping[str, torch.Tensor]:
+    """The HF state dict of a save_pretrained directory: safetensors (sharded or not) as a
+    lazy Mapping (each tensor read when asked for), else a pytorch_model.bin (weights_only)."""
+    if os.path.isfile(os.path.join(hf_dir, SINGLE_FILE)) or os.path.isfile(os.path.join(hf_dir, INDEX_FILE)):
+        return SafetensorsWeights(hf_dir, skip=_position_ids)
     binary = os.path.join(hf_dir, "pytorch_model.bin")
     if os.path.isfile(binary):
-        return load_file(binary)
+        return {k: v for k, v in load_file(binary).items() if not _position_ids(k)}
     raise ConversionError(f"{hf_dir} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin; "
                           f"pass a directory written by save_pretrained.")
 
@@ -107,23 +109,25 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     if spec.config.num_layers % pp:
         raise ConversionError(f"the model has {spec.config.num_layers} layers, which do not split over {pp} pipeline "
                               f"stages; pick a --pipeline-model-parallel-size that divides it.")
-    # older transformers saved the position_ids buffer (an arange, not a weight); HF itself ignores it
-    weights = {k: v for k, v in read_hf_weights(hf_dir).items() if not k.endswith("embeddings.position_ids")}
-    ours = mapping.state_dict_from_hf(weights, spec)
+    # our weights are converted from the HF files one window (layer) at a time, as the writer asks
+    ours = StreamedImport(mapping, spec, read_hf_weights(hf_dir))
     tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
     note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
     record = args_record(spec, tokenizer_args, flag_defaults())
     record["hf_architecture"] = spec.architecture
     with serial_world():
+        # Parameters the HF class lacks keep our initialization (the model is built at TP=1
+        # for them; only those tensors are kept).
         whole = mapping.build_model(spec).state_dict()
         kept = sorted(set(whole) - set(ours))
-        full = {key: ours.get(key, whole[key]) for key in whole}
         unexpected = sorted(set(ours) - set(whole))
         if unexpected:
             raise ConversionError(f"the converted weights have keys our {spec.family} model lacks: {unexpected[:3]}; "
                                   f"the mapping and the model disagree, please report it.")
-        del whole, ours
-        written = write_weights_checkpoint(output, full, lambda stage: mapping.build_model(spec, stage=stage), record,
+        initialized = {key: whole[key].clone() for key in kept}
+        del whole
+        written = write_weights_checkpoint(output, ChainMap(initialized, ours),
+                                           lambda stage: mapping.build_model(spec, stage=stage), record,
                                            spec.config, vocab_size, padded, tp, pp, ckpt_format)
     return {"family": spec.family, "architecture": spec.architecture, "directory": written,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 from ...errors import CheckpointError
 from ..arguments import add_megatron_arguments
 from .file_io import load_file
-from .formats import detect_layout, layout_named
+from .formats import tracked_checkpoint
 
 # What decides the model a checkpoint holds (Megatron-LM's load_args_from_checkpoint list, in our flags).
 MODEL_ARGS = (
@@ -47,15 +47,7 @@ def explicit_destinations(argv: Sequence[str], extra_args_provider: Optional[Cal
 
 
 def read_checkpoint_args(directory: str, ckpt_format: str) -> tuple:
-    found = detect_layout(directory, layout_named(ckpt_format))
-    if found is None:
-        raise CheckpointError(f"--use-checkpoint-args needs a checkpoint in --load {directory}, which holds none "
-                              f"(no latest_checkpointed_iteration.txt or latest); check the path.")
-    layout, iteration = found
-    path = layout.first_model_file(layout.iteration_dir(directory, iteration))
-    if path is None:
-        raise CheckpointError(f"the tracker of {directory} names a checkpoint without model files; point it at a "
-                              f"complete checkpoint.")
+    _, _, path = tracked_checkpoint(directory, ckpt_format, "--load (read by --use-checkpoint-args)")
     saved = load_file(path)
     record = saved.get("args")
     if not isinstance(record, dict):

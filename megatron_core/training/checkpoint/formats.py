@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
-from ...errors import ConfigError
+from ...errors import CheckpointError, ConfigError
 from .deepspeed_layout import DeepSpeedLayout
 from .megatron_layout import MegatronLayout
 
@@ -28,3 +28,25 @@ def detect_layout(directory: str, preferred) -> Optional[Tuple[object, Optional[
             with open(path) as f:
                 return layout, layout.parse_tracker(f.read(), path)
     return None
+
+
+def tracked_checkpoint(directory: str, preferred="megatron", what: str = "--load") -> Tuple[object, Optional[int], str]:
+    """(layout, iteration; None for a release, its first model file) of the checkpoint the
+    tracker in `directory` names, or one CheckpointError sentence saying what is missing.
+    `preferred`: a layout or its name (its tracker wins when both exist); `what`: how the
+    caller's user named the directory (a flag)."""
+    layout = layout_named(preferred) if isinstance(preferred, str) else preferred
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{what} {directory} is not a directory; give the --save directory of a training run "
+                              f"(the one holding latest_checkpointed_iteration.txt or latest).")
+    found = detect_layout(directory, layout)
+    if found is None:
+        raise CheckpointError(f"{what} {directory} holds no checkpoint (no latest_checkpointed_iteration.txt or "
+                              f"latest file); give the --save directory of a training run.")
+    layout, iteration = found
+    iteration_path = layout.iteration_dir(directory, iteration)
+    first = layout.first_model_file(iteration_path)
+    if first is None:
+        raise CheckpointError(f"the tracker of {directory} names {iteration_path}, which holds no model file; point "
+                              f"it at a complete checkpoint.")
+    return layout, iteration, first

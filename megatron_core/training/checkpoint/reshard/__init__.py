@@ -10,12 +10,11 @@ memory at a time), with no model and no process group.
   streaming_writer.py a torch.save file written one tensor at a time
   rewrite.py          tools/change_mp.py's work: a whole checkpoint at other sizes
   on_load.py          --load at other sizes: each rank reads its own slices
-  full_model.py       read_full_model_state: the whole model's state dict (TP=1, PP=1)
+(The whole model's state dict of a checkpoint, for converters: ../saved_model.py, on source.py.)
 """
 from ..contents import PER_PARAMETER
-from .full_model import iter_full_model_state, read_full_model_state
 from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
 from .source import SavedCheckpoint
 
-__all__ = ["iter_full_model_state", "read_full_model_state", "PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
+__all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
            "saved_padded_vocab_size"]

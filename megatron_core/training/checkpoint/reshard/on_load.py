@@ -6,6 +6,12 @@ it holds by the whole model's key (copies by their original), so a (TP, PP) rank
 the saved checkpoint for exactly those keys at its tensor-parallel rank. The optimizer
 state comes out per parameter (source.py), which the native backend loads at any
 data-parallel size and with either optimizer layout, each master taking its elements.
+
+Carried: weights, optimizer state (fp32 masters of a bf16/fp16 run included), iteration,
+consumed samples (so the data goes on at the next sample of the one global order), the
+scheduler and the loss scaler. Not carried: the RNG streams, which belong to the saved
+ranks (Megatron-LM does not carry them across TP changes either); the run keeps the
+streams it seeded from --seed at start.
 """
 from __future__ import annotations
 
@@ -24,9 +30,12 @@ def needs_resharding(parallel: Dict, run) -> bool:
     p = run.parallel
     if not parallel:
         return False
+    sizes_differ = (parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"]) != \
+        (p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+    if parallel.get("optimizer_per_parameter") or parallel.get("optimizer_dropped"):
+        return sizes_differ     # written by change_mp: any optimizer layout and DP size load it as it is
     distributed = bool(parallel.get("use_distributed_optimizer"))
-    return (parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"]) != \
-        (p.tensor_model_parallel_size, p.pipeline_model_parallel_size) or distributed != p.use_distributed_optimizer \
+    return sizes_differ or distributed != p.use_distributed_optimizer \
         or (distributed and parallel.get("data_parallel_size") != p.data_parallel_size)
 
 

@@ -28,7 +28,7 @@ from ..file_io import write_bytes_atomically
 from ..formats import layout_named
 from .lazy_files import DEFAULT_BUDGET_BYTES
 from .source import SavedCheckpoint
-from .stages import TargetChunk, target_chunks
+from .stages import TargetChunk, source_split_rank, target_chunks
 from .streaming_writer import LazyTensor, save_streamed
 from .targets import target_optimizer_state, target_weight
 
@@ -41,6 +41,7 @@ class Target:
     keep_optimizer: bool = True
     ckpt_format: Optional[str] = None              # default: the source's layout
     make_vocab_size_divisible_by: Optional[int] = None   # re-pad the vocabulary (None: keep the padded size)
+    pipeline_split_rank: Optional[int] = None      # an encoder-decoder's first decoder stage (None: the source's)
 
 
 def _padded_vocab(source: SavedCheckpoint, target: Target) -> Optional[int]:
@@ -56,6 +57,14 @@ def _padded_vocab(source: SavedCheckpoint, target: Target) -> Optional[int]:
         raise CheckpointError(f"the padded vocabulary of {source.iteration_path} ({saved} rows) does not split over "
                               f"{size} tensor-parallel ranks; re-pad it with --make-vocab-size-divisible-by (e.g. 128).")
     return saved
+
+
+def _split_rank(source: SavedCheckpoint, target: Target) -> Optional[int]:
+    if target.pipeline_model_parallel_size == 1:
+        return None
+    if target.pipeline_split_rank is not None:
+        return target.pipeline_split_rank
+    return source_split_rank(source) if target.pipeline_model_parallel_size == source.pp else None
 
 
 def _shape(source: SavedCheckpoint, name: str, spec, size: int, padded: Optional[int]) -> tuple:
@@ -98,12 +107,16 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
         parallel["virtual_pipeline_model_parallel_size"] = None
     if not target.keep_optimizer:
         parallel["optimizer_dropped"] = True
+    else:   # per parameter, in the model file: it loads with either optimizer layout at any DP size
+        parallel.update(use_distributed_optimizer=False, optimizer_per_parameter=True)
     args = dict(head.get("args") or {}, tensor_model_parallel_size=size,
                 pipeline_model_parallel_size=target.pipeline_model_parallel_size, padded_vocab_size=padded)
     if target.make_vocab_size_divisible_by:
         args["make_vocab_size_divisible_by"] = target.make_vocab_size_divisible_by
     if target.pipeline_model_parallel_size != source.pp:
         args["num_layers_per_virtual_pipeline_stage"] = None
+    if "pipeline_model_parallel_split_rank" in args or target.pipeline_split_rank is not None:
+        args["pipeline_model_parallel_split_rank"] = _split_rank(source, target)
     config = dict(head.get("model_config") or {})
     if "tensor_model_parallel_size" in config:
         config["tensor_model_parallel_size"] = size
@@ -143,7 +156,8 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")
     layout = layout_named(target.ckpt_format) if target.ckpt_format else source.layout
     padded = _padded_vocab(source, target)
-    chunks = target_chunks(source, target.tensor_model_parallel_size, target.pipeline_model_parallel_size, padded)
+    chunks = target_chunks(source, target.tensor_model_parallel_size, target.pipeline_model_parallel_size, padded,
+                           _split_rank(source, target))
     written = 0
     for pipeline_rank in range(target.pipeline_model_parallel_size):
         mine = [c for c in chunks if c.pipeline_rank == pipeline_rank]

@@ -26,7 +26,7 @@ import torch
 from ....errors import CheckpointError
 from ....mpu.sharding_map import ShardingMap, ShardSpec
 from ..contents import PER_PARAMETER, model_keys
-from ..formats import LAYOUTS, detect_layout
+from ..formats import LAYOUTS, detect_layout, tracked_checkpoint
 from .lazy_files import DEFAULT_BUDGET_BYTES, LazyFiles
 
 _ITERATION_NAMES = {"megatron": re.compile(r"^iter_(\d{7})$"), "deepspeed": re.compile(r"^global_step(\d+)$")}
@@ -43,9 +43,9 @@ class Owner:
 
 def locate(directory: str, preferred: str = "megatron") -> Tuple[object, str, Optional[int]]:
     """(layout, root directory, iteration; None for a release) of `directory`."""
-    found = detect_layout(directory, LAYOUTS[preferred])
-    if found is not None:
-        return found[0], directory, found[1]
+    if detect_layout(directory, LAYOUTS[preferred]) is not None:
+        layout, iteration, _ = tracked_checkpoint(directory, preferred, "checkpoint directory")
+        return layout, directory, iteration
     name, parent = os.path.basename(os.path.normpath(directory)), os.path.dirname(os.path.normpath(directory))
     for layout_name, pattern in _ITERATION_NAMES.items():
         match = pattern.match(name)
@@ -55,6 +55,12 @@ def locate(directory: str, preferred: str = "megatron") -> Tuple[object, str, Op
         for layout in LAYOUTS.values():
             if layout.first_model_file(directory):
                 return layout, parent, None
+    # a --save directory without its tracker: its newest complete iteration
+    saved = [(i, layout) for layout in LAYOUTS.values() for i in layout.saved_iterations(directory)
+             if layout.first_model_file(layout.iteration_dir(directory, i))] if os.path.isdir(directory) else []
+    if saved:
+        iteration, layout = max(saved, key=lambda found: found[0])
+        return layout, directory, iteration
     raise CheckpointError(f"{directory} holds no checkpoint: no latest_checkpointed_iteration.txt or latest file, "
                           f"and it is not an iteration directory (iter_NNNNNNN, global_stepN, release); pass the "
                           f"--save directory or one iteration's directory.")
@@ -73,7 +79,8 @@ class SavedCheckpoint:
         parallel = head.get("parallel")
         if not parallel or "sharding_map" not in head:
             raise CheckpointError(f"{first} carries no parallel sizes or sharding map (it was not saved by this "
-                                  f"package's checkpointer), so it cannot be resharded.")
+                                  f"package; a Chinese-Transformer-XL checkpoint converts with "
+                                  f"tools/convert_checkpoint.py --from-ctxl), so it cannot be read by its map.")
         self.parallel = dict(parallel)
         self.tp = parallel["tensor_model_parallel_size"]
         self.pp = parallel["pipeline_model_parallel_size"]
