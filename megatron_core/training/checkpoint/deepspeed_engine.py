@@ -62,6 +62,7 @@ from ...cli import describe_os_error
 from ...errors import CheckpointError
 from .file_io import load_file, save_file
 from .formats import layout_named
+from .reshard.engine_source import OPTIMIZER_PARAM_NAMES
 
 # What the engine writes itself: never taken from our client_state.
 ENGINE_KEYS = ("module", "buffer_names", "optimizer", "global_steps", "global_samples", "skipped_steps",
@@ -151,6 +152,12 @@ class DeepSpeedEngineFiles:
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         contents = self.layout.to_file(contents_for({}, include_optimizer=False))
         client_state = {key: value for key, value in contents.items() if key not in ENGINE_KEYS}
+        if self.stage == 0 and isinstance(self.engine.optimizer, torch.optim.Optimizer):
+            # The torch optimizer's state is positional: name its positions for the tools
+            # (reshard/engine_source.py); ZeRO files name their parameters themselves.
+            names = self.engine.param_names
+            client_state[OPTIMIZER_PARAM_NAMES] = [[names[p] for p in group["params"]]
+                                                   for group in self.engine.optimizer.param_groups]
         self.engine.save_checkpoint(directory, tag=os.path.basename(self.layout.iteration_dir(directory, iteration)),
                                     client_state=client_state, save_latest=False)
         return self.safe.error

@@ -11,11 +11,13 @@ memory at a time), with no model and no process group.
   rewrite.py          tools/change_mp.py's work: a whole checkpoint at other sizes
   on_load.py          --load at other sizes: each rank reads its own slices
   full_model.py       read_full_model_state: the whole model's state dict (TP=1, PP=1)
+  engine_source.py    a DeepSpeed engine's checkpoint: where its ZeRO files keep each parameter
 """
 from ..contents import PER_PARAMETER
 from .full_model import iter_full_model_state, read_full_model_state
 from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
+from .engine_source import written_by_engine
 from .source import SavedCheckpoint
 
-__all__ = ["iter_full_model_state", "read_full_model_state", "PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
+__all__ = ["written_by_engine", "iter_full_model_state", "read_full_model_state", "PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
            "saved_padded_vocab_size"]

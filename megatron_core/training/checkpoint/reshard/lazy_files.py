@@ -9,7 +9,7 @@ resident memory stays about one budget, whatever the checkpoint's size.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 from ..file_io import load_file
 
@@ -23,9 +23,10 @@ class LazyFiles:
         self._open: Dict[str, dict] = {}
         self._read = 0
 
-    def get(self, path: str) -> dict:
+    def get(self, path: str, allow: Sequence = ()) -> dict:
+        """`path`'s state, mapped; `allow`: classes its pickle may name (file_io.load_file)."""
         if path not in self._open:
-            self._open[path] = self.transform(load_file(path, mmap=True))
+            self._open[path] = self.transform(load_file(path, mmap=True, allow=allow))
         return self._open[path]
 
     def count(self, nbytes: int) -> None:
