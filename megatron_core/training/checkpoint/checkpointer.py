@@ -182,7 +182,8 @@ class Checkpointer:
             raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
                                   f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
-                                  f"saved with, or without --deepspeed.")
+                                  f"saved with, or without --deepspeed, or reshard it first with tools/change_mp.py "
+                                  f"and resume that without --deepspeed.")
         source = reshard.SavedCheckpoint(directory, layout.name)
         where = source.model_path(0, 0)
         compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
