@@ -171,9 +171,9 @@ class DeepSpeedEngineFiles:
                                   f"DeepSpeed's layout (<tag>/mp_rank_XX_model_states.pt and latest); train it with "
                                   f"the native backend (drop --deepspeed) or convert it.")
         if load_optimizer and not written_by_engine(saved):
-            raise CheckpointError(f"{model_path} was written by the native backend or tools/change_mp.py (its optimizer "
-                                  f"state is per parameter, not in DeepSpeed's ZeRO files); resume it without "
-                                  f"--deepspeed, or add --no-load-optim to load its weights into the engine with a "
+            raise CheckpointError(f"{model_path} was written by the native backend or tools/change_mp.py (its "
+                                  f"optimizer state is per parameter, not in DeepSpeed's ZeRO files); resume it "
+                                  f"without --deepspeed, or add --no-load-optim to load its weights into the engine with a "
                                   f"fresh optimizer.")
         saved_dp = (saved.get("parallel") or {}).get("data_parallel_size")
         if load_optimizer and self.stage >= 1 and saved_dp != self.run.parallel.data_parallel_size:
