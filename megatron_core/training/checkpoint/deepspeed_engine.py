@@ -173,8 +173,8 @@ class DeepSpeedEngineFiles:
         if load_optimizer and not written_by_engine(saved):
             raise CheckpointError(f"{model_path} was written by the native backend or tools/change_mp.py (its "
                                   f"optimizer state is per parameter, not in DeepSpeed's ZeRO files); resume it "
-                                  f"without --deepspeed, or add --no-load-optim to load its weights into the engine with a "
-                                  f"fresh optimizer.")
+                                  f"without --deepspeed, or add --no-load-optim to load its weights into the engine "
+                                  f"with a fresh optimizer.")
         saved_dp = (saved.get("parallel") or {}).get("data_parallel_size")
         if load_optimizer and self.stage >= 1 and saved_dp != self.run.parallel.data_parallel_size:
             raise CheckpointError(f"the ZeRO optimizer state in {os.path.dirname(model_path)} is partitioned over "
