@@ -14,7 +14,8 @@ The claims, each against an independent reference:
   DeepSpeed's own zero_to_fp32 recovery; --to-hf and generate_text run on it.
 * ZeRO-2 bf16 at DP=2 and ZeRO-1 bf16 at PP=2 save and resume bit-exactly (the same log lines
   as the uninterrupted bf16 run); change_mp reads both (fp32 masters carried, PP=2 -> PP=1).
-* A pickle payload in a ZeRO file is refused by change_mp and never runs.
+* A pickle payload in a ZeRO file is refused by change_mp and never runs; an engine run given
+  change_mp's output refuses its (per-parameter) optimizer in one sentence.
 
 Engine runs cost ~10 s of DeepSpeed start each: every engine run is a module fixture shared by
 the assertions. Skipped when deepspeed is not installed.
@@ -220,3 +221,15 @@ def test_a_bf16_engine_checkpoint_resumes_bit_exactly_and_change_mp_carries_its_
     if not extra:        # PP=1: DeepSpeed's own recovery gives the same fp32 masters
         for key, tensor in zero_to_fp32(save).items():
             assert torch.equal(optimizer[key]["fp32_master"], tensor), key
+
+
+def test_an_engine_run_refuses_the_optimizer_of_a_change_mp_output_in_one_sentence(corpus, zero1, tmp_path):
+    output = str(tmp_path / "native")
+    assert tool("change_mp.py", zero1["save"], "1", "--output", output).returncode == 0
+    config = os.path.join(zero1["tmp"], "ds.json")
+    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, "--deepspeed", "--deepspeed_config", config,
+                                                          "--load", output), nproc=2, timeout=600,
+                           env=deepspeed_test_env())
+    assert done.returncode != 0, failure_report(done)        # each rank exits 2; torchrun reports 1
+    assert "was written by the native backend or tools/change_mp.py" in done.stderr, failure_report(done)
+    assert "resume it without --deepspeed, or add --no-load-optim" in done.stderr
