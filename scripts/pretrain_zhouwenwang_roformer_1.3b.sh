@@ -5,7 +5,9 @@
 # 12000-token character vocabulary of Zhuiyi's RoFormer (the model card's vocab.txt, 53.5 kB).
 # Source: the HF model card of IDEA-CCNL/Zhouwenwang-Unified-1.3B ("13亿参数", model_type
 # megatron-bert) and Fengshenbang-LM fengshen/models/roformer; the layer shape is the
-# Erlangshen-1.3B one. Check num_hidden_layers / vocab_size against that config.json before a run.
+# Erlangshen-1.3B one. Check num_hidden_layers / vocab_size against that config.json before a run:
+# its text (431 bytes, HF tree 974ce39) is in no reference corpus this project could search
+# (HF pages list the file only; Fengshenbang-LM's sources name the 110M model alone).
 # fp16 with DeepSpeed ZeRO-1, selective recomputation, 32 GPUs.
 #
 #     HOSTFILE=hostfiles/4x8 DATA_PATH=data/wudao_text_sentence VOCAB_FILE=vocab.txt \

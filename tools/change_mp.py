@@ -84,7 +84,7 @@ def main(argv=None):
     tp, pp, dp = summary["source"]
     print(f"resharded checkpoint iteration {summary['iteration'] if summary['iteration'] is not None else 'release'} "
           f"from TP={tp} PP={pp} DP={dp} to TP={args.size} PP={args.target_pipeline_parallel_size} "
-          f"DP={args.target_data_parallel_size or dp} ({'with' if not args.no_optim else 'without'} optimizer, "
+          f"DP={args.target_data_parallel_size or dp} ({'with' if summary['optimizer'] else 'without'} optimizer, "
           f"{summary['layout']} layout, padded vocabulary {summary['padded_vocab_size']}): "
           f"{summary['bytes_written'] / 1e6:.1f} MB in {time.time() - start:.2f} s -> {args.output}", flush=True)
     return 0

@@ -10,7 +10,8 @@ stage copies included; DP = data-parallel size):
   gradients    native backend: the fp32 main_grad buffers, 4 P (Megatron keeps the whole
                buffer also with the distributed optimizer); DeepSpeed: P x parameter bytes,
                / DP under ZeRO-2/3
-  optimizer    Adam: two fp32 moments (8 P) + an fp32 master copy for bf16/fp16 (4 P);
+  optimizer    Adam: two fp32 moments (8 P) + an fp32 master copy for bf16/fp16 (4 P;
+               under ZeRO 1-3 also in fp32: DeepSpeed always keeps its fp32 partition);
                SGD: the fp32 momentum (4 P, none at momentum 0) + master. / DP with
                --use-distributed-optimizer or ZeRO stage >= 1; offload_optimizer moves it
                to host memory (reported apart)
@@ -22,7 +23,8 @@ stage copies included; DP = data-parallel size):
                the fp32 logits the cross entropy keeps on the last stage.
 
 The gradients and optimizer numbers follow the tensors the native backend allocates
-(tests sum them after a step); the DeepSpeed ones follow the ZeRO paper's accounting.
+(tests sum them after a step); the DeepSpeed ones the tensors DeepSpeed's engine holds
+(tests/test_memory_estimate_deepspeed.py sums them at ZeRO 0-3, fp32, DP=2).
 Activation numbers are an estimate: they ignore allocator fragmentation, temporary
 buffers of collectives and the workspace of kernels.
 """
@@ -185,26 +187,39 @@ def _activation_bytes(shape: ModelShape, run: RunConfig, pipeline_rank: int, num
 def _state_bytes(params: int, run: RunConfig, notes: List[str]):
     """(weights, gradients, optimizer on device, optimizer on host) of one rank's parameters."""
     p, o = run.parallel, run.optimizer
-    dp = p.data_parallel_size
-    param_bytes = run.model.params_dtype.itemsize
-    master = 4 if param_bytes != 4 else 0
-    state = 8 if o.optimizer == "adam" else (4 if o.sgd_momentum else 0)
-    per_param = state + master
     ds = run.deepspeed.resolved if run.deepspeed.deepspeed else None
+    stage = zero_stage(ds) if ds is not None else None
+    offload = offloads_optimizer(ds) if ds is not None else False
+    weights, grads, optimizer = state_bytes(params, run.model.params_dtype.itemsize, p.data_parallel_size,
+                                            o.optimizer, o.sgd_momentum, stage, p.use_distributed_optimizer)
+    dp = p.data_parallel_size
     if ds is None:
-        weights, grads = params * param_bytes, params * 4
-        optimizer = params * per_param // (dp if p.use_distributed_optimizer else 1)
         notes.append("native backend: fp32 gradient buffers" + (f", optimizer state / DP {dp} (distributed "
                      f"optimizer)" if p.use_distributed_optimizer else ""))
         return weights, grads, optimizer, 0
-    stage = zero_stage(ds)
-    weights = params * param_bytes // (dp if stage >= 3 else 1)
-    grads = params * param_bytes // (dp if stage >= 2 else 1)
-    optimizer = params * per_param // (dp if stage >= 1 else 1)
-    offload = offloads_optimizer(ds)
     notes.append(f"DeepSpeed ZeRO-{stage}" + (f", partitioned over DP {dp}" if stage else "")
                  + (", optimizer state offloaded to CPU" if offload else ""))
     return (weights, grads, 0, optimizer) if offload else (weights, grads, optimizer, 0)
+
+
+def state_bytes(params: int, param_bytes: int, data_parallel_size: int, optimizer: str = "adam",
+                sgd_momentum: float = 0.9, zero_stage: Optional[int] = None,
+                distributed_optimizer: bool = False) -> tuple:
+    """(weights, gradients, optimizer state) bytes of `params` parameters on one rank: the native
+    backend (zero_stage None) or DeepSpeed's ZeRO stage. ZeRO 1-3 keep an fp32 partition of the
+    weights whatever the model's dtype (stage_1_and_2.py's single_partition_of_fp32_groups,
+    stage3.py's fp32_partitioned_groups_flat), so fp32 training has that copy too; measured
+    against a real engine in tests/test_memory_estimate_deepspeed.py."""
+    dp = data_parallel_size
+    state = 8 if optimizer == "adam" else (4 if sgd_momentum else 0)
+    if zero_stage is None:
+        master = 4 if param_bytes != 4 else 0
+        return (params * param_bytes, params * 4,
+                params * (state + master) // (dp if distributed_optimizer else 1))
+    master = 4 if (param_bytes != 4 or zero_stage >= 1) else 0
+    weights = params * param_bytes // (dp if zero_stage >= 3 else 1)
+    grads = params * param_bytes // (dp if zero_stage >= 2 else 1)
+    return weights, grads, params * (state + master) // (dp if zero_stage >= 1 else 1)
 
 
 def estimate_memory(shape: ModelShape, run: RunConfig) -> MemoryEstimate:

@@ -156,8 +156,12 @@ class Checkpointer:
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
         first = layout.first_model_file(iteration_path)
         # Only this file's small entries are read: its tensors stay mapped, untouched.
-        parallel = layout.from_file(self.files.read(first, mmap=True)).get("parallel") if first else None
-        if parallel and reshard.needs_resharding(parallel, self.run):
+        head = layout.from_file(self.files.read(first, mmap=True)) if first else {}
+        parallel = head.get("parallel")
+        # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
+        # reads them per parameter, as it reads another layout (reshard/engine_source.py).
+        engine_files = reshard.written_by_engine(head) and getattr(self.backend, "loads_per_parameter", False)
+        if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files):
             self._load_resharded(directory, layout, iteration, parallel, state)
             return
         compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
@@ -178,7 +182,8 @@ class Checkpointer:
             raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
                                   f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
-                                  f"saved with, or without --deepspeed.")
+                                  f"saved with, or without --deepspeed, or reshard it first with tools/change_mp.py "
+                                  f"and resume that without --deepspeed.")
         source = reshard.SavedCheckpoint(directory, layout.name)
         where = source.model_path(0, 0)
         compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
@@ -208,7 +213,8 @@ class Checkpointer:
         if load_optimizer:
             self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
         self.backend.load_state_dict(backend_state)
-        _print(reshard.describe(parallel, self.run, iteration))
+        _print(reshard.describe(parallel, self.run, iteration) + (" (from the DeepSpeed engine's files)"
+                                                                  if source.engine else ""))
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 

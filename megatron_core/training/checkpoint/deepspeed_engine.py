@@ -62,6 +62,7 @@ from ...cli import describe_os_error
 from ...errors import CheckpointError
 from .file_io import load_file, save_file
 from .formats import layout_named
+from .reshard.engine_source import OPTIMIZER_PARAM_NAMES, written_by_engine
 
 # What the engine writes itself: never taken from our client_state.
 ENGINE_KEYS = ("module", "buffer_names", "optimizer", "global_steps", "global_samples", "skipped_steps",
@@ -151,6 +152,12 @@ class DeepSpeedEngineFiles:
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         contents = self.layout.to_file(contents_for({}, include_optimizer=False))
         client_state = {key: value for key, value in contents.items() if key not in ENGINE_KEYS}
+        if self.stage == 0 and isinstance(self.engine.optimizer, torch.optim.Optimizer):
+            # The torch optimizer's state is positional: name its positions for the tools
+            # (reshard/engine_source.py); ZeRO files name their parameters themselves.
+            names = self.engine.param_names
+            client_state[OPTIMIZER_PARAM_NAMES] = [[names[p] for p in group["params"]]
+                                                   for group in self.engine.optimizer.param_groups]
         self.engine.save_checkpoint(directory, tag=os.path.basename(self.layout.iteration_dir(directory, iteration)),
                                     client_state=client_state, save_latest=False)
         return self.safe.error
@@ -163,12 +170,18 @@ class DeepSpeedEngineFiles:
             raise CheckpointError(f"{model_path} is a {layout.name}-layout checkpoint; the DeepSpeed engine loads "
                                   f"DeepSpeed's layout (<tag>/mp_rank_XX_model_states.pt and latest); train it with "
                                   f"the native backend (drop --deepspeed) or convert it.")
+        if load_optimizer and not written_by_engine(saved):
+            raise CheckpointError(f"{model_path} was written by the native backend or tools/change_mp.py (its "
+                                  f"optimizer state is per parameter, not in DeepSpeed's ZeRO files); resume it "
+                                  f"without --deepspeed, or add --no-load-optim to load its weights into the engine "
+                                  f"with a fresh optimizer.")
         saved_dp = (saved.get("parallel") or {}).get("data_parallel_size")
         if load_optimizer and self.stage >= 1 and saved_dp != self.run.parallel.data_parallel_size:
             raise CheckpointError(f"the ZeRO optimizer state in {os.path.dirname(model_path)} is partitioned over "
                                   f"data-parallel size {saved_dp}, this run has "
-                                  f"{self.run.parallel.data_parallel_size}; resume with the same size, or add "
-                                  f"--no-load-optim to load the weights with a fresh optimizer.")
+                                  f"{self.run.parallel.data_parallel_size}; resume with the same size, resume without "
+                                  f"--deepspeed (the native backend reshards it on load; tools/change_mp.py converts "
+                                  f"it), or add --no-load-optim to load the weights with a fresh optimizer.")
         tag = os.path.basename(layout.iteration_dir(directory, iteration))
         path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True,
                                               load_optimizer_states=load_optimizer, load_lr_scheduler_states=False,

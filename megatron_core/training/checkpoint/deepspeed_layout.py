@@ -67,8 +67,13 @@ class DeepSpeedLayout:
         return sorted(int(m.group(1)) for m in map(_TAG.match, names) if m)
 
     def first_model_file(self, iteration_path: str) -> Optional[str]:
-        path = os.path.join(iteration_path, "mp_rank_00_model_states.pt")
-        return path if os.path.isfile(path) else None
+        """mp_rank_00_model_states.pt, or under the engine's ZeRO-3 (every data-parallel rank
+        writes its own) data-parallel rank 0's zero_pp_rank_0_mp_rank_00_model_states.pt."""
+        for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+            path = os.path.join(iteration_path, name)
+            if os.path.isfile(path):
+                return path
+        return None
 
     def to_file(self, state: dict) -> dict:
         state = dict(state)

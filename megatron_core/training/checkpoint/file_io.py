@@ -27,7 +27,7 @@ import pickle
 import threading
 import time
 import zipfile
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 import torch
 
@@ -125,11 +125,13 @@ def _torch_save(state: Any, f: BinaryIO) -> None:
         raise cause from None
 
 
-def load_file(path: str, map_location="cpu", mmap: bool = False, allow_namespace: bool = False) -> Any:
+def load_file(path: str, map_location="cpu", mmap: bool = False, allow_namespace: bool = False,
+              allow: Sequence = ()) -> Any:
     """mmap=True: tensors are views of the file mapped into memory, read only where touched
     (resharding reads slices of many files this way). allow_namespace: the argparse.Namespace
-    that Megatron-LM / DeepSpeed files pickle as their args, and nothing else."""
-    allowed = [argparse.Namespace] if allow_namespace else []
+    that Megatron-LM / DeepSpeed files pickle as their args, and nothing else. `allow`: more
+    classes allowed by name (DeepSpeed's plain state holders in its ZeRO files)."""
+    allowed = ([argparse.Namespace] if allow_namespace else []) + list(allow)
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -25,7 +25,7 @@ import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -110,9 +110,10 @@ class LazyFiles:
         self._scratch_bytes = torch.empty(0, dtype=torch.uint8)
         self._handles: "OrderedDict[str, object]" = OrderedDict()
 
-    def get(self, path: str) -> dict:
+    def get(self, path: str, allow: Sequence = ()) -> dict:
+        """`path`'s state, mapped; `allow`: classes its pickle may name (file_io.load_file)."""
         if path not in self._open:
-            raw = load_file(path, mmap=True)
+            raw = load_file(path, mmap=True, allow=allow)
             base = _mapping_base(path, raw)
             self._open[path] = _Open(path, self.transform(raw), base, os.path.getsize(path))
         return self._open[path].state

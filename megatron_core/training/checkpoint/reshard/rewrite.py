@@ -15,6 +15,7 @@ them). The tracker is written last.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -152,6 +153,10 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
     source = SavedCheckpoint(source_dir, target.ckpt_format or "megatron", budget_bytes)
     if os.path.abspath(output_dir) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
         raise CheckpointError(f"--output {output_dir} is the checkpoint being resharded; write to a new directory.")
+    if target.keep_optimizer and source.engine and not source.has_optimizer():
+        progress(f"note: the DeepSpeed engine's optimizer state in {source.iteration_path} cannot be carried (a "
+                 f"ZeRO-0 file that does not name its parameters); writing the weights only, as --no-optim.")
+        target = dataclasses.replace(target, keep_optimizer=False)
     if target.keep_optimizer and not source.has_optimizer():
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")
     layout = layout_named(target.ckpt_format) if target.ckpt_format else source.layout
@@ -175,4 +180,5 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
         write_bytes_atomically(os.path.join(output_dir, layout.tracker_name), b"release\n")
     source.files.release()
     return {"iteration": source.iteration, "source": (source.tp, source.pp, source.parallel.get("data_parallel_size")),
-            "layout": layout.name, "bytes_written": written, "padded_vocab_size": padded}
+            "layout": layout.name, "bytes_written": written, "padded_vocab_size": padded,
+            "optimizer": target.keep_optimizer}

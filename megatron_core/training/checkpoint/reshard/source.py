@@ -13,9 +13,13 @@ distributed optimizer, or the one entry of the plain optimizer) gives each state
 (exp_avg, exp_avg_sq, momentum_buffer, ...) in its parameter's shape, plus `fp32_master`
 for a bf16/fp16 model's fp32 copy; a field without elements (Adam's step) is taken as is.
 Such a per-parameter field splits over tensor-parallel ranks exactly as its parameter.
+A checkpoint written by DeepSpeed's engine keeps its optimizer (and at ZeRO-3 its weights)
+in DeepSpeed's ZeRO files instead; engine_source.py says where each parameter's elements
+are, and the same per-parameter fields come out.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from ....errors import CheckpointError
 from ....mpu.sharding_map import ShardingMap, ShardSpec
 from ..contents import PER_PARAMETER, model_keys
 from ..formats import LAYOUTS, detect_layout, tracked_checkpoint
+from .engine_source import ENGINE_ONLY_KEYS, EngineOptimizer, engine_zero_stage, written_by_engine, zero3_model_file
 from .lazy_files import DEFAULT_BUDGET_BYTES, LazyFiles
 
 _ITERATION_NAMES = {"megatron": re.compile(r"^iter_(\d{7})$"), "deepspeed": re.compile(r"^global_step(\d+)$")}
@@ -82,10 +87,14 @@ class SavedCheckpoint:
                                   f"package; a Chinese-Transformer-XL checkpoint converts with "
                                   f"tools/convert_checkpoint.py --from-ctxl), so it cannot be read by its map.")
         self.parallel = dict(parallel)
+        self.engine = written_by_engine(head)          # DeepSpeed's engine wrote it (engine_source.py)
+        self.engine_stage = engine_zero_stage(head) if self.engine else None
+        self._engine_optimizers: Dict[Tuple[int, int], EngineOptimizer] = {}
         self.tp = parallel["tensor_model_parallel_size"]
         self.pp = parallel["pipeline_model_parallel_size"]
         self.chunk_keys = [k for k in model_keys(parallel.get("virtual_pipeline_model_parallel_size") or 1)]
-        self.head = {k: v for k, v in head.items() if k not in self.chunk_keys and k != "optimizer"}
+        self.head = {k: v for k, v in head.items() if k not in self.chunk_keys and k != "optimizer"
+                     and not (written_by_engine(head) and k in ENGINE_ONLY_KEYS)}
         self.maps: Dict[Tuple[int, str], ShardingMap] = {}
         self.owners: Dict[str, Owner] = {}
         for pipeline_rank in range(self.pp):
@@ -101,6 +110,8 @@ class SavedCheckpoint:
     # --- files -----------------------------------------------------------------------------
     def model_path(self, tensor_rank: int, pipeline_rank: int) -> str:
         path = self.layout.model_file(self.root, self.iteration, tensor_rank, self.tp, pipeline_rank, self.pp)
+        if not os.path.isfile(path) and os.path.isfile(zero3_model_file(path)):
+            path = zero3_model_file(path)     # an engine's ZeRO-3 checkpoint: data-parallel rank 0's file
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; restore it or reshard an "
                                   f"earlier one.")
@@ -126,7 +137,28 @@ class SavedCheckpoint:
     # --- weights ---------------------------------------------------------------------------
     def weight(self, name: str, tensor_rank: int) -> torch.Tensor:
         owner = self.owner(name)
-        return self.files.get(self.model_path(tensor_rank, owner.pipeline_rank))[owner.chunk][owner.key]
+        saved = self.files.get(self.model_path(tensor_rank, owner.pipeline_rank))[owner.chunk][owner.key]
+        if self.engine_stage == 3:       # placeholders: the weights are the optimizer's fp32 partitions
+            return self._engine_zero3_weight(owner, tensor_rank, saved.dtype)
+        return saved
+
+    def _engine_zero3_weight(self, owner: Owner, tensor_rank: int, dtype: torch.dtype) -> torch.Tensor:
+        engine = self._engine(tensor_rank, owner.pipeline_rank)
+        shapes = self.files.get(self.model_path(tensor_rank, owner.pipeline_rank))["param_shapes"]
+        name = owner.key if self.chunk_keys == ["model"] else f"{owner.chunk[len('model'):]}.{owner.key}"
+        shape = next(group[name] for group in shapes if name in group)
+        out = torch.empty(math.prod(shape), dtype=dtype)
+        for piece in engine.index[(owner.chunk, owner.key)]:
+            out[piece.first:piece.end].copy_(engine.fields(piece, with_master=True)["fp32_master"])
+        return out.view(shape)
+
+    def _engine(self, tensor_rank: int, pipeline_rank: int) -> EngineOptimizer:
+        where = (tensor_rank, pipeline_rank)
+        if where not in self._engine_optimizers:
+            self._engine_optimizers[where] = EngineOptimizer(
+                self.files, self.model_path(tensor_rank, pipeline_rank), self.files.get(
+                    self.model_path(tensor_rank, pipeline_rank)), self.chunk_keys, self.parallel["data_parallel_size"])
+        return self._engine_optimizers[where]
 
     def owner(self, name: str) -> Owner:
         if name not in self.owners:
@@ -136,6 +168,8 @@ class SavedCheckpoint:
 
     # --- optimizer -------------------------------------------------------------------------
     def has_optimizer(self) -> bool:
+        if self.engine:
+            return self._engine(0, 0).has_state()
         path = self.optimizer_paths(0, 0)[0]
         return os.path.isfile(path) and self.files.get(path).get("optimizer") is not None
 
@@ -143,6 +177,12 @@ class SavedCheckpoint:
         """{field: dtype for an element field, the value for a scalar one (step)} of `name`'s
         optimizer state, read from the files' indexes only."""
         owner = self.owner(name)
+        if self.engine:
+            engine = self._engine(0, owner.pipeline_rank)
+            pieces = engine.index.get((owner.chunk, owner.key))
+            values = engine.fields(pieces[0], self._keeps_master(name)) if pieces else {}
+            return {field: value.dtype if isinstance(value, torch.Tensor) and value.dim() > 0 else
+                    (value.clone() if isinstance(value, torch.Tensor) else value) for field, value in values.items()}
         pieces = self._index(0, owner.pipeline_rank).get((owner.chunk, owner.key))
         if not pieces:
             return {}
@@ -192,6 +232,8 @@ class SavedCheckpoint:
         """Every field of `name`'s optimizer state held by source tensor-parallel rank
         `tensor_rank`, each in the parameter's (local) shape; new tensors."""
         owner = self.owner(name)
+        if self.engine:
+            return self._engine_optimizer_state(name, owner, tensor_rank)
         pieces = self._index(tensor_rank, owner.pipeline_rank).get((owner.chunk, owner.key))
         if not pieces:
             raise CheckpointError(f"the optimizer state of {self.iteration_path} has no entry for {name!r}; "
@@ -214,6 +256,34 @@ class SavedCheckpoint:
                 if field not in fields:
                     fields[field] = torch.zeros(numel, dtype=value.dtype)
                 fields[field][first:end].copy_(value.reshape(-1))
+                self.files.count(value.numel() * value.element_size())
+        return {k: v.view(shape) if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == numel else v
+                for k, v in fields.items()}
+
+    def _keeps_master(self, name: str) -> bool:
+        """An engine's fp32 partition is carried as fp32_master for a bf16/fp16 model (an fp32
+        model's weights are those values already)."""
+        owner = self.owner(name)
+        return self.files.get(self.model_path(0, owner.pipeline_rank))[owner.chunk][owner.key].dtype != torch.float32
+
+    def _engine_optimizer_state(self, name: str, owner: Owner, tensor_rank: int) -> Dict[str, torch.Tensor]:
+        engine = self._engine(tensor_rank, owner.pipeline_rank)
+        pieces = engine.index.get((owner.chunk, owner.key))
+        if not pieces:
+            raise CheckpointError(f"the DeepSpeed optimizer state of {self.iteration_path} has no entry for {name!r}; "
+                                  f"reshard it with --no-optim.")
+        shape = self.weight(name, tensor_rank).shape
+        numel, master = shape.numel(), self._keeps_master(name)
+        fields: Dict[str, torch.Tensor] = {}
+        for piece in pieces:
+            end = numel if piece.end < 0 else piece.end
+            for field, value in engine.fields(piece, master).items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    fields.setdefault(field, value.clone() if isinstance(value, torch.Tensor) else value)
+                    continue
+                if field not in fields:
+                    fields[field] = torch.zeros(numel, dtype=value.dtype)
+                fields[field][piece.first:end].copy_(value)
                 self.files.count(value.numel() * value.element_size())
         return {k: v.view(shape) if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == numel else v
                 for k, v in fields.items()}

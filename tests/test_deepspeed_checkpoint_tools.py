@@ -1,0 +1,235 @@
+"""DeepSpeed-engine checkpoints (pretrain_gpt.py --deepspeed --save) as sources for our tools,
+and the engine layouts test_deepspeed_checkpoint.py does not cover (PP=2, bf16).
+
+What change_mp.py writes from an engine checkpoint is our native layout (DeepSpeed's file
+names, optimizer per parameter): `--load` without --deepspeed resumes it at any TP / PP / DP.
+The claims, each against an independent reference:
+
+* change_mp of a ZeRO-1 (fp32, DP=2) engine checkpoint to TP=2, and the native backend loading
+  the engine checkpoint itself at DP=2 with the distributed optimizer (resharding on load),
+  resume to the losses of the uninterrupted engine run (which equals the native run, issue 11
+  point 2) within 1e-5; a ZeRO-3 checkpoint (weights and optimizer only in DeepSpeed's
+  partitions) and a ZeRO-0 one (the torch optimizer's positional state) likewise.
+* The whole model read from an engine checkpoint (convert_checkpoint --to-hf's reader) equals
+  DeepSpeed's own zero_to_fp32 recovery; --to-hf and generate_text run on it.
+* ZeRO-2 bf16 at DP=2 and ZeRO-1 bf16 at PP=2 save and resume bit-exactly (the same log lines
+  as the uninterrupted bf16 run); change_mp reads both (fp32 masters carried, PP=2 -> PP=1).
+* A pickle payload in a ZeRO file is refused by change_mp and never runs; an engine run given
+  change_mp's output refuses its (per-parameter) optimizer in one sentence.
+
+Engine runs cost ~10 s of DeepSpeed start each: every engine run is a module fixture shared by
+the assertions. Skipped when deepspeed is not installed.
+"""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
+
+from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
+from megatron_core.testing.entry_points import (failure_report, logged_iterations, logged_values,  # noqa: E402
+                                                run_entry_point, tiny_run_flags)
+from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
+from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
+from megatron_core.training.checkpoint.saved_model import read_full_model_state  # noqa: E402
+
+ITERS = 4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("ds_tools_corpus"))
+    preprocess_zh_news(directory)
+    return directory
+
+
+def model_flags(corpus, *extra):
+    return [*tiny_run_flags(os.path.join(corpus, "zh_text_document"), os.path.join(corpus, "cache"),
+                            train_iters=ITERS, seq_length=32), *extra]
+
+
+def engine_run(corpus, tmp, config, *extra, nproc=2):
+    path = os.path.join(tmp, "ds.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, "--deepspeed", "--deepspeed_config", path, *extra),
+                           nproc=nproc, timeout=600, env=deepspeed_test_env())
+    assert done.returncode == 0, failure_report(done)
+    return done
+
+
+def native_run(corpus, *extra, nproc=2):
+    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, *extra), nproc=nproc, timeout=600)
+    assert done.returncode == 0, failure_report(done)
+    return done
+
+
+def tool(script, *args):
+    done = run_entry_point(os.path.join("tools", script), list(args), timeout=300)
+    return done
+
+
+def saved_halfway(corpus, tmp, config, *extra, nproc=2):
+    """The engine run stopped and saved after 2 of ITERS iterations."""
+    save = os.path.join(tmp, "half")
+    done = engine_run(corpus, tmp, config, *extra, "--save", save, "--save-interval", "100", "--exit-interval", "2",
+                      nproc=nproc)
+    return save, done
+
+
+def assert_losses_continue(reference, resumed, rel=1e-5):
+    want, got = logged_values(reference.stdout, "lm loss"), logged_values(resumed.stdout, "lm loss")
+    assert sorted(got) == [3, 4], failure_report(resumed)
+    for iteration in (3, 4):
+        assert got[iteration] == pytest.approx(want[iteration], rel=rel), (iteration, got, want)
+
+
+def zero_to_fp32(directory):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(directory, tag="global_step2")
+
+
+def load(path):
+    with torch.serialization.safe_globals(deepspeed_state_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- ZeRO-1, fp32, DP=2: the tools, and the native backend loading it ----------------------------
+
+@pytest.fixture(scope="module")
+def zero1(corpus, tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("zero1"))
+    config = {"zero_optimization": {"stage": 1}}
+    full = engine_run(corpus, tmp, config)
+    save, _ = saved_halfway(corpus, tmp, config)
+    return {"full": full, "save": save, "tmp": tmp}
+
+
+def test_change_mp_of_a_zero1_engine_checkpoint_resumes_natively_at_tp2_with_the_engine_losses(corpus, zero1):
+    output = os.path.join(zero1["tmp"], "tp2")
+    done = tool("change_mp.py", zero1["save"], "--target-tensor-parallel-size", "2", "--output", output)
+    assert done.returncode == 0, failure_report(done)
+    assert "with optimizer" in done.stdout
+    resumed = native_run(corpus, "--tensor-model-parallel-size", "2", "--load", output)
+    assert "successfully loaded checkpoint" in resumed.stdout
+    assert_losses_continue(zero1["full"], resumed)
+
+
+def test_native_load_of_a_zero1_engine_checkpoint_reshards_to_the_distributed_optimizer(corpus, zero1):
+    resumed = native_run(corpus, "--use-distributed-optimizer", "--load", zero1["save"])
+    assert "(from the DeepSpeed engine's files)" in resumed.stdout, failure_report(resumed)
+    assert_losses_continue(zero1["full"], resumed)
+
+
+def test_the_whole_model_read_from_an_engine_checkpoint_is_what_zero_to_fp32_recovers(zero1):
+    state, info = read_full_model_state(zero1["save"])
+    recovered = zero_to_fp32(zero1["save"])
+    assert info["iteration"] == 2 and set(recovered) <= set(state)
+    for key, tensor in recovered.items():
+        assert torch.equal(state[key], tensor), key
+
+
+def test_convert_to_hf_and_generate_text_read_an_engine_checkpoint(zero1, tmp_path):
+    done = tool("convert_checkpoint.py", "--to-hf", "--load", zero1["save"], "--output", str(tmp_path / "hf"))
+    assert done.returncode == 0, failure_report(done)
+    from safetensors.torch import load_file
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    recovered = zero_to_fp32(zero1["save"])
+    # GPT2LMHeadModel's token table is ours cut to the true vocabulary.
+    vocab = exported["transformer.wte.weight"].shape[0]
+    assert torch.equal(exported["transformer.wte.weight"], recovered["embedding.word_embeddings.weight"][:vocab])
+    copy = str(tmp_path / "native_tp1")     # the same weights in our native files
+    assert tool("change_mp.py", zero1["save"], "1", "--no-optim", "--output", copy).returncode == 0
+    texts = []
+    for directory in (zero1["save"], copy):
+        done = tool("generate_text.py", "--load", directory, "--vocab-file", BERT_VOCAB, "--prompt", "清华大学",
+                    "--greedy", "--out-seq-length", "6")
+        assert done.returncode == 0, failure_report(done)
+        texts.append(done.stdout.strip().splitlines()[-1])
+    assert texts[0].startswith("清华大学") and len(set(texts)) == 1, texts
+
+
+def test_a_pickle_payload_in_an_engine_zero_file_is_refused_by_change_mp(zero1, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+    directory = str(tmp_path / "tampered")
+    shutil.copytree(zero1["save"], directory)
+    path = os.path.join(directory, "global_step2", "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    state = load(path)
+    state["extra"] = Payload()
+    torch.save(state, path)
+    done = tool("change_mp.py", directory, "--target-tensor-parallel-size", "2", "--output", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "carries a pickle payload that safe loading refuses" in done.stderr, failure_report(done)
+    assert not os.path.exists(tmp_path / "ran")
+
+
+# --- ZeRO-3 (weights and optimizer only in DeepSpeed's partitions) and ZeRO-0 (positional) --------
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_a_zero0_or_zero3_engine_checkpoint_resumes_natively_with_the_engine_losses(corpus, zero1, tmp_path, stage):
+    save, _ = saved_halfway(corpus, str(tmp_path), {"zero_optimization": {"stage": stage}})
+    state, _ = read_full_model_state(save)
+    if stage == 3:
+        for key, tensor in zero_to_fp32(save).items():
+            assert torch.equal(state[key], tensor), key
+    resumed = native_run(corpus, "--load", save)
+    # ZeRO 0, 1 and 3 at DP=2 all train as the native run does (issue 11 point 2).
+    assert_losses_continue(zero1["full"], resumed)
+
+
+# --- bf16 (ZeRO-2 at DP=2, ZeRO-1 at PP=2): exact engine resume, read by change_mp -----------------
+
+def engine_resume(corpus, tmp, config, *extra):
+    full = engine_run(corpus, tmp, config, *extra)
+    save, half = saved_halfway(corpus, tmp, config, *extra)
+    resumed = engine_run(corpus, tmp, config, *extra, "--load", save)
+    return full, half, resumed, save
+
+
+BF16 = {"bf16": {"enabled": True}}
+
+
+@pytest.mark.parametrize("config, extra", [
+    ({"zero_optimization": {"stage": 2}, **BF16}, []),
+    ({"zero_optimization": {"stage": 1}, **BF16}, ["--pipeline-model-parallel-size", "2"]),
+], ids=["zero2-bf16-dp2", "zero1-bf16-pp2"])
+def test_a_bf16_engine_checkpoint_resumes_bit_exactly_and_change_mp_carries_its_fp32_masters(
+        corpus, tmp_path, config, extra):
+    full, half, resumed, save = engine_resume(corpus, str(tmp_path), config, "--bf16", *extra)
+    reference, first, second = (logged_iterations(d.stdout) for d in (full, half, resumed))
+    assert sorted(first) == [1, 2] and sorted(second) == [3, 4]
+    assert {**first, **second} == reference
+    output = str(tmp_path / "pp1")
+    done = tool("change_mp.py", save, "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1",
+                "--output", output)
+    assert done.returncode == 0, failure_report(done)
+    merged = load(os.path.join(output, "global_step2", "mp_rank_00_model_states.pt"))
+    optimizer = merged["optimizer"]["per_parameter"]["model"]
+    assert optimizer and all(set(fields) >= {"exp_avg", "exp_avg_sq", "step", "fp32_master"}
+                             for fields in optimizer.values())
+    for key, fields in optimizer.items():
+        weight = merged["module"][key]
+        assert weight.dtype == torch.bfloat16 and fields["fp32_master"].dtype == torch.float32
+        # The bf16 weights are the engine's fp32 masters rounded (as DeepSpeed copies them back).
+        assert torch.equal(fields["fp32_master"].to(torch.bfloat16), weight), key
+        assert fields["exp_avg_sq"].shape == weight.shape and bool((fields["exp_avg_sq"] >= 0).all())
+    if not extra:        # PP=1: DeepSpeed's own recovery gives the same fp32 masters
+        for key, tensor in zero_to_fp32(save).items():
+            assert torch.equal(optimizer[key]["fp32_master"], tensor), key
+
+
+def test_an_engine_run_refuses_the_optimizer_of_a_change_mp_output_in_one_sentence(corpus, zero1, tmp_path):
+    output = str(tmp_path / "native")
+    assert tool("change_mp.py", zero1["save"], "1", "--output", output).returncode == 0
+    config = os.path.join(zero1["tmp"], "ds.json")
+    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, "--deepspeed", "--deepspeed_config", config,
+                                                          "--load", output), nproc=2, timeout=600,
+                           env=deepspeed_test_env())
+    assert done.returncode != 0, failure_report(done)        # each rank exits 2; torchrun reports 1
+    assert "was written by the native backend or tools/change_mp.py" in done.stderr, failure_report(done)
+    assert "resume it without --deepspeed, or add --no-load-optim" in done.stderr
