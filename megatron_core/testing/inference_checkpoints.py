@@ -69,19 +69,27 @@ def tiny_args_record(family: str, tp: int, pp: int) -> Dict:
     return record
 
 
+def tiny_padded_vocab_size(family: str) -> int:
+    return mpu.pad_vocab_size(BERT_VOCAB_SIZE, tiny_config(family).make_vocab_size_divisible_by, 1)
+
+
+def tiny_serial_model(family: str, seed: int = 1234):
+    """The TP=1, PP=1 model whose weights write_tiny_checkpoint(..., seed) stores, built
+    from the seed alone (an independent reference); call it inside a one-process world."""
+    mpu.model_parallel_manual_seed(seed)
+    return build_tiny_model(family, tiny_config(family), tiny_padded_vocab_size(family), PipelineStage()).eval()
+
+
 def write_tiny_checkpoint(directory: str, family: str, tensor_model_parallel_size: int = 1,
                           pipeline_model_parallel_size: int = 1, seed: int = 1234) -> str:
     """A weights-only checkpoint (Megatron layout, `release`) of the tiny `family` model
     ("gpt", "llama", "t5", "transformer_xl") at the given TP x PP; returns its directory."""
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
-    config = tiny_config(family)
-    padded = mpu.pad_vocab_size(BERT_VOCAB_SIZE, config.make_vocab_size_divisible_by, 1)
+    config, padded = tiny_config(family), tiny_padded_vocab_size(family)
     record = tiny_args_record(family, tp, pp)
     split = record.get("pipeline_model_parallel_split_rank")
     with serial_world():
-        mpu.model_parallel_manual_seed(seed)
-        full = {k: v.detach().clone() for k, v in
-                build_tiny_model(family, config, padded, PipelineStage()).state_dict().items()}
+        full = {k: v.detach().clone() for k, v in tiny_serial_model(family, seed).state_dict().items()}
         write_weights_checkpoint(directory, full,
                                  lambda stage: build_tiny_model(family, config, padded, PipelineStage(
                                      stage.rank, stage.size, split_rank=split)),
