@@ -76,3 +76,22 @@ def test_transformer_xl_turns_continue_from_the_memory_and_an_empty_line_exits(t
         term.send("\n")                                            # an empty line ends the session
         assert term.wait() == 0, term.output
         assert term.rest().strip() == "" and "Traceback" not in term.output
+
+
+def test_transformer_xl_prompts_of_other_lengths_each_start_from_an_empty_memory(tmp_path, tokenizer):
+    """--input-file / the server batch prompts; Transformer-XL rows run in lockstep, so
+    prompts of different lengths run one by one, each as a fresh text."""
+    from megatron_core.inference.text_generation import TextGenerator
+
+    ckpt = write_tiny_checkpoint(str(tmp_path / "txl"), "transformer_xl")
+    greedy = SamplingParams(greedy=True)
+    with single_process_world():
+        mpu.destroy_model_parallel()
+        loaded = load_checkpoint_model(ckpt)
+        batch = TextGenerator(loaded, tokenizer).generate(PROMPTS, NEW, greedy)
+        session = TransformerXLSession(loaded.model, loaded.vocab_size)
+        alone = []
+        for prompt in PROMPTS:
+            session.reset()
+            alone.append(session.generate([tokenizer.tokenize(prompt)], NEW, greedy).tokens[0])
+    assert [item.tokens for item in batch] == alone
