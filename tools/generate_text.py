@@ -11,8 +11,9 @@ Transformer-XL), or fill in [MASK] tokens (BERT, MegatronBERT, RoFormer).
 --prompt prints the prompt and then the new text as it is produced. --input-file takes
 one prompt a line and writes one JSON line per prompt to stdout:
 {"prompt": ..., "text": <the new text>, "tokens": [<the new token ids>]}. Interactively
-each line is a prompt; a Transformer-XL model continues from the memory of the previous
-turns ("/reset" forgets them). The checkpoint runs at its own TP x PP size on that many
+each line is a prompt, an empty line or end of input (Ctrl-D) ends the session; a
+Transformer-XL model continues from the memory of the previous turns ("/reset" forgets
+them). The checkpoint runs at its own TP x PP size on that many
 processes, or merged on one process. Sampling: --temperature, --top-k, --top-p,
 --repetition-penalty, --seed; --greedy for argmax decoding. Generation stops at the
 tokenizer's end-of-document token or after --out-seq-length tokens.
@@ -48,15 +49,20 @@ def parse_args(argv=None):
 
 
 class StreamPrinter:
-    """Prints row 0's new text as tokens arrive (rank 0): the text decoded so far, minus what is shown."""
+    """Prints row 0's new text as tokens arrive (rank 0). The prompt and the tokens so far are
+    decoded together (so the tokenizer places the space at the seam, or none between Chinese
+    characters), and what follows the decoded prompt, minus what is already shown, is printed."""
 
-    def __init__(self, generator):
-        self.generator, self.tokens, self.shown = generator, [], ""
+    def __init__(self, generator, prompt_tokens):
+        self.generator, self.prompt_tokens, self.tokens = generator, list(prompt_tokens), []
+        self.prefix = generator.detokenize(self.prompt_tokens)
+        self.shown = ""
 
     def __call__(self, step, new_tokens, finished):
         if not self.tokens or self.tokens[-1] != self.generator.eos_id:
             self.tokens.append(new_tokens[0])
-        text = self.generator.detokenize(self.tokens)
+        text = self.generator.detokenize(self.prompt_tokens + self.tokens)
+        text = text[len(self.prefix):] if text.startswith(self.prefix) else self.generator.detokenize(self.tokens)
         if text.startswith(self.shown):
             print(text[len(self.shown):], end="", flush=True)
             self.shown = text
@@ -89,7 +95,7 @@ def generate_one(generator, args, params, prompt):
         return
     if first:
         print(prompt, end="", flush=True)
-    printer = StreamPrinter(generator) if first else None
+    printer = StreamPrinter(generator, generator.tokenize(prompt)) if first else None
     generator.generate([prompt], args.out_seq_length, params, on_step=printer)
     if first:
         print(flush=True)
@@ -121,13 +127,12 @@ def run_interactive(generator, args, params):
             except EOFError:
                 line = None
         line = share_from_first_rank(line)
-        if line is None:
+        if line is None or not line.strip():      # end of input (Ctrl-D) or an empty line ends the session
             return
         if line.strip() == "/reset":
             generator.reset()
             continue
-        if line.strip():
-            generate_one(generator, args, params, line)
+        generate_one(generator, args, params, line)
 
 
 def main(argv=None):

@@ -1,26 +1,29 @@
 """A model for inference from a training checkpoint (--load DIR): weights only, no optimizer.
 
     loaded = load_checkpoint_model("ckpt/")        # after torch.distributed is initialized
+    loaded = load_checkpoint_model("ckpt/", tensor_model_parallel_size=1, pipeline_model_parallel_size=2)
     loaded.model, loaded.family, loaded.args, loaded.vocab_size, loaded.padded_vocab_size
 
 The checkpoint says everything: its stored TransformerConfig (`model_config`), its flags
 as plain values (`args`: tokenizer, max positions, T5 decoder layers, Transformer-XL
-memory, BERT binary head) and its parallel sizes. Two ways to run it:
-  * a world of TP x PP processes (torchrun): model parallelism is initialized at the
-    checkpoint's own sizes and every rank loads its own mp_rank file;
-  * one process: every shard is read and put together with the checkpoint's sharding map
-    (mpu.merge_tensor_parallel, merge_pipeline_stages) into the serial model.
-Other sizes need the checkpoint resharded first (tools/change_mp.py).
+memory, BERT binary head) and its parallel sizes. The run's layout is TP x PP = the
+world size: the sizes asked for, else the checkpoint's own when the world has that many
+processes, else TP = PP = 1 on one process. Model parallelism is initialized at that
+layout and every rank reads its own slices of the saved tensors through the training
+loop's resharding on load (training/checkpoint/reshard/on_load.py): any saved TP x PP
+(virtual pipeline chunks included) loads at any other, reading only what the rank holds.
+The padded vocabulary is the checkpoint's (re-padded only if the run's TP does not
+divide it; the extra rows are never sampled).
 
-The family is read off the state dict's names: Transformer-XL holds r_w_bias, T5 holds
+The family is read off the saved tensors' names: Transformer-XL holds r_w_bias, T5 holds
 cross-attention (or a pipeline split rank), BERT and RoFormer an `encoder` (RoFormer:
 rotary positions), GPT a `decoder` without cross-attention.
 """
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch.distributed as dist
 
@@ -32,9 +35,8 @@ from ..models.roformer import RoFormerModel
 from ..models.t5 import T5Model
 from ..models.transformer_xl import TransformerXLModel
 from ..mpu.layout import PipelineStage
-from ..mpu.sharding_map import ShardingMap, merge_pipeline_stages, merge_tensor_parallel
-from ..training.checkpoint.file_io import load_file
 from ..training.checkpoint.formats import tracked_checkpoint
+from ..training.checkpoint.reshard import SavedCheckpoint, resharded_chunk_states
 from ..transformer.config import TransformerConfig
 
 
@@ -82,80 +84,73 @@ def build_model(family: str, config: TransformerConfig, args: Dict, padded_vocab
                               stage=stage)
 
 
-def _read(path: str, layout) -> Dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; restore it or load another one.")
-    saved = layout.from_file(load_file(path))
-    if "model" not in saved:
-        raise CheckpointError(f"{path} holds no single 'model' entry (virtual pipeline chunks: "
-                              f"{', '.join(sorted(k for k in saved if k.startswith('model')))}); reshard it with "
-                              f"tools/change_mp.py first.")
-    if not isinstance(saved.get("model_config"), dict) or not isinstance(saved.get("args"), dict):
+def inference_layout(saved: Tuple[int, int], world: int, tensor_model_parallel_size: Optional[int] = None,
+                     pipeline_model_parallel_size: Optional[int] = None) -> Tuple[int, int]:
+    """(TP, PP) of a generation run of `world` processes for a checkpoint saved at `saved` (module doc)."""
+    tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
+    if tp is None and pp is None:
+        if world == saved[0] * saved[1]:
+            return saved
+        if world == 1:
+            return 1, 1
+        raise CheckpointError(f"the checkpoint was saved with TP={saved[0]} x PP={saved[1]} and this run has {world} "
+                              f"processes; give --tensor-model-parallel-size and --pipeline-model-parallel-size whose "
+                              f"product is {world}.")
+    tp = tp if tp is not None else max(world // (pp or 1), 1)
+    pp = pp if pp is not None else max(world // tp, 1)
+    if tp < 1 or pp < 1 or tp * pp != world:
+        raise CheckpointError(f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} does not "
+                              f"equal the {world} processes of this run; launch {max(tp * pp, 1)} processes (torchrun "
+                              f"--nproc-per-node {max(tp * pp, 1)}) or change the sizes.")
+    return tp, pp
+
+
+def _check_head(path: str, head: Dict) -> None:
+    if not isinstance(head.get("model_config"), dict) or not isinstance(head.get("args"), dict):
         raise CheckpointError(f"{path} stores no model_config and args as plain values; generation needs a "
                               f"checkpoint saved by this package.")
-    return saved
 
 
-def _sizes(saved: Dict) -> Tuple[int, int]:
-    parallel = saved.get("parallel") or {}
-    return int(parallel.get("tensor_model_parallel_size", 1)), int(parallel.get("pipeline_model_parallel_size", 1))
+def _print_rank0(line: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
-def load_checkpoint_model(directory: str) -> LoadedModel:
+def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[int] = None,
+                          pipeline_model_parallel_size: Optional[int] = None) -> LoadedModel:
     """Initialize model parallelism for this world and load the checkpoint (module doc)."""
-    layout, iteration, first = tracked_checkpoint(directory)
-    head = _read(first, layout)
-    tp, pp = _sizes(head)
+    tracked_checkpoint(directory)       # one sentence for a directory that holds no checkpoint
+    source = SavedCheckpoint(directory)
+    head = source.head
+    where = source.model_path(0, 0)
+    _check_head(where, head)
+    saved = (int(source.tp), int(source.pp))
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if world not in (1, tp * pp):
-        raise CheckpointError(f"{directory} was saved with TP={tp} x PP={pp}; run on 1 process or on {tp * pp} "
-                              f"(torchrun --nproc-per-node {tp * pp}), not {world}, or reshard it with "
-                              f"tools/change_mp.py.")
+    tp, pp = inference_layout(saved, world, tensor_model_parallel_size, pipeline_model_parallel_size)
     args = head["args"]
+    family = model_family(source.owners, args)
     config = TransformerConfig.from_dict(head["model_config"])
     # Dropout and recomputation mean nothing here; sequence parallelism cannot split one new token.
-    inference = dict(sequence_parallel=False, recompute_granularity=None, hidden_dropout=0.0, attention_dropout=0.0)
+    config = config.replace(tensor_model_parallel_size=tp, sequence_parallel=False, recompute_granularity=None,
+                            hidden_dropout=0.0, attention_dropout=0.0)
     padded = int(head.get("padded_vocab_size") or args.get("padded_vocab_size"))
     vocab = int(head.get("vocab_size") or padded)
-    if world == 1:
-        mpu.initialize_model_parallel(1, 1)
-        state, family = _merged_state(directory, layout, iteration, tp, pp, args)
-        config = config.replace(tensor_model_parallel_size=1, **inference)
-        model = build_model(family, config, args, padded, PipelineStage())
-    else:
-        split = args.get("pipeline_model_parallel_split_rank") if pp > 1 else None
-        mpu.initialize_model_parallel(tp, pp, pipeline_model_parallel_split_rank=split)
-        path = layout.model_file(directory, iteration, mpu.get_tensor_model_parallel_rank(), tp,
-                                 mpu.get_pipeline_model_parallel_rank(), pp)
-        state = _read(path, layout)["model"]
-        family = model_family(state, args)
-        config = config.replace(**inference)
-        model = build_model(family, config, args, padded, mpu.get_pipeline_stage())
+    if padded % tp:
+        padded = mpu.pad_vocab_size(padded, config.make_vocab_size_divisible_by, tp)
+    split = None
+    if family == "t5" and pp > 1:
+        split = args.get("pipeline_model_parallel_split_rank") if pp == saved[1] else None
+        split = split or pp // 2      # encoder stages first, then as many decoder stages
+    mpu.initialize_model_parallel(tp, pp, pipeline_model_parallel_split_rank=split)
+    model = build_model(family, config, args, padded, mpu.get_pipeline_stage())
+    states, _ = resharded_chunk_states(source, [model], mpu.get_tensor_model_parallel_rank(), tp, padded,
+                                       with_optimizer=False)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(states[0], strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{directory}: the weights do not fit the {family} model its stored config describes "
                               f"({str(error).splitlines()[0]}).") from None
+    if (tp, pp) != saved:
+        _print_rank0(f"resharded checkpoint {directory} from TP={saved[0]} PP={saved[1]} to TP={tp} PP={pp} on load")
     model.eval()
     return LoadedModel(model, family, config, args, vocab, padded, directory)
-
-
-def _merged_state(directory, layout, iteration, tp: int, pp: int, args: Dict):
-    """The serial model's state dict from every mp_rank file (sharding maps), and the family."""
-    stages: List[Tuple[Dict, ShardingMap]] = []
-    keys = set()
-    for pp_rank in range(pp):
-        shards, smap = [], None
-        for tp_rank in range(tp):
-            saved = _read(layout.model_file(directory, iteration, tp_rank, tp, pp_rank, pp), layout)
-            shards.append(saved["model"])
-            if smap is None:
-                maps = saved.get("sharding_map") or {}
-                if "model" not in maps:
-                    raise CheckpointError(f"{directory} stores no sharding map; load it on {tp * pp} processes "
-                                          f"(torchrun --nproc-per-node {tp * pp}) instead of one.")
-                smap = ShardingMap.from_dict(maps["model"])
-        keys.update(shards[0])
-        stages.append((merge_tensor_parallel(shards, smap) if tp > 1 else shards[0], smap))
-    state = stages[0][0] if pp == 1 else merge_pipeline_stages(stages)[0]
-    return state, model_family(keys, args)

@@ -14,15 +14,15 @@ position so far (False: left padding) and `context` is the KV cache (kv_cache.py
                      unified mask is causal (Zhouwenwang's generation)
   T5Decoder          the prompt goes through the encoder once; the decoder starts from
                      `start_token` and caches its self-attention and the cross-attention
-                     keys/values of the encoder output
+                     keys/values of the encoder output (PP: encoder stages, then decoder stages)
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 
-from ..errors import ConfigError
 from ..mpu import parallel_state as ps
 from ..pipeline import p2p
 from ..models.roformer import unified_attention_mask
@@ -35,20 +35,33 @@ def _key_padding_mask(keep: torch.Tensor) -> Optional[torch.Tensor]:
     return (~keep)[:, None, None, :]
 
 
-def run_pipeline_stage(model, compute: Callable[[], torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """This stage's part of one forward pass: take the previous stage's output, compute,
-    hand the result on. The last stage returns its output, the others None."""
-    if ps.get_pipeline_model_parallel_world_size() == 1:
-        return compute()
+def run_pipeline_stage(model, compute: Callable[[Optional[torch.Tensor]], torch.Tensor], dtype: torch.dtype,
+                       first: int = 0, last: Optional[int] = None) -> Optional[torch.Tensor]:
+    """This stage's part of one forward pass through pipeline stages first..last (default:
+    all): take the previous stage's output (None on `first`), compute(received), hand the
+    result on. Stage `last` returns its output; the others, and stages outside the range
+    (T5's encoder stages while the decoder runs), return None."""
+    size = ps.get_pipeline_model_parallel_world_size()
+    if size == 1:
+        return compute(None)
+    rank, last = ps.get_pipeline_model_parallel_rank(), size - 1 if last is None else last
+    if not first <= rank <= last:
+        return None
     config = p2p.P2PConfig(dtype=dtype, variable_seq_lengths=True)
-    if not ps.is_pipeline_first_stage():
+    received = None
+    if rank > first:
         received, _ = p2p.exchange(config, recv_prev=True)
-        model.set_input_tensor(received.detach())
-    output = compute()
-    if ps.is_pipeline_last_stage():
+        received = received.detach()
+    output = compute(received)
+    if rank == last:
         return output
     p2p.exchange(config, send_next=output)
     return None
+
+
+def _as_stage_input(model, received: Optional[torch.Tensor]) -> None:
+    if received is not None:
+        model.set_input_tensor(received)
 
 
 class CausalLMDecoder:
@@ -60,9 +73,11 @@ class CausalLMDecoder:
 
     def step(self, tokens, positions, keep, context):
         model = self.model
-        return run_pipeline_stage(model, lambda: model(
-            tokens, positions, attention_mask=_key_padding_mask(keep), inference_context=context),
-            model.config.params_dtype)
+
+        def compute(received):
+            _as_stage_input(model, received)
+            return model(tokens, positions, attention_mask=_key_padding_mask(keep), inference_context=context)
+        return run_pipeline_stage(model, compute, model.config.params_dtype)
 
 
 class RoFormerLMDecoder:
@@ -83,31 +98,55 @@ class RoFormerLMDecoder:
         mask = unified_attention_mask(keep.long(), types)[:, :, start:end, :]
         angles = model.rotary(torch.arange(start, end, device=tokens.device).expand(tokens.shape[0], -1))
 
-        def compute():
-            hidden = model.embedding(tokens, None, types[:, start:end]) if model.pre_process else model.input_tensor
+        def compute(received):
+            hidden = model.embedding(tokens, None, types[:, start:end]) if model.pre_process else received
             hidden = model.encoder(hidden, mask, angles, inference_context=context)
             return model.heads(hidden)[0] if model.post_process else hidden
         return run_pipeline_stage(model, compute, model.config.params_dtype)
 
 
 class T5Decoder:
+    """With pipeline parallelism (stages below the split rank hold the encoder, the others
+    the decoder) the prompt runs once through the encoder stages; the last encoder stage
+    broadcasts the encoder output over the pipeline group, and each step then runs through
+    the decoder stages only, every decoder stage attending to that output with its own
+    cross-attention cache."""
+
     def __init__(self, model, start_token: int):
-        if ps.get_pipeline_model_parallel_world_size() > 1:
-            raise ConfigError("T5 generation runs on one pipeline stage; merge the checkpoint's pipeline stages "
-                              "(run on one process, or reshard with tools/change_mp.py).")
         self.model = model
         self.start_token = int(start_token)
         self.encoder_output = self.encoder_keep = None
+        self.split = ps.get_pipeline_model_parallel_split_rank() \
+            if ps.get_pipeline_model_parallel_world_size() > 1 else None
 
     def begin(self, tokens, keep):
         """The prompt (left padded) is the encoder's input; the decoder starts from start_token."""
         self.encoder_keep = keep
-        self.encoder_output = self.model.encode(tokens, keep.long())
+        self.encoder_output = self._encode(tokens, keep)
         start = torch.full((tokens.shape[0], 1), self.start_token, dtype=tokens.dtype, device=tokens.device)
         return start, torch.ones_like(start, dtype=torch.bool)
 
+    def _encode(self, tokens, keep):
+        model, split = self.model, self.split
+        if split is None:
+            return model.encode(tokens, keep.long())
+        dtype = model.config.params_dtype
+        output = run_pipeline_stage(model, lambda received: model.encode(tokens, keep.long(), hidden=received),
+                                    dtype, first=0, last=split - 1)
+        if output is None:
+            # [s_enc, b, h]: no sequence parallelism in inference.
+            output = torch.empty(tokens.shape[1], tokens.shape[0], model.config.hidden_size, dtype=dtype,
+                                 device=tokens.device)
+        output = output.contiguous()
+        source = ps.get_pipeline_model_parallel_ranks()[split - 1]
+        dist.broadcast(output, src=source, group=ps.get_pipeline_model_parallel_group())
+        return output
+
     def step(self, tokens, positions, keep, context):
         model = self.model
-        hidden = model.decode(tokens, self.encoder_output, None, self.encoder_keep.long(),
-                              inference_context=context)
-        return model._head(hidden, None)
+
+        def compute(received):
+            hidden = model.decode(tokens, self.encoder_output, None, self.encoder_keep.long(), hidden=received,
+                                  inference_context=context)
+            return model._head(hidden, None) if model.post_process else hidden
+        return run_pipeline_stage(model, compute, model.config.params_dtype, first=self.split or 0)

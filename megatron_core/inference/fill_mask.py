@@ -33,7 +33,12 @@ def fill_mask(model, inputs: Sequence[Sequence[int]], mask_id: int, top_k: int, 
     where = (ids == mask_id).nonzero().tolist()    # [(row, position)] in reading order
     types = torch.zeros_like(ids)
     ids, keep, types = ids.to(device), keep.to(device), types.to(device)
-    output = run_pipeline_stage(model, lambda: model(ids, keep, types), model.config.params_dtype)
+
+    def compute(received):
+        if received is not None:
+            model.set_input_tensor(received)
+        return model(ids, keep, types)
+    output = run_pipeline_stage(model, compute, model.config.params_dtype)
     k = min(top_k, vocab_size)
     found = torch.zeros(len(where), k, 2, dtype=torch.float64)
     if where and ps.is_pipeline_last_stage():

@@ -63,14 +63,25 @@ def agreed_seed(seed: Optional[int]) -> int:
     return int(drawn.item())
 
 
-def _from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+def from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
     if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
         return broadcast(tensor, src=ps.get_pipeline_model_parallel_last_rank(),
                          group=ps.get_pipeline_model_parallel_group())
     return tensor
 
 
-def _is_last_stage() -> bool:
+def _choice_from_last_stage(new: Optional[torch.Tensor], scores: Optional[torch.Tensor], batch: int):
+    """The last stage's new tokens [b] and log-probabilities [b] on every stage (one broadcast)."""
+    chosen = torch.zeros(batch, 2, dtype=torch.float64)
+    if new is not None:
+        chosen[:, 0] = new.cpu().double()
+        if scores is not None:
+            chosen[:, 1] = scores.cpu().double()
+    chosen = from_last_stage(chosen)
+    return chosen[:, 0].long(), chosen[:, 1]
+
+
+def is_last_stage() -> bool:
     return not ps.model_parallel_is_initialized() or ps.is_pipeline_last_stage()
 
 
@@ -85,7 +96,7 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0, dev
     return tokens, keep
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, params: SamplingParams,
              vocab_size: int, eos_id: Optional[int] = None, max_sequence_length: Optional[int] = None,
              return_log_probs: bool = False, return_prompt_log_probs: bool = False,
@@ -107,6 +118,7 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     keep = torch.zeros(batch, total, dtype=torch.bool, device=device)
     tokens[:, :start], keep[:, :start] = prompt_tokens, prompt_keep
+    keep[:, start:] = True                       # every new token is real: positions count on
     positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
     context = InferenceContext(batch, max(total, 1), last_logits_only=not return_prompt_log_probs)
     generator = new_generator(agreed_seed(None if params.greedy else params.seed))
@@ -116,38 +128,39 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
     result = Generation([[] for _ in range(batch)], [[] for _ in range(batch)])
     if return_prompt_log_probs:
         shape = (batch, start - 1)
-        scores = token_log_probs(logits[:, :-1], tokens[:, 1:start], vocab_size).cpu() if _is_last_stage() \
+        scores = token_log_probs(logits[:, :-1], tokens[:, 1:start], vocab_size).cpu() if is_last_stage() \
             else torch.zeros(shape)
-        scores = _from_last_stage(scores.float().contiguous()).tolist()
+        scores = from_last_stage(scores.float().contiguous()).tolist()
         lengths = keep[:, :start].sum(dim=1).tolist()
         result.prompt_log_probs = [row[start - n:] for row, n in zip(scores, lengths)]
-    finished = torch.zeros(batch, dtype=torch.bool)
+    finished = [False] * batch
+    pipelined = ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1
     for step in range(max_new_tokens):
         end = start + step
-        chosen = torch.zeros(batch, 2, dtype=torch.float64)
-        if _is_last_stage():
+        new = scores = None
+        if is_last_stage():
             last = logits[:, -1]
             previous = tokens[:, :0]
             if params.repetition_penalty != 1.0:
                 previous = torch.where(keep[:, :end], tokens[:, :end], torch.full_like(tokens[:, :end], -1))
             new = sample_next_tokens(last, params, generator, previous, vocab_size)
-            chosen[:, 0] = new.cpu().double()
             if return_log_probs:
-                chosen[:, 1] = token_log_probs(last[:, None], new[:, None], vocab_size)[:, 0].cpu().double()
-        chosen = _from_last_stage(chosen)
-        new = chosen[:, 0].long()
-        for row in range(batch):
+                scores = token_log_probs(last[:, None], new[:, None], vocab_size)[:, 0]
+        if pipelined:
+            new, scores = _choice_from_last_stage(new, scores, batch)
+        new_tokens = new.tolist()
+        new_scores = scores.tolist() if return_log_probs else None
+        for row, token in enumerate(new_tokens):
             if not finished[row]:
-                result.tokens[row].append(int(new[row]))
+                result.tokens[row].append(token)
                 if return_log_probs:
-                    result.log_probs[row].append(float(chosen[row, 1]))
+                    result.log_probs[row].append(new_scores[row])
         if eos_id is not None:
-            finished |= new == eos_id
-        tokens[:, end], keep[:, end] = new.to(tokens.device), True
-        positions[:, end] = positions[:, end - 1] + 1
+            finished = [done or token == eos_id for done, token in zip(finished, new_tokens)]
+        tokens[:, end] = new.to(tokens.device)
         if on_step is not None:
-            on_step(step, new.tolist(), finished.tolist())
-        if bool(finished.all()) or step == max_new_tokens - 1:
+            on_step(step, new_tokens, list(finished))
+        if all(finished) or step == max_new_tokens - 1:
             break
         logits = decoder.step(tokens[:, end:end + 1], positions[:, end:end + 1], keep[:, :end + 1], context)
         context.advance(1)

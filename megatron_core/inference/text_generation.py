@@ -79,9 +79,7 @@ class TextGenerator:
                  on_step: Optional[Callable[[int, List[int], List[bool]], None]] = None) -> List[GeneratedText]:
         token_lists = [self.tokenize(p) for p in prompts]
         if self._session is not None:
-            if not self.keep_memory:
-                self._session.reset()
-            result: Generation = self._session.generate(token_lists, max_new_tokens, params, self.eos_id, on_step)
+            result = self._transformer_xl_turns(token_lists, max_new_tokens, params, on_step)
         else:
             result = generate(self._decoder(), token_lists, max_new_tokens, params, self.loaded.vocab_size,
                               eos_id=self.eos_id, max_sequence_length=self._max_length(),
@@ -94,6 +92,21 @@ class TextGenerator:
             out.append(GeneratedText(prompt, ids, tokens, self.detokenize(tokens), result.log_probs[i],
                                      result.prompt_log_probs[i] if result.prompt_log_probs else None))
         return out
+
+    def _transformer_xl_turns(self, token_lists, max_new_tokens, params, on_step) -> Generation:
+        """One turn of the conversation (keep_memory), or each prompt on a fresh memory; rows
+        of a Transformer-XL batch run in lockstep, so prompts of other lengths run one by one."""
+        if self.keep_memory or len({len(ids) for ids in token_lists}) == 1:
+            if not self.keep_memory:
+                self._session.reset()
+            return self._session.generate(token_lists, max_new_tokens, params, self.eos_id, on_step)
+        result = Generation([], [])
+        for ids in token_lists:
+            self._session.reset()
+            one = self._session.generate([ids], max_new_tokens, params, self.eos_id)
+            result.tokens += one.tokens
+            result.log_probs += one.log_probs
+        return result
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """The tokens as text, without the end-of-document token."""

@@ -2,8 +2,10 @@
 the process group, and the checkpoint with its tokenizer.
 
 One process (`python tools/generate_text.py --load CKPT`) or TP x PP processes launched
-by torchrun (`torchrun --nproc-per-node 4 tools/generate_text.py --load CKPT`); rank 0
-reads input and prints, every rank runs the model. The tokenizer is the one the
+by torchrun (`torchrun --nproc-per-node 4 tools/generate_text.py --load CKPT`, at the
+checkpoint's sizes or any others given by --tensor-model-parallel-size and
+--pipeline-model-parallel-size: the checkpoint is resharded on load); rank 0 reads input
+and prints, every rank runs the model. The tokenizer is the one the
 checkpoint was trained with (its stored --tokenizer-type, --vocab-file, ...); a flag
 given here overrides the stored value (a moved vocabulary file).
 """
@@ -29,6 +31,10 @@ TOKENIZER_FLAGS = ("tokenizer_type", "vocab_file", "merge_file", "tokenizer_mode
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", required=True, help="checkpoint directory (a training run's --save)")
+    g = parser.add_argument_group("layout (default: the checkpoint's on its TP x PP processes, TP=PP=1 on one; "
+                                  "other sizes reshard on load)")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=None)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=None)
     g = parser.add_argument_group("tokenizer (default: the checkpoint's)")
     g.add_argument("--tokenizer-type", default=None, choices=list(TOKENIZER_TYPES))
     g.add_argument("--vocab-file", default=None)
@@ -84,7 +90,7 @@ def share_from_first_rank(value: Any) -> Any:
 
 def load_text_generator(args, keep_memory: bool = False) -> TextGenerator:
     start_world()
-    loaded = load_checkpoint_model(args.load)
+    loaded = load_checkpoint_model(args.load, args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     settings = {name: loaded.args.get(name) for name in TOKENIZER_FLAGS}
     settings.update({name: getattr(args, name) for name in TOKENIZER_FLAGS if getattr(args, name, None) is not None})
     if not settings["tokenizer_type"]:

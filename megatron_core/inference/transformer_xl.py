@@ -12,7 +12,11 @@ length is lifted for the turn), so each new token costs one pass of one token. A
 end the last generated token is fed too, and the memory is cut back to the model's
 mem_length: exactly the mems the serial model returns after reading the whole turn as
 one segment with memory M. Rows of a batch are separate texts of equal prompt length.
-Runs on one pipeline stage (any TP size).
+
+Any TP x PP: with pipeline parallelism each stage keeps the memory of its own layers
+(what the serial model's mems for those layers are), a pass runs stage by stage
+(decoders.run_pipeline_stage), and the last stage samples and broadcasts each new token
+(and its log-probability) over the pipeline group, so every stage feeds the same token.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..mpu import parallel_state as ps
-from .generation import Generation, StepCallback, agreed_seed
+from .decoders import run_pipeline_stage
+from .generation import Generation, StepCallback, agreed_seed, from_last_stage, is_last_stage
 from .sampling import SamplingParams, new_generator
 from .vocab_parallel_sampling import sample_next_tokens, token_log_probs
 
@@ -40,12 +44,9 @@ def _memory_length(model, length: int):
 
 class TransformerXLSession:
     def __init__(self, model, vocab_size: int):
-        if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
-            raise ConfigError("Transformer-XL generation runs on one pipeline stage; merge the checkpoint's "
-                              "pipeline stages (run on one process, or reshard with tools/change_mp.py).")
         self.model = model
         self.vocab_size = vocab_size
-        self.mems: Optional[List[torch.Tensor]] = None
+        self.mems: Optional[List[torch.Tensor]] = None    # this stage's layers' memory
         self.history: Optional[torch.Tensor] = None   # every token of the conversation (repetition penalty)
 
     def reset(self) -> None:
@@ -67,24 +68,40 @@ class TransformerXLSession:
         result = Generation([[] for _ in range(batch)], [[] for _ in range(batch)])
         finished = torch.zeros(batch, dtype=torch.bool)
         with _memory_length(model, memory + tokens.shape[1] + max_new_tokens + 1):
-            logits, mems = model(tokens, self.mems)
+            logits, mems = self._pass(tokens, self.mems)
             for step in range(max_new_tokens):
-                last = logits[:, -1]
-                new = sample_next_tokens(last, params, generator, history, self.vocab_size)
-                scores = token_log_probs(last[:, None], new[:, None], self.vocab_size)[:, 0].cpu()
+                chosen = torch.zeros(batch, 2, dtype=torch.float64)
+                if is_last_stage():
+                    last = logits[:, -1]
+                    new = sample_next_tokens(last, params, generator, history, self.vocab_size)
+                    chosen[:, 0] = new.cpu().double()
+                    chosen[:, 1] = token_log_probs(last[:, None], new[:, None], self.vocab_size)[:, 0].cpu().double()
+                chosen = from_last_stage(chosen)
+                new = chosen[:, 0].long()
                 for row in range(batch):
                     if not finished[row]:
                         result.tokens[row].append(int(new[row]))
-                        result.log_probs[row].append(float(scores[row]))
+                        result.log_probs[row].append(float(chosen[row, 1]))
                 if eos_id is not None:
-                    finished |= new.cpu() == eos_id
-                history = torch.cat([history, new[:, None]], dim=1)
+                    finished |= new == eos_id
+                history = torch.cat([history, new[:, None].to(device)], dim=1)
                 if on_step is not None:
                     on_step(step, new.tolist(), finished.tolist())
                 # The last token is fed too: the next turn's memory holds the whole turn.
-                logits, mems = model(new[:, None], mems)
+                logits, mems = self._pass(new[:, None].to(device), mems)
                 if bool(finished.all()):
                     break
         self.mems = [m[-model.mem_length:] for m in mems] if model.mem_length > 0 else None
         self.history = history
         return result
+
+    def _pass(self, tokens: torch.Tensor, mems):
+        """(logits on the last stage, else None; this stage's new mems)."""
+        model, out = self.model, {}
+
+        def compute(received):
+            if received is not None:
+                model.set_input_tensor(received)
+            output, out["mems"] = model(tokens, mems)
+            return output
+        return run_pipeline_stage(model, compute, model.config.params_dtype), out["mems"]

@@ -71,6 +71,9 @@ def sample_next_tokens(local_logits: torch.Tensor, params: SamplingParams, gener
                        previous_tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Token ids [b] (the same on every TP rank) from this rank's logits [b, V/tp];
     previous_tokens [b, t] are the prompt and the tokens generated so far (-1: none)."""
+    if params.greedy and params.repetition_penalty == 1.0 and _group_size() == 1:
+        # The whole row is here: argmax over the real vocabulary (the first of equal maxima).
+        return local_logits[:, :vocab_size].argmax(dim=-1)
     start = _vocab_start(local_logits.shape[1])
     logits = mask_vocab_padding(local_logits.float(), vocab_size)
     logits = penalize_repeats(logits, previous_tokens, params.repetition_penalty, start)

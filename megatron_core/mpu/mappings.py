@@ -123,20 +123,26 @@ class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
         return all_gather_first_dim(grad_output, _tp_group())
 
 
+def _one_tensor_rank() -> bool:
+    """Every tensor-parallel mapping is the identity both ways on a group of one: skip the
+    autograd Function (its per-call overhead shows in one-token decoding steps)."""
+    return ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() == 1
+
+
 def copy_to_tensor_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
-    return _CopyToTensorParallelRegion.apply(input_)
+    return input_ if _one_tensor_rank() else _CopyToTensorParallelRegion.apply(input_)
 
 
 def reduce_from_tensor_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
-    return _ReduceFromTensorParallelRegion.apply(input_)
+    return input_ if _one_tensor_rank() else _ReduceFromTensorParallelRegion.apply(input_)
 
 
 def scatter_to_tensor_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
-    return _ScatterToTensorParallelRegion.apply(input_)
+    return input_ if _one_tensor_rank() else _ScatterToTensorParallelRegion.apply(input_)
 
 
 def gather_from_tensor_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
-    return _GatherFromTensorParallelRegion.apply(input_)
+    return input_ if _one_tensor_rank() else _GatherFromTensorParallelRegion.apply(input_)
 
 
 def scatter_to_sequence_parallel_region(input_: torch.Tensor) -> torch.Tensor:

@@ -41,20 +41,21 @@ def tiny_roformer(tp: int = 1) -> RoFormerModel:
     return RoFormerModel(config, PADDED, MAX_POSITIONS).eval()
 
 
-def tiny_t5(tp: int = 1) -> T5Model:
+def tiny_t5(tp: int = 1, stage=None) -> T5Model:
     config = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=48,
                                kv_channels=8, normalization="RMSNorm", layernorm_epsilon=1e-6, add_bias_linear=False,
                                position_embedding_type="t5_relative", softmax_scale=1.0, activation="relu",
                                relative_attention_num_buckets=8, relative_attention_max_distance=16,
                                tensor_model_parallel_size=tp, **_COMMON)
-    return T5Model(config, PADDED, decoder_num_layers=2, max_sequence_length=MAX_POSITIONS).eval()
+    return T5Model(config, PADDED, decoder_num_layers=2, max_sequence_length=MAX_POSITIONS,
+                   stage=stage if stage is not None and stage.size > 1 else None).eval()
 
 
-def tiny_transformer_xl(tp: int = 1, mem_length: int = 6) -> TransformerXLModel:
+def tiny_transformer_xl(tp: int = 1, mem_length: int = 6, stage=None) -> TransformerXLModel:
     config = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=48,
                                position_embedding_type="relative_xl", activation="gelu_tanh",
                                tensor_model_parallel_size=tp, **_COMMON)
-    return TransformerXLModel(config, PADDED, mem_length).eval()
+    return TransformerXLModel(config, PADDED, mem_length, stage=stage).eval()
 
 
 @torch.no_grad()

@@ -81,8 +81,10 @@ class SelfAttention(_Attention):
         q, k, v = torch.split(mixed, [hpg * d, d, d], dim=-1)
         q = q.reshape(s, b, self.heads_per_rank, d)
         if rotary_angles is not None:
-            q = apply_rotary(q, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
-            k = apply_rotary(k, rotary_angles, self.config.rotary_interleaved, self.config.fused_kernels)
+            # Queries and keys rotate by the same angles: one call over both heads' sets.
+            qk = apply_rotary(torch.cat([q, k], dim=2), rotary_angles, self.config.rotary_interleaved,
+                              self.config.fused_kernels)
+            q, k = qk.split([self.heads_per_rank, self.groups_per_rank], dim=2)
         if inference_context is not None:
             k, v = inference_context.append_key_value(self.layer_number, k, v)
         context = self._attend(q, k, v, attention_mask, attention_bias)

@@ -64,14 +64,15 @@ class CoreAttention(nn.Module):
                 attention_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         sq, b, heads, d = query.shape
         sk, groups = key.shape[0], key.shape[2]
-        # [s, b, n, d] -> [b, n, s, d]; every query head gets its group's key/value head.
-        q = query.permute(1, 2, 0, 3)
-        k = key.permute(1, 2, 0, 3).repeat_interleave(heads // groups, dim=1)
-        v = value.permute(1, 2, 0, 3).repeat_interleave(heads // groups, dim=1)
+        # [s, b, n, d] -> [b, n, s, d]; every query head gets its group's key/value head
+        # (SDPA's enable_gqa reads the shared heads in place; the explicit path repeats them).
+        use_sdpa = self._use_sdpa()
+        q, k, v = query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+        if groups != heads and not use_sdpa:
+            k, v = k.repeat_interleave(heads // groups, dim=1), v.repeat_interleave(heads // groups, dim=1)
         pure_causal = attention_mask is None and attention_bias is None and self.causal and sq == sk
         # One query after the keys (a step of incremental decoding) may see every key.
         sees_all_keys = attention_mask is None and self.causal and sq == 1
-        use_sdpa = self._use_sdpa()
         # SDPA applies a pure causal mask itself (is_causal): no mask tensor needed then.
         full = None if (use_sdpa and pure_causal) or sees_all_keys else \
             self._full_mask(attention_mask, sq, sk, q.device)
@@ -94,8 +95,9 @@ class CoreAttention(nn.Module):
                 # entries get weight 0, as the explicit path's fill gives.
                 base = mask if mask is not None else torch.zeros((), dtype=q.dtype, device=q.device)
                 mask = torch.where(full, torch.finfo(q.dtype).min, base)
+        gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
         call = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal,
-                                                    scale=self.config.softmax_scale)
+                                                    scale=self.config.softmax_scale, **gqa)
         if p > 0.0:
             # The heads here are this rank's share: use the tensor-parallel stream, as the
             # explicit path's dropout(split_dim=heads) does.

@@ -5,10 +5,17 @@ so ids match it: BERT normalizer (clean text, one token per CJK character, lower
 accent stripping for the LowerCase variant), whitespace+punctuation pre-split, greedy
 longest-match WordPiece. As in Megatron, [BOS], [EOS] and `vocab_extra_ids` sentinels
 <extra_id_N> get the ids after the vocab file's, and `eod` is [EOS].
+
+Decoding is HF's WordPiece decoder (## pieces joined, its clean-up of spaces before
+punctuation) followed by `join_cjk`: the normalizer put a space around every CJK
+character and the pre-tokenizer one around every punctuation mark, so BertTokenizer's
+and Megatron's decoders print "清 华 大 学" (users strip the spaces by hand). Here a space
+next to a CJK character, CJK punctuation mark or full-width form is dropped; spaces
+between Latin words stay ("gpt - 2 模型": a space written before 模 is lost).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
@@ -18,6 +25,27 @@ from megatron_core.data.tokenizers.files import read_wordpiece_vocab, require_fi
 from megatron_core.errors import DataError
 
 _REQUIRED = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+
+
+def _is_wide(char: str) -> bool:
+    """CJK ideographs (BERT's _is_chinese_char ranges), CJK symbols and punctuation,
+    CJK compatibility forms and the full-width forms (１２３, ，！)."""
+    o = ord(char)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
+            or 0x3000 <= o <= 0x303F or 0xFE30 <= o <= 0xFE4F or 0xFF00 <= o <= 0xFFEF)
+
+
+def join_cjk(text: str) -> str:
+    """Drop the spaces WordPiece decoding leaves around CJK characters (module doc)."""
+    if " " not in text:
+        return text
+    kept = []
+    for i, char in enumerate(text):
+        if char == " " and 0 < i < len(text) - 1:
+            if _is_wide(text[i - 1]) or _is_wide(text[i + 1]):
+                continue
+        kept.append(char)
+    return "".join(kept)
 
 
 class BertWordPieceTokenizer(RustBackedTokenizer):
@@ -64,6 +92,9 @@ class BertWordPieceTokenizer(RustBackedTokenizer):
                 f"remove duplicate lines from --vocab-file.")
         self._vocab[token] = self._next_id
         self._next_id += 1
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return join_cjk(super().detokenize(token_ids))
 
     @property
     def additional_special_tokens_ids(self) -> List[int]:
