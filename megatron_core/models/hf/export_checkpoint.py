@@ -25,32 +25,12 @@ from ...training.checkpoint.file_io import write_bytes_atomically
 from ...training.checkpoint.saved_model import open_saved_model
 from ...transformer.config import TransformerConfig
 from .checkpoint_spec import family_of, spec_of_saved
+from .meta_window import MetaWindow
 from .registry import get_mapping
 from .safetensors_files import DEFAULT_MAX_SHARD_SIZE, parse_shard_size, write_safetensors_shards
 
 _LAYER = re.compile(r"^(.*layers)\.(\d+)\.")
 from .tokenizer_files import save_hf_tokenizer
-
-
-class _Window(Mapping):
-    """The whole model's state with only the keys of one window real (read from the
-    checkpoint when asked for); every other key is a meta tensor of its shape, which the
-    mapping's arithmetic passes through at no cost."""
-
-    def __init__(self, saved, shapes: Dict[str, Tuple[tuple, torch.dtype]], real: Set[str]):
-        self.saved, self.shapes, self.real = saved, shapes, real
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key in self.real:
-            return self.saved.state[key]
-        shape, dtype = self.shapes[key]
-        return torch.empty(shape, dtype=dtype, device="meta")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
 
 
 def _whole_shapes(saved) -> Dict[str, Tuple[tuple, torch.dtype]]:
@@ -80,10 +60,10 @@ def _windows(keys) -> List[Set[str]]:
 
 
 def _hf_tensors(saved, mapping, spec, shapes) -> Iterator[Tuple[str, torch.Tensor]]:
-    expected = set(mapping.state_dict_to_hf(_Window(saved, shapes, set()), spec))
+    expected = set(mapping.state_dict_to_hf(MetaWindow(saved.state, shapes, set()), spec))
     produced = set()
     for window in _windows(shapes):
-        for key, tensor in mapping.state_dict_to_hf(_Window(saved, shapes, window), spec).items():
+        for key, tensor in mapping.state_dict_to_hf(MetaWindow(saved.state, shapes, window), spec).items():
             if not tensor.is_meta and key not in produced:     # a constant (RoFormer's sinusoid) is real in each
                 produced.add(key)
                 yield key, tensor
@@ -110,7 +90,7 @@ def export_checkpoint(load: str, output: str, architecture: Optional[str] = None
     if architecture is None and recorded in get_mapping(family).architectures:
         architecture = recorded
     shapes = _whole_shapes(saved)
-    spec = spec_of_saved(_Window(saved, shapes, set()), config, saved.vocab_size, saved.padded_vocab_size, args,
+    spec = spec_of_saved(MetaWindow(saved.state, shapes, set()), config, saved.vocab_size, saved.padded_vocab_size, args,
                          architecture)
     mapping = get_mapping(spec.family)
     config_json = mapping.config_to_hf(spec)

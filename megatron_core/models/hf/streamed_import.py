@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 
 from ...errors import ConversionError
+from .meta_window import MetaWindow
 
 _HF_LAYER = re.compile(r"^(.*?\b(?:h|layers|layer|block))\.(\d+)\.")
 _OUR_LAYER = re.compile(r"^(.*layers)\.(\d+)\.")
@@ -28,23 +29,6 @@ _OUR_LAYER = re.compile(r"^(.*layers)\.(\d+)\.")
 def _stacks(keys, pattern) -> List[str]:
     names = {m.group(1) for m in map(pattern.match, keys) if m}
     return sorted(names, key=lambda name: ("decoder" in name, name))    # an encoder first
-
-
-class _HFWindow(Mapping):
-    def __init__(self, weights: Mapping, shapes: Dict[str, Tuple[tuple, torch.dtype]], real):
-        self.weights, self.shapes, self.real = weights, shapes, real
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key in self.real:
-            return self.weights[key]
-        shape, dtype = self.shapes[key]
-        return torch.empty(shape, dtype=dtype, device="meta")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
 
 
 def _shapes(weights: Mapping) -> Dict[str, Tuple[tuple, torch.dtype]]:
@@ -69,7 +53,7 @@ class StreamedImport(Mapping):
         self._cached: Tuple[object, Dict[str, torch.Tensor]] = (object(), {})
 
     def _convert(self, real) -> Dict[str, torch.Tensor]:
-        return self.mapping.state_dict_from_hf(_HFWindow(self.weights, self.shapes, real), self.spec)
+        return self.mapping.state_dict_from_hf(MetaWindow(self.weights, self.shapes, real), self.spec)
 
     def _window_outputs(self, window) -> Dict[str, torch.Tensor]:
         if self._cached[0] != window:
