@@ -6,6 +6,7 @@ import tqdm
 # a second thread forks unsafely: run_distributed would spawn its workers (5 s of imports each).
 tqdm.tqdm.monitor_interval = 0
 
+from megatron_core.testing.deepspeed_op_cache import start_background_build, stop_background_build
 from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
 from megatron_core.testing.tiny_corpus import preprocess_zh_news
 
@@ -22,3 +23,20 @@ def gpt_corpus(tmp_path_factory):
 def plain_gpt(gpt_corpus):
     """plain_gpt_loop on tiny_gpt_flags(gpt_corpus): {"losses": [...], "grad_norms": [...], ...}."""
     return plain_gpt_reference(tiny_gpt_flags(gpt_corpus))
+
+
+_op_build = None
+
+
+def pytest_collection_finish(session):
+    """DeepSpeed's ops compile in the background from the start when a DeepSpeed test will run
+    (its module uses deepspeed_test_env) and deepspeed is installed."""
+    global _op_build
+    import importlib.util
+    wants = any("deepspeed_test_env" in vars(getattr(item, "module", None) or object) for item in session.items)
+    if wants and importlib.util.find_spec("deepspeed") is not None:
+        _op_build = start_background_build()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_background_build(_op_build)
