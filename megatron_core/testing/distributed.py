@@ -51,6 +51,9 @@ def _worker(rank: int, world_size: int, port: int, backend: str, collective_time
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=collective_timeout))
+        # Every rank's connections are up before any rank may finish and close its own: a check
+        # without collectives would otherwise let rank 1 exit while rank 0 still connects to it.
+        dist.barrier()
         fn(*args, **kwargs)
         results.put((rank, None))
     except BaseException:  # report everything, including KeyboardInterrupt in a worker
