@@ -1,14 +1,16 @@
 """Fixtures shared by the entry-point tests: the tiny Chinese corpus and the plain PyTorch loop's run."""
+import importlib.util
+
 import pytest
 import tqdm
+
+from megatron_core.testing.deepspeed_op_cache import finish_background_build, start_background_build
+from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
+from megatron_core.testing.tiny_corpus import preprocess_zh_news
 
 # tqdm's monitor thread would outlive the progress bar that started it, and a process running
 # a second thread forks unsafely: run_distributed would spawn its workers (5 s of imports each).
 tqdm.tqdm.monitor_interval = 0
-
-from megatron_core.testing.deepspeed_op_cache import start_background_build, stop_background_build
-from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
-from megatron_core.testing.tiny_corpus import preprocess_zh_news
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +34,10 @@ def pytest_collection_finish(session):
     """DeepSpeed's ops compile in the background from the start when a DeepSpeed test will run
     (its module uses deepspeed_test_env) and deepspeed is installed."""
     global _op_build
-    import importlib.util
-    wants = any("deepspeed_test_env" in vars(getattr(item, "module", None) or object) for item in session.items)
+    wants = any(hasattr(getattr(item, "module", None), "deepspeed_test_env") for item in session.items)
     if wants and importlib.util.find_spec("deepspeed") is not None:
         _op_build = start_background_build()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    stop_background_build(_op_build)
+    finish_background_build(_op_build)

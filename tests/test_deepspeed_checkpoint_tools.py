@@ -32,7 +32,7 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
 from megatron_core.testing.entry_points import (failure_report, logged_values,  # noqa: E402
                                                 run_entry_point, tiny_run_flags)
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
+from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
 from megatron_core.testing.resume_check import COUNTERS, check_exact_resume, split_off_iteration  # noqa: E402
 from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import read_full_model_state  # noqa: E402
@@ -41,10 +41,9 @@ ITERS = 4
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("ds_tools_corpus"))
-    preprocess_zh_news(directory)
-    return directory
+def corpus(gpt_corpus):
+    """The session's tiny news corpus (tests/conftest.py)."""
+    return gpt_corpus
 
 
 def model_flags(corpus, *extra):

@@ -12,18 +12,10 @@ import re
 import pytest
 
 from megatron_core.testing.entry_points import run_entry_point, run_plain_ranks, tiny_gpt_flags
-from megatron_core.testing.tiny_corpus import preprocess_zh_news
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("corpus"))
-    preprocess_zh_news(directory)
-    return directory
-
-
-def long_run(corpus_dir, *extra):
-    return tiny_gpt_flags(corpus_dir) + ["--train-iters", "30", "--eval-interval", "100",
+def long_run(gpt_corpus, *extra):
+    return tiny_gpt_flags(gpt_corpus) + ["--train-iters", "30", "--eval-interval", "100",
                                          "--distributed-timeout-minutes", "0.1", *extra]
 
 
@@ -36,11 +28,11 @@ def error_lines(stderr):
     (2, [], 0, "KILL"),                                         # rank 0 hosts the store
     (2, ["--tensor-model-parallel-size", "2"], 1, "STOP"),      # hung: found at the collective timeout
 ], ids=["tp2-pp2-rank1-killed", "dp2-rank0-killed", "tp2-rank1-hung"])
-def test_every_other_rank_exits_naming_the_rank_that_stopped(corpus_dir, world, layout, victim, how):
+def test_every_other_rank_exits_naming_the_rank_that_stopped(gpt_corpus, world, layout, victim, how):
     # A killed victim exits first and the others get 90 s to notice; a frozen one never exits, so
     # it is killed (SIGKILL, as the harness does) a few seconds after its only peer has exited.
     grace = 90 if how == "KILL" else 5
-    ranks = run_plain_ranks("pretrain_gpt.py", long_run(corpus_dir, *layout), world, timeout=240, grace=grace,
+    ranks = run_plain_ranks("pretrain_gpt.py", long_run(gpt_corpus, *layout), world, timeout=240, grace=grace,
                             env={"MCORE_TEST_STOP_RANK": f"{victim}:3:{how}"})
     expected = (f"error: rank {victim} stopped responding during iteration 3 (its process died or hung); the "
                 f"other ranks exit; see its log.")
@@ -53,8 +45,8 @@ def test_every_other_rank_exits_naming_the_rank_that_stopped(corpus_dir, world, 
     assert "iteration        2/" in logged and "iteration        3/" not in logged
 
 
-def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(corpus_dir):
-    done = run_entry_point("pretrain_gpt.py", long_run(corpus_dir, "--tensor-model-parallel-size", "2"), nproc=2,
+def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(gpt_corpus):
+    done = run_entry_point("pretrain_gpt.py", long_run(gpt_corpus, "--tensor-model-parallel-size", "2"), nproc=2,
                            timeout=240, env={"MCORE_TEST_STOP_RANK": "1:3"})
     assert done.returncode != 0
     root_cause = done.stderr.split("Root Cause (first observed failure):")[1]
@@ -64,11 +56,11 @@ def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(corpu
         assert line.startswith("error: rank 1 stopped responding during iteration 3"), line
 
 
-def test_a_nan_loss_is_named_with_its_iteration_skipped_and_stops_at_max_skipped_iterations(corpus_dir):
+def test_a_nan_loss_is_named_with_its_iteration_skipped_and_stops_at_max_skipped_iterations(gpt_corpus):
     """A learning rate of 1e30 blows the weights up within a few updates: from then on the loss
     is nan and the update is skipped with a warning naming the iteration, and
     --max-skipped-iterations 2 stops the run at the next one with one sentence naming it."""
-    flags = tiny_gpt_flags(corpus_dir) + ["--lr", "1e30", "--clip-grad", "0", "--train-iters", "20",
+    flags = tiny_gpt_flags(gpt_corpus) + ["--lr", "1e30", "--clip-grad", "0", "--train-iters", "20",
                                           "--max-skipped-iterations", "2"]
     done = run_entry_point("pretrain_gpt.py", flags)
     assert done.returncode == 2, done.stderr[-3000:]

@@ -73,14 +73,10 @@ def start_background_build() -> Optional[subprocess.Popen]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(19))
 
 
-def stop_background_build(process: Optional[subprocess.Popen]) -> None:
-    """Wait for a build that is nearly done, else stop it (its lock is removed as stale later)."""
-    if process is None:
-        return
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.terminate()
+def finish_background_build(process: Optional[subprocess.Popen]) -> None:
+    """Let the build finish: a build stopped half-way would leave a fresh lock that every
+    DeepSpeed run of the next ten minutes waits on (remove_stale_locks spares young ones)."""
+    if process is not None:
         process.wait()
 
 
