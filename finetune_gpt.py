@@ -15,7 +15,6 @@ start the iteration count at 0) arrives with checkpoints; until then the model t
 its initialization. `python finetune_gpt.py ...` without a launcher runs one process.
 """
 from megatron_core.cli import run
-from megatron_core.errors import ConfigError
 from megatron_core.models.gpt import GPTModel
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
@@ -27,9 +26,6 @@ from megatron_core.training.loss_funcs import masked_lm_loss
 
 def model_provider(args, stage):
     """One pipeline chunk of the GPT the flags describe."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it tokenizes the prompts and texts (e.g. "
-                          "BertWordPieceLowerCase with --vocab-file).")
     return GPTModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
                     stage=stage)
 

@@ -16,7 +16,6 @@ BertModel). The binary head predicts the next sentence, or the sentence order wi
 head's "sop loss" (so named for NSP too); the loss trained is their sum.
 """
 from megatron_core.cli import run
-from megatron_core.errors import ConfigError
 from megatron_core.models.bert import BertModel, bert_pretraining_losses
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
@@ -28,9 +27,6 @@ from megatron_core.training.loop import pretrain
 
 def model_provider(args, stage):
     """One pipeline chunk of the BERT the flags describe (Megatron: no token types without the binary head)."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
-                          "with --vocab-file).")
     return BertModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
                      num_tokentypes=2 if args.bert_binary_head else 0, add_binary_head=args.bert_binary_head,
                      stage=stage)

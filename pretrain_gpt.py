@@ -12,7 +12,6 @@ Llama-style: add --normalization RMSNorm --swiglu --position-embedding-type rope
 --disable-bias-linear. `python pretrain_gpt.py ...` without a launcher runs one process.
 """
 from megatron_core.cli import run
-from megatron_core.errors import ConfigError
 from megatron_core.models.gpt import GPTModel
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
@@ -25,9 +24,6 @@ from megatron_core.training.loss_funcs import masked_lm_loss
 
 def model_provider(args, stage):
     """One pipeline chunk of the GPT the flags describe; it carries what its batches need."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
-                          "with --vocab-file).")
     model = GPTModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
                      stage=stage)
     model.batch_settings = (args.tokenizer.eod, data_options_from_args(args))

@@ -15,7 +15,6 @@ one batch mixes both. Positions are rotary on adjacent channel pairs (the defaul
 (tools/preprocess_data.py --split-sentences); "lm loss" is the mean over every predicted token.
 """
 from megatron_core.cli import run
-from megatron_core.errors import ConfigError
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.models.roformer import RoFormerModel
 from megatron_core.training.arguments import build_run_config, transformer_config_from_args
@@ -34,9 +33,6 @@ def add_roformer_arguments(parser):
 
 def model_provider(args, stage):
     """One pipeline chunk of the RoFormer the flags describe: no pooler, no binary head."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
-                          "with --vocab-file).")
     return RoFormerModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
                          stage=stage)
 

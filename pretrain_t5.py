@@ -12,7 +12,6 @@ With pipeline parallelism stages below --pipeline-model-parallel-split-rank hold
 encoder, the others the decoder and the head.
 """
 from megatron_core.cli import run
-from megatron_core.errors import ConfigError
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.models.t5 import T5Model
 from megatron_core.pipeline import P2PConfig
@@ -27,9 +26,6 @@ from megatron_core.training.loss_funcs import masked_lm_loss
 
 def model_provider(args, stage):
     """One pipeline stage of the T5 the flags describe: encoder layers, decoder layers, or both."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
-                          "with --vocab-file).")
     return T5Model(transformer_config_from_args(args), args.padded_vocab_size, args.decoder_num_layers,
                    args.max_position_embeddings, stage=stage)
 

@@ -24,9 +24,6 @@ from megatron_core.training.loss_funcs import masked_lm_loss
 
 def model_provider(args, stage):
     """One pipeline chunk: relative positions, and Chinese-Transformer-XL's tanh GELU unless --swiglu."""
-    if not args.tokenizer_type:
-        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size (e.g. BertWordPieceLowerCase "
-                          "with --vocab-file).")
     model = TransformerXLModel(_config(args), args.padded_vocab_size, _mem_length(args), stage=stage)
     model.batch_settings = (args.tokenizer.eod, data_options_from_args(args))
     return model

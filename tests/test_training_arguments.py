@@ -235,3 +235,14 @@ def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_proces
     with pytest.raises(ConfigError, match=r"--fp16 with --deepspeed: DeepSpeed does not train fp16 .*--bf16") as info:
         _args(f"--deepspeed --deepspeed_config {path} --fp16")
     assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_a_run_without_tokenizer_type_is_one_sentence_before_any_process_group():
+    import torch.distributed as dist
+    from megatron_core.training.loop import pretrain
+
+    def never(*_):
+        raise AssertionError("nothing is built before the flags are checked")
+    with pytest.raises(ConfigError, match=r"^--tokenizer-type is required: it sets the vocabulary size"):
+        pretrain(never, never, never, argv=BASE.split())
+    assert not dist.is_initialized()

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .. import mpu
+from ..errors import ConfigError
 from .checkpoint import Checkpointer
 from .checkpoint.checkpoint_args import apply_checkpoint_args
 from ..pipeline import P2PConfig
@@ -70,6 +71,9 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     if args.dry_run:
         dry_run(model_shape, args, run)            # the estimate, then exit: no process group, no weights
         return None
+    if not args.tokenizer_type:    # every model's vocabulary size comes from its tokenizer
+        raise ConfigError("--tokenizer-type is required: it sets the vocabulary size and tokenizes the data "
+                          "(e.g. BertWordPieceLowerCase with --vocab-file).")
     initialize_distributed(run.parallel, run.training.seed)
     watch = RankWatch.start()     # a rank that dies is named by its peers, not a silent hang
     state = TrainState()
