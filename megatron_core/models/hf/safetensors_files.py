@@ -10,7 +10,8 @@ dropped as soon as it is full; the index is written last; weight files of an ear
 export that the new one does not name are removed.
 
 Read: `SafetensorsWeights(dir)` is a Mapping over the file or the shards the index names,
-opened with safetensors' safe_open: a tensor is read from disk only when it is asked for.
+opened with safetensors' safe_open: a tensor is read from disk only when it is asked for, and
+the file's map is closed right after, so the pages read do not stay in the process.
 """
 from __future__ import annotations
 
@@ -114,13 +115,19 @@ class SafetensorsWeights(Mapping):
                     raise ConversionError(f"{index} is not a safetensors index ({error}); re-save the model with "
                                           f"save_pretrained.") from None
             files = {name: os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))}
+        self._paths = files
         self._handles = {name: safe_open(path, framework="pt") for name, path in files.items()}
         self._where = {key: name for name, handle in self._handles.items() for key in handle.keys() if not skip(key)}
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
         if key not in self._where:
             raise KeyError(key)
-        return self._handles[self._where[key]].get_tensor(key)
+        # A fresh handle per tensor: safe_open maps the file, and the pages a read touches stay
+        # resident (and counted) while that map lives; closing it leaves only the tensor's copy.
+        with safe_open(self._paths[self._where[key]], framework="pt") as handle:
+            return handle.get_tensor(key)
 
     def shape_and_dtype(self, key: str) -> Tuple[tuple, torch.dtype]:
         """From the file's header: nothing of the tensor is read."""
