@@ -29,7 +29,7 @@ def _build(family):
 FAMILIES = ["gpt", "llama", "t5", "transformer_xl", "bert"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def world():
     with serial_world():
         yield
