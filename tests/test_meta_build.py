@@ -11,6 +11,7 @@ import torch
 
 from megatron_core.models.bert import BertModel
 from megatron_core.mpu.layout import PipelineStage
+from megatron_core.mpu.parameter_device import parameters_on
 from megatron_core.testing.inference_checkpoints import build_tiny_model, tiny_config
 from megatron_core.training.checkpoint.weights_checkpoint import serial_world
 from megatron_core.transformer.config import TransformerConfig
@@ -42,7 +43,6 @@ def test_a_meta_build_has_no_data_and_the_keys_shapes_and_sharding_map_of_a_real
     assert all(t.is_meta for t in meta.values())
     assert {k: (t.shape, t.dtype) for k, t in meta.items()} == \
         {k: (t.shape, t.dtype) for k, t in real.state_dict().items()}
-    from megatron_core.mpu.parameter_device import parameters_on
     with parameters_on(torch.device("meta")):
         meta_model = _build(family)
     assert meta_model.sharding_map(vocab_size=200) == real.sharding_map(vocab_size=200)
