@@ -33,6 +33,8 @@ from .gpt import check_vocab_size
 def _linear(config: TransformerConfig, in_features: int, out_features: int) -> nn.Linear:
     """A replicated linear layer: weight from the config's init, zero bias."""
     layer = nn.Linear(in_features, out_features, dtype=config.params_dtype, device=default_device())
+    if layer.weight.is_meta:     # a build for shapes only (mpu/parameter_device.py): nothing to draw
+        return layer
     with torch.no_grad():
         # Draw on the CPU generator (the one component_rng seeds), like the mpu layers do.
         weight = torch.empty(out_features, in_features, dtype=torch.float32)

@@ -51,9 +51,12 @@ def initialize_affine_weight(weight: torch.Tensor, full_shape, partition_dim: in
     """Fill `weight` with this rank's shard of a full weight drawn from the default RNG.
 
     Every rank draws the whole master weight with the same generator state, so the
-    shards of a TP=k run are exactly the slices of the TP=1 weight.
+    shards of a TP=k run are exactly the slices of the TP=1 weight. A meta weight (a build
+    for shapes only, parameter_device.py) is marked and nothing is drawn.
     """
     set_tensor_model_parallel_attributes(weight, True, partition_dim, stride)
+    if weight.is_meta:
+        return
     world = ps.get_tensor_model_parallel_world_size()
     master = torch.empty(full_shape, dtype=torch.float32)
     init_method(master)

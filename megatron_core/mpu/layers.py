@@ -21,11 +21,8 @@ from .init_methods import (InitMethod, initialize_affine_weight, mark_vocab_para
 from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region, scatter_to_tensor_model_parallel_region)
+from .parameter_device import default_device
 from .utils import divide, vocab_range_for_rank
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _new_param(shape, dtype, device) -> nn.Parameter:

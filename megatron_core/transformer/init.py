@@ -21,6 +21,7 @@ import torch
 
 from .config import TransformerConfig
 from ..mpu.init_methods import init_method_normal, scaled_init_method_normal
+from .meta_build import component_scope
 
 
 def component_seed(init_seed: int, name: str, index: int = 0) -> int:
@@ -32,7 +33,8 @@ def component_seed(init_seed: int, name: str, index: int = 0) -> int:
 def component_rng(config: TransformerConfig, name: str, index: int = 0):
     # Master weights are drawn on the CPU generator (mpu.initialize_affine_weight), so
     # forking the CPU generator is enough; CUDA generators are left alone.
-    with torch.random.fork_rng(devices=[]):
+    # component_scope: inside a meta or selective build (meta_build.py), the component's device.
+    with torch.random.fork_rng(devices=[]), component_scope(name, index):
         torch.manual_seed(component_seed(config.init_seed, name, index))
         yield
 

@@ -6,12 +6,15 @@
 Weights are read lazily from model.safetensors (or the shards a model.safetensors.index.json
 names; safe_open, one tensor at a time), or from pytorch_model.bin with
 torch.load(weights_only=True): no code from the file runs. They are converted one HF layer
-at a time as the writer asks for our keys (streamed_import.py) and written stage by stage,
-each tensor split into its TP shards (weights_checkpoint.py).
+at a time as the writer asks for our keys (streamed_import.py) and written file by file,
+each tensor cut to that file's TP shard (weights_checkpoint.py).
 The registry maps config.json and the weights to our family; the vocabulary is padded as the
 training loop pads it for that TP size (Megatron's rule, --make-vocab-size-divisible-by x TP),
-so the entry points build tables of the stored size. Parameters the HF class lacks (the MLM
-head of a BertModel) keep our initialization. The tokenizer files are copied into
+so the entry points build tables of the stored size. Our model is never built with its
+weights: its keys and sharding map come from a meta-device build, and the parameters the HF
+class lacks (the MLM head of a BertModel) get our initialization by building only their
+components (transformer/meta_build.py), with the values a whole TP=1 build gives them. Peak
+memory is one HF layer window plus one output file. The tokenizer files are copied into
 `<output>/tokenizer/` and the args name them.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ...mpu.layout import pad_vocab_size
 from ...training.checkpoint.file_io import load_file
 from ...training.checkpoint.run_record import args_to_dict
 from ...training.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
+from ...transformer.meta_build import materialize, meta_state_dict
 from .checkpoint_spec import args_record
 from .registry import mapping_for_hf_config
 from .safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsWeights
@@ -115,17 +119,17 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
     record = args_record(spec, tokenizer_args, flag_defaults())
     record["hf_architecture"] = spec.architecture
+    build = lambda: mapping.build_model(spec)   # noqa: E731
     with serial_world():
-        # Parameters the HF class lacks keep our initialization (the model is built at TP=1
-        # for them; only those tensors are kept).
-        whole = mapping.build_model(spec).state_dict()
+        # Our keys from a meta-device build (no weights); parameters the HF class lacks (the MLM
+        # head of a BertModel) get our initialization: only their components are built for real.
+        whole = meta_state_dict(build).keys()
         kept = sorted(set(whole) - set(ours))
         unexpected = sorted(set(ours) - set(whole))
         if unexpected:
             raise ConversionError(f"the converted weights have keys our {spec.family} model lacks: {unexpected[:3]}; "
                                   f"the mapping and the model disagree, please report it.")
-        initialized = {key: whole[key].clone() for key in kept}
-        del whole
+        initialized = materialize(build, kept)
         written = write_weights_checkpoint(output, ChainMap(initialized, ours),
                                            lambda stage: mapping.build_model(spec, stage=stage), record,
                                            spec.config, vocab_size, padded, tp, pp, ckpt_format)

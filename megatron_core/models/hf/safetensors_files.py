@@ -10,7 +10,8 @@ dropped as soon as it is full; the index is written last; weight files of an ear
 export that the new one does not name are removed.
 
 Read: `SafetensorsWeights(dir)` is a Mapping over the file or the shards the index names,
-opened with safetensors' safe_open: a tensor is read from disk only when it is asked for.
+opened with safetensors' safe_open: a tensor is read from disk only when it is asked for, and
+the file's map is closed right after, so the pages read do not stay in the process.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Tuple, Uni
 import torch
 
 from ...errors import ConfigError, ConversionError
-from ...training.checkpoint.file_io import write_bytes_atomically
+from ...training.checkpoint.file_io import write_atomically, write_bytes_atomically
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -53,14 +54,33 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+def write_safetensors(f, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """One safetensors file into the open binary file `f`, tensor by tensor: an 8-byte
+    little-endian header length, the JSON header (padded with spaces to a multiple of 8, as
+    safetensors aligns it), then each tensor's bytes in order. Nothing is copied into one buffer
+    first (safetensors.torch.save would hold the whole file's bytes beside the tensors)."""
+    header, offset = {"__metadata__": dict(metadata)}, 0
+    for key, tensor in tensors.items():
+        header[key] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + tensor_bytes(tensor)]}
+        offset += tensor_bytes(tensor)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for tensor in tensors.values():
+        f.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
 def write_safetensors_shards(output: str, tensors: Iterable[Tuple[str, torch.Tensor]],
                              max_shard_size: int) -> List[str]:
     """Write `tensors` (an iterator: each made only when the writer asks for it) into `output`
     in shards of at most `max_shard_size` bytes, in their order; returns the files written.
     A shard is written (under a temporary name, atomically) as soon as it is full, so memory
     holds one shard; the shards take their final names once their count is known."""
-    from safetensors.torch import save as safetensors_bytes
-
     os.makedirs(output, exist_ok=True)
     written: List[Tuple[str, List[str]]] = []     # (temporary file, its keys)
     current: Dict[str, torch.Tensor] = {}
@@ -68,7 +88,7 @@ def write_safetensors_shards(output: str, tensors: Iterable[Tuple[str, torch.Ten
 
     def flush() -> None:
         temporary = os.path.join(output, f".model-shard-{len(written):05d}.safetensors.partial")
-        write_bytes_atomically(temporary, safetensors_bytes(current, metadata={"format": "pt"}))
+        write_atomically(temporary, lambda f, _: write_safetensors(f, current, {"format": "pt"}))
         written.append((temporary, list(current)))
         current.clear()
 
@@ -114,13 +134,19 @@ class SafetensorsWeights(Mapping):
                     raise ConversionError(f"{index} is not a safetensors index ({error}); re-save the model with "
                                           f"save_pretrained.") from None
             files = {name: os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))}
+        self._paths = files
         self._handles = {name: safe_open(path, framework="pt") for name, path in files.items()}
         self._where = {key: name for name, handle in self._handles.items() for key in handle.keys() if not skip(key)}
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
         if key not in self._where:
             raise KeyError(key)
-        return self._handles[self._where[key]].get_tensor(key)
+        # A fresh handle per tensor: safe_open maps the file, and the pages a read touches stay
+        # resident (and counted) while that map lives; closing it leaves only the tensor's copy.
+        with safe_open(self._paths[self._where[key]], framework="pt") as handle:
+            return handle.get_tensor(key)
 
     def shape_and_dtype(self, key: str) -> Tuple[tuple, torch.dtype]:
         """From the file's header: nothing of the tensor is read."""

@@ -57,6 +57,7 @@ class StreamedImport(Mapping):
 
     def _window_outputs(self, window) -> Dict[str, torch.Tensor]:
         if self._cached[0] != window:
+            self._cached = (object(), {})      # let the last window's outputs go before making the next
             converted = self._convert(self.windows.get(window, set()))
             self._cached = (window, {k: v for k, v in converted.items() if not v.is_meta})
         return self._cached[1]
