@@ -133,8 +133,7 @@ def test_the_whole_model_read_from_an_engine_checkpoint_is_what_zero_to_fp32_rec
 
 
 def test_convert_to_hf_and_generate_text_read_an_engine_checkpoint(zero1, tmp_path):
-    done = tool("convert_checkpoint.py", "--to-hf", "--load", zero1["save"], "--output", str(tmp_path / "hf"))
-    assert done.returncode == 0, failure_report(done)
+    run_tool_main("convert_checkpoint.py", "--to-hf", "--load", zero1["save"], "--output", str(tmp_path / "hf"))
     from safetensors.torch import load_file
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
     recovered = zero_to_fp32(zero1["save"])

@@ -74,7 +74,7 @@ class SharedRun:
 class SharedEngineRuns:
     def __init__(self, corpus_dir: str, directory: str):
         self.corpus_dir, self.directory = corpus_dir, directory
-        self._runs: Dict[str, SharedRun] = {}
+        self._runs: Dict[str, object] = {}     # name: SharedRun, or the error its launch raised
         self._lock = threading.Lock()
 
     def flags(self) -> List[str]:
@@ -83,7 +83,12 @@ class SharedEngineRuns:
     def get(self, name: str) -> SharedRun:
         with self._lock:
             if name not in self._runs:
-                self._runs[name] = self._launch(name)
+                try:
+                    self._runs[name] = self._launch(name)
+                except Exception as error:   # a run that timed out is not started again by the next test
+                    self._runs[name] = error
+            if isinstance(self._runs[name], Exception):
+                raise self._runs[name]
             return self._runs[name]
 
     def _launch(self, name: str) -> SharedRun:
