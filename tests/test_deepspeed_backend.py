@@ -6,9 +6,10 @@ torch.optim.AdamW on the same samples, independent of both backends (the session
 mpu, ZeRO's reductions, its clipping and step) for 5 steps and must log those losses within
 fp32 rounding (relative 1e-5), or within bf16 rounding for --bf16.
 
-A DeepSpeed start costs more than the steps, so runs are shared: ZeRO 0, 1 and 3 at DP=2 are
-the session's `engine_runs` (testing/engine_runs.py; ZeRO-1 is test_launchers' `deepspeed
---num_gpus 2` run, the checkpoint-tool tests read their checkpoints). ZeRO-2 runs under
+A DeepSpeed start costs more than the steps, so runs are shared: ZeRO 0, 1 and 3 at DP=2 and
+ZeRO-1 at TP=2 are the session's `engine_runs` (testing/engine_runs.py; ZeRO-1 at DP=2 is
+test_launchers' `deepspeed --num_gpus 2` run; test_deepspeed_checkpoint resumes the ZeRO-3 and
+TP=2 ones, the checkpoint-tool tests read their checkpoints). ZeRO-2 runs under
 torchrun; the other layouts start their ranks directly (testing/engine_runs.run_engine_ranks).
 
 DeepSpeed compiles its CPU comm op at every engine start; the op cache is
@@ -69,10 +70,8 @@ def test_zero2_at_dp2_under_torchrun_logs_the_plain_pytorch_losses(flags, plain_
     assert_losses(done, plain_losses, rel=1e-5)
 
 
-def test_zero1_at_tp2_logs_the_plain_pytorch_losses(flags, plain_losses, tmp_path):
-    config = write_config(tmp_path, {"zero_optimization": {"stage": 1}})
-    done = run_engine_ranks([*flags, "--tensor-model-parallel-size", "2"], config)
-    assert_losses(done, plain_losses, rel=1e-5)
+def test_zero1_at_tp2_logs_the_plain_pytorch_losses(engine_runs, plain_losses):
+    assert_losses(engine_runs.get("zero1-tp2").done, plain_losses, rel=1e-5)
 
 
 def test_zero1_at_pp2_through_our_pipeline_schedule_logs_the_plain_pytorch_losses(flags, plain_losses, tmp_path):

@@ -1,12 +1,16 @@
 """pretrain_gpt.py --deepspeed --save/--load: DeepSpeed's engine writes its own layout with our state inside.
 
-Each layout trains a tiny GPT (dropout on, so the RNG streams matter) for 4 iterations
-without a break, saving at 2 and 4, and again from its iteration-2 checkpoint
-(megatron_core.testing.resume_check). The resumed run must log the same strings (loss,
+ZeRO-1 and ZeRO-2 (bf16) at DP=2 train a tiny GPT (dropout on, so the RNG streams matter) for 4
+iterations without a break, saving at 2 and 4, and again from its iteration-2 checkpoint
+(megatron_core.testing.resume_check). ZeRO-3 at DP=2 and ZeRO-1 at TP=2 resume the session's
+shared runs (testing/engine_runs.py: 5 iterations, saved at 2 and 5, no dropout, constant lr,
+whose losses test_deepspeed_backend checks against the plain loop): one launch each. Dropout with
+Megatron's (cosine) schedule through an engine checkpoint is test_deepspeed_checkpoint_tools'
+bf16 PP=2 resume. The resumed run must log the same strings (loss,
 learning rate, grad norm, consumed samples, validations) and end with the same tensors in
 every file. ZeRO-1 and ZeRO-2 let a DeepSpeed scheduler from ds.json set
 the learning rate (WarmupCosineLR, WarmupDecayLR), whose logged rates must follow
-DeepSpeed's documented formulas, computed here; ZeRO-3 and TP=2 keep Megatron's schedule.
+DeepSpeed's documented formulas, computed here.
 DeepSpeed's zero_to_fp32 must recover the weights the training model holds (ZeRO-1, fp32).
 The ZeRO-2 layout runs in bf16 (the scheduler and the precision are separate claims one pair
 of runs shows): it resumes bit-exactly, and change_mp carries its fp32 masters, which are
@@ -31,14 +35,13 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
 from megatron_core.testing.engine_runs import run_engine_ranks  # noqa: E402
 from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
-from megatron_core.testing.entry_points import failure_report, logged_values  # noqa: E402
-from megatron_core.testing.resume_check import COUNTERS, check_exact_resume  # noqa: E402
+from megatron_core.testing.entry_points import TINY_GPT_STEPS, failure_report, logged_values  # noqa: E402
+from megatron_core.testing.resume_check import COUNTERS, check_exact_resume, check_resume_of  # noqa: E402
 from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
 from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 
 ITERS = 4
 LR = 3e-3
-MEGATRON_SCHEDULE = ["--lr-decay-style", "cosine", "--lr-warmup-iters", "1"]
 WARMUP_COSINE = {"type": "WarmupCosineLR", "params": {"warmup_num_steps": 2, "warmup_min_ratio": 0.1,
                                                       "warmup_type": "linear", "cos_min_ratio": 0.01}}
 WARMUP_DECAY = {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 3, "warmup_min_lr": 1e-4}}
@@ -86,7 +89,7 @@ def resume(corpus, tmp, config, extra=(), nproc=2):
                               [], tmp, iters=ITERS, break_at=2, load=load, compared_keys=COUNTERS + ("lr_scheduler",))
 
 
-def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2):
+def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2, num_layers=2, valid_samples=8):
     """DeepSpeed's names, `latest` naming the tag, and our state riding in the model-states files."""
     with open(os.path.join(directory, "latest")) as f:
         assert f.read().strip() == "global_step2"
@@ -94,10 +97,10 @@ def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2)
     for name in model_files:
         state = load(os.path.join(directory, "global_step2", name))
         assert state["iteration"] == 2 and state["global_steps"] == 2
-        assert state["consumed_train_samples"] == 16 and state["consumed_valid_samples"] == 8
+        assert state["consumed_train_samples"] == 16 and state["consumed_valid_samples"] == valid_samples
         assert len(state["rng_state"]) == dp and {"torch_rng_state", "rng_tracker_states"} <= set(state["rng_state"][0])
         assert state["args"]["deepspeed"] is True and state["args"]["tensor_model_parallel_size"] == tp
-        assert state["model_config"]["num_layers"] == 2 and state["model_config"]["hidden_size"] == 32
+        assert state["model_config"]["num_layers"] == num_layers and state["model_config"]["hidden_size"] == 32
         assert state["parallel"]["tensor_model_parallel_size"] == tp and state["parallel"]["data_parallel_size"] == dp
         assert state["mp_world_size"] == tp and state["dp_world_size"] == dp
         assert state["padded_vocab_size"] % tp == 0 and state["vocab_size"] <= state["padded_vocab_size"]
@@ -173,19 +176,33 @@ def test_zero2_bf16_at_dp2_resumes_exactly_under_a_deepspeed_warmup_decay_schedu
     assert state["lr_scheduler"]["last_batch_iteration"] == 1    # DeepSpeed's scheduler state rides along
 
 
-def test_zero3_at_dp2_resumes_exactly(corpus, tmp_path):
-    runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 3}}, MEGATRON_SCHEDULE)
+def resume_shared_run(engine_runs, name, tmp):
+    """The session's engine run `name` (testing/engine_runs.py: tiny_gpt_flags, no dropout, constant
+    lr; test_deepspeed_backend checks its losses against the plain loop) as the uninterrupted run,
+    and one run resumed from its iteration-2 checkpoint, checked as resume() checks."""
+    shared = engine_runs.get(name)
+    assert shared.done.returncode == 0, failure_report(shared.done)
+    return check_resume_of(shared.done, shared.full, shared.halfway,
+                           lambda run_flags: run_engine_ranks([*shared.flags, *run_flags], shared.config_path),
+                           [], tmp, iters=TINY_GPT_STEPS, break_at=2, load=load,
+                           compared_keys=COUNTERS + ("lr_scheduler",))
+
+
+SHARED_LAYOUT = {"num_layers": 4, "valid_samples": 0}     # tiny_gpt_flags: 4 layers, validation at the end
+
+
+def test_zero3_at_dp2_resumes_exactly(engine_runs, tmp_path):
+    runs = resume_shared_run(engine_runs, "zero3-dp2", str(tmp_path))
     # ZeRO-3 partitions the weights too: each data-parallel rank writes its model-states file.
     assert_deepspeed_layout(runs.break_dir, ["zero_pp_rank_0_mp_rank_00_model_states.pt",
                                                "zero_pp_rank_1_mp_rank_00_model_states.pt"],
-                            [zero_file(0), zero_file(1)])
+                            [zero_file(0), zero_file(1)], **SHARED_LAYOUT)
 
 
-def test_zero1_at_tp2_resumes_exactly(corpus, tmp_path):
-    runs = resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}},
-                  [*MEGATRON_SCHEDULE, "--tensor-model-parallel-size", "2"])
+def test_zero1_at_tp2_resumes_exactly(engine_runs, tmp_path):
+    runs = resume_shared_run(engine_runs, "zero1-tp2", str(tmp_path))
     assert_deepspeed_layout(runs.break_dir, ["mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"],
-                            [zero_file(0, 0), zero_file(0, 1)], tp=2, dp=1)
+                            [zero_file(0, 0), zero_file(0, 1)], tp=2, dp=1, **SHARED_LAYOUT)
 
 
 def test_change_mp_of_a_bf16_engine_checkpoint_carries_its_fp32_masters_which_zero_to_fp32_recovers(

@@ -12,8 +12,8 @@ The claims, each against an independent reference:
   partitions) and a ZeRO-0 one (the torch optimizer's positional state) likewise.
 * The whole model read from an engine checkpoint (convert_checkpoint --to-hf's reader) equals
   DeepSpeed's own zero_to_fp32 recovery; --to-hf and generate_text run on it.
-* ZeRO-1 bf16 at PP=2 saves and resumes bit-exactly (the same log lines as the uninterrupted
-  bf16 run); change_mp reads it (fp32 masters carried, PP=2 -> PP=1). ZeRO-2 bf16 at DP=2 is
+* ZeRO-1 bf16 at PP=2, with dropout and Megatron's cosine schedule, saves and resumes
+  bit-exactly (the same log lines as the uninterrupted bf16 run); change_mp reads it (fp32 masters carried, PP=2 -> PP=1). ZeRO-2 bf16 at DP=2 is
   test_deepspeed_checkpoint's ZeRO-2 layout.
 * A pickle payload in a ZeRO file is refused by change_mp and never runs; an engine run given
   change_mp's output refuses its (per-parameter) optimizer in one sentence.
@@ -188,16 +188,23 @@ def engine_resume(corpus, tmp, config, *extra):
     checking the resumed one logs the same lines and ends with the same files (resume_check)."""
     runs = check_exact_resume(lambda flags: engine_run(corpus, tmp, config, *extra, *flags), [], tmp, iters=ITERS,
                               break_at=2, load=load, compared_keys=COUNTERS + ("lr_scheduler",))
-    return runs.break_dir
+    return runs.break_dir, runs.full
 
 
 BF16 = {"bf16": {"enabled": True}}
 
 
+# Dropout on and Megatron's cosine schedule: the RNG streams and the schedule's state ride in the
+# engine checkpoint (the runs test_deepspeed_checkpoint resumes at ZeRO-3 and TP=2 have neither).
+DROPOUT_AND_MEGATRON_SCHEDULE = ["--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--lr-decay-style", "cosine",
+                                 "--lr-warmup-iters", "1"]
+
+
 def test_a_bf16_zero1_engine_checkpoint_at_pp2_resumes_bit_exactly_and_change_mp_carries_its_fp32_masters(
         corpus, tmp_path):
-    save = engine_resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}, **BF16}, "--bf16",
-                         "--pipeline-model-parallel-size", "2")
+    save, full = engine_resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}, **BF16}, "--bf16",
+                               "--pipeline-model-parallel-size", "2", *DROPOUT_AND_MEGATRON_SCHEDULE)
+    assert len(set(logged_values(full.stdout, "learning rate").values())) >= 3     # the schedule moves
     output = str(tmp_path / "pp1")
     run_tool_main("change_mp.py", save, "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1",
                   "--output", output)
