@@ -5,6 +5,7 @@ import pytest
 import tqdm
 
 from megatron_core.testing.deepspeed_op_cache import finish_background_build, start_background_build
+from megatron_core.testing.engine_runs import SharedEngineRuns
 from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
 from megatron_core.testing.tiny_corpus import preprocess_zh_news
 
@@ -25,6 +26,13 @@ def gpt_corpus(tmp_path_factory):
 def plain_gpt(gpt_corpus):
     """plain_gpt_loop on tiny_gpt_flags(gpt_corpus): {"losses": [...], "grad_norms": [...], ...}."""
     return plain_gpt_reference(tiny_gpt_flags(gpt_corpus))
+
+
+@pytest.fixture(scope="session")
+def engine_runs(gpt_corpus, tmp_path_factory):
+    """DeepSpeed-engine runs on tiny_gpt_flags(gpt_corpus), each launched once by its first user
+    (testing/engine_runs.py): the backend, checkpoint-tool and launcher tests share them."""
+    return SharedEngineRuns(gpt_corpus, str(tmp_path_factory.mktemp("engine_runs")))
 
 
 _op_build = None

@@ -12,15 +12,17 @@ The claims, each against an independent reference:
   partitions) and a ZeRO-0 one (the torch optimizer's positional state) likewise.
 * The whole model read from an engine checkpoint (convert_checkpoint --to-hf's reader) equals
   DeepSpeed's own zero_to_fp32 recovery; --to-hf and generate_text run on it.
-* ZeRO-2 bf16 at DP=2 and ZeRO-1 bf16 at PP=2 save and resume bit-exactly (the same log lines
-  as the uninterrupted bf16 run); change_mp reads both (fp32 masters carried, PP=2 -> PP=1).
+* ZeRO-1 bf16 at PP=2, with dropout and Megatron's cosine schedule, saves and resumes
+  bit-exactly (the same log lines as the uninterrupted bf16 run); change_mp reads it (fp32 masters carried, PP=2 -> PP=1). ZeRO-2 bf16 at DP=2 is
+  test_deepspeed_checkpoint's ZeRO-2 layout.
 * A pickle payload in a ZeRO file is refused by change_mp and never runs; an engine run given
   change_mp's output refuses its (per-parameter) optimizer in one sentence.
 
-Engine runs cost ~10 s of DeepSpeed start each: every engine run is a module fixture shared by
-the assertions. Skipped when deepspeed is not installed.
+Engine runs cost ~10 s of DeepSpeed start each: the ZeRO 0, 1 and 3 checkpoints are those of
+the session's `engine_runs` (testing/engine_runs.py: tiny_gpt_flags at DP=2, saved at 2, whose
+losses test_deepspeed_backend checks against the plain loop), and the native resumes start
+their ranks directly, without a launcher process. Skipped when deepspeed is not installed.
 """
-import json
 import os
 import shutil
 
@@ -29,11 +31,13 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
-from megatron_core.testing.entry_points import (failure_report, logged_values,  # noqa: E402
-                                                run_entry_point, tiny_run_flags)
+from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
+from megatron_core.testing.engine_runs import as_one_run, run_engine_ranks, write_deepspeed_config  # noqa: E402
+from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values,  # noqa: E402
+                                                run_entry_point, run_plain_ranks, tiny_run_flags)
 from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
-from megatron_core.testing.resume_check import COUNTERS, check_exact_resume, split_off_iteration  # noqa: E402
+from megatron_core.testing.resume_check import COUNTERS, check_exact_resume  # noqa: E402
+from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import read_full_model_state  # noqa: E402
 
@@ -52,17 +56,15 @@ def model_flags(corpus, *extra):
 
 
 def engine_run(corpus, tmp, config, *extra, nproc=2):
-    path = os.path.join(tmp, "ds.json")
-    with open(path, "w") as f:
-        json.dump(config, f)
-    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, "--deepspeed", "--deepspeed_config", path, *extra),
-                           nproc=nproc, timeout=600, env=deepspeed_test_env())
+    done = run_engine_ranks(model_flags(corpus, *extra), write_deepspeed_config(tmp, config), nproc=nproc)
     assert done.returncode == 0, failure_report(done)
     return done
 
 
-def native_run(corpus, *extra, nproc=2):
-    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, *extra), nproc=nproc, timeout=600)
+def native_run(engine_runs, *extra, nproc=2):
+    """pretrain_gpt.py on the shared runs' flags with the native backend, ranks started directly."""
+    done = as_one_run(run_plain_ranks("pretrain_gpt.py", [*engine_runs.flags(), *extra], nproc, timeout=600,
+                                      grace=60))
     assert done.returncode == 0, failure_report(done)
     return done
 
@@ -72,18 +74,10 @@ def tool(script, *args):
     return done
 
 
-def saved_halfway(corpus, tmp, config, *extra, nproc=2):
-    """The engine run stopped and saved after 2 of ITERS iterations."""
-    save = os.path.join(tmp, "half")
-    done = engine_run(corpus, tmp, config, *extra, "--save", save, "--save-interval", "100", "--exit-interval", "2",
-                      nproc=nproc)
-    return save, done
-
-
 def assert_losses_continue(reference, resumed, rel=1e-5):
     want, got = logged_values(reference.stdout, "lm loss"), logged_values(resumed.stdout, "lm loss")
-    assert sorted(got) == [3, 4], failure_report(resumed)
-    for iteration in (3, 4):
+    assert sorted(got) == list(range(3, TINY_GPT_STEPS + 1)), failure_report(resumed)
+    for iteration in range(3, TINY_GPT_STEPS + 1):
         assert got[iteration] == pytest.approx(want[iteration], rel=rel), (iteration, got, want)
 
 
@@ -99,29 +93,33 @@ def load(path):
 
 # --- ZeRO-1, fp32, DP=2: the tools, and the native backend loading it ----------------------------
 
+def shared_run(engine_runs, name):
+    """The session's engine run `name` (tiny_gpt_flags at DP=2): {"full": its run, "save": its
+    iteration-2 checkpoint, "config": its ds.json}."""
+    run = engine_runs.get(name)
+    assert run.done.returncode == 0, failure_report(run.done)
+    return {"full": run.done, "save": run.halfway, "config": run.config_path}
+
+
 @pytest.fixture(scope="module")
-def zero1(corpus, tmp_path_factory):
-    """The uninterrupted engine run, saving at 2 and ITERS; its iteration-2 checkpoint is `save`."""
-    tmp = str(tmp_path_factory.mktemp("zero1"))
-    config = {"zero_optimization": {"stage": 1}}
-    full = engine_run(corpus, tmp, config, "--save", os.path.join(tmp, "full"), "--save-interval", "2")
-    save = os.path.join(tmp, "half")
-    split_off_iteration(os.path.join(tmp, "full"), 2, save)
-    return {"full": full, "save": save, "tmp": tmp}
+def zero1(engine_runs):
+    """The uninterrupted ZeRO-1 engine run, saving at 2, 4 and the end; its iteration-2 checkpoint is `save`."""
+    return shared_run(engine_runs, "zero1-dp2")
 
 
-def test_change_mp_of_a_zero1_engine_checkpoint_resumes_natively_at_tp2_with_the_engine_losses(corpus, zero1):
-    output = os.path.join(zero1["tmp"], "tp2")
+def test_change_mp_of_a_zero1_engine_checkpoint_resumes_natively_at_tp2_with_the_engine_losses(
+        engine_runs, zero1, tmp_path):
+    output = str(tmp_path / "tp2")
     done = tool("change_mp.py", zero1["save"], "--target-tensor-parallel-size", "2", "--output", output)
     assert done.returncode == 0, failure_report(done)
     assert "with optimizer" in done.stdout
-    resumed = native_run(corpus, "--tensor-model-parallel-size", "2", "--load", output)
+    resumed = native_run(engine_runs, "--tensor-model-parallel-size", "2", "--load", output)
     assert "successfully loaded checkpoint" in resumed.stdout
     assert_losses_continue(zero1["full"], resumed)
 
 
-def test_native_load_of_a_zero1_engine_checkpoint_reshards_to_the_distributed_optimizer(corpus, zero1):
-    resumed = native_run(corpus, "--use-distributed-optimizer", "--load", zero1["save"])
+def test_native_load_of_a_zero1_engine_checkpoint_reshards_to_the_distributed_optimizer(engine_runs, zero1):
+    resumed = native_run(engine_runs, "--use-distributed-optimizer", "--load", zero1["save"])
     assert "(from the DeepSpeed engine's files)" in resumed.stdout, failure_report(resumed)
     assert_losses_continue(zero1["full"], resumed)
 
@@ -135,8 +133,7 @@ def test_the_whole_model_read_from_an_engine_checkpoint_is_what_zero_to_fp32_rec
 
 
 def test_convert_to_hf_and_generate_text_read_an_engine_checkpoint(zero1, tmp_path):
-    done = tool("convert_checkpoint.py", "--to-hf", "--load", zero1["save"], "--output", str(tmp_path / "hf"))
-    assert done.returncode == 0, failure_report(done)
+    run_tool_main("convert_checkpoint.py", "--to-hf", "--load", zero1["save"], "--output", str(tmp_path / "hf"))
     from safetensors.torch import load_file
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
     recovered = zero_to_fp32(zero1["save"])
@@ -144,7 +141,7 @@ def test_convert_to_hf_and_generate_text_read_an_engine_checkpoint(zero1, tmp_pa
     vocab = exported["transformer.wte.weight"].shape[0]
     assert torch.equal(exported["transformer.wte.weight"], recovered["embedding.word_embeddings.weight"][:vocab])
     copy = str(tmp_path / "native_tp1")     # the same weights in our native files
-    assert tool("change_mp.py", zero1["save"], "1", "--no-optim", "--output", copy).returncode == 0
+    run_tool_main("change_mp.py", zero1["save"], "1", "--no-optim", "--output", copy)
     texts = []
     for directory in (zero1["save"], copy):
         done = tool("generate_text.py", "--load", directory, "--vocab-file", BERT_VOCAB, "--prompt", "清华大学",
@@ -173,41 +170,44 @@ def test_a_pickle_payload_in_an_engine_zero_file_is_refused_by_change_mp(zero1, 
 # --- ZeRO-3 (weights and optimizer only in DeepSpeed's partitions) and ZeRO-0 (positional) --------
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_a_zero0_or_zero3_engine_checkpoint_resumes_natively_with_the_engine_losses(corpus, zero1, tmp_path, stage):
-    save, _ = saved_halfway(corpus, str(tmp_path), {"zero_optimization": {"stage": stage}})
+def test_a_zero0_or_zero3_engine_checkpoint_resumes_natively_with_the_engine_losses(engine_runs, zero1, stage):
+    save = shared_run(engine_runs, f"zero{stage}-dp2")["save"]
     state, _ = read_full_model_state(save)
     if stage == 3:
         for key, tensor in zero_to_fp32(save).items():
             assert torch.equal(state[key], tensor), key
-    resumed = native_run(corpus, "--load", save)
+    resumed = native_run(engine_runs, "--load", save)
     # ZeRO 0, 1 and 3 at DP=2 all train as the native run does (issue 11 point 2).
     assert_losses_continue(zero1["full"], resumed)
 
 
-# --- bf16 (ZeRO-2 at DP=2, ZeRO-1 at PP=2): exact engine resume, read by change_mp -----------------
+# --- bf16 ZeRO-1 at PP=2: exact engine resume, read by change_mp ---------------------------------
 
 def engine_resume(corpus, tmp, config, *extra):
     """The uninterrupted engine run and the one resumed from its iteration-2 checkpoint, after
     checking the resumed one logs the same lines and ends with the same files (resume_check)."""
     runs = check_exact_resume(lambda flags: engine_run(corpus, tmp, config, *extra, *flags), [], tmp, iters=ITERS,
                               break_at=2, load=load, compared_keys=COUNTERS + ("lr_scheduler",))
-    return runs.break_dir
+    return runs.break_dir, runs.full
 
 
 BF16 = {"bf16": {"enabled": True}}
 
 
-@pytest.mark.parametrize("config, extra", [
-    ({"zero_optimization": {"stage": 2}, **BF16}, []),
-    ({"zero_optimization": {"stage": 1}, **BF16}, ["--pipeline-model-parallel-size", "2"]),
-], ids=["zero2-bf16-dp2", "zero1-bf16-pp2"])
-def test_a_bf16_engine_checkpoint_resumes_bit_exactly_and_change_mp_carries_its_fp32_masters(
-        corpus, tmp_path, config, extra):
-    save = engine_resume(corpus, str(tmp_path), config, "--bf16", *extra)
+# Dropout on and Megatron's cosine schedule: the RNG streams and the schedule's state ride in the
+# engine checkpoint (the runs test_deepspeed_checkpoint resumes at ZeRO-3 and TP=2 have neither).
+DROPOUT_AND_MEGATRON_SCHEDULE = ["--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--lr-decay-style", "cosine",
+                                 "--lr-warmup-iters", "1"]
+
+
+def test_a_bf16_zero1_engine_checkpoint_at_pp2_resumes_bit_exactly_and_change_mp_carries_its_fp32_masters(
+        corpus, tmp_path):
+    save, full = engine_resume(corpus, str(tmp_path), {"zero_optimization": {"stage": 1}, **BF16}, "--bf16",
+                               "--pipeline-model-parallel-size", "2", *DROPOUT_AND_MEGATRON_SCHEDULE)
+    assert len(set(logged_values(full.stdout, "learning rate").values())) >= 3     # the schedule moves
     output = str(tmp_path / "pp1")
-    done = tool("change_mp.py", save, "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1",
-                "--output", output)
-    assert done.returncode == 0, failure_report(done)
+    run_tool_main("change_mp.py", save, "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1",
+                  "--output", output)
     merged = load(os.path.join(output, "global_step2", "mp_rank_00_model_states.pt"))
     optimizer = merged["optimizer"]["per_parameter"]["model"]
     assert optimizer and all(set(fields) >= {"exp_avg", "exp_avg_sq", "step", "fp32_master"}
@@ -218,18 +218,12 @@ def test_a_bf16_engine_checkpoint_resumes_bit_exactly_and_change_mp_carries_its_
         # The bf16 weights are the engine's fp32 masters rounded (as DeepSpeed copies them back).
         assert torch.equal(fields["fp32_master"].to(torch.bfloat16), weight), key
         assert fields["exp_avg_sq"].shape == weight.shape and bool((fields["exp_avg_sq"] >= 0).all())
-    if not extra:        # PP=1: DeepSpeed's own recovery gives the same fp32 masters
-        for key, tensor in zero_to_fp32(save).items():
-            assert torch.equal(optimizer[key]["fp32_master"], tensor), key
 
 
-def test_an_engine_run_refuses_the_optimizer_of_a_change_mp_output_in_one_sentence(corpus, zero1, tmp_path):
+def test_an_engine_run_refuses_the_optimizer_of_a_change_mp_output_in_one_sentence(engine_runs, zero1, tmp_path):
     output = str(tmp_path / "native")
-    assert tool("change_mp.py", zero1["save"], "1", "--output", output).returncode == 0
-    config = os.path.join(zero1["tmp"], "ds.json")
-    done = run_entry_point("pretrain_gpt.py", model_flags(corpus, "--deepspeed", "--deepspeed_config", config,
-                                                          "--load", output), nproc=2, timeout=600,
-                           env=deepspeed_test_env())
-    assert done.returncode != 0, failure_report(done)        # each rank exits 2; torchrun reports 1
+    run_tool_main("change_mp.py", zero1["save"], "1", "--output", output)
+    done = run_engine_ranks([*engine_runs.flags(), "--load", output], zero1["config"])
+    assert done.returncode != 0, failure_report(done)        # each rank exits 2
     assert "was written by the native backend or tools/change_mp.py" in done.stderr, failure_report(done)
     assert "resume it without --deepspeed, or add --no-load-optim" in done.stderr

@@ -5,22 +5,21 @@ one process, no launcher). torchrun --nproc-per-node at TP=2 and DP=2 is test_tr
 here each other launcher starts 2 ranks on this host, each at one layout:
 
 - `deepspeed --hostfile hostfiles/localhost --no_ssh --node_rank 0 --master_addr 127.0.0.1` at TP=2;
-- `deepspeed --num_gpus 2` (no hostfile) at DP=2 with the DeepSpeed engine (ZeRO-1);
+- `deepspeed --num_gpus 2` (no hostfile) at DP=2 with the DeepSpeed engine (ZeRO-1): the
+  session's shared ZeRO-1 run (testing/engine_runs.py), whose checkpoints other tests read;
 - `mpirun -np 2` at DP=2: ranks read OMPI_COMM_WORLD_*, not RANK.
 
 Bad launcher environments end in one sentence before any process group waits for a peer.
 """
-import json
 import subprocess
 
 import pytest
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env
+from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: F401 (conftest starts the op build)
 from megatron_core.testing.distributed import find_free_port
 from megatron_core.testing.entry_points import (assert_logged_losses, clean_env, failure_report,
                                                 run_entry_point, tiny_gpt_flags)
-from megatron_core.testing.launch_commands import (deepspeed_hostfile_command, deepspeed_num_gpus_command,
-                                                   missing_programs, mpirun_command)
+from megatron_core.testing.launch_commands import deepspeed_hostfile_command, missing_programs, mpirun_command
 from megatron_core.testing.tiny_corpus import ROOT
 
 TIMEOUT = 600
@@ -40,13 +39,11 @@ def test_deepspeed_hostfile_localhost_without_ssh_at_tp2_logs_the_plain_pytorch_
 
 
 def test_deepspeed_num_gpus_2_on_a_gpu_less_host_with_zero1_at_dp2_logs_the_plain_pytorch_losses(
-        gpt_corpus, plain_gpt, tmp_path):
+        engine_runs, plain_gpt):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
-    config = tmp_path / "ds.json"
-    config.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
-    flags = [*tiny_gpt_flags(gpt_corpus), "--deepspeed", "--deepspeed_config", str(config)]
-    command = deepspeed_num_gpus_command(2, "pretrain_gpt.py", flags, find_free_port())
-    assert_logged_losses(launch(command, deepspeed_test_env()), plain_gpt["losses"])
+    # The session's ZeRO-1 run is this launcher's (testing/engine_runs.py): `deepspeed --num_gpus 2
+    # pretrain_gpt.py <tiny_gpt_flags> --deepspeed --deepspeed_config ds.json --save ...`.
+    assert_logged_losses(engine_runs.get("zero1-dp2").done, plain_gpt["losses"])
 
 
 def test_mpirun_np_2_at_dp2_logs_the_plain_pytorch_losses(gpt_corpus, plain_gpt):

@@ -3,6 +3,7 @@
     runs = check_exact_resume(run, flags, tmp, iters=6, break_at=3)
     runs.full, runs.resumed        # CompletedProcess of the two runs
     runs.break_dir                 # the checkpoint of iteration `break_at` the resumed run loaded
+    runs = check_resume_of(full, full_dir, break_dir, run, flags, tmp, iters=5, break_at=2)   # full already ran
 
 `run(flags)` runs the entry point (any launcher) and returns its CompletedProcess. The
 uninterrupted run saves every `break_at` iterations; its checkpoint of iteration `break_at`
@@ -118,13 +119,32 @@ def check_exact_resume(run: Callable[[Sequence[str]], subprocess.CompletedProces
                        iters: int, break_at: int, load: Callable[[str], dict] = None,
                        compared_keys: Iterable[str] = COUNTERS) -> ResumeRuns:
     """The two runs, after checking the resumed one repeats the uninterrupted one exactly."""
-    load = load or (lambda path: torch.load(path, map_location="cpu", weights_only=True))
-    full_dir, break_dir, resumed_dir = (os.path.join(tmp, n) for n in ("full", "break", "resumed"))
+    full_dir, break_dir = os.path.join(tmp, "full"), os.path.join(tmp, "break")
     full = ok(run([*flags, "--save", full_dir, "--save-interval", str(break_at)]))
-    assert iters % break_at == 0 and sorted(iteration_directories(full_dir))[-1] == iters
+    assert iters % break_at == 0
+    split_off_break_and_keep_last(full_dir, break_at, break_dir)
+    return check_resume_of(full, full_dir, break_dir, run, flags, tmp, iters, break_at, load, compared_keys)
+
+
+def split_off_break_and_keep_last(full_dir: str, break_at: int, break_dir: str) -> None:
+    """The uninterrupted run's checkpoint of `break_at` moved to `break_dir` (split_off_iteration);
+    the saves between it and the last removed, so `full_dir` holds the last one only."""
     split_off_iteration(full_dir, break_at, break_dir)
-    for earlier in [i for i in iteration_directories(full_dir) if i != iters]:
-        shutil.rmtree(os.path.join(full_dir, iteration_directories(full_dir)[earlier]))
+    saved = iteration_directories(full_dir)
+    for earlier in [i for i in saved if i != max(saved)]:
+        shutil.rmtree(os.path.join(full_dir, saved[earlier]))
+
+
+def check_resume_of(full: subprocess.CompletedProcess, full_dir: str, break_dir: str,
+                    run: Callable[[Sequence[str]], subprocess.CompletedProcess], flags: Sequence[str], tmp: str,
+                    iters: int, break_at: int, load: Callable[[str], dict] = None,
+                    compared_keys: Iterable[str] = COUNTERS) -> ResumeRuns:
+    """Resume an uninterrupted run that already ran: `full` saved `full_dir` (its last iteration
+    only, `iters`) and `break_dir` (iteration `break_at`, split_off_break_and_keep_last). For a run
+    that also serves other checks (a session's shared run): only the resumed run is launched."""
+    load = load or (lambda path: torch.load(path, map_location="cpu", weights_only=True))
+    resumed_dir = os.path.join(tmp, "resumed")
+    assert sorted(iteration_directories(full_dir)) == [iters]
     resumed = ok(run([*flags, "--load", break_dir, "--save", resumed_dir, "--save-interval", str(iters)]))
     reference, second = logged_iterations(full.stdout), logged_iterations(resumed.stdout)
     assert sorted(reference) == list(range(1, iters + 1)), failure_report(full)
