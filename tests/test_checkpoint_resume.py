@@ -172,12 +172,18 @@ def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(
 
 
 @pytest.fixture(scope="module")
-def serial_checkpoint(corpus, tmp_path_factory):
-    """A single-process checkpoint of iteration 3, for the fault and mismatch tests."""
+def serial_run(corpus, tmp_path_factory):
+    """A single-process run from scratch that saves iteration 3 and stops: (its checkpoint, its stdout)."""
     directory = str(tmp_path_factory.mktemp("serial") / "ckpt")
-    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
-                                                "--exit-interval", "3")))
-    return directory
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
+                                                       "--exit-interval", "3")))
+    return directory, done.stdout
+
+
+@pytest.fixture(scope="module")
+def serial_checkpoint(serial_run):
+    """The checkpoint of iteration 3, for the fault and mismatch tests."""
+    return serial_run[0]
 
 
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(corpus, serial_checkpoint, tmp_path):
@@ -326,19 +332,19 @@ def test_exit_duration_in_mins_stops_every_rank_after_the_same_iteration_and_sav
     assert sorted(os.listdir(os.path.join(directory, "iter_0000001"))) == ["mp_rank_00", "mp_rank_01"]
 
 
-def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_checkpoint, tmp_path):
-    """Megatron-LM's converted checkpoints: the tracker says "release", the files sit in release/."""
+def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_run, tmp_path):
+    """Megatron-LM's converted checkpoints: the tracker says "release", the files sit in release/.
+    The reference is the first iteration of the run from scratch that saved the checkpoint."""
     directory = str(tmp_path / "ckpt")
-    shutil.copytree(serial_checkpoint, directory)
+    shutil.copytree(serial_run[0], directory)
     os.rename(os.path.join(directory, "iter_0000003"), os.path.join(directory, "release"))
     with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("release")
-    scratch = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--exit-interval", "1")))
     done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "1")))
     assert "successfully loaded checkpoint from " + directory in done.stdout and "at iteration 0" in done.stdout
     lines = logged_iterations(done.stdout)
     assert sorted(lines) == [1] and "consumed samples:            8" in lines[1]
-    first = logged_iterations(scratch.stdout)[1]
+    first = logged_iterations(serial_run[1])[1]
     lr = first.split("learning rate: ")[1].split(" |")[0]
     assert f"learning rate: {lr} |" in lines[1]      # a fresh schedule, as from scratch
     loss = float(lines[1].split("lm loss: ")[1].split(" |")[0])
