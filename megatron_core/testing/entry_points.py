@@ -3,7 +3,8 @@
     done = run_entry_point("pretrain_gpt.py", flags)              # plain python: one process
     done = run_entry_point("pretrain_gpt.py", flags, nproc=4)     # torchrun --nproc-per-node 4
     ranks = run_plain_ranks("pretrain_gpt.py", flags, 2)          # 2 processes, no launcher (as mpirun)
-    done = run_ranks("pretrain_gpt.py", flags, 2)                 # the same, read as one run
+    ranks = run_forked_ranks("pretrain_gpt.py", flags, 2)         # the same, forked from one process
+    done = run_ranks("pretrain_gpt.py", flags, 2)                 # those, read as one run
     lm = logged_values(done.stdout, "lm loss")                    # {iteration: value}
     losses = logged_losses(done.stdout)                           # {iteration: {"lm loss": .., "sop loss": ..}}
     lines = logged_iterations(done.stdout)                        # {iteration: the line without clock fields}
@@ -97,17 +98,16 @@ def run_plain_ranks(script: str, flags: Sequence[str], nproc: int, timeout: floa
     return results
 
 
-def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
-              env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    """`script` on `nproc` ranks read as one run, for tests whose subject is the run and not its
-    launcher: the ranks are forked from one process that imported the script
-    (testing/forked_ranks.py; ~5 s of CPU less per rank than a fresh process, and no torchrun
-    agent). stdout and stderr are those of ranks 0, 1, ... joined (what torchrun prints, rank
-    by rank); the exit status is the first failing rank's, or 0."""
+def run_forked_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
+                     env: Optional[Dict[str, str]] = None, grace: float = 60) -> List[subprocess.CompletedProcess]:
+    """run_plain_ranks for tests whose subject is the run and not its launcher: the ranks are forked
+    from one process that imported the script (testing/forked_ranks.py: ~5 s of CPU less per rank
+    than a fresh process). One CompletedProcess per rank; a rank still running `grace` seconds after
+    the first one exited is killed (returncode -9), all of them at `timeout`."""
     env = {**clean_env(), **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port())}
     with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, "-m", "megatron_core.testing.forked_ranks", logs, str(nproc),
-                   os.path.join(ROOT, script), *flags]
+        command = [sys.executable, "-m", "megatron_core.testing.forked_ranks", "--grace", str(grace), logs,
+                   str(nproc), os.path.join(ROOT, script), *flags]
         starter = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -115,11 +115,22 @@ def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 30
         except subprocess.TimeoutExpired:
             os.killpg(starter.pid, 9)
             starter_output, _ = starter.communicate()
-        statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [starter.returncode or -9]
-        status = next((s for s in statuses if s != 0), 0)
-        stdout = "".join(_text_if_present(logs, f"{rank}.out") for rank in range(nproc))
-        stderr = "".join(_text_if_present(logs, f"{rank}.err") for rank in range(nproc)) + starter_output
-    return subprocess.CompletedProcess(command, status, stdout, stderr)
+        statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [starter.returncode or -9] * nproc
+        return [subprocess.CompletedProcess(command, statuses[rank], _text_if_present(logs, f"{rank}.out"),
+                                            _text_if_present(logs, f"{rank}.err") + (starter_output if rank == 0
+                                                                                     else ""))
+                for rank in range(nproc)]
+
+
+def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
+              env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """run_forked_ranks read as one run: stdout and stderr of ranks 0, 1, ... joined (what torchrun
+    prints, rank by rank), the first failing rank's exit status or 0. No torchrun agent, and the
+    ranks' imports are paid once."""
+    ranks = run_forked_ranks(script, flags, nproc, timeout=timeout, env=env)
+    status = next((done.returncode for done in ranks if done.returncode != 0), 0)
+    return subprocess.CompletedProcess(ranks[0].args, status, "".join(done.stdout for done in ranks),
+                                       "".join(done.stderr for done in ranks))
 
 
 def _text_if_present(directory: str, name: str) -> str:

@@ -1,6 +1,6 @@
 """Start an entry point's ranks by forking one process that has imported it, instead of N fresh ones.
 
-    python -m megatron_core.testing.forked_ranks LOGS NPROC SCRIPT FLAGS...
+    python -m megatron_core.testing.forked_ranks [--grace SECONDS] LOGS NPROC SCRIPT FLAGS...
 
 For tests whose subject is the run, not its launcher (entry_points.run_ranks). A fresh rank
 spends ~5 s of CPU importing torch, torch._dynamo (every torch.optim step loads it) and the
@@ -11,8 +11,8 @@ other thread. Each child sets what a launcher sets (RANK, WORLD_SIZE, LOCAL_RANK
 LOCAL_WORLD_SIZE; MASTER_ADDR and MASTER_PORT come from the caller), writes its stdout
 and stderr to LOGS/<rank>.out and LOGS/<rank>.err, and runs the script as __main__ with
 sys.argv = [SCRIPT, *FLAGS], and exits with the script's status. LOGS/statuses gets the
-ranks' exit statuses (-9: killed), space-separated; ranks still running 60 s after one
-exited are killed, so a crashed rank does not leave the others waiting in a collective.
+ranks' exit statuses (-9: killed), space-separated; ranks still running SECONDS (60) after
+one exited are killed, so a crashed rank does not leave the others waiting in a collective.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _run_rank(rank: int, nproc: int, logs: str, script: str, flags) -> int:
         return 1
 
 
-def main(logs: str, nproc: int, script: str, flags) -> int:
+def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS) -> int:
     runpy.run_path(script, run_name="__mcore_preload__")     # the imports, not the run
     import torch._dynamo  # noqa: F401  (loaded by the first optimizer step otherwise, in every rank)
     assert threading.active_count() == 1, "forking needs a process without other threads"
@@ -72,7 +72,7 @@ def main(logs: str, nproc: int, script: str, flags) -> int:
         pid, wait_status = os.waitpid(-1, os.WNOHANG)
         if pid:
             statuses[children[pid]] = os.waitstatus_to_exitcode(wait_status)
-            deadline = deadline or time.monotonic() + GRACE_SECONDS
+            deadline = deadline or time.monotonic() + grace
         elif deadline is not None and time.monotonic() > deadline:
             for pid, rank in children.items():
                 if rank not in statuses:
@@ -86,4 +86,5 @@ def main(logs: str, nproc: int, script: str, flags) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]))
+    grace, argv = ((float(sys.argv[2]), sys.argv[3:]) if sys.argv[1] == "--grace" else (GRACE_SECONDS, sys.argv[1:]))
+    sys.exit(main(argv[0], int(argv[1]), argv[2], argv[3:], grace))
