@@ -115,11 +115,12 @@ def run_forked_ranks(script: str, flags: Sequence[str], nproc: int, timeout: flo
         except subprocess.TimeoutExpired:
             os.killpg(starter.pid, 9)
             starter_output, _ = starter.communicate()
+        # No statuses file: the starter itself failed (its output goes with rank 0's stderr).
         statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [starter.returncode or -9] * nproc
-        return [subprocess.CompletedProcess(command, statuses[rank], _text_if_present(logs, f"{rank}.out"),
-                                            _text_if_present(logs, f"{rank}.err") + (starter_output if rank == 0
-                                                                                     else ""))
-                for rank in range(nproc)]
+        errors = [_text_if_present(logs, f"{rank}.err") for rank in range(nproc)]
+        errors[0] += starter_output
+        outputs = [_text_if_present(logs, f"{rank}.out") for rank in range(nproc)]
+    return [subprocess.CompletedProcess(command, statuses[rank], outputs[rank], errors[rank]) for rank in range(nproc)]
 
 
 def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
