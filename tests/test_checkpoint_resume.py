@@ -5,7 +5,9 @@ loads its checkpoint of iteration 3 and trains 3 more: it must log the same stri
 iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
 end with bit-identical weights and optimizer state (megatron_core.testing.resume_check).
 A run stopped by --exit-interval saves exactly that iteration-3 state (checked once).
-Dropout stays on, so the RNG streams must be restored too.
+Dropout stays on, so the RNG streams must be restored too. Multi-rank runs fork their ranks
+(entry_points.run_ranks): the checkpoint is the subject here; tests/test_training_loop.py
+and tests/test_rank_failure.py run pretrain_gpt.py under torchrun itself.
 """
 import glob
 import os
@@ -18,7 +20,7 @@ import pytest
 import torch
 
 from megatron_core.testing.entry_points import (clean_env, entry_point_command, logged_iterations,
-                                                    run_entry_point)
+                                                    run_entry_point, run_ranks)
 from megatron_core.testing.output_faults import output_fault, FaultUnavailable
 from megatron_core.testing.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
@@ -47,10 +49,15 @@ def tracker(directory, name="latest_checkpointed_iteration.txt"):
         return f.read().strip()
 
 
+def run_script(script, run_flags, nproc=None):
+    """One plain process, or `nproc` forked ranks read as one run."""
+    return run_entry_point(script, run_flags) if nproc is None else run_ranks(script, run_flags, nproc)
+
+
 def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrain_gpt.py"):
     """The runs (full, resumed, their directories) after checking the resumed run repeats the
     uninterrupted one from iteration 3 on."""
-    runs = check_exact_resume(lambda run_flags: run_entry_point(script, run_flags, nproc), flags(corpus, *extra),
+    runs = check_exact_resume(lambda run_flags: run_script(script, run_flags, nproc), flags(corpus, *extra),
                               tmp, iters=ITERS, break_at=3)
     assert "consumed samples:           32" in logged_iterations(runs.resumed.stdout)[4]   # data continues at 24
     return runs
@@ -67,8 +74,8 @@ def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrai
      ["iter_0000003/mp_rank_00/model_optim_rng.pt", "iter_0000003/mp_rank_00/distrib_optim_dp_000.pt",
       "iter_0000003/mp_rank_00/distrib_optim_dp_001.pt"]),
 ], ids=["tp2", "dp2-distributed-optimizer-deepspeed-layout", "pp2-virtual-stages", "dp2-distributed-optimizer"])
-def test_torchrun_resume_logs_the_uninterrupted_losses_and_ends_bit_identical(corpus, tmp_path, tp, pp, extra,
-                                                                              files):
+def test_resume_on_two_ranks_logs_the_uninterrupted_losses_and_ends_bit_identical(corpus, tmp_path, tp, pp, extra,
+                                                                                 files):
     extra = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra]
     runs = resume_matches_uninterrupted(corpus, str(tmp_path), extra, nproc=2)
     half_dir = runs.break_dir
@@ -165,12 +172,18 @@ def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(
 
 
 @pytest.fixture(scope="module")
-def serial_checkpoint(corpus, tmp_path_factory):
-    """A single-process checkpoint of iteration 3, for the fault and mismatch tests."""
+def serial_run(corpus, tmp_path_factory):
+    """A single-process run from scratch that saves iteration 3 and stops: (its checkpoint, its stdout)."""
     directory = str(tmp_path_factory.mktemp("serial") / "ckpt")
-    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
-                                                "--exit-interval", "3")))
-    return directory
+    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
+                                                       "--exit-interval", "3")))
+    return directory, done.stdout
+
+
+@pytest.fixture(scope="module")
+def serial_checkpoint(serial_run):
+    """The checkpoint of iteration 3, for the fault and mismatch tests."""
+    return serial_run[0]
 
 
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(corpus, serial_checkpoint, tmp_path):
@@ -251,8 +264,8 @@ def test_another_model_shape_is_one_sentence_and_another_parallel_size_reshards_
     assert "--hidden-size 32 in the checkpoint vs 64 here" in line, line
     # Another TP size used to be refused (naming tools/change_mp.py); now it is resharded on load
     # (tests/test_reshard_resume.py checks the losses that follow).
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", serial_checkpoint,
-                                                       "--tensor-model-parallel-size", "2"), nproc=2))
+    done = ok(run_ranks("pretrain_gpt.py", flags(corpus, "--load", serial_checkpoint,
+                                                 "--tensor-model-parallel-size", "2"), 2))
     assert [line.strip() for line in done.stdout.splitlines() if "resharded" in line] == [
         "resharded checkpoint iteration 3 from TP=1 PP=1 DP=1 to TP=2 PP=1 DP=1 on load"], done.stdout[-3000:]
 
@@ -310,28 +323,28 @@ def test_exit_duration_in_mins_stops_every_rank_after_the_same_iteration_and_sav
     """A budget no iteration fits in: every rank is over it after iteration 1, and the
     all-reduce (MAX) makes both stop there together (no rank is left in a collective)."""
     directory = str(tmp_path / "ckpt")
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--tensor-model-parallel-size", "2", "--save",
-                                                       directory, "--save-interval", "100",
-                                                       "--exit-duration-in-mins", "1e-6"), nproc=2))
+    done = ok(run_ranks("pretrain_gpt.py", flags(corpus, "--tensor-model-parallel-size", "2", "--save",
+                                                 directory, "--save-interval", "100",
+                                                 "--exit-duration-in-mins", "1e-6"), 2))
     assert sorted(logged_iterations(done.stdout)) == [1]
     assert "exiting program at iteration 1 (--exit-duration-in-mins 1e-06 reached)" in done.stdout
     assert tracker(directory) == "1"
     assert sorted(os.listdir(os.path.join(directory, "iter_0000001"))) == ["mp_rank_00", "mp_rank_01"]
 
 
-def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_checkpoint, tmp_path):
-    """Megatron-LM's converted checkpoints: the tracker says "release", the files sit in release/."""
+def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_run, tmp_path):
+    """Megatron-LM's converted checkpoints: the tracker says "release", the files sit in release/.
+    The reference is the first iteration of the run from scratch that saved the checkpoint."""
     directory = str(tmp_path / "ckpt")
-    shutil.copytree(serial_checkpoint, directory)
+    shutil.copytree(serial_run[0], directory)
     os.rename(os.path.join(directory, "iter_0000003"), os.path.join(directory, "release"))
     with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("release")
-    scratch = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--exit-interval", "1")))
     done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "1")))
     assert "successfully loaded checkpoint from " + directory in done.stdout and "at iteration 0" in done.stdout
     lines = logged_iterations(done.stdout)
     assert sorted(lines) == [1] and "consumed samples:            8" in lines[1]
-    first = logged_iterations(scratch.stdout)[1]
+    first = logged_iterations(serial_run[1])[1]
     lr = first.split("learning rate: ")[1].split(" |")[0]
     assert f"learning rate: {lr} |" in lines[1]      # a fresh schedule, as from scratch
     loss = float(lines[1].split("lm loss: ")[1].split(" |")[0])

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from megatron_core.testing.entry_points import failure_report, run_entry_point, tiny_run_flags
+from megatron_core.testing.entry_points import failure_report, run_entry_point, run_ranks, tiny_run_flags
 from megatron_core.testing.launch_scripts import dry_run_script, estimate_fields
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
 
@@ -114,7 +114,7 @@ def test_vocab_size_that_disagrees_with_the_tokenizer_is_one_sentence(gpt_corpus
 def test_a_real_run_prints_the_estimate_once_at_start(gpt_corpus):
     flags = tiny_run_flags(os.path.join(gpt_corpus, "zh_text_document"), os.path.join(gpt_corpus, "cache"),
                            train_iters=1)
-    done = run_entry_point("pretrain_gpt.py", flags + ["--tensor-model-parallel-size", "2"], nproc=2, timeout=300)
+    done = run_ranks("pretrain_gpt.py", flags + ["--tensor-model-parallel-size", "2"], 2, timeout=300)
     assert done.returncode == 0, failure_report(done)
     assert done.stdout.count("model parameters:") == 1
     dry = run_entry_point("pretrain_gpt.py", flags + ["--tensor-model-parallel-size", "2", "--dry-run",

@@ -11,7 +11,7 @@ import torch
 from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.errors import CheckpointError
 from megatron_core.inference.checkpoint_model import inference_layout
-from megatron_core.testing.entry_points import failure_report, run_entry_point
+from megatron_core.testing.entry_points import failure_report, run_entry_point, run_ranks
 from megatron_core.testing.inference_checkpoints import tiny_serial_model, write_tiny_checkpoint
 from megatron_core.testing.inference_models import greedy_by_recomputation
 from megatron_core.testing.tiny_corpus import BERT_VOCAB
@@ -39,9 +39,8 @@ def test_checkpoint_saved_at_tp2_generates_the_serial_tokens_merged_and_at_pp2(t
     merged = run_entry_point("tools/generate_text.py", flags, timeout=300)
     assert _tokens(merged) == expected
     assert "resharded checkpoint" in merged.stderr and "from TP=2 PP=1 to TP=1 PP=1" in merged.stderr
-    pipelined = run_entry_point("tools/generate_text.py", flags + ["--tensor-model-parallel-size", "1",
-                                                                   "--pipeline-model-parallel-size", "2"],
-                                nproc=2, timeout=300)
+    pipelined = run_ranks("tools/generate_text.py", flags + ["--tensor-model-parallel-size", "1",
+                                                             "--pipeline-model-parallel-size", "2"], 2, timeout=300)
     assert _tokens(pipelined) == expected
     assert "from TP=2 PP=1 to TP=1 PP=2" in pipelined.stderr
 

@@ -16,7 +16,7 @@ import torch
 from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.inference.checkpoint_model import load_checkpoint_model
 from megatron_core.testing.entry_points import (clean_env, corpus_flags, entry_point_command, failure_report,
-                                                run_entry_point, tiny_run_flags)
+                                                run_entry_point, run_ranks, tiny_run_flags)
 from megatron_core.testing.inference_models import greedy_by_recomputation
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
 from megatron_core import mpu
@@ -35,7 +35,7 @@ def checkpoint(tmp_path_factory):
     data = corpus_flags(str(work))
     flags = tiny_run_flags(data[1], data[3], train_iters=2) + LLAMA + [
         "--tensor-model-parallel-size", "2", "--save", str(work / "ckpt"), "--save-interval", "2"]
-    done = run_entry_point("pretrain_gpt.py", flags, nproc=2, timeout=600)
+    done = run_ranks("pretrain_gpt.py", flags, 2, timeout=600)
     assert done.returncode == 0, failure_report(done)
     prompts = work / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")

@@ -6,12 +6,12 @@ norms of megatron_core.testing.plain_gpt_loop; the stated tolerance is rel 1e-3 
 fp16 under the tiny scales 2..32 that this test grows through, where small gradients underflow;
 the norm is printed with 3 decimals). A gradient left scaled by the loss scale would show in the norm (x1024 or x2^k), a
 skipped or lost update in the loss. The "loss scale" column is Megatron's: the scale after the
-step, 1.0 without fp16 scaling.
+step, 1.0 without fp16 scaling. TP=2 runs fork their ranks (entry_points.run_ranks).
 """
 import pytest
 
 from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
-                                                tiny_gpt_flags)
+                                                run_ranks, tiny_gpt_flags)
 
 LOSS_REL, GRAD_NORM_REL = 1e-3, 3e-2
 ITERATIONS = list(range(1, TINY_GPT_STEPS + 1))
@@ -30,7 +30,9 @@ PRECISIONS = {
 @pytest.mark.parametrize("name", list(PRECISIONS))
 def test_mixed_precision_tracks_the_fp32_plain_loop_and_logs_megatrons_loss_scale(gpt_corpus, plain_gpt, name):
     flags, nproc, scale_at = PRECISIONS[name]
-    done = run_entry_point("pretrain_gpt.py", tiny_gpt_flags(gpt_corpus) + flags, nproc)
+    run_flags = tiny_gpt_flags(gpt_corpus) + flags
+    done = run_entry_point("pretrain_gpt.py", run_flags) if nproc is None else run_ranks("pretrain_gpt.py", run_flags,
+                                                                                          nproc)
     assert done.returncode == 0, failure_report(done)
     losses = logged_values(done.stdout, "lm loss")
     grad_norms = logged_values(done.stdout, "grad norm")
@@ -47,8 +49,8 @@ def test_mixed_precision_tracks_the_fp32_plain_loop_and_logs_megatrons_loss_scal
 def test_fp16_overflow_at_tp2_skips_every_step_and_backs_off_as_megatron(gpt_corpus, plain_gpt):
     """Megatron's default initial scale 2^32 overflows fp16: both TP ranks skip every step (found-inf
     agreed), hysteresis 2 keeps the scale once, then each overflow halves it."""
-    done = run_entry_point("pretrain_gpt.py", tiny_gpt_flags(gpt_corpus) + ["--fp16", "--tensor-model-parallel-size",
-                                                                            "2"], nproc=2)
+    done = run_ranks("pretrain_gpt.py", tiny_gpt_flags(gpt_corpus) + ["--fp16", "--tensor-model-parallel-size", "2"],
+                     2)
     assert done.returncode == 0, failure_report(done)
     assert logged_values(done.stdout, "loss scale") == {1: 2.0 ** 32, 2: 2.0 ** 31, 3: 2.0 ** 30, 4: 2.0 ** 29,
                                                         5: 2.0 ** 28}

@@ -1,17 +1,18 @@
 """A rank that dies or hangs mid-run, and a loss that turns nan: the run says so in one sentence.
 
-Plain processes (as mpirun starts them; rank 0 hosts the rendezvous store): the rank that
-MCORE_TEST_STOP_RANK kills (SIGKILL) or freezes (SIGSTOP) at the start of iteration 3 is
-named by every other rank, which exits with status 2 and that one sentence, within the
-collective timeout (--distributed-timeout-minutes 0.1: 6 s) instead of hanging. Under
-torchrun the agent stops the other workers itself as soon as one dies, and its report
+Ranks without a launcher agent (as mpirun starts them; rank 0 hosts the rendezvous store;
+forked from one process that imported pretrain_gpt.py: entry_points.run_forked_ranks): the
+rank that MCORE_TEST_STOP_RANK kills (SIGKILL) or freezes (SIGSTOP) at the start of
+iteration 3 is named by every other rank, which exits with status 2 and that one sentence,
+within the collective timeout (--distributed-timeout-minutes 0.1: 6 s) instead of hanging.
+Under torchrun the agent stops the other workers itself as soon as one dies, and its report
 names the dead rank as the root cause.
 """
 import re
 
 import pytest
 
-from megatron_core.testing.entry_points import run_entry_point, run_plain_ranks, tiny_gpt_flags
+from megatron_core.testing.entry_points import run_entry_point, run_forked_ranks, tiny_gpt_flags
 
 
 def long_run(gpt_corpus, *extra):
@@ -30,10 +31,10 @@ def error_lines(stderr):
 ], ids=["tp2-pp2-rank1-killed", "dp2-rank0-killed", "tp2-rank1-hung"])
 def test_every_other_rank_exits_naming_the_rank_that_stopped(gpt_corpus, world, layout, victim, how):
     # A killed victim exits first and the others get 90 s to notice; a frozen one never exits, so
-    # it is killed (SIGKILL, as the harness does) a few seconds after its only peer has exited.
-    grace = 90 if how == "KILL" else 5
-    ranks = run_plain_ranks("pretrain_gpt.py", long_run(gpt_corpus, *layout), world, timeout=240, grace=grace,
-                            env={"MCORE_TEST_STOP_RANK": f"{victim}:3:{how}"})
+    # it is killed (SIGKILL, as the harness does) a second after its only peer has exited.
+    grace = 90 if how == "KILL" else 1
+    ranks = run_forked_ranks("pretrain_gpt.py", long_run(gpt_corpus, *layout), world, timeout=240, grace=grace,
+                             env={"MCORE_TEST_STOP_RANK": f"{victim}:3:{how}"})
     expected = (f"error: rank {victim} stopped responding during iteration 3 (its process died or hung); the "
                 f"other ranks exit; see its log.")
     assert ranks[victim].returncode == -9

@@ -13,7 +13,9 @@ moves iteration 7 by far more than 1e-5 (a fresh optimizer does: checked by
 test_a_fresh_optimizer_would_not_match). Separately, change_mp's TP=1 x PP=1 result is
 compared bit for bit with the checkpoint merged by mpu.sharding_map's merge functions
 (tested against the serial model in tests/test_layout_sharding.py), weights and
-optimizer state.
+optimizer state. The resumed runs fork their ranks (entry_points.run_ranks), and change_mp's
+main runs in this process (testing/tool_main.py) except once, as a user's CLI (the
+--no-optim case).
 """
 import os
 import subprocess
@@ -25,6 +27,7 @@ import torch
 from megatron_core.mpu.sharding_map import ShardingMap, merge_pipeline_stages, merge_tensor_parallel
 from megatron_core.testing.entry_points import ROOT, clean_env, failure_report, logged_values
 from megatron_core.testing.layout_runs import run_gpt_layout
+from megatron_core.testing.tool_main import run_tool_main
 
 ITERS, SAVED_AT = 8, 5
 
@@ -65,6 +68,10 @@ def test_resume_at_other_sizes_reshards_on_load_and_logs_the_uninterrupted_losse
 
 
 def _change_mp(*args):
+    run_tool_main("change_mp.py", *args)
+
+
+def _change_mp_cli(*args):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "change_mp.py"), *args], capture_output=True,
                           text=True, env=clean_env(), cwd=ROOT, timeout=300)
     assert done.returncode == 0, failure_report(done)
@@ -86,7 +93,7 @@ def test_a_fresh_optimizer_would_not_match(gpt_corpus, saved, tmp_path):
     """The check above can fail: without the optimizer state iteration 7 moves."""
     directory, reference = saved
     output = str(tmp_path / "no_optim")
-    assert "optimizer state is dropped" in _change_mp(directory, "1", "--no-optim", "--output", output).stdout
+    assert "optimizer state is dropped" in _change_mp_cli(directory, "1", "--no-optim", "--output", output).stdout
     losses = logged_values(_run(gpt_corpus, 1, 1, 1, "--load", output).stdout, "lm loss")
     assert losses[6] == pytest.approx(reference[6], rel=1e-5)
     assert abs(losses[7] - reference[7]) > 1e-4 * abs(reference[7])

@@ -8,19 +8,20 @@ iterations 6-8 are the uninterrupted reference for a resume from that save at an
 layout (every layout is the serial model, split). Separately, change_mp's per-parameter
 fp32 masters are compared with the masters gathered by hand from the source's shard files
 (their `params` entries name each position's parameter and elements): the master copy,
-not the half weights, is what carries.
+not the half weights, is what carries. The runs fork their ranks (entry_points.run_ranks);
+change_mp's main runs in this process (testing/tool_main.py; its CLI is run in
+tests/test_reshard_resume.py and tests/test_reshard_offline.py).
 """
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, merge_tensor_parallel
-from megatron_core.testing.entry_points import ROOT, clean_env, failure_report, logged_values
+from megatron_core.testing.entry_points import failure_report, logged_values
 from megatron_core.testing.layout_runs import run_gpt_layout
+from megatron_core.testing.tool_main import run_tool_main
 
 ITERS, SAVED_AT = 8, 5
 
@@ -54,10 +55,7 @@ def virtual_pipeline(gpt_corpus, tmp_path_factory):
 
 
 def _change_mp(*args):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "change_mp.py"), *args], capture_output=True,
-                          text=True, env=clean_env(), cwd=ROOT, timeout=300)
-    assert done.returncode == 0, failure_report(done)
-    return done
+    run_tool_main("change_mp.py", *args)
 
 
 def _assert_losses(done, reference, rel):

@@ -1,7 +1,10 @@
 """pretrain_gpt.py run as a user runs it (plain python and torchrun) against a plain PyTorch loop.
 
 Every layout logs, step for step, the losses of megatron_core.testing.plain_gpt_loop: the
-serial GPT trained by torch.optim.AdamW on the same samples (fp32, relative 1e-5).
+serial GPT trained by torch.optim.AdamW on the same samples (fp32, relative 1e-5). The plain
+layouts run under torchrun; the feature runs (interleaving, sequence parallel, ZeRO-1,
+overlapped buckets) fork their ranks (entry_points.run_ranks), the launcher being no part
+of what they check.
 """
 import os
 import re
@@ -12,7 +15,7 @@ import pytest
 
 from megatron_core.testing import find_free_port
 from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_values,
-                                                run_entry_point, tiny_gpt_flags)
+                                                run_entry_point, run_ranks, tiny_gpt_flags)
 from megatron_core.testing.tiny_corpus import ROOT
 from megatron_core.training.train_step import SkipCounter, StepOutcome, TrainingStopped
 
@@ -55,7 +58,11 @@ def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpu
     assert float(first_val) == float(last_val) == pytest.approx(validation, abs=1e-4)
 
 
-@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2)])
+# Two-axis layouts on 4 ranks; each single axis at 2 ranks is inside one of them or a test below:
+# TP=2 alone in (2,2,1) and in tp2-dp2-overlap (TP=2 x DP=2, PP=1), PP=2's 1F1B alone in (2,2,1)
+# and (1,2,2), plain DP=2 in (1,2,2) (and with ZeRO-1 in zero1-dp2). A wrong single axis changes
+# the losses of every layout that holds it.
+@pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (1, 2, 2)])
 def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp, dp):
     flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
                                           "--pipeline-model-parallel-size", str(pp)]
@@ -67,11 +74,11 @@ def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp
     (2, 1, ["--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
             "--recompute-num-layers", "1"]),
 ], ids=["virtual-pipeline", "sequence-parallel-recompute"])
-def test_torchrun_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(gpt_corpus, plain_losses, tp,
-                                                                                      pp, extra):
+def test_interleaving_sequence_parallel_and_recompute_log_the_serial_losses(gpt_corpus, plain_losses, tp, pp,
+                                                                             extra):
     flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
                                           "--pipeline-model-parallel-size", str(pp), *extra]
-    assert_serial_losses(run_pretrain(flags, nproc=tp * pp), plain_losses)
+    assert_serial_losses(run_ranks("pretrain_gpt.py", flags, tp * pp), plain_losses)
 
 
 def bucket_count(stdout):
@@ -84,15 +91,15 @@ def bucket_count(stdout):
 # The backend tests (test_training_backend_dp.py) cover plain, overlapped and ZeRO-1 reduction,
 # alone and combined, at DP=2. Here: ZeRO-1 through the entry point, and the (2,1,2) layout
 # run with overlap over several small buckets (one run for both: a broken layout or a broken
-# overlap each change the losses). Plain (1,1,2) and (1,2,2) are in the layout test above.
+# overlap each change the losses). Plain DP=2 is in the layout test's (1,2,2) above.
 @pytest.mark.parametrize("tp,extra,several_buckets", [
     (1, ["--use-distributed-optimizer"], False),
     (2, ["--overlap-grad-reduce", "--ddp-bucket-size", "20000"], True),
 ], ids=["zero1-dp2", "tp2-dp2-overlap-small-buckets"])
-def test_torchrun_distributed_optimizer_and_overlapped_buckets_at_dp2_log_the_serial_losses(
+def test_distributed_optimizer_and_overlapped_buckets_at_dp2_log_the_serial_losses(
         gpt_corpus, plain_losses, tp, extra, several_buckets):
     flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp), *extra]
-    done = run_pretrain(flags, nproc=tp * 2)
+    done = run_ranks("pretrain_gpt.py", flags, tp * 2)
     assert_serial_losses(done, plain_losses)
     # Megatron's default bucket (40M elements) holds the whole tiny model; --ddp-bucket-size splits it.
     assert (bucket_count(done.stdout) > 1) == several_buckets

@@ -8,8 +8,9 @@ importing them again, which costs about 5 s of CPU per worker (torch, plus torch
 that every torch.optim step loads) and made these tests spend most of their time starting
 up. Otherwise, or with MCORE_TEST_START_METHOD=spawn, they are spawned like torchrun's
 workers; `fn` must then be importable by name (a module-level function), so write it so
-either way. Entry-point tests (megatron_core.testing.entry_points) always start fresh
-processes through the real launchers. Each worker initializes
+either way. Entry-point tests (megatron_core.testing.entry_points) start processes through
+the real launchers, or fork an entry point's ranks (forked_ranks) where the launcher is not
+what they check. Each worker initializes
 torch.distributed, runs `fn(*args, **kwargs)` and tears the groups down. The parent
 never waits longer than `timeout` seconds: a hung collective kills every worker and
 raises with the ranks that did not finish.

@@ -3,6 +3,8 @@
     done = run_entry_point("pretrain_gpt.py", flags)              # plain python: one process
     done = run_entry_point("pretrain_gpt.py", flags, nproc=4)     # torchrun --nproc-per-node 4
     ranks = run_plain_ranks("pretrain_gpt.py", flags, 2)          # 2 processes, no launcher (as mpirun)
+    ranks = run_forked_ranks("pretrain_gpt.py", flags, 2)         # the same, forked from one process
+    done = run_ranks("pretrain_gpt.py", flags, 2)                 # those, read as one run
     lm = logged_values(done.stdout, "lm loss")                    # {iteration: value}
     losses = logged_losses(done.stdout)                           # {iteration: {"lm loss": .., "sop loss": ..}}
     lines = logged_iterations(done.stdout)                        # {iteration: the line without clock fields}
@@ -94,6 +96,50 @@ def run_plain_ranks(script: str, flags: Sequence[str], nproc: int, timeout: floa
             results.append(subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()))
             out.close(), err.close()
     return results
+
+
+def run_forked_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
+                     env: Optional[Dict[str, str]] = None, grace: float = 60) -> List[subprocess.CompletedProcess]:
+    """run_plain_ranks for tests whose subject is the run and not its launcher: the ranks are forked
+    from one process that imported the script (testing/forked_ranks.py: ~5 s of CPU less per rank
+    than a fresh process). One CompletedProcess per rank; a rank still running `grace` seconds after
+    the first one exited is killed (returncode -9), all of them at `timeout`."""
+    env = {**clean_env(), **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port())}
+    with tempfile.TemporaryDirectory() as logs:
+        command = [sys.executable, "-m", "megatron_core.testing.forked_ranks", "--grace", str(grace), logs,
+                   str(nproc), os.path.join(ROOT, script), *flags]
+        starter = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            starter_output, _ = starter.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(starter.pid, 9)
+            starter_output, _ = starter.communicate()
+        # No statuses file: the starter itself failed (its output goes with rank 0's stderr).
+        statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [starter.returncode or -9] * nproc
+        errors = [_text_if_present(logs, f"{rank}.err") for rank in range(nproc)]
+        errors[0] += starter_output
+        outputs = [_text_if_present(logs, f"{rank}.out") for rank in range(nproc)]
+    return [subprocess.CompletedProcess(command, statuses[rank], outputs[rank], errors[rank]) for rank in range(nproc)]
+
+
+def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
+              env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """run_forked_ranks read as one run: stdout and stderr of ranks 0, 1, ... joined (what torchrun
+    prints, rank by rank), the first failing rank's exit status or 0. No torchrun agent, and the
+    ranks' imports are paid once."""
+    ranks = run_forked_ranks(script, flags, nproc, timeout=timeout, env=env)
+    status = next((done.returncode for done in ranks if done.returncode != 0), 0)
+    return subprocess.CompletedProcess(ranks[0].args, status, "".join(done.stdout for done in ranks),
+                                       "".join(done.stderr for done in ranks))
+
+
+def _text_if_present(directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
 
 
 def failure_report(done: subprocess.CompletedProcess) -> str:
