@@ -16,7 +16,7 @@ from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_m
 from megatron_core.models.roformer import RoFormerModel, unified_lm_targets
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import TransformerConfig
-from tests.model_checks import full_shape, local_shard
+from megatron_core.testing.model_checks import full_shape, local_shard
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 VOCAB, MAX_POS, B, S = 96, 16, 3, 10

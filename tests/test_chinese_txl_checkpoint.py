@@ -25,7 +25,7 @@ from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.testing.tool_main import run_tool_main
 from megatron_core.training.checkpoint.saved_model import open_saved_model
 from megatron_core.transformer import TransformerConfig
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 LAYERS, HIDDEN, HEADS, VOCAB_ROWS, TP, ITERATION = 2, 16, 4, 64, 2, 1000
 D = HIDDEN // HEADS

@@ -27,7 +27,7 @@ from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # 
 from megatron_core.testing.weights import randomize_trainable  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
-from tests.model_checks import single_process_world  # noqa: E402
+from megatron_core.testing.model_checks import single_process_world  # noqa: E402
 
 SEQ, MICRO, GLOBAL, ITERS = 32, 2, 8, 2
 VOCAB = 21130   # BERT's Chinese vocab.txt (21128) + our [BOS], [EOS] (the eod the corpus ends documents with)

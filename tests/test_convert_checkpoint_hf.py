@@ -24,7 +24,7 @@ from megatron_core.testing.hf_models import CASES, VOCAB, hf_batch, logits_of, s
 from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
-from tests.model_checks import single_process_world  # noqa: E402
+from megatron_core.testing.model_checks import single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

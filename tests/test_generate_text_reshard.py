@@ -15,7 +15,7 @@ from megatron_core.testing.entry_points import failure_report, run_entry_point, 
 from megatron_core.testing.inference_checkpoints import tiny_serial_model, write_tiny_checkpoint
 from megatron_core.testing.inference_models import greedy_by_recomputation
 from megatron_core.testing.tiny_corpus import BERT_VOCAB
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 PROMPTS = ["清华大学位于北京", "今天"]
 NEW = 6

@@ -20,7 +20,7 @@ from megatron_core.testing.entry_points import (clean_env, corpus_flags, entry_p
 from megatron_core.testing.inference_models import greedy_by_recomputation
 from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
 from megatron_core import mpu
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 PROMPTS = ["清华大学位于北京", "今天"]
 NEW = 6

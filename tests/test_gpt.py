@@ -18,7 +18,7 @@ from megatron_core.models.llama import build_llama, llama_config
 from megatron_core.mpu.layout import PipelineStage
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
-from tests.model_checks import local_shard
+from megatron_core.testing.model_checks import local_shard
 from tests.test_transformer import _gen, _perturb
 
 TOL = dict(rtol=1e-4, atol=2e-5)

@@ -12,7 +12,7 @@ from megatron_core.inference.transformer_xl import TransformerXLSession
 from megatron_core.testing.inference_models import (VOCAB, full_logits, greedy_by_recomputation, random_prompts,
                                                     tiny_gpt, tiny_llama, tiny_roformer, tiny_t5,
                                                     tiny_transformer_xl)
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 GREEDY = SamplingParams(greedy=True)
 STEPS = 8

@@ -7,7 +7,7 @@ from megatron_core.inference.fill_mask import fill_mask
 from megatron_core.models.bert import BertModel
 from megatron_core.testing.inference_models import PADDED, VOCAB, tiny_roformer
 from megatron_core.transformer.config import TransformerConfig
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 MASK = 4
 

@@ -12,7 +12,7 @@ from megatron_core.inference.sampling import SamplingParams
 from megatron_core.inference.transformer_xl import TransformerXLSession
 from megatron_core.testing import run_distributed
 from megatron_core.testing.inference_models import VOCAB, random_prompts, tiny_t5, tiny_transformer_xl
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 T5_PROMPTS = random_prompts([5, 3], seed=11)
 TXL_TURNS = random_prompts([4, 3, 5], seed=12)

@@ -29,7 +29,7 @@ from megatron_core.mpu.sharding_map import (ShardingMap, ShardSpec, merge_pipeli
                                             split_tensor_parallel)
 from megatron_core.testing import run_distributed
 from megatron_core.transformer import TransformerConfig
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 VOCAB, B, S = 64, 2, 8
 

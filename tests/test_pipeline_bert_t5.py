@@ -18,7 +18,7 @@ from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
+from megatron_core.testing.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, MICRO, HIDDEN, S_ENC, S_DEC = 64, 2, 16, 8, 6
 

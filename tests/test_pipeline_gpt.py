@@ -14,7 +14,7 @@ from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.testing.distributed import run_distributed
 from megatron_core.testing.gpt_fixture import gpt_step
 from megatron_core.transformer.config import TransformerConfig
-from tests.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
+from megatron_core.testing.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, SEQ, MICRO, HIDDEN = 64, 8, 2, 16
 

@@ -23,7 +23,7 @@ from megatron_core.training.arguments import build_run_config, parse_args, valid
 from megatron_core.training.data_iterators import build_data_iterators
 from megatron_core.training.data_options import add_data_options_arguments
 from megatron_core.training.data_providers import build_tokenizer, train_valid_test_num_samples
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 STEPS = 5
 

@@ -28,7 +28,7 @@ from megatron_core.training.checkpoint.file_io import save_file
 from megatron_core.training.checkpoint.megatron_layout import model_file
 from megatron_core.training.checkpoint.reshard.rewrite import Target, reshard_checkpoint
 from megatron_core.transformer import TransformerConfig
-from tests.model_checks import single_process_world
+from megatron_core.testing.model_checks import single_process_world
 
 VOCAB, S, LAYERS = 64, 8, 4
 

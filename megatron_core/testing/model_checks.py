@@ -14,7 +14,6 @@ from megatron_core import mpu
 from megatron_core.mpu.init_methods import param_is_tensor_parallel
 from megatron_core.mpu.layout import merge_shards, shard_tensor
 from megatron_core.testing import find_free_port
-from megatron_core.testing.weights import randomize_trainable  # noqa: F401  (tests import it from here)
 
 
 @contextmanager

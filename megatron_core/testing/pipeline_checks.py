@@ -21,7 +21,7 @@ from megatron_core.mpu.layout import PipelineStage
 from megatron_core.pipeline.finalize_grads import allreduce_data_parallel_grads, finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
-from tests.model_checks import local_shard
+from megatron_core.testing.model_checks import local_shard
 
 
 @dataclass
