@@ -142,7 +142,7 @@ def _median_ratio(baseline, reshard):
     return statistics.median(ratios), ratios
 
 
-def _summary(s, input_bytes, output_bytes):
+def _summary(s, input_bytes):
     out = {}
     for own, label in (("reshard_s", "tool"), ("reshard_wall_s", "wall")):
         for baseline, against in (("copy_fsync_s", "copy_fsync"), ("copy_s", "copy_without_fsync")):
@@ -162,6 +162,7 @@ def main(argv=None):
     p.add_argument("--num-attention-heads", type=int, default=12)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to work (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (its checkpoints) for profiling")
     args = p.parse_args(argv)
     from megatron_core.testing.tiny_corpus import preprocess_zh_news
     work = tempfile.mkdtemp(prefix="bench_reshard_", dir=args.dir)
@@ -201,7 +202,7 @@ def main(argv=None):
             input_bytes, output_bytes = sizes[name]
             results[name] = {"input_bytes": input_bytes, "output_bytes": output_bytes,
                              "output_over_input": round(output_bytes / input_bytes, 4),
-                             **{cache: _summary(samples[(name, cache)], input_bytes, output_bytes)
+                             **{cache: _summary(samples[(name, cache)], input_bytes)
                                 for cache in ("warm", "cold")}}
         print(json.dumps({"bench": "reshard", "checkpoint": f"GPT hidden {args.hidden_size}, {args.num_layers} "
                           f"layers, BERT Chinese vocabulary, bf16 weights + fp32 masters + Adam moments, saved by "
@@ -211,7 +212,11 @@ def main(argv=None):
                           "import_only_rss_mib": round(import_rss / 2**20, 1), "import_only_s": round(import_s, 2),
                           "directions": results}, indent=2))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            shutil.rmtree(os.path.join(work, "copy"), ignore_errors=True)
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
