@@ -77,7 +77,7 @@ def _child(cmd, stdout=None):
     out = open(stdout, "w") if stdout else subprocess.DEVNULL
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, PYTHONPATH=ROOT))
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if stdout:
