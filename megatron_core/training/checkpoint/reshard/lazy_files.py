@@ -11,11 +11,14 @@ to its last element into one reused scratch buffer and copies from there. No map
 is touched, so the reads add nothing to the process's resident memory and cost no page
 faults; no tensor is allocated per read.
 
-Callers that read the mapped tensors directly (the optimizer's positional state) do touch
-mapped pages, which then stay resident while the mapping lives. They `count` the bytes;
-past `budget_bytes` those pages are dropped with madvise(MADV_DONTNEED) (the mappings and
-their index stay valid; a page touched again is read again from the page cache), or, where
-madvise is not available, the mappings are closed and reopened on the next `get`.
+The optimizer's fields are read the same way (FieldScratch gathers a field split over
+the distributed optimizer's data-parallel shards into one reused buffer). Reads that do go
+through the mapping (a file whose records do not line up with its storages, a caller that
+reads mapped tensors itself) touch mapped pages, which then stay resident while the mapping
+lives; `copy` and such callers `count` the bytes, and past `budget_bytes` those pages are
+dropped with madvise(MADV_DONTNEED) (the mappings and their index stay valid; a page
+touched again is read again from the page cache), or, where madvise is not available, the
+mappings are closed and reopened on the next `get`.
 """
 from __future__ import annotations
 
