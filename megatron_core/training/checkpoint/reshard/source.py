@@ -150,7 +150,7 @@ class SavedCheckpoint:
         shape = next(group[name] for group in shapes if name in group)
         out = torch.empty(math.prod(shape), dtype=dtype)
         for piece in engine.index[(owner.chunk, owner.key)]:
-            out[piece.first:piece.end].copy_(engine.fields(piece, with_master=True)["fp32_master"])
+            self.files.copy(out[piece.first:piece.end], engine.fields(piece, with_master=True)["fp32_master"])
         return out.view(shape)
 
     def _engine(self, tensor_rank: int, pipeline_rank: int) -> EngineOptimizer:
