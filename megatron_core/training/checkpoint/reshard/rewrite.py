@@ -139,6 +139,13 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                        budget_bytes: int = DEFAULT_BUDGET_BYTES, progress: Callable[[str], None] = print) -> Dict:
     """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary."""
     source = SavedCheckpoint(source_dir, target.ckpt_format or "megatron", budget_bytes)
+    try:
+        return _rewrite(source, output_dir, target, progress)
+    finally:
+        source.files.release()
+
+
+def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress: Callable[[str], None]) -> Dict:
     if os.path.abspath(output_dir) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
         raise CheckpointError(f"--output {output_dir} is the checkpoint being resharded; write to a new directory.")
     if target.keep_optimizer and source.engine and not source.has_optimizer():
@@ -166,7 +173,6 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                                (layout.tracker_text(source.iteration) + "\n").encode())
     else:
         write_bytes_atomically(os.path.join(output_dir, layout.tracker_name), b"release\n")
-    source.files.release()
     return {"iteration": source.iteration, "source": (source.tp, source.pp, source.parallel.get("data_parallel_size")),
             "layout": layout.name, "bytes_written": written, "padded_vocab_size": padded,
             "optimizer": target.keep_optimizer}
