@@ -46,5 +46,6 @@ def target_optimizer_state(source: SavedCheckpoint, name: str, spec: ShardSpec, 
     """{field: value} of `name`'s optimizer state at target TP rank `rank` of `size`:
     element fields split like the weight (new tensors), scalar fields (step) as saved."""
     scratch = FieldScratch()
+    source.optimizer_pieces(name, 0)     # a key without optimizer state is a CheckpointError here
     return {field: target_optimizer_field(source, name, spec, field, rank, size, padded_vocab_size, scratch=scratch)
             if isinstance(kind, torch.dtype) else kind for field, kind in source.optimizer_fields(name).items()}
