@@ -1,25 +1,34 @@
 #!/usr/bin/env python
-"""tools/change_mp.py against a plain copy of the same bytes; prints JSON.
+"""tools/change_mp.py against a plain copy of the same bytes, optimizer state included; prints JSON.
 
-    python -m bench.reshard [--hidden-size 1024 --num-layers 24] [--rounds 3]
+    python -m bench.reshard [--hidden-size 768 --num-layers 12] [--rounds 3]
 
-Makes a GPT checkpoint at TP=2 with this package's save path (two gloo processes build
-the TP=2 model chunks; each rank's state, sharding map and parallel record written with
-checkpoint.file_io.save_file in the Megatron layout): fp32 weights only, no optimizer
-state (~336M parameters at the defaults, ~1.35 GB). Then, in interleaved rounds (order
-rotating),
-  reshard     tools/change_mp.py TP2 -> TP1, and TP1 -> TP4 from that result, each in a
-              child process: the tool's own time (its summary line: from after its imports
-              to the tracker written, every file fsynced), the child's wall time (with the
-              interpreter start and `import torch`), and its peak RSS (ru_maxrss, os.wait4);
+Makes two GPT checkpoints as the training loop saves them: pretrain_gpt.py (torchrun,
+gloo) trains one bf16 iteration with Adam and saves (--save) at TP=2 with the plain
+optimizer (its state in the model files), and at TP=2 x DP=2 with the distributed
+optimizer (each data-parallel rank's shard in its own distrib_optim_dp_XXX.pt). Either
+holds bf16 weights + fp32 master weights + exp_avg + exp_avg_sq (14 bytes a parameter;
+~101M parameters at the defaults, ~1.4 GB). Directions, optimizer carried:
+  tp2_to_tp1            the plain optimizer's checkpoint to TP=1
+  tp1_to_tp4            that result (per-parameter optimizer state) to TP=4
+  tp2_dp2_to_tp1        the distributed optimizer's checkpoint to TP=1 (fields gathered
+                        over the two shard files)
+In interleaved rounds (order rotating), each direction runs, in two page-cache states of
+its input files -- warm (read once just before) and cold (dropped with posix_fadvise
+DONTNEED just before, as for a checkpoint written long ago; bench/page_cache.py measures
+the cached fraction by mincore to show the drop took effect) --
+  reshard     tools/change_mp.py in a child process: the tool's own time (its summary line:
+              from after its imports to the tracker written, every file fsynced), the
+              child's wall time (interpreter start and `import torch` included) and its
+              peak RSS (ru_maxrss, os.wait4);
   copy+fsync  shutil.copy of the same input files in a child process, each copy fsynced
-              (change_mp fsyncs every file it writes, so this is the same work on the disk);
+              (change_mp fsyncs every file it writes: the same work on the disk);
   copy        the same without fsync (the bytes reach only the page cache).
-Reported per direction: medians over rounds of copy+fsync time / reshard time (the
-throughput of the reshard relative to the copy; goal >= 0.5), also against the reshard's
-wall time and against the copy without fsync; peak RSS / checkpoint bytes (goal <= 0.3)
-next to the RSS of a child that only imports the tool (torch alone), and output bytes /
-input bytes (goal <= 1.05). Everything lives in one temporary directory, removed at the end.
+Reported per direction and cache state: medians over rounds of baseline time / reshard
+time (throughput relative to the copy; goal >= 0.5) for the tool's time and for the wall
+time, each against the copy with and without fsync; peak RSS / checkpoint bytes (goal
+<= 0.3) beside the RSS of a child that only imports the tool; output bytes / input bytes
+(goal <= 1.05). Everything lives in one temporary directory, removed at the end.
 """
 import argparse
 import json
@@ -34,39 +43,25 @@ import time
 
 from megatron_core.cli import run
 
+from . import page_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "change_mp.py")
 
 
-def _make_rank(directory, hidden, layers, heads, vocab):
-    import torch.distributed as dist
-    from megatron_core import mpu
-    from megatron_core.models.gpt import GPTModel
-    from megatron_core.mpu.layout import pad_vocab_size
-    from megatron_core.training.checkpoint.contents import FORMAT_VERSION
-    from megatron_core.training.checkpoint.file_io import save_file
-    from megatron_core.training.checkpoint.megatron_layout import model_file
-    from megatron_core.transformer import TransformerConfig
-    mpu.initialize_model_parallel(2)
-    config = TransformerConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                               tensor_model_parallel_size=2, init_seed=1)
-    padded = pad_vocab_size(vocab, 128, 2)
-    model = GPTModel(config, padded, 1024)
-    rank = dist.get_rank()
-    state = {"format_version": FORMAT_VERSION, "iteration": 1, "consumed_train_samples": 0,
-             "consumed_valid_samples": 0, "args": {}, "model_config": config.to_dict(),
-             "parallel": {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 1,
-                          "virtual_pipeline_model_parallel_size": None, "data_parallel_size": 1,
-                          "use_distributed_optimizer": False},
-             "vocab_size": vocab, "padded_vocab_size": padded, "opt_param_scheduler": {}, "rng_state": [],
-             "model": model.state_dict(), "sharding_map": {"model": model.sharding_map(vocab).to_dict()}}
-    path = model_file(directory, 1, rank, 0, 1)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(state, path)
-    dist.barrier()
-    if rank == 0:
-        with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
-            f.write("1\n")
+def _save_checkpoint(corpus, cache, directory, args, data_parallel):
+    """pretrain_gpt.py: one bf16 Adam iteration at TP=2 (x DP=2 with the distributed optimizer), saved."""
+    from megatron_core.testing.entry_points import failure_report, run_entry_point, tiny_run_flags
+    flags = tiny_run_flags(corpus, cache, train_iters=1, seq_length=64, num_layers=args.num_layers)
+    for flag, value in (("--hidden-size", args.hidden_size), ("--num-attention-heads", args.num_attention_heads),
+                        ("--micro-batch-size", 1), ("--global-batch-size", 2)):
+        flags[flags.index(flag) + 1] = str(value)
+    flags += ["--bf16", "--tensor-model-parallel-size", "2", "--save", directory, "--save-interval", "1"]
+    if data_parallel > 1:
+        flags += ["--use-distributed-optimizer"]
+    done = run_entry_point("pretrain_gpt.py", flags, nproc=2 * data_parallel, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"making the checkpoint failed:\n{failure_report(done)}")
 
 
 def _files(directory):
@@ -82,7 +77,7 @@ def _child(cmd, stdout=None):
     out = open(stdout, "w") if stdout else subprocess.DEVNULL
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, PYTHONPATH=ROOT))
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if stdout:
@@ -119,52 +114,81 @@ _TOOL_TIME = re.compile(r" MB in ([0-9.]+) s -> ")
 
 
 def _reshard(source, output, size):
-    """(tool's own seconds, wall seconds, peak RSS bytes) of change_mp in a child."""
+    """(tool's own seconds, wall seconds, peak RSS bytes) of change_mp in a child, optimizer carried."""
     shutil.rmtree(output, ignore_errors=True)
     log = output + ".log"
-    wall, rss = _child([sys.executable, TOOL, source, "--no-optim", "--target-tensor-parallel-size", size,
-                        "--output", output], stdout=log)
+    wall, rss = _child([sys.executable, TOOL, source, "--target-tensor-parallel-size", size, "--output", output],
+                       stdout=log)
     with open(log) as f:
-        match = _TOOL_TIME.search(f.read())
+        text = f.read()
     os.remove(log)
-    if match is None:
-        raise SystemExit(f"change_mp printed no summary line for {source} -> TP={size}")
+    match = _TOOL_TIME.search(text)
+    if match is None or "with optimizer" not in text:
+        raise SystemExit(f"change_mp printed no summary line with the optimizer for {source} -> TP={size}:\n{text}")
     return float(match.group(1)), wall, rss
 
 
-def _ratios(copies, reshards):
-    return [round(c / t, 3) for c, t in zip(copies, reshards)]
+def _set_cache(paths, state):
+    """Warm: every page of `paths` read just before; cold: every page dropped. The fraction cached after."""
+    if state == "warm":
+        page_cache.fill(paths)
+    else:
+        page_cache.drop(paths)
+    return page_cache.cached_fraction(paths)
+
+
+def _median_ratio(baseline, reshard):
+    ratios = [round(b / t, 3) for b, t in zip(baseline, reshard)]
+    return statistics.median(ratios), ratios
+
+
+def _summary(s, input_bytes):
+    out = {}
+    for own, label in (("reshard_s", "tool"), ("reshard_wall_s", "wall")):
+        for baseline, against in (("copy_fsync_s", "copy_fsync"), ("copy_s", "copy_without_fsync")):
+            median, rounds = _median_ratio(s[baseline], s[own])
+            out[f"{label}_throughput_vs_{against}_median"] = median
+            out[f"{label}_throughput_vs_{against}_rounds"] = rounds
+    out.update({k: v for k, v in s.items() if k != "rss"})
+    out.update(peak_rss_mib=round(max(s["rss"]) / 2**20, 1),
+               peak_rss_over_checkpoint=round(max(s["rss"]) / input_bytes, 3))
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden-size", type=int, default=1024)
-    p.add_argument("--num-layers", type=int, default=24)
-    p.add_argument("--num-attention-heads", type=int, default=16)
-    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--hidden-size", type=int, default=768)
+    p.add_argument("--num-layers", type=int, default=12)
+    p.add_argument("--num-attention-heads", type=int, default=12)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to work (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (its checkpoints) for profiling")
     args = p.parse_args(argv)
-    from megatron_core.testing import run_distributed
+    from megatron_core.testing.tiny_corpus import preprocess_zh_news
     work = tempfile.mkdtemp(prefix="bench_reshard_", dir=args.dir)
     try:
-        tp2 = os.path.join(work, "tp2")
+        corpus = preprocess_zh_news(os.path.join(work, "corpus"))
+        plain, distributed = os.path.join(work, "tp2"), os.path.join(work, "tp2_dp2")
         start = time.perf_counter()
-        run_distributed(_make_rank, 2, tp2, args.hidden_size, args.num_layers, args.num_attention_heads,
-                        args.vocab_size, timeout=1200)
+        _save_checkpoint(corpus, os.path.join(work, "cache"), plain, args, data_parallel=1)
+        _save_checkpoint(corpus, os.path.join(work, "cache"), distributed, args, data_parallel=2)
         made_s = time.perf_counter() - start
         import_s, import_rss = _child([sys.executable, "-c", "import torch, megatron_core.training.checkpoint.reshard"])
-        results = {}
-        directions = [("tp2_to_tp1", tp2, "1"), ("tp1_to_tp4", os.path.join(work, "tp2_to_tp1"), "4")]
-        samples = {name: {k: [] for k in ("reshard_s", "reshard_wall_s", "rss", "copy_fsync_s", "copy_s")}
-                   for name, _, _ in directions}
+        directions = [("tp2_to_tp1", plain, "1"), ("tp1_to_tp4", os.path.join(work, "tp2_to_tp1"), "4"),
+                      ("tp2_dp2_to_tp1", distributed, "1")]
+        keys = ("reshard_s", "reshard_wall_s", "rss", "copy_fsync_s", "copy_s",
+                "cached_before_reshard", "cached_before_copy_fsync", "cached_before_copy")
+        samples = {(name, cache): {k: [] for k in keys} for name, _, _ in directions for cache in ("warm", "cold")}
+        sizes = {}
         copy_dir = os.path.join(work, "copy")
         for round_index in range(args.rounds):
             for name, source, size in directions:
                 output = os.path.join(work, name)
-                s = samples[name]
-                runs = ["reshard", "copy_fsync", "copy"]
-                for what in runs[round_index % 3:] + runs[:round_index % 3]:
+                runs = [(what, cache) for cache in ("warm", "cold") for what in ("reshard", "copy_fsync", "copy")]
+                shift = round_index % len(runs)
+                for what, cache in runs[shift:] + runs[:shift]:
+                    s = samples[(name, cache)]
+                    s[f"cached_before_{what}"].append(_set_cache(_files(source), cache))
                     if what == "reshard":
                         own, wall, rss = _reshard(source, output, size)
                         s["reshard_s"].append(own)
@@ -172,25 +196,27 @@ def main(argv=None):
                         s["rss"].append(rss)
                     else:
                         s[what + "_s"].append(round(_copy(source, copy_dir, what == "copy_fsync"), 2))
-                results[name] = {"input_bytes": _size(source), "output_bytes": _size(output)}
-        for name, s in samples.items():
-            r = results[name]
-            r.update(throughput_vs_copy_fsync_median=statistics.median(_ratios(s["copy_fsync_s"], s["reshard_s"])),
-                     throughput_vs_copy_fsync_rounds=_ratios(s["copy_fsync_s"], s["reshard_s"]),
-                     wall_throughput_vs_copy_fsync_median=statistics.median(
-                         _ratios(s["copy_fsync_s"], s["reshard_wall_s"])),
-                     throughput_vs_copy_without_fsync_median=statistics.median(_ratios(s["copy_s"], s["reshard_s"])),
-                     reshard_s=s["reshard_s"], reshard_wall_s=s["reshard_wall_s"], copy_fsync_s=s["copy_fsync_s"],
-                     copy_s=s["copy_s"], peak_rss_mib=round(max(s["rss"]) / 2**20, 1),
-                     peak_rss_over_checkpoint=round(max(s["rss"]) / r["input_bytes"], 3),
-                     output_over_input=round(r["output_bytes"] / r["input_bytes"], 4))
+                sizes[name] = (_size(source), _size(output))
+        results = {}
+        for name, _, _ in directions:
+            input_bytes, output_bytes = sizes[name]
+            results[name] = {"input_bytes": input_bytes, "output_bytes": output_bytes,
+                             "output_over_input": round(output_bytes / input_bytes, 4),
+                             **{cache: _summary(samples[(name, cache)], input_bytes)
+                                for cache in ("warm", "cold")}}
         print(json.dumps({"bench": "reshard", "checkpoint": f"GPT hidden {args.hidden_size}, {args.num_layers} "
-                          f"layers, vocab {args.vocab_size}, fp32 weights, no optimizer state, TP=2",
-                          "checkpoint_bytes": _size(tp2), "made_in_s": round(made_s, 1), "rounds": args.rounds,
+                          f"layers, BERT Chinese vocabulary, bf16 weights + fp32 masters + Adam moments, saved by "
+                          f"pretrain_gpt.py at TP=2 (plain optimizer) and TP=2 x DP=2 (distributed optimizer)",
+                          "checkpoint_bytes": {"tp2": _size(plain), "tp2_dp2": _size(distributed)},
+                          "made_in_s": round(made_s, 1), "rounds": args.rounds,
                           "import_only_rss_mib": round(import_rss / 2**20, 1), "import_only_s": round(import_s, 2),
                           "directions": results}, indent=2))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            shutil.rmtree(os.path.join(work, "copy"), ignore_errors=True)
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import os
 import sys
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_core.cli import run  # noqa: E402
@@ -77,6 +79,10 @@ def main(argv=None):
         print("note: --no-optim: the optimizer state is dropped; a run loading the result starts a fresh "
               "optimizer from the weights.", flush=True)
     start = time.time()
+    # The work is file reads, memory copies and writes: torch's intra-op threads only add
+    # synchronisation to each copy (measured: 1.3 s with one thread, 2.1 s with two, for a
+    # 400 MB checkpoint on 2 busy cores).
+    torch.set_num_threads(1)
     summary = reshard_checkpoint(args.checkpoint, args.output, Target(
         args.size, args.target_pipeline_parallel_size, args.target_data_parallel_size, not args.no_optim,
         args.ckpt_format, args.make_vocab_size_divisible_by, args.target_pipeline_model_parallel_split_rank),

@@ -11,11 +11,14 @@ to its last element into one reused scratch buffer and copies from there. No map
 is touched, so the reads add nothing to the process's resident memory and cost no page
 faults; no tensor is allocated per read.
 
-Callers that read the mapped tensors directly (the optimizer's positional state) do touch
-mapped pages, which then stay resident while the mapping lives. They `count` the bytes;
-past `budget_bytes` those pages are dropped with madvise(MADV_DONTNEED) (the mappings and
-their index stay valid; a page touched again is read again from the page cache), or, where
-madvise is not available, the mappings are closed and reopened on the next `get`.
+The optimizer's fields are read the same way (FieldScratch gathers a field split over
+the distributed optimizer's data-parallel shards into one reused buffer). Reads that do go
+through the mapping (a file whose records do not line up with its storages, a caller that
+reads mapped tensors itself) touch mapped pages, which then stay resident while the mapping
+lives; `copy` and such callers `count` the bytes, and past `budget_bytes` those pages are
+dropped with madvise(MADV_DONTNEED) (the mappings and their index stay valid; a page
+touched again is read again from the page cache), or, where madvise is not available, the
+mappings are closed and reopened on the next `get`.
 """
 from __future__ import annotations
 
@@ -143,7 +146,8 @@ class LazyFiles:
         where = self._locate(view) if view.numel() and view.dtype == dest.dtype and \
             all(s >= 0 for s in view.stride()) else None
         if where is None:
-            dest.copy_(view)
+            dest.copy_(view)    # through the mapping (or plain memory): its pages count against the budget
+            self.count(view.numel() * view.element_size())
             return
         file, offset = where
         if view.is_contiguous() and dest.is_contiguous() and dest.shape == view.shape:
@@ -193,4 +197,33 @@ class LazyFiles:
         self._scratch_bytes = torch.empty(0, dtype=torch.uint8)
 
 
-__all__ = ["DEFAULT_BUDGET_BYTES", "LazyFiles"]
+class FieldScratch:
+    """Reused buffers for optimizer fields whose elements lie in several flat pieces (the
+    distributed optimizer's data-parallel shards): one buffer per source tensor-parallel rank
+    (a target shard may take pieces of several), grown to the largest field and refilled only
+    when another field is asked for, so a field read range by range is assembled once."""
+
+    def __init__(self):
+        self._slots: Dict[object, tuple] = {}    # slot -> (key of the field held, byte buffer)
+
+    def assemble(self, key: tuple, numel: int, pieces: Sequence[tuple], files: LazyFiles) -> torch.Tensor:
+        """The `numel` elements of `pieces` ([(first, end, flat view)]) in one reused buffer;
+        `key` names the field (its second item the source rank: the slot)."""
+        dtype = pieces[0][2].dtype
+        held, buffer = self._slots.get(key[1], (None, torch.empty(0, dtype=torch.uint8)))
+        nbytes = numel * dtype.itemsize
+        if held == key:
+            return buffer[:nbytes].view(dtype)
+        if buffer.numel() < nbytes:
+            buffer = torch.empty(0, dtype=torch.uint8)      # free the old one first
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+        out = buffer[:nbytes].view(dtype)
+        if sum(end - first for first, end, _ in pieces) < numel:
+            out.zero_()        # elements no shard holds (none in a complete checkpoint)
+        for first, end, view in pieces:
+            files.copy(out[first:end], view)
+        self._slots[key[1]] = (key, buffer)
+        return out
+
+
+__all__ = ["DEFAULT_BUDGET_BYTES", "FieldScratch", "LazyFiles"]

@@ -1,10 +1,12 @@
 """tools/change_mp.py's work: a whole checkpoint rewritten for other parallel sizes.
 
 Streaming: each output file is written by streaming_writer one tensor at a time, each
-weight read just then from the source files into the writer's one reused buffer
-(targets.py; lazy_files.py reads the bytes with explicit file reads, not through the
-mappings). So the peak memory is about the largest output tensor plus one source piece
-(and, with the optimizer, one budget of mapped pages), never a whole shard or model.
+weight and each optimizer field (fp32 master, exp_avg, exp_avg_sq) read just then from the
+source files into the writer's one reused buffer (targets.py; lazy_files.py reads the bytes
+with explicit file reads, not through the mappings; a field spread over the distributed
+optimizer's data-parallel shards is gathered first into one reused buffer per source rank).
+So the peak memory is about the largest output tensor plus one source piece, never a whole
+shard or model.
 
 Kept: iteration, consumed samples, the scheduler, the loss scaler, args and model config
 (with the new sizes), the padded vocabulary (unless re-padded on request), and the
@@ -27,11 +29,11 @@ from ....mpu.layout import pad_vocab_size
 from ..contents import PER_PARAMETER
 from ..file_io import write_bytes_atomically
 from ..formats import layout_named
-from .lazy_files import DEFAULT_BUDGET_BYTES
+from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
 from .source import SavedCheckpoint
 from .stages import TargetChunk, source_split_rank, target_chunks
 from .streaming_writer import LazyTensor, save_streamed
-from .targets import target_optimizer_state, target_weight
+from .targets import target_optimizer_field, target_weight
 
 
 @dataclass
@@ -81,22 +83,6 @@ def _shape(source: SavedCheckpoint, name: str, spec, size: int, padded: Optional
     return tuple(shape)
 
 
-class _OptimizerMemo:
-    """Optimizer fields of the key being written: made once per key, consumed field by field."""
-
-    def __init__(self, source: SavedCheckpoint, rank: int, size: int, padded):
-        self.source, self.rank, self.size, self.padded = source, rank, size, padded
-        self.name, self.fields = None, {}
-
-    def field(self, name: str, spec, field: str) -> Callable[[], torch.Tensor]:
-        def make():
-            if self.name != name:
-                self.name, self.fields = name, target_optimizer_state(self.source, name, spec, self.rank, self.size,
-                                                                      self.padded)
-            return self.fields.pop(field)
-        return make
-
-
 def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Target, tensor_rank: int,
                 padded: Optional[int]) -> Dict:
     size = target.tensor_model_parallel_size
@@ -123,7 +109,7 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
         config["tensor_model_parallel_size"] = size
     state = dict(head, parallel=parallel, args=args, model_config=config, padded_vocab_size=padded,
                  sharding_map={c.chunk: c.smap.to_dict() for c in chunks})
-    memo = _OptimizerMemo(source, tensor_rank, size, padded)
+    scratch = FieldScratch()     # one per file: the distributed optimizer's pieces gathered in reused buffers
     optimizer: Dict = {}
     for chunk in chunks:
         weights = {}
@@ -135,8 +121,10 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
                 continue
             fields = {}
             for field, kind in source.optimizer_fields(name).items():
-                if isinstance(kind, torch.dtype):
-                    fields[field] = LazyTensor(weights[local].shape, kind, memo.field(name, spec, field))
+                if isinstance(kind, torch.dtype):    # read into the writer's reused buffer, like the weights
+                    fields[field] = LazyTensor.filled(
+                        weights[local].shape, kind, lambda out, name=name, spec=spec, field=field: target_optimizer_field(
+                            source, name, spec, field, tensor_rank, size, padded, out=out, scratch=scratch))
                 else:
                     fields[field] = kind
             if fields:
@@ -151,6 +139,13 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                        budget_bytes: int = DEFAULT_BUDGET_BYTES, progress: Callable[[str], None] = print) -> Dict:
     """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary."""
     source = SavedCheckpoint(source_dir, target.ckpt_format or "megatron", budget_bytes)
+    try:
+        return _rewrite(source, output_dir, target, progress)
+    finally:
+        source.files.release()
+
+
+def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress: Callable[[str], None]) -> Dict:
     if os.path.abspath(output_dir) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
         raise CheckpointError(f"--output {output_dir} is the checkpoint being resharded; write to a new directory.")
     if target.keep_optimizer and source.engine and not source.has_optimizer():
@@ -178,7 +173,6 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                                (layout.tracker_text(source.iteration) + "\n").encode())
     else:
         write_bytes_atomically(os.path.join(output_dir, layout.tracker_name), b"release\n")
-    source.files.release()
     return {"iteration": source.iteration, "source": (source.tp, source.pp, source.parallel.get("data_parallel_size")),
             "layout": layout.name, "bytes_written": written, "padded_vocab_size": padded,
             "optimizer": target.keep_optimizer}

@@ -32,7 +32,7 @@ from ....mpu.sharding_map import ShardingMap, ShardSpec
 from ..contents import PER_PARAMETER, model_keys
 from ..formats import LAYOUTS, detect_layout, tracked_checkpoint
 from .engine_source import ENGINE_ONLY_KEYS, EngineOptimizer, engine_zero_stage, written_by_engine, zero3_model_file
-from .lazy_files import DEFAULT_BUDGET_BYTES, LazyFiles
+from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch, LazyFiles
 
 _ITERATION_NAMES = {"megatron": re.compile(r"^iter_(\d{7})$"), "deepspeed": re.compile(r"^global_step(\d+)$")}
 
@@ -106,6 +106,7 @@ class SavedCheckpoint:
                     if spec.copy_of is None:
                         self.owners[smap.global_key(key)] = Owner(pipeline_rank, chunk, key, spec)
         self._optimizer_index: Dict[Tuple[int, int], Dict] = {}
+        self._pieces_memo: Tuple = (None, None)     # optimizer_pieces of the key being read
 
     # --- files -----------------------------------------------------------------------------
     def model_path(self, tensor_rank: int, pipeline_rank: int) -> str:
@@ -149,7 +150,7 @@ class SavedCheckpoint:
         shape = next(group[name] for group in shapes if name in group)
         out = torch.empty(math.prod(shape), dtype=dtype)
         for piece in engine.index[(owner.chunk, owner.key)]:
-            out[piece.first:piece.end].copy_(engine.fields(piece, with_master=True)["fp32_master"])
+            self.files.copy(out[piece.first:piece.end], engine.fields(piece, with_master=True)["fp32_master"])
         return out.view(shape)
 
     def _engine(self, tensor_rank: int, pipeline_rank: int) -> EngineOptimizer:
@@ -176,26 +177,16 @@ class SavedCheckpoint:
     def optimizer_fields(self, name: str) -> Dict[str, object]:
         """{field: dtype for an element field, the value for a scalar one (step)} of `name`'s
         optimizer state, read from the files' indexes only."""
+        if not self.has_optimizer_entry(name):
+            return {}
+        _, fields = self.optimizer_pieces(name, 0)
+        return {field: value[0][2].dtype if isinstance(value, list) else value for field, value in fields.items()}
+
+    def has_optimizer_entry(self, name: str) -> bool:
         owner = self.owner(name)
         if self.engine:
-            engine = self._engine(0, owner.pipeline_rank)
-            pieces = engine.index.get((owner.chunk, owner.key))
-            values = engine.fields(pieces[0], self._keeps_master(name)) if pieces else {}
-            return {field: value.dtype if isinstance(value, torch.Tensor) and value.dim() > 0 else
-                    (value.clone() if isinstance(value, torch.Tensor) else value) for field, value in values.items()}
-        pieces = self._index(0, owner.pipeline_rank).get((owner.chunk, owner.key))
-        if not pieces:
-            return {}
-        path, position, _, _, master = pieces[0]
-        optimizer = self._positional(path)
-        if position is None:
-            values = optimizer[PER_PARAMETER][owner.chunk][owner.key]
-        else:
-            values = dict(optimizer["optimizer"]["state"].get(position, {}))
-            if master is not None:
-                values["fp32_master"] = optimizer["fp32_master_weights"][master]
-        return {field: value.dtype if isinstance(value, torch.Tensor) and value.dim() > 0 else
-                (value.clone() if isinstance(value, torch.Tensor) else value) for field, value in values.items()}
+            return bool(self._engine(0, owner.pipeline_rank).index.get((owner.chunk, owner.key)))
+        return bool(self._index(0, owner.pipeline_rank).get((owner.chunk, owner.key)))
 
     def _positional(self, path: str) -> dict:
         optimizer = self.files.get(path).get("optimizer")
@@ -228,62 +219,59 @@ class SavedCheckpoint:
             self._optimizer_index[where] = index
         return self._optimizer_index[where]
 
-    def optimizer_state(self, name: str, tensor_rank: int) -> Dict[str, torch.Tensor]:
-        """Every field of `name`'s optimizer state held by source tensor-parallel rank
-        `tensor_rank`, each in the parameter's (local) shape; new tensors."""
+    def optimizer_pieces(self, name: str, tensor_rank: int) -> Tuple[torch.Size, Dict[str, object]]:
+        """(the parameter's local shape at source tensor-parallel rank `tensor_rank`, {field:
+        [(first, end, flat elements)] for an element field, the value for a scalar one (step)}).
+        The elements are views of the mapped files (nothing read yet): one piece covering the
+        whole parameter (the plain optimizer, a parameter inside one distributed shard), or
+        several flat ranges over the data-parallel shard files."""
+        if self._pieces_memo[0] == (name, tensor_rank):
+            return self._pieces_memo[1]
         owner = self.owner(name)
+        shape = self.weight(name, tensor_rank).shape
+        numel = shape.numel()
         if self.engine:
-            return self._engine_optimizer_state(name, owner, tensor_rank)
-        pieces = self._index(tensor_rank, owner.pipeline_rank).get((owner.chunk, owner.key))
+            engine = self._engine(tensor_rank, owner.pipeline_rank)
+            pieces = [(p.first, numel if p.end < 0 else p.end, engine.fields(p, self._keeps_master(name)))
+                      for p in engine.index.get((owner.chunk, owner.key)) or ()]
+        else:
+            pieces = []
+            for path, position, first, end, master in self._index(tensor_rank, owner.pipeline_rank).get(
+                    (owner.chunk, owner.key)) or ():
+                optimizer = self._positional(path)
+                if position is None:   # already per parameter, in the parameter's shape
+                    pieces.append((0, numel, optimizer[PER_PARAMETER][owner.chunk][owner.key]))
+                    continue
+                values = dict(optimizer["optimizer"]["state"].get(position, {}))
+                if master is not None:
+                    values["fp32_master"] = optimizer["fp32_master_weights"][master]
+                pieces.append((first, end, values))
         if not pieces:
             raise CheckpointError(f"the optimizer state of {self.iteration_path} has no entry for {name!r}; "
                                   f"reshard it with --no-optim.")
-        shape = self.weight(name, tensor_rank).shape
-        numel = shape.numel()
-        fields: Dict[str, torch.Tensor] = {}
-        for path, position, first, end, master in pieces:
-            optimizer = self._positional(path)
-            if position is None:   # already per parameter
-                return {k: v.clone() if isinstance(v, torch.Tensor) else v
-                        for k, v in optimizer[PER_PARAMETER][owner.chunk][owner.key].items()}
-            values = dict(optimizer["optimizer"]["state"].get(position, {}))
-            if master is not None:
-                values["fp32_master"] = optimizer["fp32_master_weights"][master]
+        fields: Dict[str, object] = {}
+        for first, end, values in pieces:
             for field, value in values.items():
-                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    fields.setdefault(field, []).append((first, end, value.reshape(-1)))
+                else:
                     fields.setdefault(field, value.clone() if isinstance(value, torch.Tensor) else value)
-                    continue
-                if field not in fields:
-                    fields[field] = torch.zeros(numel, dtype=value.dtype)
-                fields[field][first:end].copy_(value.reshape(-1))
-                self.files.count(value.numel() * value.element_size())
-        return {k: v.view(shape) if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == numel else v
-                for k, v in fields.items()}
+        self._pieces_memo = ((name, tensor_rank), (shape, fields))
+        return shape, fields
+
+    def optimizer_field(self, name: str, tensor_rank: int, field: str, scratch: "FieldScratch") -> torch.Tensor:
+        """Element field `field` of `name`'s optimizer state at source rank `tensor_rank`, in the
+        parameter's local shape: a view of the mapped file when one piece holds it whole (the
+        caller reads it with files.copy), else its pieces read into `scratch`'s reused buffer."""
+        shape, fields = self.optimizer_pieces(name, tensor_rank)
+        pieces = fields[field]
+        numel = shape.numel()
+        if len(pieces) == 1 and pieces[0][0] == 0 and pieces[0][1] == numel:
+            return pieces[0][2].view(shape)
+        return scratch.assemble((name, tensor_rank, field), numel, pieces, self.files).view(shape)
 
     def _keeps_master(self, name: str) -> bool:
         """An engine's fp32 partition is carried as fp32_master for a bf16/fp16 model (an fp32
         model's weights are those values already)."""
         owner = self.owner(name)
         return self.files.get(self.model_path(0, owner.pipeline_rank))[owner.chunk][owner.key].dtype != torch.float32
-
-    def _engine_optimizer_state(self, name: str, owner: Owner, tensor_rank: int) -> Dict[str, torch.Tensor]:
-        engine = self._engine(tensor_rank, owner.pipeline_rank)
-        pieces = engine.index.get((owner.chunk, owner.key))
-        if not pieces:
-            raise CheckpointError(f"the DeepSpeed optimizer state of {self.iteration_path} has no entry for {name!r}; "
-                                  f"reshard it with --no-optim.")
-        shape = self.weight(name, tensor_rank).shape
-        numel, master = shape.numel(), self._keeps_master(name)
-        fields: Dict[str, torch.Tensor] = {}
-        for piece in pieces:
-            end = numel if piece.end < 0 else piece.end
-            for field, value in engine.fields(piece, master).items():
-                if not isinstance(value, torch.Tensor) or value.dim() == 0:
-                    fields.setdefault(field, value.clone() if isinstance(value, torch.Tensor) else value)
-                    continue
-                if field not in fields:
-                    fields[field] = torch.zeros(numel, dtype=value.dtype)
-                fields[field][piece.first:end].copy_(value)
-                self.files.count(value.numel() * value.element_size())
-        return {k: v.view(shape) if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == numel else v
-                for k, v in fields.items()}

@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import torch
 
 from ....mpu.sharding_map import ShardSpec
+from .lazy_files import FieldScratch
 from .slices import read_shard
 from .source import SavedCheckpoint
 
@@ -27,23 +28,24 @@ def target_weight(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int
                       size, _length(source, name, spec, padded_vocab_size), copy=source.files.copy, out=out)
 
 
+def target_optimizer_field(source: SavedCheckpoint, name: str, spec: ShardSpec, field: str, rank: int, size: int,
+                           padded_vocab_size: Optional[int] = None, out: Optional[torch.Tensor] = None,
+                           scratch: Optional[FieldScratch] = None) -> torch.Tensor:
+    """Element field `field` (exp_avg, fp32_master, ...) of `name`'s optimizer state as target
+    TP rank `rank` of `size` holds it, split like the weight: a new tensor, or `out` filled;
+    its pieces read from the source files as the weight's are (a field spread over several
+    data-parallel shards is first gathered into `scratch`'s reused buffer)."""
+    saved = source.owner(name).spec
+    scratch = scratch or FieldScratch()
+    return read_shard(saved, lambda s: source.optimizer_field(name, s, field, scratch), source.tp, rank, size,
+                      _length(source, name, spec, padded_vocab_size), copy=source.files.copy, out=out)
+
+
 def target_optimizer_state(source: SavedCheckpoint, name: str, spec: ShardSpec, rank: int, size: int,
                            padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """{field: value} of `name`'s optimizer state at target TP rank `rank` of `size`:
-    element fields split like the weight, scalar fields (step) as saved."""
-    saved = source.owner(name).spec
-    states: Dict[int, Dict] = {}
-
-    def state_of(tensor_rank: int) -> Dict:
-        if tensor_rank not in states:
-            states[tensor_rank] = source.optimizer_state(name, tensor_rank)
-        return states[tensor_rank]
-
-    result = {}
-    for field, value in state_of(0).items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0:
-            result[field] = value
-            continue
-        result[field] = read_shard(saved, lambda s: state_of(s)[field], source.tp, rank, size,
-                                   _length(source, name, spec, padded_vocab_size))
-    return result
+    element fields split like the weight (new tensors), scalar fields (step) as saved."""
+    scratch = FieldScratch()
+    source.optimizer_pieces(name, 0)     # a key without optimizer state is a CheckpointError here
+    return {field: target_optimizer_field(source, name, spec, field, rank, size, padded_vocab_size, scratch=scratch)
+            if isinstance(kind, torch.dtype) else kind for field, kind in source.optimizer_fields(name).items()}
