@@ -11,23 +11,19 @@ The checkpoint is made in this process from a hand-written sharding map (GPT-sha
 a vocabulary-split table, fused QKV with stride 3, GLU-style stride 2, row-parallel
 matrices split along dimension 1, replicated norms), so no model or process group is built.
 """
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, ShardSpec
-from megatron_core.testing.entry_points import ROOT, clean_env
+from megatron_core.testing.peak_rss import tool_peak_rss_growth
 from megatron_core.training.checkpoint.contents import FORMAT_VERSION, PER_PARAMETER, optimizer_shard_state
 from megatron_core.training.checkpoint.file_io import save_file
 from megatron_core.training.checkpoint.megatron_layout import model_file, optimizer_shard_file
 
 HIDDEN, LAYERS, PADDED_VOCAB = 512, 10, 4096
 ALLOWANCE = 24 * 2**20      # Python objects, the files' unpickled indexes, writer buffers
-TOOL = os.path.join(ROOT, "tools", "change_mp.py")
 
 
 def _specs():
@@ -102,32 +98,9 @@ def _save_tp2(root, layers=LAYERS, distributed_optimizer=False):
     return largest_output, largest_source, specs
 
 
-# The child imports the tool, then resets its peak-RSS mark (Linux: clear_refs 5), so the
-# peak it reports is that of the resharding alone, above what the imports left resident
-# (importing torch peaks higher than it stays, which would hide the work).
-_CHILD = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("change_mp", sys.argv[1])
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
-def status(field):
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS")
-tool.main(sys.argv[2:])
-print(json.dumps({"before": before, "peak": status("VmHWM")}))
-"""
-
-
 def _growth(*args):
     """Peak RSS of tools/change_mp.py's work with `args` above its RSS after the imports (bytes)."""
-    done = subprocess.run([sys.executable, "-c", _CHILD, TOOL, *args], capture_output=True, text=True,
-                          env=clean_env(), cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rss = json.loads(done.stdout.strip().splitlines()[-1])
-    return rss["peak"] - rss["before"]
+    return tool_peak_rss_growth("tools/change_mp.py", args)
 
 
 def _files(directory):
