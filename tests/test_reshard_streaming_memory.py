@@ -12,17 +12,21 @@ a vocabulary-split table, fused QKV with stride 3, GLU-style stride 2, row-paral
 matrices split along dimension 1, replicated norms), so no model or process group is built.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, ShardSpec
+from megatron_core.testing.entry_points import ROOT, clean_env
 from megatron_core.testing.peak_rss import tool_peak_rss_growth
 from megatron_core.training.checkpoint.contents import FORMAT_VERSION, PER_PARAMETER, optimizer_shard_state
 from megatron_core.training.checkpoint.file_io import save_file
 from megatron_core.training.checkpoint.megatron_layout import model_file, optimizer_shard_file
 
 HIDDEN, LAYERS, PADDED_VOCAB = 512, 10, 4096
+TOOL = os.path.join(ROOT, "tools", "change_mp.py")
 ALLOWANCE = 24 * 2**20      # Python objects, the files' unpickled indexes, writer buffers
 
 
@@ -160,6 +164,34 @@ def test_change_mp_streams_the_distributed_optimizers_adam_state_like_the_weight
     assert checkpoint > 3 * bound
     assert growth <= bound, (f"resharding with the optimizer raised the peak RSS {growth / 2**20:.0f} MiB above the "
                              f"tool's imports; bound {bound / 2**20:.0f} MiB, checkpoint {checkpoint / 2**20:.0f} MiB")
+
+
+def test_change_mp_with_the_optimizer_never_reads_a_source_file_through_its_mapping(resharded_with_optimizer,
+                                                                                    tmp_path):
+    """Every mapping is made unreadable as it is opened (testing/guarded_mappings): a clone of a
+    mapped view (the optimizer's scalar `step` once was one) kills the tool with SIGSEGV. Such a
+    touch is what made the peak RSS grow with the checkpoint when its pages were cached."""
+    source, output, *_ = resharded_with_optimizer
+    done = subprocess.run([sys.executable, "-m", "megatron_core.testing.guarded_mappings", TOOL, source,
+                           "--target-tensor-parallel-size", "1", "--output", str(tmp_path / "tp1")],
+                          capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    guarded = str(tmp_path / "tp1")     # the same bytes as the unguarded run's output
+    assert sorted(os.path.relpath(p, guarded) for p in _files(guarded)) == \
+        sorted(os.path.relpath(p, output) for p in _files(output))
+    for path in _files(output):
+        if path.endswith(".pt"):    # every tensor equal (the recorded args name their own --output)
+            a = _flat_tensors(torch.load(path, weights_only=True))
+            b = _flat_tensors(torch.load(os.path.join(guarded, os.path.relpath(path, output)), weights_only=True))
+            assert a.keys() == b.keys() and len(a) > 2 * OPTIMIZER_LAYERS, path
+            assert all(torch.equal(a[k], b[k]) for k in a), path
+
+
+def _flat_tensors(obj, prefix=""):
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _flat_tensors(value, f"{prefix}/{key}").items()}
 
 
 def test_the_resharded_adam_state_is_the_shards_pieces_put_together(resharded_with_optimizer):

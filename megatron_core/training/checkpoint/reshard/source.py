@@ -255,7 +255,7 @@ class SavedCheckpoint:
                 if isinstance(value, torch.Tensor) and value.dim() > 0:
                     fields.setdefault(field, []).append((first, end, value.reshape(-1)))
                 else:
-                    fields.setdefault(field, value.clone() if isinstance(value, torch.Tensor) else value)
+                    fields.setdefault(field, self.files.clone(value) if isinstance(value, torch.Tensor) else value)
         self._pieces_memo = ((name, tensor_rank), (shape, fields))
         return shape, fields
 
