@@ -33,8 +33,7 @@ import torch
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
-from megatron_core.testing.engine_runs import run_engine_ranks  # noqa: E402
-from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
+from megatron_core.testing.engine_runs import assert_bf16_masters_carried, load_engine_file as load, run_engine_ranks  # noqa: E402
 from megatron_core.testing.entry_points import TINY_GPT_STEPS, failure_report, logged_values  # noqa: E402
 from megatron_core.testing.resume_check import COUNTERS, check_exact_resume, check_resume_of  # noqa: E402
 from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
@@ -67,11 +66,6 @@ def run(corpus, config_path, *extra, nproc=2):
     assert done.returncode == 0, failure_report(done)
     return done
 
-
-def load(path):
-    """Every file loads weights_only, allowing only DeepSpeed's four plain state classes by name."""
-    with torch.serialization.safe_globals(deepspeed_state_classes()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def files_of(directory):
@@ -210,16 +204,7 @@ def test_change_mp_of_a_bf16_engine_checkpoint_carries_its_fp32_masters_which_ze
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     output = str(tmp_path / "merged")
     run_tool_main("change_mp.py", zero2_runs.break_dir, "--target-tensor-parallel-size", "1", "--output", output)
-    merged = load(os.path.join(output, "global_step2", "mp_rank_00_model_states.pt"))
-    optimizer = merged["optimizer"]["per_parameter"]["model"]
-    assert optimizer and all(set(fields) >= {"exp_avg", "exp_avg_sq", "step", "fp32_master"}
-                             for fields in optimizer.values())
-    for key, fields in optimizer.items():
-        weight = merged["module"][key]
-        assert weight.dtype == torch.bfloat16 and fields["fp32_master"].dtype == torch.float32
-        # The bf16 weights are the engine's fp32 masters rounded (as DeepSpeed copies them back).
-        assert torch.equal(fields["fp32_master"].to(torch.bfloat16), weight), key
-        assert fields["exp_avg_sq"].shape == weight.shape and bool((fields["exp_avg_sq"] >= 0).all())
+    optimizer = assert_bf16_masters_carried(output)
     recovered = get_fp32_state_dict_from_zero_checkpoint(zero2_runs.break_dir, tag="global_step2")
     assert set(recovered) <= set(optimizer)
     for key, tensor in recovered.items():       # DeepSpeed's own recovery gives the same fp32 masters

@@ -32,13 +32,13 @@ import torch
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
 from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
-from megatron_core.testing.engine_runs import as_one_run, run_engine_ranks, write_deepspeed_config  # noqa: E402
+from megatron_core.testing.engine_runs import (as_one_run, assert_bf16_masters_carried,  # noqa: E402
+                                               load_engine_file as load, run_engine_ranks, write_deepspeed_config)
 from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values,  # noqa: E402
                                                 run_entry_point, run_plain_ranks, tiny_run_flags)
 from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
 from megatron_core.testing.resume_check import COUNTERS, check_exact_resume  # noqa: E402
 from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
-from megatron_core.training.checkpoint.deepspeed_engine import deepspeed_state_classes  # noqa: E402
 from megatron_core.training.checkpoint.saved_model import read_full_model_state  # noqa: E402
 
 ITERS = 4
@@ -85,10 +85,6 @@ def zero_to_fp32(directory):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     return get_fp32_state_dict_from_zero_checkpoint(directory, tag="global_step2")
 
-
-def load(path):
-    with torch.serialization.safe_globals(deepspeed_state_classes()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- ZeRO-1, fp32, DP=2: the tools, and the native backend loading it ----------------------------
@@ -208,16 +204,7 @@ def test_a_bf16_zero1_engine_checkpoint_at_pp2_resumes_bit_exactly_and_change_mp
     output = str(tmp_path / "pp1")
     run_tool_main("change_mp.py", save, "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1",
                   "--output", output)
-    merged = load(os.path.join(output, "global_step2", "mp_rank_00_model_states.pt"))
-    optimizer = merged["optimizer"]["per_parameter"]["model"]
-    assert optimizer and all(set(fields) >= {"exp_avg", "exp_avg_sq", "step", "fp32_master"}
-                             for fields in optimizer.values())
-    for key, fields in optimizer.items():
-        weight = merged["module"][key]
-        assert weight.dtype == torch.bfloat16 and fields["fp32_master"].dtype == torch.float32
-        # The bf16 weights are the engine's fp32 masters rounded (as DeepSpeed copies them back).
-        assert torch.equal(fields["fp32_master"].to(torch.bfloat16), weight), key
-        assert fields["exp_avg_sq"].shape == weight.shape and bool((fields["exp_avg_sq"] >= 0).all())
+    assert_bf16_masters_carried(output)
 
 
 def test_an_engine_run_refuses_the_optimizer_of_a_change_mp_output_in_one_sentence(engine_runs, zero1, tmp_path):

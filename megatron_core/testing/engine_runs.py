@@ -30,6 +30,9 @@ import threading
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
+import torch
+
+from ..training.checkpoint.deepspeed_engine import deepspeed_state_classes
 from .deepspeed_op_cache import deepspeed_test_env
 from .distributed import find_free_port
 from .entry_points import clean_env, run_plain_ranks, tiny_gpt_flags
@@ -59,6 +62,28 @@ def run_engine_ranks(flags: Sequence[str], config_path: str, nproc: int = 2,
     """pretrain_gpt.py flags --deepspeed --deepspeed_config config_path in `nproc` directly started ranks."""
     return as_one_run(run_plain_ranks("pretrain_gpt.py", [*flags, "--deepspeed", "--deepspeed_config", config_path],
                                       nproc, timeout=timeout, env=deepspeed_test_env(), grace=GRACE_SECONDS))
+
+
+def load_engine_file(path: str):
+    """A DeepSpeed-layout file, weights_only, allowing only DeepSpeed's four plain state classes by name."""
+    with torch.serialization.safe_globals(deepspeed_state_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_bf16_masters_carried(output: str) -> dict:
+    """change_mp's TP=1 PP=1 output (iteration 2) of a bf16 engine checkpoint holds, per parameter,
+    Adam's fields and the fp32 master whose bf16 rounding is the saved weight; returns that state."""
+    merged = load_engine_file(os.path.join(output, "global_step2", "mp_rank_00_model_states.pt"))
+    optimizer = merged["optimizer"]["per_parameter"]["model"]
+    assert optimizer and all(set(fields) >= {"exp_avg", "exp_avg_sq", "step", "fp32_master"}
+                             for fields in optimizer.values())
+    for key, fields in optimizer.items():
+        weight = merged["module"][key]
+        assert weight.dtype == torch.bfloat16 and fields["fp32_master"].dtype == torch.float32
+        # The bf16 weights are the engine's fp32 masters rounded (as DeepSpeed copies them back).
+        assert torch.equal(fields["fp32_master"].to(torch.bfloat16), weight), key
+        assert fields["exp_avg_sq"].shape == weight.shape and bool((fields["exp_avg_sq"] >= 0).all())
+    return optimizer
 
 
 def write_deepspeed_config(directory: str, config: dict) -> str:
