@@ -1,4 +1,5 @@
-"""The commands in the README's and docs/'s shell blocks run scripts that exist, with flags they take.
+"""The commands in the README's and docs/'s shell blocks run scripts that exist, with flags they take;
+their relative links resolve inside the repository.
 
 Every ```bash / ```sh / ```shell block of README.md and docs/*.md is read as a shell would:
 backslash continuations joined, comments dropped, each line split into commands on `&&`,
@@ -411,6 +412,33 @@ def test_the_docs_have_shell_blocks_to_check():
     runs = {_repo_path(inv.script) for inv in map(find_invocation, commands) if inv is not None}
     assert "scripts/demo.sh" in runs
     assert any(command.words[:3] == ["python", "-m", "pytest"] for command in commands)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as dashes."""
+    anchors = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            anchors.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_relative_links_resolve_inside_the_repository(doc):
+    problems = []
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (doc.parent / path).resolve() if path else doc
+        if REPO not in target.parents:
+            problems.append(f"{doc.name}: {link} points outside the repository")
+        elif not target.exists():
+            problems.append(f"{doc.name}: {link} does not exist")
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            problems.append(f"{doc.name}: {link} names no heading of {target.name}")
+    assert not problems, "\n".join(problems)
 
 
 FAKE_DOC = """
