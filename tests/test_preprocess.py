@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from megatron_core.data.indexed_dataset import IndexedDataset
-from megatron_core.testing import output_faults
+from tests.harness import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

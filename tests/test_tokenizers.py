@@ -10,7 +10,7 @@ import pytest
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from megatron_core.errors import DataError
 from megatron_core import mpu
-from megatron_core.testing import output_faults
+from tests.harness import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
