@@ -1,5 +1,8 @@
-"""Fixtures shared by the entry-point tests: the tiny Chinese corpus and the plain PyTorch loop's run."""
+"""Fixtures shared by the entry-point tests: the tiny Chinese corpus and the plain PyTorch loop's run;
+the order of the DeepSpeed tests and the builds that run in the background from the start."""
 import importlib.util
+import shutil
+import tempfile
 
 import pytest
 import tqdm
@@ -7,6 +10,7 @@ import tqdm
 from tests.harness.deepspeed_op_cache import finish_background_build, start_background_build
 from tests.harness.engine_runs import SharedEngineRuns
 from tests.harness.entry_points import plain_gpt_reference, tiny_gpt_flags
+from tests.harness.kernel_compile import KernelCompiles, can_compile
 from tests.harness.tiny_corpus import preprocess_zh_news
 
 # tqdm's monitor thread would outlive the progress bar that started it, and a process running
@@ -36,6 +40,7 @@ def engine_runs(gpt_corpus, tmp_path_factory):
 
 
 _op_build = None
+_kernel_compiles = None
 
 
 def uses_deepspeed(item) -> bool:
@@ -52,12 +57,24 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     """DeepSpeed's ops compile in the background from the start when a DeepSpeed test will run
-    (its module uses deepspeed_test_env) and deepspeed is installed."""
-    global _op_build
+    (its module uses deepspeed_test_env) and deepspeed is installed; so do the CUDA kernels'
+    compile-only jobs when the test that reads them (fixture kernel_compiles) will run."""
+    global _op_build, _kernel_compiles
     wants = any(uses_deepspeed(item) for item in session.items)
     if wants and importlib.util.find_spec("deepspeed") is not None:
         _op_build = start_background_build()
+    if any("kernel_compiles" in getattr(item, "fixturenames", ()) for item in session.items) and can_compile():
+        _kernel_compiles = KernelCompiles.start(tempfile.mkdtemp(prefix="kernel_compiles_"), nice=True)
+
+
+@pytest.fixture(scope="session")
+def kernel_compiles(tmp_path_factory):
+    """tests/harness/kernel_compile.py's jobs: those started at collection, or started now."""
+    return _kernel_compiles or KernelCompiles.start(str(tmp_path_factory.mktemp("kernel_compiles")))
 
 
 def pytest_sessionfinish(session, exitstatus):
     finish_background_build(_op_build)
+    if _kernel_compiles is not None:
+        _kernel_compiles.stop()
+        shutil.rmtree(_kernel_compiles.out_dir, ignore_errors=True)
