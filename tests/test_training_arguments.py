@@ -240,9 +240,10 @@ def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_proces
 def test_a_run_without_tokenizer_type_is_one_sentence_before_any_process_group():
     import torch.distributed as dist
     from megatron_core.training.loop import pretrain
+    from megatron_core.training.train_spec import TrainSpec
 
     def never(*_):
         raise AssertionError("nothing is built before the flags are checked")
     with pytest.raises(ConfigError, match=r"^--tokenizer-type is required: it sets the vocabulary size"):
-        pretrain(never, never, never, argv=BASE.split())
+        pretrain(TrainSpec("gpt", never, never), argv=BASE.split())
     assert not dist.is_initialized()

@@ -14,6 +14,7 @@ The model file of a (TP, PP) rank (written by its data-parallel rank 0):
     rng_state              [one dict per data-parallel rank] (rng_state.py)
     args                   the flags as plain values (run_record.py)
     model_config           TransformerConfig.to_dict()
+    model_family, model_options   the family and its builder's other arguments (model_record.py)
     parallel               TP, PP, virtual PP, DP sizes and the distributed-optimizer setting
     vocab_size, padded_vocab_size   the tokenizer's and the embedding's
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from .model_record import model_record
 from .run_record import args_to_dict
 
 FORMAT_VERSION = 1
@@ -48,7 +50,7 @@ def parallel_record(run) -> Dict:
 
 
 def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state, rng_states: List[Dict],
-                include_optimizer: bool) -> Dict:
+                include_optimizer: bool, family: str, model_options: Dict) -> Dict:
     keys = model_keys(len(chunks))
     true_vocab = getattr(getattr(args, "tokenizer", None), "vocab_size", None)
     record = args_to_dict(args)
@@ -62,6 +64,7 @@ def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state
         "consumed_valid_samples": train_state.consumed_valid_samples,
         "args": record,
         "model_config": run.model.to_dict(),
+        **model_record(family, model_options),
         "parallel": parallel_record(run),
         "vocab_size": true_vocab,
         "padded_vocab_size": getattr(args, "padded_vocab_size", None),

@@ -69,6 +69,20 @@ def tiny_args_record(family: str, tp: int, pp: int) -> Dict:
     return record
 
 
+def tiny_family(family: str) -> str:
+    """Our family name of a tiny model ("llama" is a GPT with Llama's config)."""
+    return "gpt" if family == "llama" else family
+
+
+def tiny_model_options(family: str) -> Dict:
+    """What the checkpoint records for build_tiny_model's other arguments (models/registry.py)."""
+    if family in ("gpt", "llama"):
+        return {"max_sequence_length": MAX_POSITIONS}
+    if family == "t5":
+        return {"decoder_num_layers": _SHAPE["num_layers"], "max_sequence_length": MAX_POSITIONS}
+    return {"mem_length": MEM_LENGTH}
+
+
 def tiny_padded_vocab_size(family: str) -> int:
     return mpu.pad_vocab_size(BERT_VOCAB_SIZE, tiny_config(family).make_vocab_size_divisible_by, 1)
 
@@ -93,5 +107,6 @@ def write_tiny_checkpoint(directory: str, family: str, tensor_model_parallel_siz
         write_weights_checkpoint(directory, full,
                                  lambda stage: build_tiny_model(family, config, padded, PipelineStage(
                                      stage.rank, stage.size, split_rank=split)),
-                                 record, config, BERT_VOCAB_SIZE, padded, tp, pp)
+                                 record, config, BERT_VOCAB_SIZE, padded, tp, pp, family=tiny_family(family),
+                                 model_options=tiny_model_options(family))
     return directory
