@@ -270,6 +270,17 @@ def test_another_model_shape_is_one_sentence_and_another_parallel_size_reshards_
         "resharded checkpoint iteration 3 from TP=1 PP=1 DP=1 to TP=2 PP=1 DP=1 on load"], done.stdout[-3000:]
 
 
+def test_both_layouts_record_the_family_and_another_familys_entry_point_refuses_it_in_one_sentence(
+        corpus, serial_checkpoint, fp16_runs):
+    from megatron_core.checkpoint.saved_model import open_saved_model
+    for directory in (serial_checkpoint, fp16_runs.break_dir):      # Megatron layout, DeepSpeed layout
+        saved = open_saved_model(directory)
+        assert saved.record["model_family"] == "gpt", directory
+        assert saved.model_options == {"max_sequence_length": saved.args["max_position_embeddings"]}
+    line = _one_error_line(run_entry_point("pretrain_bert.py", flags(corpus, "--load", serial_checkpoint)))
+    assert "holds a gpt model and this run trains a bert model; load it with the entry point of its family" in line
+
+
 def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_checkpoint(corpus, tmp_path):
     done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path), "--exit-interval", "1")))
     assert "no checkpoint found" in done.stdout and sorted(logged_iterations(done.stdout)) == [1]

@@ -122,7 +122,7 @@ def test_transformer_xl_to_hf_is_one_sentence(tmp_path):
         full = TransformerXLModel(config, 64, 8).state_dict()
         write_weights_checkpoint(str(tmp_path / "txl"), full, lambda stage: TransformerXLModel(config, 64, 8,
                                                                                               stage=stage),
-                                 {}, config, 60, 64, 1)
+                                 {}, config, 60, 64, 1, family="transformer_xl", model_options={"mem_length": 8})
     with pytest.raises(ConversionError) as caught:
         convert("--to-hf", "--load", tmp_path / "txl", "--output", tmp_path / "hf")
     message = str(caught.value)
