@@ -13,10 +13,8 @@ from typing import Dict
 import torch
 
 from megatron_core import mpu
-from megatron_core.models.gpt import GPTModel
 from megatron_core.models.llama import llama_config
-from megatron_core.models.t5 import T5Model
-from megatron_core.models.transformer_xl import TransformerXLModel
+from megatron_core.models.registry import get_family
 from megatron_core.mpu.layout import PipelineStage
 from megatron_core.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
 from megatron_core.transformer.config import TransformerConfig
@@ -46,12 +44,8 @@ def tiny_config(family: str) -> TransformerConfig:
 
 
 def build_tiny_model(family: str, config: TransformerConfig, padded_vocab_size: int, stage: PipelineStage):
-    if family in ("gpt", "llama"):
-        return GPTModel(config, padded_vocab_size, MAX_POSITIONS, stage=stage)
-    if family == "t5":
-        return T5Model(config, padded_vocab_size, decoder_num_layers=config.num_layers,
-                       max_sequence_length=MAX_POSITIONS, stage=stage if stage.size > 1 else None)
-    return TransformerXLModel(config, padded_vocab_size, MEM_LENGTH, stage=stage)
+    """The tiny model of `family`, built as a checkpoint of it is: by its registry entry."""
+    return get_family(tiny_family(family)).build_model(config, padded_vocab_size, tiny_model_options(family), stage)
 
 
 def tiny_args_record(family: str, tp: int, pp: int) -> Dict:
