@@ -10,7 +10,7 @@ import pytest
 
 from megatron_core.testing.entry_points import failure_report, run_entry_point, run_ranks, tiny_run_flags
 from megatron_core.testing.launch_scripts import dry_run_script, estimate_fields
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
+from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT, write_gbk_vocab
 
 # script -> (published parameters, tolerance, where the number is published)
 PUBLISHED = {
@@ -101,6 +101,17 @@ def test_dry_run_without_the_vocabulary_file_asks_for_vocab_size(tmp_path):
     from_file = run_entry_point("pretrain_gpt.py", _tiny_gpt_dry_run_flags(tmp_path), timeout=120)
     # the tokenizer of the 21128-entry file has 21130 ids ([BOS], [EOS] added): the same padded count
     assert estimate_fields(from_file.stdout) == estimate_fields(with_size.stdout)
+
+
+def test_a_vocabulary_file_that_is_not_utf8_is_one_sentence_before_any_step(tmp_path):
+    vocab = write_gbk_vocab(tmp_path)
+    real_run = tiny_run_flags(str(tmp_path / "absent_text_document"), str(tmp_path / "cache"), train_iters=1)
+    for flags in (real_run, _tiny_gpt_dry_run_flags(tmp_path)):
+        flags[flags.index(BERT_VOCAB)] = str(vocab)
+        done = run_entry_point("pretrain_gpt.py", flags, timeout=120)
+        assert done.returncode == 2, failure_report(done)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --vocab-file {vocab} is not UTF-8 text"), lines
 
 
 def test_vocab_size_that_disagrees_with_the_tokenizer_is_one_sentence(gpt_corpus):
