@@ -8,7 +8,7 @@ fp32 weights, Adam's two moments per parameter and the small entries (iteration,
 schedule); about 1 GB at the defaults (85 M parameters x 3 tensors x 4 bytes). Each round,
 in alternating order, on the same disk:
 
-    ours:   training.checkpoint.file_io.save_file(state, path)   temporary file, fsync,
+    ours:   checkpoint.file_io.save_file(state, path)   temporary file, fsync,
             rename, fsync of the directory; then load_file(path) (torch.load weights_only)
     plain:  torch.save(state, path) then os.fsync of the file (the data on disk, as ours
             guarantees); then torch.load(path, weights_only=True)
@@ -28,7 +28,7 @@ import time
 import torch
 
 from megatron_core.cli import run as run_cli
-from megatron_core.training.checkpoint.file_io import load_file, save_file
+from megatron_core.checkpoint.file_io import load_file, save_file
 
 VOCAB = 21248
 

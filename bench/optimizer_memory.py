@@ -20,9 +20,9 @@ from megatron_core.cli import run
 
 from megatron_core.models.gpt import GPTModel
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.training.config import OptimizerConfig, ParallelConfig, PrecisionConfig
-from megatron_core.training.native_backend import build_backend
+from megatron_core.training.backends.native import build_backend
 from megatron_core.transformer.config import TransformerConfig
 
 VOCAB, SEQ = 1024, 32

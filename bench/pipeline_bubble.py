@@ -25,7 +25,7 @@ from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline.chunk import PipelineChunkMixin
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
-from megatron_core.testing.distributed import run_distributed
+from tests.harness.distributed import run_distributed
 
 SHAPE = (1, 1, 4)
 

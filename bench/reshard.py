@@ -51,7 +51,7 @@ TOOL = os.path.join(ROOT, "tools", "change_mp.py")
 
 def _save_checkpoint(corpus, cache, directory, args, data_parallel):
     """pretrain_gpt.py: one bf16 Adam iteration at TP=2 (x DP=2 with the distributed optimizer), saved."""
-    from megatron_core.testing.entry_points import failure_report, run_entry_point, tiny_run_flags
+    from tests.harness.entry_points import failure_report, run_entry_point, tiny_run_flags
     flags = tiny_run_flags(corpus, cache, train_iters=1, seq_length=64, num_layers=args.num_layers)
     for flag, value in (("--hidden-size", args.hidden_size), ("--num-attention-heads", args.num_attention_heads),
                         ("--micro-batch-size", 1), ("--global-batch-size", 2)):
@@ -164,7 +164,7 @@ def main(argv=None):
     p.add_argument("--dir", default=None, help="where to work (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (its checkpoints) for profiling")
     args = p.parse_args(argv)
-    from megatron_core.testing.tiny_corpus import preprocess_zh_news
+    from tests.harness.tiny_corpus import preprocess_zh_news
     work = tempfile.mkdtemp(prefix="bench_reshard_", dir=args.dir)
     try:
         corpus = preprocess_zh_news(os.path.join(work, "corpus"))
@@ -173,7 +173,7 @@ def main(argv=None):
         _save_checkpoint(corpus, os.path.join(work, "cache"), plain, args, data_parallel=1)
         _save_checkpoint(corpus, os.path.join(work, "cache"), distributed, args, data_parallel=2)
         made_s = time.perf_counter() - start
-        import_s, import_rss = _child([sys.executable, "-c", "import torch, megatron_core.training.checkpoint.reshard"])
+        import_s, import_rss = _child([sys.executable, "-c", "import torch, megatron_core.checkpoint.reshard"])
         directions = [("tp2_to_tp1", plain, "1"), ("tp1_to_tp4", os.path.join(work, "tp2_to_tp1"), "4"),
                       ("tp2_dp2_to_tp1", distributed, "1")]
         keys = ("reshard_s", "reshard_wall_s", "rss", "copy_fsync_s", "copy_s",

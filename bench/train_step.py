@@ -8,7 +8,7 @@
    * loop:  `python pretrain_gpt.py ...` (one process, TP=PP=DP=1, CPU), as a user runs it
      (lr schedule object, pipeline schedule, backend, log lines); its rate is the
      "tokens per second" of its log lines;
-   * plain: `python -m megatron_core.testing.plain_gpt_loop ...` with the same flags: the
+   * plain: `python -m tests.harness.plain_gpt_loop ...` with the same flags: the
      same GPTModel, data and AdamW, in a bare `for` loop; its rate per --log-interval
      window measured the same way.
    The first window of each is warm-up and left out; a run's rate is the median of the
@@ -54,7 +54,7 @@ def loop_rate(argv, env):
 
 
 def plain_rate(argv, env):
-    out = run_command([sys.executable, "-m", "megatron_core.testing.plain_gpt_loop", *argv], env)
+    out = run_command([sys.executable, "-m", "tests.harness.plain_gpt_loop", *argv], env)
     return statistics.median(json.loads(out.strip().splitlines()[-1])["tokens_per_second"][1:])
 
 

@@ -4,10 +4,10 @@ import importlib.util
 import pytest
 import tqdm
 
-from megatron_core.testing.deepspeed_op_cache import finish_background_build, start_background_build
-from megatron_core.testing.engine_runs import SharedEngineRuns
-from megatron_core.testing.entry_points import plain_gpt_reference, tiny_gpt_flags
-from megatron_core.testing.tiny_corpus import preprocess_zh_news
+from tests.harness.deepspeed_op_cache import finish_background_build, start_background_build
+from tests.harness.engine_runs import SharedEngineRuns
+from tests.harness.entry_points import plain_gpt_reference, tiny_gpt_flags
+from tests.harness.tiny_corpus import preprocess_zh_news
 
 # tqdm's monitor thread would outlive the progress bar that started it, and a process running
 # a second thread forks unsafely: run_distributed would spawn its workers (5 s of imports each).

@@ -14,9 +14,9 @@ import torch
 from megatron_core import mpu
 from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_mean
 from megatron_core.models.roformer import RoFormerModel, unified_lm_targets
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
-from megatron_core.testing.model_checks import full_shape, local_shard
+from tests.harness.model_checks import full_shape, local_shard
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 VOCAB, MAX_POS, B, S = 96, 16, 3, 10

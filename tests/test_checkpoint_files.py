@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from megatron_core import mpu
-from megatron_core.training.checkpoint import megatron_layout, rng_state
-from megatron_core.training.checkpoint.deepspeed_layout import DeepSpeedLayout
-from megatron_core.training.checkpoint.file_io import load_file, save_file
-from megatron_core.training.checkpoint.run_record import args_to_dict
+from megatron_core.checkpoint import megatron_layout, rng_state
+from megatron_core.checkpoint.deepspeed_layout import DeepSpeedLayout
+from megatron_core.checkpoint.file_io import load_file, save_file
+from megatron_core.checkpoint.run_record import args_to_dict
 from megatron_core.errors import CheckpointError
 
 

@@ -3,7 +3,7 @@
 An uninterrupted run of 6 iterations, saving at 3 and 6, is the reference. The resumed run
 loads its checkpoint of iteration 3 and trains 3 more: it must log the same strings for
 iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
-end with bit-identical weights and optimizer state (megatron_core.testing.resume_check).
+end with bit-identical weights and optimizer state (tests.harness.resume_check).
 A run stopped by --exit-interval saves exactly that iteration-3 state (checked once).
 Dropout stays on, so the RNG streams must be restored too. Multi-rank runs fork their ranks
 (entry_points.run_ranks): the checkpoint is the subject here; tests/test_training_loop.py
@@ -19,11 +19,11 @@ import time
 import pytest
 import torch
 
-from megatron_core.testing.entry_points import (clean_env, entry_point_command, logged_iterations,
+from tests.harness.entry_points import (clean_env, entry_point_command, logged_iterations,
                                                     run_entry_point, run_ranks)
-from megatron_core.testing.output_faults import output_fault, FaultUnavailable
-from megatron_core.testing.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
+from tests.harness.output_faults import output_fault, FaultUnavailable
+from tests.harness.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
+from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news
 
 ITERS = 6
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from megatron_core.errors import CheckpointError
 from megatron_core.models.transformer_xl import TransformerXLModel
-from megatron_core.testing.tool_main import run_tool_main
-from megatron_core.training.checkpoint.saved_model import open_saved_model
+from tests.harness.tool_main import run_tool_main
+from megatron_core.checkpoint.saved_model import open_saved_model
 from megatron_core.transformer import TransformerConfig
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 LAYERS, HIDDEN, HEADS, VOCAB_ROWS, TP, ITERATION = 2, 16, 4, 64, 2, 1000
 D = HIDDEN // HEADS
@@ -197,7 +197,7 @@ def test_a_pickle_payload_in_their_file_is_refused_and_never_runs(tmp_path):
 
 def test_megatron_args_namespace_loads_only_when_allowed(tmp_path):
     import argparse
-    from megatron_core.training.checkpoint.file_io import load_file
+    from megatron_core.checkpoint.file_io import load_file
     path = tmp_path / "model_optim_rng.pt"
     torch.save({"args": argparse.Namespace(num_layers=2, hidden_size=16), "iteration": 3}, path)
     assert load_file(str(path), allow_namespace=True)["args"].num_layers == 2

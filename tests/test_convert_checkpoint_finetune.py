@@ -22,12 +22,12 @@ transformers = pytest.importorskip("transformers")
 
 from megatron_core.data.builder import build_train_valid_test_datasets  # noqa: E402
 from megatron_core.models.gpt import GPTModel  # noqa: E402
-from megatron_core.testing.entry_points import failure_report, logged_values, run_entry_point  # noqa: E402
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
-from megatron_core.testing.weights import randomize_trainable  # noqa: E402
-from megatron_core.training.checkpoint.saved_model import open_saved_model  # noqa: E402
+from tests.harness.entry_points import failure_report, logged_values, run_entry_point  # noqa: E402
+from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
+from tests.harness.weights import randomize_trainable  # noqa: E402
+from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world  # noqa: E402
+from tests.harness.model_checks import single_process_world  # noqa: E402
 
 SEQ, MICRO, GLOBAL, ITERS = 32, 2, 8, 2
 VOCAB = 21130   # BERT's Chinese vocab.txt (21128) + our [BOS], [EOS] (the eod the corpus ends documents with)

@@ -17,14 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; nev
 transformers = pytest.importorskip("transformers")
 
 from megatron_core.errors import CheckpointError, ConversionError  # noqa: E402
-from megatron_core.models.hf.checkpoint_spec import spec_of_saved  # noqa: E402
+from megatron_core.convert.checkpoint_spec import spec_of_saved  # noqa: E402
 from megatron_core.models.hf.registry import get_mapping  # noqa: E402
-from megatron_core.testing.entry_points import failure_report, run_entry_point  # noqa: E402
-from megatron_core.testing.hf_models import CASES, VOCAB, hf_batch, logits_of, saved_hf_model  # noqa: E402
-from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
-from megatron_core.training.checkpoint.saved_model import open_saved_model  # noqa: E402
+from tests.harness.entry_points import failure_report, run_entry_point  # noqa: E402
+from tests.harness.hf_models import CASES, VOCAB, hf_batch, logits_of, saved_hf_model  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
+from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world  # noqa: E402
+from tests.harness.model_checks import single_process_world  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -99,7 +99,7 @@ def test_shards_are_the_tp1_tensors_split_as_the_model_splits_them(tmp_path):
 
 def test_exported_tokenizer_gives_our_ids_offline(tmp_path):
     from megatron_core.data.tokenizers.factory import build_tokenizer
-    from megatron_core.testing.tiny_corpus import BERT_VOCAB
+    from tests.harness.tiny_corpus import BERT_VOCAB
     saved_hf_model("gpt", tmp_path / "hf")
     convert("--from-hf", tmp_path / "hf", "--output", tmp_path / "ours")
     convert("--to-hf", "--load", tmp_path / "ours", "--output", tmp_path / "back", "--tokenizer-type",
@@ -112,7 +112,7 @@ def test_exported_tokenizer_gives_our_ids_offline(tmp_path):
 
 def test_transformer_xl_to_hf_is_one_sentence(tmp_path):
     from megatron_core.models.transformer_xl import TransformerXLModel
-    from megatron_core.training.checkpoint.weights_checkpoint import write_weights_checkpoint
+    from megatron_core.checkpoint.weights_checkpoint import write_weights_checkpoint
     config = TransformerConfig(num_layers=2, hidden_size=16, num_attention_heads=2,
                                position_embedding_type="relative_xl", activation="gelu_tanh")
     with single_process_world():

@@ -1,6 +1,6 @@
 """tools/convert_checkpoint.py streams both ways (issue 12 points 4-5), measured in a child
 process as the peak RSS its work adds above what its imports left resident
-(megatron_core.testing.peak_rss; a tiny conversion of the same kind runs first, so the
+(tests.harness.peak_rss; a tiny conversion of the same kind runs first, so the
 imports main() does inside are paid before the mark is reset):
 
   --from-hf of a ~170 MB Llama saved by transformers in five safetensors shards, into TP=2:
@@ -19,8 +19,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; never reach the hub
 transformers = pytest.importorskip("transformers")
 
-from megatron_core.models.hf.safetensors_files import INDEX_FILE  # noqa: E402
-from megatron_core.testing.peak_rss import PEAK_RSS_RESETTABLE, tool_peak_rss_growth  # noqa: E402
+from megatron_core.convert.safetensors_files import INDEX_FILE  # noqa: E402
+from tests.harness.peak_rss import PEAK_RSS_RESETTABLE, tool_peak_rss_growth  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not PEAK_RSS_RESETTABLE, reason="resets the peak RSS mark the Linux way")
 

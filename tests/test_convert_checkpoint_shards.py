@@ -16,13 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; nev
 transformers = pytest.importorskip("transformers")
 
 from megatron_core.errors import ConfigError  # noqa: E402
-from megatron_core.models.hf.safetensors_files import (INDEX_FILE, SafetensorsWeights, parse_shard_size,  # noqa: E402
+from megatron_core.convert.safetensors_files import (INDEX_FILE, SafetensorsWeights, parse_shard_size,  # noqa: E402
                                                        write_safetensors_shards)
 from megatron_core.models.hf.registry import mapping_for_hf_config  # noqa: E402
-from megatron_core.models.hf.streamed_import import StreamedImport  # noqa: E402
+from megatron_core.convert.hf_streamed_import import StreamedImport  # noqa: E402
 from megatron_core.mpu.layout import pad_vocab_size  # noqa: E402
-from megatron_core.testing.hf_models import CASES, hf_batch, logits_of, saved_hf_model  # noqa: E402
-from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
+from tests.harness.hf_models import CASES, hf_batch, logits_of, saved_hf_model  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

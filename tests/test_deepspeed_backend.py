@@ -1,6 +1,6 @@
 """pretrain_gpt.py --deepspeed logs the losses of a plain PyTorch loop.
 
-The reference is megatron_core.testing.plain_gpt_loop: the serial GPT trained by
+The reference is tests.harness.plain_gpt_loop: the serial GPT trained by
 torch.optim.AdamW on the same samples, independent of both backends (the session's
 `plain_gpt`). Each layout runs DeepSpeed's engine end to end (deepspeed.initialize with our
 mpu, ZeRO's reductions, its clipping and step) for 5 steps and must log those losses within
@@ -13,16 +13,16 @@ TP=2 ones, the checkpoint-tool tests read their checkpoints). ZeRO-2 runs under
 torchrun; the other layouts start their ranks directly (testing/engine_runs.run_engine_ranks).
 
 DeepSpeed compiles its CPU comm op at every engine start; the op cache is
-megatron_core.testing.deepspeed_op_cache (TORCH_EXTENSIONS_DIR, stale locks removed).
+tests.harness.deepspeed_op_cache (TORCH_EXTENSIONS_DIR, stale locks removed).
 Skipped when deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]').
 """
 import pytest
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
-from megatron_core.testing.engine_runs import run_engine_ranks, write_deepspeed_config  # noqa: E402
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_losses,  # noqa: E402
+from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
+from tests.harness.engine_runs import run_engine_ranks, write_deepspeed_config  # noqa: E402
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_losses,  # noqa: E402
                                                 run_entry_point, tiny_gpt_flags)
 
 STEPS = TINY_GPT_STEPS

@@ -2,7 +2,7 @@
 
 ZeRO-1 and ZeRO-2 (bf16) at DP=2 train a tiny GPT (dropout on, so the RNG streams matter) for 4
 iterations without a break, saving at 2 and 4, and again from its iteration-2 checkpoint
-(megatron_core.testing.resume_check). ZeRO-3 at DP=2 and ZeRO-1 at TP=2 resume the session's
+(tests.harness.resume_check). ZeRO-3 at DP=2 and ZeRO-1 at TP=2 resume the session's
 shared runs (testing/engine_runs.py: 5 iterations, saved at 2 and 5, no dropout, constant lr,
 whose losses test_deepspeed_backend checks against the plain loop): one launch each. Dropout with
 Megatron's (cosine) schedule through an engine checkpoint is test_deepspeed_checkpoint_tools'
@@ -19,7 +19,7 @@ is a module fixture read by every assertion on that layout, and the ranks start 
 (testing/engine_runs.run_engine_ranks), without a launcher process.
 
 DeepSpeed compiles its CPU comm op at every engine start; the op cache is
-megatron_core.testing.deepspeed_op_cache. Skipped when deepspeed is not installed.
+tests.harness.deepspeed_op_cache. Skipped when deepspeed is not installed.
 """
 import glob
 import json
@@ -32,12 +32,12 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
-from megatron_core.testing.engine_runs import assert_bf16_masters_carried, load_engine_file as load, run_engine_ranks  # noqa: E402
-from megatron_core.testing.entry_points import TINY_GPT_STEPS, failure_report, logged_values  # noqa: E402
-from megatron_core.testing.resume_check import COUNTERS, check_exact_resume, check_resume_of  # noqa: E402
-from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
-from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
+from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
+from tests.harness.engine_runs import assert_bf16_masters_carried, load_engine_file as load, run_engine_ranks  # noqa: E402
+from tests.harness.entry_points import TINY_GPT_STEPS, failure_report, logged_values  # noqa: E402
+from tests.harness.resume_check import COUNTERS, check_exact_resume, check_resume_of  # noqa: E402
+from tests.harness.tiny_corpus import BERT_VOCAB  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
 
 ITERS = 4
 LR = 3e-3

@@ -31,15 +31,15 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
-from megatron_core.testing.engine_runs import (as_one_run, assert_bf16_masters_carried,  # noqa: E402
+from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
+from tests.harness.engine_runs import (as_one_run, assert_bf16_masters_carried,  # noqa: E402
                                                load_engine_file as load, run_engine_ranks, write_deepspeed_config)
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values,  # noqa: E402
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values,  # noqa: E402
                                                 run_entry_point, run_plain_ranks, tiny_run_flags)
-from megatron_core.testing.tiny_corpus import BERT_VOCAB  # noqa: E402
-from megatron_core.testing.resume_check import COUNTERS, check_exact_resume  # noqa: E402
-from megatron_core.testing.tool_main import run_tool_main  # noqa: E402
-from megatron_core.training.checkpoint.saved_model import read_full_model_state  # noqa: E402
+from tests.harness.tiny_corpus import BERT_VOCAB  # noqa: E402
+from tests.harness.resume_check import COUNTERS, check_exact_resume  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
+from megatron_core.checkpoint.saved_model import read_full_model_state  # noqa: E402
 
 ITERS = 4
 

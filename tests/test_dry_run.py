@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from megatron_core.testing.entry_points import failure_report, run_entry_point, run_ranks, tiny_run_flags
-from megatron_core.testing.launch_scripts import dry_run_script, estimate_fields
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT, write_gbk_vocab
+from tests.harness.entry_points import failure_report, run_entry_point, run_ranks, tiny_run_flags
+from tests.harness.launch_scripts import dry_run_script, estimate_fields
+from tests.harness.tiny_corpus import BERT_VOCAB, ROOT, write_gbk_vocab
 
 # script -> (published parameters, tolerance, where the number is published)
 PUBLISHED = {

@@ -17,9 +17,9 @@ from megatron_core import mpu
 from megatron_core.data.tokenizers import build_tokenizer_from_args
 from megatron_core.models.gpt import GPTModel
 from megatron_core.mpu.layout import pad_vocab_size
-from megatron_core.testing import run_distributed
-from megatron_core.testing.entry_points import failure_report, logged_values, run_entry_point
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, FINETUNE_JSONL
+from tests.harness import run_distributed
+from tests.harness.entry_points import failure_report, logged_values, run_entry_point
+from tests.harness.tiny_corpus import BERT_VOCAB, FINETUNE_JSONL
 from megatron_core.training.arguments import parse_args, transformer_config_from_args, validate
 
 STEPS = 4

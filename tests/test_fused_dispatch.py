@@ -1,7 +1,7 @@
 """megatron_core.fused picks our kernel, then Apex, then the torch fallback: CPU tensors and
 --no-fused-kernels always get the fallback; a missing extension falls back; Apex runs when
 it is installed and ours is not. The kernel branches run here through a fake extension that
-implements the binding's contract with the kernels' formulas (megatron_core.testing.fake_fused),
+implements the binding's contract with the kernels' formulas (tests.harness.fake_fused),
 so they also prove the autograd glue gives the fallbacks' outputs and gradients."""
 import contextlib
 import sys
@@ -11,8 +11,8 @@ import torch
 
 from megatron_core import fused, mpu
 from megatron_core.fused import dispatch
-from megatron_core.testing import run_distributed
-from megatron_core.testing.fake_fused import fake_apex, fake_fused_extension, no_fused_extension
+from tests.harness import run_distributed
+from tests.harness.fake_fused import fake_apex, fake_fused_extension, no_fused_extension
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.transformer.config import TransformerConfig
 from megatron_core.transformer.layer import TransformerLayer

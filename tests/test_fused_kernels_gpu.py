@@ -171,7 +171,7 @@ def _train_gpt_losses(fused_kernels: bool, out: dict):
 
 
 def test_a_two_layer_gpt_trains_to_the_same_losses_with_and_without_kernels():
-    from megatron_core.testing import run_distributed
+    from tests.harness import run_distributed
     import multiprocessing
     manager = multiprocessing.get_context("spawn").Manager()
     out = manager.dict()

@@ -10,12 +10,12 @@ from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.inference.checkpoint_model import load_checkpoint_model
 from megatron_core.inference.sampling import SamplingParams
 from megatron_core.inference.transformer_xl import TransformerXLSession
-from megatron_core.testing.entry_points import clean_env, entry_point_command
-from megatron_core.testing.inference_checkpoints import write_tiny_checkpoint
-from megatron_core.testing.inference_models import greedy_by_recomputation
-from megatron_core.testing.terminal import Terminal
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.entry_points import clean_env, entry_point_command
+from tests.harness.inference_checkpoints import write_tiny_checkpoint
+from tests.harness.inference_models import greedy_by_recomputation
+from tests.harness.terminal import Terminal
+from tests.harness.tiny_corpus import BERT_VOCAB, ROOT
+from tests.harness.model_checks import single_process_world
 
 PROMPTS = ["清华大学位于北京", "今天天气"]
 NEW = 5

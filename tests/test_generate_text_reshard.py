@@ -11,11 +11,11 @@ import torch
 from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.errors import CheckpointError
 from megatron_core.inference.checkpoint_model import inference_layout
-from megatron_core.testing.entry_points import failure_report, run_entry_point, run_ranks
-from megatron_core.testing.inference_checkpoints import tiny_serial_model, write_tiny_checkpoint
-from megatron_core.testing.inference_models import greedy_by_recomputation
-from megatron_core.testing.tiny_corpus import BERT_VOCAB
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.entry_points import failure_report, run_entry_point, run_ranks
+from tests.harness.inference_checkpoints import tiny_serial_model, write_tiny_checkpoint
+from tests.harness.inference_models import greedy_by_recomputation
+from tests.harness.tiny_corpus import BERT_VOCAB
+from tests.harness.model_checks import single_process_world
 
 PROMPTS = ["清华大学位于北京", "今天"]
 NEW = 6

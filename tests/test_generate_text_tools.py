@@ -15,12 +15,12 @@ import torch
 
 from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.inference.checkpoint_model import load_checkpoint_model
-from megatron_core.testing.entry_points import (clean_env, corpus_flags, entry_point_command, failure_report,
+from tests.harness.entry_points import (clean_env, corpus_flags, entry_point_command, failure_report,
                                                 run_entry_point, run_ranks, tiny_run_flags)
-from megatron_core.testing.inference_models import greedy_by_recomputation
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, ROOT
+from tests.harness.inference_models import greedy_by_recomputation
+from tests.harness.tiny_corpus import BERT_VOCAB, ROOT
 from megatron_core import mpu
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 PROMPTS = ["清华大学位于北京", "今天"]
 NEW = 6

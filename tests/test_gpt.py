@@ -16,9 +16,9 @@ from megatron_core.models.gpt import GPTModel
 from megatron_core.models.language_model import masked_mean
 from megatron_core.models.llama import build_llama, llama_config
 from megatron_core.mpu.layout import PipelineStage
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
-from megatron_core.testing.model_checks import local_shard
+from tests.harness.model_checks import local_shard
 from tests.test_transformer import _gen, _perturb
 
 TOL = dict(rtol=1e-4, atol=2e-5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_core import mpu
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 
 
 def _serial_model_grads(pp):

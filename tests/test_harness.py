@@ -4,7 +4,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from megatron_core.testing import DistributedTestFailure, run_distributed
+from tests.harness import DistributedTestFailure, run_distributed
 
 
 def _fail_on_rank_one():

@@ -22,8 +22,8 @@ from megatron_core.models.roformer import (RoFormerModel, unified_attention_mask
                                            unified_lm_targets)
 from megatron_core.mpu.layout import PipelineStage  # noqa: E402
 from megatron_core.transformer import ConfigError  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world  # noqa: E402
-from megatron_core.testing.weights import randomize_trainable  # noqa: E402
+from tests.harness.model_checks import single_process_world  # noqa: E402
+from tests.harness.weights import randomize_trainable  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, MAX_POS, B, S = 97, 24, 3, 11

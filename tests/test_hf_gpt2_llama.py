@@ -13,8 +13,8 @@ from megatron_core.models.hf import gpt2 as hf_gpt2  # noqa: E402
 from megatron_core.models.hf import llama as hf_llama  # noqa: E402
 from megatron_core.models.hf.common import ConversionError  # noqa: E402
 from megatron_core.models.llama import llama_config  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world
-from megatron_core.testing.weights import randomize_trainable  # noqa: E402
+from tests.harness.model_checks import single_process_world
+from tests.harness.weights import randomize_trainable  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, PADDED, MAX_POS, B, S = 60, 64, 16, 2, 12

@@ -22,9 +22,9 @@ from megatron_core.models.hf.qkv_layout import (deinterleave_kv, deinterleave_qk
                                                 interleave_qkv, qkv_from_blocks, qkv_to_blocks)
 from megatron_core.models.hf.registry import (get_mapping, mapping_for_hf_config,  # noqa: E402
                                               registered_families)
-from megatron_core.testing.hf_models import CASES, VOCAB, hf_batch, saved_hf_model  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world
-from megatron_core.testing.weights import randomize_trainable  # noqa: E402
+from tests.harness.hf_models import CASES, VOCAB, hf_batch, saved_hf_model  # noqa: E402
+from tests.harness.model_checks import single_process_world
+from tests.harness.weights import randomize_trainable  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 PADDED = 72

@@ -9,10 +9,10 @@ from megatron_core.inference.generation import generate
 from megatron_core.inference.kv_cache import InferenceContext
 from megatron_core.inference.sampling import SamplingParams
 from megatron_core.inference.transformer_xl import TransformerXLSession
-from megatron_core.testing.inference_models import (VOCAB, full_logits, greedy_by_recomputation, random_prompts,
+from tests.harness.inference_models import (VOCAB, full_logits, greedy_by_recomputation, random_prompts,
                                                     tiny_gpt, tiny_llama, tiny_roformer, tiny_t5,
                                                     tiny_transformer_xl)
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 GREEDY = SamplingParams(greedy=True)
 STEPS = 8

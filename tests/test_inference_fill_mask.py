@@ -5,9 +5,9 @@ import torch
 
 from megatron_core.inference.fill_mask import fill_mask
 from megatron_core.models.bert import BertModel
-from megatron_core.testing.inference_models import PADDED, VOCAB, tiny_roformer
+from tests.harness.inference_models import PADDED, VOCAB, tiny_roformer
 from megatron_core.transformer.config import TransformerConfig
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 MASK = 4
 

@@ -13,8 +13,8 @@ from megatron_core.inference.decoders import CausalLMDecoder  # noqa: E402
 from megatron_core.inference.generation import generate  # noqa: E402
 from megatron_core.inference.sampling import SamplingParams  # noqa: E402
 from megatron_core.models.hf.registry import get_mapping  # noqa: E402
-from megatron_core.testing.inference_models import PADDED, VOCAB, random_prompts, tiny_gpt, tiny_llama  # noqa: E402
-from megatron_core.testing.model_checks import single_process_world  # noqa: E402
+from tests.harness.inference_models import PADDED, VOCAB, random_prompts, tiny_gpt, tiny_llama  # noqa: E402
+from tests.harness.model_checks import single_process_world  # noqa: E402
 
 NEW_TOKENS = 10
 

@@ -7,9 +7,9 @@ from megatron_core import mpu
 from megatron_core.inference.decoders import CausalLMDecoder
 from megatron_core.inference.generation import generate
 from megatron_core.inference.sampling import SamplingParams
-from megatron_core.testing import run_distributed
-from megatron_core.testing.inference_models import VOCAB, random_prompts, tiny_gpt, tiny_llama
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness import run_distributed
+from tests.harness.inference_models import VOCAB, random_prompts, tiny_gpt, tiny_llama
+from tests.harness.model_checks import single_process_world
 
 PROMPTS = random_prompts([5, 2, 7], seed=9)
 NEW_TOKENS = 6

@@ -10,9 +10,9 @@ from megatron_core.inference.decoders import T5Decoder
 from megatron_core.inference.generation import generate
 from megatron_core.inference.sampling import SamplingParams
 from megatron_core.inference.transformer_xl import TransformerXLSession
-from megatron_core.testing import run_distributed
-from megatron_core.testing.inference_models import VOCAB, random_prompts, tiny_t5, tiny_transformer_xl
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness import run_distributed
+from tests.harness.inference_models import VOCAB, random_prompts, tiny_t5, tiny_transformer_xl
+from tests.harness.model_checks import single_process_world
 
 T5_PROMPTS = random_prompts([5, 3], seed=11)
 TXL_TURNS = random_prompts([4, 3, 5], seed=12)

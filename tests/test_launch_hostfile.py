@@ -11,8 +11,8 @@ import pytest
 
 from megatron_core.errors import LaunchError
 from megatron_core.launch import LOCAL_LAUNCH, parse_hostfile
-from megatron_core.testing.entry_points import clean_env
-from megatron_core.testing.tiny_corpus import ROOT
+from tests.harness.entry_points import clean_env
+from tests.harness.tiny_corpus import ROOT
 
 
 def test_hostfile_lines_are_deepspeeds_host_slots_with_comments_and_blank_lines_ignored():

@@ -1,6 +1,6 @@
 """pretrain_gpt.py, unedited, under DeepSpeed's launcher and OpenMPI's mpirun logs the plain PyTorch loop's losses.
 
-The reference is megatron_core.testing.plain_gpt_loop (the serial model under torch.optim.AdamW,
+The reference is tests.harness.plain_gpt_loop (the serial model under torch.optim.AdamW,
 one process, no launcher). torchrun --nproc-per-node at TP=2 and DP=2 is test_training_loop's;
 here each other launcher starts 2 ranks on this host, each at one layout:
 
@@ -15,12 +15,12 @@ import subprocess
 
 import pytest
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: F401 (conftest starts the op build)
-from megatron_core.testing.distributed import find_free_port
-from megatron_core.testing.entry_points import (assert_logged_losses, clean_env, failure_report,
+from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: F401 (conftest starts the op build)
+from tests.harness.distributed import find_free_port
+from tests.harness.entry_points import (assert_logged_losses, clean_env, failure_report,
                                                 run_entry_point, tiny_gpt_flags)
-from megatron_core.testing.launch_commands import deepspeed_hostfile_command, missing_programs, mpirun_command
-from megatron_core.testing.tiny_corpus import ROOT
+from tests.harness.launch_commands import deepspeed_hostfile_command, missing_programs, mpirun_command
+from tests.harness.tiny_corpus import ROOT
 
 TIMEOUT = 600
 

@@ -5,7 +5,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_core import mpu
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 
 SEED = 1234
 TOL = dict(rtol=1e-5, atol=1e-5)

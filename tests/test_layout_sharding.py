@@ -27,9 +27,9 @@ from megatron_core.mpu.layout import (PipelineStage, merge_shards, pad_vocab_siz
                                       stage_layer_range)
 from megatron_core.mpu.sharding_map import (ShardingMap, ShardSpec, merge_pipeline_stages, merge_tensor_parallel,
                                             split_tensor_parallel)
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 VOCAB, B, S = 64, 2, 8
 

@@ -6,9 +6,9 @@ import torch
 
 from megatron_core.models.rank_parameters import ModelShape
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.testing import run_distributed
-from megatron_core.testing.gpt_fixture import MICRO, SEQ, VOCAB, global_batches, gpt_step, tiny_gpt
-from megatron_core.testing.training_steps import backend_steps
+from tests.harness import run_distributed
+from tests.harness.gpt_fixture import MICRO, SEQ, VOCAB, global_batches, gpt_step, tiny_gpt
+from tests.harness.training_steps import backend_steps
 from megatron_core.training.config import (DeepSpeedConfig, OptimizerConfig, ParallelConfig, PrecisionConfig,
                                            RunConfig, TrainingConfig)
 from megatron_core.training.memory_estimate import (LayerActivation, estimate_memory, in_flight_microbatches,
@@ -107,7 +107,7 @@ def _allocated(model, backend) -> dict:
 
 
 def _measure(tp: int, dtype, distributed_optimizer: bool) -> None:
-    from megatron_core.training.native_backend import build_backend
+    from megatron_core.training.backends.native import build_backend
     world = 2
     ps.initialize_model_parallel(tp, 1)
     dp = world // tp

@@ -21,9 +21,9 @@ import torch
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
 from megatron_core import mpu  # noqa: E402
-from megatron_core.testing import run_distributed  # noqa: E402
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
-from megatron_core.testing.gpt_fixture import global_batches, gpt_step, tiny_gpt  # noqa: E402
+from tests.harness import run_distributed  # noqa: E402
+from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402
+from tests.harness.gpt_fixture import global_batches, gpt_step, tiny_gpt  # noqa: E402
 from megatron_core.training.config import OptimizerConfig  # noqa: E402
 from megatron_core.training.memory_estimate import state_bytes  # noqa: E402
 
@@ -41,7 +41,7 @@ def nbytes(x) -> int:
 
 
 def measure(stage: int) -> dict:
-    from megatron_core.training.deepspeed_backend import DeepSpeedBackend
+    from megatron_core.training.backends.deepspeed import DeepSpeedBackend
     torch.manual_seed(0)
     model = tiny_gpt()
     params = [p for p in model.parameters()]

@@ -14,7 +14,7 @@ from megatron_core.data.indexed_dataset import (
     merge_datasets,
 )
 from megatron_core.errors import DataError
-from megatron_core.testing import output_faults
+from tests.harness import output_faults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOL = os.path.join(os.path.dirname(HERE), "tools", "merge_datasets.py")

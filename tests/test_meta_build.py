@@ -12,8 +12,8 @@ import torch
 from megatron_core.models.bert import BertModel
 from megatron_core.mpu.layout import PipelineStage
 from megatron_core.mpu.parameter_device import parameters_on
-from megatron_core.testing.inference_checkpoints import build_tiny_model, tiny_config
-from megatron_core.training.checkpoint.weights_checkpoint import serial_world
+from tests.harness.inference_checkpoints import build_tiny_model, tiny_config
+from megatron_core.checkpoint.weights_checkpoint import serial_world
 from megatron_core.transformer.config import TransformerConfig
 from megatron_core.transformer.meta_build import materialize, meta_state_dict
 
@@ -80,10 +80,10 @@ def test_a_normal_build_is_unchanged_by_meta_builds_and_leaves_the_callers_gener
 def test_from_hf_of_a_bert_model_initializes_our_mlm_head_as_a_whole_tp1_build(tmp_path):
     transformers = pytest.importorskip("transformers")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from megatron_core.models.hf.import_checkpoint import read_hf_config
+    from megatron_core.convert.hf_import import read_hf_config
     from megatron_core.models.hf.registry import mapping_for_hf_config
     from megatron_core.mpu.layout import pad_vocab_size
-    from megatron_core.testing.tool_main import run_tool_main
+    from tests.harness.tool_main import run_tool_main
 
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=48)

@@ -4,7 +4,7 @@ import torch
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline import p2p
 from megatron_core.pipeline.p2p import P2PConfig
-from megatron_core.testing.distributed import run_distributed
+from tests.harness.distributed import run_distributed
 
 
 def _payload(rank, step, shape):

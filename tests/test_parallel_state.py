@@ -5,7 +5,7 @@ import torch.distributed as dist
 
 from megatron_core import mpu
 from megatron_core.mpu.parallel_state import ParallelLayout
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 
 
 def test_layout_matches_megatron_documented_example():

@@ -16,9 +16,9 @@ from megatron_core.models.gpt import masked_mean
 from megatron_core.models.t5 import T5Model
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline.p2p import P2PConfig
-from megatron_core.testing.distributed import run_distributed
+from tests.harness.distributed import run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from megatron_core.testing.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
+from tests.harness.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, MICRO, HIDDEN, S_ENC, S_DEC = 64, 2, 16, 8, 6
 

@@ -14,9 +14,9 @@ from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.pipeline.chunk import PipelineChunk, unwrap_model
 from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.schedules import get_forward_backward_func
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 VOCAB, B, S, H = 32, 2, 4, 16
 

@@ -11,10 +11,10 @@ import torch
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.models.gpt import GPTModel
 from megatron_core.pipeline.p2p import P2PConfig
-from megatron_core.testing.distributed import run_distributed
-from megatron_core.testing.gpt_fixture import gpt_step
+from tests.harness.distributed import run_distributed
+from tests.harness.gpt_fixture import gpt_step
 from megatron_core.transformer.config import TransformerConfig
-from megatron_core.testing.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
+from tests.harness.pipeline_checks import check_grads, check_norm_and_step, run_pipeline, serial_step
 
 VOCAB, SEQ, MICRO, HIDDEN = 64, 8, 2, 16
 

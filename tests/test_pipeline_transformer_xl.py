@@ -18,9 +18,9 @@ from megatron_core.mpu.grads import clip_grad_norm
 from megatron_core.pipeline.finalize_grads import finalize_model_grads
 from megatron_core.pipeline.p2p import P2PConfig
 from megatron_core.pipeline.schedules import get_forward_backward_func
-from megatron_core.testing.distributed import DistributedTestFailure, run_distributed
+from tests.harness.distributed import DistributedTestFailure, run_distributed
 from megatron_core.transformer.config import TransformerConfig
-from megatron_core.testing.model_checks import local_shard
+from tests.harness.model_checks import local_shard
 
 VOCAB, MICRO, SEG, MEM, HIDDEN, LAYERS = 64, 2, 4, 6, 16, 4
 ITERATIONS, MICROBATCHES = 3, 2

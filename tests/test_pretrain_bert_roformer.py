@@ -17,13 +17,13 @@ import torch.nn.functional as F
 import pretrain_bert
 import pretrain_roformer
 from megatron_core.mpu.layout import pad_vocab_size
-from megatron_core.testing.entry_points import failure_report, logged_losses, run_entry_point, tiny_run_flags
-from megatron_core.testing.tiny_corpus import preprocess_zh_news
+from tests.harness.entry_points import failure_report, logged_losses, run_entry_point, tiny_run_flags
+from tests.harness.tiny_corpus import preprocess_zh_news
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.training.data_iterators import build_data_iterators
 from megatron_core.training.data_options import add_data_options_arguments
 from megatron_core.training.data_providers import build_tokenizer, train_valid_test_num_samples
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 STEPS = 5
 

@@ -1,7 +1,7 @@
 """pretrain_gpt.py with --bf16 / --fp16 (one process and TP=2) against the fp32 plain PyTorch loop.
 
 bf16/fp16 weights and activations with fp32 master weights track the fp32 losses and gradient
-norms of megatron_core.testing.plain_gpt_loop; the stated tolerance is rel 1e-3 on the loss
+norms of tests.harness.plain_gpt_loop; the stated tolerance is rel 1e-3 on the loss
 (measured: at most 5e-5 over these 5 steps) and rel 3e-2 on the gradient norm (measured: 1e-2,
 fp16 under the tiny scales 2..32 that this test grows through, where small gradients underflow;
 the norm is printed with 3 decimals). A gradient left scaled by the loss scale would show in the norm (x1024 or x2^k), a
@@ -10,7 +10,7 @@ step, 1.0 without fp16 scaling. TP=2 runs fork their ranks (entry_points.run_ran
 """
 import pytest
 
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
                                                 run_ranks, tiny_gpt_flags)
 
 LOSS_REL, GRAD_NORM_REL = 1e-3, 3e-2

@@ -8,8 +8,8 @@ evaluating between steps does not (validation runs on a memory of its own).
 """
 import pytest
 
-from megatron_core.testing import find_free_port
-from megatron_core.testing.entry_points import corpus_flags, logged_values, run_entry_point
+from tests.harness import find_free_port
+from tests.harness.entry_points import corpus_flags, logged_values, run_entry_point
 
 STEPS = 5
 TINY = ["--hidden-size", "32", "--num-attention-heads", "4", "--micro-batch-size", "2", "--global-batch-size", "8",

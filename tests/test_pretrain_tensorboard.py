@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
                                                 tiny_gpt_flags)
 
 EventAccumulator = pytest.importorskip(

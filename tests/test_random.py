@@ -4,7 +4,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_core import mpu
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 
 
 def _gather(tensor):

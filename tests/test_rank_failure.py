@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from megatron_core.testing.entry_points import run_entry_point, run_forked_ranks, tiny_gpt_flags
+from tests.harness.entry_points import run_entry_point, run_forked_ranks, tiny_gpt_flags
 
 
 def long_run(gpt_corpus, *extra):

@@ -9,7 +9,7 @@ from megatron_core.models.roformer import RoFormerModel
 from megatron_core.models.t5 import T5Model
 from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.mpu.layout import PipelineStage, pad_vocab_size
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
 
 VOCAB = pad_vocab_size(100, 8, 2)    # 112: a tokenizer's 100 ids padded as Megatron does

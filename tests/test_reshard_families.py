@@ -23,12 +23,12 @@ from megatron_core.models.t5 import T5Model
 from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.mpu.layout import PipelineStage
 from megatron_core.mpu.sharding_map import ShardingMap, merge_pipeline_stages, merge_tensor_parallel
-from megatron_core.testing import run_distributed
-from megatron_core.training.checkpoint.file_io import save_file
-from megatron_core.training.checkpoint.megatron_layout import model_file
-from megatron_core.training.checkpoint.reshard.rewrite import Target, reshard_checkpoint
+from tests.harness import run_distributed
+from megatron_core.checkpoint.file_io import save_file
+from megatron_core.checkpoint.megatron_layout import model_file
+from megatron_core.checkpoint.reshard.rewrite import Target, reshard_checkpoint
 from megatron_core.transformer import TransformerConfig
-from megatron_core.testing.model_checks import single_process_world
+from tests.harness.model_checks import single_process_world
 
 VOCAB, S, LAYERS = 64, 8, 4
 

@@ -12,9 +12,9 @@ import torch
 
 from megatron_core.mpu.layout import merge_shards, pad_vocab_size, shard_tensor
 from megatron_core.mpu.sharding_map import ShardSpec
-from megatron_core.testing.entry_points import ROOT, clean_env
-from megatron_core.training.checkpoint.reshard.slices import read_shard
-from megatron_core.training.checkpoint.reshard.streaming_writer import LazyTensor, save_streamed
+from tests.harness.entry_points import ROOT, clean_env
+from megatron_core.checkpoint.reshard.slices import read_shard
+from megatron_core.checkpoint.reshard.streaming_writer import LazyTensor, save_streamed
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])

@@ -25,9 +25,9 @@ import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, merge_pipeline_stages, merge_tensor_parallel
-from megatron_core.testing.entry_points import ROOT, clean_env, failure_report, logged_values
-from megatron_core.testing.layout_runs import run_gpt_layout
-from megatron_core.testing.tool_main import run_tool_main
+from tests.harness.entry_points import ROOT, clean_env, failure_report, logged_values
+from tests.harness.layout_runs import run_gpt_layout
+from tests.harness.tool_main import run_tool_main
 
 ITERS, SAVED_AT = 8, 5
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from megatron_core.mpu.sharding_map import ShardingMap, ShardSpec
-from megatron_core.testing.entry_points import ROOT, clean_env
-from megatron_core.testing.peak_rss import tool_peak_rss_growth
-from megatron_core.training.checkpoint.contents import FORMAT_VERSION, PER_PARAMETER, optimizer_shard_state
-from megatron_core.training.checkpoint.file_io import save_file
-from megatron_core.training.checkpoint.megatron_layout import model_file, optimizer_shard_file
+from tests.harness.entry_points import ROOT, clean_env
+from tests.harness.peak_rss import tool_peak_rss_growth
+from megatron_core.checkpoint.contents import FORMAT_VERSION, PER_PARAMETER, optimizer_shard_state
+from megatron_core.checkpoint.file_io import save_file
+from megatron_core.checkpoint.megatron_layout import model_file, optimizer_shard_file
 
 HIDDEN, LAYERS, PADDED_VOCAB = 512, 10, 4096
 TOOL = os.path.join(ROOT, "tools", "change_mp.py")
@@ -172,7 +172,7 @@ def test_change_mp_with_the_optimizer_never_reads_a_source_file_through_its_mapp
     mapped view (the optimizer's scalar `step` once was one) kills the tool with SIGSEGV. Such a
     touch is what made the peak RSS grow with the checkpoint when its pages were cached."""
     source, output, *_ = resharded_with_optimizer
-    done = subprocess.run([sys.executable, "-m", "megatron_core.testing.guarded_mappings", TOOL, source,
+    done = subprocess.run([sys.executable, "-m", "tests.harness.guarded_mappings", TOOL, source,
                            "--target-tensor-parallel-size", "1", "--output", str(tmp_path / "tp1")],
                           capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300)
     assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"

@@ -9,9 +9,9 @@ from megatron_core import mpu
 from megatron_core.models.hf import t5 as hf_t5
 from megatron_core.models.t5 import T5Model
 from megatron_core.models.t5_relative_bias import relative_position_bucket
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
-from megatron_core.testing.model_checks import gathered_grads, single_process_world
+from tests.harness.model_checks import gathered_grads, single_process_world
 
 VOCAB, B, S_ENC, S_DEC = 96, 2, 11, 7
 TOL = dict(rtol=1e-4, atol=1e-4)

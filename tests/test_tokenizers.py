@@ -10,8 +10,8 @@ import pytest
 from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from megatron_core.errors import DataError
 from megatron_core import mpu
-from megatron_core.testing import output_faults
-from megatron_core.testing.tiny_corpus import GBK_VOCAB_BAD_BYTE, write_gbk_vocab
+from tests.harness import output_faults
+from tests.harness.tiny_corpus import GBK_VOCAB_BAD_BYTE, write_gbk_vocab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from megatron_core.errors import CheckpointError
-from megatron_core.training.checkpoint.formats import LAYOUTS, tracked_checkpoint
+from megatron_core.checkpoint.formats import LAYOUTS, tracked_checkpoint
 
 
 def _write(path, text=""):

@@ -7,11 +7,11 @@ is the serial norm (shared copies and replicated parameters counted once).
 import torch
 
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.testing import run_distributed
-from megatron_core.testing.gpt_fixture import global_batches, gpt_step, p2p_config, tiny_gpt
-from megatron_core.testing.training_steps import assert_params_match, backend_steps, serial_adamw_steps
+from tests.harness import run_distributed
+from tests.harness.gpt_fixture import global_batches, gpt_step, p2p_config, tiny_gpt
+from tests.harness.training_steps import assert_params_match, backend_steps, serial_adamw_steps
 from megatron_core.training.config import OptimizerConfig, ParallelConfig, PrecisionConfig
-from megatron_core.training.native_backend import build_backend
+from megatron_core.training.backends.native import build_backend
 
 OPT = OptimizerConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5)
 STEPS, MICROBATCHES = 5, 4

@@ -8,11 +8,11 @@ import torch
 
 from megatron_core.errors import CheckpointError
 from megatron_core.mpu import parallel_state as ps
-from megatron_core.testing import run_distributed
-from megatron_core.testing.gpt_fixture import global_batches, gpt_step, tiny_gpt
-from megatron_core.testing.training_steps import backend_steps
+from tests.harness import run_distributed
+from tests.harness.gpt_fixture import global_batches, gpt_step, tiny_gpt
+from tests.harness.training_steps import backend_steps
 from megatron_core.training.config import OptimizerConfig, ParallelConfig, PrecisionConfig
-from megatron_core.training.native_backend import build_backend
+from megatron_core.training.backends.native import build_backend
 
 OPT = OptimizerConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5)
 MICROBATCHES = 4

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_core.data.tokenizers import build_tokenizer as build_tokenizer_by_name
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, FINETUNE_JSONL, preprocess_zh_news
+from tests.harness.tiny_corpus import BERT_VOCAB, FINETUNE_JSONL, preprocess_zh_news
 from megatron_core.training import batches
 from megatron_core.training.config import DataConfig, TrainingConfig
 from megatron_core.training.data_iterators import build_data_iterators

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from megatron_core.errors import DataError
-from megatron_core.testing import run_distributed
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
+from tests.harness import run_distributed
+from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news
 from megatron_core.training.batches import get_batch_gpt
 from megatron_core.training.config import DataConfig, TrainingConfig
 from megatron_core.training.data_iterators import (DataParallelPosition, ReceiveFromTensorParallelSource,

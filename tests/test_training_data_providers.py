@@ -8,7 +8,7 @@ import pytest
 from megatron_core.errors import DataError
 from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.errors import ConfigError
-from megatron_core.testing.tiny_corpus import BERT_VOCAB, preprocess_zh_news
+from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news
 from megatron_core.training.config import DataConfig, TrainingConfig
 from megatron_core.training.data_iterators import DataParallelPosition, build_data_iterators
 from megatron_core.training.data_options import (DataOptions, add_data_options_arguments,

@@ -1,6 +1,6 @@
 """pretrain_gpt.py run as a user runs it (plain python and torchrun) against a plain PyTorch loop.
 
-Every layout logs, step for step, the losses of megatron_core.testing.plain_gpt_loop: the
+Every layout logs, step for step, the losses of tests.harness.plain_gpt_loop: the
 serial GPT trained by torch.optim.AdamW on the same samples (fp32, relative 1e-5). The plain
 layouts run under torchrun; the feature runs (interleaving, sequence parallel, ZeRO-1,
 overlapped buckets) fork their ranks (entry_points.run_ranks), the launcher being no part
@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from megatron_core.testing import find_free_port
-from megatron_core.testing.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_values,
+from tests.harness import find_free_port
+from tests.harness.entry_points import (TINY_GPT_STEPS, clean_env, failure_report, logged_values,
                                                 run_entry_point, run_ranks, tiny_gpt_flags)
-from megatron_core.testing.tiny_corpus import ROOT
+from tests.harness.tiny_corpus import ROOT
 from megatron_core.training.train_step import SkipCounter, StepOutcome, TrainingStopped
 
 STEPS = TINY_GPT_STEPS

@@ -7,7 +7,7 @@ import torch
 
 from megatron_core import mpu
 from megatron_core.errors import ConfigError
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.training.config import PrecisionConfig
 from megatron_core.training.loss_scaler import (ConstantLossScaler, DynamicLossScaler, build_loss_scaler,
                                                 found_inf_across, unscale_and_check)

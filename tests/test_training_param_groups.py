@@ -6,7 +6,7 @@ from torch import nn
 
 from megatron_core import mpu
 from megatron_core.models.gpt import GPTModel
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.training.lr_schedule import LearningRateSchedule
 from megatron_core.training.param_groups import build_param_groups
 from megatron_core.transformer import TransformerConfig

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from megatron_core import mpu
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, RotaryEmbedding, TransformerBlock, TransformerConfig
-from megatron_core.testing.model_checks import full_shape, local_shard
+from tests.harness.model_checks import full_shape, local_shard
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 S, B, H = 8, 2, 16

@@ -12,9 +12,9 @@ from megatron_core import mpu
 from megatron_core.models.relative_attention import rel_shift
 from megatron_core.models.transformer_xl import (TransformerXLModel, from_chinese_txl_state_dict,
                                                 to_chinese_txl_state_dict, transformer_xl_forward_flops)
-from megatron_core.testing import run_distributed
+from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
-from megatron_core.testing.model_checks import gathered_grads, single_process_world
+from tests.harness.model_checks import gathered_grads, single_process_world
 
 VOCAB, B, SEG, MEM, H, HEADS = 64, 2, 4, 6, 16, 4
 TOL = dict(rtol=1e-4, atol=1e-4)

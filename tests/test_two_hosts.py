@@ -1,7 +1,7 @@
 """pretrain_gpt.py across two real hosts, one rank on each, logs the plain PyTorch loop's losses.
 
 The hosts are two network namespaces joined by a veth pair, each running its own sshd with
-keys made by the test (megatron_core.testing.two_hosts); the ranks talk gloo over the veth
+keys made by the test (tests.harness.two_hosts); the ranks talk gloo over the veth
 (GLOO_SOCKET_IFNAME). Each launcher runs once, as a user on a cluster would start it:
 
 - `deepspeed --hostfile` (pdsh over ssh; GLOO_SOCKET_IFNAME reaches the remote ranks through
@@ -19,14 +19,14 @@ import subprocess
 
 import pytest
 
-from megatron_core.testing.deepspeed_op_cache import deepspeed_test_env
-from megatron_core.testing.distributed import find_free_port
-from megatron_core.testing.entry_points import (assert_logged_losses, clean_env, failure_report,
+from tests.harness.deepspeed_op_cache import deepspeed_test_env
+from tests.harness.distributed import find_free_port
+from tests.harness.entry_points import (assert_logged_losses, clean_env, failure_report,
                                                 tiny_gpt_flags)
-from megatron_core.testing.launch_commands import (deepspeed_hostfile_command, missing_programs, mpirun_command,
+from tests.harness.launch_commands import (deepspeed_hostfile_command, missing_programs, mpirun_command,
                                                    torchrun_node_command)
-from megatron_core.testing.tiny_corpus import ROOT
-from megatron_core.testing.two_hosts import INTERFACE, TwoHosts, unavailable_reason
+from tests.harness.tiny_corpus import ROOT
+from tests.harness.two_hosts import INTERFACE, TwoHosts, unavailable_reason
 
 TIMEOUT = 600
 

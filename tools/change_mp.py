@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_core.cli import run  # noqa: E402
 from megatron_core.errors import ConfigError  # noqa: E402
-from megatron_core.training.checkpoint.reshard.rewrite import Target, reshard_checkpoint  # noqa: E402
+from megatron_core.checkpoint.reshard.rewrite import Target, reshard_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -61,24 +61,26 @@ def _tokenizer_overrides(args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     from megatron_core.errors import ConfigError
+    from megatron_core.training.arguments import default_args_record
     if args.tensor_model_parallel_size < 1 or args.pipeline_model_parallel_size < 1:
         raise ConfigError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be 1 or more.")
     if args.to_hf:
         if not args.load:
             raise ConfigError("--to-hf converts the checkpoint given by --load; add --load CKPT.")
-        from megatron_core.models.hf.export_checkpoint import export_checkpoint
+        from megatron_core.convert.hf_export import export_checkpoint
         summary = export_checkpoint(args.load, args.output, args.architecture, _tokenizer_overrides(args),
                                     args.max_shard_size)
     elif args.from_hf:
-        from megatron_core.models.hf.import_checkpoint import import_checkpoint
+        from megatron_core.convert.hf_import import import_checkpoint
         summary = import_checkpoint(args.from_hf, args.output, args.tensor_model_parallel_size,
                                     args.pipeline_model_parallel_size, args.ckpt_format,
-                                    args.make_vocab_size_divisible_by, args.architecture)
+                                    args.make_vocab_size_divisible_by, args.architecture, default_args_record())
     else:
-        from megatron_core.models.chinese_txl_checkpoint import import_chinese_txl
+        from megatron_core.convert.chinese_txl import import_chinese_txl
         summary = import_chinese_txl(args.from_ctxl, args.output, args.tensor_model_parallel_size,
                                      args.pipeline_model_parallel_size, args.ckpt_format,
-                                     args.make_vocab_size_divisible_by, _tokenizer_overrides(args))
+                                     args.make_vocab_size_divisible_by, _tokenizer_overrides(args),
+                                     default_args_record())
     print(f"converted {json.dumps(summary, sort_keys=True)}", flush=True)
 
 

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 from megatron_core.cli import run
-from megatron_core.data.atomic_files import create_temporary, naming, publish, remove_quietly
+from megatron_core.atomic_files import create_temporary, naming, publish, remove_quietly
 from megatron_core.data.preprocess import _checked_lines, open_input, parse_line
 from megatron_core.errors import DataError
 

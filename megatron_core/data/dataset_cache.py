@@ -21,7 +21,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from megatron_core.data.atomic_files import write_atomically
+from megatron_core.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ class IndexCache:
         os.makedirs(self.directory, exist_ok=True)
         for name in self.array_names:
             write_atomically(self.path(name),
-                              lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False), sync=True)
+                              lambda f, _, a=arrays[name]: np.save(f, a, allow_pickle=False), durable=True)
         text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
-        write_atomically(self.path("description"), lambda f: f.write(text.encode("utf-8")), sync=True)
+        write_atomically(self.path("description"), lambda f, _: f.write(text.encode("utf-8")), durable=True)
 
 
 def load_or_build(cache: Optional[IndexCache], build: Callable[[], Dict[str, np.ndarray]]):

@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from megatron_core.data.atomic_files import create_temporary, naming, publish, remove_quietly
+from megatron_core.atomic_files import create_temporary, naming, publish, remove_quietly
 from megatron_core.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"

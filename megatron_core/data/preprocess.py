@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_core.data.atomic_files import remove_quietly
+from megatron_core.atomic_files import remove_quietly
 from megatron_core.data.indexed_dataset import (
     IndexedDatasetBuilder,
     best_dtype,

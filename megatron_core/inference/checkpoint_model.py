@@ -10,7 +10,7 @@ memory, BERT binary head) and its parallel sizes. The run's layout is TP x PP = 
 world size: the sizes asked for, else the checkpoint's own when the world has that many
 processes, else TP = PP = 1 on one process. Model parallelism is initialized at that
 layout and every rank reads its own slices of the saved tensors through the training
-loop's resharding on load (training/checkpoint/reshard/on_load.py): any saved TP x PP
+loop's resharding on load (checkpoint/reshard/on_load.py): any saved TP x PP
 (virtual pipeline chunks included) loads at any other, reading only what the rank holds.
 The padded vocabulary is the checkpoint's (re-padded only if the run's TP does not
 divide it; the extra rows are never sampled).
@@ -35,8 +35,8 @@ from ..models.roformer import RoFormerModel
 from ..models.t5 import T5Model
 from ..models.transformer_xl import TransformerXLModel
 from ..mpu.layout import PipelineStage
-from ..training.checkpoint.formats import tracked_checkpoint
-from ..training.checkpoint.reshard import SavedCheckpoint, resharded_chunk_states
+from ..checkpoint.formats import tracked_checkpoint
+from ..checkpoint.reshard import SavedCheckpoint, resharded_chunk_states
 from ..transformer.config import TransformerConfig
 
 

@@ -10,7 +10,7 @@
     param_groups.py  build_param_groups: no weight decay on norms and biases, lr multipliers
     optimizer.py     build_optimizer: AdamW (Apex FusedAdam / fused / foreach) or SGD
     backend.py       the Backend protocol the loop talks to (StepResult)
-    native_backend.py  NativeBackend / build_backend(chunks, OptimizerConfig, PrecisionConfig, ParallelConfig):
+    backends/native.py  NativeBackend / build_backend(chunks, OptimizerConfig, PrecisionConfig, ParallelConfig):
                      grad_buffer.py (fp32 main_grad buckets, ZeRO shards), grad_sync.py (DP mean,
                      overlapped with backward), master_params.py (fp32 masters, ZeRO-1 pieces)
     microbatches.py  num_microbatches, BatchSchedule (Megatron's --rampup-batch-size)

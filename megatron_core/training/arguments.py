@@ -242,6 +242,18 @@ def parse_args(argv: Optional[List[str]] = None,
 
 # --- validation ------------------------------------------------------------------------------
 
+def default_args_record() -> dict:
+    """Every flag of every entry point at its default, as a checkpoint records them (the converters
+    write it under a converted model's own values, so an entry point resumes from it)."""
+    from ..checkpoint.run_record import args_to_dict
+    from .data_options import add_data_options_arguments
+
+    def extra(parser):
+        add_data_options_arguments(parser)
+        return add_encoder_decoder_arguments(parser)
+    return args_to_dict(parse_args([], extra))
+
+
 def _positive(args, *names: str) -> None:
     for name in names:
         value = getattr(args, name)

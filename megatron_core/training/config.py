@@ -166,7 +166,7 @@ class CheckpointConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    # --deepspeed: train through deepspeed.initialize (training/deepspeed_backend.py).
+    # --deepspeed: train through deepspeed.initialize (training/backends/deepspeed.py).
     deepspeed: bool = False
     deepspeed_config: Optional[str] = None      # the ds.json path, --deepspeed_config
     # ds.json checked against the flags and completed from them (deepspeed_config.py); set by validate.

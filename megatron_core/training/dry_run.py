@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 from ..errors import ConfigError, UserError
 from ..mpu.layout import pad_vocab_size
-from .checkpoint.formats import layout_named
-from .checkpoint.reshard import saved_padded_vocab_size
+from ..checkpoint.formats import layout_named
+from ..checkpoint.reshard import saved_padded_vocab_size
 from .config import RunConfig
 from .data_providers import build_tokenizer
 from .initialize import launcher_world_size

@@ -17,7 +17,7 @@ prints them and returns None before any process group (training/dry_run.py).
 dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
 `args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
 virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
-megatron_core.training.checkpoint's Checkpointer: one load before the data iterators are built
+megatron_core.training.checkpointing's Checkpointer: one load before the data iterators are built
 (they resume at the consumed-samples counts), one call after each iteration, one at the end.
 A collective that fails because another rank died or hung becomes one sentence naming that
 rank (rank_watch.py) on every rank that is left.
@@ -32,11 +32,11 @@ import torch.distributed as dist
 
 from .. import mpu
 from ..errors import ConfigError
-from .checkpoint import Checkpointer
-from .checkpoint.checkpoint_args import apply_checkpoint_args
+from .checkpointing import Checkpointer
+from .checkpointing.checkpoint_args import apply_checkpoint_args
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
-from .backend import build_training_backend
+from .backends import build_training_backend
 from .config import RunConfig
 from .data_iterators import build_data_iterators as build_split_iterators
 from .data_providers import train_valid_test_num_samples

@@ -6,7 +6,7 @@
     result = backend.step()     # stage-copy sums, DP reduction, SP sums, unscale, found-inf, clip, update
     schedule.step(global_batch) only if result.updated
 
-Every gradient reduction is the backend's (native_backend.py: the stage copies first, then
+Every gradient reduction is the backend's (backends/native.py: the stage copies first, then
 buckets, overlap or the ZeRO-1 reduce-scatter, then the sequence-parallel sums), so the
 loop calls no finalize_model_grads and no all-reduce of its own. The losses returned are the
 forward step's stats, averaged over the micro-batches and the data-parallel group: the
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from .. import mpu
 from ..errors import UserError
 from ..pipeline import P2PConfig, get_forward_backward_func
-from .backend import Backend
+from .backends.base import Backend
 from .lr_schedule import LearningRateSchedule
 
 

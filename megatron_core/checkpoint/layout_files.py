@@ -1,0 +1,89 @@
+"""The native backend's checkpoint files: this package writes and reads them through a layout.
+
+    files = LayoutFiles(run, chunks, backend)       # backend.checkpoint_files(run, chunks)
+    path = files.model_file(layout, directory, iteration)      # this rank's model file
+    error = files.save(directory, iteration, path, contents_for)
+    files.restore(directory, iteration, layout, saved, path, load_optimizer, keep_scaler)
+
+--ckpt-format picks the layout (megatron_layout.py or deepspeed_layout.py). The model file
+of a (TP, PP) rank is written by its data-parallel rank 0 (contents.py's keys); with the
+distributed optimizer every data-parallel rank also writes its optimizer shard.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional
+
+from .. import mpu
+from ..errors import CheckpointError, describe_os_error
+from . import compatibility
+from .contents import PER_PARAMETER, model_keys, optimizer_shard_state
+from .file_io import load_file, save_file
+from .formats import layout_named
+
+
+class LayoutFiles:
+    def __init__(self, run, chunks: List, backend):
+        self.run, self.chunks, self.backend = run, chunks, backend
+        self.layout = layout_named(run.checkpoint.ckpt_format)
+        self.dp_rank = mpu.get_data_parallel_rank()
+
+    def model_file(self, layout, directory: str, iteration: Optional[int]) -> str:
+        """This rank's model file under `layout`."""
+        p = self.run.parallel
+        return layout.model_file(directory, iteration, mpu.get_tensor_model_parallel_rank(),
+                                 p.tensor_model_parallel_size, mpu.get_pipeline_model_parallel_rank(),
+                                 p.pipeline_model_parallel_size)
+
+    def read(self, path: str, mmap: bool = False) -> dict:
+        return load_file(path, mmap=mmap)
+
+    def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
+        """Write this rank's files; the OS error as a sentence, or None."""
+        backend_state = self.backend.state_dict()
+        distributed = self.run.parallel.use_distributed_optimizer
+        writes = []
+        if self.dp_rank == 0:
+            writes.append((model_path, self.layout.to_file(contents_for(backend_state,
+                                                                        include_optimizer=not distributed))))
+        if distributed:
+            writes.append((self.layout.optimizer_shard_file(model_path, self.dp_rank), self.layout.to_file(
+                optimizer_shard_state(backend_state, iteration, self.dp_rank, self.run.parallel.data_parallel_size))))
+        try:
+            for path, content in writes:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                save_file(content, path)
+        except OSError as e:
+            return describe_os_error(e)
+        return None
+
+    def restore(self, directory: str, iteration: Optional[int], layout, saved: dict, model_path: str,
+                load_optimizer: bool, keep_scaler: bool) -> None:
+        """The chunks' weights from `saved`; the optimizer (and the loss scaler) when asked."""
+        for key, chunk in zip(model_keys(len(self.chunks)), self.chunks):
+            try:
+                chunk.load_state_dict(saved[key], strict=True)
+            except RuntimeError as error:
+                raise CheckpointError(f"{model_path}: {key} does not fit this model "
+                                      f"({str(error).splitlines()[0]}); use the model flags it was saved "
+                                      f"with.") from None
+        backend_state = {}
+        parallel = saved.get("parallel") or {}
+        if load_optimizer:
+            if PER_PARAMETER in (saved.get("optimizer") or {}):   # resharded: fits any DP / layout
+                backend_state.update(saved["optimizer"])
+            elif parallel.get("optimizer_dropped"):    # tools/change_mp.py --no-optim
+                print(f"note: {model_path} holds no optimizer state (resharded with --no-optim); starting a "
+                      f"fresh optimizer from its weights.", flush=True)
+            else:
+                compatibility.check_optimizer_layout(model_path, parallel, self.run)
+                if self.run.parallel.use_distributed_optimizer:
+                    shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
+                    backend_state.update(shard["optimizer"])
+                else:
+                    backend_state.update(saved["optimizer"])
+        if keep_scaler and "grad_scaler" in saved:
+            backend_state["grad_scaler"] = saved["grad_scaler"]
+        # Without optimizer state the backend keeps a fresh optimizer and takes its fp32
+        # masters from the weights just loaded.
+        self.backend.load_state_dict(backend_state)

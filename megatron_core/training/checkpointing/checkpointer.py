@@ -1,0 +1,254 @@
+"""Save and load a training run's checkpoints: the loop's only contact with this package.
+
+    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
+    checkpoints.load(state)                   # --load: weights, optimizer, scheduler, RNG, counters
+    while ...:
+        ... one iteration ...
+        if checkpoints.after_iteration(state):   # saves every --save-interval; True at --exit-interval
+            break
+    else:
+        checkpoints.at_end(state)             # the last iteration, unless just saved
+
+Who writes a rank's files is the backend's choice (backend.checkpoint_files): our layouts
+(layout_files.py) for the native backend, DeepSpeed's engine (deepspeed_engine.py) for
+--deepspeed. Both take the same contents (contents.py) and write the same DeepSpeed layout
+where they share it; the Checkpointer owns the tracker, the counters, the schedule and RNG.
+
+A save is collective. Each rank writes its files atomically (file_io.py); then every rank
+learns whether every other one succeeded; only then does rank 0 replace the tracker, last
+and atomically. So a crash or a full disk at any point leaves the tracker naming the
+previous complete checkpoint, and a failed write on one rank is one sentence on every
+rank instead of a hang.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import List, Optional
+
+import torch.distributed as dist
+
+from ... import mpu
+from ...errors import CheckpointError, describe_os_error
+from ...checkpoint import compatibility, reshard, rng_state
+from .exit_conditions import ExitConditions
+from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
+from ...checkpoint.file_io import write_bytes_atomically
+from ...checkpoint.formats import detect_layout
+
+
+def _print(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+class Checkpointer:
+    def __init__(self, run, args, chunks: List, backend, lr_schedule):
+        self.run, self.args, self.chunks, self.backend, self.lr_schedule = run, args, chunks, backend, lr_schedule
+        self.config = run.checkpoint
+        self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
+        self.layout = self.files.layout
+        self.dp_rank = mpu.get_data_parallel_rank()
+        self._last_saved: Optional[int] = None
+        training = run.training
+        self.exits = ExitConditions(training.exit_interval, training.exit_duration_in_mins,
+                                    training.exit_signal_handler)
+
+    # --- when to save ---------------------------------------------------------------------
+
+    def after_iteration(self, state) -> bool:
+        """Save every --save-interval; when an exit condition holds, save (if not just done) and say stop."""
+        interval = self.config.save_interval
+        if self.config.save and interval and state.iteration % interval == 0:
+            self.save(state)
+        reason = self.exits.reason(state.iteration)
+        if reason is None:
+            return False
+        if self.config.save and self._last_saved != state.iteration:
+            self.save(state)
+        _print(f"exiting program at iteration {state.iteration} ({reason})")
+        return True
+
+    def at_end(self, state) -> None:
+        """Megatron-LM saves the last iteration too, when --save is given."""
+        if self.config.save and state.iteration > 0 and self._last_saved != state.iteration:
+            self.save(state)
+
+    # --- saving ---------------------------------------------------------------------------
+
+    def save(self, state) -> None:
+        directory, iteration = self.config.save, state.iteration
+        rng_states = self._gather_over_data_parallel(rng_state.capture())
+        model_path = self.files.model_file(self.layout, directory, iteration)
+
+        def contents_for(backend_state, include_optimizer):
+            return model_state(self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
+                               include_optimizer=include_optimizer)
+        error = self.files.save(directory, iteration, model_path, contents_for)
+        self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
+        tracker_error = None
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            try:
+                write_bytes_atomically(os.path.join(directory, self.layout.tracker_name),
+                                       (self.layout.tracker_text(iteration) + "\n").encode())
+            except OSError as e:
+                tracker_error = describe_os_error(e)
+        self._agree(tracker_error, f"updating the tracker of {directory} after iteration {iteration}")
+        self._last_saved = iteration
+        if self.config.keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
+            self._remove_older_than_last(directory, iteration)
+        _print(f"  successfully saved checkpoint from iteration {iteration:7d} to {directory} "
+               f"[{self.layout.name} layout]")
+
+    def _remove_older_than_last(self, directory: str, newest: int) -> None:
+        """--keep-last N: only once the newest checkpoint is complete and named by the tracker."""
+        older = sorted((i for i in self.layout.saved_iterations(directory) if i < newest), reverse=True)
+        for iteration in older[self.config.keep_last - 1:]:
+            shutil.rmtree(self.layout.iteration_dir(directory, iteration), ignore_errors=True)
+
+    def _gather_over_data_parallel(self, value):
+        if not dist.is_initialized() or mpu.get_data_parallel_world_size() == 1:
+            return [value]
+        gathered = [None] * mpu.get_data_parallel_world_size()
+        dist.all_gather_object(gathered, value, group=mpu.get_data_parallel_group())
+        return gathered
+
+    def _agree(self, error: Optional[str], what: str) -> None:
+        """Every rank learns every rank's failure; all raise together (no rank waits forever)."""
+        errors = [error]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            errors = [None] * dist.get_world_size()
+            dist.all_gather_object(errors, error)
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, first = failed[0]
+            previous = self._tracker_note()
+            raise CheckpointError(f"{what} failed on rank {rank}: {first.rstrip('.')}; {previous}.")
+
+    def _tracker_note(self) -> str:
+        path = os.path.join(self.config.save, self.layout.tracker_name)
+        try:
+            with open(path) as f:
+                return f"{path} still names {f.read().strip()}, which is intact"
+        except OSError:
+            return "no tracker was written, so nothing names the partial checkpoint"
+
+    # --- loading --------------------------------------------------------------------------
+
+    def load(self, state) -> None:
+        directory = self.config.load
+        if directory is None:
+            return
+        found = detect_layout(directory, self.layout)
+        if found is None:
+            if self.config.exit_on_missing_checkpoint:
+                raise CheckpointError(f"--load {directory} holds no checkpoint (no latest_checkpointed_iteration.txt "
+                                      f"or latest file) and --exit-on-missing-checkpoint is set; check the path.")
+            _print(f"WARNING: no checkpoint found in --load {directory} (no latest_checkpointed_iteration.txt or "
+                   f"latest file); starting from scratch.")
+            return
+        layout, iteration = found
+        wanted_sizes = (self.run.parallel.tensor_model_parallel_size, self.run.parallel.pipeline_model_parallel_size)
+        iteration_path = layout.iteration_dir(directory, iteration)
+        if not os.path.isdir(iteration_path):
+            raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
+                                  f"not exist; point the tracker at a complete checkpoint or remove it.")
+        first = layout.first_model_file(iteration_path)
+        # Only this file's small entries are read: its tensors stay mapped, untouched.
+        head = layout.from_file(self.files.read(first, mmap=True)) if first else {}
+        parallel = head.get("parallel")
+        # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
+        # reads them per parameter, as it reads another layout (reshard/engine_source.py).
+        engine_files = reshard.written_by_engine(head) and getattr(self.backend, "loads_per_parameter", False)
+        if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files):
+            self._load_resharded(directory, layout, iteration, parallel, state)
+            return
+        compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
+        model_path = self.files.model_file(layout, directory, iteration)
+        if not os.path.exists(model_path):
+            raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
+                                  f"tracker at an earlier one.")
+        saved = layout.from_file(self.files.read(model_path))
+        self._restore(directory, iteration, saved, model_path, layout, state, release=iteration is None)
+        _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
+               f"{state.iteration}")
+
+    def _load_resharded(self, directory: str, layout, iteration, parallel: dict, state) -> None:
+        """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
+        chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
+        loss scaler as saved. RNG streams belong to the saved ranks and are not restored."""
+        if not getattr(self.backend, "loads_per_parameter", False):
+            raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
+                                  f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
+                                  f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
+                                  f"saved with, or without --deepspeed, or reshard it first with tools/change_mp.py "
+                                  f"and resume that without --deepspeed.")
+        source = reshard.SavedCheckpoint(directory, layout.name)
+        where = source.model_path(0, 0)
+        compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
+        release = iteration is None
+        weights_only = release or self.config.finetune
+        load_optimizer = not weights_only and not self.config.no_load_optim
+        with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
+        if load_optimizer and not with_optimizer:
+            _print(f"note: {where} holds no optimizer state (resharded with --no-optim); starting a fresh "
+                   f"optimizer from its weights.")
+        states, optimizer = reshard.resharded_chunk_states(
+            source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
+            getattr(self.args, "padded_vocab_size", None), with_optimizer)
+        for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
+            chunk.load_state_dict(chunk_state, strict=True)
+        head = source.head
+        backend_state = {}
+        if not weights_only:
+            state.iteration = int(head["iteration"])
+            state.consumed_samples = int(head.get("consumed_train_samples", 0))
+            state.consumed_valid_samples = int(head.get("consumed_valid_samples", 0))
+            if "grad_scaler" in head:
+                backend_state["grad_scaler"] = head["grad_scaler"]
+        if with_optimizer:
+            self._check_backend_takes_per_parameter(where)
+            backend_state[reshard.PER_PARAMETER] = optimizer
+        if load_optimizer:
+            self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
+        self.backend.load_state_dict(backend_state)
+        _print(reshard.describe(parallel, self.run, iteration) + (" (from the DeepSpeed engine's files)"
+                                                                  if source.engine else ""))
+        _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
+               f"{state.iteration}")
+
+    def _check_backend_takes_per_parameter(self, path: str) -> None:
+        if not getattr(self.backend, "loads_per_parameter", False):
+            raise CheckpointError(f"{path} needs its optimizer state resharded, which this training backend "
+                                  f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
+                                  f"optimizer, or resume at the sizes it was saved with.")
+
+    def _restore(self, directory: str, iteration: Optional[int], saved: dict, model_path: str, layout, state,
+                 release: bool) -> None:
+        parallel = saved.get("parallel") or {}
+        if parallel:
+            compatibility.check_parallel_sizes(model_path, (parallel["tensor_model_parallel_size"],
+                                                            parallel["pipeline_model_parallel_size"]),
+                                               (self.run.parallel.tensor_model_parallel_size,
+                                                self.run.parallel.pipeline_model_parallel_size))
+        compatibility.check_virtual_stages(model_path, parallel, self.run)
+        compatibility.check_model(model_path, saved, self.run, getattr(self.args, "padded_vocab_size", None))
+        keys = model_keys(len(self.chunks))
+        missing = [key for key in keys if key not in saved]
+        if missing:
+            raise CheckpointError(f"{model_path} holds no {missing[0]} entry (it has {', '.join(sorted(saved))}); it "
+                                  f"is not a training checkpoint of this model.")
+        weights_only = release or self.config.finetune
+        load_optimizer = not weights_only and not self.config.no_load_optim
+        self.files.restore(directory, iteration, layout, saved, model_path, load_optimizer=load_optimizer,
+                           keep_scaler=not weights_only)
+        if not weights_only:
+            state.iteration = int(saved["iteration"])
+            state.consumed_samples = int(saved.get("consumed_train_samples", 0))
+            state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
+        if load_optimizer:
+            self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
+        if not weights_only and not self.config.no_load_rng:
+            streams = rng_state_of_rank(saved.get("rng_state"), self.dp_rank)
+            if streams is not None:
+                rng_state.restore(streams)
