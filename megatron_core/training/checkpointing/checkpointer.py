@@ -35,6 +35,7 @@ from .exit_conditions import ExitConditions
 from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
 from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
+from ...checkpoint.state_dict_fit import load_fitting
 
 
 def _print(message: str) -> None:
@@ -197,7 +198,8 @@ class Checkpointer:
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
             getattr(self.args, "padded_vocab_size", None), with_optimizer)
         for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
-            chunk.load_state_dict(chunk_state, strict=True)
+            load_fitting(chunk, chunk_state, f"{where}: {key} does not fit this model",
+                         "use the model flags it was saved with.")
         head = source.head
         backend_state = {}
         if not weights_only:
