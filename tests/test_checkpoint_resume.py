@@ -192,8 +192,9 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(corpus, se
     log = open(tmp_path / "killed.log", "w+")
     # The write of iteration 6 pauses between its complete temporary and the rename.
     killed = subprocess.Popen(entry_point_command("pretrain_gpt.py", flags(
-        corpus, "--load", directory, "--save", directory, "--save-interval", "3")), stdout=log,
-        stderr=subprocess.STDOUT, env=clean_env(MCORE_TEST_PAUSE_BEFORE_RENAME="120"), start_new_session=True)
+        corpus, "--load", directory, "--save", directory, "--save-interval", "3"),
+        faults=["--pause-before-rename", "120"]), stdout=log,
+        stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
     try:
         deadline = time.time() + 240
         while not glob.glob(os.path.join(directory, "iter_0000006", "*", "*.tmp")):

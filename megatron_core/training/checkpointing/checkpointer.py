@@ -160,7 +160,7 @@ class Checkpointer:
         parallel = head.get("parallel")
         # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
         # reads them per parameter, as it reads another layout (reshard/engine_source.py).
-        engine_files = reshard.written_by_engine(head) and getattr(self.backend, "loads_per_parameter", False)
+        engine_files = reshard.written_by_engine(head) and self.backend.loads_per_parameter
         if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files):
             self._load_resharded(directory, layout, iteration, parallel, state)
             return
@@ -178,7 +178,7 @@ class Checkpointer:
         """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
         chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
         loss scaler as saved. RNG streams belong to the saved ranks and are not restored."""
-        if not getattr(self.backend, "loads_per_parameter", False):
+        if not self.backend.loads_per_parameter:
             raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
                                   f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
@@ -220,7 +220,7 @@ class Checkpointer:
                f"{state.iteration}")
 
     def _check_backend_takes_per_parameter(self, path: str) -> None:
-        if not getattr(self.backend, "loads_per_parameter", False):
+        if not self.backend.loads_per_parameter:
             raise CheckpointError(f"{path} needs its optimizer state resharded, which this training backend "
                                   f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
                                   f"optimizer, or resume at the sizes it was saved with.")
