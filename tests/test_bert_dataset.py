@@ -1,8 +1,6 @@
 """BERT pretraining samples: mapping, layout, NSP/SOP labels, truncation, masking,
 determinism, and Chinese whole-word masking at sample time."""
-import json
 import os
-import re
 
 import numpy as np
 import pytest
@@ -11,41 +9,10 @@ from megatron_core.data import chinese_wwm
 from megatron_core.data.bert_dataset import (BertDataset, BertDatasetConfig,
                                              build_sentence_sample_mapping, sentence_sample_mapping)
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.errors import DataError
+from tests.harness.datasets import bert_chinese_tokenizer, write_zh_sentence_dataset
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-PARAGRAPHS_PER_DOCUMENT = 4
-
-
-def bert_chinese_tokenizer(vocab_extra_ids=0):
-    return build_tokenizer("BertWordPieceLowerCase", vocab_extra_ids=vocab_extra_ids,
-                           vocab_file=os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt"))
-
-
-def write_zh_sentence_dataset(directory, tokenizer):
-    """zh_news_200 as a --split-sentences dataset: a sentence ends after 。！？, and every
-    4 paragraphs make one document. Returns (prefix, documents as lists of sentence
-    texts, documents as lists of token-id lists)."""
-    with open(os.path.join(DATA, "zh_news_200.jsonl"), encoding="utf-8") as f:
-        paragraphs = [json.loads(line)["text"] for line in f]
-    docs_text = []
-    for d in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
-        sentences = []
-        for paragraph in paragraphs[d:d + PARAGRAPHS_PER_DOCUMENT]:
-            sentences += [s for s in re.split(r"(?<=[。！？])", paragraph) if s.strip()]
-        docs_text.append(sentences)
-    prefix = os.path.join(str(directory), "zh_news_sentences")
-    docs_ids = []
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
-    for sentences in docs_text:
-        ids = [tokenizer.tokenize(s) for s in sentences]
-        for sentence in ids:
-            builder.add_item(sentence)
-        builder.end_document()
-        docs_ids.append(ids)
-    builder.finalize(prefix + ".idx")
-    return prefix, docs_text, docs_ids
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.data.splits import parse_split, split_ranges
 from megatron_core.errors import DataError
 from tests.harness.distributed import run_distributed
-from tests.test_gpt_dataset import write_random_dataset
+from tests.harness.datasets import write_random_dataset
 
 
 # -- --split ---------------------------------------------------------------------------

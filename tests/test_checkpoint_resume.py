@@ -192,8 +192,9 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(corpus, se
     log = open(tmp_path / "killed.log", "w+")
     # The write of iteration 6 pauses between its complete temporary and the rename.
     killed = subprocess.Popen(entry_point_command("pretrain_gpt.py", flags(
-        corpus, "--load", directory, "--save", directory, "--save-interval", "3")), stdout=log,
-        stderr=subprocess.STDOUT, env=clean_env(MCORE_TEST_PAUSE_BEFORE_RENAME="120"), start_new_session=True)
+        corpus, "--load", directory, "--save", directory, "--save-interval", "3"),
+        faults=["--pause-before-rename", "120"]), stdout=log,
+        stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
     try:
         deadline = time.time() + 240
         while not glob.glob(os.path.join(directory, "iter_0000006", "*", "*.tmp")):
@@ -279,6 +280,25 @@ def test_both_layouts_record_the_family_and_another_familys_entry_point_refuses_
         assert saved.model_options == {"max_sequence_length": saved.args["max_position_embeddings"]}
     line = _one_error_line(run_entry_point("pretrain_bert.py", flags(corpus, "--load", serial_checkpoint)))
     assert "holds a gpt model and this run trains a bert model; load it with the entry point of its family" in line
+
+
+def test_weights_that_do_not_fit_the_model_name_the_missing_unexpected_and_reshaped_keys(corpus, serial_checkpoint,
+                                                                                        tmp_path):
+    # Flags and stored config agree, the weights do not (a file edited or written by another tool).
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
+    saved = torch.load(target, weights_only=True)
+    weights = saved["model"]
+    del weights["decoder.final_layernorm.bias"]
+    weights["decoder.layers.4.mlp.dense_h_to_4h.weight"] = torch.zeros(128, 32)
+    weights["embedding.position_embeddings.weight"] = torch.zeros(33, 32)
+    torch.save(saved, target)
+    line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
+    assert line == (f"error: {target}: model does not fit this model: 1 missing key (decoder.final_layernorm.bias), "
+                    f"1 unexpected (decoder.layers.4.mlp.dense_h_to_4h.weight), 1 of another shape "
+                    f"(embedding.position_embeddings.weight: saved [33, 32], model [32, 32]); use the model flags "
+                    f"it was saved with."), line
 
 
 def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_checkpoint(corpus, tmp_path):

@@ -19,7 +19,7 @@ from megatron_core.mpu.layout import PipelineStage
 from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, TransformerConfig
 from tests.harness.model_checks import local_shard
-from tests.test_transformer import _gen, _perturb
+from tests.harness.weights import perturb_by_name, seeded_generator
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 B, S, V = 2, 8, 64
@@ -49,8 +49,8 @@ def _config(family, overrides, tp):
 
 
 def _batch(kind):
-    ids = torch.randint(0, V - 4, (B, S), generator=_gen(1))
-    labels = torch.randint(0, V - 4, (B, S), generator=_gen(2))
+    ids = torch.randint(0, V - 4, (B, S), generator=seeded_generator(1))
+    labels = torch.randint(0, V - 4, (B, S), generator=seeded_generator(2))
     positions = torch.arange(S).expand(B, S)
     loss_mask = torch.ones(B, S)
     loss_mask[1, -3:] = 0
@@ -59,7 +59,7 @@ def _batch(kind):
         mask = torch.zeros(B, 1, 1, S, dtype=torch.bool)
         mask[1, ..., -3:] = True
     elif kind == "arbitrary":
-        mask = torch.rand(B, 1, S, S, generator=_gen(3)) < 0.3
+        mask = torch.rand(B, 1, S, S, generator=seeded_generator(3)) < 0.3
     return ids, labels, positions, loss_mask, mask
 
 
@@ -106,7 +106,7 @@ def _check_pipeline_stages(family, overrides, kind):
         assert copy.shared and copy.stage_copy == "embedding.word_embeddings.weight" and not mpu.counts_toward_norm(copy)
     else:
         assert stages[1].word_embeddings is None
-    _perturb(full)
+    perturb_by_name(full)
     values = dict(full.named_parameters())
     with torch.no_grad():
         for stage, offset in zip(stages, (0, 1)):
@@ -144,7 +144,7 @@ def _check_gpt_and_llama():
             model = GPTModel(_config(family, overrides, 1), V, S)
         init = {n: p.detach().clone() for n, p in model.named_parameters()}
         assert model.parameter_count() == sum(p.numel() for p in model.parameters()), name
-        _perturb(model)
+        perturb_by_name(model)
         serial[name] = dict(_run(family, overrides, kind, 1, model=model), init=init)
     # recomputation changes nothing
     recomputed, plain = (_run("gpt", dict(DROP, recompute_granularity=g), None, 1,
@@ -164,7 +164,7 @@ def _check_gpt_and_llama():
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.detach(), local_shard(p, ref["init"][n]), rtol=0, atol=0,
                                        msg=lambda m: f"{name}: initial {n} is not a shard of the serial one")
-        _perturb(model)
+        perturb_by_name(model)
         result = _run(family, overrides, kind, 2, model=model)
         _close(result["per_token"], ref["per_token"], f"{name}: TP=2 per-token loss")
         _close(result["loss"], ref["loss"], f"{name}: TP=2 loss")
@@ -185,7 +185,7 @@ def _check_gpt_and_llama():
 
 
 def _perturbed(model):
-    _perturb(model)
+    perturb_by_name(model)
     return model
 
 

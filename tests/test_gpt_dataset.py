@@ -10,23 +10,9 @@ from megatron_core.data.dataset_cache import description_hash
 from megatron_core.data.gpt_dataset import GPTDataset
 from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatron_core.errors import DataError
+from tests.harness.datasets import write_random_dataset
 
 EOD = 0
-
-
-def write_random_dataset(prefix, num_docs=60, max_len=50, seed=0, vocab=30000):
-    """Documents of 1..max_len random tokens, each ending in EOD; returns the token lists."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    builder = IndexedDatasetBuilder(prefix + ".bin", np.uint16)
-    for _ in range(num_docs):
-        length = int(rng.integers(1, max_len + 1))
-        tokens = np.append(rng.integers(1, vocab, length - 1), EOD).astype(np.uint16)
-        builder.add_item(tokens)
-        builder.end_document()
-        docs.append(tokens.astype(np.int64))
-    builder.finalize(prefix + ".idx")
-    return docs
 
 
 @pytest.fixture

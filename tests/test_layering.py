@@ -175,3 +175,32 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
     assert against_the_order(graph, order) == [
         f"{PACKAGE}.mpu.a (mpu) imports {PACKAGE}.training.loop (training), a layer below it in the order"]
     assert circles(graph) == [[f"{PACKAGE}.training.b", f"{PACKAGE}.training.loop"]]
+
+
+def test_test_modules_import_shared_helpers_only_from_the_harness():
+    """A test module never imports another test module; shared pieces live in tests/harness/."""
+    problems = []
+    tests_dir = os.path.join(ROOT, "tests")
+    for name in sorted(os.listdir(tests_dir)):
+        if not (name.startswith("test_") and name.endswith(".py")):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(tests_dir, name), encoding="utf-8").read())):
+            if isinstance(node, ast.ImportFrom):
+                module = ("." * node.level) + (node.module or "")
+                names = [module + "." + alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            problems += [f"{name}: {n}" for n in names if re.match(r"(tests)?\.+test_|tests\.test_|test_", n)]
+    assert not problems, problems
+
+
+def test_the_package_reads_no_test_switch_and_imports_no_test_code():
+    problems = []
+    for module, path in package_modules(ROOT).items():
+        text = open(path, encoding="utf-8").read()
+        problems += [f"{path}: reads {m}" for m in re.findall(r"MCORE_TEST\w*", text)]
+        problems += [f"{path}: imports tests" for node in ast.walk(ast.parse(text))
+                     if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("tests")]
+    assert not problems, problems

@@ -2,7 +2,7 @@
 
 Ranks without a launcher agent (as mpirun starts them; rank 0 hosts the rendezvous store;
 forked from one process that imported pretrain_gpt.py: entry_points.run_forked_ranks): the
-rank that MCORE_TEST_STOP_RANK kills (SIGKILL) or freezes (SIGSTOP) at the start of
+rank that the harness's --stop-rank fault (tests/harness/faults.py) kills (SIGKILL) or freezes (SIGSTOP) at the start of
 iteration 3 is named by every other rank, which exits with status 2 and that one sentence,
 within the collective timeout (--distributed-timeout-minutes 0.1: 6 s) instead of hanging.
 Under torchrun the agent stops the other workers itself as soon as one dies, and its report
@@ -34,7 +34,7 @@ def test_every_other_rank_exits_naming_the_rank_that_stopped(gpt_corpus, world, 
     # it is killed (SIGKILL, as the harness does) a second after its only peer has exited.
     grace = 90 if how == "KILL" else 1
     ranks = run_forked_ranks("pretrain_gpt.py", long_run(gpt_corpus, *layout), world, timeout=240, grace=grace,
-                             env={"MCORE_TEST_STOP_RANK": f"{victim}:3:{how}"})
+                             faults=["--stop-rank", f"{victim}:3:{how}"])
     expected = (f"error: rank {victim} stopped responding during iteration 3 (its process died or hung); the "
                 f"other ranks exit; see its log.")
     assert ranks[victim].returncode == -9
@@ -48,7 +48,7 @@ def test_every_other_rank_exits_naming_the_rank_that_stopped(gpt_corpus, world, 
 
 def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(gpt_corpus):
     done = run_entry_point("pretrain_gpt.py", long_run(gpt_corpus, "--tensor-model-parallel-size", "2"), nproc=2,
-                           timeout=240, env={"MCORE_TEST_STOP_RANK": "1:3"})
+                           timeout=240, faults=["--stop-rank", "1:3"])
     assert done.returncode != 0
     root_cause = done.stderr.split("Root Cause (first observed failure):")[1]
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", root_cause), done.stderr[-3000:]

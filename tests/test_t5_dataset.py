@@ -7,7 +7,7 @@ from megatron_core.data.indexed_dataset import IndexedDataset
 from megatron_core.data.t5_dataset import (T5Dataset, T5DatasetConfig, random_spans_noise_mask,
                                            span_counts, unused_token_sentinels)
 from megatron_core.errors import DataError
-from tests.test_bert_dataset import bert_chinese_tokenizer, write_zh_sentence_dataset
+from tests.harness.datasets import bert_chinese_tokenizer, write_zh_sentence_dataset
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,16 @@ def test_bad_data_flags_are_user_errors_before_any_file_is_opened():
         _args("--data-path a --split 1,x")
 
 
+@pytest.mark.parametrize("split", ["0,100,0", "0/1/0", "0,0,1"])
+def test_a_training_run_whose_split_gives_train_no_share_is_one_sentence_naming_split(split):
+    # Megatron reads a zero share as "no such split": the run would reach its first step without batches.
+    with pytest.raises(ConfigError) as info:
+        _args(f"--data-path data/a_text_document --split {split}")
+    assert str(info.value) == (f'--split "{split}" gives the train split no documents, but the run trains for 100 '
+                               f'iterations; give train a share, e.g. --split "949,50,1".')
+    assert _args("--data-path data/a_text_document --split 100,0,0").split == "100,0,0"   # no validation is fine
+
+
 def test_validation_fills_the_namespace_it_was_given():
     ns = parse_args(BASE.split())
     assert isinstance(ns, argparse.Namespace) and validate(ns, 2) is ns and ns.data_parallel_size == 2

@@ -7,7 +7,6 @@ the rank's shard). Both phases build the model from the same seeds: the TP=2 wei
 start as shards of the serial ones, and are then overwritten with larger random values so
 biases and norm weights are exercised too.
 """
-import zlib
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ import torch
 from megatron_core import mpu
 from tests.harness import run_distributed
 from megatron_core.transformer import ConfigError, RotaryEmbedding, TransformerBlock, TransformerConfig
-from tests.harness.model_checks import full_shape, local_shard
+from tests.harness.model_checks import local_shard
+from tests.harness.weights import perturb_by_name, seeded_generator
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 S, B, H = 8, 2, 16
@@ -58,10 +58,6 @@ def _config(overrides, tp):
     return TransformerConfig(**{**BASE, **overrides, "tensor_model_parallel_size": tp})
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _mask(kind):
     """(attn_mask_type, bool mask with True = masked, or None)."""
     padding = torch.zeros(B, 1, 1, S, dtype=torch.bool)
@@ -72,19 +68,9 @@ def _mask(kind):
         return "causal", padding
     if kind == "padding":
         return "padding", padding
-    arbitrary = torch.rand(B, 1, S, S, generator=_gen(5)) < 0.4
+    arbitrary = torch.rand(B, 1, S, S, generator=seeded_generator(5)) < 0.4
     arbitrary[1, 0, 2, :] = True  # a fully masked row: must not give NaN, and both paths agree
     return "padding", arbitrary
-
-
-def _perturb(model):
-    """Overwrite every parameter with a deterministic function of its name and full shape."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            full = torch.randn(full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
-            if "norm" in name and name.endswith("weight"):
-                full += 1.0
-            param.copy_(local_shard(param, full))
 
 
 def _run(overrides, kind, tp, serial_init=None):
@@ -98,9 +84,9 @@ def _run(overrides, kind, tp, serial_init=None):
         for n, p in block.named_parameters():
             torch.testing.assert_close(p.detach(), local_shard(p, serial_init[n]), rtol=0, atol=0,
                                        msg=lambda m: f"initial {n} is not a shard of the serial weight: {m}")
-    _perturb(block)
-    x = torch.randn(S, B, H, generator=_gen(11))
-    grad_out = torch.randn(S, B, H, generator=_gen(12))
+    perturb_by_name(block)
+    x = torch.randn(S, B, H, generator=seeded_generator(11))
+    grad_out = torch.randn(S, B, H, generator=seeded_generator(12))
     rotary = None
     if config.position_embedding_type == "rope":
         positions = torch.arange(S).expand(B, S) + torch.tensor([[0], [3]])
@@ -129,12 +115,12 @@ def _check_low_precision():
             overrides = dict(extra, attention_backend=backend, num_query_groups=2, position_embedding_type="rope",
                              normalization="RMSNorm", activation="swiglu")
             reference = TransformerBlock(_config(overrides, 1), self_attn_mask_type="padding")
-            _perturb(reference)
+            perturb_by_name(reference)
             low = TransformerBlock(_config(dict(overrides, params_dtype=dtype), 1), self_attn_mask_type="padding")
             low.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
             assert all(p.dtype == dtype for p in low.parameters())
             _, mask = _mask("arbitrary")
-            x = torch.randn(S, B, H, generator=_gen(11))
+            x = torch.randn(S, B, H, generator=seeded_generator(11))
             rotary = RotaryEmbedding(reference.config)(torch.arange(S).expand(B, S))
             with torch.no_grad():
                 expected = reference(x, attention_mask=mask, rotary_angles=rotary)
@@ -169,7 +155,7 @@ def _check_all_cases():
             result["block"].eval()
             mask_type, mask = _mask(kind)
             with torch.no_grad():
-                x = torch.randn(S, B, H, generator=_gen(11))
+                x = torch.randn(S, B, H, generator=seeded_generator(11))
                 if overrides.get("position_embedding_type") != "rope":
                     assert not torch.allclose(result["block"](x, attention_mask=mask), result["out"])
         serial[name] = result

@@ -41,6 +41,7 @@ from .contents import FORMAT_VERSION, MEGATRON_CHECKPOINT_VERSION
 from .file_io import save_file, write_bytes_atomically
 from .formats import layout_named
 from .model_record import model_record
+from .state_dict_fit import describe_mismatch
 
 
 @contextlib.contextmanager
@@ -80,11 +81,11 @@ def write_weights_checkpoint(directory: str, full_state: Mapping[str, torch.Tens
         stages.append(dataclasses.replace(stage_model.sharding_map(vocab_size=vocab_size),
                                           tensor_model_parallel_size=tp))
         del stage_model
-    held = {smap.global_key(key) for smap in stages for key in smap.tensors}
-    if set(full_state) != held:
-        raise ConversionError(f"the converted weights do not fit the model: missing {sorted(held - set(full_state))[:3]}"
-                              f", unexpected {sorted(set(full_state) - held)[:3]}; the converter and the model "
-                              f"disagree, please report it.")
+    held = {smap.global_key(key): None for smap in stages for key in smap.tensors}   # keys only: the shapes
+    mismatch = describe_mismatch(held, dict.fromkeys(full_state))        # of a streamed state cost a conversion
+    if mismatch is not None:
+        raise ConversionError(f"the converted weights do not fit the model: {mismatch}; the converter and the "
+                              f"model disagree, please report it.")
     for p, smap in enumerate(stages):
         for rank in range(tp):   # one file's tensors at a time (a streamed full_state converts again per rank)
             shard = {}

@@ -35,6 +35,7 @@ from ..models.registry import checkpoint_model_options, get_family
 from ..checkpoint.formats import tracked_checkpoint
 from ..checkpoint.model_record import saved_family
 from ..checkpoint.reshard import SavedCheckpoint, resharded_chunk_states
+from ..checkpoint.state_dict_fit import load_fitting
 from ..transformer.config import TransformerConfig
 
 
@@ -111,11 +112,8 @@ def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[i
     model = family.build_model(config, padded, options, mpu.get_pipeline_stage())
     states, _ = resharded_chunk_states(source, [model], mpu.get_tensor_model_parallel_rank(), tp, padded,
                                        with_optimizer=False)
-    try:
-        model.load_state_dict(states[0], strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory}: the weights do not fit the {family.name} model its stored config describes "
-                              f"({str(error).splitlines()[0]}).") from None
+    load_fitting(model, states[0], f"{directory}: the weights do not fit the {family.name} model its stored config "
+                                   f"describes", "the checkpoint was changed after it was written; restore it.")
     if (tp, pp) != saved:
         _print_rank0(f"resharded checkpoint {directory} from TP={saved[0]} PP={saved[1]} to TP={tp} PP={pp} on load")
     model.eval()

@@ -105,7 +105,6 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
                                         run.parallel.data_parallel_size)   # the full batch, after any ramp-up
 
         while state.iteration < run.training.train_iters:
-            watch.test_hook(state.iteration + 1)
             global_batch = batches.global_batch_size_at(state.consumed_samples)
             learning_rate = lr_schedule.lr
             outcome = train_step(forward_step_func, train_iters, backend.modules, backend, lr_schedule,

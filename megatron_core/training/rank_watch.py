@@ -28,15 +28,11 @@ fails with c10d's own logged traceback).
 RankFailure is one sentence, e.g. "rank 1 stopped responding during iteration 7 (its process
 died or hung); the other ranks exit; see its log." A failed collective while every peer
 answers is not a stopped rank: the original error propagates.
-
-MCORE_TEST_STOP_RANK=<rank>:<iteration>[:STOP] (tests only) makes that rank SIGKILL
-(or SIGSTOP) itself as it starts that iteration.
 """
 from __future__ import annotations
 
 import datetime
 import os
-import signal
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +45,6 @@ from ..errors import RankFailure
 PING_SECONDS = 5.0
 STORE_TIMEOUT = datetime.timedelta(seconds=60)    # the start: every rank publishes its address
 ANSWER = b"alive"
-TEST_HOOK_ENV = "MCORE_TEST_STOP_RANK"
 
 
 class RankWatch:
@@ -152,17 +147,6 @@ class RankWatch:
 
     def _note_key(self, rank: int) -> str:
         return f"{self.prefix}/note/{rank}"
-
-    # --- tests ---------------------------------------------------------------------------------------
-
-    def test_hook(self, iteration: int) -> None:
-        """MCORE_TEST_STOP_RANK=<rank>:<iteration>[:STOP]: this rank kills (or stops) itself now."""
-        spec = os.environ.get(TEST_HOOK_ENV)
-        if not spec:
-            return
-        rank, at, *how = spec.split(":")
-        if int(rank) == self.rank and int(at) == iteration:
-            os.kill(os.getpid(), signal.SIGSTOP if how == ["STOP"] else signal.SIGKILL)
 
 
 def _answers(address: Tuple[str, int]) -> bool:

@@ -45,20 +45,25 @@ def clean_env(**extra: str) -> Dict[str, str]:
     return env
 
 
-def entry_point_command(script: str, flags: Sequence[str], nproc: Optional[int] = None) -> List[str]:
-    """`python script flags`, or `torchrun --nproc-per-node nproc script flags` on a free local port."""
+def entry_point_command(script: str, flags: Sequence[str], nproc: Optional[int] = None,
+                        faults: Sequence[str] = ()) -> List[str]:
+    """`python script flags`, or `torchrun --nproc-per-node nproc script flags` on a free local port.
+    `faults`: faults.py's options (e.g. ["--stop-rank", "1:3"]); the script then runs under it."""
     path = os.path.join(ROOT, script)
+    program = ["-m", "tests.harness.faults", *faults, path] if faults else [path]
     if nproc is None:
-        return [sys.executable, path, *flags]
+        return [sys.executable, *program, *flags]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), path, *flags]
+            "--master-addr", "127.0.0.1", "--master-port", str(find_free_port()), *program, *flags]
 
 
 def run_entry_point(script: str, flags: Sequence[str], nproc: Optional[int] = None, timeout: float = 300,
-                    env: Optional[Dict[str, str]] = None, **popen) -> subprocess.CompletedProcess:
+                    env: Optional[Dict[str, str]] = None, faults: Sequence[str] = (),
+                    **popen) -> subprocess.CompletedProcess:
     """`script` (relative to the repository root) with `flags`, from the root; nproc=None runs it without
-    a launcher. `env` adds to clean_env(). stdout and stderr are captured as text."""
-    return subprocess.run(entry_point_command(script, flags, nproc), capture_output=True, text=True,
+    a launcher. `env` adds to clean_env(); `faults` as entry_point_command's. stdout and stderr are
+    captured as text."""
+    return subprocess.run(entry_point_command(script, flags, nproc, faults), capture_output=True, text=True,
                           env={**clean_env(), **(env or {})}, timeout=timeout, cwd=ROOT, **popen)
 
 
@@ -99,15 +104,18 @@ def run_plain_ranks(script: str, flags: Sequence[str], nproc: int, timeout: floa
 
 
 def run_forked_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
-                     env: Optional[Dict[str, str]] = None, grace: float = 60) -> List[subprocess.CompletedProcess]:
+                     env: Optional[Dict[str, str]] = None, grace: float = 60,
+                     faults: Sequence[str] = ()) -> List[subprocess.CompletedProcess]:
     """run_plain_ranks for tests whose subject is the run and not its launcher: the ranks are forked
-    from one process that imported the script (testing/forked_ranks.py: ~5 s of CPU less per rank
+    from one process that imported the script (forked_ranks.py: ~5 s of CPU less per rank
     than a fresh process). One CompletedProcess per rank; a rank still running `grace` seconds after
-    the first one exited is killed (returncode -9), all of them at `timeout`."""
+    the first one exited is killed (returncode -9), all of them at `timeout`. `faults`: faults.py's
+    options, installed before the fork."""
     env = {**clean_env(), **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port())}
     with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, "-m", "tests.harness.forked_ranks", "--grace", str(grace), logs,
-                   str(nproc), os.path.join(ROOT, script), *flags]
+        command = [sys.executable, "-m", "tests.harness.forked_ranks", "--grace", str(grace),
+                   *(["--faults", " ".join(faults)] if faults else []), logs, str(nproc),
+                   os.path.join(ROOT, script), *flags]
         starter = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:

@@ -1,6 +1,6 @@
 """Start an entry point's ranks by forking one process that has imported it, instead of N fresh ones.
 
-    python -m tests.harness.forked_ranks [--grace SECONDS] LOGS NPROC SCRIPT FLAGS...
+    python -m tests.harness.forked_ranks [--grace SECONDS] [--faults "OPTIONS"] LOGS NPROC SCRIPT FLAGS...
 
 For tests whose subject is the run, not its launcher (entry_points.run_ranks). A fresh rank
 spends ~5 s of CPU importing torch, torch._dynamo (every torch.optim step loads it) and the
@@ -13,6 +13,7 @@ and stderr to LOGS/<rank>.out and LOGS/<rank>.err, and runs the script as __main
 sys.argv = [SCRIPT, *FLAGS], and exits with the script's status. LOGS/statuses gets the
 ranks' exit statuses (-9: killed), space-separated; ranks still running SECONDS (60) after
 one exited are killed, so a crashed rank does not leave the others waiting in a collective.
+--faults: faults.py's options (space-separated), installed in the parent before the fork.
 """
 from __future__ import annotations
 
@@ -50,8 +51,11 @@ def _run_rank(rank: int, nproc: int, logs: str, script: str, flags) -> int:
         return 1
 
 
-def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS) -> int:
+def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS, faults=()) -> int:
     runpy.run_path(script, run_name="__mcore_preload__")     # the imports, not the run
+    if faults:
+        from .faults import install
+        install(faults)
     import torch._dynamo  # noqa: F401  (loaded by the first optimizer step otherwise, in every rank)
     assert threading.active_count() == 1, "forking needs a process without other threads"
     sys.stdout.flush(), sys.stderr.flush()
@@ -86,5 +90,7 @@ def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS
 
 
 if __name__ == "__main__":
-    grace, argv = ((float(sys.argv[2]), sys.argv[3:]) if sys.argv[1] == "--grace" else (GRACE_SECONDS, sys.argv[1:]))
-    sys.exit(main(argv[0], int(argv[1]), argv[2], argv[3:], grace))
+    argv, options = sys.argv[1:], {"--grace": str(GRACE_SECONDS), "--faults": ""}
+    while argv[0] in options:
+        options[argv[0]], argv = argv[1], argv[2:]
+    sys.exit(main(argv[0], int(argv[1]), argv[2], argv[3:], float(options["--grace"]), options["--faults"].split()))

@@ -42,6 +42,10 @@ class Backend(Protocol):
     # DeepSpeed ZeRO-0/1), or DeepSpeed's engine around them when its backward hooks must
     # see every micro-batch (ZeRO-2/3). Checkpoints and logging keep using the chunks.
     modules: List[torch.nn.Module]
+    # Whether load_state_dict takes per-parameter optimizer state (a resharded checkpoint's, or
+    # a DeepSpeed engine's files read per parameter): the native backend yes, DeepSpeed's engine no
+    # (it loads only its own files at the sizes it saved them).
+    loads_per_parameter: bool
 
     def zero_grad(self) -> None: ...
 

@@ -105,6 +105,8 @@ def _keep_clip_norm(optimizer: torch.optim.Optimizer, params: List[torch.nn.Para
 
 
 class DeepSpeedBackend:
+    loads_per_parameter = False     # the engine loads its own files, at the sizes it saved them
+
     def __init__(self, chunks: List[torch.nn.Module], optimizer_config: OptimizerConfig, ds_config: dict):
         deepspeed = import_deepspeed()
         self.chunks = list(chunks)

@@ -52,6 +52,7 @@ def default_bucket_size(data_parallel_size: int) -> int:
 
 class NativeBackend:
     loads_per_parameter = True      # load_state_dict takes a resharded checkpoint's per-parameter optimizer state
+
     def __init__(self, chunks: List[torch.nn.Module], optimizer_config: OptimizerConfig,
                  scaler: Optional[LossScaler], distributed_optimizer: bool, overlap_grad_reduce: bool,
                  bucket_size: Optional[int] = None):

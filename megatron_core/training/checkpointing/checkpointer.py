@@ -39,6 +39,7 @@ from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
 from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
+from ...checkpoint.state_dict_fit import load_fitting
 
 
 def _print(message: str) -> None:
@@ -167,7 +168,7 @@ class Checkpointer:
         parallel = head.get("parallel")
         # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
         # reads them per parameter, as it reads another layout (reshard/engine_source.py).
-        engine_files = reshard.written_by_engine(head) and getattr(self.backend, "loads_per_parameter", False)
+        engine_files = reshard.written_by_engine(head) and self.backend.loads_per_parameter
         if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files):
             self._load_resharded(directory, layout, iteration, parallel, state)
             return
@@ -191,7 +192,7 @@ class Checkpointer:
         """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
         chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
         loss scaler as saved. RNG streams belong to the saved ranks and are not restored."""
-        if not getattr(self.backend, "loads_per_parameter", False):
+        if not self.backend.loads_per_parameter:
             raise CheckpointError(f"{directory} was saved at TP={parallel['tensor_model_parallel_size']} "
                                   f"PP={parallel['pipeline_model_parallel_size']} DP={parallel.get('data_parallel_size')}, "
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
@@ -211,7 +212,8 @@ class Checkpointer:
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
             getattr(self.args, "padded_vocab_size", None), with_optimizer)
         for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
-            chunk.load_state_dict(chunk_state, strict=True)
+            load_fitting(chunk, chunk_state, f"{where}: {key} does not fit this model",
+                         "use the model flags it was saved with.")
         head = source.head
         backend_state = {}
         if not weights_only:
@@ -232,7 +234,7 @@ class Checkpointer:
                f"{state.iteration}")
 
     def _check_backend_takes_per_parameter(self, path: str) -> None:
-        if not getattr(self.backend, "loads_per_parameter", False):
+        if not self.backend.loads_per_parameter:
             raise CheckpointError(f"{path} needs its optimizer state resharded, which this training backend "
                                   f"(--deepspeed) cannot load; add --no-load-optim to load the weights with a fresh "
                                   f"optimizer, or resume at the sizes it was saved with.")

@@ -1,0 +1,60 @@
+"""Small indexed datasets written for tests: random documents, and the bundled news as sentences."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from megatron_core.data.indexed_dataset import IndexedDatasetBuilder
+from megatron_core.data.tokenizers import build_tokenizer
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+EOD = 0
+PARAGRAPHS_PER_DOCUMENT = 4
+
+
+def write_random_dataset(prefix, num_docs=60, max_len=50, seed=0, vocab=30000):
+    """Documents of 1..max_len random tokens, each ending in EOD; returns the token lists."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    builder = IndexedDatasetBuilder(prefix + ".bin", np.uint16)
+    for _ in range(num_docs):
+        length = int(rng.integers(1, max_len + 1))
+        tokens = np.append(rng.integers(1, vocab, length - 1), EOD).astype(np.uint16)
+        builder.add_item(tokens)
+        builder.end_document()
+        docs.append(tokens.astype(np.int64))
+    builder.finalize(prefix + ".idx")
+    return docs
+
+
+def bert_chinese_tokenizer(vocab_extra_ids=0):
+    return build_tokenizer("BertWordPieceLowerCase", vocab_extra_ids=vocab_extra_ids,
+                           vocab_file=os.path.join(DATA, "vocab", "bert-base-chinese-vocab.txt"))
+
+
+def write_zh_sentence_dataset(directory, tokenizer):
+    """zh_news_200 as a --split-sentences dataset: a sentence ends after 。！？, and every
+    4 paragraphs make one document. Returns (prefix, documents as lists of sentence
+    texts, documents as lists of token-id lists)."""
+    with open(os.path.join(DATA, "zh_news_200.jsonl"), encoding="utf-8") as f:
+        paragraphs = [json.loads(line)["text"] for line in f]
+    docs_text = []
+    for d in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
+        sentences = []
+        for paragraph in paragraphs[d:d + PARAGRAPHS_PER_DOCUMENT]:
+            sentences += [s for s in re.split(r"(?<=[。！？])", paragraph) if s.strip()]
+        docs_text.append(sentences)
+    prefix = os.path.join(str(directory), "zh_news_sentences")
+    docs_ids = []
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for sentences in docs_text:
+        ids = [tokenizer.tokenize(s) for s in sentences]
+        for sentence in ids:
+            builder.add_item(sentence)
+        builder.end_document()
+        docs_ids.append(ids)
+    builder.finalize(prefix + ".idx")
+    return prefix, docs_text, docs_ids
