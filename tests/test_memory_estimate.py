@@ -75,7 +75,8 @@ def test_selective_and_full_recompute_shrink_the_activations():
     selective = estimate_memory(shape, _run(recompute="selective")).activations
     recompute = _run(recompute="full")
     recompute.model.recompute_method, recompute.model.recompute_num_layers = "uniform", 1
-    checkpointed = estimate_memory(ModelShape("gpt", recompute.model, 256, 32, structure="decoder"), recompute).activations
+    checkpointed = estimate_memory(ModelShape("gpt", recompute.model, 256, 32, structure="decoder"),
+                                   recompute).activations
     assert checkpointed < selective < full
 
 

@@ -32,9 +32,12 @@ def _cases(tp: int):
                    activation="geglu", share_embeddings_and_output_weights=False, ffn_hidden_size=40)
     t5_megatron = config()
     return [
-        ("gpt", ModelShape("gpt", gpt, VOCAB, SEQ, structure="decoder"), lambda s: GPTModel(gpt, VOCAB, SEQ, stage=s)),
-        ("llama", ModelShape("gpt", llama, VOCAB, SEQ, structure="decoder"), lambda s: GPTModel(llama, VOCAB, SEQ, stage=s)),
-        ("bert post-LN", ModelShape("bert", bert, VOCAB, SEQ, num_tokentypes=2, add_pooler=True, add_binary_head=True, structure="masked_lm"),
+        ("gpt", ModelShape("gpt", gpt, VOCAB, SEQ, structure="decoder"),
+         lambda s: GPTModel(gpt, VOCAB, SEQ, stage=s)),
+        ("llama", ModelShape("gpt", llama, VOCAB, SEQ, structure="decoder"),
+         lambda s: GPTModel(llama, VOCAB, SEQ, stage=s)),
+        ("bert post-LN", ModelShape("bert", bert, VOCAB, SEQ, num_tokentypes=2, add_pooler=True, add_binary_head=True,
+                                    structure="masked_lm"),
          lambda s: BertModel(bert, VOCAB, SEQ, 2, True, stage=s)),
         ("megatron bert no head", ModelShape("bert", megatron_bert, VOCAB, SEQ, structure="masked_lm"),
          lambda s: BertModel(megatron_bert, VOCAB, SEQ, 0, False, stage=s)),
@@ -42,7 +45,8 @@ def _cases(tp: int):
          lambda s: RoFormerModel(roformer, VOCAB, SEQ, stage=s)),
         ("transformer-xl", ModelShape("transformer_xl", xl, VOCAB, structure="transformer_xl"),
          lambda s: TransformerXLModel(xl, VOCAB, 8, stage=s)),
-        ("transformer-xl untie_r", ModelShape("transformer_xl", xl, VOCAB, untie_r=True, structure="transformer_xl"),
+        ("transformer-xl untie_r", ModelShape("transformer_xl", xl, VOCAB, untie_r=True,
+                                              structure="transformer_xl"),
          lambda s: TransformerXLModel(xl, VOCAB, 8, stage=s, untie_r=True)),
         ("t5 (HF)", ModelShape("t5", t5_hf, VOCAB, decoder_num_layers=2, structure="encoder_decoder"),
          lambda s: T5Model(t5_hf, VOCAB, 2, 0, stage=s)),
