@@ -16,14 +16,14 @@ import torch.nn.functional as F
 
 import pretrain_bert
 import pretrain_roformer
-from megatron_core.mpu.layout import pad_vocab_size
 from tests.harness.entry_points import failure_report, logged_losses, run_entry_point, tiny_run_flags
 from tests.harness.tiny_corpus import preprocess_zh_news
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.training.data_iterators import build_data_iterators
 from megatron_core.training.data_options import add_data_options_arguments
-from megatron_core.training.data_providers import build_tokenizer, train_valid_test_num_samples
+from megatron_core.training.data_providers import train_valid_test_num_samples
 from megatron_core.training.train_spec import train_run
+from megatron_core.training.vocabulary import resolve_vocabulary
 from tests.harness.model_checks import single_process_world
 
 STEPS = 5
@@ -90,17 +90,11 @@ def test_bert_variant_flag_changes_the_run_and_logs_megatrons_loss_names(flags, 
     assert any(first[name] != pytest.approx(default[name], rel=1e-4) for name in names), (first, default)
 
 
-def _args(flags, extra_args_provider=add_data_options_arguments):
-    args = validate(parse_args(flags, extra_args_provider), 1)
-    args.tokenizer = build_tokenizer(build_run_config(args).data)
-    args.padded_vocab_size = pad_vocab_size(args.tokenizer.vocab_size, args.make_vocab_size_divisible_by, 1)
-    return args
-
-
 def _run(script, flags, extra_args_provider=add_data_options_arguments):
     """What pretrain() hands the entry point's forward step and providers (its TrainRun)."""
-    args = _args(flags, extra_args_provider)
-    return train_run(script.TRAIN_SPEC, args, build_run_config(args))
+    args = validate(parse_args(flags, extra_args_provider), 1)
+    config = build_run_config(args)
+    return train_run(script.TRAIN_SPEC, args, config, resolve_vocabulary(args, config))
 
 
 @pytest.mark.parametrize("position,post_ln", [("pre", False), ("post", True)])

@@ -50,11 +50,13 @@ def parallel_record(run) -> Dict:
 
 
 def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state, rng_states: List[Dict],
-                include_optimizer: bool, family: str, model_options: Dict) -> Dict:
+                include_optimizer: bool, family: str, model_options: Dict, vocab_size: Optional[int],
+                padded_vocab_size: Optional[int]) -> Dict:
     keys = model_keys(len(chunks))
-    true_vocab = getattr(getattr(args, "tokenizer", None), "vocab_size", None)
+    true_vocab = vocab_size
     record = args_to_dict(args)
-    record.update(consumed_train_samples=train_state.consumed_samples,
+    record.update(padded_vocab_size=padded_vocab_size,     # where Megatron-LM's args hold it
+                  consumed_train_samples=train_state.consumed_samples,
                   consumed_valid_samples=train_state.consumed_valid_samples)   # where Megatron-LM keeps them
     state = {
         "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
@@ -67,7 +69,7 @@ def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state
         **model_record(family, model_options),
         "parallel": parallel_record(run),
         "vocab_size": true_vocab,
-        "padded_vocab_size": getattr(args, "padded_vocab_size", None),
+        "padded_vocab_size": padded_vocab_size,
         "opt_param_scheduler": lr_schedule.state_dict(),
         "rng_state": rng_states,
         "sharding_map": {},

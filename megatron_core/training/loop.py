@@ -40,7 +40,7 @@ from .backends import build_training_backend
 from .config import RunConfig
 from .data_iterators import build_data_iterators as build_split_iterators
 from .data_providers import train_valid_test_num_samples
-from .dry_run import dry_run, estimate_block, intended_world_size, set_padded_vocab_size
+from .dry_run import dry_run, estimate_block, intended_world_size
 from .evaluate import evaluate
 from .initialize import initialize_distributed, shutdown_distributed
 from .lr_schedule import schedule_from_config
@@ -50,6 +50,7 @@ from .rank_watch import RankWatch
 from .train_log import TrainingLogger
 from .train_spec import TrainRun, TrainSpec, train_run
 from .train_step import SkipCounter, train_step
+from .vocabulary import resolve_vocabulary
 
 
 @dataclass
@@ -66,7 +67,7 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
     validate(args, intended_world_size(args))      # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     if args.dry_run:
-        dry_run(lambda args: train_run(spec, args, run).model_shape(), args, run)   # no process group, no weights
+        dry_run(lambda vocabulary: train_run(spec, args, run, vocabulary).model_shape(), args, run)   # no group
         return None
     if not args.tokenizer_type:    # every model's vocabulary size comes from its tokenizer
         raise ConfigError("--tokenizer-type is required: it sets the vocabulary size and tokenizes the data "
@@ -75,10 +76,10 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
     watch = RankWatch.start()     # a rank that dies is named by its peers, not a silent hang
     state = TrainState()
     try:
-        set_padded_vocab_size(args, run)
-        model_run = train_run(spec, args, run)     # what the forward step and the providers read
+        vocabulary = resolve_vocabulary(args, run)
+        model_run = train_run(spec, args, run, vocabulary)     # what the forward step and the providers read
         if dist.get_rank() == 0:
-            block = estimate_block(lambda args: model_run.model_shape(), args, run)
+            block = estimate_block(lambda _: model_run.model_shape(), vocabulary, run)
             if block is not None:
                 print(block, flush=True)
         chunks = build_model_chunks(model_run)
@@ -86,7 +87,7 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
         lr_schedule = backend.learning_rate_schedule(schedule_from_config(run.optimizer, run.scheduler,
                                                                           run.training))
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, model_run.family.name,
-                                   model_run.model_options)
+                                   model_run.model_options, vocabulary.size, vocabulary.padded_size)
         checkpoints.load(state)
         train_iters, valid_iters = build_data_iterators(spec.datasets_provider, model_run, state,
                                                         spec.reads_data_on_every_stage(model_run))

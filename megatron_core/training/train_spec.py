@@ -27,6 +27,7 @@ from ..models.registry import ModelFamily, get_family
 from ..mpu.layout import PipelineStage
 from .config import RunConfig
 from .data_options import DataOptions, data_options_from_args
+from .vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class TrainSpec:
         return self.data_on_every_stage(run) if callable(self.data_on_every_stage) else self.data_on_every_stage
 
 
-def train_run(spec: TrainSpec, args, config: RunConfig) -> TrainRun:
-    """The TrainRun of validated flags (args.padded_vocab_size and args.tokenizer as the loop set them)."""
+def train_run(spec: TrainSpec, args, config: RunConfig, vocabulary: Vocabulary) -> TrainRun:
+    """The TrainRun of validated flags and the run's vocabulary (vocabulary.py's)."""
     family = get_family(spec.family)
-    return TrainRun(config, family, family.options(vars(args)), getattr(args, "padded_vocab_size", None),
-                    getattr(args, "tokenizer", None), data_options_from_args(args))
+    return TrainRun(config, family, family.options(vars(args)), vocabulary.padded_size, vocabulary.tokenizer,
+                    data_options_from_args(args))

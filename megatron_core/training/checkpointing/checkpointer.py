@@ -1,6 +1,7 @@
 """Save and load a training run's checkpoints: the loop's only contact with this package.
 
-    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, "gpt", {"max_sequence_length": 1024})
+    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, "gpt", {"max_sequence_length": 1024},
+                               vocab_size=21128, padded_vocab_size=21248)
     checkpoints.load(state)                   # --load: weights, optimizer, scheduler, RNG, counters
     while ...:
         ... one iteration ...
@@ -48,9 +49,11 @@ def _print(message: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, run, args, chunks: List, backend, lr_schedule, family: str, model_options: dict):
+    def __init__(self, run, args, chunks: List, backend, lr_schedule, family: str, model_options: dict,
+                 vocab_size: Optional[int], padded_vocab_size: Optional[int]):
         self.run, self.args, self.chunks, self.backend, self.lr_schedule = run, args, chunks, backend, lr_schedule
         self.family, self.model_options = family, model_options
+        self.vocab_size, self.padded_vocab_size = vocab_size, padded_vocab_size
         self.config = run.checkpoint
         self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
         self.layout = self.files.layout
@@ -90,7 +93,8 @@ class Checkpointer:
         def contents_for(backend_state, include_optimizer):
             return model_state(self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
                                include_optimizer=include_optimizer, family=self.family,
-                               model_options=self.model_options)
+                               model_options=self.model_options, vocab_size=self.vocab_size,
+                               padded_vocab_size=self.padded_vocab_size)
         error = self.files.save(directory, iteration, model_path, contents_for)
         self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
         tracker_error = None
@@ -200,7 +204,7 @@ class Checkpointer:
                                   f"and resume that without --deepspeed.")
         source = reshard.SavedCheckpoint(directory, layout.name)
         where = source.model_path(0, 0)
-        compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
+        compatibility.check_model(where, source.head, self.run, self.padded_vocab_size)
         release = iteration is None
         weights_only = release or self.config.finetune
         load_optimizer = not weights_only and not self.config.no_load_optim
@@ -210,7 +214,7 @@ class Checkpointer:
                    f"optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
-            getattr(self.args, "padded_vocab_size", None), with_optimizer)
+            self.padded_vocab_size, with_optimizer)
         for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
             load_fitting(chunk, chunk_state, f"{where}: {key} does not fit this model",
                          "use the model flags it was saved with.")
@@ -248,7 +252,7 @@ class Checkpointer:
                                                (self.run.parallel.tensor_model_parallel_size,
                                                 self.run.parallel.pipeline_model_parallel_size))
         compatibility.check_virtual_stages(model_path, parallel, self.run)
-        compatibility.check_model(model_path, saved, self.run, getattr(self.args, "padded_vocab_size", None))
+        compatibility.check_model(model_path, saved, self.run, self.padded_vocab_size)
         keys = model_keys(len(self.chunks))
         missing = [key for key in keys if key not in saved]
         if missing:
