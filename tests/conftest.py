@@ -38,11 +38,23 @@ def engine_runs(gpt_corpus, tmp_path_factory):
 _op_build = None
 
 
+def uses_deepspeed(item) -> bool:
+    """Whether the test runs DeepSpeed's engine (its module uses deepspeed_test_env)."""
+    return hasattr(getattr(item, "module", None), "deepspeed_test_env")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The DeepSpeed tests run last, each file in its order: a cold op cache (CI's) is built by the
+    background build meanwhile, on the CPU the other tests leave idle, instead of a DeepSpeed test
+    waiting on its lock."""
+    items[:] = [item for item in items if not uses_deepspeed(item)] + [item for item in items if uses_deepspeed(item)]
+
+
 def pytest_collection_finish(session):
     """DeepSpeed's ops compile in the background from the start when a DeepSpeed test will run
     (its module uses deepspeed_test_env) and deepspeed is installed."""
     global _op_build
-    wants = any(hasattr(getattr(item, "module", None), "deepspeed_test_env") for item in session.items)
+    wants = any(uses_deepspeed(item) for item in session.items)
     if wants and importlib.util.find_spec("deepspeed") is not None:
         _op_build = start_background_build()
 

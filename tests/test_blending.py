@@ -15,6 +15,8 @@ from megatron_core.errors import DataError
 from tests.harness.distributed import run_distributed
 from tests.harness.datasets import write_random_dataset
 
+pytestmark = pytest.mark.quick
+
 
 # -- --split ---------------------------------------------------------------------------
 

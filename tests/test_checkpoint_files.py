@@ -14,6 +14,8 @@ from megatron_core.checkpoint.file_io import load_file, save_file
 from megatron_core.checkpoint.run_record import args_to_dict
 from megatron_core.errors import CheckpointError
 
+pytestmark = pytest.mark.quick
+
 
 def test_megatron_names_add_the_pipeline_rank_only_with_pipeline_parallelism():
     assert megatron_layout.model_file("ck", 5, 1, 2, 4) == os.path.join("ck", "iter_0000005", "mp_rank_01_002",

@@ -5,9 +5,11 @@ loads its checkpoint of iteration 3 and trains 3 more: it must log the same stri
 iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
 end with bit-identical weights and optimizer state (tests.harness.resume_check).
 A run stopped by --exit-interval saves exactly that iteration-3 state (checked once).
-Dropout stays on, so the RNG streams must be restored too. Multi-rank runs fork their ranks
-(entry_points.run_ranks): the checkpoint is the subject here; tests/test_training_loop.py
-and tests/test_rank_failure.py run pretrain_gpt.py under torchrun itself.
+Dropout stays on, so the RNG streams must be restored too. The runs whose subject is what is
+saved and loaded are forked from the session's fork server (entry_points.run_forked, and
+run_ranks for several ranks): the checkpoint is the subject here; the runs that must end in one
+sentence on stderr, the kill and the signal start fresh processes as a user's would, and
+tests/test_training_loop.py and tests/test_rank_failure.py run pretrain_gpt.py under torchrun.
 """
 import glob
 import os
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 from tests.harness.entry_points import (clean_env, entry_point_command, logged_iterations,
-                                                    run_entry_point, run_ranks)
+                                                    run_entry_point, run_forked, run_ranks)
 from tests.harness.output_faults import output_fault, FaultUnavailable
 from tests.harness.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
 from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news
@@ -50,8 +52,8 @@ def tracker(directory, name="latest_checkpointed_iteration.txt"):
 
 
 def run_script(script, run_flags, nproc=None):
-    """One plain process, or `nproc` forked ranks read as one run."""
-    return run_entry_point(script, run_flags) if nproc is None else run_ranks(script, run_flags, nproc)
+    """One process, or `nproc` ranks read as one run, forked (the launcher is not the subject)."""
+    return run_forked(script, run_flags) if nproc is None else run_ranks(script, run_flags, nproc)
 
 
 def resume_matches_uninterrupted(corpus, tmp, extra, nproc=None, script="pretrain_gpt.py"):
@@ -146,8 +148,8 @@ def test_exit_interval_saves_the_state_the_uninterrupted_run_holds_at_that_itera
     """What every resume test loads (the uninterrupted run's iteration 3) is what a run stopped
     with --exit-interval 3 saves: the same files, tensors and counters."""
     directory = str(tmp_path / "exited")
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--ckpt-format", "deepspeed", "--save",
-                                                       directory, "--save-interval", "100", "--exit-interval", "3")))
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, *FP16, "--ckpt-format", "deepspeed", "--save",
+                                                  directory, "--save-interval", "100", "--exit-interval", "3")))
     assert sorted(logged_iterations(done.stdout)) == [1, 2, 3]
     assert tracker(directory, "latest") == "global_step3"
     assert_same_checkpoint_files(fp16_runs.break_dir, directory,
@@ -157,13 +159,13 @@ def test_exit_interval_saves_the_state_the_uninterrupted_run_holds_at_that_itera
 def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(corpus, fp16_runs):
     full, half_dir = fp16_runs.full, fp16_runs.break_dir
     reference = logged_iterations(full.stdout)
-    fresh_optim = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--no-load-optim")))
+    fresh_optim = ok(run_forked("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--no-load-optim")))
     lines = logged_iterations(fresh_optim.stdout)
     assert sorted(lines) == [4, 5, 6]
     scale = reference[4].split("loss scale: ")[1].split(" |")[0]
     assert f"loss scale: {scale} |" in lines[4]
-    finetune = ok(run_entry_point("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--finetune",
-                                                           "--exit-interval", "1")))
+    finetune = ok(run_forked("pretrain_gpt.py", flags(corpus, *FP16, "--load", half_dir, "--finetune",
+                                                      "--exit-interval", "1")))
     lines = logged_iterations(finetune.stdout)
     assert sorted(lines) == [1] and "iteration        1/       6" in lines[1]
     assert "consumed samples:            8" in lines[1] and "loss scale: 4096.0" in lines[1]
@@ -175,8 +177,8 @@ def test_no_load_optim_keeps_the_loss_scaler_and_finetune_starts_at_iteration_0(
 def serial_run(corpus, tmp_path_factory):
     """A single-process run from scratch that saves iteration 3 and stops: (its checkpoint, its stdout)."""
     directory = str(tmp_path_factory.mktemp("serial") / "ckpt")
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
-                                                       "--exit-interval", "3")))
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "3",
+                                                  "--exit-interval", "3")))
     return directory, done.stdout
 
 
@@ -235,7 +237,7 @@ def test_unwritable_or_full_save_is_one_sentence_and_keeps_the_previous_checkpoi
     assert "iteration 6" in line and fault.reason in line and "still names 3" in line, line
     assert tracker(directory) == "3"
     assert not glob.glob(os.path.join(directory, "**", "*.tmp"), recursive=True)
-    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--train-iters", "4")))
+    ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--train-iters", "4")))
 
 
 def test_a_pickle_payload_is_refused_with_one_sentence_and_never_runs(corpus, serial_checkpoint, tmp_path):
@@ -302,7 +304,7 @@ def test_weights_that_do_not_fit_the_model_name_the_missing_unexpected_and_resha
 
 
 def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_checkpoint(corpus, tmp_path):
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path), "--exit-interval", "1")))
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path), "--exit-interval", "1")))
     assert "no checkpoint found" in done.stdout and sorted(logged_iterations(done.stdout)) == [1]
     line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path),
                                                                     "--exit-on-missing-checkpoint")))
@@ -311,8 +313,8 @@ def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_c
 
 def test_keep_last_leaves_the_newest_checkpoints(corpus, tmp_path):
     directory = str(tmp_path / "ckpt")
-    ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "1", "--keep-last",
-                                                "2", "--train-iters", "4", "--eval-interval", "100")))
+    ok(run_forked("pretrain_gpt.py", flags(corpus, "--save", directory, "--save-interval", "1", "--keep-last",
+                                           "2", "--train-iters", "4", "--eval-interval", "100")))
     assert sorted(os.listdir(directory)) == ["iter_0000003", "iter_0000004", "latest_checkpointed_iteration.txt"]
     assert tracker(directory) == "4"
 
@@ -344,7 +346,7 @@ def test_use_checkpoint_args_takes_the_model_shape_and_lists_the_differences(cor
     argv = flags(corpus, "--load", serial_checkpoint, "--use-checkpoint-args", "--lr", "1e-3")
     argv = [a for i, a in enumerate(argv) if a not in shape and (i == 0 or argv[i - 1] not in shape)]
     assert "--hidden-size" not in argv
-    done = ok(run_entry_point("pretrain_gpt.py", argv))
+    done = ok(run_forked("pretrain_gpt.py", argv))
     assert sorted(logged_iterations(done.stdout)) == [4, 5, 6]
     assert "  lr: 0.003 in the checkpoint, 0.001 in this run" in done.stdout
     assert "hidden_size" not in done.stdout
@@ -371,7 +373,7 @@ def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus
     os.rename(os.path.join(directory, "iter_0000003"), os.path.join(directory, "release"))
     with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("release")
-    done = ok(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "1")))
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "1")))
     assert "successfully loaded checkpoint from " + directory in done.stdout and "at iteration 0" in done.stdout
     lines = logged_iterations(done.stdout)
     assert sorted(lines) == [1] and "consumed samples:            8" in lines[1]

@@ -27,6 +27,8 @@ from megatron_core.checkpoint.saved_model import open_saved_model
 from megatron_core.transformer import TransformerConfig
 from tests.harness.model_checks import single_process_world
 
+pytestmark = pytest.mark.quick
+
 LAYERS, HIDDEN, HEADS, VOCAB_ROWS, TP, ITERATION = 2, 16, 4, 64, 2, 1000
 D = HIDDEN // HEADS
 

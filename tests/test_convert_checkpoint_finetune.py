@@ -3,11 +3,14 @@
 A small random GPT2LMHeadModel (GPT-2's tanh GELU, BERT's Chinese vocabulary, the tokenizer
 files beside it) goes through `convert_checkpoint.py --from-hf ... --tensor-model-parallel-size 2`;
 `pretrain_gpt.py --load CKPT --finetune --use-checkpoint-args` (model shape, tokenizer and TP
-size all from the checkpoint's args; dropout off on the command line, as the HF model has it) runs under torchrun on 2 processes, and its first logged
+size all from the checkpoint's args; dropout off on the command line, as the HF model has it) runs on 2 processes, and its first logged
 loss is the loss transformers computes for the same model on the same first global batch
 (read from the same dataset, computed by GPT2LMHeadModel alone; the padded vocabulary's zero
 rows enter the softmax as Megatron's do). The TP=2 checkpoint that run
 saves then exports with --to-hf, and transformers' logits equal our serial model's on it.
+The conversion is the subject, not the starts: the tool's main runs in this process
+(tool_main.py; its CLI starts as a user's in test_convert_checkpoint_hf) and the ranks fork
+(entry_points.run_ranks; pretrain_gpt.py under torchrun is test_training_loop's).
 """
 import json
 import os
@@ -22,8 +25,9 @@ transformers = pytest.importorskip("transformers")
 
 from megatron_core.data.builder import build_train_valid_test_datasets  # noqa: E402
 from megatron_core.models.gpt import GPTModel  # noqa: E402
-from tests.harness.entry_points import failure_report, logged_values, run_entry_point  # noqa: E402
+from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
 from tests.harness.weights import randomize_trainable  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.transformer import TransformerConfig  # noqa: E402
@@ -58,17 +62,15 @@ def test_from_hf_checkpoint_finetunes_at_tp2_from_the_transformers_loss_and_expo
     hf = _hf_gpt2(str(tmp_path / "hf"))
     prefix = preprocess_zh_news(str(tmp_path / "data"))
     cache = str(tmp_path / "cache")
-    done = run_entry_point("tools/convert_checkpoint.py", ["--from-hf", str(tmp_path / "hf"), "--output",
-                                                           str(tmp_path / "ckpt"), "--tensor-model-parallel-size",
-                                                           "2"], timeout=180)
-    assert done.returncode == 0, failure_report(done)
+    run_tool_main("convert_checkpoint.py", "--from-hf", str(tmp_path / "hf"), "--output", str(tmp_path / "ckpt"),
+                  "--tensor-model-parallel-size", "2")
 
     flags = ["--use-checkpoint-args", "--load", str(tmp_path / "ckpt"), "--finetune", "--seq-length", str(SEQ),
              "--micro-batch-size", str(MICRO), "--global-batch-size", str(GLOBAL), "--train-iters", str(ITERS),
              "--lr", "1e-3", "--lr-decay-style", "constant", "--log-interval", "1", "--eval-interval", str(ITERS),
              "--eval-iters", "1", "--split", "90,10,0", "--data-path", prefix, "--data-cache-path", cache,
              "--num-workers", "0", "--hidden-dropout", "0", "--attention-dropout", "0", "--save", str(tmp_path / "trained"), "--save-interval", str(ITERS)]
-    done = run_entry_point("pretrain_gpt.py", flags, nproc=2, timeout=300)
+    done = run_ranks("pretrain_gpt.py", flags, 2, timeout=300)
     assert done.returncode == 0, failure_report(done)
     losses = logged_values(done.stdout, "lm loss")
     assert sorted(losses) == [1, 2]
@@ -84,9 +86,8 @@ def test_from_hf_checkpoint_finetunes_at_tp2_from_the_transformers_loss_and_expo
     assert losses[1] == pytest.approx(expected.item(), rel=1e-5), (losses, expected.item())
 
     # the checkpoint the TP=2 run wrote (real training files, optimizer and all) -> HF
-    done = run_entry_point("tools/convert_checkpoint.py", ["--to-hf", "--load", str(tmp_path / "trained"),
-                                                           "--output", str(tmp_path / "exported")], timeout=180)
-    assert done.returncode == 0, failure_report(done)
+    run_tool_main("convert_checkpoint.py", "--to-hf", "--load", str(tmp_path / "trained"),
+                  "--output", str(tmp_path / "exported"))
     exported = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "exported")).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "exported"))
     assert tokenizer("清华大学", add_special_tokens=False)["input_ids"] == [3926, 1290, 1920, 2110]

@@ -24,6 +24,8 @@ from megatron_core.mpu.layout import pad_vocab_size  # noqa: E402
 from tests.harness.hf_models import CASES, hf_batch, logits_of, saved_hf_model  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from megatron_core import mpu
 from tests.harness import run_distributed
 
+pytestmark = pytest.mark.quick
+
 
 def _check_cross_entropy(tp):
     mpu.initialize_model_parallel(tp)

@@ -20,8 +20,8 @@ The claims, each against an independent reference:
 
 Engine runs cost ~10 s of DeepSpeed start each: the ZeRO 0, 1 and 3 checkpoints are those of
 the session's `engine_runs` (testing/engine_runs.py: tiny_gpt_flags at DP=2, saved at 2, whose
-losses test_deepspeed_backend checks against the plain loop), and the native resumes start
-their ranks directly, without a launcher process. Skipped when deepspeed is not installed.
+losses test_deepspeed_backend checks against the plain loop), and the engine runs and native
+resumes fork their ranks (entry_points.run_forked_ranks), without a launcher process. Skipped when deepspeed is not installed.
 """
 import os
 import shutil
@@ -35,7 +35,7 @@ from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F4
 from tests.harness.engine_runs import (as_one_run, assert_bf16_masters_carried,  # noqa: E402
                                                load_engine_file as load, run_engine_ranks, write_deepspeed_config)
 from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values,  # noqa: E402
-                                                run_entry_point, run_plain_ranks, tiny_run_flags)
+                                                run_entry_point, run_forked_ranks, tiny_run_flags)
 from tests.harness.tiny_corpus import BERT_VOCAB  # noqa: E402
 from tests.harness.resume_check import COUNTERS, check_exact_resume  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
@@ -62,9 +62,9 @@ def engine_run(corpus, tmp, config, *extra, nproc=2):
 
 
 def native_run(engine_runs, *extra, nproc=2):
-    """pretrain_gpt.py on the shared runs' flags with the native backend, ranks started directly."""
-    done = as_one_run(run_plain_ranks("pretrain_gpt.py", [*engine_runs.flags(), *extra], nproc, timeout=600,
-                                      grace=60))
+    """pretrain_gpt.py on the shared runs' flags with the native backend, forked ranks (no launcher)."""
+    done = as_one_run(run_forked_ranks("pretrain_gpt.py", [*engine_runs.flags(), *extra], nproc, timeout=600,
+                                       grace=60))
     assert done.returncode == 0, failure_report(done)
     return done
 

@@ -8,6 +8,8 @@ from megatron_core.errors import ConfigError
 from tests.harness.deepspeed_op_cache import remove_stale_locks
 from megatron_core.training.deepspeed_config import FlagSettings, read_deepspeed_config, resolve_deepspeed_config
 
+pytestmark = pytest.mark.quick
+
 FLAGS = FlagSettings(global_batch_size=32, micro_batch_size=2, data_parallel_size=4, lr=3e-3, weight_decay=0.1,
                      clip_grad=1.0)
 

@@ -9,6 +9,8 @@ from megatron_core.data.finetune_dataset import FinetuneDataset
 from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.errors import DataError
 
+pytestmark = pytest.mark.quick
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FIXTURE = os.path.join(DATA, "finetune_small.jsonl")
 GOOD_LINES = [1, 2, 4, 7, 9]  # the other lines of the fixture are broken on purpose

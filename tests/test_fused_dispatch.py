@@ -18,6 +18,8 @@ from megatron_core.transformer.config import TransformerConfig
 from megatron_core.transformer.layer import TransformerLayer
 from megatron_core.transformer.rotary import RotaryEmbedding
 
+pytestmark = pytest.mark.quick
+
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)

@@ -12,6 +12,8 @@ from megatron_core.fused.softmax import masked_softmax_reference
 from megatron_core.transformer.config import TransformerConfig
 from megatron_core.transformer.rotary import RotaryEmbedding
 
+pytestmark = pytest.mark.quick
+
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = list(TOLERANCE)
 

@@ -75,6 +75,7 @@ def test_one_process_and_torchrun_print_the_recomputed_greedy_tokens(checkpoint)
     assert [line["tokens"] for line in sharded] == expected
 
 
+@pytest.mark.quick
 def test_prompt_is_printed_then_the_new_text_and_a_missing_checkpoint_is_one_sentence(checkpoint, tmp_path):
     done = run_entry_point("tools/generate_text.py", ["--load", str(checkpoint / "ckpt"), "--prompt", PROMPTS[0],
                                                       "--greedy", "--out-seq-length", "4"], timeout=300)
@@ -92,6 +93,7 @@ def _put(port, body):
         return json.loads(response.read().decode("utf-8"))
 
 
+@pytest.mark.quick
 def test_server_answers_http_puts_with_the_generated_text_and_survives_bad_requests(checkpoint):
     command = entry_point_command("tools/run_text_generation_server.py",
                                   ["--load", str(checkpoint / "ckpt"), "--host", "127.0.0.1", "--port", "0"])

@@ -21,6 +21,8 @@ from megatron_core.transformer import ConfigError, TransformerConfig
 from tests.harness.model_checks import local_shard
 from tests.harness.weights import perturb_by_name, seeded_generator
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=2e-5)
 B, S, V = 2, 8, 64
 GPT = dict(num_layers=2, hidden_size=16, num_attention_heads=4, hidden_dropout=0.0, attention_dropout=0.0,

@@ -12,6 +12,8 @@ from megatron_core.data.indexed_dataset import IndexedDataset, IndexedDatasetBui
 from megatron_core.errors import DataError
 from tests.harness.datasets import write_random_dataset
 
+pytestmark = pytest.mark.quick
+
 EOD = 0
 
 

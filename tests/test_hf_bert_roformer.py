@@ -25,6 +25,8 @@ from megatron_core.transformer import ConfigError  # noqa: E402
 from tests.harness.model_checks import single_process_world  # noqa: E402
 from tests.harness.weights import randomize_trainable  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, MAX_POS, B, S = 97, 24, 3, 11
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -16,6 +16,8 @@ from megatron_core.models.llama import llama_config  # noqa: E402
 from tests.harness.model_checks import single_process_world
 from tests.harness.weights import randomize_trainable  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB, PADDED, MAX_POS, B, S = 60, 64, 16, 2, 12
 

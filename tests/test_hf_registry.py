@@ -26,6 +26,8 @@ from tests.harness.hf_models import CASES, VOCAB, hf_batch, saved_hf_model  # no
 from tests.harness.model_checks import single_process_world
 from tests.harness.weights import randomize_trainable  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=1e-4)
 PADDED = 72
 

@@ -16,6 +16,8 @@ from megatron_core.data.indexed_dataset import (
 )
 from megatron_core.errors import DataError
 
+pytestmark = pytest.mark.quick
+
 DOCS = [  # each document is a list of sequences
     [[5, 6, 7], [8]],
     [[1, 2, 3, 4, 65000]],

@@ -14,6 +14,8 @@ from tests.harness.inference_models import (VOCAB, full_logits, greedy_by_recomp
                                                     tiny_transformer_xl)
 from tests.harness.model_checks import single_process_world
 
+pytestmark = pytest.mark.quick
+
 GREEDY = SamplingParams(greedy=True)
 STEPS = 8
 

@@ -9,6 +9,8 @@ from tests.harness.inference_models import PADDED, VOCAB, tiny_roformer
 from megatron_core.transformer.config import TransformerConfig
 from tests.harness.model_checks import single_process_world
 
+pytestmark = pytest.mark.quick
+
 MASK = 4
 
 

@@ -16,6 +16,8 @@ from megatron_core.models.hf.registry import get_mapping  # noqa: E402
 from tests.harness.inference_models import PADDED, VOCAB, random_prompts, tiny_gpt, tiny_llama  # noqa: E402
 from tests.harness.model_checks import single_process_world  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 NEW_TOKENS = 10
 
 

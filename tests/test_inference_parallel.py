@@ -11,6 +11,8 @@ from tests.harness import run_distributed
 from tests.harness.inference_models import VOCAB, random_prompts, tiny_gpt, tiny_llama
 from tests.harness.model_checks import single_process_world
 
+pytestmark = pytest.mark.quick
+
 PROMPTS = random_prompts([5, 2, 7], seed=9)
 NEW_TOKENS = 6
 SETTINGS = {"greedy": SamplingParams(greedy=True),

@@ -9,6 +9,8 @@ from megatron_core.errors import ConfigError
 from megatron_core.inference.sampling import SamplingParams, candidate_probabilities, draw, penalize_repeats
 from megatron_core.inference.vocab_parallel_sampling import sample_next_tokens
 
+pytestmark = pytest.mark.quick
+
 V = 12
 
 

@@ -36,6 +36,8 @@ def test_torchrun_variables_win_over_openmpi_ones():
 
 from megatron_core.training.initialize import check_backend, check_launcher_environment  # noqa: E402
 
+pytestmark = pytest.mark.quick
+
 TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from megatron_core import mpu
 from tests.harness import run_distributed
 
+pytestmark = pytest.mark.quick
+
 SEED = 1234
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -266,7 +266,9 @@ def _outputs(family, model):
     return [t for t in (out if isinstance(out, tuple) else (out,)) if t is not None]
 
 
-@pytest.fixture(scope="module")
+# Per test (0.06 s), not per module: run_distributed forks its workers only from a process without a
+# process group, and a world kept to the end of the module made its later tests spawn them (~5 s each).
+@pytest.fixture
 def single_rank():
     with single_process_world():
         yield

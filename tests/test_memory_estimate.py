@@ -2,6 +2,7 @@
 Korthikanti et al. 2022 evaluated by hand, and the bytes of the tensors a tiny native-backend
 run actually allocates (weights, fp32 gradient buffers, optimizer state and master copies)
 after one step, in real gloo processes."""
+import pytest
 import torch
 
 from megatron_core.models.rank_parameters import ModelShape
@@ -14,6 +15,8 @@ from megatron_core.training.config import (DeepSpeedConfig, OptimizerConfig, Par
 from megatron_core.training.memory_estimate import (LayerActivation, estimate_memory, in_flight_microbatches,
                                                     layer_activation_bytes)
 from megatron_core.transformer import TransformerConfig
+
+pytestmark = pytest.mark.quick
 
 # GPT-3 175B-like layer of the paper's Table 2 setting: s 2048, b 1, h 12288, a 96, t 8.
 S, B, H, A, T = 2048, 1, 12288, 96, 8

@@ -16,6 +16,8 @@ from megatron_core.data.indexed_dataset import (
 from megatron_core.errors import DataError
 from tests.harness import output_faults
 
+pytestmark = pytest.mark.quick
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOL = os.path.join(os.path.dirname(HERE), "tools", "merge_datasets.py")
 

@@ -17,6 +17,8 @@ from megatron_core.checkpoint.weights_checkpoint import serial_world
 from megatron_core.transformer.config import TransformerConfig
 from megatron_core.transformer.meta_build import materialize, meta_state_dict
 
+pytestmark = pytest.mark.quick
+
 VOCAB = 256
 
 

@@ -1,10 +1,13 @@
 """Pipeline point-to-point exchange on gloo: batched and one-by-one, fixed and exchanged shapes."""
+import pytest
 import torch
 
 from megatron_core.mpu import parallel_state as ps
 from megatron_core.pipeline import p2p
 from megatron_core.pipeline.p2p import P2PConfig
 from tests.harness.distributed import run_distributed
+
+pytestmark = pytest.mark.quick
 
 
 def _payload(rank, step, shape):

@@ -7,6 +7,8 @@ from megatron_core import mpu
 from megatron_core.mpu.parallel_state import ParallelLayout
 from tests.harness import run_distributed
 
+pytestmark = pytest.mark.quick
+
 
 def test_layout_matches_megatron_documented_example():
     # Megatron-LM's docstring: 16 GPUs, TP=2, PP=4.

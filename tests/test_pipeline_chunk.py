@@ -32,7 +32,9 @@ def _txl(mem_length=3):
     return TransformerXLModel(_config(position_embedding_type="relative_xl"), VOCAB, mem_length=mem_length)
 
 
-@pytest.fixture(scope="module")
+# Per test (0.06 s), not per module: run_distributed forks its workers only from a process without a
+# process group, and a world kept to the end of the module made its later tests spawn them (~5 s each).
+@pytest.fixture
 def single_rank():
     with single_process_world():
         yield

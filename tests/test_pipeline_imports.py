@@ -1,10 +1,13 @@
 """The pipeline package's modules import each other without a circle (imports inside
 functions count too: a lazy import only hides a circle), and the per-micro-batch steps
 live in one module both schedules import."""
+import pytest
 import ast
 import os
 
 import megatron_core.pipeline as pipeline
+
+pytestmark = pytest.mark.quick
 
 PACKAGE = os.path.dirname(pipeline.__file__)
 

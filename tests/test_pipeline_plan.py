@@ -14,6 +14,8 @@ import pytest
 
 from megatron_core.pipeline.interleaved import InterleavedPlan
 
+pytestmark = pytest.mark.quick
+
 
 def _simulate(p, v, m, forward_only=False):
     plan = InterleavedPlan(p, v, m, forward_only)

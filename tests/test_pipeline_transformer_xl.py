@@ -22,6 +22,8 @@ from tests.harness.distributed import DistributedTestFailure, run_distributed
 from megatron_core.transformer.config import TransformerConfig
 from tests.harness.model_checks import local_shard
 
+pytestmark = pytest.mark.quick
+
 VOCAB, MICRO, SEG, MEM, HIDDEN, LAYERS = 64, 2, 4, 6, 16, 4
 ITERATIONS, MICROBATCHES = 3, 2
 LR = 0.5

@@ -80,6 +80,7 @@ def files_under(directory):
 # --- ids equal the reference tokenizers ---------------------------------------------------
 
 
+@pytest.mark.quick
 def test_bert_ids_equal_transformers_with_eod(tmp_path, hf_bert):
     texts = zh_texts() + EXTRA
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
@@ -227,6 +228,7 @@ def bad_corpus(path):
     return str(path), [good[0], good[1], good[2], good[3]]
 
 
+@pytest.mark.quick
 def test_bad_lines_are_counted_reported_and_skipped(tmp_path, hf_bert):
     src, kept = bad_corpus(tmp_path / "bad.jsonl")
     proc = run_tool("--input", src, "--output-prefix", tmp_path / "b", *BERT, "--workers", 2,
@@ -270,6 +272,7 @@ def test_strict_stops_at_the_first_bad_line(tmp_path):
     assert files_under(out) == []  # no outputs, no temporaries
 
 
+@pytest.mark.quick
 def test_missing_vocab_file_is_one_sentence(tmp_path):
     for extra in ([], ["--vocab-file", tmp_path / "nope.txt"]):
         proc = run_tool("--input", ZH, "--output-prefix", tmp_path / "v",

@@ -5,6 +5,8 @@ flags (fp32, no dropout, relative 1e-5); each BERT variant flag (SOP, post-LN, -
 --bert-no-binary-head) reaches the run and logs Megatron's loss names. BERT's first logged
 losses are recomputed by hand from the dataset samples and the model the flags build;
 in-process checks read that model's layout and the loss a forward step trains (lm + sop).
+The variant runs fork from the session's fork server (entry_points.run_forked): the
+single-process reference and the torchrun layouts start as a user's.
 """
 import math
 import os
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 
 import pretrain_bert
 import pretrain_roformer
-from tests.harness.entry_points import failure_report, logged_losses, run_entry_point, tiny_run_flags
+from tests.harness.entry_points import failure_report, logged_losses, run_entry_point, run_forked, tiny_run_flags
 from tests.harness.tiny_corpus import preprocess_zh_news
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.training.data_iterators import build_data_iterators
@@ -37,8 +39,10 @@ def flags(tmp_path_factory):
     return tiny_run_flags(prefix, os.path.join(directory, "cache"), train_iters=STEPS)
 
 
-def run_losses(script, flags, nproc=None):
-    done = run_entry_point(script, flags, nproc=nproc)
+def run_losses(script, flags, nproc=None, forked=False):
+    """The run's logged losses: `python script` (nproc None), torchrun (nproc), or one process forked
+    from the session's fork server (forked: the variant runs, whose subject is the flag, not the start)."""
+    done = run_forked(script, flags) if forked else run_entry_point(script, flags, nproc=nproc)
     assert done.returncode == 0, failure_report(done)
     losses = logged_losses(done.stdout)
     assert sorted(losses) == list(range(1, STEPS + 1)), failure_report(done)
@@ -83,7 +87,7 @@ def test_bert_pipeline_two_stages_under_torchrun_logs_the_single_process_losses(
     (["--bert-no-binary-head"], {"lm loss"}),
 ], ids=["sop", "post-ln", "wwm", "no-binary-head"])
 def test_bert_variant_flag_changes_the_run_and_logs_megatrons_loss_names(flags, bert_serial, extra, names):
-    losses = run_losses("pretrain_bert.py", flags + extra)
+    losses = run_losses("pretrain_bert.py", flags + extra, forked=True)
     assert all(set(step) == names for step in losses.values()), losses
     # The flag reached the run: another task, model or masking gives another first loss.
     first, default = losses[1], bert_serial[1]

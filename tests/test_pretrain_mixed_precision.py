@@ -6,11 +6,12 @@ norms of tests.harness.plain_gpt_loop; the stated tolerance is rel 1e-3 on the l
 fp16 under the tiny scales 2..32 that this test grows through, where small gradients underflow;
 the norm is printed with 3 decimals). A gradient left scaled by the loss scale would show in the norm (x1024 or x2^k), a
 skipped or lost update in the loss. The "loss scale" column is Megatron's: the scale after the
-step, 1.0 without fp16 scaling. TP=2 runs fork their ranks (entry_points.run_ranks).
+step, 1.0 without fp16 scaling. The runs fork from the session's fork server (entry_points.run_forked,
+run_ranks): the precision is the subject, not the start.
 """
 import pytest
 
-from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_forked,
                                                 run_ranks, tiny_gpt_flags)
 
 LOSS_REL, GRAD_NORM_REL = 1e-3, 3e-2
@@ -31,8 +32,7 @@ PRECISIONS = {
 def test_mixed_precision_tracks_the_fp32_plain_loop_and_logs_megatrons_loss_scale(gpt_corpus, plain_gpt, name):
     flags, nproc, scale_at = PRECISIONS[name]
     run_flags = tiny_gpt_flags(gpt_corpus) + flags
-    done = run_entry_point("pretrain_gpt.py", run_flags) if nproc is None else run_ranks("pretrain_gpt.py", run_flags,
-                                                                                          nproc)
+    done = run_forked("pretrain_gpt.py", run_flags) if nproc is None else run_ranks("pretrain_gpt.py", run_flags, nproc)
     assert done.returncode == 0, failure_report(done)
     losses = logged_values(done.stdout, "lm loss")
     grad_norms = logged_values(done.stdout, "grad norm")

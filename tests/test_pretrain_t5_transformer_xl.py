@@ -4,12 +4,14 @@ A parallel layout logs, step for step, the losses of the single-process run of t
 flags (fp32, no dropout, relative 1e-5): T5 with its encoder and decoder on two pipeline
 stages, Transformer-XL with its segment memory split over two pipeline stages and over two
 tensor-parallel ranks. Transformer-XL's memory changes the losses (it is used), and
-evaluating between steps does not (validation runs on a memory of its own).
+evaluating between steps does not (validation runs on a memory of its own). Each script's
+reference run is `python script`, and its pipeline layout runs under torchrun; the other
+runs fork from the session's fork server (entry_points.run_forked, run_ranks).
 """
 import pytest
 
 from tests.harness import find_free_port
-from tests.harness.entry_points import corpus_flags, logged_values, run_entry_point
+from tests.harness.entry_points import corpus_flags, logged_values, run_entry_point, run_forked, run_ranks
 
 STEPS = 5
 TINY = ["--hidden-size", "32", "--num-attention-heads", "4", "--micro-batch-size", "2", "--global-batch-size", "8",
@@ -24,8 +26,13 @@ def corpus(tmp_path_factory):
     return str(tmp_path_factory.mktemp("corpus"))
 
 
-def _losses(script, flags, nproc=None):
-    done = run_entry_point(script, flags, nproc)
+def _losses(script, flags, nproc=None, forked=False):
+    """The logged lm losses and stdout of `python script` (nproc None), torchrun (nproc), or forked
+    from the session's fork server (forked: one process, or `nproc` ranks)."""
+    if forked:
+        done = run_forked(script, flags) if nproc is None else run_ranks(script, flags, nproc)
+    else:
+        done = run_entry_point(script, flags, nproc)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     losses = logged_values(done.stdout, "lm loss")
     assert sorted(losses) == list(range(1, STEPS + 1)), done.stdout[-2000:]
@@ -88,22 +95,25 @@ def transformer_xl_serial(corpus):
 
 def test_transformer_xl_memory_changes_the_losses(corpus, transformer_xl_serial):
     # Segment k + 1 of a row attends to segment k of the same text: without memory it cannot.
-    without, _ = _losses("pretrain_transformer_xl.py", transformer_xl_flags(corpus, mem_length=0) + NO_EVALUATION)
+    without, _ = _losses("pretrain_transformer_xl.py", transformer_xl_flags(corpus, mem_length=0) + NO_EVALUATION,
+                         forked=True)
     assert without[1] == pytest.approx(transformer_xl_serial[1], rel=1e-6)   # the first segment has no memory
     differences = [abs(without[s] - transformer_xl_serial[s]) / transformer_xl_serial[s] for s in range(2, STEPS + 1)]
     assert max(differences) > 1e-4, differences   # well beyond the 1e-5 the layouts are held to
 
 
 def test_transformer_xl_evaluation_between_steps_leaves_the_training_losses_unchanged(corpus, transformer_xl_serial):
-    losses, stdout = _losses("pretrain_transformer_xl.py", transformer_xl_flags(corpus) + EVALUATION_BETWEEN_STEPS)
+    losses, stdout = _losses("pretrain_transformer_xl.py", transformer_xl_flags(corpus) + EVALUATION_BETWEEN_STEPS,
+                             forked=True)
     assert "validation loss at iteration 2 |" in stdout and "validation loss at iteration 4 |" in stdout
     assert losses == transformer_xl_serial
 
 
-@pytest.mark.parametrize("layout", [["--pipeline-model-parallel-size", "2"], ["--tensor-model-parallel-size", "2"]],
-                         ids=["pp2", "tp2"])
+# PP=2 under torchrun (the family's launcher run); TP=2's ranks fork, the layout being the subject.
+@pytest.mark.parametrize("layout,forked", [(["--pipeline-model-parallel-size", "2"], False),
+                                           (["--tensor-model-parallel-size", "2"], True)], ids=["pp2", "tp2"])
 def test_transformer_xl_parallel_layout_with_memory_and_evaluation_logs_the_single_process_losses(
-        corpus, transformer_xl_serial, layout):
+        corpus, transformer_xl_serial, layout, forked):
     flags = transformer_xl_flags(corpus) + EVALUATION_BETWEEN_STEPS + layout
-    losses, _ = _losses("pretrain_transformer_xl.py", flags, nproc=2)
+    losses, _ = _losses("pretrain_transformer_xl.py", flags, nproc=2, forked=forked)
     _assert_same_losses(losses, transformer_xl_serial)

@@ -1,13 +1,14 @@
 """pretrain_gpt.py --tensorboard-dir writes Megatron's scalar names with the values its log lines print.
 
 An fp16 run with a growing dynamic loss scale, so that "loss-scale" moves; the event file is
-read back with tensorboard's own EventAccumulator (tensorboard is in the `test` extra).
+read back with tensorboard's own EventAccumulator (tensorboard is in the `test` extra). The run
+forks from the session's fork server (entry_points.run_forked).
 """
 import math
 
 import pytest
 
-from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_entry_point,
+from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_values, run_forked,
                                                 tiny_gpt_flags)
 
 EventAccumulator = pytest.importorskip(
@@ -26,7 +27,7 @@ def scalars(directory):
 def test_tensorboard_gets_megatrons_scalar_names_with_the_logged_values(gpt_corpus, tmp_path):
     flags = tiny_gpt_flags(gpt_corpus) + ["--fp16", "--initial-loss-scale", "1", "--loss-scale-window", "1",
                                           "--tensorboard-dir", str(tmp_path / "tb")]
-    done = run_entry_point("pretrain_gpt.py", flags)
+    done = run_forked("pretrain_gpt.py", flags)
     assert done.returncode == 0, failure_report(done)
     written = scalars(str(tmp_path / "tb"))
     assert {"learning-rate", "batch-size", "lm loss", "loss-scale", "grad-norm", "iteration-time",

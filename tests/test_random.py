@@ -1,10 +1,13 @@
 """RNG streams: replicated vs tensor-parallel, determinism, and exact replay under recomputation."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_core import mpu
 from tests.harness import run_distributed
+
+pytestmark = pytest.mark.quick
 
 
 def _gather(tensor):

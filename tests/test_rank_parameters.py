@@ -1,6 +1,7 @@
 """The parameter counts of models/rank_parameters.py equal the tensors of models actually built:
 every family, TP=1 and TP=2 (real gloo ranks, each counting its own shard), every pipeline
 stage of PP=2, interleaved virtual chunks, a padded vocabulary."""
+import pytest
 from megatron_core import mpu
 from megatron_core.models.bert import BertModel
 from megatron_core.models.gpt import GPTModel
@@ -11,6 +12,8 @@ from megatron_core.models.transformer_xl import TransformerXLModel
 from megatron_core.mpu.layout import PipelineStage, pad_vocab_size
 from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
+
+pytestmark = pytest.mark.quick
 
 VOCAB = pad_vocab_size(100, 8, 2)    # 112: a tokenizer's 100 ids padded as Megatron does
 SEQ = 16

@@ -16,6 +16,8 @@ from tests.harness.entry_points import ROOT, clean_env
 from megatron_core.checkpoint.reshard.slices import read_shard
 from megatron_core.checkpoint.reshard.streaming_writer import LazyTensor, save_streamed
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("dim", [0, 1])

@@ -6,6 +6,8 @@ import pytest
 
 from megatron_core.data.samplers import MegatronPretrainingRandomSampler, MegatronPretrainingSampler
 
+pytestmark = pytest.mark.quick
+
 TOTAL = 203  # not a multiple of any batch below, so the ragged end is exercised
 
 

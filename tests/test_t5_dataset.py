@@ -9,6 +9,8 @@ from megatron_core.data.t5_dataset import (T5Dataset, T5DatasetConfig, random_sp
 from megatron_core.errors import DataError
 from tests.harness.datasets import bert_chinese_tokenizer, write_zh_sentence_dataset
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture(scope="module")
 def zh(tmp_path_factory):

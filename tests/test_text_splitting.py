@@ -3,6 +3,8 @@ import pytest
 
 from megatron_core.data.text_splitting import split_sentences
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.mark.parametrize("text, sentences", [
     ("今天下雨了。我们去哪里？去公园吧！", ["今天下雨了。", "我们去哪里？", "去公园吧！"]),

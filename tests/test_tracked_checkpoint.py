@@ -7,6 +7,8 @@ import pytest
 from megatron_core.errors import CheckpointError
 from megatron_core.checkpoint.formats import LAYOUTS, tracked_checkpoint
 
+pytestmark = pytest.mark.quick
+
 
 def _write(path, text=""):
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -11,6 +11,8 @@ from megatron_core.errors import ConfigError, UserError
 from megatron_core.training.arguments import build_run_config, parse_args, transformer_config_from_args, validate
 from megatron_core.training.lr_schedule import schedule_from_config
 
+pytestmark = pytest.mark.quick
+
 BASE = ("--num-layers 8 --hidden-size 64 --num-attention-heads 8 --seq-length 32 --micro-batch-size 2 "
         "--train-iters 100 --lr 3e-4")
 

@@ -3,6 +3,7 @@ plain all-reduce, overlapped bucketed all-reduce (with an unused parameter), ZeR
 ZeRO-1 overlapped; ZeRO-1 equals the plain DP=2 backend; the reported gradient norm is the
 serial norm. Weight decay on matrices only and clipping are active in every run.
 """
+import pytest
 import torch
 
 from megatron_core.mpu import parallel_state as ps
@@ -11,6 +12,8 @@ from tests.harness.gpt_fixture import global_batches, gpt_step, tiny_gpt
 from tests.harness.training_steps import assert_params_match, backend_steps, serial_adamw_steps
 from megatron_core.training.config import OptimizerConfig, ParallelConfig, PrecisionConfig
 from megatron_core.training.backends.native import build_backend
+
+pytestmark = pytest.mark.quick
 
 OPT = OptimizerConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5)
 TOL = dict(atol=1e-5, rtol=1e-4)

@@ -14,6 +14,8 @@ from megatron_core.training.data_options import DataOptions
 from megatron_core.training.data_providers import (bert_datasets, build_tokenizer, finetune_datasets, gpt_datasets,
                                                    roformer_datasets, t5_datasets, transformer_xl_datasets)
 
+pytestmark = pytest.mark.quick
+
 MBS = 4
 COUNTS = [64, 0, 0]
 

@@ -16,6 +16,8 @@ from megatron_core.training.data_options import (DataOptions, add_data_options_a
 from megatron_core.training.data_providers import (bert_datasets, build_tokenizer, gpt_datasets, t5_sentinel_ids,
                                                    train_valid_test_num_samples, transformer_xl_datasets)
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):

@@ -4,6 +4,8 @@ import torch
 
 from megatron_core.training.grad_buffer import build_grad_buffers, plan_buckets, shard_range
 
+pytestmark = pytest.mark.quick
+
 
 def test_buckets_hold_whole_parameters_and_close_at_the_bucket_size():
     offsets, buckets = plan_buckets([4, 3, 10, 2, 2], bucket_size=6, pad_to=1)

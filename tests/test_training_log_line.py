@@ -10,6 +10,8 @@ import torch
 from megatron_core.training.log_line import perplexity, training_log_line, validation_log_lines
 from megatron_core.training.mfu import PEAK_TFLOPS, PeakThroughput, detect_peak, lookup_peak_tflops
 
+pytestmark = pytest.mark.quick
+
 FIELDS = dict(iteration=100, train_iters=1000, consumed_samples=25600, elapsed_ms_per_iteration=812.34,
               global_batch_size=256, losses={"lm loss": 6.4213934}, loss_scale=65536.0,
               learning_rate=2.9999634e-4, throughput_tflops=151.23, grad_norm=1.23456)

@@ -41,6 +41,7 @@ def assert_serial_losses(done, plain_losses):
         assert losses[step] == pytest.approx(expected, rel=1e-5), (step, losses, plain_losses)
 
 
+@pytest.mark.quick
 def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpus, plain_losses):
     done = run_pretrain(tiny_gpt_flags(gpt_corpus))
     assert_serial_losses(done, plain_losses)

@@ -12,6 +12,8 @@ from megatron_core.training.config import PrecisionConfig
 from megatron_core.training.loss_scaler import (ConstantLossScaler, DynamicLossScaler, build_loss_scaler,
                                                 found_inf_across, unscale_and_check)
 
+pytestmark = pytest.mark.quick
+
 
 def _run(scaler, flags):
     scales = []

@@ -11,6 +11,8 @@ from megatron_core.errors import ConfigError
 from megatron_core.training.config import OptimizerConfig, SchedulerConfig, TrainingConfig
 from megatron_core.training.lr_schedule import LearningRateSchedule, schedule_from_config
 
+pytestmark = pytest.mark.quick
+
 MAX, MIN, INIT, W, D = 3e-4, 3e-5, 1e-5, 100, 1000
 
 

@@ -8,6 +8,8 @@ from megatron_core.errors import ConfigError
 from megatron_core.training.config import TrainingConfig
 from megatron_core.training.microbatches import BatchSchedule, num_microbatches
 
+pytestmark = pytest.mark.quick
+
 
 def test_micro_batches_are_the_global_batch_over_micro_times_data_parallel():
     assert num_microbatches(512, 4, 8) == 16

@@ -9,6 +9,8 @@ from megatron_core.training.config import OptimizerConfig
 from megatron_core.training.lr_schedule import LearningRateSchedule
 from megatron_core.training.optimizer import build_optimizer
 
+pytestmark = pytest.mark.quick
+
 GRADS = [[0.5, -1.0, 2.0], [0.1, 0.3, -0.2], [-0.7, 0.0, 1.5]]
 
 

@@ -11,6 +11,8 @@ from megatron_core.training.lr_schedule import LearningRateSchedule
 from megatron_core.training.param_groups import build_param_groups
 from megatron_core.transformer import TransformerConfig
 
+pytestmark = pytest.mark.quick
+
 
 def _by_id(groups):
     return {id(p): group for group in groups for p in group["params"]}

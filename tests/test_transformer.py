@@ -17,6 +17,8 @@ from megatron_core.transformer import ConfigError, RotaryEmbedding, TransformerB
 from tests.harness.model_checks import local_shard
 from tests.harness.weights import perturb_by_name, seeded_generator
 
+pytestmark = pytest.mark.quick
+
 TOL = dict(rtol=1e-4, atol=2e-5)
 S, B, H = 8, 2, 16
 

@@ -11,11 +11,11 @@ op_cache_dir(): $MCORE_DS_OP_CACHE, else $TORCH_EXTENSIONS_DIR, else /tmp/mcore_
 shared between runs so the build is paid once per machine (CI keeps it inside its run
 by setting MCORE_DS_OP_CACHE).
 
-A cold cache costs minutes of compiling (CI starts cold every time), so the test session
-builds the missing ops in a background process at low priority from its start
-(start_background_build, tests/conftest.py): it uses the CPU the tests before the DeepSpeed
-ones leave idle, and a DeepSpeed test that comes first waits on the build's lock as it
-would on its own build. `python -m tests.harness.deepspeed_op_cache` builds them.
+A cold cache costs minutes of compiling (about 300 s of CPU for both ops; CI starts cold every
+time), so the test session builds the missing ops in a background process at low priority from
+its start (start_background_build, tests/conftest.py) and runs the DeepSpeed tests last: the
+build uses the CPU the other tests leave idle, and a DeepSpeed test that comes before it is
+done waits on the build's lock as it would on its own build. `python -m tests.harness.deepspeed_op_cache` builds them.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """DeepSpeed-engine runs of pretrain_gpt.py for tests, and the few runs several test modules share.
 
-    done = run_engine_ranks(flags, config_path)        # 2 ranks started directly, one CompletedProcess
+    done = run_engine_ranks(flags, config_path)        # 2 forked ranks, one CompletedProcess
     runs = SharedEngineRuns(corpus_dir, directory)     # tests/conftest.py's session fixture `engine_runs`
     run = runs.get("zero1-dp2")     # launched on first use, by whichever test asks first
     run.done                        # its CompletedProcess: the training log is in stdout
@@ -9,15 +9,17 @@
 
 A DeepSpeed start costs more than the steps of a tiny model (torch, torch._dynamo and deepspeed
 imports in every rank, the launcher's own process), so the number of launches is the cost.
-run_engine_ranks starts the ranks as mpirun would (RANK, WORLD_SIZE, MASTER_* by hand), without
-a launcher process, for tests about the engine and not the launcher; a rank still running a
-minute after another one exited is killed, as torchrun would stop it.
+run_engine_ranks sets what mpirun would (RANK, WORLD_SIZE, MASTER_* by hand), without a launcher
+process, for tests about the engine and not the launcher, and forks the ranks from the session's
+fork server that has imported deepspeed (entry_points.run_forked_ranks: the imports are paid once
+a session); a rank still running a minute after another one exited is killed, as torchrun would
+stop it.
 
 The shared runs are tiny_gpt_flags (fp32, no dropout, constant lr: what plain_gpt_loop models,
 so their losses are the plain loop's) at DP=2 with ZeRO 0, 1 or 3, and at TP=2 with ZeRO-1,
 saving at 2 (moved to `halfway`) and at the end (`full`, as resume_check's uninterrupted run).
-The ZeRO-1 DP=2 run is `deepspeed --num_gpus 2` (test_launchers' claim); the others start their
-ranks directly. test_deepspeed_backend's loss claims, test_deepspeed_checkpoint's exact resume
+The ZeRO-1 DP=2 run is `deepspeed --num_gpus 2` (test_launchers' claim); the others fork their
+ranks. test_deepspeed_backend's loss claims, test_deepspeed_checkpoint's exact resume
 at ZeRO-3 and TP=2, test_deepspeed_checkpoint_tools' engine-checkpoint sources and test_launchers
 read the same runs; a test that changes a checkpoint copies it first.
 """
@@ -35,7 +37,7 @@ import torch
 from megatron_core.checkpoint.reshard.engine_source import deepspeed_state_classes
 from .deepspeed_op_cache import deepspeed_test_env
 from .distributed import find_free_port
-from .entry_points import clean_env, run_plain_ranks, tiny_gpt_flags
+from .entry_points import clean_env, run_forked_ranks, tiny_gpt_flags
 from .launch_commands import deepspeed_num_gpus_command
 from .resume_check import split_off_break_and_keep_last
 from .tiny_corpus import ROOT
@@ -57,11 +59,18 @@ def as_one_run(ranks: Sequence[subprocess.CompletedProcess]) -> subprocess.Compl
                                        "".join(rank.stdout for rank in ranks), "".join(rank.stderr for rank in ranks))
 
 
+# What a DeepSpeed rank imports besides torch: deepspeed, and at the engine's start the Muon optimizer
+# module, whose torch.compile wrappers import torch._inductor (~2 s of CPU per rank).
+ENGINE_IMPORTS = ("deepspeed", "deepspeed.runtime.zero.muon.muon_optimizer")
+
+
 def run_engine_ranks(flags: Sequence[str], config_path: str, nproc: int = 2,
                      timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """pretrain_gpt.py flags --deepspeed --deepspeed_config config_path in `nproc` directly started ranks."""
-    return as_one_run(run_plain_ranks("pretrain_gpt.py", [*flags, "--deepspeed", "--deepspeed_config", config_path],
-                                      nproc, timeout=timeout, env=deepspeed_test_env(), grace=GRACE_SECONDS))
+    """pretrain_gpt.py flags --deepspeed --deepspeed_config config_path in `nproc` ranks forked from
+    the session's fork server that imported deepspeed (entry_points.run_forked_ranks)."""
+    return as_one_run(run_forked_ranks("pretrain_gpt.py", [*flags, "--deepspeed", "--deepspeed_config", config_path],
+                                       nproc, timeout=timeout, env=deepspeed_test_env(), grace=GRACE_SECONDS,
+                                       preload=ENGINE_IMPORTS))
 
 
 def load_engine_file(path: str):

@@ -2,8 +2,9 @@
 
     done = run_entry_point("pretrain_gpt.py", flags)              # plain python: one process
     done = run_entry_point("pretrain_gpt.py", flags, nproc=4)     # torchrun --nproc-per-node 4
+    done = run_forked("pretrain_gpt.py", flags)                   # one process forked from the fork server
     ranks = run_plain_ranks("pretrain_gpt.py", flags, 2)          # 2 processes, no launcher (as mpirun)
-    ranks = run_forked_ranks("pretrain_gpt.py", flags, 2)         # the same, forked from one process
+    ranks = run_forked_ranks("pretrain_gpt.py", flags, 2)         # the same, forked (fork_server.py)
     done = run_ranks("pretrain_gpt.py", flags, 2)                 # those, read as one run
     lm = logged_values(done.stdout, "lm loss")                    # {iteration: value}
     losses = logged_losses(done.stdout)                           # {iteration: {"lm loss": .., "sop loss": ..}}
@@ -26,6 +27,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+from . import fork_server
 from .distributed import find_free_port
 from .tiny_corpus import BERT_VOCAB, ROOT, preprocess_zh_news
 
@@ -105,30 +107,38 @@ def run_plain_ranks(script: str, flags: Sequence[str], nproc: int, timeout: floa
 
 def run_forked_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,
                      env: Optional[Dict[str, str]] = None, grace: float = 60,
-                     faults: Sequence[str] = ()) -> List[subprocess.CompletedProcess]:
+                     faults: Sequence[str] = (), preload: Sequence[str] = (),
+                     launcher: bool = True) -> List[subprocess.CompletedProcess]:
     """run_plain_ranks for tests whose subject is the run and not its launcher: the ranks are forked
-    from one process that imported the script (forked_ranks.py: ~5 s of CPU less per rank
-    than a fresh process). One CompletedProcess per rank; a rank still running `grace` seconds after
-    the first one exited is killed (returncode -9), all of them at `timeout`. `faults`: faults.py's
-    options, installed before the fork."""
-    env = {**clean_env(), **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port())}
+    (forked_ranks.py) from a starter that the session's fork server forked (fork_server.py: torch,
+    torch._dynamo, the script's imports and the `preload` modules imported once a session, not ~5 s
+    of CPU per rank). One CompletedProcess per rank; a rank still running `grace` seconds after the
+    first one exited is killed (returncode -9), all of them at `timeout`. `faults`: faults.py's
+    options, installed before the fork. launcher=False (one process): no launcher variables."""
+    env = {**clean_env(), **(env or {})}
+    if launcher:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_port()))
+    path = os.path.join(ROOT, script)
     with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, "-m", "tests.harness.forked_ranks", "--grace", str(grace),
-                   *(["--faults", " ".join(faults)] if faults else []), logs, str(nproc),
-                   os.path.join(ROOT, script), *flags]
-        starter = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            starter_output, _ = starter.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(starter.pid, 9)
-            starter_output, _ = starter.communicate()
+        status = fork_server.launch(logs, nproc, path, flags, env, grace, faults, timeout=timeout, preload=preload,
+                                    server_env=clean_env(), launcher=launcher)
+        starter_output = _text_if_present(logs, "starter.log")
         # No statuses file: the starter itself failed (its output goes with rank 0's stderr).
-        statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [starter.returncode or -9] * nproc
+        statuses = [int(s) for s in _text_if_present(logs, "statuses").split()] or [status or -9] * nproc
         errors = [_text_if_present(logs, f"{rank}.err") for rank in range(nproc)]
         errors[0] += starter_output
         outputs = [_text_if_present(logs, f"{rank}.out") for rank in range(nproc)]
+    command = ["fork_server", str(nproc), path, *flags]
     return [subprocess.CompletedProcess(command, statuses[rank], outputs[rank], errors[rank]) for rank in range(nproc)]
+
+
+def run_forked(script: str, flags: Sequence[str], timeout: float = 300,
+               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """run_entry_point(script, flags) (one process, no launcher) for tests whose subject is what the
+    run computes or saves, not how a fresh process starts: forked from the session's fork server,
+    without the ~5 s of imports. A test of what a user sees on a bad start (one sentence on stderr,
+    exit 2) runs the script fresh with run_entry_point."""
+    return run_forked_ranks(script, flags, 1, timeout=timeout, env=env, launcher=False)[0]
 
 
 def run_ranks(script: str, flags: Sequence[str], nproc: int, timeout: float = 300,

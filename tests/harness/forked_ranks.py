@@ -14,6 +14,8 @@ sys.argv = [SCRIPT, *FLAGS], and exits with the script's status. LOGS/statuses g
 ranks' exit statuses (-9: killed), space-separated; ranks still running SECONDS (60) after
 one exited are killed, so a crashed rank does not leave the others waiting in a collective.
 --faults: faults.py's options (space-separated), installed in the parent before the fork.
+main(..., launcher=False) with NPROC 1 sets none of the launcher's variables: the script runs as
+`python SCRIPT FLAGS` would (entry_points.run_forked).
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ import traceback
 GRACE_SECONDS = 60
 
 
-def _run_rank(rank: int, nproc: int, logs: str, script: str, flags) -> int:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
+def _run_rank(rank: int, nproc: int, logs: str, script: str, flags, launcher: bool = True) -> int:
+    if launcher:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
     for fd, name in ((1, "out"), (2, "err")):
         log = os.open(os.path.join(logs, f"{rank}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log, fd)
@@ -51,7 +54,8 @@ def _run_rank(rank: int, nproc: int, logs: str, script: str, flags) -> int:
         return 1
 
 
-def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS, faults=()) -> int:
+def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS, faults=(),
+         launcher: bool = True) -> int:
     runpy.run_path(script, run_name="__mcore_preload__")     # the imports, not the run
     if faults:
         from .faults import install
@@ -65,7 +69,7 @@ def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS
         if pid == 0:
             status = 1
             try:
-                status = _run_rank(rank, nproc, logs, script, flags)
+                status = _run_rank(rank, nproc, logs, script, flags, launcher)
                 atexit._run_exitfuncs()      # what the interpreter runs at a normal exit
             finally:
                 sys.stdout.flush(), sys.stderr.flush()

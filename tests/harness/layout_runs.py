@@ -5,14 +5,14 @@
 The flags are tiny_gpt_flags(corpus_dir) (what plain_gpt_loop models) trained for `iters`
 iterations and validated once at the end; the run must succeed. The ranks are forked
 (entry_points.run_ranks: resharding, not the launcher, is the subject); (1, 1, 1) is one
-plain process.
+process forked the same way (entry_points.run_forked).
 """
 from __future__ import annotations
 
 import subprocess
 from typing import List
 
-from .entry_points import failure_report, run_entry_point, run_ranks, tiny_gpt_flags
+from .entry_points import failure_report, run_forked, run_ranks, tiny_gpt_flags
 
 
 def gpt_layout_flags(corpus_dir: str, tp: int, pp: int, *extra: str, iters: int) -> List[str]:
@@ -26,6 +26,6 @@ def run_gpt_layout(corpus_dir: str, tp: int, pp: int, dp: int, *extra: str, iter
                    timeout: float = 400) -> subprocess.CompletedProcess:
     flags, nproc = gpt_layout_flags(corpus_dir, tp, pp, *extra, iters=iters), tp * pp * dp
     done = (run_ranks("pretrain_gpt.py", flags, nproc, timeout=timeout) if nproc > 1
-            else run_entry_point("pretrain_gpt.py", flags, timeout=timeout))
+            else run_forked("pretrain_gpt.py", flags, timeout=timeout))
     assert done.returncode == 0, failure_report(done)
     return done
