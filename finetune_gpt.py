@@ -15,39 +15,29 @@ start the iteration count at 0) arrives with checkpoints; until then the model t
 its initialization. `python finetune_gpt.py ...` without a launcher runs one process.
 """
 from megatron_core.cli import run
-from megatron_core.models.gpt import GPTModel
-from megatron_core.models.rank_parameters import ModelShape
-from megatron_core.training.arguments import build_run_config, transformer_config_from_args
 from megatron_core.training.batches import get_batch_finetune
 from megatron_core.training.data_providers import finetune_datasets
 from megatron_core.training.loop import pretrain
 from megatron_core.training.loss_funcs import masked_lm_loss
+from megatron_core.training.train_spec import TrainSpec
 
 
-def model_provider(args, stage):
-    """One pipeline chunk of the GPT the flags describe."""
-    return GPTModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
-                    stage=stage)
-
-
-def model_shape(args):
-    """The model model_provider builds, without weights: its parameter count and memory estimate."""
-    return ModelShape("gpt", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings)
-
-
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, run):
     batch = get_batch_finetune(data_iterator)   # loss_mask: 1 on text tokens and the EOD only
     output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
     return output, masked_lm_loss(batch.loss_mask)
 
 
-def train_valid_test_datasets_provider(args, train_val_test_num_samples):
-    run_config = build_run_config(args)
-    return finetune_datasets(run_config.data, run_config.training, args.tokenizer, train_val_test_num_samples)
+def train_valid_test_datasets_provider(run, train_val_test_num_samples):
+    return finetune_datasets(run.config.data, run.config.training, run.tokenizer, train_val_test_num_samples)
+
+
+# The model is models/registry.py's "gpt", as pretrain_gpt.py's.
+TRAIN_SPEC = TrainSpec("gpt", forward_step, train_valid_test_datasets_provider)
 
 
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, argv=argv, model_shape=model_shape)
+    pretrain(TRAIN_SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -16,30 +16,15 @@ BertModel). The binary head predicts the next sentence, or the sentence order wi
 head's "sop loss" (so named for NSP too); the loss trained is their sum.
 """
 from megatron_core.cli import run
-from megatron_core.models.bert import BertModel, bert_pretraining_losses
-from megatron_core.models.rank_parameters import ModelShape
-from megatron_core.training.arguments import build_run_config, transformer_config_from_args
-from megatron_core.training.batches import get_batch_bert, reads_data_on_every_stage
-from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
+from megatron_core.models.bert import bert_pretraining_losses
+from megatron_core.training.batches import get_batch_bert
+from megatron_core.training.data_options import add_data_options_arguments
 from megatron_core.training.data_providers import bert_datasets
 from megatron_core.training.loop import pretrain
+from megatron_core.training.train_spec import TrainSpec
 
 
-def model_provider(args, stage):
-    """One pipeline chunk of the BERT the flags describe (Megatron: no token types without the binary head)."""
-    return BertModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
-                     num_tokentypes=2 if args.bert_binary_head else 0, add_binary_head=args.bert_binary_head,
-                     stage=stage)
-
-
-def model_shape(args):
-    """The model model_provider builds, without weights: its parameter count and memory estimate."""
-    binary = args.bert_binary_head
-    return ModelShape("bert", transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
-                      num_tokentypes=2 if binary else 0, add_pooler=binary, add_binary_head=binary)
-
-
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, run):
     batch = get_batch_bert(data_iterator)
     output = model(batch.tokens, batch.padding_mask, tokentype_ids=batch.types, lm_labels=batch.lm_labels)
 
@@ -50,15 +35,19 @@ def forward_step(data_iterator, model):
     return output, loss_func
 
 
-def train_valid_test_datasets_provider(args, train_val_test_num_samples):
-    run_config = build_run_config(args)
-    return bert_datasets(run_config.data, run_config.training, data_options_from_args(args), args.tokenizer,
+def train_valid_test_datasets_provider(run, train_val_test_num_samples):
+    return bert_datasets(run.config.data, run.config.training, run.data_options, run.tokenizer,
                          train_val_test_num_samples)
 
 
+# The model is models/registry.py's "bert" (Megatron: no token types without the binary head);
+# every stage reads the batch for its padding mask.
+TRAIN_SPEC = TrainSpec("bert", forward_step, train_valid_test_datasets_provider, add_data_options_arguments,
+                       data_on_every_stage=True)
+
+
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_data_options_arguments, argv,
-             data_on_every_stage=reads_data_on_every_stage("bert"), model_shape=model_shape)
+    pretrain(TRAIN_SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ one batch mixes both. Positions are rotary on adjacent channel pairs (the defaul
 (tools/preprocess_data.py --split-sentences); "lm loss" is the mean over every predicted token.
 """
 from megatron_core.cli import run
-from megatron_core.models.rank_parameters import ModelShape
-from megatron_core.models.roformer import RoFormerModel
-from megatron_core.training.arguments import build_run_config, transformer_config_from_args
-from megatron_core.training.batches import get_batch_roformer, reads_data_on_every_stage
-from megatron_core.training.data_options import add_data_options_arguments, data_options_from_args
+from megatron_core.training.batches import get_batch_roformer
+from megatron_core.training.data_options import add_data_options_arguments
 from megatron_core.training.data_providers import roformer_datasets
 from megatron_core.training.loop import pretrain
 from megatron_core.training.loss_funcs import masked_lm_loss
+from megatron_core.training.train_spec import TrainSpec
 
 
 def add_roformer_arguments(parser):
@@ -31,34 +29,25 @@ def add_roformer_arguments(parser):
     return parser
 
 
-def model_provider(args, stage):
-    """One pipeline chunk of the RoFormer the flags describe: no pooler, no binary head."""
-    return RoFormerModel(transformer_config_from_args(args), args.padded_vocab_size, args.max_position_embeddings,
-                         stage=stage)
-
-
-def model_shape(args):
-    """The model model_provider builds, without weights: its parameter count and memory estimate."""
-    return ModelShape("roformer", transformer_config_from_args(args), args.padded_vocab_size,
-                      args.max_position_embeddings, num_tokentypes=2)
-
-
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, run):
     batch = get_batch_roformer(data_iterator)
     output = model(batch.tokens, batch.padding_mask, tokentype_ids=batch.types, lm_labels=batch.labels)
     lm_loss = masked_lm_loss(batch.loss_mask)
     return output, lambda output: lm_loss(output[0])     # output: (per-token loss, binary logits)
 
 
-def train_valid_test_datasets_provider(args, train_val_test_num_samples):
-    run_config = build_run_config(args)
-    return roformer_datasets(run_config.data, run_config.training, data_options_from_args(args), args.tokenizer,
+def train_valid_test_datasets_provider(run, train_val_test_num_samples):
+    return roformer_datasets(run.config.data, run.config.training, run.data_options, run.tokenizer,
                              train_val_test_num_samples)
 
 
+# The model is models/registry.py's "roformer": no pooler, no binary head.
+TRAIN_SPEC = TrainSpec("roformer", forward_step, train_valid_test_datasets_provider, add_roformer_arguments,
+                       data_on_every_stage=True)
+
+
 def main(argv=None):
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step, add_roformer_arguments, argv,
-             data_on_every_stage=reads_data_on_every_stage("roformer"), model_shape=model_shape)
+    pretrain(TRAIN_SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,18 @@ that it can ssh to localhost, which a laptop or CI box has no reason to allow. W
 --hostfile (DeepSpeed's `--num_gpus N` on one host, its default /job/hostfile absent), the
 arguments pass through unchanged. The arguments are read by DeepSpeed's own parser, so
 they mean exactly what they mean to `deepspeed`.
+
+    python -m megatron_core.launch --hostfile hostfiles/4x8 pretrain_gpt.py <flags> --dry-run
+
+When the entry point's flags hold its own `--dry-run`, nothing is launched on the hosts
+(`deepspeed` would ssh to each to run it there): the entry point runs here, once, with
+`--dry-run-world-size` set to the hostfile's slots (unless given), so it checks the flags
+and the DeepSpeed config at the cluster's world size; DeepSpeed need not be installed.
+The entry point is the first argument ending in `.py`.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -70,6 +79,37 @@ def read_hostfile(path: str) -> Dict[str, int]:
         return parse_hostfile(f.read(), path)
 
 
+def hostfile_world_size(path: str) -> int:
+    return sum(read_hostfile(path).values())
+
+
+def dry_run_command(argv: Sequence[str], python: str) -> Optional[List[str]]:
+    """`python ENTRY FLAGS --dry-run-world-size <slots>` when FLAGS hold the entry point's --dry-run (module
+    doc); None otherwise."""
+    argv = list(argv)
+    entry = next((i for i, arg in enumerate(argv) if arg.endswith(".py")), None)
+    if entry is None or "--dry-run" not in argv[entry + 1:]:
+        return None
+    launcher, flags = argv[:entry], argv[entry + 1:]
+    if not any(flag.split("=")[0] == "--dry-run-world-size" for flag in flags):
+        flags += ["--dry-run-world-size", str(_launch_world_size(launcher))]
+    return [python, argv[entry], *flags]
+
+
+def _launch_world_size(launcher_args: Sequence[str]) -> int:
+    """The world the launcher's own arguments describe: the hostfile's slots, else --num_gpus on one host."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("-H", "--hostfile", default=DEEPSPEED_DEFAULT_HOSTFILE)
+    parser.add_argument("--num_gpus", "--num_accelerators", type=int, default=None)
+    known, _ = parser.parse_known_args(list(launcher_args))
+    if known.hostfile != DEEPSPEED_DEFAULT_HOSTFILE or os.path.isfile(known.hostfile):
+        return hostfile_world_size(known.hostfile)
+    if known.num_gpus is not None and known.num_gpus > 0:
+        return known.num_gpus
+    raise LaunchError("a dry run through the launcher checks the layout at the launch's world size; pass "
+                      "--hostfile (its slots) or --num_gpus N, or give the entry point --dry-run-world-size N.")
+
+
 def deepspeed_arguments(argv: Sequence[str]):
     """DeepSpeed's own reading of its command line (hostfile, no_ssh, master_addr, user_script, ...)."""
     try:
@@ -94,8 +134,10 @@ def deepspeed_command(argv: Sequence[str], this_host: str) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = deepspeed_command(argv, socket.gethostname())
-    if shutil.which("deepspeed") is None:
+    command = dry_run_command(argv, sys.executable)
+    if command is None:
+        command = deepspeed_command(argv, socket.gethostname())
+    if command[0] == "deepspeed" and shutil.which("deepspeed") is None:
         raise LaunchError("the deepspeed launcher is not on PATH; pip install 'mcore-pretrain[deepspeed]'.")
     sys.stdout.flush()
     os.execvp(command[0], command)

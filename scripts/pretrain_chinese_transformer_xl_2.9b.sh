@@ -13,13 +13,13 @@
 #
 #     HOSTFILE=hostfiles/8x8 DATA_PATH=data/wudao_text_document TOKENIZER_MODEL=cog-pretrain.model \
 #         SAVE=ckpt/txl bash scripts/pretrain_chinese_transformer_xl_2.9b.sh
-#     DRY_RUN=1 bash scripts/pretrain_chinese_transformer_xl_2.9b.sh
+#     bash scripts/pretrain_chinese_transformer_xl_2.9b.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/8x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-cog-pretrain.model}
-VOCAB_SIZE=50004            # 50000 pieces + <CLS> <SEP> <EOD> <MASK>, for DRY_RUN=1 without the file (padded 50048)
+VOCAB_SIZE=50004            # 50000 pieces + <CLS> <SEP> <EOD> <MASK>, for a dry run without the file (padded 50048)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

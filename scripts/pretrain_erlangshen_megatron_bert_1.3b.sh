@@ -9,13 +9,13 @@
 #
 #     HOSTFILE=hostfiles/4x8 DATA_PATH=data/wudao_text_sentence VOCAB_FILE=vocab.txt \
 #         SAVE=ckpt/erlangshen bash scripts/pretrain_erlangshen_megatron_bert_1.3b.sh
-#     DRY_RUN=1 bash scripts/pretrain_erlangshen_megatron_bert_1.3b.sh
+#     bash scripts/pretrain_erlangshen_megatron_bert_1.3b.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=21130            # 21128 entries + [BOS] [EOS], for DRY_RUN=1 without the file (padded 21248)
+VOCAB_SIZE=21130            # 21128 entries + [BOS] [EOS], for a dry run without the file (padded 21248)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

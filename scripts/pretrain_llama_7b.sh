@@ -10,13 +10,13 @@
 #
 #     HOSTFILE=hostfiles/4x8 DATA_PATH=data/corpus_text_document TOKENIZER_MODEL=tokenizer.model \
 #         SAVE=ckpt/llama7b bash scripts/pretrain_llama_7b.sh
-#     DRY_RUN=1 bash scripts/pretrain_llama_7b.sh      # validate + parameter count + memory per rank
+#     bash scripts/pretrain_llama_7b.sh --dry-run      # validate + parameter count + memory per rank
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/corpus_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-tokenizer.model}
-VOCAB_SIZE=32000            # the tokenizer's ids (its pieces, nothing added), for DRY_RUN=1 without the file
+VOCAB_SIZE=32000            # the tokenizer's ids (its pieces, nothing added), for a dry run without the file
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

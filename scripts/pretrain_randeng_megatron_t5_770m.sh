@@ -11,13 +11,13 @@
 #
 #     HOSTFILE=hostfiles/2x8 DATA_PATH=data/wudao_text_sentence VOCAB_FILE=vocab.txt \
 #         SAVE=ckpt/randeng bash scripts/pretrain_randeng_megatron_t5_770m.sh
-#     DRY_RUN=1 bash scripts/pretrain_randeng_megatron_t5_770m.sh
+#     bash scripts/pretrain_randeng_megatron_t5_770m.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/2x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=21230            # 21128 + [BOS] [EOS] + 100 sentinels, for DRY_RUN=1 without the file (padded 21248)
+VOCAB_SIZE=21230            # 21128 + [BOS] [EOS] + 100 sentinels, for a dry run without the file (padded 21248)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

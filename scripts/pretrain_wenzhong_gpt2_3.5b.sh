@@ -8,14 +8,14 @@
 #
 #     HOSTFILE=hostfiles/4x8 DATA_PATH=data/wudao_text_document VOCAB_FILE=vocab.json \
 #         MERGE_FILE=merges.txt SAVE=ckpt/wenzhong bash scripts/pretrain_wenzhong_gpt2_3.5b.sh
-#     DRY_RUN=1 bash scripts/pretrain_wenzhong_gpt2_3.5b.sh
+#     bash scripts/pretrain_wenzhong_gpt2_3.5b.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_document}
 VOCAB_FILE=${VOCAB_FILE:-vocab.json}
 MERGE_FILE=${MERGE_FILE:-merges.txt}
-VOCAB_SIZE=50257            # the tokenizer's size, for DRY_RUN=1 without the vocabulary files
+VOCAB_SIZE=50257            # the tokenizer's size, for a dry run without the vocabulary files
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

@@ -12,13 +12,13 @@
 #
 #     HOSTFILE=hostfiles/4x8 DATA_PATH=data/wudao_text_sentence VOCAB_FILE=vocab.txt \
 #         SAVE=ckpt/zhouwenwang bash scripts/pretrain_zhouwenwang_roformer_1.3b.sh
-#     DRY_RUN=1 bash scripts/pretrain_zhouwenwang_roformer_1.3b.sh
+#     bash scripts/pretrain_zhouwenwang_roformer_1.3b.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTFILE=${HOSTFILE:-hostfiles/4x8}
 DATA_PATH=${DATA_PATH:-data/wudao_text_sentence}
 VOCAB_FILE=${VOCAB_FILE:-vocab.txt}
-VOCAB_SIZE=12002            # 12000 entries + [BOS] [EOS], for DRY_RUN=1 without the file (padded 12032)
+VOCAB_SIZE=12002            # 12000 entries + [BOS] [EOS], for a dry run without the file (padded 12032)
 source scripts/deepspeed_launch.sh
 
 FLAGS=(

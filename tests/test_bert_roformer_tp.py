@@ -7,7 +7,6 @@ then overwritten with a deterministic random value (biases and norms included) a
 full pretraining loss (masked MLM mean + NSP/SOP, or RoFormer's mixed LM/MLM targets) is
 compared, with every gradient against its shard of the serial gradient.
 """
-import zlib
 
 import torch
 
@@ -16,7 +15,8 @@ from megatron_core.models.bert import BertModel, bert_pretraining_loss, masked_m
 from megatron_core.models.roformer import RoFormerModel, unified_lm_targets
 from tests.harness import run_distributed
 from megatron_core.transformer import TransformerConfig
-from tests.harness.model_checks import full_shape, local_shard
+from tests.harness.model_checks import local_shard
+from tests.harness.weights import perturb_by_name, seeded_generator
 
 TOL = dict(rtol=1e-4, atol=2e-5)
 VOCAB, MAX_POS, B, S = 96, 16, 3, 10
@@ -38,21 +38,17 @@ CASES = {
 }
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _batch():
     """Tokens, padding, token types, MLM labels and loss mask, sentence order: as the datasets give them."""
-    ids = torch.randint(0, VOCAB, (B, S), generator=_gen(1))
+    ids = torch.randint(0, VOCAB, (B, S), generator=seeded_generator(1))
     padding = torch.ones(B, S, dtype=torch.long)
     padding[1, 7:] = 0
     types = torch.zeros(B, S, dtype=torch.long)
     types[0, 5:] = 1  # BERT: sentence B; RoFormer: a prefix-LM sample
     types[2, :] = 1  # RoFormer: a pure causal LM sample (sample 1 is MLM)
-    loss_mask = (torch.rand(B, S, generator=_gen(2)) < 0.4).long() * padding
+    loss_mask = (torch.rand(B, S, generator=seeded_generator(2)) < 0.4).long() * padding
     loss_mask[:, 1] = 1
-    labels = torch.randint(0, VOCAB, (B, S), generator=_gen(3))
+    labels = torch.randint(0, VOCAB, (B, S), generator=seeded_generator(3))
     return ids, padding, types, labels, loss_mask, torch.tensor([0, 1, 1])
 
 
@@ -65,12 +61,7 @@ def _run(model_cls, overrides, tp, serial_init=None):
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.detach(), local_shard(p, serial_init[n]), rtol=0, atol=0,
                                        msg=lambda m: f"initial {n} is not a shard of the serial weight: {m}")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            full = torch.randn(full_shape(param), generator=_gen(zlib.crc32(name.encode()))) * 0.3
-            if "norm" in name and name.endswith("weight"):
-                full += 1.0
-            param.copy_(local_shard(param, full))
+    perturb_by_name(model)
     ids, padding, types, labels, loss_mask, order = _batch()
     torch.manual_seed(2024)  # the dropout stream, alike on every rank and in both phases
     if model_cls is RoFormerModel:

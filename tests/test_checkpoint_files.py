@@ -71,3 +71,28 @@ def test_a_truncated_file_is_one_sentence_naming_it(tmp_path):
         f.truncate(100)
     with pytest.raises(CheckpointError, match="model_optim_rng.pt is not a readable checkpoint file"):
         load_file(path)
+
+
+def test_weights_that_do_not_fit_name_the_first_missing_unexpected_and_reshaped_keys_with_counts():
+    from megatron_core.checkpoint.state_dict_fit import describe_mismatch, load_fitting, tensor_shapes
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
+    state = model.state_dict()
+    assert describe_mismatch(tensor_shapes(model.state_dict()), tensor_shapes(state)) is None
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        state.pop(key)
+    state["2.bias"] = torch.zeros(5)
+    state["head.weight"] = torch.zeros(2)
+    state["step"] = [1]
+    expected = ("4 missing keys (0.weight, 0.bias, 1.weight, ...), 2 unexpected (head.weight, step), "
+                "1 of another shape (2.bias: saved [5], model [4])")
+    assert describe_mismatch(tensor_shapes(model.state_dict()), tensor_shapes(state)) == expected
+    assert describe_mismatch({"a": None, "b": (2,)}, {"a": (3,), "b": "a list"}) == \
+        "1 of another shape (b: saved a list, model [2])"                     # None: a shape not compared
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(CheckpointError) as caught:
+        load_fitting(model, state, "ck/model_optim_rng.pt: model does not fit this model",
+                     "use the model flags it was saved with.")
+    assert str(caught.value) == f"ck/model_optim_rng.pt: model does not fit this model: {expected}; use the " \
+                                f"model flags it was saved with."
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))   # nothing was loaded

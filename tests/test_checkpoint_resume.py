@@ -273,6 +273,36 @@ def test_another_model_shape_is_one_sentence_and_another_parallel_size_reshards_
         "resharded checkpoint iteration 3 from TP=1 PP=1 DP=1 to TP=2 PP=1 DP=1 on load"], done.stdout[-3000:]
 
 
+def test_both_layouts_record_the_family_and_another_familys_entry_point_refuses_it_in_one_sentence(
+        corpus, serial_checkpoint, fp16_runs):
+    from megatron_core.checkpoint.saved_model import open_saved_model
+    for directory in (serial_checkpoint, fp16_runs.break_dir):      # Megatron layout, DeepSpeed layout
+        saved = open_saved_model(directory)
+        assert saved.record["model_family"] == "gpt", directory
+        assert saved.model_options == {"max_sequence_length": saved.args["max_position_embeddings"]}
+    line = _one_error_line(run_entry_point("pretrain_bert.py", flags(corpus, "--load", serial_checkpoint)))
+    assert "holds a gpt model and this run trains a bert model; load it with the entry point of its family" in line
+
+
+def test_weights_that_do_not_fit_the_model_name_the_missing_unexpected_and_reshaped_keys(corpus, serial_checkpoint,
+                                                                                        tmp_path):
+    # Flags and stored config agree, the weights do not (a file edited or written by another tool).
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
+    saved = torch.load(target, weights_only=True)
+    weights = saved["model"]
+    del weights["decoder.final_layernorm.bias"]
+    weights["decoder.layers.4.mlp.dense_h_to_4h.weight"] = torch.zeros(128, 32)
+    weights["embedding.position_embeddings.weight"] = torch.zeros(33, 32)
+    torch.save(saved, target)
+    line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
+    assert line == (f"error: {target}: model does not fit this model: 1 missing key (decoder.final_layernorm.bias), "
+                    f"1 unexpected (decoder.layers.4.mlp.dense_h_to_4h.weight), 1 of another shape "
+                    f"(embedding.position_embeddings.weight: saved [33, 32], model [32, 32]); use the model flags "
+                    f"it was saved with."), line
+
+
 def test_load_of_an_empty_directory_starts_from_scratch_unless_exit_on_missing_checkpoint(corpus, tmp_path):
     done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", str(tmp_path), "--exit-interval", "1")))
     assert "no checkpoint found" in done.stdout and sorted(logged_iterations(done.stdout)) == [1]

@@ -161,7 +161,7 @@ def test_chinese_txl_checkpoint_converts_with_its_logits(tmp_path, tp):
     convert("--from-ctxl", tmp_path / "ctxl", "--output", tmp_path / "ours", "--tensor-model-parallel-size", tp)
     saved = open_saved_model(str(tmp_path / "ours"))
     assert (saved.tensor_model_parallel_size, saved.padded_vocab_size) == (tp, VOCAB_ROWS)
-    assert saved.args["model_family"] == "transformer_xl" and saved.args["openai_gelu"] is True
+    assert saved.record["model_family"] == "transformer_xl" and saved.args["openai_gelu"] is True
     config = TransformerConfig.from_dict(saved.model_config)
     assert (config.num_layers, config.hidden_size, config.num_attention_heads, config.ffn_hidden_size) == \
         (LAYERS, HIDDEN, HEADS, 4 * HIDDEN)

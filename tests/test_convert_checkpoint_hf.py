@@ -38,7 +38,8 @@ def our_logits(case, checkpoint, x):
     """Our serial model built from a checkpoint's merged shards, on the batch."""
     saved = open_saved_model(str(checkpoint))
     config = TransformerConfig.from_dict(saved.model_config).replace(tensor_model_parallel_size=1)
-    spec = spec_of_saved(saved.state, config, saved.vocab_size, saved.padded_vocab_size, saved.args)
+    spec = spec_of_saved(saved.state, config, saved.vocab_size, saved.padded_vocab_size, saved.args,
+                         family=saved.family)
     with single_process_world():
         model = get_mapping(spec.family).build_model(spec).eval()
         model.load_state_dict(dict(saved.state), strict=True)
@@ -60,7 +61,9 @@ def test_hf_round_trip_through_our_tp_pp_checkpoint_keeps_logits(case, tp, pp, t
             "--pipeline-model-parallel-size", pp)
     saved = open_saved_model(str(tmp_path / "ours"))
     assert (saved.tensor_model_parallel_size, saved.pipeline_model_parallel_size) == (tp, pp)
-    assert saved.args["model_family"] == family and saved.padded_vocab_size == 128 * tp
+    # our family is recorded beside args; the HF mapping (llama, megatron_bert) is one of its architectures
+    assert saved.record["model_family"] == {"llama": "gpt", "megatron_bert": "bert"}.get(family, family)
+    assert saved.args["hf_mapping"] == family and saved.padded_vocab_size == 128 * tp
     torch.testing.assert_close(our_logits(case, tmp_path / "ours", x), expected, **TOL)
 
     convert("--to-hf", "--load", tmp_path / "ours", "--output", tmp_path / "back")
@@ -119,7 +122,7 @@ def test_transformer_xl_to_hf_is_one_sentence(tmp_path):
         full = TransformerXLModel(config, 64, 8).state_dict()
         write_weights_checkpoint(str(tmp_path / "txl"), full, lambda stage: TransformerXLModel(config, 64, 8,
                                                                                               stage=stage),
-                                 {}, config, 60, 64, 1)
+                                 {}, config, 60, 64, 1, family="transformer_xl", model_options={"mem_length": 8})
     with pytest.raises(ConversionError) as caught:
         convert("--to-hf", "--load", tmp_path / "txl", "--output", tmp_path / "hf")
     message = str(caught.value)

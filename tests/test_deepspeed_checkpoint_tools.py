@@ -124,6 +124,7 @@ def test_the_whole_model_read_from_an_engine_checkpoint_is_what_zero_to_fp32_rec
     state, info = read_full_model_state(zero1["save"])
     recovered = zero_to_fp32(zero1["save"])
     assert info["iteration"] == 2 and set(recovered) <= set(state)
+    assert info["model_family"] == "gpt" and "max_sequence_length" in info["model_options"]   # the client state
     for key, tensor in recovered.items():
         assert torch.equal(state[key], tensor), key
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness.entry_points import failure_report, run_entry_point, run_ranks, tiny_run_flags
 from tests.harness.launch_scripts import dry_run_script, estimate_fields
-from tests.harness.tiny_corpus import BERT_VOCAB, ROOT
+from tests.harness.tiny_corpus import BERT_VOCAB, ROOT, write_gbk_vocab
 
 # script -> (published parameters, tolerance, where the number is published)
 PUBLISHED = {
@@ -46,20 +46,49 @@ def test_script_dry_run_exits_0_with_the_published_parameter_count(script):
     assert "no weights built" in done.stdout
 
 
-@pytest.mark.parametrize("script", sorted(PUBLISHED))
-def test_script_launches_its_entry_point_with_deepspeed_and_its_hostfile(script, tmp_path):
-    fake = tmp_path / "deepspeed"      # stands in for DeepSpeed's launcher: prints what it was given
+def fake_deepspeed(directory):
+    """The environment of a launch whose `deepspeed` stands in for DeepSpeed's launcher: it prints
+    what it was given."""
+    fake = directory / "deepspeed"
     fake.write_text('#!/bin/sh\necho "deepspeed $*"\n')
     fake.chmod(0o755)
-    done = dry_run_script(script, ["--train-iters", "10"],
-                          env={"DRY_RUN": "0", "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    return {"DRY_RUN": "0", "PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("script", sorted(PUBLISHED))
+def test_script_launches_its_entry_point_with_deepspeed_and_its_hostfile(script, tmp_path):
+    pytest.importorskip("deepspeed", reason="a launch reads its arguments with DeepSpeed's parser")
+    done = dry_run_script(script, ["--train-iters", "10"], env=fake_deepspeed(tmp_path))
     assert done.returncode == 0, failure_report(done)
-    command = done.stdout.split()
+    # megatron_core.launch checked the hostfile first (on a CPU-only box, DeepSpeed's import logs a line)
+    command = next(line for line in done.stdout.splitlines() if line.startswith("deepspeed ")).split()
     assert command[:3] == ["deepspeed", "--hostfile", HOSTFILE.get(script, DEFAULT_HOSTFILE)[0]]
     assert command[3].startswith("pretrain_") and command[3].endswith(".py")
     config = command[command.index("--deepspeed_config") + 1]
     assert os.path.isfile(os.path.join(ROOT, config)) and "--deepspeed" in command
     assert command[-2:] == ["--train-iters", "10"]      # the script's own arguments come last
+
+
+@pytest.mark.parametrize("script", sorted(PUBLISHED))
+def test_script_given_dry_run_does_the_dry_run_at_its_hostfiles_world_and_launches_nothing(script, tmp_path):
+    done = dry_run_script(script, ["--dry-run"], env=fake_deepspeed(tmp_path))
+    assert done.returncode == 0, failure_report(done)
+    assert "deepspeed --hostfile" not in done.stdout and "dry run: flags validated" in done.stdout
+    assert estimate_fields(done.stdout)["world"] == HOSTFILE.get(script, DEFAULT_HOSTFILE)[1]
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_script_checks_its_hostfile_through_megatron_core_launch_before_launching(dry_run, tmp_path):
+    if not dry_run:
+        pytest.importorskip("deepspeed", reason="a launch reads its arguments with DeepSpeed's parser")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-1 slots=8\nworker-2 8\n")
+    done = dry_run_script("pretrain_llama_7b.sh", dry_run, env={**fake_deepspeed(tmp_path), "HOSTFILE": str(hostfile)})
+    assert done.returncode == 2, failure_report(done)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {hostfile} line 2 is 'worker-2 8', not `<host> slots=<N>`; write one host per line "
+                      f"as `worker-1 slots=8`."], done.stderr
+    assert "deepspeed --hostfile" not in done.stdout and "Traceback" not in done.stderr
 
 
 def test_script_dry_run_names_a_missing_hostfile():
@@ -101,6 +130,17 @@ def test_dry_run_without_the_vocabulary_file_asks_for_vocab_size(tmp_path):
     from_file = run_entry_point("pretrain_gpt.py", _tiny_gpt_dry_run_flags(tmp_path), timeout=120)
     # the tokenizer of the 21128-entry file has 21130 ids ([BOS], [EOS] added): the same padded count
     assert estimate_fields(from_file.stdout) == estimate_fields(with_size.stdout)
+
+
+def test_a_vocabulary_file_that_is_not_utf8_is_one_sentence_before_any_step(tmp_path):
+    vocab = write_gbk_vocab(tmp_path)
+    real_run = tiny_run_flags(str(tmp_path / "absent_text_document"), str(tmp_path / "cache"), train_iters=1)
+    for flags in (real_run, _tiny_gpt_dry_run_flags(tmp_path)):
+        flags[flags.index(BERT_VOCAB)] = str(vocab)
+        done = run_entry_point("pretrain_gpt.py", flags, timeout=120)
+        assert done.returncode == 2, failure_report(done)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --vocab-file {vocab} is not UTF-8 text"), lines
 
 
 def test_vocab_size_that_disagrees_with_the_tokenizer_is_one_sentence(gpt_corpus):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from megatron_core.data.tokenizers import build_tokenizer
+from megatron_core.checkpoint.saved_model import open_saved_model
 from megatron_core.inference.checkpoint_model import load_checkpoint_model
 from tests.harness.entry_points import (clean_env, corpus_flags, entry_point_command, failure_report,
                                                 run_entry_point, run_ranks, tiny_run_flags)
@@ -55,6 +56,12 @@ def _expected_tokens(ckpt):
         with torch.no_grad():
             return [greedy_by_recomputation(lambda ids: loaded.model(ids)[0, -1], tokenizer.tokenize(p), NEW,
                                             loaded.vocab_size) for p in PROMPTS]
+
+
+def test_the_training_checkpoint_records_its_family_and_the_builders_options(checkpoint):
+    saved = open_saved_model(str(checkpoint / "ckpt"))   # pretrain_gpt.py with Llama's flags: a gpt
+    assert saved.record["model_family"] == "gpt"
+    assert saved.model_options == {"max_sequence_length": saved.args["max_position_embeddings"]}
 
 
 def test_one_process_and_torchrun_print_the_recomputed_greedy_tokens(checkpoint):

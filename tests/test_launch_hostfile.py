@@ -63,3 +63,19 @@ def test_a_hostfile_of_this_host_alone_launches_without_ssh_and_others_pass_unch
     assert deepspeed_command(two_hosts, "vm") == ["deepspeed", *two_hosts]
     assert deepspeed_command(["--num_gpus", "2", "pretrain_gpt.py"], "vm") == ["deepspeed", "--num_gpus", "2",
                                                                               "pretrain_gpt.py"]
+
+
+def test_the_entry_points_dry_run_runs_here_at_the_hostfiles_world_and_needs_no_deepspeed(tmp_path):
+    from megatron_core.launch import dry_run_command
+    two_hosts = f"{ROOT}/hostfiles/2x8"
+    flags = ["--num-layers", "2", "--dry-run"]
+    assert dry_run_command(["--hostfile", two_hosts, "--master_port", "29600", "pretrain_gpt.py", *flags], "py") \
+        == ["py", "pretrain_gpt.py", *flags, "--dry-run-world-size", "16"]
+    assert dry_run_command(["-H", two_hosts, "pretrain_gpt.py", *flags, "--dry-run-world-size", "4"], "py") \
+        == ["py", "pretrain_gpt.py", *flags, "--dry-run-world-size", "4"]
+    assert dry_run_command(["--num_gpus", "2", "pretrain_gpt.py", *flags], "py")[-1] == "2"
+    assert dry_run_command(["--hostfile", two_hosts, "pretrain_gpt.py", "--num-layers", "2"], "py") is None
+    with pytest.raises(LaunchError, match=r"does not exist"):
+        dry_run_command(["--hostfile", str(tmp_path / "missing"), "pretrain_gpt.py", *flags], "py")
+    with pytest.raises(LaunchError, match=r"pass --hostfile \(its slots\) or --num_gpus N"):
+        dry_run_command(["pretrain_gpt.py", *flags], "py")

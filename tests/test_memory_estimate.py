@@ -61,7 +61,7 @@ def _run(world: int = 1, tp: int = 1, pp: int = 1, virtual=None, micro: int = 1,
 def test_first_1f1b_stage_holds_the_whole_model_of_activations():
     """With 1F1B stage 0 keeps PP micro-batches of its L/PP layers: all L layers' worth."""
     serial, piped = _run(), _run(world=4, pp=4)
-    shape = ModelShape("gpt", serial.model, 256, 32)
+    shape = ModelShape("gpt", serial.model, 256, 32, structure="decoder")
     one = estimate_memory(shape, serial)
     logits = 4 * 32 * 1 * 256                   # the last stage's fp32 softmax, here on the only stage
     first = [e for e in [estimate_memory(shape, piped)] if e.pipeline_rank == 0]
@@ -73,17 +73,18 @@ def test_first_1f1b_stage_holds_the_whole_model_of_activations():
 
 
 def test_selective_and_full_recompute_shrink_the_activations():
-    shape = ModelShape("gpt", _run().model, 256, 32)
+    shape = ModelShape("gpt", _run().model, 256, 32, structure="decoder")
     full = estimate_memory(shape, _run()).activations
     selective = estimate_memory(shape, _run(recompute="selective")).activations
     recompute = _run(recompute="full")
     recompute.model.recompute_method, recompute.model.recompute_num_layers = "uniform", 1
-    checkpointed = estimate_memory(ModelShape("gpt", recompute.model, 256, 32), recompute).activations
+    checkpointed = estimate_memory(ModelShape("gpt", recompute.model, 256, 32, structure="decoder"),
+                                   recompute).activations
     assert checkpointed < selective < full
 
 
 def test_zero_stages_partition_what_the_zero_paper_says():
-    shape = ModelShape("gpt", _run().model, 256, 32)
+    shape = ModelShape("gpt", _run().model, 256, 32, structure="decoder")
     plain = estimate_memory(shape, _run(world=4, deepspeed={"zero_optimization": {"stage": 0}}))
     stages = {s: estimate_memory(shape, _run(world=4, deepspeed={"zero_optimization": {"stage": s}}))
               for s in (1, 2, 3)}
@@ -125,7 +126,7 @@ def _measure(tp: int, dtype, distributed_optimizer: bool) -> None:
                     training=TrainingConfig(micro_batch_size=MICRO, global_batch_size=2 * dp * MICRO,
                                             seq_length=SEQ),
                     precision=PrecisionConfig(bf16=dtype == torch.bfloat16))
-    estimate = estimate_memory(ModelShape("gpt", model.config, VOCAB, SEQ), run)
+    estimate = estimate_memory(ModelShape("gpt", model.config, VOCAB, SEQ, structure="decoder"), run)
     assert estimate.parameters == sum(p.numel() for p in model.parameters())
     assert estimate.weights == measured["weights"]
     if not distributed_optimizer:

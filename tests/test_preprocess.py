@@ -14,6 +14,7 @@ import pytest
 
 from megatron_core.data.indexed_dataset import IndexedDataset
 from tests.harness import output_faults
+from tests.harness.tiny_corpus import GBK_VOCAB_BAD_BYTE, write_gbk_vocab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -280,6 +281,17 @@ def test_missing_vocab_file_is_one_sentence(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "--vocab-file" in lines[0] and lines[0].startswith("error: ")
     assert files_under(tmp_path) == []
+
+
+def test_a_vocab_file_that_is_not_utf8_is_one_sentence(tmp_path):
+    vocab = write_gbk_vocab(tmp_path)
+    proc = run_tool("--input", ZH, "--output-prefix", tmp_path / "v",
+                    "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: --vocab-file {vocab} is not UTF-8 text ({GBK_VOCAB_BAD_BYTE}); pass a "
+                     f"WordPiece vocab.txt saved as UTF-8 (e.g. iconv -t UTF-8), one token per line."]
+    assert files_under(tmp_path) == ["vocab-gbk.txt"]
 
 
 def test_missing_input_and_output_dir(tmp_path):

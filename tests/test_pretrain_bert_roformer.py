@@ -18,13 +18,14 @@ import torch.nn.functional as F
 
 import pretrain_bert
 import pretrain_roformer
-from megatron_core.mpu.layout import pad_vocab_size
 from tests.harness.entry_points import failure_report, logged_losses, run_entry_point, run_forked, tiny_run_flags
 from tests.harness.tiny_corpus import preprocess_zh_news
 from megatron_core.training.arguments import build_run_config, parse_args, validate
 from megatron_core.training.data_iterators import build_data_iterators
 from megatron_core.training.data_options import add_data_options_arguments
-from megatron_core.training.data_providers import build_tokenizer, train_valid_test_num_samples
+from megatron_core.training.data_providers import train_valid_test_num_samples
+from megatron_core.training.train_spec import train_run
+from megatron_core.training.vocabulary import resolve_vocabulary
 from tests.harness.model_checks import single_process_world
 
 STEPS = 5
@@ -93,17 +94,17 @@ def test_bert_variant_flag_changes_the_run_and_logs_megatrons_loss_names(flags, 
     assert any(first[name] != pytest.approx(default[name], rel=1e-4) for name in names), (first, default)
 
 
-def _args(flags, extra_args_provider=add_data_options_arguments):
+def _run(script, flags, extra_args_provider=add_data_options_arguments):
+    """What pretrain() hands the entry point's forward step and providers (its TrainRun)."""
     args = validate(parse_args(flags, extra_args_provider), 1)
-    args.tokenizer = build_tokenizer(build_run_config(args).data)
-    args.padded_vocab_size = pad_vocab_size(args.tokenizer.vocab_size, args.make_vocab_size_divisible_by, 1)
-    return args
+    config = build_run_config(args)
+    return train_run(script.TRAIN_SPEC, args, config, resolve_vocabulary(args, config))
 
 
 @pytest.mark.parametrize("position,post_ln", [("pre", False), ("post", True)])
 def test_layernorm_position_flag_builds_megatron_bert_pre_ln_or_original_post_ln(flags, one_process, position,
                                                                                  post_ln):
-    model = pretrain_bert.model_provider(_args(flags + ["--layernorm-position", position]), None)
+    model = _run(pretrain_bert, flags + ["--layernorm-position", position]).build_model()
     assert model.post_ln is post_ln
     # post-LN (HF BertModel): a norm on the embedding sum, none after the last layer; pre-LN the reverse.
     assert (model.embedding.layernorm is not None) is post_ln
@@ -111,10 +112,10 @@ def test_layernorm_position_flag_builds_megatron_bert_pre_ln_or_original_post_ln
 
 
 def test_bert_forward_step_trains_the_sum_of_lm_and_sop_loss(flags, one_process):
-    args = _args(flags)
-    train = pretrain_bert.train_valid_test_datasets_provider(args, [8, 0, 0])[0]
-    model = pretrain_bert.model_provider(args, None)
-    output, loss_func = pretrain_bert.forward_step(build_data_iterators((train,), 2).train, model)
+    run = _run(pretrain_bert, flags)
+    train = pretrain_bert.train_valid_test_datasets_provider(run, [8, 0, 0])[0]
+    model = run.build_model()
+    output, loss_func = pretrain_bert.forward_step(build_data_iterators((train,), 2).train, model, run)
     loss, stats = loss_func(output)
     per_token, binary_logits = output
     samples = [train[0], train[1]]
@@ -132,10 +133,10 @@ def test_bert_forward_step_trains_the_sum_of_lm_and_sop_loss(flags, one_process)
 def test_bert_first_logged_losses_are_the_initial_models_on_the_first_global_batch(flags, bert_serial, one_process):
     """Step 1 is logged before any update: the model the flags build, on samples 0..7 in
     micro-batches of 2 (Megatron's sample order), mean of the micro-batch losses."""
-    args = _args(flags)
+    run = _run(pretrain_bert, flags)
     train = pretrain_bert.train_valid_test_datasets_provider(
-        args, train_valid_test_num_samples(build_run_config(args).training))[0]
-    model = pretrain_bert.model_provider(args, None)
+        run, train_valid_test_num_samples(run.config.training))[0]
+    model = run.build_model()
     lm, sop = [], []
     with torch.no_grad():
         for first in range(0, 8, 2):
@@ -159,10 +160,10 @@ def test_roformer_tensor_parallel_under_torchrun_logs_the_single_process_lm_loss
 
 
 def test_roformer_entry_point_builds_rotary_interleaved_and_mixes_lm_and_mlm_samples(flags, one_process):
-    args = _args(flags + ["--roformer-lm-prob", "0.5"], pretrain_roformer.add_roformer_arguments)
-    model = pretrain_roformer.model_provider(args, None)
+    run = _run(pretrain_roformer, flags + ["--roformer-lm-prob", "0.5"], pretrain_roformer.add_roformer_arguments)
+    model = run.build_model()
     assert model.config.position_embedding_type == "rope" and model.config.rotary_interleaved
     assert model.embedding.position_embeddings is None and model.binary_head is None
-    train = pretrain_roformer.train_valid_test_datasets_provider(args, [16, 0, 0])[0]
+    train = pretrain_roformer.train_valid_test_datasets_provider(run, [16, 0, 0])[0]
     kinds = {train.is_lm_sample(i) for i in range(16)}
     assert kinds == {True, False}

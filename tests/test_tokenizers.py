@@ -11,6 +11,7 @@ from megatron_core.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from megatron_core.errors import DataError
 from megatron_core import mpu
 from tests.harness import output_faults
+from tests.harness.tiny_corpus import GBK_VOCAB_BAD_BYTE, write_gbk_vocab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -217,6 +218,24 @@ def test_bad_tokenizer_flags_name_the_flag(kwargs, flag):
         build_tokenizer(**kwargs)
     assert flag in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind, flag, kwargs", [
+    ("BertWordPieceLowerCase", "--vocab-file", dict(vocab_file="bad")),
+    ("GPT2BPETokenizer", "--vocab-file", dict(vocab_file="bad", merge_file=GPT2_MERGES)),
+    ("GPT2BPETokenizer", "--merge-file", dict(vocab_file=GPT2_VOCAB, merge_file="bad")),
+    ("HuggingFaceTokenizer", "--tokenizer-model", dict(tokenizer_model="bad")),
+])
+def test_a_tokenizer_file_that_is_not_utf8_is_one_sentence_naming_the_flag_and_the_file(tmp_path, kind, flag,
+                                                                                        kwargs):
+    bad = write_gbk_vocab(tmp_path)
+    kwargs = {key: str(bad) if value == "bad" else value for key, value in kwargs.items()}
+    with pytest.raises(DataError) as info:
+        build_tokenizer(kind, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{flag} {bad} is not UTF-8 text ({GBK_VOCAB_BAD_BYTE}); "), message
+    fix = message.split("; ", 1)[1]
+    assert "\n" not in message and ("pass" in fix or "save" in fix) and fix.endswith(".")
 
 
 def test_all_types_listed():

@@ -152,6 +152,16 @@ def test_bad_data_flags_are_user_errors_before_any_file_is_opened():
         _args("--data-path a --split 1,x")
 
 
+@pytest.mark.parametrize("split", ["0,100,0", "0/1/0", "0,0,1"])
+def test_a_training_run_whose_split_gives_train_no_share_is_one_sentence_naming_split(split):
+    # Megatron reads a zero share as "no such split": the run would reach its first step without batches.
+    with pytest.raises(ConfigError) as info:
+        _args(f"--data-path data/a_text_document --split {split}")
+    assert str(info.value) == (f'--split "{split}" gives the train split no documents, but the run trains for 100 '
+                               f'iterations; give train a share, e.g. --split "949,50,1".')
+    assert _args("--data-path data/a_text_document --split 100,0,0").split == "100,0,0"   # no validation is fine
+
+
 def test_validation_fills_the_namespace_it_was_given():
     ns = parse_args(BASE.split())
     assert isinstance(ns, argparse.Namespace) and validate(ns, 2) is ns and ns.data_parallel_size == 2
@@ -242,9 +252,10 @@ def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_proces
 def test_a_run_without_tokenizer_type_is_one_sentence_before_any_process_group():
     import torch.distributed as dist
     from megatron_core.training.loop import pretrain
+    from megatron_core.training.train_spec import TrainSpec
 
     def never(*_):
         raise AssertionError("nothing is built before the flags are checked")
     with pytest.raises(ConfigError, match=r"^--tokenizer-type is required: it sets the vocabulary size"):
-        pretrain(never, never, never, argv=BASE.split())
+        pretrain(TrainSpec("gpt", never, never), argv=BASE.split())
     assert not dist.is_initialized()

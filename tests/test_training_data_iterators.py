@@ -161,7 +161,7 @@ def test_tp2_dp2_peers_receive_the_reading_ranks_batch_and_dp_ranks_share_global
 def _check_every_stage_broadcast(directory):
     import torch.distributed as dist
     from megatron_core import mpu
-    from megatron_core.training.batches import get_batch_bert, reads_data_on_every_stage
+    from megatron_core.training.batches import get_batch_bert
     from megatron_core.training.data_options import DataOptions
     from megatron_core.training.data_providers import bert_datasets, build_tokenizer
     mpu.initialize_model_parallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
@@ -170,7 +170,7 @@ def _check_every_stage_broadcast(directory):
                       tokenizer_type="BertWordPieceLowerCase", vocab_file=BERT_VOCAB)
     training = TrainingConfig(micro_batch_size=2, global_batch_size=2, seq_length=32, train_iters=2)
     train = bert_datasets(data, training, DataOptions(), build_tokenizer(data), [8, 0, 0])[0]
-    iterators = build_data_iterators((train,), 2, every_stage=reads_data_on_every_stage("bert"))
+    iterators = build_data_iterators((train,), 2, every_stage=True)   # BERT: pretrain_bert.TRAIN_SPEC
     assert isinstance(iterators.train, ReceiveFromTensorParallelSource) == (mpu.get_tensor_model_parallel_rank() != 0)
     for k in range(2):
         batch = get_batch_bert(iterators.train)

@@ -16,7 +16,8 @@ unless --make-vocab-size-divisible-by re-pads it (rows past the true vocabulary 
 zeros). Optimizer state (fp32 masters, Adam moments, step; distributed-optimizer shards
 too) is resharded per parameter, so the result loads at any data-parallel size with or
 without --use-distributed-optimizer; iteration, consumed samples, scheduler and loss scaler
-are kept, so training resumes. --no-optim drops the optimizer (the run then starts a fresh
+are kept, so training resumes; so are the model's family and options (a checkpoint written
+before they were recorded gets them: the family guessed once, with one printed line). --no-optim drops the optimizer (the run then starts a fresh
 one from the weights). RNG streams belong to the saved ranks and are dropped.
 
 Streaming: one output tensor and a bounded window of memory-mapped source pages in memory
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron_core.cli import run  # noqa: E402
 from megatron_core.errors import ConfigError  # noqa: E402
 from megatron_core.checkpoint.reshard.rewrite import Target, reshard_checkpoint  # noqa: E402
+from megatron_core.models.registry import get_family  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -86,7 +88,8 @@ def main(argv=None):
     summary = reshard_checkpoint(args.checkpoint, args.output, Target(
         args.size, args.target_pipeline_parallel_size, args.target_data_parallel_size, not args.no_optim,
         args.ckpt_format, args.make_vocab_size_divisible_by, args.target_pipeline_model_parallel_split_rank),
-        progress=lambda line: print(line, flush=True))
+        progress=lambda line: print(line, flush=True),
+        legacy_options=lambda family, args: get_family(family).options(args))   # a file that records none
     tp, pp, dp = summary["source"]
     print(f"resharded checkpoint iteration {summary['iteration'] if summary['iteration'] is not None else 'release'} "
           f"from TP={tp} PP={pp} DP={dp} to TP={args.size} PP={args.target_pipeline_parallel_size} "

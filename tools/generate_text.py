@@ -123,7 +123,7 @@ def run_interactive(generator, args, params):
         line = None
         if is_first_rank():
             try:
-                line = input("prompt> " if not generator.family == "transformer_xl" else "you> ")
+                line = input("you> " if generator.converses else "prompt> ")
             except EOFError:
                 line = None
         line = share_from_first_rank(line)

@@ -10,6 +10,7 @@ It knows no training loop and no model code; it imports only errors, atomic_file
   contents.py          what a rank's file holds (model chunks, optimizer, scaler, scheduler, RNG, args, ...)
   rng_state.py         every random stream as weights_only-safe values
   run_record.py        the flags as plain values
+  model_record.py      the model family and its builder options; a legacy file's family guessed once
   file_io.py           weights_only reads; writes through atomic_files (temporary, fsync, rename)
   compatibility.py     the sentence for a checkpoint of another model or parallel layout
   saved_model.py       the saved-checkpoint reader (any layout, full tensors on demand)

@@ -14,6 +14,7 @@ The model file of a (TP, PP) rank (written by its data-parallel rank 0):
     rng_state              [one dict per data-parallel rank] (rng_state.py)
     args                   the flags as plain values (run_record.py)
     model_config           TransformerConfig.to_dict()
+    model_family, model_options   the family and its builder's other arguments (model_record.py)
     parallel               TP, PP, virtual PP, DP sizes and the distributed-optimizer setting
     vocab_size, padded_vocab_size   the tokenizer's and the embedding's
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from .model_record import model_record
 from .run_record import args_to_dict
 
 FORMAT_VERSION = 1
@@ -48,11 +50,13 @@ def parallel_record(run) -> Dict:
 
 
 def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state, rng_states: List[Dict],
-                include_optimizer: bool) -> Dict:
+                include_optimizer: bool, family: str, model_options: Dict, vocab_size: Optional[int],
+                padded_vocab_size: Optional[int]) -> Dict:
     keys = model_keys(len(chunks))
-    true_vocab = getattr(getattr(args, "tokenizer", None), "vocab_size", None)
+    true_vocab = vocab_size
     record = args_to_dict(args)
-    record.update(consumed_train_samples=train_state.consumed_samples,
+    record.update(padded_vocab_size=padded_vocab_size,     # where Megatron-LM's args hold it
+                  consumed_train_samples=train_state.consumed_samples,
                   consumed_valid_samples=train_state.consumed_valid_samples)   # where Megatron-LM keeps them
     state = {
         "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
@@ -62,9 +66,10 @@ def model_state(run, args, chunks, backend_state: Dict, lr_schedule, train_state
         "consumed_valid_samples": train_state.consumed_valid_samples,
         "args": record,
         "model_config": run.model.to_dict(),
+        **model_record(family, model_options),
         "parallel": parallel_record(run),
         "vocab_size": true_vocab,
-        "padded_vocab_size": getattr(args, "padded_vocab_size", None),
+        "padded_vocab_size": padded_vocab_size,
         "opt_param_scheduler": lr_schedule.state_dict(),
         "rng_state": rng_states,
         "sharding_map": {},

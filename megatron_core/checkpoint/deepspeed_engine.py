@@ -62,6 +62,7 @@ from ..errors import CheckpointError, describe_os_error
 from .file_io import load_file, save_file
 from .formats import layout_named
 from .reshard.engine_source import OPTIMIZER_PARAM_NAMES, deepspeed_state_classes, written_by_engine
+from .state_dict_fit import check_fits
 
 # What the engine writes itself: never taken from our client_state.
 ENGINE_KEYS = ("module", "buffer_names", "optimizer", "global_steps", "global_samples", "skipped_steps",
@@ -171,6 +172,10 @@ class DeepSpeedEngineFiles:
                                   f"{self.run.parallel.data_parallel_size}; resume with the same size, resume without "
                                   f"--deepspeed (the native backend reshards it on load; tools/change_mp.py converts "
                                   f"it), or add --no-load-optim to load the weights with a fresh optimizer.")
+        if self.stage < 3 and "model" in saved:     # (a ZeRO-3 file holds partitions, not the weights)
+            # DeepSpeed's own strict load would raise torch's many-line RuntimeError instead
+            check_fits(self.engine.module.state_dict(), saved["model"], f"{model_path}: model does not fit this model",
+                       "use the model flags it was saved with.")
         tag = os.path.basename(layout.iteration_dir(directory, iteration))
         path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True,
                                               load_optimizer_states=load_optimizer, load_lr_scheduler_states=False,

@@ -20,6 +20,7 @@ from . import compatibility
 from .contents import PER_PARAMETER, model_keys, optimizer_shard_state
 from .file_io import load_file, save_file
 from .formats import layout_named
+from .state_dict_fit import load_fitting
 
 
 class LayoutFiles:
@@ -61,12 +62,8 @@ class LayoutFiles:
                 load_optimizer: bool, keep_scaler: bool) -> None:
         """The chunks' weights from `saved`; the optimizer (and the loss scaler) when asked."""
         for key, chunk in zip(model_keys(len(self.chunks)), self.chunks):
-            try:
-                chunk.load_state_dict(saved[key], strict=True)
-            except RuntimeError as error:
-                raise CheckpointError(f"{model_path}: {key} does not fit this model "
-                                      f"({str(error).splitlines()[0]}); use the model flags it was saved "
-                                      f"with.") from None
+            load_fitting(chunk, saved[key], f"{model_path}: {key} does not fit this model",
+                         "use the model flags it was saved with.")
         backend_state = {}
         parallel = saved.get("parallel") or {}
         if load_optimizer:

@@ -2,6 +2,7 @@
 
     saved = open_saved_model("ckpt/")          # a --save directory, or one iteration's directory
     saved.model_config, saved.args, saved.vocab_size, saved.padded_vocab_size
+    saved.family                                # as recorded (a legacy checkpoint's: guessed, one line)
     full = saved.state                          # a read-only Mapping: the TP=1, one-stage state dict
     table = full["embedding.word_embeddings.weight"]   # merged from every TP shard now, nothing kept
 
@@ -27,6 +28,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..mpu.sharding_map import ShardSpec
+from .model_record import OPTIONS_KEY, saved_family
 from .reshard.source import SavedCheckpoint
 from .reshard.targets import target_weight
 
@@ -61,6 +63,7 @@ class SavedModel:
     record: dict                    # the first rank file's entries (args, model_config, ...), weights left out
     state: MergedState = field(repr=False)
     source: SavedCheckpoint = field(repr=False)
+    _family: Optional[str] = field(default=None, repr=False)
 
     @property
     def args(self) -> dict:
@@ -73,6 +76,18 @@ class SavedModel:
             raise CheckpointError(f"{self.path} carries no model_config; it was not written by this package's "
                                   f"training loop or converter.")
         return config
+
+    @property
+    def family(self) -> str:
+        """Our family name, as the checkpoint records it (model_record.py)."""
+        if self._family is None:
+            self._family = saved_family(self.path, self.record, list(self.state))
+        return self._family
+
+    @property
+    def model_options(self) -> Optional[dict]:
+        """The family builder's arguments beyond the config; None in a legacy checkpoint."""
+        return self.record.get(OPTIONS_KEY)
 
     @property
     def vocab_size(self) -> Optional[int]:
@@ -97,12 +112,13 @@ def iter_full_model_state(directory: str) -> Iterator[Tuple[str, torch.Tensor]]:
 
 
 def read_full_model_state(directory: str) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """(whole model's state dict, info): info holds model_config, args, iteration,
+    """(whole model's state dict, info): info holds model_config, args, model_family, model_options, iteration,
     vocab_size, padded_vocab_size, the saved parallel sizes and the whole model's
     sharding map (as a dict)."""
     saved = open_saved_model(directory)
     source = saved.source
     info = {"model_config": saved.record.get("model_config"), "args": saved.record.get("args"),
+            "model_family": saved.family, "model_options": saved.model_options,
             "iteration": source.iteration, "vocab_size": saved.vocab_size,
             "padded_vocab_size": saved.padded_vocab_size, "parallel": dict(source.parallel),
             "sharding_map": source.whole_model_map().to_dict()}

@@ -3,7 +3,8 @@
     with serial_world():                             # our layers need (trivial) process groups
         write_weights_checkpoint("ckpt/", full_state, build_stage, args_record, config,
                                  vocab_size=21128, padded_vocab_size=21248, tensor_model_parallel_size=2,
-                                 pipeline_model_parallel_size=2, ckpt_format="megatron")
+                                 pipeline_model_parallel_size=2, ckpt_format="megatron",
+                                 family="gpt", model_options={"max_position_embeddings": 1024})
 
 `full_state` maps the whole model's keys (TP=1, every stage) to tensors (it may be a lazy
 Mapping that converts on demand, streamed_import.py); `build_stage(stage)` builds one pipeline
@@ -17,8 +18,9 @@ full tensor alive) and the file written atomically: memory holds one output file
 The result is a weights-only checkpoint, as Megatron-LM's converters write: Megatron layout
 under `release/` with the tracker "release" (loading starts at iteration 0 with a fresh
 optimizer), DeepSpeed layout under `global_step0` (load it with --finetune). Each file carries
-args (plain values), model_config, the parallel record, both vocabulary sizes and the sharding
-map, as a training checkpoint does (contents.py).
+args (plain values), model_config, the model's family and options (model_record.py), the
+parallel record, both vocabulary sizes and the sharding map, as a training checkpoint does
+(contents.py).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from ..transformer.config import TransformerConfig
 from .contents import FORMAT_VERSION, MEGATRON_CHECKPOINT_VERSION
 from .file_io import save_file, write_bytes_atomically
 from .formats import layout_named
+from .model_record import model_record
+from .state_dict_fit import describe_mismatch
 
 
 @contextlib.contextmanager
@@ -60,7 +64,7 @@ def write_weights_checkpoint(directory: str, full_state: Mapping[str, torch.Tens
                              build_stage: Callable[[PipelineStage], torch.nn.Module], args_record: dict,
                              config: TransformerConfig, vocab_size: int, padded_vocab_size: int,
                              tensor_model_parallel_size: int, pipeline_model_parallel_size: int = 1,
-                             ckpt_format: str = "megatron") -> str:
+                             ckpt_format: str = "megatron", *, family: str, model_options: Mapping) -> str:
     """Write the checkpoint (see the module docstring); returns the iteration directory written."""
     layout = layout_named(ckpt_format)
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
@@ -77,11 +81,11 @@ def write_weights_checkpoint(directory: str, full_state: Mapping[str, torch.Tens
         stages.append(dataclasses.replace(stage_model.sharding_map(vocab_size=vocab_size),
                                           tensor_model_parallel_size=tp))
         del stage_model
-    held = {smap.global_key(key) for smap in stages for key in smap.tensors}
-    if set(full_state) != held:
-        raise ConversionError(f"the converted weights do not fit the model: missing {sorted(held - set(full_state))[:3]}"
-                              f", unexpected {sorted(set(full_state) - held)[:3]}; the converter and the model "
-                              f"disagree, please report it.")
+    held = {smap.global_key(key): None for smap in stages for key in smap.tensors}   # keys only: the shapes
+    mismatch = describe_mismatch(held, dict.fromkeys(full_state))        # of a streamed state cost a conversion
+    if mismatch is not None:
+        raise ConversionError(f"the converted weights do not fit the model: {mismatch}; the converter and the "
+                              f"model disagree, please report it.")
     for p, smap in enumerate(stages):
         for rank in range(tp):   # one file's tensors at a time (a streamed full_state converts again per rank)
             shard = {}
@@ -91,7 +95,8 @@ def write_weights_checkpoint(directory: str, full_state: Mapping[str, torch.Tens
                     shard_tensor(full, spec.split_dim, rank, tp, spec.stride).clone()
             state = {"checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "format_version": FORMAT_VERSION,
                      "iteration": 0, "consumed_train_samples": 0, "consumed_valid_samples": 0,
-                     "args": args_record, "model_config": config.to_dict(), "parallel": parallel,
+                     "args": args_record, "model_config": config.to_dict(),
+                     **model_record(family, model_options), "parallel": parallel,
                      "vocab_size": vocab_size, "padded_vocab_size": padded_vocab_size,
                      "opt_param_scheduler": {}, "rng_state": [], "sharding_map": {"model": smap.to_dict()},
                      "model": shard}

@@ -1,21 +1,17 @@
-"""Between a checkpoint of ours and the HF registry: which family a saved model is, its
+"""Between a checkpoint of ours and the HF registry: which HF mapping a saved model uses, its
 ModelSpec, and the flags (args) a converted checkpoint records so the entry points rebuild it.
 
-A checkpoint stores the TransformerConfig, both vocabulary sizes and the weights, not the
-family (an entry point's choice). The family is read off the whole model's keys and config:
-
-    r_w_bias                          Transformer-XL (no HF class expresses it: one sentence)
-    encoder.* and decoder.*           T5
-    encoder.*, rotary positions       RoFormer
-    encoder.*, pre-LN / post-LN       MegatronBERT / BERT
-    decoder.*, RMSNorm/SwiGLU/rotary  Llama, else GPT-2
+The family is the checkpoint's own (checkpoint/model_record.py: recorded by every writer;
+a legacy file's guessed once there). The family's spec (models/registry.py) picks its HF
+architecture for the config: gpt -> GPT-2, or Llama for RMSNorm/SwiGLU/rotary; bert ->
+BERT, or MegatronBERT when pre-LN; roformer; t5. Transformer-XL has none (one sentence).
 
 The model's other constructor arguments (position table, token types, heads) are read off
 the tensors, so the spec describes exactly the saved model.
 """
 from __future__ import annotations
 
-from typing import Collection, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -23,30 +19,21 @@ from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
 from ..models.hf.common import ModelSpec, count_layers
 from ..models.hf.registry import get_mapping
+from ..models.registry import get_family
 
 TRANSFORMER_XL_SENTENCE = ("Transformer-XL has no HuggingFace class that expresses its shared relative-position "
                            "biases and segment memory (HF's TransfoXL uses adaptive softmax and another attention); "
                            "keep it in our checkpoint format and use tools/generate_text.py or the entry points.")
 
 
-def family_of(keys: Collection[str], config: TransformerConfig) -> str:
-    """Our family name of a whole model's state dict (see the module docstring)."""
-    if "r_w_bias" in keys or any(k.endswith("self_attention.r_w_bias") for k in keys):
-        raise ConversionError(TRANSFORMER_XL_SENTENCE)
-    encoder = any(k.startswith("encoder.") for k in keys)
-    decoder = any(k.startswith("decoder.") for k in keys)
-    if encoder and decoder:
-        return "t5"
-    if encoder:
-        if config.position_embedding_type == "rope":
-            return "roformer"
-        return "megatron_bert" if config.layernorm_position == "pre" else "bert"
-    if decoder:
-        llama_like = (config.normalization == "RMSNorm" or config.activation == "swiglu"
-                      or config.position_embedding_type == "rope")
-        return "llama" if llama_like else "gpt"
-    raise ConversionError(f"the checkpoint's model has keys like {sorted(keys)[:3]}, which match no family with an "
-                          f"HF mapping; is it a checkpoint of this package?")
+def hf_mapping_name(family: str, config: TransformerConfig) -> str:
+    """The HF mapping of a model of our `family` with this config (one sentence if it has none)."""
+    name = get_family(family).hf_mapping(config)
+    if name is None:
+        if family == "transformer_xl":
+            raise ConversionError(TRANSFORMER_XL_SENTENCE)
+        raise ConversionError(f"the {family} family has no HuggingFace mapping; keep it in our checkpoint format.")
+    return name
 
 
 def _rows(state: Mapping[str, torch.Tensor], key: str) -> Optional[int]:
@@ -54,9 +41,10 @@ def _rows(state: Mapping[str, torch.Tensor], key: str) -> Optional[int]:
 
 
 def spec_of_saved(state: Mapping[str, torch.Tensor], config: TransformerConfig, vocab_size: int,
-                  padded_vocab_size: int, args: Mapping, architecture: Optional[str] = None) -> ModelSpec:
-    """The ModelSpec of a whole saved model (state: a Mapping of its full tensors)."""
-    family = family_of(list(state), config)
+                  padded_vocab_size: int, args: Mapping, architecture: Optional[str] = None, *,
+                  family: str) -> ModelSpec:
+    """The ModelSpec of a whole saved model of our `family` (state: a Mapping of its full tensors)."""
+    family = hf_mapping_name(family, config)
     mapping = get_mapping(family)
     positions = _rows(state, "embedding.position_embeddings.weight") or args.get("max_position_embeddings") \
         or args.get("seq_length") or 512
@@ -78,8 +66,7 @@ def spec_of_saved(state: Mapping[str, torch.Tensor], config: TransformerConfig, 
 
 def args_record(spec: ModelSpec, tokenizer_args: Mapping, defaults: Mapping) -> dict:
     """The flags (plain values) of the run that builds `spec`'s model: `defaults` (every flag's
-    default), the model's shape, the tokenizer's flags. Fields no flag expresses are left to
-    model_config (the loader compares it)."""
+    default), the model's shape, the tokenizer's flags. Fields no flag expresses are left to model_config (the loader compares it)."""
     config = spec.config
     record = dict(defaults)
     record.update(
@@ -98,7 +85,6 @@ def args_record(spec: ModelSpec, tokenizer_args: Mapping, defaults: Mapping) -> 
         add_bias_linear=config.add_bias_linear, add_qkv_bias=bool(config.add_qkv_bias),
         hidden_dropout=config.hidden_dropout, attention_dropout=config.attention_dropout,
         init_method_std=config.init_method_std, make_vocab_size_divisible_by=config.make_vocab_size_divisible_by,
-        model_family=spec.family,
     )
     if spec.family == "t5":
         record.update(encoder_num_layers=config.num_layers, decoder_num_layers=spec.model_kwargs["decoder_num_layers"])

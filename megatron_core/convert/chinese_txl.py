@@ -47,6 +47,7 @@ from ..checkpoint.weights_checkpoint import serial_world, write_weights_checkpoi
 from ..transformer.config import TransformerConfig
 from .checkpoint_spec import args_record
 from ..models.hf.common import ModelSpec, count_layers
+from ..models.registry import get_family
 from ..models.transformer_xl import TransformerXLModel, from_chinese_txl_state_dict
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -192,7 +193,8 @@ def import_chinese_txl(directory: str, output: str, tensor_model_parallel_size: 
     with serial_world():
         written = write_weights_checkpoint(
             output, full, lambda stage: TransformerXLModel(config, padded, mem_length, stage=stage), record, config,
-            vocab_size, padded, tp, pp, ckpt_format)
+            vocab_size, padded, tp, pp, ckpt_format, family="transformer_xl",
+            model_options=get_family("transformer_xl").options(record))   # mem_length: theirs, else seq_length
     return {"family": "transformer_xl", "source": iteration_dir, "directory": written, "source_ranks": len(paths),
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,
             "num_layers": config.num_layers, "hidden_size": config.hidden_size,

@@ -24,7 +24,7 @@ from ..errors import ConversionError
 from ..checkpoint.file_io import write_bytes_atomically
 from ..checkpoint.saved_model import open_saved_model
 from ..transformer.config import TransformerConfig
-from .checkpoint_spec import family_of, spec_of_saved
+from .checkpoint_spec import hf_mapping_name, spec_of_saved
 from .meta_window import MetaWindow
 from ..models.hf.registry import get_mapping
 from .safetensors_files import DEFAULT_MAX_SHARD_SIZE, parse_shard_size, write_safetensors_shards
@@ -85,20 +85,20 @@ def export_checkpoint(load: str, output: str, architecture: Optional[str] = None
         raise ConversionError(f"{saved.path} does not record its vocabulary sizes (vocab_size, padded_vocab_size); "
                               f"it was not written by this package's training loop or converter.")
     args = dict(saved.args, **(tokenizer_overrides or {}))
-    family = family_of(list(saved.state), config)
+    family = saved.family                    # as recorded (a legacy checkpoint's guessed once, one line)
     recorded = args.get("hf_architecture")   # the class an imported model came from, exported back as such
-    if architecture is None and recorded in get_mapping(family).architectures:
+    if architecture is None and recorded in get_mapping(hf_mapping_name(family, config)).architectures:
         architecture = recorded
     shapes = _whole_shapes(saved)
     spec = spec_of_saved(MetaWindow(saved.state, shapes, set()), config, saved.vocab_size, saved.padded_vocab_size, args,
-                         architecture)
+                         architecture, family=family)
     mapping = get_mapping(spec.family)
     config_json = mapping.config_to_hf(spec)
     files = write_safetensors_shards(output, _hf_tensors(saved, mapping, spec, shapes), limit)
     write_bytes_atomically(os.path.join(output, "config.json"),
                            (json.dumps(config_json, indent=2, sort_keys=True) + "\n").encode())
     tokenizer = save_hf_tokenizer(args, spec.family, output)
-    return {"family": spec.family, "architecture": spec.architecture, "files": files,
+    return {"family": family, "hf_mapping": spec.family, "architecture": spec.architecture, "files": files,
             "tensor_model_parallel_size": saved.tensor_model_parallel_size,
             "pipeline_model_parallel_size": saved.pipeline_model_parallel_size, "layout": saved.layout,
             "tokenizer": tokenizer, "source": saved.path}

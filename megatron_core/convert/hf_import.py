@@ -33,6 +33,7 @@ from ..checkpoint.weights_checkpoint import serial_world, write_weights_checkpoi
 from ..transformer.meta_build import materialize, meta_state_dict
 from .checkpoint_spec import args_record
 from ..models.hf.registry import mapping_for_hf_config
+from ..models.registry import family_of_hf_mapping
 from .safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsWeights
 from .hf_streamed_import import StreamedImport
 from .hf_tokenizer_files import tokenizer_flags_from_hf
@@ -109,7 +110,9 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
     tokenizer_args = tokenizer_flags_from_hf(hf_dir, os.path.join(output, "tokenizer"))
     note = _tokenizer_note(tokenizer_args, vocab_size, make_vocab_size_divisible_by, tp)
     record = args_record(spec, tokenizer_args, flag_defaults or {})
-    record["hf_architecture"] = spec.architecture
+    # the HF class and mapping it came from (llama, megatron_bert: architectures of our family, not families)
+    record.update(hf_architecture=spec.architecture, hf_mapping=spec.family)
+    family = family_of_hf_mapping(spec.family).name     # ours: llama is gpt, megatron_bert is bert
     build = lambda: mapping.build_model(spec)   # noqa: E731
     with serial_world():
         # Our keys from a meta-device build (no weights); parameters the HF class lacks (the MLM
@@ -123,8 +126,9 @@ def import_checkpoint(hf_dir: str, output: str, tensor_model_parallel_size: int 
         initialized = materialize(build, kept)
         written = write_weights_checkpoint(output, ChainMap(initialized, ours),
                                            lambda stage: mapping.build_model(spec, stage=stage), record,
-                                           spec.config, vocab_size, padded, tp, pp, ckpt_format)
-    return {"family": spec.family, "architecture": spec.architecture, "directory": written,
+                                           spec.config, vocab_size, padded, tp, pp, ckpt_format,
+                                           family=family, model_options=dict(spec.model_kwargs))
+    return {"family": family, "hf_mapping": spec.family, "architecture": spec.architecture, "directory": written,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "layout": ckpt_format,
             "vocab_size": vocab_size, "padded_vocab_size": padded, "initialized_keys": kept,
             "tokenizer": tokenizer_args.get("tokenizer_type"), **({"note": note} if note else {})}

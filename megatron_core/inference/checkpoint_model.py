@@ -4,9 +4,11 @@
     loaded = load_checkpoint_model("ckpt/", tensor_model_parallel_size=1, pipeline_model_parallel_size=2)
     loaded.model, loaded.family, loaded.args, loaded.vocab_size, loaded.padded_vocab_size
 
-The checkpoint says everything: its stored TransformerConfig (`model_config`), its flags
-as plain values (`args`: tokenizer, max positions, T5 decoder layers, Transformer-XL
-memory, BERT binary head) and its parallel sizes. The run's layout is TP x PP = the
+The checkpoint says everything: its family and the builder's options (`model_family`,
+`model_options`: max positions, T5 decoder layers, Transformer-XL memory, BERT binary
+head...), its stored TransformerConfig (`model_config`), its flags as plain values (`args`:
+the tokenizer) and its parallel sizes. The model is built by the family's spec
+(models/registry.py). The run's layout is TP x PP = the
 world size: the sizes asked for, else the checkpoint's own when the world has that many
 processes, else TP = PP = 1 on one process. Model parallelism is initialized at that
 layout and every rank reads its own slices of the saved tensors through the training
@@ -15,9 +17,9 @@ loop's resharding on load (checkpoint/reshard/on_load.py): any saved TP x PP
 The padded vocabulary is the checkpoint's (re-padded only if the run's TP does not
 divide it; the extra rows are never sampled).
 
-The family is read off the saved tensors' names: Transformer-XL holds r_w_bias, T5 holds
-cross-attention (or a pipeline split rank), BERT and RoFormer an `encoder` (RoFormer:
-rotary positions), GPT a `decoder` without cross-attention.
+A checkpoint written before families were recorded has its family guessed once from its
+tensor names (checkpoint/model_record.py, one printed line) and its options taken from
+its args by the family's rule.
 """
 from __future__ import annotations
 
@@ -29,59 +31,23 @@ import torch.distributed as dist
 
 from .. import mpu
 from ..errors import CheckpointError
-from ..models.bert import BertModel
-from ..models.gpt import GPTModel
-from ..models.roformer import RoFormerModel
-from ..models.t5 import T5Model
-from ..models.transformer_xl import TransformerXLModel
-from ..mpu.layout import PipelineStage
+from ..models.registry import checkpoint_model_options, get_family
 from ..checkpoint.formats import tracked_checkpoint
+from ..checkpoint.model_record import saved_family
 from ..checkpoint.reshard import SavedCheckpoint, resharded_chunk_states
+from ..checkpoint.state_dict_fit import load_fitting
 from ..transformer.config import TransformerConfig
 
 
 @dataclass
 class LoadedModel:
     model: object
-    family: str               # "gpt", "bert", "roformer", "t5", "transformer_xl"
+    family: str               # the checkpoint's family (models/registry.py): "gpt", "bert", ...
     config: TransformerConfig
     args: Dict                # the checkpoint's flags (plain values)
     vocab_size: int           # the tokenizer's
     padded_vocab_size: int
     path: str
-
-
-def model_family(state_keys, args: Dict) -> str:
-    keys = list(state_keys)
-    if any(k == "r_w_bias" or k.endswith(".r_w_bias") for k in keys):
-        return "transformer_xl"
-    if any(".inter_attention." in k or k.startswith(("encoder_relative_bias", "decoder_relative_bias")) for k in keys) \
-            or (args.get("pipeline_model_parallel_size", 1) > 1 and args.get("pipeline_model_parallel_split_rank")):
-        return "t5"
-    if any(k.startswith("encoder.") for k in keys):
-        return "roformer" if args.get("position_embedding_type") == "rope" else "bert"
-    return "gpt"
-
-
-def build_model(family: str, config: TransformerConfig, args: Dict, padded_vocab_size: int, stage: PipelineStage):
-    max_positions = args.get("max_position_embeddings") or args.get("seq_length") or 512
-    if family == "gpt":
-        return GPTModel(config, padded_vocab_size, max_positions, stage=stage)
-    if family == "roformer":
-        return RoFormerModel(config, padded_vocab_size, max_positions, stage=stage)
-    if family == "bert":
-        binary = bool(args.get("bert_binary_head", False))
-        return BertModel(config, padded_vocab_size, max_positions, num_tokentypes=2 if binary else 0,
-                         add_binary_head=binary, stage=stage)
-    if family == "t5":
-        return T5Model(config, padded_vocab_size, args.get("decoder_num_layers"), max_positions,
-                       stage=stage if stage.size > 1 else None)
-    # Transformer-XL: the entry point's relative positions and tanh GELU (pretrain_transformer_xl.py).
-    config = config.replace(position_embedding_type="relative_xl",
-                            activation="gelu_tanh" if config.activation == "gelu" else config.activation)
-    mem_length = args.get("mem_length")
-    return TransformerXLModel(config, padded_vocab_size, args.get("seq_length") if mem_length is None else mem_length,
-                              stage=stage)
 
 
 def inference_layout(saved: Tuple[int, int], world: int, tensor_model_parallel_size: Optional[int] = None,
@@ -128,7 +94,8 @@ def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[i
     world = dist.get_world_size() if dist.is_initialized() else 1
     tp, pp = inference_layout(saved, world, tensor_model_parallel_size, pipeline_model_parallel_size)
     args = head["args"]
-    family = model_family(source.owners, args)
+    family = get_family(saved_family(where, head, list(source.owners)))
+    options = checkpoint_model_options(family, head)
     config = TransformerConfig.from_dict(head["model_config"])
     # Dropout and recomputation mean nothing here; sequence parallelism cannot split one new token.
     config = config.replace(tensor_model_parallel_size=tp, sequence_parallel=False, recompute_granularity=None,
@@ -138,19 +105,16 @@ def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[i
     if padded % tp:
         padded = mpu.pad_vocab_size(padded, config.make_vocab_size_divisible_by, tp)
     split = None
-    if family == "t5" and pp > 1:
+    if family.encoder_decoder and pp > 1:
         split = args.get("pipeline_model_parallel_split_rank") if pp == saved[1] else None
         split = split or pp // 2      # encoder stages first, then as many decoder stages
     mpu.initialize_model_parallel(tp, pp, pipeline_model_parallel_split_rank=split)
-    model = build_model(family, config, args, padded, mpu.get_pipeline_stage())
+    model = family.build_model(config, padded, options, mpu.get_pipeline_stage())
     states, _ = resharded_chunk_states(source, [model], mpu.get_tensor_model_parallel_rank(), tp, padded,
                                        with_optimizer=False)
-    try:
-        model.load_state_dict(states[0], strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory}: the weights do not fit the {family} model its stored config describes "
-                              f"({str(error).splitlines()[0]}).") from None
+    load_fitting(model, states[0], f"{directory}: the weights do not fit the {family.name} model its stored config "
+                                   f"describes", "the checkpoint was changed after it was written; restore it.")
     if (tp, pp) != saved:
         _print_rank0(f"resharded checkpoint {directory} from TP={saved[0]} PP={saved[1]} to TP={tp} PP={pp} on load")
     model.eval()
-    return LoadedModel(model, family, config, args, vocab, padded, directory)
+    return LoadedModel(model, family.name, config, args, vocab, padded, directory)

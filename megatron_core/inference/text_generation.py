@@ -16,16 +16,13 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import ConfigError
+from ..models.registry import get_family
 from .checkpoint_model import LoadedModel
 from .decoders import CausalLMDecoder, RoFormerLMDecoder, T5Decoder
 from .fill_mask import fill_mask
 from .generation import Generation, generate
 from .sampling import SamplingParams
 from .transformer_xl import TransformerXLSession
-
-GENERATIVE = ("gpt", "roformer", "t5", "transformer_xl")
-MASKED = ("bert", "roformer")
-
 
 @dataclass
 class GeneratedText:
@@ -46,26 +43,32 @@ class TextGenerator:
         self.loaded, self.tokenizer = loaded, tokenizer
         self.keep_memory = keep_memory
         self.eos_id = _first_set(tokenizer.eod, tokenizer.eos)
+        self.spec = get_family(loaded.family)      # its generation adapter and fill-mask ability
         self._session = TransformerXLSession(loaded.model, loaded.vocab_size) \
-            if loaded.family == "transformer_xl" else None
+            if self.spec.generation == "transformer_xl" else None
 
     @property
     def family(self) -> str:
         return self.loaded.family
+
+    @property
+    def converses(self) -> bool:
+        """Each call is a turn of one conversation (Transformer-XL's segment memory)."""
+        return self._session is not None
 
     def reset(self) -> None:
         if self._session is not None:
             self._session.reset()
 
     def _decoder(self):
-        model, family = self.loaded.model, self.loaded.family
-        if family == "gpt":
+        model, adapter = self.loaded.model, self.spec.generation
+        if adapter == "causal_lm":
             return CausalLMDecoder(model)
-        if family == "roformer":
+        if adapter == "roformer_lm":
             return RoFormerLMDecoder(model)
-        if family == "t5":
+        if adapter == "t5":
             return T5Decoder(model, _first_set(self.tokenizer.bos, self.tokenizer.cls))
-        raise ConfigError(f"{self.loaded.path} holds a {family} model, which does not generate text; use "
+        raise ConfigError(f"{self.loaded.path} holds a {self.loaded.family} model, which does not generate text; use "
                           f"--fill-mask for a masked language model.")
 
     def tokenize(self, prompt: str) -> List[int]:
@@ -120,7 +123,7 @@ class TextGenerator:
 
     def fill_mask(self, texts: Sequence[str], top_k: int) -> List[List[List[tuple]]]:
         """Per text, per [MASK]: the top_k (token, probability) pairs; inputs are [CLS] text [SEP]."""
-        if self.loaded.family not in MASKED:
+        if not self.spec.fill_mask:
             raise ConfigError(f"--fill-mask needs a BERT, MegatronBERT or RoFormer checkpoint; {self.loaded.path} "
                               f"holds a {self.loaded.family} model.")
         tok = self.tokenizer

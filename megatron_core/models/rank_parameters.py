@@ -1,8 +1,16 @@
 """How many parameters each rank of a TP x PP layout holds, from the config alone.
 
-    shape = ModelShape("gpt", config, vocab_size=50304, max_sequence_length=1024)
-    shape.total()                         # the serial model (the families' own *_parameter_count)
+    shape = ModelShape("gpt", config, vocab_size=50304, max_sequence_length=1024, structure="decoder")
+    shape.total()                         # the serial model (the structures' own *_parameter_count)
     rank_parameters(shape, pipeline_rank=0)   # one tensor-parallel rank of that pipeline stage
+
+A shape names its family (models/registry.py builds it) but is counted by its structure,
+so a new family reuses one without touching this file or the memory estimate:
+
+  decoder          GPT / Llama: embedding, layers, optional final norm, output layer
+  masked_lm        BERT / RoFormer: the same plus the MLM head, pooler and binary head
+  encoder_decoder  T5: encoder and decoder stacks, cross-attention, pipeline split
+  transformer_xl   relative projection and r_w/r_r biases, segment memory
 
 A rank holds its stage's pieces; each piece is split over the tensor-parallel ranks or
 held whole by every one of them:
@@ -27,17 +35,16 @@ from ..mpu.layout import PipelineStage
 from ..transformer.config import TransformerConfig
 from . import flops
 from .bert import bert_parameter_count
-from .roformer import roformer_parameter_count
 from .t5 import t5_cross_attention_parameter_count, t5_parameter_count
 from .transformer_xl import transformer_xl_parameter_count
 
-FAMILIES = ("gpt", "bert", "roformer", "t5", "transformer_xl")
+STRUCTURES = ("decoder", "masked_lm", "encoder_decoder", "transformer_xl")
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the entry point's model_provider builds, minus the weights."""
-    family: str                          # one of FAMILIES
+    """What the family's builder makes, minus the weights."""
+    family: str                          # the family's name (models/registry.py)
     config: TransformerConfig
     vocab_size: int                      # the padded vocabulary
     max_sequence_length: int = 0         # learned position table (0: none)
@@ -48,26 +55,27 @@ class ModelShape:
     decoder_seq_length: Optional[int] = None     # T5's decoder length, for activations
     mem_length: int = 0                  # Transformer-XL memory, for activations
     untie_r: bool = False                # Transformer-XL: r_w/r_r per layer
+    structure: str = ""                  # one of STRUCTURES: how it is counted
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}.")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"the {self.family} shape's structure {self.structure!r} is not one of "
+                             f"{', '.join(STRUCTURES)}; give ModelShape(..., structure=...).")
 
     @property
     def decoder_layers(self) -> int:
         return self.config.num_layers if self.decoder_num_layers is None else self.decoder_num_layers
 
     def total(self) -> int:
-        """The serial model's parameters, by the family's own count."""
+        """The serial model's parameters, by the structure's own count (a rotary masked LM, RoFormer,
+        has no position table: bert_parameter_count counts one only for learned positions)."""
         c, v = self.config, self.vocab_size
-        if self.family == "gpt":
+        if self.structure == "decoder":
             return flops.parameter_count(c, v, self.max_sequence_length, self.num_tokentypes)
-        if self.family == "bert":
+        if self.structure == "masked_lm":
             return bert_parameter_count(c, v, self.max_sequence_length, self.num_tokentypes, self.add_pooler,
                                         self.add_binary_head)
-        if self.family == "roformer":
-            return roformer_parameter_count(c, v, self.num_tokentypes, self.add_pooler, self.add_binary_head)
-        if self.family == "t5":
+        if self.structure == "encoder_decoder":
             return t5_parameter_count(c, v, self.decoder_layers, self.max_sequence_length)
         return transformer_xl_parameter_count(c, v, self.untie_r)
 
@@ -123,9 +131,9 @@ def _decoder_only_chunk(shape: ModelShape, stage: PipelineStage) -> Piece:
     """GPT, BERT, RoFormer and Transformer-XL: layers, the embedding first, the head last."""
     c = shape.config
     _, layers = stage.layer_range(c.num_layers)
-    bert_like = shape.family in ("bert", "roformer")
+    bert_like = shape.structure == "masked_lm"
     piece = layer_piece(c) * layers
-    if shape.family == "transformer_xl":
+    if shape.structure == "transformer_xl":
         q = c.query_projection_size
         piece += Piece(c.hidden_size * q + (q if c.add_bias_linear else 0)) * layers    # relative projection
         biases = Piece(2 * c.num_attention_heads * c.kv_channels)
@@ -133,7 +141,7 @@ def _decoder_only_chunk(shape: ModelShape, stage: PipelineStage) -> Piece:
     if stage.is_first:
         piece += _embedding_piece(shape, norm=bert_like and c.layernorm_position == "post")
     if stage.is_last:
-        final = c.final_layernorm or shape.family == "transformer_xl"
+        final = c.final_layernorm or shape.structure == "transformer_xl"
         piece += Piece(0, _norm(c) if final else 0) + _output_piece(shape, stage.is_first)
         if bert_like:
             h = c.hidden_size
@@ -166,7 +174,7 @@ def _t5_chunk(shape: ModelShape, stage: PipelineStage) -> Piece:
 
 
 def chunk_piece(shape: ModelShape, stage: PipelineStage) -> Piece:
-    return _t5_chunk(shape, stage) if shape.family == "t5" else _decoder_only_chunk(shape, stage)
+    return _t5_chunk(shape, stage) if shape.structure == "encoder_decoder" else _decoder_only_chunk(shape, stage)
 
 
 def rank_parameters(shape: ModelShape, pipeline_rank: int = 0, pipeline_size: int = 1,

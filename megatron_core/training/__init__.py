@@ -18,7 +18,9 @@
     mfu.py           peak TFLOP/s by device name, --peak-tflops, MFU
     backend.py       the Backend protocol the loop talks to (zero_grad, prepare_accumulation, scale_loss, step)
     initialize.py    torch.distributed from the launcher's environment (or a world of one), groups, seeds
-    loop.py          pretrain(): initialize, build chunks/backend/schedule, load hook, while: step, log, evaluate
+    loop.py          pretrain(spec): initialize, build chunks/backend/schedule, load hook, while: step, log, evaluate
+    train_spec.py    TrainSpec (a family's forward step, datasets provider, flags; held by its entry point)
+                     and TrainRun (what the loop hands them); the model side is models/registry.py
     train_step.py    one global batch through the pipeline schedule and the backend; SkipCounter
     evaluate.py      forward-only validation over --eval-iters batches
     train_log.py     Megatron's log lines every --log-interval, TensorBoard, progress bar, summary

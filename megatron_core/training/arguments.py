@@ -507,7 +507,13 @@ def _validate_logging_and_data(args) -> None:
         raise ConfigError(f"--peak-tflops must be positive, got {args.peak_tflops}.")
     if args.data_path:
         parse_data_path(args.data_path)
-        parse_split(args.split)
+        train_share = parse_split(args.split)[0]
+        # A zero share is Megatron's "no such split": a run with iterations to train would
+        # get no batches at all.
+        if train_share == 0:
+            raise ConfigError(f'--split "{args.split}" gives the train split no documents, but the run '
+                              f"trains for {args.train_iters} iterations; give train a share, e.g. "
+                              f'--split "949,50,1".')
 
 
 def _validate_deepspeed(args) -> None:

@@ -29,17 +29,6 @@ from .data_options import DataOptions
 _EXHAUSTED = object()
 
 
-def reads_data_on_every_stage(family: str, options: Optional[DataOptions] = None) -> bool:
-    """Whether middle pipeline stages need the batch too (for their attention masks)."""
-    if family in ("bert", "roformer", "t5"):
-        return True
-    if family == "gpt":
-        return bool(options and options.reset_attention_mask)
-    if family in ("finetune", "transformer_xl"):
-        return False
-    raise ValueError(f"unknown model family {family!r}")
-
-
 def batch_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 

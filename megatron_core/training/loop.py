@@ -1,31 +1,31 @@
 """pretrain(): the whole run on one page, as Megatron-LM's pretrain() without its flags on every line.
 
-    pretrain(datasets_provider, model_provider, forward_step, extra_args_provider=None, argv=None)
+    pretrain(spec, argv=None)          # spec: the family's TrainSpec (train_spec.py)
 
-    model_provider(args, stage) -> nn.Module        one chunk: stage is an mpu.PipelineStage
-    datasets_provider(args, [train, valid, test] sample counts) -> (train, valid, test) datasets
-    forward_step(data_iterator, model) -> (output, loss_func); loss_func(output) -> (loss, {"lm loss": loss})
+The family's model side comes from models/registry.py by the spec's name: each rank
+builds one chunk per virtual pipeline stage with it, rank 0 prints the parameter count
+and memory estimate per rank at start, and --dry-run prints them and returns None before
+any process group (training/dry_run.py). The spec's forward_step(data_iterator, model,
+run) and datasets_provider(run, counts) get the run (a TrainRun: the config dataclasses,
+the model options, the tokenizer, the data options), built once here: the loop hands
+them what they read. `spec.p2p_config(run) -> P2PConfig` describes what pipeline stages
+exchange when it is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
 
-`p2p_config_provider(args) -> P2PConfig` describes what pipeline stages exchange when it
-is not a decoder's [seq, micro-batch, hidden] (T5's encoder-decoder stages).
-
-`model_shape(args) -> models.rank_parameters.ModelShape` describes the model without building
-it: rank 0 prints its parameter count and memory estimate per rank at start, and --dry-run
-prints them and returns None before any process group (training/dry_run.py).
-
-`args` is the validated flag namespace (entry points own it; the loop itself reads the
-dataclasses of build_run_config). With --tokenizer-type the tokenizer is built once and
-`args.padded_vocab_size` set, as Megatron does. Each rank builds one model chunk per
-virtual pipeline stage. Checkpoints (--load, --save, --save-interval, the --exit-* flags) are
-megatron_core.training.checkpointing's Checkpointer: one load before the data iterators are built
-(they resume at the consumed-samples counts), one call after each iteration, one at the end.
-A collective that fails because another rank died or hung becomes one sentence naming that
-rank (rank_watch.py) on every rank that is left.
+`args` is the validated flag namespace (the loop itself reads the dataclasses of
+build_run_config). With --tokenizer-type the tokenizer is built once and
+`args.padded_vocab_size` set, as Megatron does. Checkpoints (--load, --save,
+--save-interval, the --exit-* flags) are megatron_core.training.checkpointing's
+Checkpointer: one load before the data iterators are built (they resume at the
+consumed-samples counts), one call after each iteration, one at the end; every file
+records the family and its options (checkpoint/model_record.py). A collective that fails
+because another rank died or hung becomes one sentence naming that rank (rank_watch.py)
+on every rank that is left.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,7 @@ from .backends import build_training_backend
 from .config import RunConfig
 from .data_iterators import build_data_iterators as build_split_iterators
 from .data_providers import train_valid_test_num_samples
-from .dry_run import dry_run, estimate_block, intended_world_size, set_padded_vocab_size
+from .dry_run import dry_run, estimate_block, intended_world_size
 from .evaluate import evaluate
 from .initialize import initialize_distributed, shutdown_distributed
 from .lr_schedule import schedule_from_config
@@ -48,7 +48,9 @@ from .mfu import detect_peak
 from .microbatches import BatchSchedule, num_microbatches
 from .rank_watch import RankWatch
 from .train_log import TrainingLogger
+from .train_spec import TrainRun, TrainSpec, train_run
 from .train_step import SkipCounter, train_step
+from .vocabulary import resolve_vocabulary
 
 
 @dataclass
@@ -59,17 +61,13 @@ class TrainState:
     consumed_valid_samples: int = 0
 
 
-def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable, forward_step_func: Callable,
-             extra_args_provider: Optional[Callable] = None, argv: Optional[Sequence[str]] = None,
-             p2p_config_provider: Optional[Callable] = None,
-             data_on_every_stage: Union[bool, Callable] = False,
-             model_shape: Optional[Callable] = None) -> Optional[TrainState]:
-    args = parse_args(argv, extra_args_provider)
-    apply_checkpoint_args(args, argv, extra_args_provider)   # --use-checkpoint-args: before validation
+def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[TrainState]:
+    args = parse_args(argv, spec.add_arguments)
+    apply_checkpoint_args(args, argv, spec.add_arguments)   # --use-checkpoint-args: before validation
     validate(args, intended_world_size(args))      # a bad flag is one sentence, before any process group
     run = build_run_config(args)
     if args.dry_run:
-        dry_run(model_shape, args, run)            # the estimate, then exit: no process group, no weights
+        dry_run(lambda vocabulary: train_run(spec, args, run, vocabulary).model_shape(), args, run)   # no group
         return None
     if not args.tokenizer_type:    # every model's vocabulary size comes from its tokenizer
         raise ConfigError("--tokenizer-type is required: it sets the vocabulary size and tokenizes the data "
@@ -78,21 +76,23 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     watch = RankWatch.start()     # a rank that dies is named by its peers, not a silent hang
     state = TrainState()
     try:
-        set_padded_vocab_size(args, run)
+        vocabulary = resolve_vocabulary(args, run)
+        model_run = train_run(spec, args, run, vocabulary)     # what the forward step and the providers read
         if dist.get_rank() == 0:
-            block = estimate_block(model_shape, args, run)
+            block = estimate_block(lambda _: model_run.model_shape(), vocabulary, run)
             if block is not None:
                 print(block, flush=True)
-        chunks = build_model_chunks(model_provider, args)
+        chunks = build_model_chunks(model_run)
         backend = build_training_backend(chunks, run)
         lr_schedule = backend.learning_rate_schedule(schedule_from_config(run.optimizer, run.scheduler,
                                                                           run.training))
-        checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
+        checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, model_run.family.name,
+                                   model_run.model_options, vocabulary.size, vocabulary.padded_size)
         checkpoints.load(state)
-        every_stage = data_on_every_stage(args) if callable(data_on_every_stage) else data_on_every_stage
-        train_iters, valid_iters = build_data_iterators(train_valid_test_datasets_provider, args, run, state,
-                                                        every_stage)
-        p2p_config = p2p_config_provider(args) if p2p_config_provider is not None else default_p2p_config(run)
+        train_iters, valid_iters = build_data_iterators(spec.datasets_provider, model_run, state,
+                                                        spec.reads_data_on_every_stage(model_run))
+        p2p_config = spec.p2p_config(model_run) if spec.p2p_config is not None else default_p2p_config(run)
+        forward_step_func = functools.partial(spec.forward_step, run=model_run)
         batches = BatchSchedule.from_config(run.training, run.parallel.data_parallel_size)
         log = TrainingLogger(
             train_iters=run.training.train_iters, seq_length=run.training.seq_length,
@@ -141,21 +141,22 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         shutdown_distributed()
 
 
-def build_model_chunks(model_provider: Callable, args) -> List[torch.nn.Module]:
+def build_model_chunks(model_run: TrainRun) -> List[torch.nn.Module]:
     """This rank's chunks, one per virtual pipeline stage, on this rank's device."""
     virtual = mpu.get_virtual_pipeline_model_parallel_world_size()
     device = mpu.layers.default_device()
     chunks = []
     for virtual_rank in range(virtual or 1):
         stage = mpu.get_pipeline_stage(virtual_rank if virtual else None)
-        chunks.append(model_provider(args, stage).to(device))
+        chunks.append(model_run.build_model(stage).to(device))
     return chunks
 
 
-def build_data_iterators(datasets_provider: Callable, args, run: RunConfig, state: TrainState, every_stage: bool):
+def build_data_iterators(datasets_provider: Callable, model_run: TrainRun, state: TrainState, every_stage: bool):
     """(train, valid) micro-batch iterators of this process (data_iterators.py: Megatron's sample
     order, only the first TP rank reads, one per model chunk with virtual stages)."""
-    datasets = list(datasets_provider(args, train_valid_test_num_samples(run.training)))
+    run = model_run.config
+    datasets = list(datasets_provider(model_run, train_valid_test_num_samples(run.training)))
     iterators = build_split_iterators(datasets, run.training.micro_batch_size, state.consumed_samples,
                                       state.consumed_valid_samples, every_stage=every_stage,
                                       num_workers=run.data.num_workers, seed=run.training.seed)

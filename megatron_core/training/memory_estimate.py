@@ -162,7 +162,7 @@ def _activation_bytes(shape: ModelShape, run: RunConfig, pipeline_rank: int, num
     stage = PipelineStage(pipeline_rank, p.pipeline_model_parallel_size, 0 if virtual else None, virtual,
                           p.pipeline_model_parallel_split_rank)
     total = 0
-    if shape.family == "t5":
+    if shape.structure == "encoder_decoder":
         dec_s = shape.decoder_seq_length or s
         for name, layers, layer in (("encoder", c.num_layers, _layer(shape, s, b)),
                                     ("decoder", shape.decoder_layers, _layer(shape, dec_s, b, cross=s))):
@@ -172,10 +172,10 @@ def _activation_bytes(shape: ModelShape, run: RunConfig, pipeline_rank: int, num
         last = stage.stack_stage("decoder") is not None and stage.stack_stage("decoder").is_last
         out_seq = dec_s
     else:
-        keys = s + shape.mem_length if shape.family == "transformer_xl" else s
+        keys = s + shape.mem_length if shape.structure == "transformer_xl" else s
         layers = stage.layer_range(c.num_layers)[1]       # one chunk; in_flight counts chunk passes
         total += _stack_bytes(_layer(shape, s, b, keys=keys), layers, in_flight, run, act_bytes)
-        if shape.family == "transformer_xl":   # the memory of every micro-batch stream, kept between steps
+        if shape.structure == "transformer_xl":   # the memory of every micro-batch stream, kept between steps
             total += shape.mem_length * b * c.hidden_size * act_bytes * layers * (virtual or 1) * num_microbatches
         last = stage.is_last if not virtual else pipeline_rank == p.pipeline_model_parallel_size - 1
         out_seq = s

@@ -13,10 +13,8 @@ from typing import Dict
 import torch
 
 from megatron_core import mpu
-from megatron_core.models.gpt import GPTModel
 from megatron_core.models.llama import llama_config
-from megatron_core.models.t5 import T5Model
-from megatron_core.models.transformer_xl import TransformerXLModel
+from megatron_core.models.registry import get_family
 from megatron_core.mpu.layout import PipelineStage
 from megatron_core.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
 from megatron_core.transformer.config import TransformerConfig
@@ -46,12 +44,8 @@ def tiny_config(family: str) -> TransformerConfig:
 
 
 def build_tiny_model(family: str, config: TransformerConfig, padded_vocab_size: int, stage: PipelineStage):
-    if family in ("gpt", "llama"):
-        return GPTModel(config, padded_vocab_size, MAX_POSITIONS, stage=stage)
-    if family == "t5":
-        return T5Model(config, padded_vocab_size, decoder_num_layers=config.num_layers,
-                       max_sequence_length=MAX_POSITIONS, stage=stage if stage.size > 1 else None)
-    return TransformerXLModel(config, padded_vocab_size, MEM_LENGTH, stage=stage)
+    """The tiny model of `family`, built as a checkpoint of it is: by its registry entry."""
+    return get_family(tiny_family(family)).build_model(config, padded_vocab_size, tiny_model_options(family), stage)
 
 
 def tiny_args_record(family: str, tp: int, pp: int) -> Dict:
@@ -67,6 +61,20 @@ def tiny_args_record(family: str, tp: int, pp: int) -> Dict:
     if family == "transformer_xl":
         record.update(mem_length=MEM_LENGTH, seq_length=MAX_POSITIONS)
     return record
+
+
+def tiny_family(family: str) -> str:
+    """Our family name of a tiny model ("llama" is a GPT with Llama's config)."""
+    return "gpt" if family == "llama" else family
+
+
+def tiny_model_options(family: str) -> Dict:
+    """What the checkpoint records for build_tiny_model's other arguments (models/registry.py)."""
+    if family in ("gpt", "llama"):
+        return {"max_sequence_length": MAX_POSITIONS}
+    if family == "t5":
+        return {"decoder_num_layers": _SHAPE["num_layers"], "max_sequence_length": MAX_POSITIONS}
+    return {"mem_length": MEM_LENGTH}
 
 
 def tiny_padded_vocab_size(family: str) -> int:
@@ -93,5 +101,6 @@ def write_tiny_checkpoint(directory: str, family: str, tensor_model_parallel_siz
         write_weights_checkpoint(directory, full,
                                  lambda stage: build_tiny_model(family, config, padded, PipelineStage(
                                      stage.rank, stage.size, split_rank=split)),
-                                 record, config, BERT_VOCAB_SIZE, padded, tp, pp)
+                                 record, config, BERT_VOCAB_SIZE, padded, tp, pp, family=tiny_family(family),
+                                 model_options=tiny_model_options(family))
     return directory

@@ -19,16 +19,19 @@ from tests.harness import find_free_port
 @contextmanager
 def single_process_world():
     """A world of one gloo process in this pytest process with TP=1 model-parallel groups;
-    a process group already set up is reused and left in place."""
+    a process group already set up is reused and left in place. Torn down also when the
+    body fails, so one failing test does not fail the next ones of the process."""
     created = not dist.is_initialized()
     if created:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1,
                                 timeout=datetime.timedelta(seconds=60))
-    mpu.initialize_model_parallel(1)
-    yield
-    mpu.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
+    try:
+        mpu.initialize_model_parallel(1)
+        yield
+    finally:
+        mpu.destroy_model_parallel()
+        if created:
+            dist.destroy_process_group()
 
 
 def full_shape(param: torch.Tensor) -> List[int]:

@@ -2,6 +2,7 @@
 
     prefix = preprocess_zh_news(tmp_dir)                        # <tmp>/zh_text_document, with EOD
     prefix = preprocess_zh_news(tmp_dir, split_sentences=True)  # <tmp>/zh_text_sentence, 4 paragraphs a document
+    vocab = write_gbk_vocab(tmp_dir)                            # a vocab.txt that is not UTF-8
 
 The tool runs as a user runs it (a subprocess), so the tests read what users' data looks like.
 """
@@ -18,6 +19,18 @@ TEST_DATA = os.path.join(ROOT, "tests", "data")
 BERT_VOCAB = os.path.join(TEST_DATA, "vocab", "bert-base-chinese-vocab.txt")
 ZH_NEWS = os.path.join(TEST_DATA, "zh_news_200.jsonl")
 FINETUNE_JSONL = os.path.join(TEST_DATA, "finetune_small.jsonl")
+
+# Where the first byte that is not UTF-8 sits in write_gbk_vocab's file: 清 in GBK is c7 e5.
+GBK_VOCAB_BAD_BYTE = "byte 0xc7 at offset 31"
+
+
+def write_gbk_vocab(directory: str) -> str:
+    """A Chinese WordPiece vocabulary saved as GBK (as Windows editors save it) where UTF-8 is
+    expected; returns its path."""
+    path = os.path.join(str(directory), "vocab-gbk.txt")
+    with open(path, "wb") as f:
+        f.write("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n清华\n".encode("gbk"))
+    return path
 
 
 def _write_lines(path: str, first: int, stop: int, per_document: int) -> None:

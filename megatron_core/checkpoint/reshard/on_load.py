@@ -21,6 +21,7 @@ from ...errors import CheckpointError
 from ..contents import PER_PARAMETER, model_keys
 from ..file_io import load_file
 from ..formats import detect_layout
+from ..state_dict_fit import describe_mismatch
 from .source import SavedCheckpoint
 from .targets import target_optimizer_state, target_weight
 
@@ -57,6 +58,12 @@ def resharded_chunk_states(source: SavedCheckpoint, chunks: List, tensor_rank: i
                               f"--no-load-optim.")
     for key, chunk in zip(keys, chunks):
         target = chunk.sharding_map()
+        # (keys of other pipeline stages are not this chunk's: only the missing ones can be named here)
+        wanted = [target.global_key(local) for local in target.tensors]
+        missing = describe_mismatch(dict.fromkeys(wanted), dict.fromkeys(n for n in wanted if n in source.owners))
+        if missing is not None:
+            raise CheckpointError(f"{source.iteration_path} does not fit this model: {missing}; it was saved from "
+                                  f"another model: use the model flags it was saved with.")
         trainable = {name for name, p in chunk.named_parameters() if p.requires_grad}
         state = {}
         for local, spec in target.tensors.items():

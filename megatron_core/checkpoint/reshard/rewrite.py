@@ -9,7 +9,9 @@ So the peak memory is about the largest output tensor plus one source piece, nev
 shard or model.
 
 Kept: iteration, consumed samples, the scheduler, the loss scaler, args and model config
-(with the new sizes), the padded vocabulary (unless re-padded on request), and the
+(with the new sizes), the model's family and options (a checkpoint written before they were
+recorded gets them here: the family guessed once, the options from its args by the caller's
+`legacy_options`, models/registry.py's), the padded vocabulary (unless re-padded on request), and the
 optimizer state, per parameter (the native backend loads it at any data-parallel size,
 with or without the distributed optimizer). Dropped: the RNG streams, which belong to
 the saved ranks (a resumed run seeds afresh; the training data order does not depend on
@@ -29,6 +31,7 @@ from ...mpu.layout import pad_vocab_size
 from ..contents import PER_PARAMETER
 from ..file_io import write_bytes_atomically
 from ..formats import layout_named
+from ..model_record import FAMILY_KEY, OPTIONS_KEY, saved_family
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
 from .source import SavedCheckpoint
 from .stages import TargetChunk, source_split_rank, target_chunks
@@ -84,9 +87,10 @@ def _shape(source: SavedCheckpoint, name: str, spec, size: int, padded: Optional
 
 
 def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Target, tensor_rank: int,
-                padded: Optional[int]) -> Dict:
+                padded: Optional[int], model: Dict) -> Dict:
     size = target.tensor_model_parallel_size
     head = {k: v for k, v in source.head.items() if k not in ("rng_state", "sharding_map")}
+    head.update(model)
     parallel = dict(source.parallel, tensor_model_parallel_size=size,
                     pipeline_model_parallel_size=target.pipeline_model_parallel_size,
                     data_parallel_size=target.data_parallel_size or source.parallel.get("data_parallel_size"))
@@ -136,16 +140,27 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
 
 
 def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
-                       budget_bytes: int = DEFAULT_BUDGET_BYTES, progress: Callable[[str], None] = print) -> Dict:
-    """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary."""
+                       budget_bytes: int = DEFAULT_BUDGET_BYTES, progress: Callable[[str], None] = print,
+                       legacy_options: Optional[Callable[[str, Dict], Dict]] = None) -> Dict:
+    """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary.
+    `legacy_options(family, args)`: the model options of a source that records none."""
     source = SavedCheckpoint(source_dir, target.ckpt_format or "megatron", budget_bytes)
     try:
-        return _rewrite(source, output_dir, target, progress)
+        return _rewrite(source, output_dir, target, progress, legacy_options)
     finally:
         source.files.release()
 
 
-def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress: Callable[[str], None]) -> Dict:
+def _model_entries(source: SavedCheckpoint, legacy_options: Optional[Callable[[str, Dict], Dict]]) -> Dict:
+    family = saved_family(source.iteration_path, source.head, list(source.owners), say=print)
+    options = source.head.get(OPTIONS_KEY)
+    if options is None and legacy_options is not None:
+        options = legacy_options(family, dict(source.head.get("args") or {}))
+    return {FAMILY_KEY: family, **({OPTIONS_KEY: options} if options is not None else {})}
+
+
+def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress: Callable[[str], None],
+             legacy_options: Optional[Callable[[str, Dict], Dict]] = None) -> Dict:
     if os.path.abspath(output_dir) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
         raise CheckpointError(f"--output {output_dir} is the checkpoint being resharded; write to a new directory.")
     if target.keep_optimizer and source.engine and not source.has_optimizer():
@@ -156,6 +171,7 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")
     layout = layout_named(target.ckpt_format) if target.ckpt_format else source.layout
     padded = _padded_vocab(source, target)
+    model = _model_entries(source, legacy_options)
     chunks = target_chunks(source, target.tensor_model_parallel_size, target.pipeline_model_parallel_size, padded,
                            _split_rank(source, target))
     written = 0
@@ -165,7 +181,7 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
             path = layout.model_file(output_dir, source.iteration, tensor_rank, target.tensor_model_parallel_size,
                                      pipeline_rank, target.pipeline_model_parallel_size)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            save_streamed(layout.to_file(_file_state(source, mine, target, tensor_rank, padded)), path)
+            save_streamed(layout.to_file(_file_state(source, mine, target, tensor_rank, padded, model)), path)
             written += os.path.getsize(path)
             progress(f"  wrote {path}")
     if source.iteration is not None:
@@ -175,4 +191,4 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
         write_bytes_atomically(os.path.join(output_dir, layout.tracker_name), b"release\n")
     return {"iteration": source.iteration, "source": (source.tp, source.pp, source.parallel.get("data_parallel_size")),
             "layout": layout.name, "bytes_written": written, "padded_vocab_size": padded,
-            "optimizer": target.keep_optimizer}
+            "optimizer": target.keep_optimizer, "family": model[FAMILY_KEY]}

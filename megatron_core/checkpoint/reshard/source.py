@@ -138,7 +138,11 @@ class SavedCheckpoint:
     # --- weights ---------------------------------------------------------------------------
     def weight(self, name: str, tensor_rank: int) -> torch.Tensor:
         owner = self.owner(name)
-        saved = self.files.get(self.model_path(tensor_rank, owner.pipeline_rank))[owner.chunk][owner.key]
+        path = self.model_path(tensor_rank, owner.pipeline_rank)
+        saved = self.files.get(path)[owner.chunk].get(owner.key)
+        if saved is None:
+            raise CheckpointError(f"{path} holds no {owner.key}, which its sharding map lists: the file was changed "
+                                  f"after it was written; restore it.")
         if self.engine_stage == 3:       # placeholders: the weights are the optimizer's fp32 partitions
             return self._engine_zero3_weight(owner, tensor_rank, saved.dtype)
         return saved

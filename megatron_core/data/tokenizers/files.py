@@ -1,4 +1,5 @@
-"""Checks on tokenizer files, so a wrong path fails with the flag that names it."""
+"""Checks on tokenizer files, so a wrong path or a file that is not text fails with the flag
+that names it."""
 from __future__ import annotations
 
 import os
@@ -15,14 +16,28 @@ def require_file(path: Optional[str], flag: str, tokenizer_type: str) -> str:
     return path
 
 
+def read_text_file(path: str, flag: Optional[str], fix: str) -> str:
+    """The whole file as UTF-8 text (newlines kept as written); a file that is not UTF-8 is
+    one DataError naming the flag (if the user named the file by one), the file, the first
+    bad byte and `fix`."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        named = f"{flag} {path}" if flag else path
+        raise DataError(f"{named} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}); {fix}") from None
+
+
 def read_wordpiece_vocab(path: str) -> Dict[str, int]:
     """One token per line, id = line number.
 
     Lines are split on "\\n" only: real vocabularies contain tokens such as U+2028
     that str.splitlines() would treat as line breaks, shifting every later id.
     """
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        text = f.read()
+    text = read_text_file(path, "--vocab-file", "pass a WordPiece vocab.txt saved as UTF-8 "
+                                                "(e.g. iconv -t UTF-8), one token per line.")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

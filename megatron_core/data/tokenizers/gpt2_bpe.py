@@ -12,7 +12,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
 from megatron_core.data.tokenizers.base import RustBackedTokenizer
-from megatron_core.data.tokenizers.files import require_file
+from megatron_core.data.tokenizers.files import read_text_file, require_file
 from megatron_core.errors import DataError
 
 _EOD = "<|endoftext|>"
@@ -23,10 +23,12 @@ class GPT2BPETokenizer(RustBackedTokenizer):
         super().__init__("GPT2BPETokenizer")
         require_file(vocab_file, "--vocab-file", self.name)
         require_file(merge_file, "--merge-file", self.name)
+        vocab_text = read_text_file(vocab_file, "--vocab-file", "pass GPT-2's vocab.json.")
+        # The Rust loader's own message for this is "stream did not contain valid UTF-8".
+        read_text_file(merge_file, "--merge-file", "pass GPT-2's merges.txt.")
         try:
-            with open(vocab_file, encoding="utf-8") as f:
-                vocab = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            vocab = json.loads(vocab_text)
+        except json.JSONDecodeError as e:
             raise DataError(
                 f"--vocab-file {vocab_file} is not GPT-2's vocab.json ({e}); a BERT vocab.txt "
                 f"needs --tokenizer-type BertWordPieceLowerCase.") from None

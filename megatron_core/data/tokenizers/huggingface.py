@@ -15,6 +15,7 @@ from typing import Dict, Optional
 from tokenizers import Tokenizer
 
 from megatron_core.data.tokenizers.base import RustBackedTokenizer
+from megatron_core.data.tokenizers.files import read_text_file
 from megatron_core.errors import DataError
 
 _ROLES = {"cls": "cls_token", "sep": "sep_token", "pad": "pad_token", "mask": "mask_token",
@@ -35,10 +36,10 @@ def _read_role_names(directory: str) -> Dict[str, str]:
         path = os.path.join(directory, filename)
         if not os.path.isfile(path):
             continue
+        text = read_text_file(path, None, "save it as UTF-8 JSON or remove it.")
         try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
+            config = json.loads(text)
+        except ValueError as e:
             raise DataError(f"{path} is not valid JSON ({e}); fix or remove it.") from None
         for role, key in _ROLES.items():
             name = _token_string(config.get(key))
@@ -62,8 +63,10 @@ class HuggingFaceTokenizer(RustBackedTokenizer):
             raise DataError(
                 f"--tokenizer-model {tokenizer_model}: no tokenizer.json found; save the "
                 f"tokenizer with transformers' save_pretrained (downloads are not attempted).")
+        text = read_text_file(path, "--tokenizer-model", "pass a tokenizer.json saved by "
+                                                         "transformers' save_pretrained.")
         try:
-            self._tokenizer = Tokenizer.from_file(path)
+            self._tokenizer = Tokenizer.from_str(text)
         except Exception as e:  # the Rust loader raises a plain Exception on bad JSON
             raise DataError(f"--tokenizer-model {path} could not be loaded ({e}).") from None
         self._vocab = self._tokenizer.get_vocab(with_added_tokens=True)

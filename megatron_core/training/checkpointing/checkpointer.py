@@ -1,6 +1,7 @@
 """Save and load a training run's checkpoints: the loop's only contact with this package.
 
-    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule)
+    checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, "gpt", {"max_sequence_length": 1024},
+                               vocab_size=21128, padded_vocab_size=21248)
     checkpoints.load(state)                   # --load: weights, optimizer, scheduler, RNG, counters
     while ...:
         ... one iteration ...
@@ -13,6 +14,9 @@ Who writes a rank's files is the backend's choice (backend.checkpoint_files): ou
 (layout_files.py) for the native backend, DeepSpeed's engine (deepspeed_engine.py) for
 --deepspeed. Both take the same contents (contents.py) and write the same DeepSpeed layout
 where they share it; the Checkpointer owns the tracker, the counters, the schedule and RNG.
+Every file records the run's model family and its builder options (checkpoint/model_record.py);
+a --load of another family's checkpoint is one sentence (a legacy file's family is guessed
+once, with one printed line).
 
 A save is collective. Each rank writes its files atomically (file_io.py); then every rank
 learns whether every other one succeeded; only then does rank 0 replace the tracker, last
@@ -35,6 +39,8 @@ from .exit_conditions import ExitConditions
 from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
 from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
+from ...checkpoint.model_record import check_family
+from ...checkpoint.state_dict_fit import load_fitting
 
 
 def _print(message: str) -> None:
@@ -43,8 +49,11 @@ def _print(message: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, run, args, chunks: List, backend, lr_schedule):
+    def __init__(self, run, args, chunks: List, backend, lr_schedule, family: str, model_options: dict,
+                 vocab_size: Optional[int], padded_vocab_size: Optional[int]):
         self.run, self.args, self.chunks, self.backend, self.lr_schedule = run, args, chunks, backend, lr_schedule
+        self.family, self.model_options = family, model_options
+        self.vocab_size, self.padded_vocab_size = vocab_size, padded_vocab_size
         self.config = run.checkpoint
         self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
         self.layout = self.files.layout
@@ -83,7 +92,9 @@ class Checkpointer:
 
         def contents_for(backend_state, include_optimizer):
             return model_state(self.run, self.args, self.chunks, backend_state, self.lr_schedule, state, rng_states,
-                               include_optimizer=include_optimizer)
+                               include_optimizer=include_optimizer, family=self.family,
+                               model_options=self.model_options, vocab_size=self.vocab_size,
+                               padded_vocab_size=self.padded_vocab_size)
         error = self.files.save(directory, iteration, model_path, contents_for)
         self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
         tracker_error = None
@@ -156,6 +167,8 @@ class Checkpointer:
         first = layout.first_model_file(iteration_path)
         # Only this file's small entries are read: its tensors stay mapped, untouched.
         head = layout.from_file(self.files.read(first, mmap=True)) if first else {}
+        if head:
+            check_family(first, head, self._tensor_names(head), self.family)
         parallel = head.get("parallel")
         # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
         # reads them per parameter, as it reads another layout (reshard/engine_source.py).
@@ -173,6 +186,12 @@ class Checkpointer:
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 
+    @staticmethod
+    def _tensor_names(head: dict) -> List[str]:
+        """The model tensors' names in one rank file (its chunks' state dicts)."""
+        return [key for name, chunk in head.items() if name == "model" or (name.startswith("model")
+                and name[5:].isdigit()) if isinstance(chunk, dict) for key in chunk]
+
     def _load_resharded(self, directory: str, layout, iteration, parallel: dict, state) -> None:
         """Another TP / PP / DP size or optimizer layout: this rank reads the slices of its
         chunks' tensors and optimizer state (reshard/on_load.py); counters, scheduler and
@@ -185,7 +204,7 @@ class Checkpointer:
                                   f"and resume that without --deepspeed.")
         source = reshard.SavedCheckpoint(directory, layout.name)
         where = source.model_path(0, 0)
-        compatibility.check_model(where, source.head, self.run, getattr(self.args, "padded_vocab_size", None))
+        compatibility.check_model(where, source.head, self.run, self.padded_vocab_size)
         release = iteration is None
         weights_only = release or self.config.finetune
         load_optimizer = not weights_only and not self.config.no_load_optim
@@ -195,9 +214,10 @@ class Checkpointer:
                    f"optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
-            getattr(self.args, "padded_vocab_size", None), with_optimizer)
+            self.padded_vocab_size, with_optimizer)
         for key, chunk, chunk_state in zip(model_keys(len(self.chunks)), self.chunks, states):
-            chunk.load_state_dict(chunk_state, strict=True)
+            load_fitting(chunk, chunk_state, f"{where}: {key} does not fit this model",
+                         "use the model flags it was saved with.")
         head = source.head
         backend_state = {}
         if not weights_only:
@@ -232,7 +252,7 @@ class Checkpointer:
                                                (self.run.parallel.tensor_model_parallel_size,
                                                 self.run.parallel.pipeline_model_parallel_size))
         compatibility.check_virtual_stages(model_path, parallel, self.run)
-        compatibility.check_model(model_path, saved, self.run, getattr(self.args, "padded_vocab_size", None))
+        compatibility.check_model(model_path, saved, self.run, self.padded_vocab_size)
         keys = model_keys(len(self.chunks))
         missing = [key for key in keys if key not in saved]
         if missing:
