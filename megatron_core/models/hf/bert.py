@@ -26,7 +26,7 @@ import torch
 
 from ...transformer.config import TransformerConfig
 from ..bert import BertModel
-from .common import (ConversionError, HFMapping, ModelSpec, check_vocab_rows, count_layers, hf_architecture,
+from .common import (ConversionError, HFMapping, ModelSpec, owning_outputs, check_vocab_rows, count_layers, hf_architecture,
                      hf_config_object, model_argument, pad_vocab_rows, trim_vocab_rows)
 from .qkv_layout import deinterleave_qkv, interleave_qkv
 
@@ -121,6 +121,7 @@ def check_encoder_config(config: TransformerConfig, family: str, layernorm_posit
         raise ConversionError(f"{family} needs {', '.join(problems)}; this config differs.")
 
 
+@owning_outputs
 def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, layout: EncoderLayout,
                     family: str, padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """HF state dict (base model alone, or with `prefix` and cls heads) -> ours.
@@ -205,6 +206,7 @@ def encoder_from_hf(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig, l
     return out
 
 
+@owning_outputs
 def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, layout: EncoderLayout,
                   family: str, with_prefix: bool, with_pooler: bool, with_mlm_head: bool, with_binary_head: bool,
                   vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
@@ -254,7 +256,7 @@ def encoder_to_hf(our_sd: Dict[str, torch.Tensor], config: TransformerConfig, la
     if with_binary_head:
         for ours, theirs in _wb(BINARY_HEAD):
             out[theirs] = take(ours)
-    return {k: v.detach().clone() for k, v in out.items()}
+    return out
 
 
 def hf_activation(hf_config) -> str:

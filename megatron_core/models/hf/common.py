@@ -9,6 +9,7 @@ have `vocab_size`. Import appends zero rows (pad_vocab_rows), export drops them
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -19,7 +20,8 @@ from ...errors import ConversionError
 from ...transformer.config import TransformerConfig
 
 __all__ = ["ConversionError", "ModelSpec", "HFMapping", "model_argument", "hf_config_object", "hf_architecture",
-           "pad_vocab_rows", "trim_vocab_rows", "check_vocab_rows", "require", "count_layers", "take"]
+           "pad_vocab_rows", "trim_vocab_rows", "check_vocab_rows", "require", "count_layers", "take",
+           "owning_outputs"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,54 @@ def take(state_dict: Dict[str, torch.Tensor], key: str, family: str) -> torch.Te
         return state_dict[key]
     except KeyError:
         raise ConversionError(f"the {family} state dict has no {key!r}; is it a checkpoint of that model?") from None
+
+
+class _ReadsRecorded(Mapping):
+    """A state dict that notes the storage address of every tensor read from it (addresses only:
+    it keeps no tensor alive)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
+        self.state_dict, self.addresses = state_dict, set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = self.state_dict[key]
+        if isinstance(value, torch.Tensor) and not value.is_meta:
+            self.addresses.add(value.untyped_storage().data_ptr())
+        return value
+
+    def __iter__(self):
+        return iter(self.state_dict)
+
+    def __len__(self) -> int:
+        return len(self.state_dict)
+
+    def __contains__(self, key) -> bool:
+        return key in self.state_dict
+
+
+def _needs_copy(tensor: torch.Tensor, read: set, seen: Dict[int, int]) -> bool:
+    if tensor.is_meta:
+        return False
+    address = tensor.untyped_storage().data_ptr()
+    return (tensor.numel() == 0 or address in read or seen[address] > 1 or not tensor.is_contiguous()
+            or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size())
+
+
+def owning_outputs(convert: Callable[..., Dict[str, torch.Tensor]]) -> Callable[..., Dict[str, torch.Tensor]]:
+    """Decorate a state-dict conversion (its first argument the state dict) so that every output
+    tensor owns its whole storage: one that is an input (or a view of one), shares storage with
+    another output, or views part of a larger storage is cloned; one the conversion made fresh (a
+    concatenation, a padded table) is returned as it is. Cloning only those keeps a streamed
+    conversion at its inputs plus its outputs, not a third copy of the window."""
+    @functools.wraps(convert)
+    def converted(state_dict, *args, **kwargs):
+        recorded = _ReadsRecorded(state_dict)
+        outputs = convert(recorded, *args, **kwargs)
+        seen: Dict[int, int] = {}
+        for value in outputs.values():
+            if not value.is_meta:
+                address = value.untyped_storage().data_ptr()
+                seen[address] = seen.get(address, 0) + 1
+        return {key: value.detach().clone() if _needs_copy(value, recorded.addresses, seen) else value.detach()
+                for key, value in outputs.items()}
+    return converted

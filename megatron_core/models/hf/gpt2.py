@@ -20,7 +20,7 @@ import torch
 
 from ...transformer.config import TransformerConfig
 from ..gpt import GPTModel
-from .common import (ConversionError, HFMapping, ModelSpec, check_vocab_rows, count_layers, hf_architecture,
+from .common import (ConversionError, HFMapping, ModelSpec, owning_outputs, check_vocab_rows, count_layers, hf_architecture,
                      hf_config_object, model_argument, pad_vocab_rows, require, take, trim_vocab_rows)
 from .qkv_layout import qkv_from_blocks, qkv_to_blocks
 
@@ -52,6 +52,7 @@ def check_config(config: TransformerConfig) -> None:
                               f"({config.kv_channels} x {config.num_attention_heads} != {config.hidden_size}).")
 
 
+@owning_outputs
 def from_hf_state_dict(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                        padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """GPT2LMHeadModel (or GPT2Model) state dict -> our GPTModel's (padded_vocab_size appends zero rows)."""
@@ -79,9 +80,10 @@ def from_hf_state_dict(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig
             w = take(hf_sd, f"{hf}{hf_name}.weight", FAMILY)
             ours[f"{our}{our_name}.weight"] = w.t().contiguous() if conv else w
             ours[f"{our}{our_name}.bias"] = take(hf_sd, f"{hf}{hf_name}.bias", FAMILY)
-    return {k: v.clone() for k, v in ours.items()}
+    return ours
 
 
+@owning_outputs
 def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                      vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Our GPTModel's full state dict -> GPT2LMHeadModel's (vocab_size drops our padding rows)."""
@@ -105,7 +107,7 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
             w = take(our_sd, f"{our}{our_name}.weight", "GPTModel")
             hf[f"{h}{hf_name}.weight"] = w.t().contiguous() if conv else w
             hf[f"{h}{hf_name}.bias"] = take(our_sd, f"{our}{our_name}.bias", "GPTModel")
-    return {k: v.clone() for k, v in hf.items()}
+    return hf
 
 
 def hf_config_dict(config: TransformerConfig, vocab_size: int, max_position_embeddings: int) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from ...transformer.config import TransformerConfig
 from ..gpt import GPTModel
-from .common import (ConversionError, HFMapping, ModelSpec, check_vocab_rows, count_layers, hf_architecture,
+from .common import (ConversionError, HFMapping, ModelSpec, owning_outputs, check_vocab_rows, count_layers, hf_architecture,
                      hf_config_object, model_argument, pad_vocab_rows, require, take, trim_vocab_rows)
 from .qkv_layout import deinterleave_qkv, interleave_qkv
 
@@ -44,6 +44,7 @@ def check_config(config: TransformerConfig) -> None:
             final_layernorm=True)
 
 
+@owning_outputs
 def from_hf_state_dict(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                        padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """LlamaForCausalLM state dict -> our GPTModel's (padded_vocab_size appends zero rows)."""
@@ -69,9 +70,10 @@ def from_hf_state_dict(hf_sd: Dict[str, torch.Tensor], config: TransformerConfig
                                                             take(hf_sd, hf + "mlp.up_proj.weight", FAMILY)])
         for our_name, hf_name in _LAYER_PAIRS:
             ours[our + our_name] = take(hf_sd, hf + hf_name, FAMILY)
-    return {k: v.clone() for k, v in ours.items()}
+    return ours
 
 
+@owning_outputs
 def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
                      vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Our GPTModel's full state dict -> LlamaForCausalLM's (vocab_size drops our padding rows)."""
@@ -92,7 +94,7 @@ def to_hf_state_dict(our_sd: Dict[str, torch.Tensor], config: TransformerConfig,
         hf[h + "mlp.gate_proj.weight"], hf[h + "mlp.up_proj.weight"] = gate, up
         for our_name, hf_name in _LAYER_PAIRS:
             hf[h + hf_name] = take(our_sd, our + our_name, "GPTModel")
-    return {k: v.clone() for k, v in hf.items()}
+    return hf
 
 
 def hf_config_dict(config: TransformerConfig, vocab_size: int, max_position_embeddings: int) -> dict:

@@ -44,7 +44,7 @@ import torch
 
 from ...transformer.config import TransformerConfig
 from ..t5 import T5Model
-from .common import (ConversionError, HFMapping, ModelSpec, check_vocab_rows, hf_architecture, hf_config_object,
+from .common import (ConversionError, HFMapping, ModelSpec, owning_outputs, check_vocab_rows, hf_architecture, hf_config_object,
                      model_argument, pad_vocab_rows, take, trim_vocab_rows)
 from .qkv_layout import deinterleave_kv, deinterleave_qkv, interleave_kv, interleave_qkv
 
@@ -122,6 +122,7 @@ def _ffn_prefix(is_decoder: bool) -> int:
     return 2 if is_decoder else 1
 
 
+@owning_outputs
 def from_hf_state_dict(hf_state: Dict[str, torch.Tensor], config: TransformerConfig,
                        decoder_num_layers: Optional[int] = None,
                        padded_vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
@@ -170,9 +171,10 @@ def from_hf_state_dict(hf_state: Dict[str, torch.Tensor], config: TransformerCon
         # transformers 5 saves a tied lm_head only as `shared`
         out["output_layer.weight"] = pad_vocab_rows(hf_state.get("lm_head.weight", shared), padded_vocab_size,
                                                     "lm_head")
-    return {k: v.clone() for k, v in out.items()}
+    return out
 
 
+@owning_outputs
 def to_hf_state_dict(state: Dict[str, torch.Tensor], config: TransformerConfig,
                      decoder_num_layers: Optional[int] = None,
                      vocab_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
@@ -221,7 +223,7 @@ def to_hf_state_dict(state: Dict[str, torch.Tensor], config: TransformerConfig,
         out[f"{stack}.final_layer_norm.weight"] = get(f"{stack}.final_layernorm.weight")
     out["lm_head.weight"] = shared if config.share_embeddings_and_output_weights \
         else trim_vocab_rows(get("output_layer.weight"), vocab_size, "the output layer")
-    return {k: v.clone() for k, v in out.items()}
+    return out
 
 
 # --- the registry entry: ModelSpec in, ModelSpec out -------------------------------------------------
