@@ -20,7 +20,7 @@ def _convert(state):
     fresh = torch.cat([a, b])
     halves = torch.cat([b, b]).chunk(2)
     return {"passed_through": a, "transposed_view": b.t(), "fresh": fresh, "tied_1": halves[0],
-             "tied_2": halves[1], "slice_of_fresh": torch.cat([a, a])[:2], "meta": torch.empty(3, device="meta")}
+            "tied_2": halves[1], "slice_of_fresh": torch.cat([a, a])[:2], "meta": torch.empty(3, device="meta")}
 
 
 def test_inputs_and_shared_storage_are_copied_and_fresh_tensors_are_kept():
