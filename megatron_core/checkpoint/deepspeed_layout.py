@@ -21,6 +21,7 @@ import re
 from typing import List, Optional
 
 from ..errors import CheckpointError
+from .file_io import load_file
 
 TRACKER = "latest"
 _TAG = re.compile(r"^global_step(\d+)$")
@@ -94,7 +95,13 @@ class DeepSpeedLayout:
             ds_config=None, ds_version=DS_VERSION)
         return state
 
-    def from_file(self, state: dict) -> dict:
+    allowed_globals = ()
+
+    def read(self, path: str, mmap: bool = False) -> dict:
+        """The contents of the rank file `path` (tensors mapped with mmap=True)."""
+        return self.from_file(load_file(path, mmap=mmap), path)
+
+    def from_file(self, state: dict, path: Optional[str] = None) -> dict:
         state = dict(state)
         if "optimizer_state_dict" in state:
             state["optimizer"] = state.pop("optimizer_state_dict")

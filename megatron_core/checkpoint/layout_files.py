@@ -75,7 +75,7 @@ class LayoutFiles:
             else:
                 compatibility.check_optimizer_layout(model_path, parallel, self.run)
                 if self.run.parallel.use_distributed_optimizer:
-                    shard = layout.from_file(load_file(layout.optimizer_shard_file(model_path, self.dp_rank)))
+                    shard = layout.read(layout.optimizer_shard_file(model_path, self.dp_rank))
                     backend_state.update(shard["optimizer"])
                 else:
                     backend_state.update(saved["optimizer"])

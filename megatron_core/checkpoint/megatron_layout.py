@@ -17,6 +17,11 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+from ..errors import CheckpointError
+from .file_io import load_file
+from .megatron_lm.args import ALLOWED_GLOBALS
+from .megatron_lm.files import our_contents, written_by_megatron_lm
+
 TRACKER = "latest_checkpointed_iteration.txt"
 MODEL_FILE = "model_optim_rng.pt"
 RELEASE = "release"
@@ -51,7 +56,6 @@ def optimizer_shard_file(model_path: str, data_parallel_rank: int) -> str:
 
 def parse_tracker(text: str, path: str) -> Optional[int]:
     """The iteration a tracker names (None: release); CheckpointError for anything else."""
-    from ..errors import CheckpointError
     value = text.strip()
     if value == RELEASE:
         return None
@@ -109,5 +113,18 @@ class MegatronLayout:
     def to_file(self, state: dict) -> dict:
         return state
 
-    def from_file(self, state: dict) -> dict:
+    # Megatron-LM's own files pickle their args as a Namespace (megatron_lm/args.py)
+    allowed_globals = ALLOWED_GLOBALS
+
+    def from_file(self, state: dict, path: Optional[str] = None) -> dict:
+        """Our contents; a file Megatron-LM wrote is read into them (megatron_lm/files.py)."""
+        if written_by_megatron_lm(state):
+            if path is None:
+                raise CheckpointError("a Megatron-LM file was read without its path, which names its ranks; "
+                                      "please report it.")
+            return our_contents(state, path)
         return state
+
+    def read(self, path: str, mmap: bool = False) -> dict:
+        """The contents of the rank file `path` (tensors mapped with mmap=True)."""
+        return self.from_file(load_file(path, mmap=mmap, allow=self.allowed_globals), path)

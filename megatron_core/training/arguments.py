@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import types
 from typing import Callable, List, Optional
 
 import torch
@@ -594,18 +593,7 @@ def _precision_config(args) -> PrecisionConfig:
 
 def transformer_config_from_args(args) -> TransformerConfig:
     """The model's TransformerConfig from validated flags (Megatron's core_transformer_config_from_args)."""
-    values = dict(vars(args))
-    values.update(
-        activation="swiglu" if args.swiglu else ("gelu_tanh" if getattr(args, "openai_gelu", False) else "gelu"),
-        num_query_groups=args.num_query_groups if args.group_query_attention else None,
-        add_qkv_bias=args.add_bias_linear or args.add_qkv_bias,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        recompute_method=args.recompute_method or "uniform",
-        recompute_num_layers=args.recompute_num_layers or 1,
-        rotary_base=float(args.rotary_base),
-    )
-    return build(TransformerConfig, types.SimpleNamespace(**values),
-                 {"layernorm_epsilon": "norm_epsilon", "init_seed": "seed"})
+    return TransformerConfig.from_megatron_flags(vars(args))
 
 
 def build_run_config(args) -> RunConfig:

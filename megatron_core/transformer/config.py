@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -233,6 +233,32 @@ class TransformerConfig:
         values = dataclasses.asdict(self)
         values["params_dtype"] = str(self.params_dtype).replace("torch.", "")
         return values
+
+    @classmethod
+    def from_megatron_flags(cls, flags: Mapping) -> "TransformerConfig":
+        """The config that Megatron-LM's flags describe, by the names its arguments.py gives them
+        (--swiglu, --openai-gelu, --group-query-attention, --untie-embeddings-and-output-weights,
+        --norm-epsilon, --seed, ...): a run's validated flags (training/arguments.py), or the args a
+        Megatron-LM checkpoint stores. Flags that are absent keep this config's defaults."""
+        values = dict(flags)
+        get = values.get
+        values.update(
+            activation="swiglu" if get("swiglu") else ("gelu_tanh" if get("openai_gelu") else "gelu"),
+            num_query_groups=get("num_query_groups") if get("group_query_attention") else None,
+            add_qkv_bias=bool(get("add_bias_linear", True) or get("add_qkv_bias")),
+            share_embeddings_and_output_weights=not get("untie_embeddings_and_output_weights", False),
+            recompute_method=get("recompute_method") or "uniform",
+            recompute_num_layers=get("recompute_num_layers") or 1,
+            rotary_base=float(get("rotary_base") or 10000))
+        renames = {"layernorm_epsilon": "norm_epsilon", "init_seed": "seed"}
+        chosen = {}
+        for f in dataclasses.fields(cls):
+            name = renames.get(f.name, f.name)
+            if f.init and name in values:
+                chosen[f.name] = values[name]
+        if isinstance(chosen.get("params_dtype"), str):
+            chosen["params_dtype"] = getattr(torch, chosen["params_dtype"])
+        return cls(**chosen)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":

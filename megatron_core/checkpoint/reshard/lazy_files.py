@@ -105,8 +105,10 @@ def _read_into(file, tensor: torch.Tensor, offset: int) -> None:
 
 
 class LazyFiles:
-    def __init__(self, transform: Optional[Callable[[dict], dict]] = None, budget_bytes: int = DEFAULT_BUDGET_BYTES):
-        self.transform = transform or (lambda state: state)
+    def __init__(self, transform: Optional[Callable[[dict, str], dict]] = None, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                 allow: Sequence = ()):
+        self.transform = transform or (lambda state, path: state)
+        self.allow = tuple(allow)
         self.budget_bytes = budget_bytes
         self._open: Dict[str, _Open] = {}
         self._read = 0
@@ -116,9 +118,9 @@ class LazyFiles:
     def get(self, path: str, allow: Sequence = ()) -> dict:
         """`path`'s state, mapped; `allow`: classes its pickle may name (file_io.load_file)."""
         if path not in self._open:
-            raw = load_file(path, mmap=True, allow=allow)
+            raw = load_file(path, mmap=True, allow=self.allow + tuple(allow))
             base = _mapping_base(path, raw)
-            self._open[path] = _Open(path, self.transform(raw), base, os.path.getsize(path))
+            self._open[path] = _Open(path, self.transform(raw, path), base, os.path.getsize(path))
         return self._open[path].state
 
     def _locate(self, view: torch.Tensor) -> Optional[tuple]:

@@ -19,7 +19,6 @@ from typing import Dict, List, Optional
 
 from ...errors import CheckpointError
 from ..contents import PER_PARAMETER, model_keys
-from ..file_io import load_file
 from ..formats import detect_layout
 from ..state_dict_fit import describe_mismatch
 from .source import SavedCheckpoint
@@ -88,7 +87,7 @@ def saved_padded_vocab_size(directory: Optional[str], preferred) -> Optional[int
             return None
         layout, iteration = found
         first = layout.first_model_file(layout.iteration_dir(directory, iteration))
-        return layout.from_file(load_file(first, mmap=True)).get("padded_vocab_size") if first else None
+        return layout.read(first, mmap=True).get("padded_vocab_size") if first else None
     except (CheckpointError, OSError):
         return None     # the checkpointer's load reports a damaged checkpoint in its own words
 

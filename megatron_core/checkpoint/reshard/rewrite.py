@@ -31,6 +31,7 @@ from ...mpu.layout import pad_vocab_size
 from ..contents import PER_PARAMETER
 from ..file_io import write_bytes_atomically
 from ..formats import layout_named
+from ..megatron_lm.files import FORMAT_MARK
 from ..model_record import FAMILY_KEY, OPTIONS_KEY, saved_family
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
 from .source import SavedCheckpoint
@@ -166,6 +167,10 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
     if target.keep_optimizer and source.engine and not source.has_optimizer():
         progress(f"note: the DeepSpeed engine's optimizer state in {source.iteration_path} cannot be carried (a "
                  f"ZeRO-0 file that does not name its parameters); writing the weights only, as --no-optim.")
+        target = dataclasses.replace(target, keep_optimizer=False)
+    if target.keep_optimizer and source.parallel.get(FORMAT_MARK):
+        progress(f"note: {source.iteration_path} is Megatron-LM's; its optimizer state is not carried yet, so the "
+                 f"weights are written alone, as --no-optim.")
         target = dataclasses.replace(target, keep_optimizer=False)
     if target.keep_optimizer and not source.has_optimizer():
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")

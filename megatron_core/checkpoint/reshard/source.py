@@ -75,7 +75,7 @@ class SavedCheckpoint:
     def __init__(self, directory: str, preferred: str = "megatron", budget_bytes: int = DEFAULT_BUDGET_BYTES):
         self.layout, self.root, self.iteration = locate(directory, preferred)
         self.iteration_path = self.layout.iteration_dir(self.root, self.iteration)
-        self.files = LazyFiles(self.layout.from_file, budget_bytes)
+        self.files = LazyFiles(self.layout.from_file, budget_bytes, allow=self.layout.allowed_globals)
         first = self.layout.first_model_file(self.iteration_path)
         if first is None:
             raise CheckpointError(f"{self.iteration_path} holds no model file; the checkpoint is incomplete or "

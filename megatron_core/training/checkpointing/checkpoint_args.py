@@ -14,7 +14,6 @@ from typing import Callable, List, Optional, Sequence
 
 from ...errors import CheckpointError
 from ..arguments import add_megatron_arguments
-from ...checkpoint.file_io import load_file
 from ...checkpoint.formats import tracked_checkpoint
 
 # What decides the model a checkpoint holds (Megatron-LM's load_args_from_checkpoint list, in our flags).
@@ -47,13 +46,11 @@ def explicit_destinations(argv: Sequence[str], extra_args_provider: Optional[Cal
 
 
 def read_checkpoint_args(directory: str, ckpt_format: str) -> tuple:
-    _, _, path = tracked_checkpoint(directory, ckpt_format, "--load (read by --use-checkpoint-args)")
-    saved = load_file(path)
+    layout, _, path = tracked_checkpoint(directory, ckpt_format, "--load (read by --use-checkpoint-args)")
+    saved = layout.read(path, mmap=True)       # a Megatron-LM file's Namespace comes back as plain values
     record = saved.get("args")
     if not isinstance(record, dict):
-        raise CheckpointError(f"{path} holds no args as plain values (a Megatron-LM checkpoint pickles a "
-                              f"Namespace, which is never unpickled here); give the model flags instead of "
-                              f"--use-checkpoint-args.")
+        raise CheckpointError(f"{path} holds no args; give the model flags instead of --use-checkpoint-args.")
     return record, path
 
 

@@ -41,6 +41,7 @@ from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
+from ...checkpoint.megatron_lm.files import FORMAT_MARK
 
 
 def _print(message: str) -> None:
@@ -166,14 +167,16 @@ class Checkpointer:
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
         first = layout.first_model_file(iteration_path)
         # Only this file's small entries are read: its tensors stay mapped, untouched.
-        head = layout.from_file(self.files.read(first, mmap=True)) if first else {}
+        head = layout.read(first, mmap=True) if first else {}
         if head:
             check_family(first, head, self._tensor_names(head), self.family)
         parallel = head.get("parallel")
         # DeepSpeed's engine keeps its optimizer in its own ZeRO files: the native backend
         # reads them per parameter, as it reads another layout (reshard/engine_source.py).
         engine_files = reshard.written_by_engine(head) and self.backend.loads_per_parameter
-        if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files):
+        # Megatron-LM's own files (checkpoint/megatron_lm/) are read by their maps, at any sizes.
+        foreign = bool(parallel) and FORMAT_MARK in parallel
+        if parallel and (reshard.needs_resharding(parallel, self.run) or engine_files or foreign):
             self._load_resharded(directory, layout, iteration, parallel, state)
             return
         compatibility.check_parallel_sizes(iteration_path, layout.saved_parallel_sizes(iteration_path), wanted_sizes)
@@ -181,7 +184,7 @@ class Checkpointer:
         if not os.path.exists(model_path):
             raise CheckpointError(f"{model_path} is missing: the checkpoint is incomplete; restore it or point the "
                                   f"tracker at an earlier one.")
-        saved = layout.from_file(self.files.read(model_path))
+        saved = layout.read(model_path)
         self._restore(directory, iteration, saved, model_path, layout, state, release=iteration is None)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
@@ -232,8 +235,9 @@ class Checkpointer:
         if load_optimizer:
             self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
         self.backend.load_state_dict(backend_state)
-        _print(reshard.describe(parallel, self.run, iteration) + (" (from the DeepSpeed engine's files)"
-                                                                  if source.engine else ""))
+        origin = (" (from the DeepSpeed engine's files)" if source.engine else
+                  f" (from Megatron-LM's files, {parallel[FORMAT_MARK]} key names)" if FORMAT_MARK in parallel else "")
+        _print(reshard.describe(parallel, self.run, iteration) + origin)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 

@@ -1,0 +1,114 @@
+"""The `args` a Megatron-LM checkpoint pickles: read safely, checked, and written back.
+
+Megatron-LM stores its whole argparse.Namespace in every file. It is read with
+torch.load(weights_only=True) and an allowlist of exactly what Megatron-LM puts there:
+argparse.Namespace, torch dtypes (weights_only reads those anyway) and the enums its
+arguments hold. The enums are read as MegatronEnum stand-ins registered under Megatron's
+own class names, so no megatron import is needed and nothing else unpickles: any other
+class is refused with the file's name (file_io.load_file).
+
+Our flags carry Megatron-LM's names, so its args become our args record (plain values,
+run_record.args_to_dict) and our TransformerConfig (TransformerConfig.from_megatron_flags);
+what we cannot build is refused in one sentence (unsupported_options).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ...errors import CheckpointError
+from ..run_record import args_to_dict
+
+
+class MegatronEnum:
+    """A Megatron-LM enum member as read from a checkpoint: its class name and value."""
+    enum_name = "enum"
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{self.enum_name}({self.value!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((self.enum_name, self.value))
+
+
+# Megatron-LM's enums that its args hold (training.py sets args.model_type; arguments.py
+# args.attention_backend), by their full names.
+MEGATRON_ENUMS = ("megatron.core.enums.ModelType", "megatron.core.transformer.enums.AttnBackend",
+                  "megatron.core.transformer.enums.AttnMaskType", "megatron.core.enums.Fp8Recipe",
+                  "megatron.core.transformer.enums.CudaGraphScope")
+
+
+def _stand_in(full_name: str) -> type:
+    return type(full_name.rsplit(".", 1)[1], (MegatronEnum,), {"enum_name": full_name.rsplit(".", 1)[1]})
+
+
+ALLOWED_GLOBALS: List = [argparse.Namespace] + [(_stand_in(name), name) for name in MEGATRON_ENUMS]
+
+
+def plain_args(namespace) -> Dict:
+    """The args as our record keeps them: plain values; an enum by its value."""
+    if isinstance(namespace, Mapping):
+        return dict(namespace)
+    values = {name: (value.value if isinstance(value, MegatronEnum) else value)
+              for name, value in vars(namespace).items()}
+    return args_to_dict(argparse.Namespace(**values))
+
+
+# (flag, what it turns on, a test on its value)
+_UNSUPPORTED: Tuple = (
+    ("num_experts", "mixture-of-experts layers (MoE, --num-experts)", lambda v: v not in (None, 0, 1)),
+    ("multi_latent_attention", "multi-latent attention (MLA, --multi-latent-attention)", bool),
+    ("hybrid_override_pattern", "hybrid Mamba layers (--hybrid-override-pattern)", bool),
+    ("is_hybrid_model", "hybrid Mamba layers", bool),
+    ("qk_layernorm", "query/key layer norms (--qk-layernorm)", bool),
+    ("squared_relu", "the squared-ReLU activation (--squared-relu)", bool),
+    ("num_layers_per_virtual_pipeline_stage", None, lambda v: False),
+    ("decoder_first_pipeline_num_layers", "an uneven pipeline split (--decoder-first-pipeline-num-layers)",
+     lambda v: v is not None),
+    ("decoder_last_pipeline_num_layers", "an uneven pipeline split (--decoder-last-pipeline-num-layers)",
+     lambda v: v is not None),
+    ("account_for_embedding_in_pipeline_split", "an uneven pipeline split (--account-for-embedding-in-pipeline-split)",
+     bool),
+    ("account_for_loss_in_pipeline_split", "an uneven pipeline split (--account-for-loss-in-pipeline-split)", bool),
+)
+
+
+def unsupported_options(args: Mapping) -> List[str]:
+    return [what for flag, what, used in _UNSUPPORTED if what and flag in args and used(args[flag])]
+
+
+def check_supported(args: Mapping, where: str) -> None:
+    found = unsupported_options(args)
+    if found:
+        raise CheckpointError(f"{where} is a Megatron-LM checkpoint of a model with {', '.join(found)}, which "
+                              f"megatron_core does not build; convert a dense GPT, BERT or T5 model.")
+
+
+def parallel_sizes(args: Mapping, where: str) -> Tuple[int, int, Optional[int]]:
+    try:
+        tp, pp = int(args["tensor_model_parallel_size"]), int(args["pipeline_model_parallel_size"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{where} holds Megatron-LM args without tensor_model_parallel_size and "
+                              f"pipeline_model_parallel_size; the file is damaged or not Megatron-LM's.") from None
+    return tp, pp, args.get("virtual_pipeline_model_parallel_size")
+
+
+def megatron_namespace(record: Mapping, **overrides) -> argparse.Namespace:
+    """An argparse.Namespace of our args record, as Megatron-LM's load reads its args (our flag
+    names are its names); dtypes back as torch dtypes."""
+    values = dict(record, **overrides)
+    if isinstance(values.get("params_dtype"), str):
+        values["params_dtype"] = getattr(torch, values["params_dtype"])
+    return argparse.Namespace(**values)
+
+
+__all__ = ["ALLOWED_GLOBALS", "MegatronEnum", "plain_args", "unsupported_options", "check_supported",
+           "parallel_sizes", "megatron_namespace"]

@@ -1,0 +1,209 @@
+"""One Megatron-LM `torch`-format rank file as this package's checkpoint contents.
+
+    if written_by_megatron_lm(raw):
+        state = our_contents(raw, path)      # what contents.py describes, read by every loader
+
+Megatron-LM writes `iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt` in the directory layout
+ours uses, but with its own names (key_names.py), its args as a Namespace (args.py), no
+sharding map and no record of the model family. This module makes those from what the file
+and its args say, so --load, change_mp, convert_checkpoint and generate_text read a
+Megatron-LM checkpoint at any saved TP x PP and reshard it as they reshard ours:
+
+  model / model0..   tensors renamed to ours (views of the mapped file: nothing is copied,
+                     except a legacy file's QKV rows of checkpoint_version < 2, put in order);
+                     `_extra_state` entries (Transformer Engine's fp8 metadata) are dropped
+  sharding_map       each tensor's split by the kind of Megatron-LM module that holds it:
+                     column-parallel (QKV, fc1 -- stride 2 when gated --, the word table, the
+                     output layer, BERT's output bias: dim 0), row-parallel weights (dim 1),
+                     everything else replicated; layer offsets from the pipeline rank (and
+                     virtual chunk); a tied last stage's output table is a copy of the word table
+  args, model_config the args as plain values; TransformerConfig.from_megatron_flags of them
+  model_family       gpt, bert or t5 from the tensor names (the family's builder options then
+                     come from the args, as for our older files)
+  parallel           TP, PP, virtual PP, DP and the distributed-optimizer setting of the args
+
+The optimizer state is not carried yet: a file that holds one is read as weights, iteration,
+counters and scheduler, with `optimizer_dropped` set, so a resumed run starts a fresh
+optimizer from the weights (and says so).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ...errors import CheckpointError
+from ...mpu.sharding_map import ShardingMap, ShardSpec
+from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
+from ..file_io import load_file
+from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
+from .key_names import (LEGACY, flatten, is_extra_state, our_key, qkv_rows_to_current, style_of,
+                        unsupported_feature)
+
+FORMAT_MARK = "megatron_lm"          # parallel record entry: the file was read from Megatron-LM's format
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+_CHUNK = re.compile(r"^model\d*$")
+
+
+def written_by_megatron_lm(state: Mapping) -> bool:
+    """Megatron-LM's files carry checkpoint_version and args but not our format_version."""
+    return "checkpoint_version" in state and "format_version" not in state and "args" in state
+
+
+def _ranks(path: str) -> Tuple[int, int]:
+    match = _RANK_DIR.match(os.path.basename(os.path.dirname(path)))
+    if match is None:
+        raise CheckpointError(f"{path} is not in an mp_rank_XX or mp_rank_XX_YYY directory, so its tensor- and "
+                              f"pipeline-parallel ranks are unknown; keep Megatron-LM's directory names.")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def spec_of(key: str, gated: bool) -> ShardSpec:
+    """How Megatron-LM's module splits our key `key` over the tensor-parallel ranks."""
+    if key.endswith("word_embeddings.weight") or key == "output_layer.weight" or key == "lm_head.bias":
+        return ShardSpec(split_dim=0, vocab=True)
+    if re.search(r"\.(self_attention\.query_key_value|inter_attention\.(query|key_value))\.(weight|bias)$", key):
+        return ShardSpec(split_dim=0)
+    if re.search(r"\.mlp\.dense_h_to_4h\.(weight|bias)$", key):
+        return ShardSpec(split_dim=0, stride=2 if gated else 1)
+    if re.search(r"\.(self_attention\.dense|inter_attention\.dense|mlp\.dense_4h_to_h)\.weight$", key):
+        return ShardSpec(split_dim=1)
+    return ShardSpec()
+
+
+def _family(keys: List[str], style: str, sibling_keys) -> str:
+    def of(names) -> Optional[str]:
+        if any(".inter_attention." in k or ".cross_attention." in k or k.startswith("language_model.decoder.")
+               for k in names) or (any(k.startswith("encoder.") for k in names)
+                                   and any(k.startswith("decoder.") for k in names)):
+            return "t5"
+        if any(k.startswith(("lm_head.", "binary_head.", "pooler.", "language_model.pooler."))
+               or "tokentype_embeddings" in k for k in names):
+            return "bert"
+        if style != LEGACY and any(k.startswith("encoder.layers.") for k in names):
+            return "bert"
+        if style != LEGACY and any(k.startswith("decoder.") for k in names):
+            return "gpt"
+        return None
+    found = of(keys)
+    if found is None and style == LEGACY:
+        found = of(sibling_keys())      # a legacy middle stage: the last stage's heads say BERT or GPT
+    return found or "gpt"
+
+
+def _sibling_keys(path: str, tp_rank: int, pp: int):
+    def keys():
+        if pp == 1:
+            return []
+        other = os.path.join(os.path.dirname(os.path.dirname(path)), f"mp_rank_{tp_rank:02d}_{pp - 1:03d}",
+                             os.path.basename(path))
+        if not os.path.isfile(other):
+            return []
+        state = load_file(other, mmap=True, allow=ALLOWED_GLOBALS)
+        return [k for chunk in state if _CHUNK.match(chunk) for k in flatten(state[chunk])]
+    return keys
+
+
+def _layers_per_chunk(args: Mapping, pp: int, chunks: int, where: str) -> Dict[str, int]:
+    """Layers of one pipeline chunk (Megatron-LM splits them evenly)."""
+    total = int(args["num_layers"])
+    if total % (pp * chunks):
+        raise CheckpointError(f"{where}: {total} layers do not split evenly over {pp} pipeline stages x {chunks} "
+                              f"chunks; megatron_core reads Megatron-LM's even pipeline split only.")
+    return total // (pp * chunks)
+
+
+def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, version: float, tp: int,
+                 where: str) -> Tuple[Dict[str, torch.Tensor], int]:
+    stack = "encoder" if family == "bert" else "decoder"
+    state, skipped = {}, 0
+    heads = int(args["num_attention_heads"]) // tp
+    tied = not args.get("untie_embeddings_and_output_weights", False)
+    for name, tensor in flatten(raw_chunk).items():
+        if is_extra_state(name) or tensor is None:
+            skipped += 1
+            continue
+        what = unsupported_feature(name)
+        if what:
+            raise CheckpointError(f"{where} holds {name}, a tensor of {what}, which megatron_core does not build; "
+                                  f"convert a dense GPT, BERT or T5 model.")
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{where}: model entry {name} is a {type(tensor).__name__}, not a tensor; the file "
+                                  f"is damaged or not Megatron-LM's.")
+        key = our_key(name, style, stack)
+        if style == LEGACY and ".query_key_value." in key and version < 2.0:
+            tensor = qkv_rows_to_current(tensor, version, heads)
+        state[key] = tensor
+    if tied and "output_layer.weight" in state and "embedding.word_embeddings.weight" not in state \
+            and family == "gpt":
+        state["word_embeddings.weight"] = state.pop("output_layer.weight")   # megatron-core's tied last stage
+    return state, skipped
+
+
+def _chunk_map(state: Mapping[str, torch.Tensor], args: Mapping, config: TransformerConfig, family: str, tp: int,
+               offset: int, padded_vocab_size: int) -> ShardingMap:
+    gated = config.activation in GATED_ACTIVATIONS
+    tensors = {}
+    for key in state:
+        spec = spec_of(key, gated)
+        if key == "word_embeddings.weight":
+            spec = ShardSpec(split_dim=0, vocab=True, copy_of="embedding.word_embeddings.weight")
+        tensors[key] = spec
+    stacks = {m.group(1) for m in (re.match(r"^((?:encoder|decoder)\.layers)\.\d+\.", k) for k in state) if m}
+    return ShardingMap(tensors, tp, padded_vocab_size, args.get("vocab_size"), {s: offset for s in sorted(stacks)})
+
+
+def our_contents(raw: Mapping, path: str) -> Dict:
+    """`raw` (a Megatron-LM rank file, loaded) as the contents of one of our rank files."""
+    where = path
+    args = plain_args(raw["args"])
+    check_supported(args, where)
+    tp, pp, virtual = parallel_sizes(args, where)
+    tp_rank, pp_rank = _ranks(path)
+    version = float(raw.get("checkpoint_version") or 0)
+    chunk_names = sorted((k for k in raw if _CHUNK.match(k)), key=lambda k: int(k[5:] or 0))
+    if not chunk_names:
+        raise CheckpointError(f"{where} holds no 'model' entry: it is a Megatron-LM optimizer or distributed "
+                              f"checkpoint file, not a rank's model file.")
+    keys = [k for c in chunk_names for k in flatten(raw[c])]
+    style = style_of(keys)
+    family = _family(keys, style, _sibling_keys(path, tp_rank, pp))
+    if family == "t5" and pp > 1:
+        raise CheckpointError(f"{where} is a Megatron-LM T5 checkpoint split over {pp} pipeline stages; megatron_core "
+                              f"reads Megatron-LM's T5 at pipeline size 1 only.")
+    config = TransformerConfig.from_megatron_flags(args)
+    padded = args.get("padded_vocab_size")
+    contents: Dict = {"checkpoint_version": version, "iteration": int(raw.get("iteration", 0) or 0),
+                      "consumed_train_samples": int(args.get("consumed_train_samples") or 0),
+                      "consumed_valid_samples": int(args.get("consumed_valid_samples") or 0),
+                      "args": args, "model_config": config.to_dict(), "model_family": family,
+                      "rng_state": []}
+    per_chunk = _layers_per_chunk(args, pp, len(chunk_names), where)
+    maps, skipped = {}, 0
+    for index, name in enumerate(chunk_names):
+        state, dropped = _chunk_state(raw[name], args, style, family, version, tp, where)
+        skipped += dropped
+        if padded is None:
+            table = state.get("embedding.word_embeddings.weight", state.get("word_embeddings.weight"))
+            padded = None if table is None else table.shape[0] * tp
+        offset = (index * pp + pp_rank) * per_chunk if family != "t5" else 0
+        contents[name] = state
+        maps[name] = _chunk_map(state, args, config, family, tp, offset, padded).to_dict()
+    # Megatron-LM's args hold the tokenizer's own size only with --vocab-size: else the padded rows stand for it
+    contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
+                    megatron_lm_skipped_entries=skipped)
+    world = args.get("world_size")
+    data_parallel = args.get("data_parallel_size") or (world // (tp * pp) if world else 1)
+    contents["parallel"] = {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
+                            "virtual_pipeline_model_parallel_size": virtual if len(chunk_names) > 1 else None,
+                            "data_parallel_size": data_parallel,
+                            "use_distributed_optimizer": bool(args.get("use_distributed_optimizer")),
+                            "optimizer_dropped": True, FORMAT_MARK: style}
+    if isinstance(raw.get("opt_param_scheduler"), Mapping):
+        contents["opt_param_scheduler"] = dict(raw["opt_param_scheduler"])
+    return contents
+
+
+__all__ = ["written_by_megatron_lm", "our_contents", "spec_of", "FORMAT_MARK"]

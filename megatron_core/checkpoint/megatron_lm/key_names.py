@@ -1,0 +1,213 @@
+"""Tensor names between Megatron-LM's two naming schemes and ours.
+
+Our names are megatron-core's module prefixes with the legacy inner names. One layer:
+
+    ours                                   megatron-core (local / TE spec)                 legacy
+    input_layernorm.*                      input_layernorm.*  | self_attention.linear_qkv.layer_norm_*   same
+    self_attention.query_key_value.*       self_attention.linear_qkv.*                     same
+    self_attention.dense.*                 self_attention.linear_proj.*                    same
+    post_attention_layernorm.*             pre_mlp_layernorm.* | mlp.linear_fc1.layer_norm_*          same
+    mlp.dense_h_to_4h.*                    mlp.linear_fc1.*                                same
+    mlp.dense_4h_to_h.*                    mlp.linear_fc2.*                                same
+    inter_attention.query / key_value / dense   cross_attention.linear_q / linear_kv / linear_proj   same
+    post_inter_attention_layernorm.*       pre_cross_attn_layernorm.*                      same
+
+Around the layers, megatron-core's keys are ours (embedding.*, decoder.* / encoder.*,
+output_layer.*, BERT's pooler / lm_head / binary_head), except BERT's LM head: its
+`lm_head.layer_norm` is our `lm_head.layernorm` and its `output_layer.bias` our
+`lm_head.bias`. Legacy files nest their state dicts ({"language_model": {"embedding": {...},
+"encoder": {...}}}); flattened with dots, `language_model.encoder.layers.N.` (older files:
+`language_model.transformer.`) is our `decoder.layers.N.` for GPT and `encoder.layers.N.`
+for BERT, `language_model.embedding.` is `embedding.`, `language_model.output_layer.` is
+`output_layer.`, `language_model.pooler.` is `pooler.`, and a tied last stage's
+`word_embeddings_for_head.weight` is our stage copy of the word table.
+
+Legacy QKV order. checkpoint_version 2.0 and later (and megatron-core) keep the fused QKV
+rows per head as [q, k, v] (per query group with GQA), ours too; version 0 kept them as
+[all q; all k; all v], version 1.0 as [hn, 3] inside each head (legacy fix_query_key_value_ordering).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from ...errors import CheckpointError
+
+MCORE, LEGACY = "mcore", "legacy"
+KEY_STYLES = (MCORE, LEGACY)
+
+# (ours, megatron-core) inside one layer
+_LAYER_MCORE = (
+    ("self_attention.query_key_value.", "self_attention.linear_qkv."),
+    ("self_attention.dense.", "self_attention.linear_proj."),
+    ("post_attention_layernorm.", "pre_mlp_layernorm."),
+    ("mlp.dense_h_to_4h.", "mlp.linear_fc1."),
+    ("mlp.dense_4h_to_h.", "mlp.linear_fc2."),
+    ("inter_attention.query.", "cross_attention.linear_q."),
+    ("inter_attention.key_value.", "cross_attention.linear_kv."),
+    ("inter_attention.dense.", "cross_attention.linear_proj."),
+    ("post_inter_attention_layernorm.", "pre_cross_attn_layernorm."),
+)
+# Transformer Engine's fused layer norms, read only (we write the local spec's names)
+_LAYER_TE = (
+    ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"),
+    ("input_layernorm.bias", "self_attention.linear_qkv.layer_norm_bias"),
+    ("post_attention_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"),
+    ("post_attention_layernorm.bias", "mlp.linear_fc1.layer_norm_bias"),
+)
+# (ours, megatron-core) outside the layers: BERT's LM head
+_OUTSIDE_MCORE = (("lm_head.layernorm.", "lm_head.layer_norm."), ("lm_head.bias", "output_layer.bias"))
+_LAYER_KEY = re.compile(r"^((?:encoder|decoder)\.layers\.\d+\.)(.*)$")
+_UNSUPPORTED = {
+    "mlp.router.": "mixture-of-experts layers (MoE)",
+    "mlp.experts.": "mixture-of-experts layers (MoE)",
+    "linear_q_down_proj": "multi-latent attention (MLA)",
+    "linear_kv_down_proj": "multi-latent attention (MLA)",
+    "mixer.": "hybrid Mamba layers",
+    "q_layernorm.": "query/key layer norms (qk_layernorm)",
+    "k_layernorm.": "query/key layer norms (qk_layernorm)",
+}
+
+
+def is_extra_state(key: str) -> bool:
+    """Transformer Engine's and megatron-core's per-module `_extra_state` entries (fp8 metadata): not weights."""
+    return key.endswith("._extra_state") or key == "_extra_state"
+
+
+def unsupported_feature(key: str) -> Optional[str]:
+    for marker, what in _UNSUPPORTED.items():
+        if marker in key:
+            return what
+    return None
+
+
+def _swap(rest: str, pairs, forward: bool) -> Optional[str]:
+    for ours, theirs in pairs:
+        source, target = (theirs, ours) if forward else (ours, theirs)
+        if rest == source or (source.endswith(".") and rest.startswith(source)):
+            return target + rest[len(source):]
+    return None
+
+
+def ours_from_mcore(key: str) -> str:
+    """Our name of a megatron-core key (an unknown layer part is kept: the caller's map check names it)."""
+    match = _LAYER_KEY.match(key)
+    if match:
+        prefix, rest = match.groups()
+        swapped = _swap(rest, _LAYER_TE, True) or _swap(rest, _LAYER_MCORE, True)
+        return prefix + (swapped or rest)
+    return _swap(key, _OUTSIDE_MCORE, True) or key
+
+
+def mcore_from_ours(key: str) -> str:
+    match = _LAYER_KEY.match(key)
+    if match:
+        prefix, rest = match.groups()
+        return prefix + (_swap(rest, _LAYER_MCORE, False) or rest)
+    return _swap(key, _OUTSIDE_MCORE, False) or key
+
+
+# --- legacy ----------------------------------------------------------------------------------
+def flatten(nested: Mapping, prefix: str = "") -> Dict[str, object]:
+    """A legacy nested state dict with dotted keys ({"a": {"b": t}} -> {"a.b": t})."""
+    flat = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+_LEGACY_STACK = re.compile(r"^language_model\.(?:encoder|transformer)\.")
+
+
+def ours_from_legacy(key: str, stack: str) -> str:
+    """Our name of a flattened legacy key; `stack` is our layer stack ("decoder" for GPT, "encoder" for BERT)."""
+    if _LEGACY_STACK.match(key):
+        rest = _LEGACY_STACK.sub("", key)
+        rest = "final_layernorm." + rest[len("final_norm."):] if rest.startswith("final_norm.") else rest
+        return f"{stack}.{rest}"
+    if key.startswith("language_model."):
+        return key[len("language_model."):]
+    if key.startswith("word_embeddings_for_head."):
+        return "word_embeddings." + key[len("word_embeddings_for_head."):]
+    return key
+
+
+def legacy_from_ours(key: str) -> str:
+    """The flattened legacy key of ours (BERT's heads stay at the top, as legacy BertModel keeps them)."""
+    match = re.match(r"^(?:encoder|decoder)\.(.*)$", key)
+    if match:
+        return "language_model.encoder." + match.group(1)
+    if key.startswith(("embedding.", "output_layer.", "pooler.")):
+        return "language_model." + key
+    if key == "word_embeddings.weight":
+        return "word_embeddings_for_head.weight"
+    return key
+
+
+def nest(flat: Mapping[str, object]) -> Dict[str, object]:
+    """The legacy nesting of flattened keys: {"language_model": {"embedding": {"word_embeddings":
+    {"weight": t}}, "encoder": {"layers.0.input_layernorm.weight": t}}} (a ParallelTransformer's
+    own state dict is flat under "encoder", as legacy state_dict_for_save_checkpoint gives it)."""
+    out: Dict[str, object] = {}
+    for key, value in flat.items():
+        if key.startswith("language_model.encoder."):
+            path = ["language_model", "encoder", key[len("language_model.encoder."):]]
+        elif key.startswith("language_model."):
+            module, _, rest = key[len("language_model."):].partition(".")
+            if module == "embedding":
+                table, _, leaf = rest.partition(".")
+                path = ["language_model", "embedding", table, leaf]
+            else:
+                path = ["language_model", module, rest]
+        else:
+            module, _, rest = key.partition(".")
+            path = [module, rest]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+# --- the fused QKV rows of legacy files -------------------------------------------------------
+def qkv_rows_to_current(tensor: torch.Tensor, version: float, heads: int) -> torch.Tensor:
+    """Rows of a legacy query_key_value weight/bias (this rank's `heads` heads) in the order of
+    checkpoint_version >= 2.0: per head [q, k, v]."""
+    if version >= 2.0:
+        return tensor
+    rest = tuple(tensor.shape[1:])
+    head_dim = tensor.shape[0] // (3 * heads)
+    if version == 0:
+        grouped = tensor.view(3, heads, head_dim, *rest).transpose(0, 1)
+    elif version == 1.0:
+        grouped = tensor.view(heads, head_dim, 3, *rest).transpose(1, 2)
+    else:
+        raise CheckpointError(f"checkpoint_version {version} is not one Megatron-LM wrote (0, 1.0, 2.0, 3.0); "
+                              f"the file is damaged or from another program.")
+    return grouped.contiguous().view(tensor.shape)
+
+
+def style_of(keys) -> str:
+    """MCORE or LEGACY, from a file's (flattened) model keys."""
+    return LEGACY if any(k.startswith(("language_model.", "word_embeddings_for_head.")) for k in keys) else MCORE
+
+
+def our_key(key: str, style: str, stack: str) -> str:
+    return ours_from_legacy(key, stack) if style == LEGACY else ours_from_mcore(key)
+
+
+def megatron_key(key: str, style: str) -> str:
+    if style not in KEY_STYLES:
+        raise CheckpointError(f"--key-names {style} is unknown; use {' or '.join(KEY_STYLES)}.")
+    return legacy_from_ours(key) if style == LEGACY else mcore_from_ours(key)
+
+
+__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "is_extra_state", "unsupported_feature", "ours_from_mcore",
+           "mcore_from_ours", "flatten", "nest", "ours_from_legacy", "legacy_from_ours", "qkv_rows_to_current",
+           "style_of", "our_key", "megatron_key"]
