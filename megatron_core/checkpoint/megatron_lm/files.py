@@ -136,8 +136,7 @@ def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, ver
         if style == LEGACY and ".query_key_value." in key and version < 2.0:
             tensor = qkv_rows_to_current(tensor, version, heads)
         state[key] = tensor
-    if tied and "output_layer.weight" in state and "embedding.word_embeddings.weight" not in state \
-            and family == "gpt":
+    if tied and "output_layer.weight" in state and "embedding.word_embeddings.weight" not in state:
         state["word_embeddings.weight"] = state.pop("output_layer.weight")   # megatron-core's tied last stage
     return state, skipped
 

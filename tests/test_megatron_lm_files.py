@@ -1,0 +1,169 @@
+"""Megatron-LM's `torch`-format files read as ours (checkpoint/megatron_lm/): the split rules
+by module kind agree with our layers' own sharding maps; files written with megatron-core
+names and with legacy nested names (every checkpoint_version's QKV order) give our weights at
+any saved TP x PP through the resharder; the args Namespace is read under its allowlist and
+nothing else unpickles; unsupported models are one sentence.
+
+The files here are transcriptions of Megatron-LM's naming made from our own models; the
+files of NVIDIA's megatron-core itself are read in test_megatron_lm_interop.py."""
+import argparse
+import os
+
+import pytest
+import torch
+
+from megatron_core.checkpoint.megatron_lm.files import spec_of
+from megatron_core.checkpoint.megatron_lm.key_names import legacy_from_ours, mcore_from_ours, nest
+from megatron_core.checkpoint.reshard import SavedCheckpoint
+from megatron_core.checkpoint.weights_checkpoint import serial_world
+from megatron_core.errors import CheckpointError
+from megatron_core.models.registry import get_family
+from megatron_core.mpu.layout import PipelineStage, shard_tensor
+from megatron_core.mpu.parameter_device import parameters_on
+from megatron_core.transformer.config import GATED_ACTIVATIONS, TransformerConfig
+
+pytestmark = pytest.mark.quick
+
+LLAMA = dict(normalization="RMSNorm", activation="swiglu", position_embedding_type="rope", num_query_groups=2,
+             add_bias_linear=False, share_embeddings_and_output_weights=False)
+BERT_OPTIONS = {"max_sequence_length": 16, "num_tokentypes": 2, "add_binary_head": True, "add_pooler": True}
+CASES = {"gpt": ("gpt", {}, {"max_sequence_length": 16}), "llama": ("gpt", LLAMA, {"max_sequence_length": 16}),
+         "bert": ("bert", dict(layernorm_position="pre"), BERT_OPTIONS)}
+ARGS = {"gpt": dict(), "llama": dict(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                                     group_query_attention=True, num_query_groups=2, add_bias_linear=False,
+                                     untie_embeddings_and_output_weights=True),
+        "bert": dict(bert_binary_head=True)}
+
+
+def _config(case, tp=1):
+    return TransformerConfig(num_layers=4, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                             tensor_model_parallel_size=tp, **CASES[case][1])
+
+
+def _stage_model(case, stage=None, tp=1, meta=False):
+    family, _, options = CASES[case]
+    if meta:
+        with parameters_on(torch.device("meta")):
+            return get_family(family).build_model(_config(case, tp), 128, options, stage)
+    return get_family(family).build_model(_config(case, tp), 128, options, stage)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_split_rules_by_module_kind_are_our_layers_own_maps(case):
+    gated = CASES[case][1].get("activation") in GATED_ACTIVATIONS
+    with serial_world():
+        for rank in range(2):
+            smap = _stage_model(case, PipelineStage(rank, 2), meta=True).sharding_map()
+            for key, spec in smap.tensors.items():
+                mine = spec_of(key, gated)
+                if spec.copy_of:        # a tied last stage's table: a copy by its name (files.py)
+                    assert key == "word_embeddings.weight" and (mine.split_dim, mine.vocab) == (0, True)
+                    continue
+                assert (mine.split_dim, mine.stride, mine.vocab) == (spec.split_dim, spec.stride, spec.vocab), key
+
+
+def _namespace(case, tp, pp):
+    return argparse.Namespace(num_layers=4, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                              tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=128,
+                              max_position_embeddings=16, seq_length=16, params_dtype=torch.float32,
+                              consumed_train_samples=96, iteration=7, **ARGS[case])
+
+
+def _qkv_in_version_order(tensor, version, heads):
+    """Our (>= 2.0) per-head [q, k, v] rows as an older legacy file held them."""
+    if version >= 2.0:
+        return tensor
+    rest, dim = tuple(tensor.shape[1:]), tensor.shape[0] // (3 * heads)
+    per_head = tensor.view(heads, 3, dim, *rest)
+    older = per_head.transpose(0, 1) if version == 0 else per_head.transpose(1, 2)
+    return older.contiguous().view(tensor.shape)
+
+
+def _write_megatron_lm(directory, case, full, tp, pp, style, version=3.0):
+    """Our whole-model state `full`, cut as Megatron-LM cuts it and named as it names it."""
+    heads = 4 // tp
+    with serial_world():
+        stage_maps = [_stage_model(case, PipelineStage(p, pp), meta=True).sharding_map() for p in range(pp)]
+    for p, smap in enumerate(stage_maps):
+        for t in range(tp):
+            ours = {}
+            for key, spec in smap.tensors.items():
+                tensor = full[smap.global_key(key)]
+                shard = tensor if spec.replicated else shard_tensor(tensor, spec.split_dim, t, tp, spec.stride)
+                if ".query_key_value." in key and style == "legacy":
+                    shard = _qkv_in_version_order(shard, version, heads)
+                ours[key] = shard.clone()
+            if style == "mcore":
+                model = {mcore_from_ours(k): v for k, v in ours.items()}
+                if "word_embeddings.weight" in model:
+                    model["output_layer.weight"] = model.pop("word_embeddings.weight")
+            else:
+                model = nest({legacy_from_ours(k): v for k, v in ours.items()})
+            rank_dir = f"mp_rank_{t:02d}" if pp == 1 else f"mp_rank_{t:02d}_{p:03d}"
+            path = os.path.join(directory, "iter_0000007", rank_dir, "model_optim_rng.pt")
+            os.makedirs(os.path.dirname(path))
+            torch.save({"args": _namespace(case, tp, pp), "checkpoint_version": version, "iteration": 7,
+                        "model": model, "rng_state": [], "opt_param_scheduler": {"num_steps": 96}}, path)
+    with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("7")
+
+
+def _full_state(case):
+    with serial_world():
+        torch.manual_seed(0)
+        model = _stage_model(case)
+        return {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("case,tp,pp,style,version", [
+    ("gpt", 2, 2, "mcore", 3.0), ("llama", 2, 2, "mcore", 3.0), ("llama", 1, 2, "legacy", 3.0),
+    ("bert", 2, 2, "mcore", 3.0), ("bert", 2, 2, "legacy", 3.0),
+    ("gpt", 2, 1, "legacy", 0), ("gpt", 2, 1, "legacy", 1.0), ("bert", 1, 2, "legacy", 2.0)])
+def test_a_megatron_lm_checkpoint_reads_as_the_whole_model_at_any_saved_size(tmp_path, case, tp, pp, style, version):
+    full = _full_state(case)
+    _write_megatron_lm(tmp_path, case, full, tp, pp, style, version)
+    source = SavedCheckpoint(str(tmp_path))
+    assert (source.tp, source.pp) == (tp, pp) and source.head["model_family"] == CASES[case][0]
+    assert source.head["iteration"] == 7 and source.head["consumed_train_samples"] == 96
+    assert set(source.owners) == set(full)
+    for key, tensor in full.items():
+        spec = source.owner(key).spec
+        pieces = [source.weight(key, t) for t in range(tp)]
+        whole = pieces[0] if spec.replicated else torch.cat(
+            [c for chunks in zip(*(p.chunk(spec.stride, spec.split_dim) for p in pieces)) for c in chunks], spec.split_dim)
+        assert torch.equal(whole, tensor), key
+
+
+def test_the_args_allowlist_refuses_any_other_class_and_runs_nothing(tmp_path):
+    full = _full_state("gpt")
+    _write_megatron_lm(tmp_path, "gpt", full, 1, 1, "mcore")
+    path = tmp_path / "iter_0000007" / "mp_rank_00" / "model_optim_rng.pt"
+    state = torch.load(path, weights_only=False)
+    ran = tmp_path / "ran"
+    state["args"].tokenizer = _Payload(str(ran))
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="model_optim_rng.pt"):
+        SavedCheckpoint(str(tmp_path))
+    assert not ran.exists()
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("flag,value,named", [("num_experts", 8, "MoE"), ("multi_latent_attention", True, "MLA"),
+                                              ("hybrid_override_pattern", "M-M-", "Mamba")])
+def test_a_model_we_do_not_build_is_one_sentence_naming_it(tmp_path, flag, value, named):
+    full = _full_state("gpt")
+    _write_megatron_lm(tmp_path, "gpt", full, 1, 1, "mcore")
+    path = tmp_path / "iter_0000007" / "mp_rank_00" / "model_optim_rng.pt"
+    state = torch.load(path, weights_only=False)
+    setattr(state["args"], flag, value)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=named) as error:
+        SavedCheckpoint(str(tmp_path))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
