@@ -260,6 +260,32 @@ class TransformerConfig:
             chosen["params_dtype"] = getattr(torch, chosen["params_dtype"])
         return cls(**chosen)
 
+    def megatron_flags(self) -> dict:
+        """This config as Megatron-LM's flags (the inverse of from_megatron_flags), for the args of
+        a checkpoint Megatron-LM loads."""
+        groups = self.num_query_groups
+        return {"num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "num_attention_heads": self.num_attention_heads, "ffn_hidden_size": self.ffn_hidden_size,
+                "kv_channels": self.kv_channels, "group_query_attention": groups not in (None, self.num_attention_heads),
+                "num_query_groups": groups or self.num_attention_heads, "normalization": self.normalization,
+                "norm_epsilon": self.layernorm_epsilon, "swiglu": self.activation == "swiglu",
+                "openai_gelu": self.activation == "gelu_tanh", "squared_relu": False,
+                "position_embedding_type": self.position_embedding_type,
+                "add_position_embedding": self.position_embedding_type == "learned_absolute",
+                "rotary_percent": self.rotary_percent, "rotary_base": int(self.rotary_base),
+                "rotary_interleaved": self.rotary_interleaved, "add_bias_linear": self.add_bias_linear,
+                "add_qkv_bias": self.add_qkv_bias,
+                "untie_embeddings_and_output_weights": not self.share_embeddings_and_output_weights,
+                "apply_residual_connection_post_layernorm": self.apply_residual_connection_post_layernorm,
+                "hidden_dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout,
+                "init_method_std": self.init_method_std, "attention_softmax_in_fp32": self.attention_softmax_in_fp32,
+                "apply_query_key_layer_scaling": self.apply_query_key_layer_scaling,
+                "params_dtype": self.params_dtype, "fp16": self.params_dtype == torch.float16,
+                "bf16": self.params_dtype == torch.bfloat16,
+                "make_vocab_size_divisible_by": self.make_vocab_size_divisible_by,
+                "tensor_model_parallel_size": self.tensor_model_parallel_size,
+                "sequence_parallel": self.sequence_parallel}
+
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
         values = dict(values)

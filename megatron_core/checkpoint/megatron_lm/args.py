@@ -2,8 +2,8 @@
 
 Megatron-LM stores its whole argparse.Namespace in every file. It is read with
 torch.load(weights_only=True) and an allowlist of exactly what Megatron-LM puts there:
-argparse.Namespace, torch dtypes (weights_only reads those anyway) and the enums its
-arguments hold. The enums are read as MegatronEnum stand-ins registered under Megatron's
+argparse.Namespace, torch dtypes (weights_only reads those anyway), the enums its
+arguments hold, and the numpy arrays of numpy's generator state in `rng_state`. The enums are read as MegatronEnum stand-ins registered under Megatron's
 own class names, so no megatron import is needed and nothing else unpickles: any other
 class is refused with the file's name (file_io.load_file).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ...errors import CheckpointError
@@ -50,7 +51,20 @@ def _stand_in(full_name: str) -> type:
     return type(full_name.rsplit(".", 1)[1], (MegatronEnum,), {"enum_name": full_name.rsplit(".", 1)[1]})
 
 
-ALLOWED_GLOBALS: List = [argparse.Namespace] + [(_stand_in(name), name) for name in MEGATRON_ENUMS]
+def _numpy_array_globals() -> List:
+    """What numpy's state in Megatron-LM's rng_state (np.random.get_state()) pickles: arrays of
+    plain dtypes, under numpy 2's and numpy 1's module names."""
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    found = [np.ndarray, np.dtype, (reconstruct, "numpy.core.multiarray._reconstruct"),
+             (reconstruct, "numpy._core.multiarray._reconstruct")]
+    if hasattr(np, "dtypes"):
+        found += [getattr(np.dtypes, name) for name in ("UInt32DType", "Int64DType", "Float64DType")
+                  if hasattr(np.dtypes, name)]
+    return found
+
+
+ALLOWED_GLOBALS: List = ([argparse.Namespace] + [(_stand_in(name), name) for name in MEGATRON_ENUMS]
+                         + _numpy_array_globals())
 
 
 def plain_args(namespace) -> Dict:

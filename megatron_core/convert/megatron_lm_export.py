@@ -1,0 +1,111 @@
+"""Our checkpoint (any TP x PP, either layout) as a checkpoint Megatron-LM loads, `torch` format.
+
+    summary = export_megatron_lm("ckpt/", "megatron_ckpt/", key_names="mcore",
+                                 tensor_model_parallel_size=2, pipeline_model_parallel_size=1)
+
+Each target rank's file (`iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt`, or `release/` for a
+weights-only checkpoint of ours) holds what Megatron-LM's save_checkpoint writes:
+
+  args                an argparse.Namespace: our args record (our flags are Megatron-LM's names)
+                      with the model's flags from its TransformerConfig (megatron_flags), the
+                      target sizes, padded_vocab_size, iteration and consumed samples
+  checkpoint_version  3.0
+  iteration           the saved iteration (0 for a release)
+  model | model0..    the rank's tensors under megatron-core's names (`key_names="mcore"`:
+                      linear_qkv, linear_proj, pre_mlp_layernorm, linear_fc1/2; a tied last stage's
+                      table as output_layer.weight) or legacy nested ones (`"legacy"`:
+                      {"language_model": {"embedding": ..., "encoder": ...}}, word_embeddings_for_head)
+  opt_param_scheduler our schedule's state (Megatron's keys)
+  rng_state           [one dict per saved data-parallel rank], Megatron's keys; load it in
+                      Megatron-LM with --no-load-rng on GPUs (our CPU generators' states are not
+                      CUDA states)
+
+The weights are cut for the target from the memory-mapped source one tensor at a time
+(reshard/targets.py); memory holds one output file. The optimizer state is not written yet:
+load the result in Megatron-LM with --finetune or --no-load-optim. GPT (Llama-style too) and
+BERT; T5 and the other families are one sentence.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional
+
+from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
+from ..checkpoint.file_io import save_file, write_bytes_atomically
+from ..checkpoint.megatron_lm.args import megatron_namespace
+from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, megatron_key, nest
+from ..checkpoint.megatron_layout import MegatronLayout
+from ..checkpoint.reshard.source import SavedCheckpoint
+from ..checkpoint.reshard.stages import target_chunks
+from ..checkpoint.reshard.targets import target_weight
+from ..errors import ConversionError
+from ..transformer.config import TransformerConfig
+
+FAMILIES = ("gpt", "bert")
+
+
+def _megatron_name(key: str, style: str) -> str:
+    if key == "word_embeddings.weight":         # our tied last stage's copy of the word table
+        return "word_embeddings_for_head.weight" if style == LEGACY else "output_layer.weight"
+    return megatron_key(key, style)
+
+
+def _namespace(source: SavedCheckpoint, config: TransformerConfig, tp: int, pp: int, padded: int):
+    head = source.head
+    record = dict(head.get("args") or {})
+    record.update(config.replace(tensor_model_parallel_size=tp).megatron_flags())
+    record.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=padded,
+                  virtual_pipeline_model_parallel_size=None, num_layers_per_virtual_pipeline_stage=None,
+                  iteration=int(head.get("iteration") or 0),
+                  consumed_train_samples=int(head.get("consumed_train_samples") or 0),
+                  consumed_valid_samples=int(head.get("consumed_valid_samples") or 0))
+    if record.get("max_position_embeddings") is None:
+        record["max_position_embeddings"] = (head.get("model_options") or {}).get("max_sequence_length")
+    return megatron_namespace(record)
+
+
+def export_megatron_lm(load: str, output: str, key_names: str = "mcore",
+                       tensor_model_parallel_size: Optional[int] = None,
+                       pipeline_model_parallel_size: Optional[int] = None,
+                       progress: Callable[[str], None] = print) -> Dict:
+    if key_names not in KEY_STYLES:
+        raise ConversionError(f"--key-names {key_names} is unknown; use {' or '.join(KEY_STYLES)}.")
+    source = SavedCheckpoint(load)
+    family = source.head.get("model_family")
+    if family not in FAMILIES:
+        raise ConversionError(f"{source.iteration_path} holds a {family} model; --to-megatron-lm writes "
+                              f"{' and '.join(FAMILIES)} models (Llama-style GPT included).")
+    tp = tensor_model_parallel_size or source.tp
+    pp = pipeline_model_parallel_size or source.pp
+    padded = source.padded_vocab_size
+    if padded % tp:
+        raise ConversionError(f"the padded vocabulary of {source.iteration_path} ({padded} rows) does not split over "
+                              f"{tp} tensor-parallel ranks; pick a TP size that divides it, or re-pad it first with "
+                              f"tools/change_mp.py --make-vocab-size-divisible-by.")
+    if os.path.abspath(output) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
+        raise ConversionError(f"--to-megatron-lm {output} is the checkpoint being read; write to a new directory.")
+    config = TransformerConfig.from_dict(source.head["model_config"])
+    namespace = _namespace(source, config, tp, pp, padded)
+    layout = MegatronLayout()
+    chunks = target_chunks(source, tp, pp, padded, None)
+    rng = list(source.head.get("rng_state") or [])
+    for p in range(pp):
+        mine = [c for c in chunks if c.pipeline_rank == p]
+        for t in range(tp):
+            state = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
+                     "iteration": namespace.iteration, "rng_state": rng,
+                     "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+            for chunk in mine:
+                tensors = {_megatron_name(local, key_names): target_weight(source, whole, spec, t, tp, padded)
+                           for local, (whole, spec) in chunk.entries.items()}
+                state[chunk.chunk] = nest(tensors) if key_names == LEGACY else tensors
+            path = layout.model_file(output, source.iteration, t, tp, p, pp)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_file(state, path)
+            progress(f"  wrote {path}")
+    tracker = "release" if source.iteration is None else str(source.iteration)
+    write_bytes_atomically(os.path.join(output, layout.tracker_name), (tracker + "\n").encode())
+    source.files.release()
+    return {"family": family, "key_names": key_names, "format": "torch", "iteration": source.iteration,
+            "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
+            "source": source.iteration_path, "optimizer": False}
