@@ -16,4 +16,6 @@ It knows no training loop and no model code; it imports only errors, atomic_file
   saved_model.py       the saved-checkpoint reader (any layout, full tensors on demand)
   weights_checkpoint.py  a weights-only checkpoint of a serial model, at any TP x PP
   reshard/             any layout to any layout, streamed (change_mp, resharding on load)
+  megatron_lm/         Megatron-LM's own formats, read and written without megatron
+                       (torch_dist.py: --ckpt-format torch_dist through torch.distributed.checkpoint)
 """

@@ -3,9 +3,9 @@
 Megatron-LM stores its whole argparse.Namespace in every file. It is read with
 torch.load(weights_only=True) and an allowlist of exactly what Megatron-LM puts there:
 argparse.Namespace, torch dtypes (weights_only reads those anyway), the enums its
-arguments hold, and the numpy arrays of numpy's generator state in `rng_state`. The enums are read as MegatronEnum stand-ins registered under Megatron's
-own class names, so no megatron import is needed and nothing else unpickles: any other
-class is refused with the file's name (file_io.load_file).
+arguments hold (pickled_args.py: stand-ins under Megatron's class names), and the numpy
+arrays of numpy's generator state in `rng_state`. Nothing else unpickles: any other class
+is refused with the file's name (file_io.load_file).
 
 Our flags carry Megatron-LM's names, so its args become our args record (plain values,
 run_record.args_to_dict) and our TransformerConfig (TransformerConfig.from_megatron_flags);
@@ -14,6 +14,8 @@ what we cannot build is refused in one sentence (unsupported_options).
 from __future__ import annotations
 
 import argparse
+import enum
+import pathlib
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -21,34 +23,7 @@ import torch
 
 from ...errors import CheckpointError
 from ..run_record import args_to_dict
-
-
-class MegatronEnum:
-    """A Megatron-LM enum member as read from a checkpoint: its class name and value."""
-    enum_name = "enum"
-
-    def __init__(self, value):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"{self.enum_name}({self.value!r})"
-
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and other.value == self.value
-
-    def __hash__(self) -> int:
-        return hash((self.enum_name, self.value))
-
-
-# Megatron-LM's enums that its args hold (training.py sets args.model_type; arguments.py
-# args.attention_backend), by their full names.
-MEGATRON_ENUMS = ("megatron.core.enums.ModelType", "megatron.core.transformer.enums.AttnBackend",
-                  "megatron.core.transformer.enums.AttnMaskType", "megatron.core.enums.Fp8Recipe",
-                  "megatron.core.transformer.enums.CudaGraphScope")
-
-
-def _stand_in(full_name: str) -> type:
-    return type(full_name.rsplit(".", 1)[1], (MegatronEnum,), {"enum_name": full_name.rsplit(".", 1)[1]})
+from .pickled_args import ARGS_ALLOWLIST
 
 
 def _numpy_array_globals() -> List:
@@ -63,16 +38,24 @@ def _numpy_array_globals() -> List:
     return found
 
 
-ALLOWED_GLOBALS: List = ([argparse.Namespace] + [(_stand_in(name), name) for name in MEGATRON_ENUMS]
-                         + _numpy_array_globals())
+ALLOWED_GLOBALS: List = list(ARGS_ALLOWLIST) + _numpy_array_globals()
+
+
+def _plain_value(value):
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    return value
 
 
 def plain_args(namespace) -> Dict:
-    """The args as our record keeps them: plain values; an enum by its value."""
+    """The args as our record keeps them: plain values; an enum by its member's name, a path as text."""
     if isinstance(namespace, Mapping):
         return dict(namespace)
-    values = {name: (value.value if isinstance(value, MegatronEnum) else value)
-              for name, value in vars(namespace).items()}
+    values = {name: _plain_value(value) for name, value in vars(namespace).items()}
     return args_to_dict(argparse.Namespace(**values))
 
 
@@ -124,5 +107,5 @@ def megatron_namespace(record: Mapping, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-__all__ = ["ALLOWED_GLOBALS", "MegatronEnum", "plain_args", "unsupported_options", "check_supported",
+__all__ = ["ALLOWED_GLOBALS", "plain_args", "unsupported_options", "check_supported",
            "parallel_sizes", "megatron_namespace"]
