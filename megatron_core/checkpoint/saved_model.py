@@ -30,6 +30,7 @@ from ..errors import CheckpointError
 from ..mpu.sharding_map import ShardSpec
 from .model_record import OPTIONS_KEY, saved_family
 from .reshard.source import SavedCheckpoint
+from .reshard.torch_dist_source import open_source
 from .reshard.targets import target_weight
 
 
@@ -99,7 +100,7 @@ class SavedModel:
 
 
 def open_saved_model(directory: str) -> SavedModel:
-    source = SavedCheckpoint(directory)
+    source = open_source(directory)
     return SavedModel(source.iteration_path, source.layout.name, source.tp, source.pp, dict(source.head),
                       MergedState(source), source)
 

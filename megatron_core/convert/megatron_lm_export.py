@@ -35,7 +35,7 @@ from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_namespace
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, megatron_key, nest
 from ..checkpoint.megatron_layout import MegatronLayout
-from ..checkpoint.reshard.source import SavedCheckpoint
+from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
 from ..checkpoint.reshard.targets import target_weight
 from ..errors import ConversionError
@@ -50,7 +50,7 @@ def _megatron_name(key: str, style: str) -> str:
     return megatron_key(key, style)
 
 
-def _namespace(source: SavedCheckpoint, config: TransformerConfig, tp: int, pp: int, padded: int):
+def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int):
     head = source.head
     record = dict(head.get("args") or {})
     record.update(config.replace(tensor_model_parallel_size=tp).megatron_flags())
@@ -70,7 +70,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore",
                        progress: Callable[[str], None] = print) -> Dict:
     if key_names not in KEY_STYLES:
         raise ConversionError(f"--key-names {key_names} is unknown; use {' or '.join(KEY_STYLES)}.")
-    source = SavedCheckpoint(load)
+    source = open_source(load)
     family = source.head.get("model_family")
     if family not in FAMILIES:
         raise ConversionError(f"{source.iteration_path} holds a {family} model; --to-megatron-lm writes "

@@ -73,6 +73,11 @@ def spec_of(key: str, gated: bool) -> ShardSpec:
     return ShardSpec()
 
 
+def family_of_mcore_keys(keys: List[str]) -> str:
+    """gpt, bert or t5 of a whole model's megatron-core keys."""
+    return _family(keys, "mcore", lambda: [])
+
+
 def _family(keys: List[str], style: str, sibling_keys) -> str:
     def of(names) -> Optional[str]:
         if any(".inter_attention." in k or ".cross_attention." in k or k.startswith("language_model.decoder.")
@@ -154,6 +159,24 @@ def _chunk_map(state: Mapping[str, torch.Tensor], args: Mapping, config: Transfo
     return ShardingMap(tensors, tp, padded_vocab_size, args.get("vocab_size"), {s: offset for s in sorted(stacks)})
 
 
+def contents_head(args: Mapping, config: TransformerConfig, family: str, version: float, iteration) -> Dict:
+    """The counters, args, config and family entries of our contents, from Megatron-LM's args."""
+    return {"checkpoint_version": version, "iteration": int(iteration or 0),
+            "consumed_train_samples": int(args.get("consumed_train_samples") or 0),
+            "consumed_valid_samples": int(args.get("consumed_valid_samples") or 0),
+            "args": dict(args), "model_config": config.to_dict(), "model_family": family, "rng_state": []}
+
+
+def parallel_record(args: Mapping, tp: int, pp: int, virtual, origin: str) -> Dict:
+    """Our `parallel` entry; `origin` (FORMAT_MARK) names Megatron-LM's format or key names it came in."""
+    world = args.get("world_size")
+    data_parallel = args.get("data_parallel_size") or (world // (tp * pp) if world else 1)
+    return {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
+            "virtual_pipeline_model_parallel_size": virtual, "data_parallel_size": data_parallel,
+            "use_distributed_optimizer": bool(args.get("use_distributed_optimizer")),
+            "optimizer_dropped": True, FORMAT_MARK: origin}
+
+
 def our_contents(raw: Mapping, path: str) -> Dict:
     """`raw` (a Megatron-LM rank file, loaded) as the contents of one of our rank files."""
     where = path
@@ -174,11 +197,7 @@ def our_contents(raw: Mapping, path: str) -> Dict:
                               f"reads Megatron-LM's T5 at pipeline size 1 only.")
     config = TransformerConfig.from_megatron_flags(args)
     padded = args.get("padded_vocab_size")
-    contents: Dict = {"checkpoint_version": version, "iteration": int(raw.get("iteration", 0) or 0),
-                      "consumed_train_samples": int(args.get("consumed_train_samples") or 0),
-                      "consumed_valid_samples": int(args.get("consumed_valid_samples") or 0),
-                      "args": args, "model_config": config.to_dict(), "model_family": family,
-                      "rng_state": []}
+    contents = contents_head(args, config, family, version, raw.get("iteration"))
     per_chunk = _layers_per_chunk(args, pp, len(chunk_names), where)
     maps, skipped = {}, 0
     for index, name in enumerate(chunk_names):
@@ -190,16 +209,9 @@ def our_contents(raw: Mapping, path: str) -> Dict:
         offset = (index * pp + pp_rank) * per_chunk if family != "t5" else 0
         contents[name] = state
         maps[name] = _chunk_map(state, args, config, family, tp, offset, padded).to_dict()
-    # Megatron-LM's args hold the tokenizer's own size only with --vocab-size: else the padded rows stand for it
     contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
-                    megatron_lm_skipped_entries=skipped)
-    world = args.get("world_size")
-    data_parallel = args.get("data_parallel_size") or (world // (tp * pp) if world else 1)
-    contents["parallel"] = {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
-                            "virtual_pipeline_model_parallel_size": virtual if len(chunk_names) > 1 else None,
-                            "data_parallel_size": data_parallel,
-                            "use_distributed_optimizer": bool(args.get("use_distributed_optimizer")),
-                            "optimizer_dropped": True, FORMAT_MARK: style}
+                    megatron_lm_skipped_entries=skipped,
+                    parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))
     if isinstance(raw.get("opt_param_scheduler"), Mapping):
         contents["opt_param_scheduler"] = dict(raw["opt_param_scheduler"])
     return contents

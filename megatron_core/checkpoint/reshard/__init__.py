@@ -11,13 +11,15 @@ memory at a time), with no model and no process group.
   rewrite.py          tools/change_mp.py's work: a whole checkpoint at other sizes
   on_load.py          --load at other sizes: each rank reads its own slices
   engine_source.py    a DeepSpeed engine's checkpoint: where its ZeRO files keep each parameter
+  torch_dist_source.py  Megatron-LM's torch_dist checkpoint as a source; open_source picks the reader
 (The whole model's state dict of a checkpoint, for converters: ../saved_model.py, on source.py.)
 """
 from ..contents import PER_PARAMETER
 from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
 from .engine_source import written_by_engine
 from .source import SavedCheckpoint
+from .torch_dist_source import open_source, torch_dist_directory
 
 __all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
-           "written_by_engine",
+           "written_by_engine", "open_source", "torch_dist_directory",
            "saved_padded_vocab_size"]

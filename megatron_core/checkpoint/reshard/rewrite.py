@@ -35,6 +35,7 @@ from ..megatron_lm.files import FORMAT_MARK
 from ..model_record import FAMILY_KEY, OPTIONS_KEY, saved_family
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
 from .source import SavedCheckpoint
+from .torch_dist_source import open_source
 from .stages import TargetChunk, source_split_rank, target_chunks
 from .streaming_writer import LazyTensor, save_streamed
 from .targets import target_optimizer_field, target_weight
@@ -145,7 +146,7 @@ def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                        legacy_options: Optional[Callable[[str, Dict], Dict]] = None) -> Dict:
     """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary.
     `legacy_options(family, args)`: the model options of a source that records none."""
-    source = SavedCheckpoint(source_dir, target.ckpt_format or "megatron", budget_bytes)
+    source = open_source(source_dir, target.ckpt_format or "megatron", budget_bytes=budget_bytes)
     try:
         return _rewrite(source, output_dir, target, progress, legacy_options)
     finally:

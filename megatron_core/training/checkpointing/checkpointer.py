@@ -165,6 +165,11 @@ class Checkpointer:
         if not os.path.isdir(iteration_path):
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
+        if reshard.torch_dist_directory(iteration_path):      # Megatron-LM's torch_dist: read by key, any sizes
+            source = reshard.open_source(iteration_path)
+            check_family(iteration_path, source.head, list(source.owners), self.family)
+            self._load_resharded(directory, layout, iteration, source.parallel, state)
+            return
         first = layout.first_model_file(iteration_path)
         # Only this file's small entries are read: its tensors stay mapped, untouched.
         head = layout.read(first, mmap=True) if first else {}
@@ -205,7 +210,7 @@ class Checkpointer:
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
                                   f"saved with, or without --deepspeed, or reshard it first with tools/change_mp.py "
                                   f"and resume that without --deepspeed.")
-        source = reshard.SavedCheckpoint(directory, layout.name)
+        source = reshard.open_source(directory, layout.name)
         where = source.model_path(0, 0)
         compatibility.check_model(where, source.head, self.run, self.padded_vocab_size)
         release = iteration is None
