@@ -1,7 +1,12 @@
-"""Our checkpoint (any TP x PP, either layout) as a checkpoint Megatron-LM loads, `torch` format.
+"""Our checkpoint (any TP x PP, either layout) as a checkpoint Megatron-LM loads.
 
-    summary = export_megatron_lm("ckpt/", "megatron_ckpt/", key_names="mcore",
+    summary = export_megatron_lm("ckpt/", "megatron_ckpt/", key_names="mcore", fmt="torch",
                                  tensor_model_parallel_size=2, pipeline_model_parallel_size=1)
+
+`fmt="torch_dist"` writes Megatron-LM's default format instead: one directory of
+torch.distributed.checkpoint files holding whole tensors under megatron-core's names
+(checkpoint/megatron_lm/torch_dist.py), with the same args in common.pt; it loads at any TP x PP.
+The rest of this docstring is the `torch` format:
 
 Each target rank's file (`iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt`, or `release/` for a
 weights-only checkpoint of ours) holds what Megatron-LM's save_checkpoint writes:
@@ -28,20 +33,25 @@ BERT; T5 and the other families are one sentence.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Mapping, Optional
+
+import torch
 
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_namespace
-from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, megatron_key, nest
+from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
+from ..checkpoint.megatron_lm.torch_dist import write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
+from ..checkpoint.saved_model import MergedState
 from ..checkpoint.reshard.targets import target_weight
 from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
 
 FAMILIES = ("gpt", "bert")
+FORMATS = ("torch", "torch_dist")
 
 
 def _megatron_name(key: str, style: str) -> str:
@@ -64,12 +74,48 @@ def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int)
     return megatron_namespace(record)
 
 
-def export_megatron_lm(load: str, output: str, key_names: str = "mcore",
+class _MegatronCoreNames(Mapping):
+    """The whole model under megatron-core's TP=1 names, each tensor merged when asked for."""
+
+    def __init__(self, merged: MergedState):
+        self._merged = merged
+        self._ours = {megatron_key(key, MCORE): key for key in merged}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._merged[self._ours[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ours)
+
+    def __len__(self) -> int:
+        return len(self._ours)
+
+
+def _write_torch_dist(source, output: str, namespace, progress) -> None:
+    """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one process)."""
+    common = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": namespace.iteration,
+              "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+    if source.iteration is None:        # a weights-only checkpoint of ours: Megatron-LM's release directory
+        directory = os.path.join(output, "release")
+        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, write_tracker=False)
+        write_bytes_atomically(os.path.join(output, MegatronLayout.tracker_name), b"release\n")
+    else:
+        directory = os.path.join(output, f"iter_{source.iteration:07d}")
+        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, iteration=source.iteration)
+    progress(f"  wrote {directory}")
+
+
+def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: str = "torch",
                        tensor_model_parallel_size: Optional[int] = None,
                        pipeline_model_parallel_size: Optional[int] = None,
                        progress: Callable[[str], None] = print) -> Dict:
     if key_names not in KEY_STYLES:
         raise ConversionError(f"--key-names {key_names} is unknown; use {' or '.join(KEY_STYLES)}.")
+    if fmt not in FORMATS:
+        raise ConversionError(f"--format {fmt} is unknown; use {' or '.join(FORMATS)}.")
+    if fmt == "torch_dist" and key_names != MCORE:
+        raise ConversionError("--format torch_dist is megatron-core's format and has megatron-core's names only; "
+                              "drop --key-names legacy, or write --format torch.")
     source = open_source(load)
     family = source.head.get("model_family")
     if family not in FAMILIES:
@@ -86,6 +132,11 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore",
         raise ConversionError(f"--to-megatron-lm {output} is the checkpoint being read; write to a new directory.")
     config = TransformerConfig.from_dict(source.head["model_config"])
     namespace = _namespace(source, config, tp, pp, padded)
+    if fmt == "torch_dist":
+        _write_torch_dist(source, output, namespace, progress)
+        return {"family": family, "key_names": key_names, "format": fmt, "iteration": source.iteration,
+                "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
+                "source": source.iteration_path, "optimizer": False}
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
     rng = list(source.head.get("rng_state") or [])
@@ -106,6 +157,6 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore",
     tracker = "release" if source.iteration is None else str(source.iteration)
     write_bytes_atomically(os.path.join(output, layout.tracker_name), (tracker + "\n").encode())
     source.files.release()
-    return {"family": family, "key_names": key_names, "format": "torch", "iteration": source.iteration,
+    return {"family": family, "key_names": key_names, "format": fmt, "iteration": source.iteration,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
             "source": source.iteration_path, "optimizer": False}
