@@ -24,9 +24,12 @@ from torch.overrides import TorchFunctionMode
 
 
 class CudaDevicesOnCpu(TorchFunctionMode):
-    """Rewrites a `device=` keyword naming CUDA (or a bare device index) to 'cpu'."""
+    """Rewrites a `device=` keyword naming CUDA (or a bare device index) to 'cpu', and makes
+    Tensor.cuda() a no-op (the tied output layer's all-reduce at PP > 1 moves it to CUDA first)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cuda:
+            return args[0]
         kwargs = kwargs or {}
         device = kwargs.get("device")
         if device is not None and (isinstance(device, int) or torch.device(device).type == "cuda"):
