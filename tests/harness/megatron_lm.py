@@ -1,0 +1,193 @@
+"""NVIDIA's megatron-core as the independent reference for Megatron-LM checkpoints, on CPU.
+
+    ref = megatron_lm.save_checkpoint("llama", directory, tp=2, fmt="torch", seed=1234,
+                                      iteration=7, with_optimizer=True)
+    ref.logits["lm"]           # [2, 16, 128]: the saved model's full-vocabulary logits
+    ref.args                   # the Megatron-LM args written into every file (a dict)
+    logits = megatron_lm.load_and_logits("llama", directory, tp=2, fmt="torch")
+    torch.testing.assert_close(logits["lm"], ref.logits["lm"], rtol=0, atol=1e-6)
+
+Models: "gpt", "llama", "bert" (megatron_lm_models.py); BERT's logits add "binary"
+([2, 2], the sentence-order head). Formats: "torch" (one model_optim_rng.pt per rank) and
+"torch_dist" (dist_checkpointing), laid out as megatron_lm_files.py describes.
+
+save_checkpoint(model, directory, *, tp, pp, fmt, seed, iteration, with_optimizer, steps)
+    Builds the model in tp * pp gloo processes as Megatron-LM's model provider does (seed as
+    --seed), and writes it the way Megatron-LM's save_checkpoint does. with_optimizer: wraps it
+    in megatron-core's DDP, builds get_megatron_optimizer's Adam and the lr scheduler, takes
+    `steps` steps on the fixed batch (pp=1 only), and saves optimizer and scheduler; without
+    it the files are those of --no-save-optim. Returns SavedReference(logits, args).
+load_and_logits(model, directory, *, tp, pp, fmt, with_optimizer)
+    Builds the model from another seed, loads the directory as Megatron-LM's load_checkpoint
+    does (tracker, this rank's file, checkpoint_version >= 2.0 since 0.16.1 cannot reorder
+    older QKV layouts into megatron-core models, check_checkpoint_args, a strict
+    load_state_dict, the RNG state, and with with_optimizer the optimizer and scheduler state)
+    and returns the logits. A strict load that fails raises MegatronLoadError with PyTorch's
+    message verbatim (every failing rank's, ranks in order).
+
+megatron_cpu.py says how megatron-core runs without CUDA. The ranks are forked (or spawned)
+by tests.harness.distributed.run_distributed; they hand results back through files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.distributed as dist
+
+from .distributed import run_distributed
+from .megatron_cpu import import_megatron, start_ranks, stop_ranks
+from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
+from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
+                                save_torch_format, strict_load_error)
+from .megatron_lm_models import MODEL_NAMES, build_model, full_logits
+from .megatron_lm_optimizer import build_optimizer, take_steps
+from .megatron_lm_rng import megatron_rng_state, restore_rng_state
+
+__all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits"]
+
+FORMATS = ("torch", "torch_dist")
+LOAD_SEED_OFFSET = 1000     # loading builds other weights first, so only the file's can match
+TIMEOUT = 180.0
+
+
+class MegatronLoadError(AssertionError):
+    """megatron-core refused the checkpoint's model state (strict load_state_dict)."""
+
+
+@dataclasses.dataclass
+class SavedReference:
+    logits: dict        # {"lm": [batch, seq, vocab]} (+ "binary" for BERT), from the saved weights
+    args: dict          # vars() of the args Namespace in the files
+
+
+def _ranks() -> tuple:
+    from megatron.core import parallel_state as ps
+
+    return (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+            ps.get_pipeline_model_parallel_world_size())
+
+
+def _sharded_metadata() -> dict:
+    """_build_sharded_state_dict_metadata without the distributed optimizer."""
+    from megatron.core import parallel_state as ps
+
+    return {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
+            "dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
+
+
+def _sharded_rng_state(rng_state: list, tp: int, pp: int):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    tp_rank, pp_rank, _ = _ranks()
+    return ShardedObject("rng_state", rng_state, (pp, tp), (pp_rank, tp_rank), replica_id=0)
+
+
+def _hand_back(out_dir: str, result) -> None:
+    """The last stage's TP rank 0 writes `result` for the parent."""
+    tp_rank, pp_rank, pp_size = _ranks()
+    if tp_rank == 0 and pp_rank == pp_size - 1:
+        torch.save(result, os.path.join(out_dir, "result.pt"))
+
+
+def _save_rank(name, directory, out_dir, tp, pp, fmt, seed, iteration, with_optimizer, steps):
+    start_ranks(tp, pp, seed)
+    try:
+        model = build_model(name, tp, pp)
+        tp_rank, pp_rank, _ = _ranks()
+        optimizer = scheduler = None
+        if with_optimizer:
+            ddp, optimizer, scheduler = build_optimizer(model, model.config)
+            take_steps(name, ddp, optimizer, scheduler, steps)
+        args = megatron_lm_args(name, tp=tp, pp=pp, rank=dist.get_rank(), iteration=iteration, seed=seed,
+                                fmt=fmt, with_optimizer=with_optimizer, save_dir=directory)
+        rng_state = megatron_rng_state(seed + 100 * pp_rank, tp_rank)
+        if fmt == "torch":
+            state = file_state_dict(args, iteration, model.state_dict_for_save_checkpoint(), rng_state,
+                                    optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
+            save_torch_format(directory, state)
+        else:
+            model_state = model.sharded_state_dict(metadata=_sharded_metadata())
+            state = file_state_dict(args, iteration, model_state, _sharded_rng_state(rng_state, tp, pp))
+            if optimizer is not None:
+                state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_sharded_metadata())
+                state["opt_param_scheduler"] = scheduler.state_dict()
+            save_torch_dist(directory, state)
+        _hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
+    finally:
+        stop_ranks()
+
+
+def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
+    start_ranks(tp, pp, seed + LOAD_SEED_OFFSET)
+    try:
+        model = build_model(name, tp, pp)
+        expected = megatron_lm_args(name, tp=tp, pp=pp, rank=dist.get_rank(), iteration=0, seed=seed,
+                                    fmt=fmt, with_optimizer=with_optimizer)
+        if with_optimizer:
+            _, optimizer, scheduler = build_optimizer(model, model.config)
+        if fmt == "torch":
+            state = load_torch_format(directory)
+        else:
+            tp_rank, pp_rank, _ = _ranks()
+            sharded = {"model": model.sharded_state_dict(metadata=_sharded_metadata()),
+                       "rng_state": _sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
+            if with_optimizer:
+                sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True,
+                                                                    metadata=_sharded_metadata())
+            state = load_torch_dist(directory, sharded)
+        version = state.get("checkpoint_version", 0)
+        if version < 2.0:
+            raise ValueError(f"checkpoint_version {version}: Megatron-LM reorders QKV only for its legacy models")
+        check_checkpoint_args(state["args"], expected, use_dist_ckpt=fmt != "torch")
+        error = strict_load_error(model, state["model"])
+        failed = torch.tensor([error is not None], dtype=torch.int32)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item():
+            if error is not None:
+                with open(os.path.join(out_dir, f"load_error.{dist.get_rank():03d}"), "w") as f:
+                    f.write(error)
+            return
+        if with_optimizer:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["opt_param_scheduler"])
+        restore_rng_state(state["rng_state"])
+        _hand_back(out_dir, full_logits(name, model))
+    finally:
+        stop_ranks()
+
+
+def _check(name: str, tp: int, pp: int, fmt: str) -> None:
+    if name not in MODEL_NAMES or fmt not in FORMATS or tp not in (1, 2, 4) or pp not in (1, 2):
+        raise ValueError(f"the harness runs {MODEL_NAMES} in {FORMATS} at TP 1/2/4 and PP 1/2, "
+                         f"not {name!r} in {fmt!r} at TP {tp}, PP {pp}")
+
+
+def _run(worker, name: str, directory: str, tp: int, pp: int, *rest):
+    import_megatron()
+    out_dir = tempfile.mkdtemp(prefix="megatron_lm_")
+    try:
+        run_distributed(worker, tp * pp, name, directory, out_dir, tp, pp, *rest, timeout=TIMEOUT)
+        errors = sorted(glob.glob(os.path.join(out_dir, "load_error.*")))
+        if errors:
+            raise MegatronLoadError("\n".join(open(path).read() for path in errors))
+        return torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
+                    seed: int = 1234, iteration: int = 7, with_optimizer: bool = False,
+                    steps: int = 2) -> SavedReference:
+    _check(name, tp, pp, fmt)
+    return _run(_save_rank, name, directory, tp, pp, fmt, seed, iteration, with_optimizer, steps)
+
+
+def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
+                    seed: int = 1234, with_optimizer: bool = False) -> dict:
+    _check(name, tp, pp, fmt)
+    return _run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer)

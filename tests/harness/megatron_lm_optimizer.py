@@ -1,0 +1,57 @@
+"""Megatron-LM's optimizer stack on the CPU: DDP wrapper, get_megatron_optimizer, lr scheduler.
+
+megatron-core's DistributedDataParallel (a contiguous fp32 grad buffer) and get_megatron_optimizer
+(Adam with decoupled weight decay, wrapped in FP32Optimizer inside a ChainedOptimizer) run on
+gloo once megatron_cpu.py's patches are in, except grad clipping (clip_grad=0). `take_steps`
+does what Megatron-LM's train_step does for one micro-batch and DP=1: zero the buffers, forward
+with the tokens as labels, backward, finish the grad sync, step, and step the scheduler by the
+global batch size (its num_steps counts samples).
+"""
+from __future__ import annotations
+
+import torch
+
+from .megatron_lm_args import LEARNING_RATE
+from .megatron_lm_models import BATCH, sample_batch
+
+
+def build_optimizer(model, config):
+    """(ddp_model, optimizer, opt_param_scheduler) as Megatron-LM's setup_model_and_optimizer builds them."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    ddp = DistributedDataParallel(config, DistributedDataParallelConfig(), model)
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=LEARNING_RATE, min_lr=0.0, weight_decay=0.01,
+                        adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, clip_grad=0.0), [ddp])
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=LEARNING_RATE, min_lr=0.0, lr_warmup_steps=0,
+        lr_decay_steps=100 * BATCH, lr_decay_style="linear", start_wd=0.01, end_wd=0.01,
+        wd_incr_steps=100 * BATCH, wd_incr_style="constant")
+    return ddp, optimizer, scheduler
+
+
+def take_steps(name: str, ddp, optimizer, scheduler, steps: int) -> None:
+    """`steps` training steps on the fixed batch (single pipeline stage only)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        raise ValueError("the harness's optimizer steps run without pipeline parallelism; use pp=1")
+    batch = sample_batch(name)
+    ddp.train()
+    for _ in range(steps):
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        if name == "bert":
+            lm_loss, binary_logits = ddp(**batch, lm_labels=batch["input_ids"])
+            loss = lm_loss.float().mean() + binary_logits.float().square().mean()
+        else:
+            loss = ddp(**batch, labels=batch["input_ids"]).float().mean()
+        loss.backward()
+        ddp.finish_grad_sync()
+        updated, _, _ = optimizer.step()
+        if not updated:
+            raise RuntimeError("megatron's optimizer skipped a step (found inf/nan in the grads)")
+        scheduler.step(increment=BATCH)
+    torch.distributed.barrier()
