@@ -61,7 +61,9 @@ def test_torch_format_files_have_megatron_lm_layout_keys_and_pickled_classes(sav
         pickled = {name.replace("numpy.core.", "numpy._core.") for name in _pickled_globals(path)}
         assert pickled == {"argparse.Namespace", "megatron.core.transformer.enums.AttnBackend",
                            "numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct"}
-        state = torch.load(path, weights_only=True)
+        from megatron.core.safe_globals import SAFE_GLOBALS      # what Megatron-LM registers at start
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, weights_only=True)
         assert list(state) == FILE_KEYS
         assert state["checkpoint_version"] == 3.0 and state["iteration"] == ITERATION
         args = state["args"]

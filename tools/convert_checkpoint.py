@@ -6,6 +6,9 @@
     # an HF directory (save_pretrained) -> ours, split for TP x PP
     python tools/convert_checkpoint.py --from-hf out_hf/ --output ckpt_tp2/ --tensor-model-parallel-size 2 \\
         [--pipeline-model-parallel-size 2] [--ckpt-format deepspeed]
+    # ours -> a checkpoint Megatron-LM loads (docs/megatron_lm.md); Megatron-LM's own read anywhere ours do
+    python tools/convert_checkpoint.py --to-megatron-lm megatron_ckpt/ --load ckpt/ [--format torch_dist] \\
+        [--key-names legacy] [--tensor-model-parallel-size 2]
     # Chinese-Transformer-XL's released checkpoint (<dir>/<iter>/mp_rank_XX_model_states.pt) -> ours
     python tools/convert_checkpoint.py --from-ctxl ctxl_ckpt/ --output ckpt_txl/ [--tensor-model-parallel-size 2]
 
@@ -35,15 +38,23 @@ def parse_args(argv=None):
     direction.add_argument("--from-hf", metavar="HF_DIR", help="an HF directory -> our checkpoint")
     direction.add_argument("--from-ctxl", metavar="CTXL_DIR",
                            help="a Chinese-Transformer-XL checkpoint directory -> our checkpoint")
+    direction.add_argument("--to-megatron-lm", metavar="OUT_DIR",
+                           help="our checkpoint (--load) -> a checkpoint Megatron-LM loads, written to OUT_DIR")
     p.add_argument("--load", help="with --to-hf: our checkpoint directory (a --save directory or one iteration's)")
-    p.add_argument("--output", required=True, help="the directory to write")
+    p.add_argument("--output", help="the directory to write (--to-megatron-lm names its own)")
+    p.add_argument("--format", default="torch", choices=["torch", "torch_dist"],
+                   help="with --to-megatron-lm: Megatron-LM's --ckpt-format to write")
+    p.add_argument("--key-names", default="mcore", choices=["mcore", "legacy"],
+                   help="with --to-megatron-lm --format torch: megatron-core's tensor names or the legacy "
+                        "language_model.* ones")
     p.add_argument("--architecture", default=None,
                    help="the HF class (e.g. BertModel, MegatronBertForMaskedLM); the family's default if not given")
     p.add_argument("--max-shard-size", default="5GB",
                    help="with --to-hf: the largest safetensors shard (bytes, or e.g. 500MB, 5GB); a bigger model is "
                         "written as model-0000X-of-0000N.safetensors + model.safetensors.index.json")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    p.add_argument("--tensor-model-parallel-size", type=int, default=None,
+                   help="the sizes to write (default: 1; with --to-megatron-lm: the checkpoint's own)")
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=None)
     p.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"])
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     p.add_argument("--vocab-file", default=None, help="with --to-hf/--from-ctxl: the tokenizer's vocabulary file")
@@ -62,8 +73,21 @@ def main(argv=None):
     args = parse_args(argv)
     from megatron_core.errors import ConfigError
     from megatron_core.training.arguments import default_args_record
-    if args.tensor_model_parallel_size < 1 or args.pipeline_model_parallel_size < 1:
+    if any(size is not None and size < 1 for size in (args.tensor_model_parallel_size,
+                                                       args.pipeline_model_parallel_size)):
         raise ConfigError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be 1 or more.")
+    if args.to_megatron_lm:
+        if not args.load:
+            raise ConfigError("--to-megatron-lm converts the checkpoint given by --load; add --load CKPT.")
+        from megatron_core.convert.megatron_lm_export import export_megatron_lm
+        summary = export_megatron_lm(args.load, args.to_megatron_lm, args.key_names, args.format,
+                                     args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
+        print(f"converted {json.dumps(summary, sort_keys=True)}", flush=True)
+        return
+    if not args.output:
+        raise ConfigError("--output is required: the directory to write.")
+    args.tensor_model_parallel_size = args.tensor_model_parallel_size or 1
+    args.pipeline_model_parallel_size = args.pipeline_model_parallel_size or 1
     if args.to_hf:
         if not args.load:
             raise ConfigError("--to-hf converts the checkpoint given by --load; add --load CKPT.")

@@ -21,9 +21,8 @@ weights-only checkpoint of ours) holds what Megatron-LM's save_checkpoint writes
                       table as output_layer.weight) or legacy nested ones (`"legacy"`:
                       {"language_model": {"embedding": ..., "encoder": ...}}, word_embeddings_for_head)
   opt_param_scheduler our schedule's state (Megatron's keys)
-  rng_state           [one dict per saved data-parallel rank], Megatron's keys; load it in
-                      Megatron-LM with --no-load-rng on GPUs (our CPU generators' states are not
-                      CUDA states)
+  rng_state           [one dict] in Megatron-LM's form (megatron_lm/rng.py): our Python, numpy and
+                      CPU states, CUDA and tracker states seeded as Megatron-LM seeds them
 
 The weights are cut for the target from the memory-mapped source one tensor at a time
 (reshard/targets.py); memory holds one output file. The optimizer state is not written yet:
@@ -40,6 +39,7 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_namespace
+from ..checkpoint.megatron_lm.rng import megatron_rng_state
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
 from ..checkpoint.megatron_lm.torch_dist import write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
@@ -91,17 +91,29 @@ class _MegatronCoreNames(Mapping):
         return len(self._ours)
 
 
+def _rng_objects(source, namespace) -> Dict[str, object]:
+    """Megatron-LM's rng_state sharded objects, one per (PP, TP) rank of the args' sizes
+    ("rng_state/shard_<pp>.<tp>_<PP>.<TP>"), which its load asks for unless --no-load-rng."""
+    tp, pp = namespace.tensor_model_parallel_size, namespace.pipeline_model_parallel_size
+    saved, seed = list(source.head.get("rng_state") or []), int(getattr(namespace, "seed", None) or 1234)
+    return {f"rng_state/shard_{p}.{t}_{pp}.{tp}": megatron_rng_state(saved, seed, t, p)
+            for p in range(pp) for t in range(tp)}
+
+
 def _write_torch_dist(source, output: str, namespace, progress) -> None:
     """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one process)."""
     common = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": namespace.iteration,
               "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+    objects = _rng_objects(source, namespace)
     if source.iteration is None:        # a weights-only checkpoint of ours: Megatron-LM's release directory
         directory = os.path.join(output, "release")
-        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, write_tracker=False)
+        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, write_tracker=False,
+                         objects=objects)
         write_bytes_atomically(os.path.join(output, MegatronLayout.tracker_name), b"release\n")
     else:
         directory = os.path.join(output, f"iter_{source.iteration:07d}")
-        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, iteration=source.iteration)
+        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, iteration=source.iteration,
+                         objects=objects)
     progress(f"  wrote {directory}")
 
 
@@ -139,12 +151,13 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
                 "source": source.iteration_path, "optimizer": False}
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
-    rng = list(source.head.get("rng_state") or [])
+    saved_rng = list(source.head.get("rng_state") or [])
+    seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
         mine = [c for c in chunks if c.pipeline_rank == p]
         for t in range(tp):
             state = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
-                     "iteration": namespace.iteration, "rng_state": rng,
+                     "iteration": namespace.iteration, "rng_state": megatron_rng_state(saved_rng, seed, t, p),
                      "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
             for chunk in mine:
                 tensors = {_megatron_name(local, key_names): target_weight(source, whole, spec, t, tp, padded)

@@ -34,7 +34,7 @@ from ..errors import CheckpointError
 from ..models.registry import checkpoint_model_options, get_family
 from ..checkpoint.formats import tracked_checkpoint
 from ..checkpoint.model_record import saved_family
-from ..checkpoint.reshard import open_source, resharded_chunk_states
+from ..checkpoint.reshard import open_source, resharded_chunk_states, torch_dist_directory
 from ..checkpoint.state_dict_fit import load_fitting
 from ..transformer.config import TransformerConfig
 
@@ -85,7 +85,8 @@ def _print_rank0(line: str) -> None:
 def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[int] = None,
                           pipeline_model_parallel_size: Optional[int] = None) -> LoadedModel:
     """Initialize model parallelism for this world and load the checkpoint (module doc)."""
-    tracked_checkpoint(directory)       # one sentence for a directory that holds no checkpoint
+    if torch_dist_directory(directory) is None:
+        tracked_checkpoint(directory)       # one sentence for a directory that holds no checkpoint
     source = open_source(directory)
     head = source.head
     where = source.model_path(0, 0)

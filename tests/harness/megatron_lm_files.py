@@ -98,9 +98,13 @@ def load_torch_format(root: str) -> dict:
 
 
 def load_torch_dist(root: str, sharded_state: dict) -> dict:
+    """dist_checkpointing.load with the classes Megatron-LM allows in common.pt (its safe_globals.py,
+    which Megatron-LM registers at start)."""
     from megatron.core import dist_checkpointing
+    from megatron.core.safe_globals import SAFE_GLOBALS
 
-    return dist_checkpointing.load(sharded_state, iteration_dir(root, read_tracker(root)))
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return dist_checkpointing.load(sharded_state, iteration_dir(root, read_tracker(root)))
 
 
 def strict_load_error(model, model_state: dict) -> str | None:

@@ -259,13 +259,15 @@ LocalState = Mapping[str, Union[torch.Tensor, Shard, Sequence[Shard], object]]
 
 
 def write_torch_dist(iteration_dir: str, full_state: Mapping[str, torch.Tensor], common: dict,
-                     iteration: Optional[int] = None, write_tracker: bool = True) -> None:
+                     iteration: Optional[int] = None, write_tracker: bool = True,
+                     objects: Optional[Mapping[str, object]] = None) -> None:
     """A torch_dist checkpoint of a whole model, from one process (a converter).
 
     full_state: megatron-core's TP=1 state-dict keys, layers numbered across the model;
     `_extra_state` entries optional (missing ones are written as None, as local layers hold
-    them). common: common.pt (args, iteration, ...). The tracker file beside `iteration_dir`
-    then names `iteration` (default: common["iteration"])."""
+    them). common: common.pt (args, iteration, ...). objects: more sharded objects by their
+    full names (e.g. "rng_state/shard_0.1_1.2": rank (0, 1)'s rng_state of a TP=2 run). The
+    tracker file beside `iteration_dir` then names `iteration` (default: common["iteration"])."""
     iteration = common.get("iteration") if iteration is None else iteration
     if write_tracker:
         if iteration is None or os.path.basename(os.path.normpath(iteration_dir)) != f"iter_{int(iteration):07d}":
@@ -273,7 +275,7 @@ def write_torch_dist(iteration_dir: str, full_state: Mapping[str, torch.Tensor],
                                   f"Megatron-LM to find it; name it iter_{int(iteration or 0):07d} or pass "
                                   f"write_tracker=False.")
     _write(iteration_dir, full_state, dict(common, iteration=iteration) if iteration is not None else common,
-           group=None, distributed=False)
+           group=None, distributed=False, objects=objects)
     if write_tracker:
         tracker = os.path.join(os.path.dirname(os.path.normpath(iteration_dir)), TRACKER)
         write_atomically(tracker, lambda f, _: f.write(str(int(iteration)).encode()), durable=True)
@@ -291,11 +293,15 @@ def write_torch_dist_shards(iteration_dir: str, local_state: LocalState, common:
     _write(iteration_dir, local_state, common, group=group, distributed=True)
 
 
-def _write(iteration_dir: str, state: LocalState, common: dict, group, distributed: bool) -> None:
+def _write(iteration_dir: str, state: LocalState, common: dict, group, distributed: bool,
+           objects: Optional[Mapping[str, object]] = None) -> None:
     _refuse_stand_ins(common)
     os.makedirs(iteration_dir, exist_ok=True)
     layer_counts = _layer_counts(state, group if distributed else None, distributed)
-    planner = _ItemsSavePlanner(_write_items(state, layer_counts))
+    items = _write_items(state, layer_counts) + [
+        (WriteItem(index=MetadataIndex(name), type=WriteItemType.BYTE_IO), value)
+        for name, value in (objects or {}).items()]
+    planner = _ItemsSavePlanner(items)
     writer = dcp.FileSystemWriter(iteration_dir, thread_count=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ...errors import CheckpointError
 from ..arguments import add_megatron_arguments
+from ...checkpoint import reshard
 from ...checkpoint.formats import tracked_checkpoint
 
 # What decides the model a checkpoint holds (Megatron-LM's load_args_from_checkpoint list, in our flags).
@@ -46,6 +47,9 @@ def explicit_destinations(argv: Sequence[str], extra_args_provider: Optional[Cal
 
 
 def read_checkpoint_args(directory: str, ckpt_format: str) -> tuple:
+    if reshard.torch_dist_directory(directory):     # Megatron-LM's torch_dist: the args of its common.pt
+        source = reshard.open_source(directory)
+        return source.head["args"], source.iteration_path
     layout, _, path = tracked_checkpoint(directory, ckpt_format, "--load (read by --use-checkpoint-args)")
     saved = layout.read(path, mmap=True)       # a Megatron-LM file's Namespace comes back as plain values
     record = saved.get("args")
