@@ -45,7 +45,7 @@ from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
 from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
                                 save_torch_format, strict_load_error)
 from .megatron_lm_models import MODEL_NAMES, build_model, full_logits
-from .megatron_lm_optimizer import build_optimizer, take_steps
+from .megatron_lm_optimizer import build_optimizer, optimizer_state_by_name, take_steps
 from .megatron_lm_rng import megatron_rng_state, restore_rng_state
 
 __all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits"]
@@ -63,6 +63,9 @@ class MegatronLoadError(AssertionError):
 class SavedReference:
     logits: dict        # {"lm": [batch, seq, vocab]} (+ "binary" for BERT), from the saved weights
     args: dict          # vars() of the args Namespace in the files
+    # with_optimizer: {(tp_rank, pp_rank): {megatron-core parameter name: {field: tensor}}}, read from the
+    # live optimizer by parameter object
+    optimizer: dict = dataclasses.field(default_factory=dict)
 
 
 def _ranks() -> tuple:
@@ -103,6 +106,8 @@ def _save_rank(name, directory, out_dir, tp, pp, fmt, seed, iteration, with_opti
         if with_optimizer:
             ddp, optimizer, scheduler = build_optimizer(model, model.config)
             take_steps(name, ddp, optimizer, scheduler, steps)
+            torch.save(optimizer_state_by_name(model, optimizer),
+                       os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         args = megatron_lm_args(name, tp=tp, pp=pp, rank=dist.get_rank(), iteration=iteration, seed=seed,
                                 fmt=fmt, with_optimizer=with_optimizer, save_dir=directory)
         rng_state = megatron_rng_state(seed + 100 * pp_rank, tp_rank)
@@ -175,7 +180,11 @@ def _run(worker, name: str, directory: str, tp: int, pp: int, *rest):
         errors = sorted(glob.glob(os.path.join(out_dir, "load_error.*")))
         if errors:
             raise MegatronLoadError("\n".join(open(path).read() for path in errors))
-        return torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)
+        result = torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)
+        for path in glob.glob(os.path.join(out_dir, "optimizer_tp*_pp*.pt")):
+            tp_rank, pp_rank = os.path.basename(path)[len("optimizer_tp"):-len(".pt")].split("_pp")
+            result.optimizer[(int(tp_rank), int(pp_rank))] = torch.load(path, weights_only=False)
+        return result
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 

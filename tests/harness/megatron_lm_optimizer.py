@@ -55,3 +55,13 @@ def take_steps(name: str, ddp, optimizer, scheduler, steps: int) -> None:
             raise RuntimeError("megatron's optimizer skipped a step (found inf/nan in the grads)")
         scheduler.step(increment=BATCH)
     torch.distributed.barrier()
+
+
+def optimizer_state_by_name(model, optimizer) -> dict:
+    """{megatron-core parameter name: {field: tensor}} of this rank, read from the live optimizer by
+    parameter object (not by position): what a checkpoint's positional state must come back as."""
+    by_param = {}
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for param, state in inner.optimizer.state.items():
+            by_param[param] = {field: value.detach().clone() for field, value in state.items()}
+    return {name: by_param[param] for name, param in model.named_parameters() if param in by_param}

@@ -22,9 +22,11 @@ Megatron-LM checkpoint at any saved TP x PP and reshard it as they reshard ours:
                      come from the args, as for our older files)
   parallel           TP, PP, virtual PP, DP and the distributed-optimizer setting of the args
 
-The optimizer state is not carried yet: a file that holds one is read as weights, iteration,
-counters and scheduler, with `optimizer_dropped` set, so a resumed run starts a fresh
-optimizer from the weights (and says so).
+The optimizer state of a plain (not distributed) optimizer is carried per parameter
+(per_parameter_state), as a resharded checkpoint of ours carries it, so a resumed run goes on
+with Megatron-LM's Adam moments and masters at any sizes; --finetune and --no-load-optim drop
+it. A distributed optimizer's files (distrib_optim.pt) are not read yet: the run starts a fresh
+optimizer from the weights and says so.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch
 from ...errors import CheckpointError
 from ...mpu.sharding_map import ShardingMap, ShardSpec
 from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
+from ..contents import FORMAT_VERSION, PER_PARAMETER
 from ..file_io import load_file
 from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from .key_names import (LEGACY, flatten, is_extra_state, our_key, qkv_rows_to_current, style_of,
@@ -123,7 +126,7 @@ def _layers_per_chunk(args: Mapping, pp: int, chunks: int, where: str) -> Dict[s
 def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, version: float, tp: int,
                  where: str) -> Tuple[Dict[str, torch.Tensor], int]:
     stack = "encoder" if family == "bert" else "decoder"
-    state, skipped = {}, 0
+    state, skipped, names = {}, 0, {}
     heads = int(args["num_attention_heads"]) // tp
     tied = not args.get("untie_embeddings_and_output_weights", False)
     for name, tensor in flatten(raw_chunk).items():
@@ -141,9 +144,12 @@ def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, ver
         if style == LEGACY and ".query_key_value." in key and version < 2.0:
             tensor = qkv_rows_to_current(tensor, version, heads)
         state[key] = tensor
+        names[name] = key
     if tied and "output_layer.weight" in state and "embedding.word_embeddings.weight" not in state:
         state["word_embeddings.weight"] = state.pop("output_layer.weight")   # megatron-core's tied last stage
-    return state, skipped
+        names = {theirs: ("word_embeddings.weight" if ours == "output_layer.weight" else ours)
+                 for theirs, ours in names.items()}
+    return state, skipped, names
 
 
 def _chunk_map(state: Mapping[str, torch.Tensor], args: Mapping, config: TransformerConfig, family: str, tp: int,
@@ -161,10 +167,52 @@ def _chunk_map(state: Mapping[str, torch.Tensor], args: Mapping, config: Transfo
 
 def contents_head(args: Mapping, config: TransformerConfig, family: str, version: float, iteration) -> Dict:
     """The counters, args, config and family entries of our contents, from Megatron-LM's args."""
-    return {"checkpoint_version": version, "iteration": int(iteration or 0),
+    return {"checkpoint_version": version, "format_version": FORMAT_VERSION, "iteration": int(iteration or 0),
             "consumed_train_samples": int(args.get("consumed_train_samples") or 0),
             "consumed_valid_samples": int(args.get("consumed_valid_samples") or 0),
             "args": dict(args), "model_config": config.to_dict(), "model_family": family, "rng_state": []}
+
+
+def per_parameter_state(saved: Mapping, parameters: List[Tuple[str, str, torch.Tensor]], where: str) -> Dict:
+    """Megatron-LM's optimizer state of one rank, {chunk: {our key: {field: tensor}}}.
+
+    Its optimizer is torch's Adam over parameter groups: positions are numbered through the
+    groups in order, and each group holds its parameters in the model's named_parameters order
+    (the file's model order). Megatron-LM's default groups are the decayed parameters
+    (wd_mult 1) and the others (biases and 1-D tensors: wd_mult 0). A mixed-precision run wraps
+    it: {"optimizer": torch's state, "fp32_from_fp16_params": [[the fp32 masters of each group]]}.
+    Anything else (more groups, shapes that do not line up) is one sentence: load with
+    --no-load-optim or --finetune."""
+    inner = saved.get("optimizer") if isinstance(saved.get("optimizer"), Mapping) else saved
+    masters = saved.get("fp32_from_fp16_params")
+    refuse = (f"{where}: the Megatron-LM optimizer state does not line up with the model's parameters "
+              f"({{}}); load the weights alone with --no-load-optim (or --finetune).")
+    if not isinstance(inner, Mapping) or "state" not in inner or "param_groups" not in inner:
+        raise CheckpointError(refuse.format("not a torch optimizer's state dict"))
+    def decayed(name, tensor):
+        return not (name.endswith(".bias") or tensor.dim() == 1)
+    pending = {True: [p for p in parameters if decayed(p[1], p[2])],
+               False: [p for p in parameters if not decayed(p[1], p[2])]}
+    out: Dict[str, Dict] = {}
+    for g, group in enumerate(inner["param_groups"]):
+        wd = group.get("wd_mult", 1.0 if group.get("weight_decay", 0.0) else 0.0)
+        members = pending.get(bool(wd))
+        if members is None or len(members) != len(group["params"]):
+            raise CheckpointError(refuse.format(f"group {g} has {len(group['params'])} parameters"))
+        pending[bool(wd)] = None
+        for i, (position, (chunk, ours, weight)) in enumerate(zip(group["params"], members)):
+            fields = dict(inner["state"].get(position, {}))
+            for field, value in fields.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != weight.shape:
+                    raise CheckpointError(refuse.format(f"{field} of position {position} has shape "
+                                                        f"{tuple(value.shape)}, {ours} {tuple(weight.shape)}"))
+            if masters is not None:
+                fields["fp32_master"] = masters[g][i]
+            out.setdefault(chunk, {})[ours] = fields
+    left = [name for members in pending.values() if members for _, name, _ in members]
+    if left:
+        raise CheckpointError(refuse.format(f"no group holds {left[0]}"))
+    return out
 
 
 def parallel_record(args: Mapping, tp: int, pp: int, virtual, origin: str) -> Dict:
@@ -199,10 +247,11 @@ def our_contents(raw: Mapping, path: str) -> Dict:
     padded = args.get("padded_vocab_size")
     contents = contents_head(args, config, family, version, raw.get("iteration"))
     per_chunk = _layers_per_chunk(args, pp, len(chunk_names), where)
-    maps, skipped = {}, 0
+    maps, skipped, parameters = {}, 0, []
     for index, name in enumerate(chunk_names):
-        state, dropped = _chunk_state(raw[name], args, style, family, version, tp, where)
+        state, dropped, names = _chunk_state(raw[name], args, style, family, version, tp, where)
         skipped += dropped
+        parameters += [(name, ours, state[ours]) for ours in names.values()]
         if padded is None:
             table = state.get("embedding.word_embeddings.weight", state.get("word_embeddings.weight"))
             padded = None if table is None else table.shape[0] * tp
@@ -212,6 +261,9 @@ def our_contents(raw: Mapping, path: str) -> Dict:
     contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
                     megatron_lm_skipped_entries=skipped,
                     parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))
+    if raw.get("optimizer") is not None and not args.get("use_distributed_optimizer"):
+        contents["optimizer"] = {PER_PARAMETER: per_parameter_state(raw["optimizer"], parameters, where)}
+        contents["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
     if isinstance(raw.get("opt_param_scheduler"), Mapping):
         contents["opt_param_scheduler"] = dict(raw["opt_param_scheduler"])
     return contents

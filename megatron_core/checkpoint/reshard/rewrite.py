@@ -93,7 +93,8 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
     size = target.tensor_model_parallel_size
     head = {k: v for k, v in source.head.items() if k not in ("rng_state", "sharding_map")}
     head.update(model)
-    parallel = dict(source.parallel, tensor_model_parallel_size=size,
+    parallel = {k: v for k, v in source.parallel.items() if k not in (FORMAT_MARK, "saved_as")}   # ours now
+    parallel = dict(parallel, tensor_model_parallel_size=size,
                     pipeline_model_parallel_size=target.pipeline_model_parallel_size,
                     data_parallel_size=target.data_parallel_size or source.parallel.get("data_parallel_size"))
     if target.pipeline_model_parallel_size != source.pp:
@@ -169,9 +170,9 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
         progress(f"note: the DeepSpeed engine's optimizer state in {source.iteration_path} cannot be carried (a "
                  f"ZeRO-0 file that does not name its parameters); writing the weights only, as --no-optim.")
         target = dataclasses.replace(target, keep_optimizer=False)
-    if target.keep_optimizer and source.parallel.get(FORMAT_MARK):
-        progress(f"note: {source.iteration_path} is Megatron-LM's; its optimizer state is not carried yet, so the "
-                 f"weights are written alone, as --no-optim.")
+    if target.keep_optimizer and source.parallel.get(FORMAT_MARK) and source.parallel.get("optimizer_dropped"):
+        progress(f"note: {source.iteration_path} is Megatron-LM's and holds no optimizer state this package reads "
+                 f"(none saved, a distributed optimizer's, or torch_dist's); writing the weights alone, as --no-optim.")
         target = dataclasses.replace(target, keep_optimizer=False)
     if target.keep_optimizer and not source.has_optimizer():
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")
