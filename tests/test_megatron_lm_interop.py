@@ -6,6 +6,7 @@ load_state_dict(strict=True); torch_dist: dist_checkpointing.load) with the same
 legacy key names go round trip through our reader."""
 import os
 
+import numpy
 import pytest
 import torch
 
@@ -14,10 +15,12 @@ pytest.importorskip("megatron.core")
 from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # noqa: E402
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
+from megatron_core.data.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
 from megatron_core.inference.checkpoint_model import load_checkpoint_model  # noqa: E402
 from megatron_core.models.language_model import gather_logits  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
 from tests.harness.distributed import run_distributed  # noqa: E402
+from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.megatron_lm_models import sample_batch  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
 
@@ -134,3 +137,40 @@ def test_megatron_lm_optimizer_state_comes_over_per_parameter(tmp_path, name):
                                                                   if name == "llama" else
                                                                   "encoder.layers.0.mlp.dense_h_to_4h.weight")) \
         >= {"exp_avg", "exp_avg_sq", "step"}
+
+
+def _synthetic_corpus(prefix, vocab=127, documents=64, seed=0):
+    """Token ids below `vocab`, each document ended by NullTokenizer's end-of-document id."""
+    generator = torch.Generator().manual_seed(seed)
+    with IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32) as builder:
+        for _ in range(documents):
+            length = int(torch.randint(20, 60, (1,), generator=generator))
+            builder.add_item(torch.cat([torch.randint(0, vocab, (length,), generator=generator),
+                                        torch.tensor([vocab])]).numpy())
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
+
+
+@pytest.mark.parametrize("mode", ["resume", "finetune"])
+def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
+    """pretrain_gpt.py --load of megatron-core's TP=2 Llama checkpoint (with its optimizer) at TP=1,
+    the model flags from its args (--use-checkpoint-args): resuming goes on at iteration 8 with
+    Megatron-LM's optimizer state; --finetune starts at iteration 1 with a fresh one."""
+    directory = tmp_path / "megatron_llama"
+    megatron_lm.save_checkpoint("llama", str(directory), tp=2, pp=1, fmt="torch", seed=1234, iteration=7,
+                                with_optimizer=True, steps=2)
+    prefix = str(tmp_path / "synthetic_text_document")
+    _synthetic_corpus(prefix)
+    flags = ["--load", directory, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
+             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
+             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--lr-decay-style", "constant",
+             "--log-interval", 1, "--eval-iters", 0, "--tensor-model-parallel-size", 1,
+             "--train-iters", 10 if mode == "resume" else 3] + (["--finetune"] if mode == "finetune" else [])
+    done = run_ranks("pretrain_gpt.py", [str(f) for f in flags], 1)
+    assert done.returncode == 0, failure_report(done)
+    assert "(from Megatron-LM's files, mcore key names)" in done.stdout
+    losses = logged_values(done.stdout, "lm loss")
+    assert sorted(losses) == ([8, 9, 10] if mode == "resume" else [1, 2, 3]), failure_report(done)
+    assert all(0 < loss < 10 for loss in losses.values())
+    fresh = "holds no optimizer state" in done.stdout or "fresh optimizer" in done.stdout
+    assert not fresh if mode == "resume" else True

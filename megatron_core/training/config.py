@@ -135,6 +135,8 @@ class DataConfig:
     split: str = "969, 30, 1"
     data_cache_path: Optional[str] = None
     tokenizer_type: Optional[str] = None
+    # --vocab-size: NullTokenizer's ids (others: checked against the tokenizer's size)
+    vocab_size: Optional[int] = None
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
     tokenizer_model: Optional[str] = None

@@ -47,7 +47,8 @@ def build_tokenizer(data: DataConfig):
         raise DataError("--tokenizer-type is required to read the data; give e.g. BertWordPieceLowerCase with "
                         "--vocab-file, or GPT2BPETokenizer with --vocab-file and --merge-file.")
     return build_tokenizer_by_name(data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
-                                   tokenizer_model=data.tokenizer_model, vocab_extra_ids=data.vocab_extra_ids)
+                                   tokenizer_model=data.tokenizer_model, vocab_extra_ids=data.vocab_extra_ids,
+                                   vocab_size=data.vocab_size)
 
 
 def train_valid_test_num_samples(training: TrainingConfig) -> List[int]:

@@ -39,7 +39,7 @@ def resolve_vocabulary(args, run: RunConfig) -> Vocabulary:
     dry = bool(getattr(args, "dry_run", False))
     tokenizer = None
     if dry and given is not None:
-        size = given
+        size = given + 1 if getattr(args, "tokenizer_type", None) == "NullTokenizer" else given   # + its eod
     elif getattr(args, "tokenizer_type", None):
         try:
             tokenizer = build_tokenizer(run.data)
@@ -49,7 +49,7 @@ def resolve_vocabulary(args, run: RunConfig) -> Vocabulary:
                                   f"tokenizer's size before padding).") from None
             raise
         size = tokenizer.vocab_size
-        if given is not None and given != size:
+        if given is not None and given != size and args.tokenizer_type != "NullTokenizer":   # N ids + its eod
             raise ConfigError(f"--vocab-size {given} disagrees with the tokenizer's {size} tokens "
                               f"(--tokenizer-type {args.tokenizer_type}); drop --vocab-size or fix it.")
     elif given is not None:

@@ -13,12 +13,13 @@ TOKENIZER_TYPES = (
     "SentencePieceTokenizer",
     "GPTSentencePieceTokenizer",
     "HuggingFaceTokenizer",
+    "NullTokenizer",
 )
 
 
 def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str] = None,
                     merge_file: Optional[str] = None, tokenizer_model: Optional[str] = None,
-                    vocab_extra_ids: int = 0) -> AbstractTokenizer:
+                    vocab_extra_ids: int = 0, vocab_size: Optional[int] = None) -> AbstractTokenizer:
     """Build a tokenizer. Padding its vocab_size for the embedding is the model's business
     (the padded size is stored in checkpoints), not the tokenizer's."""
     if tokenizer_type in ("BertWordPieceLowerCase", "BertWordPieceCase"):
@@ -35,6 +36,9 @@ def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str] = None,
     elif tokenizer_type == "GPTSentencePieceTokenizer":
         from megatron_core.data.tokenizers.sentencepiece_tokenizer import GPTSentencePieceTokenizer
         tokenizer = GPTSentencePieceTokenizer(tokenizer_model)
+    elif tokenizer_type == "NullTokenizer":
+        from megatron_core.data.tokenizers.null import NullTokenizer
+        tokenizer = NullTokenizer(vocab_size)
     elif tokenizer_type == "HuggingFaceTokenizer":
         from megatron_core.data.tokenizers.huggingface import HuggingFaceTokenizer
         tokenizer = HuggingFaceTokenizer(tokenizer_model)
@@ -53,4 +57,5 @@ def build_tokenizer_from_args(args) -> AbstractTokenizer:
         merge_file=getattr(args, "merge_file", None),
         tokenizer_model=getattr(args, "tokenizer_model", None),
         vocab_extra_ids=getattr(args, "vocab_extra_ids", 0) or 0,
+        vocab_size=getattr(args, "vocab_size", None),
     )
