@@ -174,3 +174,18 @@ def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     assert all(0 < loss < 10 for loss in losses.values())
     fresh = "holds no optimizer state" in done.stdout or "fresh optimizer" in done.stdout
     assert not fresh if mode == "resume" else True
+
+
+def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_naming_both(tmp_path):
+    directory = tmp_path / "megatron_llama"
+    megatron_lm.save_checkpoint("llama", str(directory), tp=1, pp=1, fmt="torch", seed=1234, iteration=7)
+    prefix = str(tmp_path / "synthetic_text_document")
+    _synthetic_corpus(prefix)
+    flags = ["--load", directory, "--use-checkpoint-args", "--hidden-size", 32, "--tokenizer-type", "NullTokenizer",
+             "--vocab-size", 127, "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0",
+             "--num-workers", 0, "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--train-iters", 9,
+             "--eval-iters", 0]
+    done = run_ranks("pretrain_gpt.py", [str(f) for f in flags], 1)
+    assert done.returncode != 0
+    error = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "--hidden-size 64 in the checkpoint vs 32 here" in error[0], failure_report(done)
