@@ -189,3 +189,26 @@ def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_na
     assert done.returncode != 0
     error = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "--hidden-size 64 in the checkpoint vs 32 here" in error[0], failure_report(done)
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, name):
+    """megatron-core's model with Adam state -> ours at TP=1 (change_mp keeps the state) -> --to-megatron-lm
+    at TP=2: megatron-core's optimizer.load_state_dict takes it, and by parameter it holds exactly the
+    moments and step it saved."""
+    directory = tmp_path / "megatron"
+    reference = megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, fmt="torch", seed=1234,
+                                            iteration=7, with_optimizer=True, steps=2)
+    ours, exported = tmp_path / "ours", tmp_path / "exported"
+    run_tool_main("change_mp.py", directory, "--target-tensor-parallel-size", 1, "--output", ours)
+    run_tool_main("convert_checkpoint.py", "--to-megatron-lm", exported, "--load", ours,
+                  "--tensor-model-parallel-size", 2)
+    loaded = megatron_lm.load_and_logits(name, str(exported), tp=2, pp=1, fmt="torch", with_optimizer=True)
+    _assert_logits({k: v for k, v in loaded.items() if k != "optimizer_by_name"}, reference.logits, name)
+    assert loaded["optimizer_by_name"].keys() == reference.optimizer.keys()
+    for rank, by_name in reference.optimizer.items():
+        assert loaded["optimizer_by_name"][rank].keys() == by_name.keys()
+        for name, fields in by_name.items():
+            for field in ("exp_avg", "exp_avg_sq", "step"):
+                torch.testing.assert_close(loaded["optimizer_by_name"][rank][name][field].float(),
+                                           fields[field].float(), rtol=0, atol=0, msg=lambda m: f"{rank} {name} {field}: {m}")

@@ -25,8 +25,10 @@ weights-only checkpoint of ours) holds what Megatron-LM's save_checkpoint writes
                       CPU states, CUDA and tracker states seeded as Megatron-LM seeds them
 
 The weights are cut for the target from the memory-mapped source one tensor at a time
-(reshard/targets.py); memory holds one output file. The optimizer state is not written yet:
-load the result in Megatron-LM with --finetune or --no-load-optim. GPT (Llama-style too) and
+(reshard/targets.py); memory holds one output file. The optimizer state, when the checkpoint
+has one, is written as Megatron-LM's optimizer saves it (megatron_lm/optimizer.py; megatron-core
+names only), so Megatron-LM's --load resumes it; without one, load it with --finetune or
+--no-load-optim. GPT (Llama-style too) and
 BERT; T5 and the other families are one sentence.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_namespace
+from ..checkpoint.megatron_lm.optimizer import mcore_parameter_order, megatron_optimizer
 from ..checkpoint.megatron_lm.rng import megatron_rng_state
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
 from ..checkpoint.megatron_lm.torch_dist import write_torch_dist
@@ -46,7 +49,7 @@ from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
 from ..checkpoint.saved_model import MergedState
-from ..checkpoint.reshard.targets import target_weight
+from ..checkpoint.reshard.targets import target_optimizer_state, target_weight
 from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
 
@@ -151,6 +154,15 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
                 "source": source.iteration_path, "optimizer": False}
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
+    with_optimizer = source.has_optimizer() and key_names == MCORE
+    if source.has_optimizer() and not with_optimizer:
+        progress("note: the optimizer state is written with megatron-core's names only; this checkpoint goes "
+                 "without it (load it in Megatron-LM with --finetune or --no-load-optim).")
+    args = source.head.get("args") or {}
+    hyper = {"lr": float(args.get("lr") or 0.0), "min_lr": float(args.get("min_lr") or 0.0),
+             "weight_decay": float(args.get("weight_decay") if args.get("weight_decay") is not None else 0.01),
+             "betas": (float(args.get("adam_beta1") or 0.9), float(args.get("adam_beta2") or 0.999)),
+             "eps": float(args.get("adam_eps") or 1e-8)}
     saved_rng = list(source.head.get("rng_state") or [])
     seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
@@ -159,10 +171,20 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
             state = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
                      "iteration": namespace.iteration, "rng_state": megatron_rng_state(saved_rng, seed, t, p),
                      "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+            parameters = []
             for chunk in mine:
-                tensors = {_megatron_name(local, key_names): target_weight(source, whole, spec, t, tp, padded)
-                           for local, (whole, spec) in chunk.entries.items()}
+                tensors = {}
+                for local, (whole, spec) in chunk.entries.items():
+                    name = _megatron_name(local, key_names)
+                    tensors[name] = target_weight(source, whole, spec, t, tp, padded)
+                    if with_optimizer:
+                        parameters.append((name, tensors[name], target_optimizer_state(source, whole, spec, t, tp,
+                                                                                       padded)))
                 state[chunk.chunk] = nest(tensors) if key_names == LEGACY else tensors
+            if with_optimizer:
+                order = {name: i for i, name in enumerate(mcore_parameter_order([n for n, _, _ in parameters]))}
+                parameters.sort(key=lambda entry: order[entry[0]])
+                state["optimizer"] = megatron_optimizer(parameters, hyper, config.params_dtype != torch.float32)
             path = layout.model_file(output, source.iteration, t, tp, p, pp)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             save_file(state, path)
@@ -172,4 +194,4 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     source.files.release()
     return {"family": family, "key_names": key_names, "format": fmt, "iteration": source.iteration,
             "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
-            "source": source.iteration_path, "optimizer": False}
+            "source": source.iteration_path, "optimizer": with_optimizer}

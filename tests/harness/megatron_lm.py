@@ -22,7 +22,8 @@ load_and_logits(model, directory, *, tp, pp, fmt, with_optimizer)
     does (tracker, this rank's file, checkpoint_version >= 2.0 since 0.16.1 cannot reorder
     older QKV layouts into megatron-core models, check_checkpoint_args, a strict
     load_state_dict, the RNG state, and with with_optimizer the optimizer and scheduler state)
-    and returns the logits. A strict load that fails raises MegatronLoadError with PyTorch's
+    and returns the logits (with with_optimizer also "optimizer_by_name": {(tp_rank, pp_rank):
+    {parameter name: {field: tensor}}}, read off the loaded optimizer). A strict load that fails raises MegatronLoadError with PyTorch's
     message verbatim (every failing rank's, ranks in order).
 
 megatron_cpu.py says how megatron-core runs without CUDA. The ranks are forked (or spawned)
@@ -160,6 +161,9 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
         if with_optimizer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["opt_param_scheduler"])
+            tp_rank, pp_rank, _ = _ranks()
+            torch.save(optimizer_state_by_name(model, optimizer),
+                       os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         restore_rng_state(state["rng_state"])
         _hand_back(out_dir, full_logits(name, model))
     finally:
@@ -181,9 +185,14 @@ def _run(worker, name: str, directory: str, tp: int, pp: int, *rest):
         if errors:
             raise MegatronLoadError("\n".join(open(path).read() for path in errors))
         result = torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)
+        optimizer = {}
         for path in glob.glob(os.path.join(out_dir, "optimizer_tp*_pp*.pt")):
             tp_rank, pp_rank = os.path.basename(path)[len("optimizer_tp"):-len(".pt")].split("_pp")
-            result.optimizer[(int(tp_rank), int(pp_rank))] = torch.load(path, weights_only=False)
+            optimizer[(int(tp_rank), int(pp_rank))] = torch.load(path, weights_only=False)
+        if isinstance(result, SavedReference):
+            result.optimizer.update(optimizer)
+        elif optimizer:         # a load with_optimizer: what megatron-core's optimizer holds after it
+            result["optimizer_by_name"] = optimizer
         return result
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -44,6 +44,7 @@ from ..file_io import load_file
 from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from .key_names import (LEGACY, flatten, is_extra_state, our_key, qkv_rows_to_current, style_of,
                         unsupported_feature)
+from .optimizer import per_parameter_state
 
 FORMAT_MARK = "megatron_lm"          # parallel record entry: the file was read from Megatron-LM's format
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
@@ -171,48 +172,6 @@ def contents_head(args: Mapping, config: TransformerConfig, family: str, version
             "consumed_train_samples": int(args.get("consumed_train_samples") or 0),
             "consumed_valid_samples": int(args.get("consumed_valid_samples") or 0),
             "args": dict(args), "model_config": config.to_dict(), "model_family": family, "rng_state": []}
-
-
-def per_parameter_state(saved: Mapping, parameters: List[Tuple[str, str, torch.Tensor]], where: str) -> Dict:
-    """Megatron-LM's optimizer state of one rank, {chunk: {our key: {field: tensor}}}.
-
-    Its optimizer is torch's Adam over parameter groups: positions are numbered through the
-    groups in order, and each group holds its parameters in the model's named_parameters order
-    (the file's model order). Megatron-LM's default groups are the decayed parameters
-    (wd_mult 1) and the others (biases and 1-D tensors: wd_mult 0). A mixed-precision run wraps
-    it: {"optimizer": torch's state, "fp32_from_fp16_params": [[the fp32 masters of each group]]}.
-    Anything else (more groups, shapes that do not line up) is one sentence: load with
-    --no-load-optim or --finetune."""
-    inner = saved.get("optimizer") if isinstance(saved.get("optimizer"), Mapping) else saved
-    masters = saved.get("fp32_from_fp16_params")
-    refuse = (f"{where}: the Megatron-LM optimizer state does not line up with the model's parameters "
-              f"({{}}); load the weights alone with --no-load-optim (or --finetune).")
-    if not isinstance(inner, Mapping) or "state" not in inner or "param_groups" not in inner:
-        raise CheckpointError(refuse.format("not a torch optimizer's state dict"))
-    def decayed(name, tensor):
-        return not (name.endswith(".bias") or tensor.dim() == 1)
-    pending = {True: [p for p in parameters if decayed(p[1], p[2])],
-               False: [p for p in parameters if not decayed(p[1], p[2])]}
-    out: Dict[str, Dict] = {}
-    for g, group in enumerate(inner["param_groups"]):
-        wd = group.get("wd_mult", 1.0 if group.get("weight_decay", 0.0) else 0.0)
-        members = pending.get(bool(wd))
-        if members is None or len(members) != len(group["params"]):
-            raise CheckpointError(refuse.format(f"group {g} has {len(group['params'])} parameters"))
-        pending[bool(wd)] = None
-        for i, (position, (chunk, ours, weight)) in enumerate(zip(group["params"], members)):
-            fields = dict(inner["state"].get(position, {}))
-            for field, value in fields.items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != weight.shape:
-                    raise CheckpointError(refuse.format(f"{field} of position {position} has shape "
-                                                        f"{tuple(value.shape)}, {ours} {tuple(weight.shape)}"))
-            if masters is not None:
-                fields["fp32_master"] = masters[g][i]
-            out.setdefault(chunk, {})[ours] = fields
-    left = [name for members in pending.values() if members for _, name, _ in members]
-    if left:
-        raise CheckpointError(refuse.format(f"no group holds {left[0]}"))
-    return out
 
 
 def parallel_record(args: Mapping, tp: int, pp: int, virtual, origin: str) -> Dict:

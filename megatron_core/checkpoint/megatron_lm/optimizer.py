@@ -1,0 +1,122 @@
+"""Megatron-LM's optimizer state in a `torch`-format rank file, both ways.
+
+Megatron-LM's optimizer (get_megatron_optimizer, fp32 or mixed precision, not distributed)
+saves torch's Adam state dict: positions numbered through the parameter groups in order, each
+group holding its parameters in the model's named_parameters order. Its default groups are
+the decayed parameters (wd_mult 1.0) and the others (biases and 1-D tensors: wd_mult 0.0). A
+bf16/fp16 run wraps it: {"optimizer": torch's state dict, "fp32_from_fp16_params": [[the fp32
+masters of each group, in order]]}. Ours keeps the same fields per parameter
+(contents.PER_PARAMETER: {chunk: {name: {exp_avg, exp_avg_sq, step, fp32_master}}}).
+
+  per_parameter_state   a Megatron-LM file's positional state -> ours per parameter (reading)
+  megatron_optimizer    ours per parameter -> Megatron-LM's positional state (writing), in
+                        megatron-core's parameter order (mcore_parameter_order)
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+
+from ...errors import CheckpointError
+
+
+def _decayed(name: str, tensor: torch.Tensor) -> bool:
+    """Megatron-LM's default: no weight decay for biases and 1-D tensors (norms)."""
+    return not (name.endswith(".bias") or tensor.dim() == 1)
+
+
+def per_parameter_state(saved: Mapping, parameters: List[Tuple[str, str, torch.Tensor]], where: str) -> Dict:
+    """Megatron-LM's optimizer state of one rank as ours, {chunk: {our key: {field: tensor}}};
+    `parameters`: (chunk, our key, weight) in the file's model order, which is the model's
+    named_parameters order. Anything but the default two groups, or shapes that do not line
+    up, is one sentence: load with --no-load-optim or --finetune."""
+    inner = saved.get("optimizer") if isinstance(saved.get("optimizer"), Mapping) else saved
+    masters = saved.get("fp32_from_fp16_params")
+    refuse = (f"{where}: the Megatron-LM optimizer state does not line up with the model's parameters "
+              f"({{}}); load the weights alone with --no-load-optim (or --finetune).")
+    if not isinstance(inner, Mapping) or "state" not in inner or "param_groups" not in inner:
+        raise CheckpointError(refuse.format("not a torch optimizer's state dict"))
+    pending = {True: [p for p in parameters if _decayed(p[1], p[2])],
+               False: [p for p in parameters if not _decayed(p[1], p[2])]}
+    out: Dict[str, Dict] = {}
+    for g, group in enumerate(inner["param_groups"]):
+        wd = group.get("wd_mult", 1.0 if group.get("weight_decay", 0.0) else 0.0)
+        members = pending.get(bool(wd))
+        if members is None or len(members) != len(group["params"]):
+            raise CheckpointError(refuse.format(f"group {g} has {len(group['params'])} parameters"))
+        pending[bool(wd)] = None
+        for i, (position, (chunk, ours, weight)) in enumerate(zip(group["params"], members)):
+            fields = dict(inner["state"].get(position, {}))
+            for field, value in fields.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != weight.shape:
+                    raise CheckpointError(refuse.format(f"{field} of position {position} has shape "
+                                                        f"{tuple(value.shape)}, {ours} {tuple(weight.shape)}"))
+            if masters is not None:
+                fields["fp32_master"] = masters[g][i]
+            out.setdefault(chunk, {})[ours] = fields
+    left = [name for members in pending.values() if members for _, name, _ in members]
+    if left:
+        raise CheckpointError(refuse.format(f"no group holds {left[0]}"))
+    return out
+
+
+# megatron-core's module order (named_parameters): what the positions of a file it loads follow.
+_OUTSIDE_ORDER = ("embedding.word_embeddings.", "embedding.position_embeddings.", "embedding.tokentype_embeddings.",
+                  "encoder.", "decoder.", "lm_head.dense.", "lm_head.layer_norm.", "output_layer.", "binary_head.",
+                  "pooler.")
+# (an attention module registers its output projection before its input projections)
+_LAYER_ORDER = ("input_layernorm.", "self_attention.linear_proj.", "self_attention.linear_qkv.",
+                "pre_cross_attn_layernorm.", "cross_attention.linear_proj.", "cross_attention.linear_q.",
+                "cross_attention.linear_kv.", "pre_mlp_layernorm.", "mlp.linear_fc1.", "mlp.linear_fc2.")
+_LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.*)$")
+
+
+def _position(prefixes: Sequence[str], name: str) -> int:
+    return next((i for i, prefix in enumerate(prefixes) if name.startswith(prefix)), len(prefixes))
+
+
+def mcore_parameter_order(names: Sequence[str]) -> List[str]:
+    """megatron-core names in its model's named_parameters order (weights before biases)."""
+    def key(name: str):
+        layer = _LAYER_KEY.match(name)
+        if layer:
+            stack, index, rest = layer.groups()
+            return (_position(_OUTSIDE_ORDER, stack + "."), int(index), _position(_LAYER_ORDER, rest),
+                    rest.endswith(".bias"))
+        after_layers = name.startswith(("encoder.", "decoder."))      # a stack's final norm follows its layers
+        return (_position(_OUTSIDE_ORDER, name), 1 << 30 if after_layers else -1, 0, name.endswith(".bias"))
+    return sorted(names, key=key)
+
+
+def _group(template: Mapping, decayed: bool, weight_decay: float, positions: List[int]) -> Dict:
+    group = dict(template)
+    group.update(wd_mult=1.0 if decayed else 0.0, weight_decay=weight_decay if decayed else 0.0, params=positions)
+    return group
+
+
+def megatron_optimizer(parameters: List[Tuple[str, torch.Tensor, Mapping]], hyper: Mapping,
+                       mixed_precision: bool) -> Dict:
+    """Megatron-LM's optimizer entry of one rank file. `parameters`: (megatron-core name, weight,
+    our per-parameter fields) in megatron-core's order; `hyper`: lr, min_lr, weight_decay, betas,
+    eps (the run's flags). The groups carry every field Megatron-LM's groups hold, since
+    torch's load_state_dict takes them over."""
+    template = torch.optim.Adam([torch.zeros(1)], lr=hyper["lr"], betas=tuple(hyper["betas"]), eps=hyper["eps"],
+                                weight_decay=hyper["weight_decay"]).state_dict()["param_groups"][0]
+    template = {k: v for k, v in template.items() if k != "params"}
+    template.update(lr_mult=1.0, is_expert_parallel=False, is_decoupled_lr=False, default_config=True,
+                    max_lr=hyper["lr"], min_lr=hyper["min_lr"], decoupled_weight_decay=True)
+    groups, state, masters = [], {}, []
+    position = 0
+    for decayed in (True, False):
+        members = [(name, weight, fields) for name, weight, fields in parameters if _decayed(name, weight) == decayed]
+        positions = list(range(position, position + len(members)))
+        for at, (name, weight, fields) in zip(positions, members):
+            state[at] = {field: value for field, value in fields.items() if field != "fp32_master"}
+        masters.append([fields.get("fp32_master", weight.float()).reshape(weight.shape).float()
+                        for _, weight, fields in members])
+        groups.append(_group(template, decayed, hyper["weight_decay"], positions))
+        position += len(members)
+    inner = {"state": state, "param_groups": groups}
+    return {"optimizer": inner, "fp32_from_fp16_params": masters} if mixed_precision else inner
