@@ -4,7 +4,6 @@ ours at TP=1, 2 and 4 with megatron-core's logits, in both formats; ours exporte
 convert_checkpoint --to-megatron-lm load into megatron-core strictly (torch format: each rank's
 load_state_dict(strict=True); torch_dist: dist_checkpointing.load) with the same logits; the
 legacy key names go round trip through our reader."""
-import os
 
 import numpy
 import pytest
@@ -16,36 +15,14 @@ from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # no
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from megatron_core.data.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
-from megatron_core.inference.checkpoint_model import load_checkpoint_model  # noqa: E402
-from megatron_core.models.language_model import gather_logits  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
-from tests.harness.distributed import run_distributed  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
+from tests.harness.megatron_lm import our_logits  # noqa: E402
 from tests.harness.megatron_lm_models import sample_batch  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
 
 ATOL = 1e-5
 SAVED = [("gpt", "torch"), ("llama", "torch"), ("bert", "torch"), ("gpt", "torch_dist"), ("llama", "torch_dist")]
-
-
-def _our_logits(directory, name, out):
-    """Our model loaded from `directory` at TP = world size; the full-vocabulary logits of the batch."""
-    loaded = load_checkpoint_model(directory, tensor_model_parallel_size=torch.distributed.get_world_size())
-    batch = sample_batch(name)
-    with torch.no_grad():
-        if name == "bert":
-            lm, binary = loaded.model(batch["input_ids"], batch["attention_mask"], batch["tokentype_ids"])
-            logits = {"lm": gather_logits(lm), "binary": binary}
-        else:
-            logits = {"lm": gather_logits(loaded.model(batch["input_ids"], batch["position_ids"]))}
-    if torch.distributed.get_rank() == 0:
-        torch.save({k: v.float() for k, v in logits.items()}, out)
-
-
-def our_logits(directory, name, tp, tmp_path):
-    out = os.path.join(str(tmp_path), f"ours_{name}_{tp}_{len(os.listdir(tmp_path))}.pt")
-    run_distributed(_our_logits, tp, str(directory), name, out)
-    return torch.load(out)
 
 
 def _assert_logits(got, want, name):

@@ -237,6 +237,16 @@ def test_deepspeed_with_save_writes_deepspeed_layout(tmp_path):
     assert args.ckpt_format == "deepspeed"
 
 
+def test_torch_dist_is_a_format_the_native_backend_saves_and_the_engine_refuses(tmp_path):
+    args = _args("--save ckpt --save-interval 5 --ckpt-format torch_dist")
+    assert args.ckpt_format == "torch_dist" and build_run_config(args).checkpoint.ckpt_format == "torch_dist"
+    pytest.importorskip("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    with pytest.raises(ConfigError, match=r"--ckpt-format torch_dist is written by the native backend"):
+        _args(f"--deepspeed --deepspeed_config {path} --save ckpt --save-interval 5 --ckpt-format torch_dist")
+
+
 def test_deepspeed_fp16_on_a_device_without_it_is_one_sentence_before_any_process_group(tmp_path):
     pytest.importorskip("deepspeed")
     from deepspeed.accelerator import get_accelerator

@@ -5,6 +5,7 @@ It knows no training loop and no model code; it imports only errors, atomic_file
   megatron_layout.py   iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt + latest_checkpointed_iteration.txt
   deepspeed_layout.py  <tag>/mp_rank_XX_model_states.pt (+ zero_pp_rank_D_..._optim_states.pt) + latest
   layout_files.py      the native backend's files, written and read through a layout
+  torch_dist_files.py  --ckpt-format torch_dist: the loop's saves in Megatron-LM's torch_dist format
   deepspeed_engine.py  the DeepSpeed backend's: engine.save_checkpoint/load_checkpoint, our state as client_state
   formats.py           --ckpt-format, and which layout a directory holds
   contents.py          what a rank's file holds (model chunks, optimizer, scaler, scheduler, RNG, args, ...)

@@ -1,6 +1,10 @@
 """Which layout a checkpoint directory uses: --ckpt-format picks the one to write; loading
 looks at the tracker that is there (`latest_checkpointed_iteration.txt`: Megatron-LM,
-`latest`: DeepSpeed), preferring the chosen format's when both exist."""
+`latest`: DeepSpeed), preferring the chosen format's when both exist.
+
+`torch_dist` (Megatron-LM's torch.distributed.checkpoint files, torch_dist_files.py) keeps
+Megatron-LM's directories and tracker, so its layout is the Megatron one; only the files in
+an iteration's directory differ."""
 from __future__ import annotations
 
 import os
@@ -11,11 +15,16 @@ from .deepspeed_layout import DeepSpeedLayout
 from .megatron_layout import MegatronLayout
 
 LAYOUTS = {"megatron": MegatronLayout(), "deepspeed": DeepSpeedLayout()}
+TORCH_DIST = "torch_dist"
+CKPT_FORMATS = (*LAYOUTS, TORCH_DIST)      # what --ckpt-format accepts
 
 
 def layout_named(name: str):
+    """The directory layout of --ckpt-format `name`."""
+    if name == TORCH_DIST:
+        return LAYOUTS["megatron"]
     if name not in LAYOUTS:
-        raise ConfigError(f"--ckpt-format {name} is unknown; use {' or '.join(LAYOUTS)}.")
+        raise ConfigError(f"--ckpt-format {name} is unknown; use {', '.join(CKPT_FORMATS)}.")
     return LAYOUTS[name]
 
 

@@ -40,7 +40,7 @@ import torch
 
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
-from ..checkpoint.megatron_lm.args import megatron_namespace
+from ..checkpoint.megatron_lm.args import megatron_args
 from ..checkpoint.megatron_lm.optimizer import mcore_parameter_order, megatron_optimizer
 from ..checkpoint.megatron_lm.rng import megatron_rng_state
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
@@ -65,16 +65,9 @@ def _megatron_name(key: str, style: str) -> str:
 
 def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int):
     head = source.head
-    record = dict(head.get("args") or {})
-    record.update(config.replace(tensor_model_parallel_size=tp).megatron_flags())
-    record.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=padded,
-                  virtual_pipeline_model_parallel_size=None, num_layers_per_virtual_pipeline_stage=None,
-                  iteration=int(head.get("iteration") or 0),
-                  consumed_train_samples=int(head.get("consumed_train_samples") or 0),
-                  consumed_valid_samples=int(head.get("consumed_valid_samples") or 0))
-    if record.get("max_position_embeddings") is None:
-        record["max_position_embeddings"] = (head.get("model_options") or {}).get("max_sequence_length")
-    return megatron_namespace(record)
+    return megatron_args(head.get("args") or {}, config, tp, pp, padded, head.get("iteration"),
+                         head.get("consumed_train_samples"), head.get("consumed_valid_samples"),
+                         (head.get("model_options") or {}).get("max_sequence_length"))
 
 
 class _MegatronCoreNames(Mapping):

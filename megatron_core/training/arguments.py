@@ -124,9 +124,12 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
-    g.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"],
-                   help="(ours) The layout --save writes; --load detects the layout it finds. With "
-                        "--deepspeed the engine writes DeepSpeed's layout.")
+    g.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed", "torch_dist"],
+                   help="The format --save writes; --load detects the one it finds. megatron: "
+                        "Megatron-LM's torch layout (mp_rank_XX files); deepspeed: DeepSpeed's layout; "
+                        "torch_dist: Megatron-LM's torch.distributed.checkpoint directory (weights, "
+                        "counters and scheduler; no optimizer state yet). With --deepspeed the engine "
+                        "writes DeepSpeed's layout.")
     g.add_argument("--finetune", action="store_true",
                    help="Load the weights only: iteration, optimizer, scheduler and RNG start afresh.")
     g.add_argument("--no-load-optim", action="store_true",
@@ -563,6 +566,9 @@ def _validate_deepspeed_checkpoints(args) -> None:
     which writes DeepSpeed's layout."""
     if not (args.save or args.load):
         return
+    if args.save and args.ckpt_format == "torch_dist":
+        raise ConfigError("--ckpt-format torch_dist is written by the native backend, and DeepSpeed's engine "
+                          "saves its own layout; drop --deepspeed, or drop --ckpt-format torch_dist.")
     args.ckpt_format = "deepspeed"
     if args.num_layers_per_virtual_pipeline_stage is not None:
         raise ConfigError("DeepSpeed's engine saves one module per rank, not the model chunks of "

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..checkpoint.formats import layout_named
-from ..checkpoint.reshard import saved_padded_vocab_size
-from ..errors import ConfigError, UserError
+from ..checkpoint.reshard import open_source, saved_padded_vocab_size, torch_dist_directory
+from ..errors import CheckpointError, ConfigError, UserError
 from ..mpu.layout import pad_vocab_size
 from .config import RunConfig
 from .data_providers import build_tokenizer
@@ -59,7 +59,17 @@ def resolve_vocabulary(args, run: RunConfig) -> Vocabulary:
     tp = run.parallel.tensor_model_parallel_size
     padded = pad_vocab_size(size, args.make_vocab_size_divisible_by, tp)
     if not dry:
-        saved = saved_padded_vocab_size(run.checkpoint.load, layout_named(run.checkpoint.ckpt_format))
+        saved = _saved_padded_size(run.checkpoint.load, run.checkpoint.ckpt_format)
         if saved and saved >= size and saved % tp == 0:
             padded = saved
     return Vocabulary(tokenizer, size, padded)
+
+
+def _saved_padded_size(load: Optional[str], ckpt_format: str) -> Optional[int]:
+    """The padded vocabulary of the checkpoint --load names; a torch_dist one's from its args."""
+    if load and torch_dist_directory(load):
+        try:
+            return open_source(load).padded_vocab_size
+        except (CheckpointError, OSError):
+            return None     # the checkpointer's load reports a damaged checkpoint in its own words
+    return saved_padded_vocab_size(load, layout_named(ckpt_format))

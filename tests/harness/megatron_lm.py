@@ -6,6 +6,7 @@
     ref.args                   # the Megatron-LM args written into every file (a dict)
     logits = megatron_lm.load_and_logits("llama", directory, tp=2, fmt="torch")
     torch.testing.assert_close(logits["lm"], ref.logits["lm"], rtol=0, atol=1e-6)
+    ours = megatron_lm.our_logits(directory, "llama", 2, tmp_dir)   # our model loaded from it, same batch
 
 Models: "gpt", "llama", "bert" (megatron_lm_models.py); BERT's logits add "binary"
 ([2, 2], the sentence-order head). Formats: "torch" (one model_optim_rng.pt per rank) and
@@ -45,11 +46,12 @@ from .megatron_cpu import import_megatron, start_ranks, stop_ranks
 from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
 from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
                                 save_torch_format, strict_load_error)
-from .megatron_lm_models import MODEL_NAMES, build_model, full_logits
+from .megatron_lm_models import MODEL_NAMES, build_model, full_logits, sample_batch
 from .megatron_lm_optimizer import build_optimizer, optimizer_state_by_name, take_steps
 from .megatron_lm_rng import megatron_rng_state, restore_rng_state
 
-__all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits"]
+__all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits",
+           "our_logits"]
 
 FORMATS = ("torch", "torch_dist")
 LOAD_SEED_OFFSET = 1000     # loading builds other weights first, so only the file's can match
@@ -209,3 +211,29 @@ def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt:
                     seed: int = 1234, with_optimizer: bool = False) -> dict:
     _check(name, tp, pp, fmt)
     return _run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer)
+
+
+def _our_logits(directory, name, out):
+    """Our model loaded from `directory` at TP = world size; the full-vocabulary logits of the batch."""
+    from megatron_core.inference.checkpoint_model import load_checkpoint_model
+    from megatron_core.models.language_model import gather_logits
+
+    loaded = load_checkpoint_model(directory, tensor_model_parallel_size=dist.get_world_size())
+    batch = sample_batch(name)
+    with torch.no_grad():
+        if name == "bert":
+            lm, binary = loaded.model(batch["input_ids"], batch["attention_mask"], batch["tokentype_ids"])
+            logits = {"lm": gather_logits(lm), "binary": binary}
+        else:
+            logits = {"lm": gather_logits(loaded.model(batch["input_ids"], batch["position_ids"]))}
+    if dist.get_rank() == 0:
+        torch.save({k: v.float() for k, v in logits.items()}, out)
+
+
+def our_logits(directory, name: str, tp: int, out_dir) -> dict:
+    """Our model (megatron_core's, not megatron-core's) loaded from `directory` at TP=`tp` in
+    `tp` gloo processes: its logits of `name`'s fixed batch, as load_and_logits returns them.
+    `out_dir`: where the result is handed back (a test's tmp_path)."""
+    out = os.path.join(str(out_dir), f"ours_{name}_{tp}_{len(os.listdir(out_dir))}.pt")
+    run_distributed(_our_logits, tp, str(directory), name, out)
+    return torch.load(out)

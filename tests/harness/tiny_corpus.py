@@ -3,6 +3,8 @@
     prefix = preprocess_zh_news(tmp_dir)                        # <tmp>/zh_text_document, with EOD
     prefix = preprocess_zh_news(tmp_dir, split_sentences=True)  # <tmp>/zh_text_sentence, 4 paragraphs a document
     vocab = write_gbk_vocab(tmp_dir)                            # a vocab.txt that is not UTF-8
+    vocab = write_small_vocab(tmp_dir, 128)                     # the slice's commonest characters
+    prefix = preprocess_zh_news(tmp_dir, vocab_file=vocab)      # ids below 128
 
 The tool runs as a user runs it (a subprocess), so the tests read what users' data looks like.
 """
@@ -33,6 +35,24 @@ def write_gbk_vocab(directory: str) -> str:
     return path
 
 
+def write_small_vocab(directory: str, size: int) -> str:
+    """A WordPiece vocabulary of exactly `size` ids (BertWordPieceLowerCase's vocab_size): the
+    special tokens ([BOS] and [EOS] included, so none are appended) and the commonest characters
+    of the news slice; the rest of the text reads as [UNK]. Returns its path."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"]
+    counts = {}
+    with open(ZH_NEWS, encoding="utf-8") as f:
+        for line in f:
+            for char in json.loads(line)["text"].lower():
+                if not char.isspace():
+                    counts[char] = counts.get(char, 0) + 1
+    common = sorted(counts, key=lambda c: (-counts[c], c))[:size - len(special)]
+    path = os.path.join(str(directory), f"vocab-{size}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(special + common) + "\n")
+    return path
+
+
 def _write_lines(path: str, first: int, stop: int, per_document: int) -> None:
     """Lines [first, stop) of the news slice, `per_document` paragraphs joined into one document."""
     with open(ZH_NEWS, encoding="utf-8") as f:
@@ -43,14 +63,15 @@ def _write_lines(path: str, first: int, stop: int, per_document: int) -> None:
 
 
 def preprocess_zh_news(directory: str, split_sentences: bool = False, name: str = "zh", first: int = 0,
-                       stop: Optional[int] = None) -> str:
-    """Run tools/preprocess_data.py (BertWordPieceLowerCase) on paragraphs [first, stop); returns the prefix."""
+                       stop: Optional[int] = None, vocab_file: str = BERT_VOCAB) -> str:
+    """Run tools/preprocess_data.py (BertWordPieceLowerCase, `vocab_file`) on paragraphs [first, stop);
+    returns the prefix."""
     os.makedirs(directory, exist_ok=True)
     source = os.path.join(directory, f"{name}.jsonl")
     _write_lines(source, first, 200 if stop is None else stop, 4 if split_sentences else 1)
     command = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", source,
                "--output-prefix", os.path.join(directory, name), "--tokenizer-type", "BertWordPieceLowerCase",
-               "--vocab-file", BERT_VOCAB]
+               "--vocab-file", vocab_file]
     command += ["--split-sentences"] if split_sentences else ["--append-eod"]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     return os.path.join(directory, f"{name}_text_{'sentence' if split_sentences else 'document'}")

@@ -107,5 +107,23 @@ def megatron_namespace(record: Mapping, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+def megatron_args(record: Mapping, config, tp: int, pp: int, padded_vocab_size: int, iteration: Optional[int],
+                  consumed_train_samples: int, consumed_valid_samples: int,
+                  max_position_embeddings: Optional[int] = None) -> argparse.Namespace:
+    """The args of a checkpoint we write for Megatron-LM: our args record `record` with the
+    model's flags from its TransformerConfig `config` (megatron_flags), the sizes the files are
+    cut for (no virtual stages), the padded vocabulary and the counters, which Megatron-LM
+    keeps in its args. `max_position_embeddings` fills a record that lacks one."""
+    values = dict(record)
+    values.update(config.replace(tensor_model_parallel_size=tp).megatron_flags())
+    values.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, padded_vocab_size=padded_vocab_size,
+                  virtual_pipeline_model_parallel_size=None, num_layers_per_virtual_pipeline_stage=None,
+                  iteration=int(iteration or 0), consumed_train_samples=int(consumed_train_samples or 0),
+                  consumed_valid_samples=int(consumed_valid_samples or 0))
+    if values.get("max_position_embeddings") is None:
+        values["max_position_embeddings"] = max_position_embeddings
+    return megatron_namespace(values)
+
+
 __all__ = ["ALLOWED_GLOBALS", "plain_args", "unsupported_options", "check_supported",
-           "parallel_sizes", "megatron_namespace"]
+           "parallel_sizes", "megatron_namespace", "megatron_args"]

@@ -5,6 +5,7 @@ torch.distributed.checkpoint (DCP); megatron is never imported.
     ckpt.common["args"].num_layers; ckpt.tensors["decoder.layers.1.mlp.linear_fc1.weight"]
     write_torch_dist("out/iter_0000010", state, {"args": args, "iteration": 10})   # one process
     write_torch_dist_shards("out/iter_0000010", my_shards, common)   # every rank, collectively
+                                                          # (the training loop's --ckpt-format torch_dist)
 
 torch_dist
 ----------
@@ -282,15 +283,19 @@ def write_torch_dist(iteration_dir: str, full_state: Mapping[str, torch.Tensor],
 
 
 def write_torch_dist_shards(iteration_dir: str, local_state: LocalState, common: dict,
-                            group: Optional[dist.ProcessGroup] = None) -> None:
+                            group: Optional[dist.ProcessGroup] = None,
+                            objects: Optional[Mapping[str, object]] = None) -> None:
     """Every rank of `group` (default: the world) writes its shards of one checkpoint, in parallel.
 
     local_state: {megatron-core key, layers numbered across the model (a pipeline stage adds
     its first layer's number; torch_dist_keys.shifted): a Shard, a list of Shards, or a plain
-    tensor every rank holding it holds whole (written once)}. `_extra_state` entries as in
-    write_torch_dist. Rank 0 writes common.pt and metadata.json; the caller writes the tracker
-    after this returns on every rank."""
-    _write(iteration_dir, local_state, common, group=group, distributed=True)
+    tensor every rank holding it holds whole (written once)}; a rank with nothing to write
+    passes {} and still calls (the save is collective). `_extra_state` entries and `objects`
+    (this rank's sharded objects by full name, e.g. its rng_state) as in write_torch_dist.
+    Rank 0 writes common.pt and metadata.json; the caller writes the tracker after this
+    returns on every rank. An OSError of rank 0's writes is raised after the closing barrier,
+    so no rank waits for it."""
+    _write(iteration_dir, local_state, common, group=group, distributed=True, objects=objects)
 
 
 def _write(iteration_dir: str, state: LocalState, common: dict, group, distributed: bool,
@@ -306,14 +311,21 @@ def _write(iteration_dir: str, state: LocalState, common: dict, group, distribut
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({}, storage_writer=writer, planner=planner, process_group=group, no_dist=not distributed)
+    error = None
     if not distributed or dist.get_rank(group) == 0:
         common = dict(common)
         common.setdefault("checkpoint_version", CHECKPOINT_VERSION)
         common.setdefault("content_metadata", {"singleton_local_shards": False})
-        save_file(common, os.path.join(iteration_dir, "common.pt"))
-        write_bytes_atomically(os.path.join(iteration_dir, "metadata.json"), json.dumps(BACKEND_METADATA).encode())
+        try:
+            save_file(common, os.path.join(iteration_dir, "common.pt"))
+            write_bytes_atomically(os.path.join(iteration_dir, "metadata.json"),
+                                   json.dumps(BACKEND_METADATA).encode())
+        except OSError as e:
+            error = e
     if distributed:
         dist.barrier(group)
+    if error is not None:
+        raise error
 
 
 def _layer_counts(state: LocalState, group, distributed: bool) -> Dict[str, int]:

@@ -202,8 +202,10 @@ class NativeBackend:
         return schedule
 
     def checkpoint_files(self, run, chunks: List[torch.nn.Module]):
+        from ...checkpoint.formats import TORCH_DIST
         from ...checkpoint.layout_files import LayoutFiles
-        return LayoutFiles(run, chunks, self)
+        from ...checkpoint.torch_dist_files import TorchDistFiles
+        return (TorchDistFiles if run.checkpoint.ckpt_format == TORCH_DIST else LayoutFiles)(run, chunks, self)
 
     def state_dict(self) -> dict:
         """Optimizer state (this rank's shard under ZeRO-1, with the ranges it covers), the

@@ -11,8 +11,9 @@
         checkpoints.at_end(state)             # the last iteration, unless just saved
 
 Who writes a rank's files is the backend's choice (backend.checkpoint_files): our layouts
-(layout_files.py) for the native backend, DeepSpeed's engine (deepspeed_engine.py) for
---deepspeed. Both take the same contents (contents.py) and write the same DeepSpeed layout
+(layout_files.py) or Megatron-LM's torch_dist (torch_dist_files.py, --ckpt-format torch_dist)
+for the native backend, DeepSpeed's engine (deepspeed_engine.py) for --deepspeed. All take
+the same contents (contents.py); ours and the engine write the same DeepSpeed layout
 where they share it; the Checkpointer owns the tracker, the counters, the schedule and RNG.
 Every file records the run's model family and its builder options (checkpoint/model_record.py);
 a --load of another family's checkpoint is one sentence (a legacy file's family is guessed
@@ -42,6 +43,7 @@ from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
 from ...checkpoint.megatron_lm.files import FORMAT_MARK
+from ...checkpoint.torch_dist_files import TORCH_DIST_FAMILIES
 
 
 def _print(message: str) -> None:
@@ -58,6 +60,12 @@ class Checkpointer:
         self.config = run.checkpoint
         self.files = backend.checkpoint_files(run, chunks)    # who writes and reads the files
         self.layout = self.files.layout
+        # what a save says it wrote: the layout, or torch_dist (Megatron-LM's layout, DCP's files)
+        self.written_as = getattr(self.files, "format_name", f"{self.layout.name} layout")
+        if self.config.save and self.written_as == "torch_dist" and family not in TORCH_DIST_FAMILIES:
+            raise CheckpointError(f"--ckpt-format torch_dist writes megatron-core's GPT and BERT models "
+                                  f"({', '.join(TORCH_DIST_FAMILIES)}), not a {family} model; save it with "
+                                  f"--ckpt-format megatron.")
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
         training = run.training
@@ -110,7 +118,7 @@ class Checkpointer:
         if self.config.keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
             self._remove_older_than_last(directory, iteration)
         _print(f"  successfully saved checkpoint from iteration {iteration:7d} to {directory} "
-               f"[{self.layout.name} layout]")
+               f"[{self.written_as}]")
 
     def _remove_older_than_last(self, directory: str, newest: int) -> None:
         """--keep-last N: only once the newest checkpoint is complete and named by the tracker."""
@@ -218,8 +226,9 @@ class Checkpointer:
         load_optimizer = not weights_only and not self.config.no_load_optim
         with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
         if load_optimizer and not with_optimizer:
-            _print(f"note: {where} holds no optimizer state (resharded with --no-optim); starting a fresh "
-                   f"optimizer from its weights.")
+            why = ("Megatron-LM's files: their optimizer state is not read yet" if FORMAT_MARK in parallel
+                   else "resharded with --no-optim")
+            _print(f"note: {where} holds no optimizer state ({why}); starting a fresh optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
             self.padded_vocab_size, with_optimizer)
@@ -242,7 +251,10 @@ class Checkpointer:
         self.backend.load_state_dict(backend_state)
         origin = (" (from the DeepSpeed engine's files)" if source.engine else
                   f" (from Megatron-LM's files, {parallel[FORMAT_MARK]} key names)" if FORMAT_MARK in parallel else "")
-        _print(reshard.describe(parallel, self.run, iteration) + origin)
+        saved_as = parallel.get("saved_as")     # torch_dist holds whole tensors; the sizes it was saved at
+        shown = dict(parallel, tensor_model_parallel_size=saved_as[0],
+                     pipeline_model_parallel_size=saved_as[1]) if saved_as else parallel
+        _print(reshard.describe(shown, self.run, iteration) + origin)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 

@@ -1,0 +1,151 @@
+"""--ckpt-format torch_dist: the training loop's saves in Megatron-LM's torch_dist format.
+
+    files = TorchDistFiles(run, chunks, backend)     # backend.checkpoint_files(run, chunks)
+    error = files.save(directory, iteration, path, contents_for)   # every rank, collectively
+
+What one save writes (megatron_lm/torch_dist.py describes the files):
+
+    <save>/iter_NNNNNNN/.metadata, __<rank>_0.distcp   every (TP, PP) rank's tensors, written in
+                                              parallel by torch.distributed.checkpoint
+    <save>/iter_NNNNNNN/common.pt, metadata.json       rank 0: args (Megatron-LM's Namespace),
+                                              checkpoint_version 3.0, iteration, opt_param_scheduler
+    <save>/latest_checkpointed_iteration.txt   the Checkpointer, last, once every rank succeeded
+
+Each (TP, PP) rank of data-parallel rank 0 passes its chunks' tensors under megatron-core's
+names, numbered across the model (its sharding map's global_key), as a slice of the whole
+tensor: where the map says it is split (split_dim; stride 2 is SwiGLU's [gate; up]: gated),
+replicated tensors whole (torch.distributed.checkpoint keeps one copy). A stage's copy of a
+tensor another stage owns (the tied output table of the last stage) is not written:
+megatron-core's torch_dist holds the first stage's only. Data-parallel ranks > 0 pass nothing
+but still take part: the save is collective over the whole world. Each (TP, PP) rank also
+writes its RNG state as Megatron-LM's `rng_state/shard_<pp>.<tp>_<PP>.<TP>` object.
+
+The optimizer state is not written in this format yet (one printed note at the first save):
+a resume from it starts a fresh optimizer from the weights. Loading is the resharder's
+(reshard/torch_dist_source.py), at any TP x PP, so everything else here is LayoutFiles'.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
+
+from .. import mpu
+from ..errors import CheckpointError, describe_os_error
+from ..mpu.sharding_map import ShardingMap, ShardSpec
+from .contents import MEGATRON_CHECKPOINT_VERSION
+from .layout_files import LayoutFiles
+from .megatron_lm.args import megatron_args
+from .megatron_lm.key_names import mcore_from_ours
+from .megatron_lm.rng import megatron_rng_state
+from .megatron_lm.torch_dist import Shard, write_torch_dist, write_torch_dist_shards
+
+# The families megatron-core's GPTModel and BertModel hold; their torch_dist names are known.
+TORCH_DIST_FAMILIES = ("gpt", "bert")
+
+
+def shard_of(tensor: torch.Tensor, spec: ShardSpec, tensor_rank: int, tensor_size: int, key: str):
+    """This rank's `tensor` as torch_dist's slice of the whole tensor (a plain tensor: replicated)."""
+    if spec.replicated:
+        return tensor
+    if spec.stride not in (1, 2):
+        raise CheckpointError(f"{key} is split with stride {spec.stride}, which torch_dist cannot describe (it "
+                              f"stores stride 2 only, as SwiGLU's [gate; up]); save with --ckpt-format megatron.")
+    return Shard.of_rank(tensor, spec.split_dim, tensor_rank, tensor_size, gated=spec.stride == 2)
+
+
+def local_torch_dist_state(contents: Mapping, tensor_rank: int, tensor_size: int) -> Dict[str, object]:
+    """{megatron-core key numbered across the model: Shard or whole tensor} of one rank's
+    contents (contents.py: its chunks' state dicts and their sharding maps)."""
+    state: Dict[str, object] = {}
+    maps = contents.get("sharding_map") or {}
+    for chunk_key, chunk_state in ((k, v) for k, v in contents.items() if k in maps):
+        smap = ShardingMap.from_dict(maps[chunk_key])
+        for key, tensor in chunk_state.items():
+            spec = smap[key]
+            if spec.copy_of is not None:        # another stage's tensor: written by its owner
+                continue
+            state[mcore_from_ours(smap.global_key(key))] = shard_of(tensor, spec, tensor_rank, tensor_size, key)
+    if not state:
+        raise CheckpointError("this rank's model chunks carry no sharding map, so their torch_dist slices are "
+                              "unknown; save with --ckpt-format megatron.")
+    return state
+
+
+def torch_dist_common(contents: Mapping, config, tp: int, pp: int) -> dict:
+    """common.pt of the save: Megatron-LM's args, version, iteration and scheduler."""
+    options = contents.get("model_options") or {}
+    args = megatron_args(contents.get("args") or {}, config, tp, pp, contents.get("padded_vocab_size"),
+                         contents.get("iteration"), contents.get("consumed_train_samples"),
+                         contents.get("consumed_valid_samples"), options.get("max_sequence_length"))
+    return {"args": args, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": int(contents["iteration"]),
+            "opt_param_scheduler": dict(contents.get("opt_param_scheduler") or {})}
+
+
+def rng_objects(contents: Mapping, tensor_rank: int, tensor_size: int, pipeline_rank: int,
+                pipeline_size: int) -> Dict[str, object]:
+    """This (TP, PP) rank's rng_state sharded object, as Megatron-LM names it."""
+    seed = int((contents.get("args") or {}).get("seed") or 1234)
+    name = f"rng_state/shard_{pipeline_rank}.{tensor_rank}_{pipeline_size}.{tensor_size}"
+    return {name: megatron_rng_state(list(contents.get("rng_state") or []), seed, tensor_rank, pipeline_rank)}
+
+
+class TorchDistFiles(LayoutFiles):
+    format_name = "torch_dist"
+
+    def __init__(self, run, chunks, backend):
+        super().__init__(run, chunks, backend)
+        self._noted = False
+
+    def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
+        """Every rank calls (collective); the first failing rank's error as a sentence, or None."""
+        p = self.run.parallel
+        tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+        tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        if rank0 and not self._noted:
+            print("note: --ckpt-format torch_dist writes the weights, counters, learning-rate schedule and RNG "
+                  "state; the optimizer state is not written in this format yet, so a resume from it starts a "
+                  "fresh optimizer.", flush=True)
+        self._noted = True
+        iteration_dir = self.layout.iteration_dir(directory, iteration)
+        local, objects, common, error = {}, {}, {}, None
+        try:        # everything that can fail before the collective write, agreed on first
+            contents = contents_for({}, include_optimizer=False)
+            common = torch_dist_common(contents, self.run.model, tp, pp)
+            if self.dp_rank == 0:
+                local = local_torch_dist_state(contents, tp_rank, tp)
+                objects = rng_objects(contents, tp_rank, tp, pp_rank, pp)
+            os.makedirs(iteration_dir, exist_ok=True)
+            stale = os.path.join(iteration_dir, "metadata.json")
+            if rank0 and os.path.exists(stale):     # a save over an earlier one reads as unfinished until done
+                os.remove(stale)
+        except OSError as e:
+            error = describe_os_error(e)
+        except CheckpointError as e:
+            error = str(e)
+        if _any_rank_failed(error is not None):
+            return error        # None on the ranks that succeeded: the Checkpointer names the failing one
+        try:
+            if dist.is_initialized():
+                write_torch_dist_shards(iteration_dir, local, common, objects=objects)
+            else:
+                write_torch_dist(iteration_dir, local, common, write_tracker=False, objects=objects)
+        except OSError as e:
+            return describe_os_error(e)
+        except CheckpointException as e:
+            causes = [failure[0] if isinstance(failure, tuple) else failure for failure in e.failures.values()]
+            errors = [cause for cause in causes if isinstance(cause, OSError)]
+            return describe_os_error(errors[0]) if errors else str(e)
+        return None
+
+
+def _any_rank_failed(failed: bool) -> bool:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return failed
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, failed)      # any backend (a CPU tensor would not do for NCCL)
+    return any(everyone)
