@@ -180,12 +180,12 @@ def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, na
     run_tool_main("change_mp.py", directory, "--target-tensor-parallel-size", 1, "--output", ours)
     run_tool_main("convert_checkpoint.py", "--to-megatron-lm", exported, "--load", ours,
                   "--tensor-model-parallel-size", 2)
-    loaded = megatron_lm.load_and_logits(name, str(exported), tp=2, pp=1, fmt="torch", with_optimizer=True)
-    _assert_logits({k: v for k, v in loaded.items() if k != "optimizer_by_name"}, reference.logits, name)
-    assert loaded["optimizer_by_name"].keys() == reference.optimizer.keys()
+    logits, optimizer = megatron_lm.load_with_optimizer(name, str(exported), tp=2, pp=1, fmt="torch")
+    _assert_logits(logits, reference.logits, name)
+    assert optimizer.keys() == reference.optimizer.keys()
     for rank, by_name in reference.optimizer.items():
-        assert loaded["optimizer_by_name"][rank].keys() == by_name.keys()
-        for name, fields in by_name.items():
+        assert optimizer[rank].keys() == by_name.keys()
+        for parameter, fields in by_name.items():
             for field in ("exp_avg", "exp_avg_sq", "step"):
-                torch.testing.assert_close(loaded["optimizer_by_name"][rank][name][field].float(),
-                                           fields[field].float(), rtol=0, atol=0, msg=lambda m: f"{rank} {name} {field}: {m}")
+                torch.testing.assert_close(optimizer[rank][parameter][field].float(),
+                                           fields[field].float(), rtol=0, atol=0, msg=lambda m: f"{rank} {parameter} {field}: {m}")

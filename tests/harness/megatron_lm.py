@@ -23,8 +23,8 @@ load_and_logits(model, directory, *, tp, pp, fmt, with_optimizer)
     does (tracker, this rank's file, checkpoint_version >= 2.0 since 0.16.1 cannot reorder
     older QKV layouts into megatron-core models, check_checkpoint_args, a strict
     load_state_dict, the RNG state, and with with_optimizer the optimizer and scheduler state)
-    and returns the logits (with with_optimizer also "optimizer_by_name": {(tp_rank, pp_rank):
-    {parameter name: {field: tensor}}}, read off the loaded optimizer). A strict load that fails raises MegatronLoadError with PyTorch's
+    and returns the logits (load_with_optimizer: also what the loaded optimizer holds, by
+    parameter name). A strict load that fails raises MegatronLoadError with PyTorch's
     message verbatim (every failing rank's, ranks in order).
 
 megatron_cpu.py says how megatron-core runs without CUDA. The ranks are forked (or spawned)
@@ -51,6 +51,7 @@ from .megatron_lm_optimizer import build_optimizer, optimizer_state_by_name, tak
 from .megatron_lm_rng import megatron_rng_state, restore_rng_state
 
 __all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits",
+           "load_with_optimizer",
            "our_logits"]
 
 FORMATS = ("torch", "torch_dist")
@@ -209,8 +210,17 @@ def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt:
 
 def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
                     seed: int = 1234, with_optimizer: bool = False) -> dict:
+    logits, _ = load_with_optimizer(name, directory, tp=tp, pp=pp, fmt=fmt, seed=seed, with_optimizer=with_optimizer)
+    return logits
+
+
+def load_with_optimizer(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
+                        seed: int = 1234, with_optimizer: bool = True) -> tuple:
+    """(logits, {(tp_rank, pp_rank): {parameter name: {field: tensor}}} read off the optimizer after
+    megatron-core's optimizer.load_state_dict)."""
     _check(name, tp, pp, fmt)
-    return _run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer)
+    result = dict(_run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer))
+    return result, result.pop("optimizer_by_name", {})
 
 
 def _our_logits(directory, name, out):
