@@ -167,3 +167,15 @@ def test_a_model_we_do_not_build_is_one_sentence_naming_it(tmp_path, flag, value
     with pytest.raises(CheckpointError, match=named) as error:
         SavedCheckpoint(str(tmp_path))
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_tensor_that_maps_to_nothing_is_one_sentence_naming_it(tmp_path):
+    full = _full_state("gpt")
+    _write_megatron_lm(tmp_path, "gpt", full, 1, 1, "mcore")
+    path = tmp_path / "iter_0000007" / "mp_rank_00" / "model_optim_rng.pt"
+    state = torch.load(path, weights_only=False)
+    state["model"]["decoder.layers.0.self_attention.linear_gate.weight"] = torch.zeros(4, 4)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="decoder.layers.0.self_attention.linear_gate.weight") as error:
+        SavedCheckpoint(str(tmp_path))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)

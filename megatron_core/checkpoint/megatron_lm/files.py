@@ -42,7 +42,7 @@ from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..contents import FORMAT_VERSION, PER_PARAMETER
 from ..file_io import load_file
 from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
-from .key_names import (LEGACY, flatten, is_extra_state, our_key, qkv_rows_to_current, style_of,
+from .key_names import (LEGACY, flatten, is_extra_state, known, our_key, qkv_rows_to_current, style_of,
                         unsupported_feature)
 from .optimizer import per_parameter_state
 
@@ -142,6 +142,10 @@ def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, ver
             raise CheckpointError(f"{where}: model entry {name} is a {type(tensor).__name__}, not a tensor; the file "
                                   f"is damaged or not Megatron-LM's.")
         key = our_key(name, style, stack)
+        if not known(key):
+            raise CheckpointError(f"{where} holds {name}, which maps to no tensor of a {family} model here (read as "
+                                  f"{key}); it is a module megatron_core does not build, so the checkpoint cannot "
+                                  f"be read without losing it.")
         if style == LEGACY and ".query_key_value." in key and version < 2.0:
             tensor = qkv_rows_to_current(tensor, version, heads)
         state[key] = tensor

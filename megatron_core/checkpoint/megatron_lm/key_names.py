@@ -71,6 +71,23 @@ _UNSUPPORTED = {
 }
 
 
+# Every name of ours a Megatron-LM GPT, BERT or T5 maps to; anything else is a tensor we would not load.
+_OUR_NAMES = re.compile(
+    r"^(?:embedding\.(?:word_embeddings|position_embeddings|tokentype_embeddings)\.weight"
+    r"|word_embeddings\.weight|output_layer\.weight"
+    r"|(?:encoder|decoder)\.final_layernorm\.(?:weight|bias)"
+    r"|(?:encoder|decoder)\.layers\.\d+\.(?:input_layernorm|post_attention_layernorm|post_inter_attention_layernorm"
+    r"|self_attention\.(?:query_key_value|dense)|inter_attention\.(?:query|key_value|dense)"
+    r"|mlp\.(?:dense_h_to_4h|dense_4h_to_h))\.(?:weight|bias)"
+    r"|pooler\.dense\.(?:weight|bias)|lm_head\.(?:dense|layernorm)\.(?:weight|bias)|lm_head\.bias"
+    r"|binary_head\.(?:weight|bias))$")
+
+
+def known(ours: str) -> bool:
+    """Whether `ours` (a renamed Megatron-LM key) is a tensor of the models we build."""
+    return bool(_OUR_NAMES.match(ours))
+
+
 def is_extra_state(key: str) -> bool:
     """Transformer Engine's and megatron-core's per-module `_extra_state` entries (fp8 metadata): not weights."""
     return key.endswith("._extra_state") or key == "_extra_state"
@@ -208,6 +225,6 @@ def megatron_key(key: str, style: str) -> str:
     return legacy_from_ours(key) if style == LEGACY else mcore_from_ours(key)
 
 
-__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "is_extra_state", "unsupported_feature", "ours_from_mcore",
+__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "known", "is_extra_state", "unsupported_feature", "ours_from_mcore",
            "mcore_from_ours", "flatten", "nest", "ours_from_legacy", "legacy_from_ours", "qkv_rows_to_current",
            "style_of", "our_key", "megatron_key"]
