@@ -8,6 +8,7 @@ legacy key names go round trip through our reader."""
 import numpy
 import pytest
 import torch
+from safetensors.torch import load_file as load_safetensors
 
 pytest.importorskip("megatron.core")
 
@@ -82,6 +83,10 @@ def test_legacy_key_names_go_round_trip_through_our_reader(saved, tmp_path, name
     assert set(original.state) == set(legacy.state)
     for key in original.state:
         assert torch.equal(original.state[key], legacy.state[key]), key
+    for source, hf in ((directory, tmp_path / "hf_mcore"), (exported, tmp_path / "hf_legacy")):    # and through HF
+        run_tool_main("convert_checkpoint.py", "--to-hf", "--load", source, "--output", hf)
+    from_mcore, from_legacy = (load_safetensors(str(tmp_path / d / "model.safetensors")) for d in ("hf_mcore", "hf_legacy"))
+    assert from_mcore.keys() == from_legacy.keys() and all(torch.equal(from_mcore[k], from_legacy[k]) for k in from_mcore)
 
 
 @pytest.mark.parametrize("name", ["llama", "bert"])

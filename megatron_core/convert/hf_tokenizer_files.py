@@ -49,7 +49,7 @@ def build_hf_tokenizer(args: Mapping, family: str, staging: str):
     """The transformers tokenizer equivalent to the one our args build (None without a tokenizer);
     `staging` is a directory for the vocabulary files (the output directory will do)."""
     kind = args.get("tokenizer_type")
-    if not kind:
+    if not kind or kind == "NullTokenizer":      # token ids as text: no vocabulary to give transformers
         return None
     import transformers
     if kind in ("BertWordPieceLowerCase", "BertWordPieceCase"):
