@@ -47,12 +47,17 @@ def saved(tmp_path_factory):
         directory = root / f"{name}_{fmt}"
         out[(name, fmt)] = (directory, megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, fmt=fmt,
                                                                    seed=1234, iteration=7))
+    for name in ("gpt", "bert"):      # two pipeline stages: layer offsets, and the tied table's last-stage copy
+        directory = root / f"{name}_torch_pp2"
+        out[(name, "torch_pp2")] = (directory, megatron_lm.save_checkpoint(name, str(directory), tp=1, pp=2,
+                                                                           fmt="torch", seed=1234, iteration=7))
     return out
 
 
 @pytest.mark.parametrize("name,fmt,tp", [("gpt", "torch", 1), ("llama", "torch", 1), ("bert", "torch", 1),
                                          ("gpt", "torch_dist", 1), ("llama", "torch_dist", 2), ("llama", "torch", 2),
-                                         ("bert", "torch", 2), ("gpt", "torch", 4), ("gpt", "torch_dist", 4)])
+                                         ("bert", "torch", 2), ("gpt", "torch", 4), ("gpt", "torch_dist", 4),
+                                         ("gpt", "torch_pp2", 2), ("bert", "torch_pp2", 1)])
 def test_megatron_lm_checkpoints_load_into_ours_with_its_logits(saved, tmp_path, name, fmt, tp):
     directory, reference = saved[(name, fmt)]
     _assert_logits(our_logits(directory, name, tp, tmp_path), reference.logits, name)
