@@ -30,8 +30,20 @@ saved at TP=1. SwiGLU's fc1 ([gate; up] on every rank) is stored as the TP=1 ten
 up]: rank r's gate half is chunk r and its up half chunk tp + r of 2*tp along dim 0 (with
 `singleton_local_shards` the halves become two tensors, `..._w` and `..._v`; read here too).
 Each linear module's `_extra_state` (None for local layers, Transformer Engine's fp8 state
-otherwise) is a pickled object, `<name>._extra_state/shard_<layer>_<num_layers>`; optimizer
-state lives under `optimizer.`, the RNG states as pickled `rng_state/...` objects.
+otherwise) is a pickled object, `<name>._extra_state/shard_<layer>_<num_layers>`; the RNG
+states are pickled `rng_state/...` objects.
+
+The optimizer (megatron-core's plain Adam, fp32 or mixed precision) stores each per-parameter
+field as a tensor of the parameter's global shape and layer stacking, under the parameter's
+checkpoint name behind `optimizer.state.<field>.`:
+
+    optimizer.state.exp_avg.decoder.layers.mlp.linear_fc2.weight      [num_layers, 64, 256]
+    optimizer.state.exp_avg_sq.decoder.layers.mlp.linear_fc2.weight   [num_layers, 64, 256]
+    optimizer.state.fp32_param.decoder.layers.mlp.linear_fc2.weight   the fp32 master (bf16/fp16)
+
+and keeps Adam's step once in common.pt: `optimizer = {"state": {"common_step": tensor},
+"param_groups": [...]}` (a mixed-precision optimizer nests that dict under "optimizer"). Read
+here as `optimizer_tensors[field]`, keyed like `tensors`.
 
 common.pt holds Megatron-LM's `args` (an argparse.Namespace; some flags hold megatron enums,
 see pickled_args.py), `checkpoint_version` (3.0), `iteration`, `opt_param_scheduler`,
@@ -72,6 +84,7 @@ TRACKER = "latest_checkpointed_iteration.txt"
 BACKEND_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                     "common_backend": "torch", "common_backend_version": 1}
 CHECKPOINT_VERSION = 3.0
+OPTIMIZER_STATE = "optimizer.state."      # + field + "." + a model tensor's checkpoint name
 
 
 # ----------------------------------------------------------------------------- reading
@@ -82,6 +95,7 @@ class TorchDistCheckpoint:
     common: dict
     tensors: "LazyTensors"
     extra_states_skipped: int       # `_extra_state` objects left unread
+    optimizer_tensors: Dict[str, "LazyTensors"]     # {field as saved (exp_avg, ...): its tensors by our keys}
 
 
 def read_torch_dist(path: str, allow: Sequence = ARGS_ALLOWLIST) -> TorchDistCheckpoint:
@@ -102,7 +116,10 @@ def read_torch_dist(path: str, allow: Sequence = ARGS_ALLOWLIST) -> TorchDistChe
                               f"directory again.")
     common = load_file(os.path.join(directory, "common.pt"), allow=list(allow))
     tensors = LazyTensors(directory, reader)
-    return TorchDistCheckpoint(directory, common, tensors, tensors.extra_states_skipped)
+    fields = sorted({name[len(OPTIMIZER_STATE):].split(".", 1)[0] for name in metadata.state_dict_metadata
+                     if name.startswith(OPTIMIZER_STATE)})
+    optimizer = {field: LazyTensors(directory, reader, f"{OPTIMIZER_STATE}{field}.") for field in fields}
+    return TorchDistCheckpoint(directory, common, tensors, tensors.extra_states_skipped, optimizer)
 
 
 def _iteration_directory(path: str) -> str:
@@ -145,24 +162,27 @@ class _Source:
 
 
 class LazyTensors(Mapping):
-    """{megatron-core state-dict key at TP=1: full tensor}, each read from disk when asked for."""
+    """{megatron-core state-dict key at TP=1: full tensor}, each read from disk when asked for.
+    prefix "": the model's tensors; "optimizer.state.exp_avg.": that optimizer field's tensors,
+    keyed by their parameters' state-dict keys."""
 
-    def __init__(self, directory: str, reader: _MetadataOnce):
+    def __init__(self, directory: str, reader: _MetadataOnce, prefix: str = ""):
         self.directory, self._reader = directory, reader
         self._sources: Dict[str, _Source] = {}
         self.extra_states_skipped = 0
         stored = reader.read_metadata().state_dict_metadata
         for name, md in stored.items():
             if isinstance(md, BytesStorageMetadata):
-                self.extra_states_skipped += name.split("/")[0].endswith("_extra_state")
+                self.extra_states_skipped += not prefix and name.split("/")[0].endswith("_extra_state")
                 continue
-            if name.startswith("optimizer.") or (name.endswith("_v") and name[:-2] + "_w" in stored):
+            if not name.startswith(prefix) or (not prefix and name.startswith("optimizer.")) \
+                    or (name.endswith("_v") and name[:-2] + "_w" in stored):
                 continue
             halves = name.endswith("_w") and name[:-2] + "_v" in stored     # singleton_local_shards SwiGLU
             names = (name, name[:-2] + "_v") if halves else (name,)
-            base = name[:-2] if halves else name
-            rows = sum(stored[n].size[1 if keys.is_stacked(n) else 0] for n in names) if halves else None
-            for layer in (range(md.size[0]) if keys.is_stacked(name) else (None,)):
+            base = name[len(prefix):-2] if halves else name[len(prefix):]
+            rows = sum(stored[n].size[1 if keys.is_stacked(n[len(prefix):]) else 0] for n in names) if halves else None
+            for layer in (range(md.size[0]) if keys.is_stacked(base) else (None,)):
                 shape = md.size[1:] if layer is not None else md.size
                 if rows is not None:
                     shape = torch.Size((rows, *shape[1:]))

@@ -8,12 +8,24 @@ torch.distributed.checkpoint keeps every tensor whole, by megatron-core's TP=1 n
 rank and one stage holding the whole model under our names (key_names.ours_from_mcore),
 split for any target by the same rules by module kind as a torch-format file
 (megatron_lm/files.py). Its head (counters, args, config, family) is made from common.pt's
-args as a torch-format file's is. The optimizer state is not read yet.
+args as a torch-format file's is.
+
+The optimizer state is per parameter already: each field a whole tensor of the parameter's
+shape (`optimizer.state.exp_avg.<key>`, torch_dist.py), split like the weight, and Adam's
+step once in common.pt (`common_step`). Fields, as the torch-format path gives them:
+
+    exp_avg, exp_avg_sq    optimizer.state.exp_avg.<key>, optimizer.state.exp_avg_sq.<key>
+    fp32_master            optimizer.state.fp32_param.<key>, a bf16/fp16 model's master
+    step                   common.pt's optimizer.state.common_step (one for every parameter)
+
+A checkpoint without them (saved without the optimizer, or by the distributed optimizer,
+which keeps its state as other objects and its step in param_groups) has none: a run
+starts a fresh optimizer.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -95,6 +107,10 @@ class TorchDistSource:
                          parallel=parallel_record(args, 1, 1, None, TORCH_DIST),
                          megatron_lm_skipped_entries=checkpoint.extra_states_skipped)
         self.head["parallel"]["saved_as"] = [tp, pp]
+        self._optimizer = checkpoint.optimizer_tensors
+        self._step = _common_step(common.get("optimizer"))
+        if self.has_optimizer():
+            self.head["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
         if isinstance(common.get("opt_param_scheduler"), dict):
             self.head["opt_param_scheduler"] = dict(common["opt_param_scheduler"])
         self.parallel = self.head["parallel"]
@@ -103,6 +119,7 @@ class TorchDistSource:
                                                self.head["vocab_size"], {})}
         self.files = _WholeTensors()
         self._last = (None, None)
+        self._last_fields = (None, None)
 
     @property
     def padded_vocab_size(self) -> Optional[int]:
@@ -124,11 +141,68 @@ class TorchDistSource:
     def model_path(self, tensor_rank: int, pipeline_rank: int) -> str:
         return self.iteration_path
 
+    # --- optimizer (source.py's face; one tensor-parallel rank, so tensor_rank is 0) ----------
     def has_optimizer(self) -> bool:
-        return False
+        return "exp_avg" in self._optimizer and self._step is not None
 
     def has_optimizer_entry(self, name: str) -> bool:
-        return False
+        return self.has_optimizer() and self._theirs[self.owner(name).key] in self._optimizer["exp_avg"]
+
+    def optimizer_fields(self, name: str) -> Dict[str, object]:
+        """{field: dtype for an element field, the step's value}, from the metadata only."""
+        if not self.has_optimizer_entry(name):
+            return {}
+        theirs = self._theirs[name]
+        fields: Dict[str, object] = {ours: self._optimizer[saved].dtype(theirs) for saved, ours in _FIELDS.items()
+                                     if saved in self._optimizer and theirs in self._optimizer[saved]}
+        if "fp32_master" in fields and self._tensors.dtype(theirs) == torch.float32:
+            del fields["fp32_master"]     # an fp32 model's weights are its masters already
+        fields["step"] = self._step.clone()      # each parameter's own: Adam adds to it in place
+        return fields
+
+    def optimizer_pieces(self, name: str, tensor_rank: int) -> Tuple[torch.Size, Dict[str, object]]:
+        """(the parameter's shape, {field: [(0, numel, flat elements)], "step": value}); the
+        fields of one parameter are read at once and kept until another is asked for."""
+        if self._last_fields[0] != name:
+            if not self.has_optimizer_entry(name):
+                raise CheckpointError(f"the optimizer state of {self.iteration_path} has no entry for {name!r}; "
+                                      f"load it with --no-load-optim (or reshard it with --no-optim).")
+            theirs = self._theirs[name]
+            shape = self._tensors.shape(theirs)
+            fields: Dict[str, object] = {}
+            for field, kind in self.optimizer_fields(name).items():
+                if isinstance(kind, torch.dtype):
+                    saved = next(s for s, ours in _FIELDS.items() if ours == field)
+                    fields[field] = [(0, shape.numel(), self._optimizer[saved][theirs].reshape(-1))]
+                else:
+                    fields[field] = kind
+            self._last_fields = (name, (shape, fields))
+        return self._last_fields[1]
+
+    def optimizer_field(self, name: str, tensor_rank: int, field: str, scratch=None) -> torch.Tensor:
+        """Element field `field` of `name`'s optimizer state, in the parameter's shape."""
+        shape, fields = self.optimizer_pieces(name, tensor_rank)
+        return fields[field][0][2].view(shape)
+
+
+# Megatron-LM's field names (after `optimizer.state.`) and ours.
+_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_param": "fp32_master"}
+
+
+def _common_step(saved: object) -> Optional[torch.Tensor]:
+    """Adam's step in common.pt's `optimizer` entry: `state.common_step`, found at whatever depth a
+    mixed-precision or chained optimizer nests the inner state dict; None when there is none."""
+    if not isinstance(saved, Mapping):
+        return None
+    state = saved.get("state")
+    if isinstance(state, Mapping) and "common_step" in state:
+        step = state["common_step"]
+        return step.detach().clone() if isinstance(step, torch.Tensor) else torch.tensor(float(step))
+    for value in saved.values():
+        step = _common_step(value)
+        if step is not None:
+            return step
+    return None
 
 
 def open_source(directory: str, preferred: str = "megatron", **options):

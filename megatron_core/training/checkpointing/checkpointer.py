@@ -226,8 +226,8 @@ class Checkpointer:
         load_optimizer = not weights_only and not self.config.no_load_optim
         with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
         if load_optimizer and not with_optimizer:
-            why = ("Megatron-LM's files: their optimizer state is not read yet" if FORMAT_MARK in parallel
-                   else "resharded with --no-optim")
+            why = ("Megatron-LM's files: none saved, or a distributed optimizer's, not read yet"
+                   if FORMAT_MARK in parallel else "resharded with --no-optim")
             _print(f"note: {where} holds no optimizer state ({why}); starting a fresh optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
             source, self.chunks, mpu.get_tensor_model_parallel_rank(), self.run.parallel.tensor_model_parallel_size,
