@@ -35,7 +35,7 @@ from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..formats import LAYOUTS
 from ..megatron_lm.args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from ..megatron_lm.files import contents_head, family_of_mcore_keys, parallel_record, spec_of
-from ..megatron_lm.key_names import ours_from_mcore, unsupported_feature
+from ..megatron_lm.key_names import known, ours_from_mcore, unsupported_feature
 from ..megatron_lm.torch_dist import read_torch_dist
 from .source import Owner, SavedCheckpoint
 
@@ -92,6 +92,9 @@ class TorchDistSource:
             if what:
                 raise CheckpointError(f"{self.iteration_path} holds {key}, a tensor of {what}, which megatron_core "
                                       f"does not build; convert a dense GPT, BERT or T5 model.")
+            if not known(ours_from_mcore(key)):
+                raise CheckpointError(f"{self.iteration_path} holds {key}, which maps to no tensor of the models "
+                                      f"megatron_core builds; the checkpoint cannot be read without losing it.")
         tp, pp, _ = parallel_sizes(args, self.iteration_path)
         config = TransformerConfig.from_megatron_flags(args)
         family = family_of_mcore_keys(list(checkpoint.tensors))
