@@ -41,15 +41,15 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_args
-from ..checkpoint.megatron_lm.optimizer import mcore_parameter_order, megatron_optimizer
+from ..checkpoint.megatron_lm.optimizer import mcore_parameter_order, megatron_optimizer, megatron_param_groups
 from ..checkpoint.megatron_lm.rng import megatron_rng_state
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
-from ..checkpoint.megatron_lm.torch_dist import write_torch_dist
+from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
 from ..checkpoint.saved_model import MergedState
-from ..checkpoint.reshard.targets import target_optimizer_state, target_weight
+from ..checkpoint.reshard.targets import target_optimizer_field, target_optimizer_state, target_weight
 from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
 
@@ -71,20 +71,45 @@ def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int)
 
 
 class _MegatronCoreNames(Mapping):
-    """The whole model under megatron-core's TP=1 names, each tensor merged when asked for."""
+    """The whole model under megatron-core's TP=1 names, each tensor merged when asked for; with
+    `optimizer`, also each parameter's Adam fields as torch_dist keeps them
+    (`optimizer.state.<exp_avg|exp_avg_sq|fp32_param>.<name>`)."""
 
-    def __init__(self, merged: MergedState):
-        self._merged = merged
-        self._ours = {megatron_key(key, MCORE): key for key in merged}
+    def __init__(self, source, optimizer: bool):
+        self._source = source
+        self._merged = MergedState(source)
+        self._entries = {megatron_key(key, MCORE): (key, None) for key in self._merged}
+        if optimizer:
+            for key in self._merged:
+                for field, saved_as in _TORCH_DIST_FIELDS.items():
+                    if field in source.optimizer_fields(key):
+                        self._entries[f"{OPTIMIZER_STATE}{saved_as}.{megatron_key(key, MCORE)}"] = (key, field)
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self._merged[self._ours[key]]
+        ours, field = self._entries[key]
+        if field is None:
+            return self._merged[ours]
+        spec = self._source.owner(ours).spec
+        return target_optimizer_field(self._source, ours, spec, field, 0, 1, self._source.padded_vocab_size)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._ours)
+        return iter(self._entries)
 
     def __len__(self) -> int:
-        return len(self._ours)
+        return len(self._entries)
+
+
+# our per-parameter field -> its name in torch_dist
+_TORCH_DIST_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_master": "fp32_param"}
+
+
+def _common_optimizer(source, hyper: Mapping, mixed_precision: bool) -> Dict:
+    """What torch_dist's common.pt keeps of the optimizer: Adam's step and the groups' fields."""
+    name = next(iter(source.owners))
+    step = source.optimizer_fields(name).get("step", torch.tensor(0.0))
+    inner = {"state": {"common_step": torch.as_tensor(step, dtype=torch.float32).clone()},
+             "param_groups": megatron_param_groups(hyper)}
+    return {"optimizer": inner} if mixed_precision else inner
 
 
 def _rng_objects(source, namespace) -> Dict[str, object]:
@@ -96,21 +121,26 @@ def _rng_objects(source, namespace) -> Dict[str, object]:
             for p in range(pp) for t in range(tp)}
 
 
-def _write_torch_dist(source, output: str, namespace, progress) -> None:
-    """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one process)."""
+def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_precision: bool, progress) -> bool:
+    """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one
+    process), with the optimizer state when the checkpoint has one; whether it had."""
     common = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": namespace.iteration,
               "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+    with_optimizer = source.has_optimizer()
+    if with_optimizer:
+        common["optimizer"] = _common_optimizer(source, hyper, mixed_precision)
     objects = _rng_objects(source, namespace)
     if source.iteration is None:        # a weights-only checkpoint of ours: Megatron-LM's release directory
         directory = os.path.join(output, "release")
-        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, write_tracker=False,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer), common, write_tracker=False,
                          objects=objects)
         write_bytes_atomically(os.path.join(output, MegatronLayout.tracker_name), b"release\n")
     else:
         directory = os.path.join(output, f"iter_{source.iteration:07d}")
-        write_torch_dist(directory, _MegatronCoreNames(MergedState(source)), common, iteration=source.iteration,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer), common, iteration=source.iteration,
                          objects=objects)
     progress(f"  wrote {directory}")
+    return with_optimizer
 
 
 def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: str = "torch",
@@ -140,22 +170,23 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
         raise ConversionError(f"--to-megatron-lm {output} is the checkpoint being read; write to a new directory.")
     config = TransformerConfig.from_dict(source.head["model_config"])
     namespace = _namespace(source, config, tp, pp, padded)
+    args = source.head.get("args") or {}
+    hyper = {"lr": float(args.get("lr") or 0.0), "min_lr": float(args.get("min_lr") or 0.0),
+             "weight_decay": float(args.get("weight_decay") if args.get("weight_decay") is not None else 0.01),
+             "betas": (float(args.get("adam_beta1") or 0.9), float(args.get("adam_beta2") or 0.999)),
+             "eps": float(args.get("adam_eps") or 1e-8)}
+    mixed_precision = config.params_dtype != torch.float32
     if fmt == "torch_dist":
-        _write_torch_dist(source, output, namespace, progress)
+        written = _write_torch_dist(source, output, namespace, hyper, mixed_precision, progress)
         return {"family": family, "key_names": key_names, "format": fmt, "iteration": source.iteration,
                 "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
-                "source": source.iteration_path, "optimizer": False}
+                "source": source.iteration_path, "optimizer": written}
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
     with_optimizer = source.has_optimizer() and key_names == MCORE
     if source.has_optimizer() and not with_optimizer:
         progress("note: the optimizer state is written with megatron-core's names only; this checkpoint goes "
                  "without it (load it in Megatron-LM with --finetune or --no-load-optim).")
-    args = source.head.get("args") or {}
-    hyper = {"lr": float(args.get("lr") or 0.0), "min_lr": float(args.get("min_lr") or 0.0),
-             "weight_decay": float(args.get("weight_decay") if args.get("weight_decay") is not None else 0.01),
-             "betas": (float(args.get("adam_beta1") or 0.9), float(args.get("adam_beta2") or 0.999)),
-             "eps": float(args.get("adam_eps") or 1e-8)}
     saved_rng = list(source.head.get("rng_state") or [])
     seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
@@ -177,7 +208,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
             if with_optimizer:
                 order = {name: i for i, name in enumerate(mcore_parameter_order([n for n, _, _ in parameters]))}
                 parameters.sort(key=lambda entry: order[entry[0]])
-                state["optimizer"] = megatron_optimizer(parameters, hyper, config.params_dtype != torch.float32)
+                state["optimizer"] = megatron_optimizer(parameters, hyper, mixed_precision)
             path = layout.model_file(output, source.iteration, t, tp, p, pp)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             save_file(state, path)

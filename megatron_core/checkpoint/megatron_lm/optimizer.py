@@ -11,6 +11,7 @@ masters of each group, in order]]}. Ours keeps the same fields per parameter
   per_parameter_state   a Megatron-LM file's positional state -> ours per parameter (reading)
   megatron_optimizer    ours per parameter -> Megatron-LM's positional state (writing), in
                         megatron-core's parameter order (mcore_parameter_order)
+  megatron_param_groups the groups' fields, also what torch_dist's common.pt keeps of them
 """
 from __future__ import annotations
 
@@ -90,33 +91,34 @@ def mcore_parameter_order(names: Sequence[str]) -> List[str]:
     return sorted(names, key=key)
 
 
-def _group(template: Mapping, decayed: bool, weight_decay: float, positions: List[int]) -> Dict:
-    group = dict(template)
-    group.update(wd_mult=1.0 if decayed else 0.0, weight_decay=weight_decay if decayed else 0.0, params=positions)
-    return group
-
-
-def megatron_optimizer(parameters: List[Tuple[str, torch.Tensor, Mapping]], hyper: Mapping,
-                       mixed_precision: bool) -> Dict:
-    """Megatron-LM's optimizer entry of one rank file. `parameters`: (megatron-core name, weight,
-    our per-parameter fields) in megatron-core's order; `hyper`: lr, min_lr, weight_decay, betas,
-    eps (the run's flags). The groups carry every field Megatron-LM's groups hold, since
-    torch's load_state_dict takes them over."""
+def megatron_param_groups(hyper: Mapping) -> List[Dict]:
+    """Megatron-LM's two parameter groups (decayed, then the others) without their `params`,
+    with every field its groups hold, since torch's load_state_dict takes them over. `hyper`:
+    lr, min_lr, weight_decay, betas, eps (the run's flags)."""
     template = torch.optim.Adam([torch.zeros(1)], lr=hyper["lr"], betas=tuple(hyper["betas"]), eps=hyper["eps"],
                                 weight_decay=hyper["weight_decay"]).state_dict()["param_groups"][0]
     template = {k: v for k, v in template.items() if k != "params"}
     template.update(lr_mult=1.0, is_expert_parallel=False, is_decoupled_lr=False, default_config=True,
                     max_lr=hyper["lr"], min_lr=hyper["min_lr"], decoupled_weight_decay=True)
+    return [dict(template, wd_mult=1.0, weight_decay=hyper["weight_decay"]),
+            dict(template, wd_mult=0.0, weight_decay=0.0)]
+
+
+def megatron_optimizer(parameters: List[Tuple[str, torch.Tensor, Mapping]], hyper: Mapping,
+                       mixed_precision: bool) -> Dict:
+    """Megatron-LM's optimizer entry of one rank file. `parameters`: (megatron-core name, weight,
+    our per-parameter fields) in megatron-core's order; `hyper`: as megatron_param_groups."""
+    templates = megatron_param_groups(hyper)
     groups, state, masters = [], {}, []
     position = 0
-    for decayed in (True, False):
+    for template, decayed in zip(templates, (True, False)):
         members = [(name, weight, fields) for name, weight, fields in parameters if _decayed(name, weight) == decayed]
         positions = list(range(position, position + len(members)))
         for at, (name, weight, fields) in zip(positions, members):
             state[at] = {field: value for field, value in fields.items() if field != "fp32_master"}
         masters.append([fields.get("fp32_master", weight.float()).reshape(weight.shape).float()
                         for _, weight, fields in members])
-        groups.append(_group(template, decayed, hyper["weight_decay"], positions))
+        groups.append(dict(template, params=positions))
         position += len(members)
     inner = {"state": state, "param_groups": groups}
     return {"optimizer": inner, "fp32_from_fp16_params": masters} if mixed_precision else inner
