@@ -12,9 +12,11 @@ directory is compared tensor for tensor with the reference's files (read by
 open_saved_model, which knows nothing of torch_dist); megatron-core's logits from the
 torch_dist directory are compared with our model's; and a TP=1 run resumed from it logs the
 reference's iteration-4 loss (computed before that iteration's update: the weights and the
-data position), from a fresh optimizer.
+data position) with the saved optimizer state; megatron-core's optimizer loads that state
+with the moments and step our reference run saved.
 """
 import os
+import re
 
 import pytest
 import torch
@@ -82,8 +84,12 @@ def test_the_save_is_megatron_lms_torch_dist_directory(saved):
     stored = checkpoint.tensors._reader.read_metadata().state_dict_metadata
     assert {name for name in stored if name.startswith("rng_state/")} == {
         f"rng_state/shard_{p}.{t}_2.2" for p in range(2) for t in range(2)}
-    assert not any(name.startswith("optimizer.") for name in stored)
-    assert run.stdout.count("the optimizer state is not written in this format yet") == 1
+    assert {name for name in stored if name.startswith("optimizer.state.")} == {
+        f"optimizer.state.{field}.{name}" for field in ("exp_avg", "exp_avg_sq") for name in stored
+        if not name.startswith(("optimizer.", "rng_state/")) and "_extra_state" not in name}
+    assert common["optimizer"]["state"]["common_step"].item() == SAVED_AT
+    assert [group["wd_mult"] for group in common["optimizer"]["param_groups"]] == [1.0, 0.0]
+    assert "not written in this format yet" not in run.stdout
     assert f"successfully saved checkpoint from iteration {SAVED_AT:7d} to {directory} [torch_dist]" in run.stdout
 
 
@@ -114,7 +120,7 @@ def test_a_resume_at_tp1_goes_on_from_the_saved_weights_and_data(flags, saved):
     directory, _, _, reference = saved
     done = _ok(run_forked("pretrain_gpt.py", flags + ["--load", directory, "--make-vocab-size-divisible-by", "256"]))
     assert f"resharded checkpoint iteration {SAVED_AT} from TP=2 PP=2 DP=1 to TP=1 PP=1 DP=1 on load" in done.stdout
-    assert "starting a fresh optimizer" in done.stdout
+    assert "fresh optimizer" not in done.stdout        # the saved Adam state goes on
     losses, expected = logged_values(done.stdout, "lm loss"), logged_values(reference.stdout, "lm loss")
     assert sorted(losses) == [SAVED_AT + 1], failure_report(done)
     assert losses[SAVED_AT + 1] == pytest.approx(expected[SAVED_AT + 1], rel=1e-5)
@@ -138,3 +144,28 @@ def test_data_parallel_ranks_beyond_the_first_take_part_but_write_nothing(flags,
     for name in reference:
         torch.testing.assert_close(source.weight(name, 0), reference[name], rtol=1e-4, atol=1e-5)
     assert read_torch_dist(directory).common["args"].data_parallel_size == 2
+
+
+def test_megatron_core_takes_the_optimizer_state_our_run_saved(saved):
+    """megatron-core's optimizer.load_state_dict of the torch_dist directory holds, for every parameter
+    of every (TP, PP) rank, the moments and step of the same run saved in our format."""
+    pytest.importorskip("megatron.core")
+    from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore
+    from megatron_core.checkpoint.reshard.targets import target_optimizer_state
+    from tests.harness import megatron_lm
+
+    directory, _, ours, _ = saved
+    _, optimizer = megatron_lm.load_with_optimizer("llama", directory, tp=2, pp=2, fmt="torch_dist")
+    reference = reshard.SavedCheckpoint(os.path.join(ours, f"iter_{SAVED_AT:07d}"))
+    checked = 0
+    for (tp_rank, pp_rank), by_name in sorted(optimizer.items()):
+        for theirs, fields in by_name.items():
+            global_name = re.sub(r"^decoder\.layers\.(\d+)\.", lambda m: f"decoder.layers.{int(m.group(1)) + pp_rank}.",
+                                 theirs)       # one layer per stage
+            name = ours_from_mcore(global_name)
+            expected = target_optimizer_state(reference, name, reference.owner(name).spec, tp_rank, 2)
+            for field in ("exp_avg", "exp_avg_sq", "step"):
+                torch.testing.assert_close(fields[field].float(), torch.as_tensor(expected[field]).float(),
+                                           rtol=0, atol=0, msg=lambda m: f"{tp_rank},{pp_rank} {theirs} {field}: {m}")
+            checked += 1
+    assert checked == 2 * len(reference.owners)      # every parameter, on both TP ranks of its stage

@@ -41,7 +41,8 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_args
-from ..checkpoint.megatron_lm.optimizer import mcore_parameter_order, megatron_optimizer, megatron_param_groups
+from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, mcore_parameter_order, megatron_optimizer,
+                                                torch_dist_common_optimizer)
 from ..checkpoint.megatron_lm.rng import megatron_rng_state
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
@@ -81,7 +82,7 @@ class _MegatronCoreNames(Mapping):
         self._entries = {megatron_key(key, MCORE): (key, None) for key in self._merged}
         if optimizer:
             for key in self._merged:
-                for field, saved_as in _TORCH_DIST_FIELDS.items():
+                for field, saved_as in TORCH_DIST_FIELDS.items():
                     if field in source.optimizer_fields(key):
                         self._entries[f"{OPTIMIZER_STATE}{saved_as}.{megatron_key(key, MCORE)}"] = (key, field)
 
@@ -99,17 +100,9 @@ class _MegatronCoreNames(Mapping):
         return len(self._entries)
 
 
-# our per-parameter field -> its name in torch_dist
-_TORCH_DIST_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_master": "fp32_param"}
-
-
 def _common_optimizer(source, hyper: Mapping, mixed_precision: bool) -> Dict:
-    """What torch_dist's common.pt keeps of the optimizer: Adam's step and the groups' fields."""
     name = next(iter(source.owners))
-    step = source.optimizer_fields(name).get("step", torch.tensor(0.0))
-    inner = {"state": {"common_step": torch.as_tensor(step, dtype=torch.float32).clone()},
-             "param_groups": megatron_param_groups(hyper)}
-    return {"optimizer": inner} if mixed_precision else inner
+    return torch_dist_common_optimizer(source.optimizer_fields(name).get("step", 0.0), hyper, mixed_precision)
 
 
 def _rng_objects(source, namespace) -> Dict[str, object]:

@@ -12,6 +12,7 @@ masters of each group, in order]]}. Ours keeps the same fields per parameter
   megatron_optimizer    ours per parameter -> Megatron-LM's positional state (writing), in
                         megatron-core's parameter order (mcore_parameter_order)
   megatron_param_groups the groups' fields, also what torch_dist's common.pt keeps of them
+  torch_dist_common_optimizer  common.pt's optimizer entry (the moments are tensors there)
 """
 from __future__ import annotations
 
@@ -122,3 +123,16 @@ def megatron_optimizer(parameters: List[Tuple[str, torch.Tensor, Mapping]], hype
         position += len(members)
     inner = {"state": state, "param_groups": groups}
     return {"optimizer": inner, "fp32_from_fp16_params": masters} if mixed_precision else inner
+
+
+def torch_dist_common_optimizer(step, hyper: Mapping, mixed_precision: bool) -> Dict:
+    """What torch_dist's common.pt keeps of Megatron-LM's optimizer: Adam's step once and the
+    groups' fields (their parameters are the loading run's own); a mixed-precision optimizer
+    nests it under "optimizer". The moments are tensors `optimizer.state.<field>.<name>`."""
+    inner = {"state": {"common_step": torch.as_tensor(step, dtype=torch.float32).clone()},
+             "param_groups": megatron_param_groups(hyper)}
+    return {"optimizer": inner} if mixed_precision else inner
+
+
+# our per-parameter field -> its name among torch_dist's `optimizer.state.<field>.` tensors
+TORCH_DIST_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_master": "fp32_param"}
