@@ -5,7 +5,6 @@ convert_checkpoint --to-megatron-lm load into megatron-core strictly (torch form
 load_state_dict(strict=True); torch_dist: dist_checkpointing.load) with the same logits; the
 legacy key names go round trip through our reader."""
 
-import numpy
 import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
@@ -15,8 +14,8 @@ pytest.importorskip("megatron.core")
 from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # noqa: E402
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
-from megatron_core.data.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
+from tests.harness.datasets import write_null_tokenizer_corpus  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.megatron_lm import our_logits  # noqa: E402
 from tests.harness.megatron_lm_models import sample_batch  # noqa: E402
@@ -121,18 +120,6 @@ def test_megatron_lm_optimizer_state_comes_over_per_parameter(tmp_path, name):
         >= {"exp_avg", "exp_avg_sq", "step"}
 
 
-def _synthetic_corpus(prefix, vocab=127, documents=64, seed=0):
-    """Token ids below `vocab`, each document ended by NullTokenizer's end-of-document id."""
-    generator = torch.Generator().manual_seed(seed)
-    with IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32) as builder:
-        for _ in range(documents):
-            length = int(torch.randint(20, 60, (1,), generator=generator))
-            builder.add_item(torch.cat([torch.randint(0, vocab, (length,), generator=generator),
-                                        torch.tensor([vocab])]).numpy())
-            builder.end_document()
-        builder.finalize(prefix + ".idx")
-
-
 @pytest.mark.parametrize("mode", ["resume", "finetune"])
 def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     """pretrain_gpt.py --load of megatron-core's TP=2 Llama checkpoint (with its optimizer) at TP=1,
@@ -142,7 +129,7 @@ def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     megatron_lm.save_checkpoint("llama", str(directory), tp=2, pp=1, fmt="torch", seed=1234, iteration=7,
                                 with_optimizer=True, steps=2)
     prefix = str(tmp_path / "synthetic_text_document")
-    _synthetic_corpus(prefix)
+    write_null_tokenizer_corpus(prefix)
     flags = ["--load", directory, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
              "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
              "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--lr-decay-style", "constant",
@@ -162,7 +149,7 @@ def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_na
     directory = tmp_path / "megatron_llama"
     megatron_lm.save_checkpoint("llama", str(directory), tp=1, pp=1, fmt="torch", seed=1234, iteration=7)
     prefix = str(tmp_path / "synthetic_text_document")
-    _synthetic_corpus(prefix)
+    write_null_tokenizer_corpus(prefix)
     flags = ["--load", directory, "--use-checkpoint-args", "--hidden-size", 32, "--tokenizer-type", "NullTokenizer",
              "--vocab-size", 127, "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0",
              "--num-workers", 0, "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--train-iters", 9,

@@ -6,6 +6,7 @@ import os
 import re
 
 import numpy as np
+import torch
 
 from megatron_core.data.indexed_dataset import IndexedDatasetBuilder
 from megatron_core.data.tokenizers import build_tokenizer
@@ -28,6 +29,19 @@ def write_random_dataset(prefix, num_docs=60, max_len=50, seed=0, vocab=30000):
         docs.append(tokens.astype(np.int64))
     builder.finalize(prefix + ".idx")
     return docs
+
+
+def write_null_tokenizer_corpus(prefix, vocab=127, documents=64, seed=0):
+    """Documents of 20..59 token ids below `vocab`, each ended by NullTokenizer's end-of-document
+    id (`vocab`): data for an entry point run with --tokenizer-type NullTokenizer --vocab-size vocab."""
+    generator = torch.Generator().manual_seed(seed)
+    with IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32) as builder:
+        for _ in range(documents):
+            length = int(torch.randint(20, 60, (1,), generator=generator))
+            builder.add_item(torch.cat([torch.randint(0, vocab, (length,), generator=generator),
+                                        torch.tensor([vocab])]).numpy())
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
 
 
 def bert_chinese_tokenizer(vocab_extra_ids=0):
