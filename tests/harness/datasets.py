@@ -6,6 +6,7 @@ import os
 import re
 
 import numpy as np
+import torch
 
 from megatron_core.data.indexed_dataset import IndexedDatasetBuilder
 from megatron_core.data.tokenizers import build_tokenizer
@@ -33,8 +34,6 @@ def write_random_dataset(prefix, num_docs=60, max_len=50, seed=0, vocab=30000):
 def write_null_tokenizer_corpus(prefix, vocab=127, documents=64, seed=0):
     """Documents of 20..59 token ids below `vocab`, each ended by NullTokenizer's end-of-document
     id (`vocab` itself): data for --tokenizer-type NullTokenizer --vocab-size `vocab`."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     with IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32) as builder:
         for _ in range(documents):

@@ -9,7 +9,9 @@ Manager process, and writer processes a daemon worker may not fork). `start_rank
 those in this process only (the ranks are forked or spawned workers that exit afterwards) and
 enters `CudaDevicesOnCpu`, which turns every device='cuda'/index argument of a torch call
 into 'cpu'. Grad clipping stays off: its check
-`param.grad.type() == 'torch.cuda.FloatTensor'` cannot hold on the CPU.
+`param.grad.type() == 'torch.cuda.FloatTensor'` cannot hold on the CPU. The distributed
+optimizer sorts the parameters it wraps by the same kind of check when it is built; the
+harness builds it inside `CudaTensorTypes` (and only there).
 """
 from __future__ import annotations
 
@@ -35,6 +37,19 @@ class CudaDevicesOnCpu(TorchFunctionMode):
         if device is not None and (isinstance(device, int) or torch.device(device).type == "cuda"):
             kwargs["device"] = "cpu"
         return func(*args, **kwargs)
+
+
+class CudaTensorTypes(TorchFunctionMode):
+    """Tensor.type() without arguments answers CUDA's name for a CPU tensor ('torch.FloatTensor'
+    -> 'torch.cuda.FloatTensor'): what DistributedOptimizer.__init__ asks to tell fp32 parameters
+    from fp16/bf16 ones."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and result.startswith("torch.") \
+                and not result.startswith("torch.cuda."):
+            return "torch.cuda." + result[len("torch."):]
+        return result
 
 
 def import_megatron() -> None:

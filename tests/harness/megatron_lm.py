@@ -12,12 +12,16 @@ Models: "gpt", "llama", "bert" (megatron_lm_models.py); BERT's logits add "binar
 ([2, 2], the sentence-order head). Formats: "torch" (one model_optim_rng.pt per rank) and
 "torch_dist" (dist_checkpointing), laid out as megatron_lm_files.py describes.
 
-save_checkpoint(model, directory, *, tp, pp, fmt, seed, iteration, with_optimizer, steps)
-    Builds the model in tp * pp gloo processes as Megatron-LM's model provider does (seed as
-    --seed), and writes it the way Megatron-LM's save_checkpoint does. with_optimizer: wraps it
-    in megatron-core's DDP, builds get_megatron_optimizer's Adam and the lr scheduler, takes
-    `steps` steps on the fixed batch (pp=1 only), and saves optimizer and scheduler; without
-    it the files are those of --no-save-optim. Returns SavedReference(logits, args).
+save_checkpoint(model, directory, *, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
+                distributed_optimizer)
+    Builds the model in tp * pp * dp gloo processes as Megatron-LM's model provider does (seed
+    as --seed), and writes it the way Megatron-LM's save_checkpoint does (data-parallel rank 0
+    writes). with_optimizer: wraps it in megatron-core's DDP, builds get_megatron_optimizer's
+    Adam and the lr scheduler, takes `steps` steps on the fixed batch (pp=1 only), and saves
+    optimizer and scheduler; without it the files are those of --no-save-optim.
+    distributed_optimizer (torch format, with_optimizer): --use-distributed-optimizer, so the
+    elements go to distrib_optim.pt (megatron_lm_files.py). Returns SavedReference(logits,
+    args, optimizer).
 load_and_logits(model, directory, *, tp, pp, fmt, with_optimizer)
     Builds the model from another seed, loads the directory as Megatron-LM's load_checkpoint
     does (tracker, this rank's file, checkpoint_version >= 2.0 since 0.16.1 cannot reorder
@@ -47,7 +51,8 @@ from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
 from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
                                 save_torch_format, strict_load_error)
 from .megatron_lm_models import MODEL_NAMES, build_model, full_logits, sample_batch
-from .megatron_lm_optimizer import build_optimizer, optimizer_state_by_name, take_steps
+from .megatron_lm_optimizer import (build_optimizer, distributed_optimizer_state_by_name, optimizer_state_by_name,
+                                    take_steps)
 from .megatron_lm_rng import megatron_rng_state, restore_rng_state
 
 __all__ = ["MODEL_NAMES", "FORMATS", "SavedReference", "MegatronLoadError", "save_checkpoint", "load_and_logits",
@@ -95,30 +100,37 @@ def _sharded_rng_state(rng_state: list, tp: int, pp: int):
 
 
 def _hand_back(out_dir: str, result) -> None:
-    """The last stage's TP rank 0 writes `result` for the parent."""
+    """The last stage's TP rank 0 (of data-parallel rank 0) writes `result` for the parent."""
+    from megatron.core import parallel_state as ps
+
     tp_rank, pp_rank, pp_size = _ranks()
-    if tp_rank == 0 and pp_rank == pp_size - 1:
+    if tp_rank == 0 and pp_rank == pp_size - 1 and ps.get_data_parallel_rank() == 0:
         torch.save(result, os.path.join(out_dir, "result.pt"))
 
 
-def _save_rank(name, directory, out_dir, tp, pp, fmt, seed, iteration, with_optimizer, steps):
+def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps, distributed):
+    from megatron.core import parallel_state as ps
+
     start_ranks(tp, pp, seed)
     try:
         model = build_model(name, tp, pp)
         tp_rank, pp_rank, _ = _ranks()
         optimizer = scheduler = None
         if with_optimizer:
-            ddp, optimizer, scheduler = build_optimizer(model, model.config)
+            ddp, optimizer, scheduler = build_optimizer(model, model.config, distributed=distributed)
             take_steps(name, ddp, optimizer, scheduler, steps)
-            torch.save(optimizer_state_by_name(model, optimizer),
-                       os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
+            read_state = distributed_optimizer_state_by_name if distributed else optimizer_state_by_name
+            by_name = read_state(model, optimizer)
+            if ps.get_data_parallel_rank() == 0:
+                torch.save(by_name, os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         args = megatron_lm_args(name, tp=tp, pp=pp, rank=dist.get_rank(), iteration=iteration, seed=seed,
-                                fmt=fmt, with_optimizer=with_optimizer, save_dir=directory)
+                                fmt=fmt, with_optimizer=with_optimizer, save_dir=directory, dp=dp,
+                                distributed_optimizer=distributed)
         rng_state = megatron_rng_state(seed + 100 * pp_rank, tp_rank)
         if fmt == "torch":
             state = file_state_dict(args, iteration, model.state_dict_for_save_checkpoint(), rng_state,
                                     optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
-            save_torch_format(directory, state)
+            save_torch_format(directory, state, optimizer if distributed else None)
         else:
             model_state = model.sharded_state_dict(metadata=_sharded_metadata())
             state = file_state_dict(args, iteration, model_state, _sharded_rng_state(rng_state, tp, pp))
@@ -173,17 +185,18 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
         stop_ranks()
 
 
-def _check(name: str, tp: int, pp: int, fmt: str) -> None:
-    if name not in MODEL_NAMES or fmt not in FORMATS or tp not in (1, 2, 4) or pp not in (1, 2):
-        raise ValueError(f"the harness runs {MODEL_NAMES} in {FORMATS} at TP 1/2/4 and PP 1/2, "
-                         f"not {name!r} in {fmt!r} at TP {tp}, PP {pp}")
+def _check(name: str, tp: int, pp: int, fmt: str, dp: int = 1) -> None:
+    if name not in MODEL_NAMES or fmt not in FORMATS or tp not in (1, 2, 4) or pp not in (1, 2) \
+            or dp not in (1, 2) or tp * pp * dp > 4:
+        raise ValueError(f"the harness runs {MODEL_NAMES} in {FORMATS} at TP 1/2/4, PP 1/2 and DP 1/2 on at most 4 "
+                         f"ranks, not {name!r} in {fmt!r} at TP {tp}, PP {pp}, DP {dp}")
 
 
-def _run(worker, name: str, directory: str, tp: int, pp: int, *rest):
+def _run(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int = 0):
     import_megatron()
     out_dir = tempfile.mkdtemp(prefix="megatron_lm_")
     try:
-        run_distributed(worker, tp * pp, name, directory, out_dir, tp, pp, *rest, timeout=TIMEOUT)
+        run_distributed(worker, world or tp * pp, name, directory, out_dir, tp, pp, *rest, timeout=TIMEOUT)
         errors = sorted(glob.glob(os.path.join(out_dir, "load_error.*")))
         if errors:
             raise MegatronLoadError("\n".join(open(path).read() for path in errors))
@@ -201,11 +214,14 @@ def _run(worker, name: str, directory: str, tp: int, pp: int, *rest):
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
+def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, dp: int = 1, fmt: str = "torch",
                     seed: int = 1234, iteration: int = 7, with_optimizer: bool = False,
-                    steps: int = 2) -> SavedReference:
-    _check(name, tp, pp, fmt)
-    return _run(_save_rank, name, directory, tp, pp, fmt, seed, iteration, with_optimizer, steps)
+                    steps: int = 2, distributed_optimizer: bool = False) -> SavedReference:
+    _check(name, tp, pp, fmt, dp)
+    if distributed_optimizer and (fmt != "torch" or not with_optimizer):
+        raise ValueError("the harness saves the distributed optimizer in the torch format, with_optimizer=True")
+    return _run(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
+                distributed_optimizer, world=tp * pp * dp)
 
 
 def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",

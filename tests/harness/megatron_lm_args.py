@@ -27,7 +27,8 @@ LEARNING_RATE = 1e-3
 
 
 def megatron_lm_args(name: str, *, tp: int, pp: int, rank: int, iteration: int, seed: int, fmt: str,
-                     with_optimizer: bool, save_dir: str | None = None) -> argparse.Namespace:
+                     with_optimizer: bool, save_dir: str | None = None, dp: int = 1,
+                     distributed_optimizer: bool = False) -> argparse.Namespace:
     from megatron.core.transformer.enums import AttnBackend
 
     fp32 = torch.float32
@@ -56,8 +57,8 @@ def megatron_lm_args(name: str, *, tp: int, pp: int, rank: int, iteration: int, 
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=None, num_layers_per_virtual_pipeline_stage=None,
         expert_model_parallel_size=1, context_parallel_size=1, sequence_parallel=False,
-        world_size=tp * pp, data_parallel_size=1, rank=rank, local_rank=rank,
-        use_distributed_optimizer=False, overlap_grad_reduce=False, overlap_param_gather=False,
+        world_size=tp * pp * dp, data_parallel_size=dp, rank=rank, local_rank=rank,
+        use_distributed_optimizer=distributed_optimizer, overlap_grad_reduce=False, overlap_param_gather=False,
         recompute_granularity=None, recompute_method=None, recompute_num_layers=None,
         distribute_saved_activations=False, async_tensor_model_parallel_allreduce=True,
         # precision

@@ -12,7 +12,13 @@ iteration, model (model.state_dict_for_save_checkpoint(): megatron-core names, n
 prefix, `_extra_state` entries None for the local spec), optimizer (optimizer.state_dict())
 and opt_param_scheduler unless --no-save-optim, rng_state (megatron_lm_rng.py), and
 num_floating_point_operations_so_far. rerun_state_machine is absent: its state is None unless
-a rerun is in progress.
+a rerun is in progress. With --use-distributed-optimizer, "optimizer" is the distributed
+optimizer's state_dict() (its param groups, each with Adam's step, and no per-parameter
+state), and every data-parallel rank first takes part in save_parameter_state, which gathers
+the moments and fp32 main parameters to data-parallel rank 0 and writes them beside the
+rank's file:
+
+    <dir>/iter_0000007/mp_rank_{tp:02d}[_{pp:03d}]/distrib_optim.pt
 
 torch_dist: the same dict with model.sharded_state_dict() (and optimizer.sharded_state_dict,
 rng_state as a ShardedObject) handed to dist_checkpointing.save(state, <dir>/iter_0000007);
@@ -28,6 +34,7 @@ import torch.distributed as dist
 
 CHECKPOINT_VERSION = 3.0
 FILE_NAME = "model_optim_rng.pt"
+DISTRIB_OPTIM_NAME = "distrib_optim.pt"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 
 
@@ -65,14 +72,19 @@ def file_state_dict(args, iteration: int, model_state, rng_state, optimizer_stat
     return state
 
 
-def save_torch_format(root: str, state: dict) -> None:
+def save_torch_format(root: str, state: dict, distributed_optimizer=None) -> None:
+    """Every rank calls it; data-parallel rank 0 writes the rank file (Megatron-LM's order: the
+    distributed optimizer's collective save_parameter_state first)."""
     from megatron.core import parallel_state as ps
 
     iteration = state["iteration"]
     path = rank_file(root, iteration, ps.get_tensor_model_parallel_rank(),
                      ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size())
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(state, path)
+    if distributed_optimizer is not None:
+        distributed_optimizer.save_parameter_state(os.path.join(os.path.dirname(path), DISTRIB_OPTIM_NAME))
+    if ps.get_data_parallel_rank() == 0:
+        torch.save(state, path)
     _write_tracker(root, iteration)
 
 

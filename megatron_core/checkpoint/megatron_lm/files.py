@@ -25,8 +25,8 @@ Megatron-LM checkpoint at any saved TP x PP and reshard it as they reshard ours:
 The optimizer state of a plain (not distributed) optimizer is carried per parameter
 (per_parameter_state), as a resharded checkpoint of ours carries it, so a resumed run goes on
 with Megatron-LM's Adam moments and masters at any sizes; --finetune and --no-load-optim drop
-it. A distributed optimizer's files (distrib_optim.pt) are not read yet: the run starts a fresh
-optimizer from the weights and says so.
+it. A distributed optimizer's elements (distrib_optim.pt beside the rank file, gathered to
+data-parallel rank 0) are carried the same way (distrib_optim.py), at any saved DP size.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..contents import FORMAT_VERSION, PER_PARAMETER
 from ..file_io import load_file
 from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
+from .distrib_optim import distributed_optimizer_state
 from .key_names import (LEGACY, flatten, is_extra_state, known, our_key, qkv_rows_to_current, style_of,
                         unsupported_feature)
 from .optimizer import per_parameter_state
@@ -224,8 +225,12 @@ def our_contents(raw: Mapping, path: str) -> Dict:
     contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
                     megatron_lm_skipped_entries=skipped,
                     parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))
-    if raw.get("optimizer") is not None and not args.get("use_distributed_optimizer"):
-        contents["optimizer"] = {PER_PARAMETER: per_parameter_state(raw["optimizer"], parameters, where)}
+    if raw.get("optimizer") is not None:
+        if args.get("use_distributed_optimizer"):
+            state = distributed_optimizer_state(path, parameters, args, raw["optimizer"], pp_rank)
+        else:
+            state = per_parameter_state(raw["optimizer"], parameters, where)
+        contents["optimizer"] = {PER_PARAMETER: state}
         contents["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
     if isinstance(raw.get("opt_param_scheduler"), Mapping):
         contents["opt_param_scheduler"] = dict(raw["opt_param_scheduler"])

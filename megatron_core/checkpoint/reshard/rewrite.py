@@ -172,7 +172,7 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
         target = dataclasses.replace(target, keep_optimizer=False)
     if target.keep_optimizer and source.parallel.get(FORMAT_MARK) and source.parallel.get("optimizer_dropped"):
         progress(f"note: {source.iteration_path} is Megatron-LM's and holds no optimizer state this package reads "
-                 f"(none saved, or a distributed optimizer's); writing the weights alone, as --no-optim.")
+                 f"(none saved, or a distributed optimizer's in torch_dist); writing the weights alone, as --no-optim.")
         target = dataclasses.replace(target, keep_optimizer=False)
     if target.keep_optimizer and not source.has_optimizer():
         raise CheckpointError(f"{source.iteration_path} holds no optimizer state; reshard it with --no-optim.")
