@@ -90,6 +90,30 @@ def test_a_missing_distrib_optim_file_is_one_sentence_naming_it(saved, tmp_path)
     shutil.copytree(directory, copy)
     missing = copy / "iter_0000007" / "mp_rank_01" / "distrib_optim.pt"
     missing.unlink()
+    source = SavedCheckpoint(str(copy))       # the weights still read (--finetune, --no-load-optim)
+    assert source.weight("decoder.layers.0.mlp.dense_h_to_4h.weight", 1).numel()
     with pytest.raises(CheckpointError, match="distrib_optim.pt is missing") as error:
-        SavedCheckpoint(str(copy)).optimizer_pieces("decoder.layers.0.mlp.dense_h_to_4h.weight", 1)
-    assert str(missing) in str(error.value) and "restore the file" in str(error.value)
+        source.optimizer_pieces("decoder.layers.0.mlp.dense_h_to_4h.weight", 1)
+    assert str(missing) in str(error.value) and "--no-load-optim" in str(error.value)
+
+
+def test_without_its_distrib_optim_file_a_resume_stops_and_a_finetune_goes_on(saved, tmp_path):
+    """The weights do not depend on the optimizer file: --finetune trains from them; a resume, which
+    wants the optimizer, stops on one sentence naming the missing file."""
+    directory, _ = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    (copy / "iter_0000007" / "mp_rank_00" / "distrib_optim.pt").unlink()
+    prefix = str(tmp_path / "synthetic_text_document")
+    write_null_tokenizer_corpus(prefix)
+    flags = ["--load", copy, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
+             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
+             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--log-interval", 1, "--eval-iters", 0,
+             "--tensor-model-parallel-size", 1]
+    finetune = run_ranks("pretrain_gpt.py", [str(f) for f in flags + ["--train-iters", 2, "--finetune"]], 1)
+    assert finetune.returncode == 0, failure_report(finetune)
+    assert sorted(logged_values(finetune.stdout, "lm loss")) == [1, 2]
+    resume = run_ranks("pretrain_gpt.py", [str(f) for f in flags + ["--train-iters", 9]], 1)
+    error = [line for line in (resume.stdout + resume.stderr).splitlines() if line.startswith("error:")]
+    assert resume.returncode != 0 and len(error) == 1, failure_report(resume)
+    assert "distrib_optim.pt is missing" in error[0] and "--no-load-optim" in error[0]

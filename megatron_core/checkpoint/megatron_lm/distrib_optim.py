@@ -48,8 +48,8 @@ FILE_NAME = "distrib_optim.pt"
 _ALIGN = 64             # megatron-core pads each parameter's start to 64 elements
 _FIELDS = ("exp_avg", "exp_avg_sq")
 _SIXTEEN_BIT = {torch.float16, torch.bfloat16}
-# The rank file is read whole (weights and optimizer together), so --no-load-optim does not get past it.
-_KEEP = "restore the file as Megatron-LM wrote it; the rank's weights are read only together with it."
+# (files.py keeps the weights readable without it: a run that wants the optimizer stops on this sentence)
+_KEEP = "restore the file as Megatron-LM wrote it, or load the weights alone with --no-load-optim or --finetune."
 
 
 def distrib_optim_path(model_path: str) -> str:

@@ -48,6 +48,7 @@ from .key_names import (LEGACY, flatten, is_extra_state, known, our_key, qkv_row
 from .optimizer import per_parameter_state
 
 FORMAT_MARK = "megatron_lm"          # parallel record entry: the file was read from Megatron-LM's format
+OPTIMIZER_UNREADABLE = "optimizer_unreadable"   # parallel record entry: why its optimizer state cannot be read
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 _CHUNK = re.compile(r"^model\d*$")
 
@@ -226,15 +227,19 @@ def our_contents(raw: Mapping, path: str) -> Dict:
                     megatron_lm_skipped_entries=skipped,
                     parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))
     if raw.get("optimizer") is not None:
-        if args.get("use_distributed_optimizer"):
-            state = distributed_optimizer_state(path, parameters, args, raw["optimizer"], pp_rank)
+        try:
+            if args.get("use_distributed_optimizer"):
+                state = distributed_optimizer_state(path, parameters, args, raw["optimizer"], pp_rank)
+            else:
+                state = per_parameter_state(raw["optimizer"], parameters, where)
+        except CheckpointError as error:    # the weights still load (--finetune, --no-load-optim); a
+            contents["parallel"][OPTIMIZER_UNREADABLE] = str(error)    # run that wants the state stops on it
         else:
-            state = per_parameter_state(raw["optimizer"], parameters, where)
-        contents["optimizer"] = {PER_PARAMETER: state}
-        contents["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
+            contents["optimizer"] = {PER_PARAMETER: state}
+            contents["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
     if isinstance(raw.get("opt_param_scheduler"), Mapping):
         contents["opt_param_scheduler"] = dict(raw["opt_param_scheduler"])
     return contents
 
 
-__all__ = ["written_by_megatron_lm", "our_contents", "spec_of", "FORMAT_MARK"]
+__all__ = ["written_by_megatron_lm", "our_contents", "spec_of", "FORMAT_MARK", "OPTIMIZER_UNREADABLE"]

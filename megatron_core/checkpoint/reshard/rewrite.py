@@ -31,7 +31,7 @@ from ...mpu.layout import pad_vocab_size
 from ..contents import PER_PARAMETER
 from ..file_io import write_bytes_atomically
 from ..formats import layout_named
-from ..megatron_lm.files import FORMAT_MARK
+from ..megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from ..model_record import FAMILY_KEY, OPTIONS_KEY, saved_family
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
 from .source import SavedCheckpoint
@@ -170,6 +170,8 @@ def _rewrite(source: SavedCheckpoint, output_dir: str, target: Target, progress:
         progress(f"note: the DeepSpeed engine's optimizer state in {source.iteration_path} cannot be carried (a "
                  f"ZeRO-0 file that does not name its parameters); writing the weights only, as --no-optim.")
         target = dataclasses.replace(target, keep_optimizer=False)
+    if target.keep_optimizer and source.parallel.get(OPTIMIZER_UNREADABLE):
+        raise CheckpointError(source.parallel[OPTIMIZER_UNREADABLE])
     if target.keep_optimizer and source.parallel.get(FORMAT_MARK) and source.parallel.get("optimizer_dropped"):
         progress(f"note: {source.iteration_path} is Megatron-LM's and holds no optimizer state this package reads "
                  f"(none saved, or a distributed optimizer's in torch_dist); writing the weights alone, as --no-optim.")

@@ -31,6 +31,7 @@ from ...errors import CheckpointError
 from ...mpu.sharding_map import ShardingMap, ShardSpec
 from ..contents import PER_PARAMETER, model_keys
 from ..formats import LAYOUTS, detect_layout, tracked_checkpoint
+from ..megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from .engine_source import ENGINE_ONLY_KEYS, EngineOptimizer, engine_zero_stage, written_by_engine, zero3_model_file
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch, LazyFiles
 
@@ -122,7 +123,8 @@ class SavedCheckpoint:
         """The files holding this (TP, PP) rank's optimizer: its distributed shards, or the model file."""
         model = self.model_path(tensor_rank, pipeline_rank)
         optimizer = self.files.get(model).get("optimizer")
-        if not self.parallel.get("use_distributed_optimizer") or (optimizer and PER_PARAMETER in optimizer):
+        if not self.parallel.get("use_distributed_optimizer") or (optimizer and PER_PARAMETER in optimizer) \
+                or self.parallel.get(FORMAT_MARK):      # Megatron-LM's: read per parameter into the model file
             return [model]
         return [self.layout.optimizer_shard_file(model, d) for d in range(self.parallel["data_parallel_size"])]
 
@@ -193,7 +195,11 @@ class SavedCheckpoint:
         return bool(self._index(0, owner.pipeline_rank).get((owner.chunk, owner.key)))
 
     def _positional(self, path: str) -> dict:
-        optimizer = self.files.get(path).get("optimizer")
+        state = self.files.get(path)
+        optimizer = state.get("optimizer")
+        unreadable = (state.get("parallel") or {}).get(OPTIMIZER_UNREADABLE)   # megatron_lm/files.py
+        if optimizer is None and unreadable:
+            raise CheckpointError(unreadable)
         if optimizer is None:
             raise CheckpointError(f"{path} holds no optimizer state; reshard without it (--no-optim).")
         return optimizer

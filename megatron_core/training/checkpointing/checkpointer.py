@@ -42,7 +42,7 @@ from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
-from ...checkpoint.megatron_lm.files import FORMAT_MARK
+from ...checkpoint.megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from ...checkpoint.torch_dist_files import TORCH_DIST_FAMILIES
 
 
@@ -224,6 +224,8 @@ class Checkpointer:
         release = iteration is None
         weights_only = release or self.config.finetune
         load_optimizer = not weights_only and not self.config.no_load_optim
+        if load_optimizer and parallel.get(OPTIMIZER_UNREADABLE):    # a Megatron-LM optimizer we cannot read
+            raise CheckpointError(parallel[OPTIMIZER_UNREADABLE])
         with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
         if load_optimizer and not with_optimizer:
             why = ("Megatron-LM's files: none saved, or a distributed optimizer's, not read yet"
