@@ -15,7 +15,7 @@ from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # no
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
 from megatron_core.errors import CheckpointError  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
-from tests.harness.datasets import write_null_tokenizer_corpus  # noqa: E402
+from tests.harness.datasets import null_tokenizer_run_flags  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 
 
@@ -67,15 +67,10 @@ def test_pretrain_gpt_resumes_a_distributed_optimizer_checkpoint_with_its_state(
     """Resumed at TP=1 x DP=1: iteration 8 with no fresh-optimizer note, and its step (iteration 9's
     loss) differs from the one a fresh optimizer takes (--no-load-optim)."""
     directory, _ = saved
-    prefix = str(tmp_path / "synthetic_text_document")
-    write_null_tokenizer_corpus(prefix)
-    flags = ["--load", directory, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
-             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
-             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--lr-decay-style", "constant",
-             "--log-interval", 1, "--eval-iters", 0, "--tensor-model-parallel-size", 1, "--train-iters", 9]
+    flags = null_tokenizer_run_flags(directory, tmp_path) + ["--train-iters", "9"]
     losses = {}
     for mode, extra in (("resumed", []), ("fresh", ["--no-load-optim"])):
-        done = run_ranks("pretrain_gpt.py", [str(f) for f in flags + extra], 1)
+        done = run_ranks("pretrain_gpt.py", flags + extra, 1)
         assert done.returncode == 0, failure_report(done)
         losses[mode] = logged_values(done.stdout, "lm loss")
         assert sorted(losses[mode]) == [8, 9], failure_report(done)
@@ -104,16 +99,11 @@ def test_without_its_distrib_optim_file_a_resume_stops_and_a_finetune_goes_on(sa
     copy = tmp_path / "copy"
     shutil.copytree(directory, copy)
     (copy / "iter_0000007" / "mp_rank_00" / "distrib_optim.pt").unlink()
-    prefix = str(tmp_path / "synthetic_text_document")
-    write_null_tokenizer_corpus(prefix)
-    flags = ["--load", copy, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
-             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
-             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--log-interval", 1, "--eval-iters", 0,
-             "--tensor-model-parallel-size", 1]
-    finetune = run_ranks("pretrain_gpt.py", [str(f) for f in flags + ["--train-iters", 2, "--finetune"]], 1)
+    flags = null_tokenizer_run_flags(copy, tmp_path)
+    finetune = run_ranks("pretrain_gpt.py", flags + ["--train-iters", "2", "--finetune"], 1)
     assert finetune.returncode == 0, failure_report(finetune)
     assert sorted(logged_values(finetune.stdout, "lm loss")) == [1, 2]
-    resume = run_ranks("pretrain_gpt.py", [str(f) for f in flags + ["--train-iters", 9]], 1)
+    resume = run_ranks("pretrain_gpt.py", flags + ["--train-iters", "9"], 1)
     error = [line for line in (resume.stdout + resume.stderr).splitlines() if line.startswith("error:")]
     assert resume.returncode != 0 and len(error) == 1, failure_report(resume)
     assert "distrib_optim.pt is missing" in error[0] and "--no-load-optim" in error[0]

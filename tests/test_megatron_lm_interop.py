@@ -15,7 +15,7 @@ from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # no
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
-from tests.harness.datasets import write_null_tokenizer_corpus  # noqa: E402
+from tests.harness.datasets import null_tokenizer_run_flags  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.megatron_lm import our_logits  # noqa: E402
 from tests.harness.megatron_lm_models import sample_batch  # noqa: E402
@@ -133,14 +133,9 @@ def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     directory = tmp_path / "megatron_llama"
     megatron_lm.save_checkpoint("llama", str(directory), tp=2, pp=1, fmt="torch", seed=1234, iteration=7,
                                 with_optimizer=True, steps=2)
-    prefix = str(tmp_path / "synthetic_text_document")
-    write_null_tokenizer_corpus(prefix)
-    flags = ["--load", directory, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
-             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
-             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--lr-decay-style", "constant",
-             "--log-interval", 1, "--eval-iters", 0, "--tensor-model-parallel-size", 1,
-             "--train-iters", 10 if mode == "resume" else 3] + (["--finetune"] if mode == "finetune" else [])
-    done = run_ranks("pretrain_gpt.py", [str(f) for f in flags], 1)
+    flags = null_tokenizer_run_flags(directory, tmp_path) + ["--train-iters", "10" if mode == "resume" else "3"] + (
+        ["--finetune"] if mode == "finetune" else [])
+    done = run_ranks("pretrain_gpt.py", flags, 1)
     assert done.returncode == 0, failure_report(done)
     assert "(from Megatron-LM's files, mcore key names)" in done.stdout
     losses = logged_values(done.stdout, "lm loss")
@@ -153,13 +148,8 @@ def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
 def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_naming_both(tmp_path):
     directory = tmp_path / "megatron_llama"
     megatron_lm.save_checkpoint("llama", str(directory), tp=1, pp=1, fmt="torch", seed=1234, iteration=7)
-    prefix = str(tmp_path / "synthetic_text_document")
-    write_null_tokenizer_corpus(prefix)
-    flags = ["--load", directory, "--use-checkpoint-args", "--hidden-size", 32, "--tokenizer-type", "NullTokenizer",
-             "--vocab-size", 127, "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0",
-             "--num-workers", 0, "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--train-iters", 9,
-             "--eval-iters", 0]
-    done = run_ranks("pretrain_gpt.py", [str(f) for f in flags], 1)
+    flags = null_tokenizer_run_flags(directory, tmp_path) + ["--hidden-size", "32", "--train-iters", "9"]
+    done = run_ranks("pretrain_gpt.py", flags, 1)
     assert done.returncode != 0
     error = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "--hidden-size 64 in the checkpoint vs 32 here" in error[0], failure_report(done)

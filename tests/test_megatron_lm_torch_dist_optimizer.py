@@ -14,7 +14,7 @@ from megatron_core.checkpoint import reshard  # noqa: E402
 from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # noqa: E402
 from megatron_core.checkpoint.reshard.targets import target_optimizer_state  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
-from tests.harness.datasets import write_null_tokenizer_corpus  # noqa: E402
+from tests.harness.datasets import null_tokenizer_run_flags  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
 
@@ -70,15 +70,10 @@ def test_pretrain_gpt_resumes_a_torch_dist_checkpoint_with_its_optimizer(saved, 
     with Megatron-LM's Adam state (no fresh-optimizer note); iteration 9's loss, after one update,
     is not the one a fresh optimizer (--no-load-optim) gives."""
     directory, _ = saved["llama"]
-    prefix = str(tmp_path / "synthetic_text_document")
-    write_null_tokenizer_corpus(prefix)
-    flags = ["--load", directory, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
-             "--data-path", prefix, "--data-cache-path", tmp_path / "cache", "--split", "90,10,0", "--num-workers", 0,
-             "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3, "--lr-decay-style", "constant",
-             "--log-interval", 1, "--eval-iters", 0, "--tensor-model-parallel-size", 1, "--train-iters", 9]
+    flags = null_tokenizer_run_flags(directory, tmp_path) + ["--train-iters", "9"]
     losses = {}
     for extra in ([], ["--no-load-optim"]):
-        done = run_ranks("pretrain_gpt.py", [str(f) for f in flags + extra], 1)
+        done = run_ranks("pretrain_gpt.py", flags + extra, 1)
         assert done.returncode == 0, failure_report(done)
         assert "successfully loaded checkpoint" in done.stdout, failure_report(done)
         assert "fresh optimizer" not in done.stdout and "holds no optimizer state" not in done.stdout

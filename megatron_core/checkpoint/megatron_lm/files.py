@@ -30,6 +30,7 @@ data-parallel rank 0) are carried the same way (distrib_optim.py), at any saved 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -54,8 +55,10 @@ _CHUNK = re.compile(r"^model\d*$")
 
 
 def written_by_megatron_lm(state: Mapping) -> bool:
-    """Megatron-LM's files carry checkpoint_version and args but not our format_version."""
-    return "checkpoint_version" in state and "format_version" not in state and "args" in state
+    """Megatron-LM's files pickle their args as a Namespace (ours keep plain values) and carry
+    checkpoint_version but not our format_version."""
+    return ("checkpoint_version" in state and "format_version" not in state
+            and isinstance(state.get("args"), argparse.Namespace))
 
 
 def _ranks(path: str) -> Tuple[int, int]:
