@@ -43,7 +43,7 @@ from .contents import MEGATRON_CHECKPOINT_VERSION
 from .layout_files import LayoutFiles
 from .megatron_lm.args import megatron_args
 from .megatron_lm.key_names import mcore_from_ours
-from .megatron_lm.rng import megatron_rng_state
+from .megatron_lm.rng import megatron_rng_state, torch_dist_rng_name
 from .megatron_lm.optimizer import TORCH_DIST_FIELDS, torch_dist_common_optimizer
 from .megatron_lm.torch_dist import OPTIMIZER_STATE, Shard, write_torch_dist, write_torch_dist_shards
 
@@ -131,7 +131,7 @@ def rng_objects(contents: Mapping, tensor_rank: int, tensor_size: int, pipeline_
                 pipeline_size: int) -> Dict[str, object]:
     """This (TP, PP) rank's rng_state sharded object, as Megatron-LM names it."""
     seed = int((contents.get("args") or {}).get("seed") or 1234)
-    name = f"rng_state/shard_{pipeline_rank}.{tensor_rank}_{pipeline_size}.{tensor_size}"
+    name = torch_dist_rng_name(tensor_rank, tensor_size, pipeline_rank, pipeline_size)
     return {name: megatron_rng_state(list(contents.get("rng_state") or []), seed, tensor_rank, pipeline_rank)}
 
 

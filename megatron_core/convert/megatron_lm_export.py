@@ -43,7 +43,7 @@ from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import megatron_args
 from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, mcore_parameter_order, megatron_optimizer,
                                                 torch_dist_common_optimizer)
-from ..checkpoint.megatron_lm.rng import megatron_rng_state
+from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_name
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
@@ -106,12 +106,10 @@ def _common_optimizer(source, hyper: Mapping, mixed_precision: bool) -> Dict:
 
 
 def _rng_objects(source, namespace) -> Dict[str, object]:
-    """Megatron-LM's rng_state sharded objects, one per (PP, TP) rank of the args' sizes
-    ("rng_state/shard_<pp>.<tp>_<PP>.<TP>"), which its load asks for unless --no-load-rng."""
+    """Megatron-LM's rng_state sharded objects, one per (TP, PP) rank of the args' sizes."""
     tp, pp = namespace.tensor_model_parallel_size, namespace.pipeline_model_parallel_size
     saved, seed = list(source.head.get("rng_state") or []), int(getattr(namespace, "seed", None) or 1234)
-    return {f"rng_state/shard_{p}.{t}_{pp}.{tp}": megatron_rng_state(saved, seed, t, p)
-            for p in range(pp) for t in range(tp)}
+    return {torch_dist_rng_name(t, tp, p, pp): megatron_rng_state(saved, seed, t, p) for p in range(pp) for t in range(tp)}
 
 
 def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_precision: bool, progress) -> bool:

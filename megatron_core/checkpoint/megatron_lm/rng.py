@@ -52,3 +52,9 @@ def megatron_rng_state(saved: List[Mapping], seed: int, tensor_rank: int, pipeli
                                    "model-parallel-rng": cuda_generator_state(stage_seed + 2718 + tensor_rank),
                                    "expert-parallel-rng": cuda_generator_state(stage_seed + 1024 + tensor_rank)}
     return [entry]
+
+
+def torch_dist_rng_name(tensor_rank: int, tensor_size: int, pipeline_rank: int, pipeline_size: int) -> str:
+    """The sharded object a torch_dist checkpoint keeps one rank's rng_state under (its load asks
+    for those of its own TP x PP unless --no-load-rng)."""
+    return f"rng_state/shard_{pipeline_rank}.{tensor_rank}_{pipeline_size}.{tensor_size}"
