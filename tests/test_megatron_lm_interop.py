@@ -63,7 +63,8 @@ def test_megatron_lm_checkpoints_load_into_ours_with_its_logits(saved, tmp_path,
 
 
 @pytest.mark.parametrize("name,fmt,key_names,tp", [("llama", "torch", "mcore", 2), ("gpt", "torch", "mcore", 1),
-                                                   ("bert", "torch", "mcore", 2), ("llama", "torch_dist", "mcore", 2)])
+                                                   ("bert", "torch", "mcore", 2), ("llama", "torch_dist", "mcore", 2),
+                                                   ("gpt", "torch_dist", "mcore", 1), ("bert", "torch_dist", "mcore", 2)])
 def test_ours_exported_to_megatron_lm_loads_into_megatron_core_strictly(saved, tmp_path, name, fmt, key_names, tp):
     directory, reference = saved[(name, "torch")]
     ours = tmp_path / "ours"
