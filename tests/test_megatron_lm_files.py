@@ -179,3 +179,22 @@ def test_a_tensor_that_maps_to_nothing_is_one_sentence_naming_it(tmp_path):
     with pytest.raises(CheckpointError, match="decoder.layers.0.self_attention.linear_gate.weight") as error:
         SavedCheckpoint(str(tmp_path))
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_model_megatron_lm_cannot_build_is_not_exported_to_it(tmp_path):
+    """A post-LN BERT (ours, e.g. imported from HF's BertModel) would load into Megatron-LM's pre-LN
+    BertModel as another model: --to-megatron-lm refuses it in one sentence naming the reason."""
+    from megatron_core.checkpoint.weights_checkpoint import serial_world, write_weights_checkpoint
+    from megatron_core.convert.megatron_lm_export import export_megatron_lm
+
+    config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                               layernorm_position="post")
+    family = get_family("bert")
+    with serial_world():
+        state = family.build_model(config, 128, BERT_OPTIONS).state_dict()
+        write_weights_checkpoint(str(tmp_path / "post_ln"), state, lambda stage: family.build_model(
+            config, 128, BERT_OPTIONS, stage), {"bert_binary_head": True}, config, vocab_size=128,
+            padded_vocab_size=128, tensor_model_parallel_size=1, family="bert", model_options=BERT_OPTIONS)
+    with pytest.raises(CheckpointError, match="layer norms after each sublayer") as error:
+        export_megatron_lm(str(tmp_path / "post_ln"), str(tmp_path / "out"), progress=lambda line: None)
+    assert "\n" not in str(error.value)

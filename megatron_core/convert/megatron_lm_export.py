@@ -40,7 +40,7 @@ import torch
 
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
-from ..checkpoint.megatron_lm.args import megatron_args
+from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
 from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, mcore_parameter_order, megatron_optimizer,
                                                 torch_dist_common_optimizer)
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_name
@@ -160,6 +160,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     if os.path.abspath(output) in (os.path.abspath(source.root), os.path.abspath(source.iteration_path)):
         raise ConversionError(f"--to-megatron-lm {output} is the checkpoint being read; write to a new directory.")
     config = TransformerConfig.from_dict(source.head["model_config"])
+    check_megatron_can_build(config, source.iteration_path)
     namespace = _namespace(source, config, tp, pp, padded)
     args = source.head.get("args") or {}
     hyper = {"lr": float(args.get("lr") or 0.0), "min_lr": float(args.get("min_lr") or 0.0),

@@ -98,6 +98,28 @@ def parallel_sizes(args: Mapping, where: str) -> Tuple[int, int, Optional[int]]:
     return tp, pp, args.get("virtual_pipeline_model_parallel_size")
 
 
+# What Megatron-LM's models can be: anything else would load there as another model, silently.
+_MEGATRON_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+_MEGATRON_POSITIONS = ("learned_absolute", "rope")
+
+
+def check_megatron_can_build(config, where: str) -> None:
+    """One sentence listing what of `config` Megatron-LM's GPT/BERT cannot express."""
+    problems = []
+    if config.layernorm_position != "pre":
+        problems.append(f"layer norms after each sublayer (--layernorm-position {config.layernorm_position})")
+    if config.activation not in _MEGATRON_ACTIVATIONS:
+        problems.append(f"the {config.activation} activation")
+    if config.position_embedding_type not in _MEGATRON_POSITIONS:
+        problems.append(f"{config.position_embedding_type} positions")
+    if config.softmax_scale is not None:
+        problems.append(f"softmax scale {config.softmax_scale}")
+    if problems:
+        raise CheckpointError(f"{where} holds a model with {', '.join(problems)}, which Megatron-LM's models do not "
+                              f"build; it would load there as another model. Convert a pre-LN GELU/SwiGLU model "
+                              f"with learned or rotary positions.")
+
+
 def megatron_namespace(record: Mapping, **overrides) -> argparse.Namespace:
     """An argparse.Namespace of our args record, as Megatron-LM's load reads its args (our flag
     names are its names); dtypes back as torch dtypes."""
@@ -125,5 +147,5 @@ def megatron_args(record: Mapping, config, tp: int, pp: int, padded_vocab_size: 
     return megatron_namespace(values)
 
 
-__all__ = ["ALLOWED_GLOBALS", "plain_args", "unsupported_options", "check_supported",
+__all__ = ["ALLOWED_GLOBALS", "plain_args", "check_megatron_can_build", "unsupported_options", "check_supported",
            "parallel_sizes", "megatron_namespace", "megatron_args"]

@@ -42,6 +42,7 @@ from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
+from ...checkpoint.megatron_lm.args import check_megatron_can_build
 from ...checkpoint.megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from ...checkpoint.torch_dist_files import TORCH_DIST_FAMILIES
 
@@ -66,6 +67,8 @@ class Checkpointer:
             raise CheckpointError(f"--ckpt-format torch_dist writes megatron-core's GPT and BERT models "
                                   f"({', '.join(TORCH_DIST_FAMILIES)}), not a {family} model; save it with "
                                   f"--ckpt-format megatron.")
+        if self.config.save and self.written_as == "torch_dist":
+            check_megatron_can_build(run.model, "--ckpt-format torch_dist: this run")
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
         training = run.training
