@@ -156,7 +156,10 @@ class _Payload:
 
 
 @pytest.mark.parametrize("flag,value,named", [("num_experts", 8, "MoE"), ("multi_latent_attention", True, "MLA"),
-                                              ("hybrid_override_pattern", "M-M-", "Mamba")])
+                                              ("hybrid_override_pattern", "M-M-", "Mamba"),
+                                              ("apply_layernorm_1p", True, "weight \\+ 1"),
+                                              ("use_rope_scaling", True, "rotary position scaling"),
+                                              ("window_size", [128, 0], "sliding-window")])
 def test_a_model_we_do_not_build_is_one_sentence_naming_it(tmp_path, flag, value, named):
     full = _full_state("gpt")
     _write_megatron_lm(tmp_path, "gpt", full, 1, 1, "mcore")
