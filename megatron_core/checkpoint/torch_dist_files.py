@@ -29,6 +29,7 @@ resume from it starts a fresh optimizer from the weights. Loading is the reshard
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Dict, Mapping, Optional
 
@@ -43,8 +44,8 @@ from .contents import MEGATRON_CHECKPOINT_VERSION
 from .layout_files import LayoutFiles
 from .megatron_lm.args import megatron_args
 from .megatron_lm.key_names import mcore_from_ours
-from .megatron_lm.rng import megatron_rng_state, torch_dist_rng_name
-from .megatron_lm.optimizer import TORCH_DIST_FIELDS, torch_dist_common_optimizer
+from .megatron_lm.rng import torch_dist_rng_object
+from .megatron_lm.optimizer import TORCH_DIST_FIELDS, adam_hyperparameters, torch_dist_common_optimizer
 from .megatron_lm.torch_dist import OPTIMIZER_STATE, Shard, write_torch_dist, write_torch_dist_shards
 
 # The families megatron-core's GPTModel and BertModel hold; their torch_dist names are known.
@@ -131,8 +132,8 @@ def rng_objects(contents: Mapping, tensor_rank: int, tensor_size: int, pipeline_
                 pipeline_size: int) -> Dict[str, object]:
     """This (TP, PP) rank's rng_state sharded object, as Megatron-LM names it."""
     seed = int((contents.get("args") or {}).get("seed") or 1234)
-    name = torch_dist_rng_name(tensor_rank, tensor_size, pipeline_rank, pipeline_size)
-    return {name: megatron_rng_state(list(contents.get("rng_state") or []), seed, tensor_rank, pipeline_rank)}
+    return torch_dist_rng_object(list(contents.get("rng_state") or []), seed, tensor_rank, tensor_size, pipeline_rank,
+                                 pipeline_size)
 
 
 class TorchDistFiles(LayoutFiles):
@@ -161,11 +162,9 @@ class TorchDistFiles(LayoutFiles):
                                     include_optimizer=with_optimizer)
             common = torch_dist_common(contents, self.run.model, tp, pp)
             if with_optimizer:
-                o = self.run.optimizer
-                hyper = {"lr": o.lr, "min_lr": o.min_lr, "weight_decay": o.weight_decay,
-                         "betas": (o.adam_beta1, o.adam_beta2), "eps": o.adam_eps}
                 common["optimizer"] = torch_dist_common_optimizer(
-                    optimizer_step(contents), hyper, self.run.model.params_dtype != torch.float32)
+                    optimizer_step(contents), adam_hyperparameters(dataclasses.asdict(self.run.optimizer)),
+                    self.run.model.params_dtype != torch.float32)
             if self.dp_rank == 0:
                 local = local_torch_dist_state(contents, tp_rank, tp)
                 if with_optimizer:

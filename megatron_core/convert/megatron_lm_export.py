@@ -41,9 +41,9 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
-from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, mcore_parameter_order, megatron_optimizer,
-                                                torch_dist_common_optimizer)
-from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_name
+from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, adam_hyperparameters, mcore_parameter_order,
+                                                megatron_optimizer, torch_dist_common_optimizer)
+from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
 from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
@@ -109,7 +109,11 @@ def _rng_objects(source, namespace) -> Dict[str, object]:
     """Megatron-LM's rng_state sharded objects, one per (TP, PP) rank of the args' sizes."""
     tp, pp = namespace.tensor_model_parallel_size, namespace.pipeline_model_parallel_size
     saved, seed = list(source.head.get("rng_state") or []), int(getattr(namespace, "seed", None) or 1234)
-    return {torch_dist_rng_name(t, tp, p, pp): megatron_rng_state(saved, seed, t, p) for p in range(pp) for t in range(tp)}
+    objects: Dict[str, object] = {}
+    for p in range(pp):
+        for t in range(tp):
+            objects.update(torch_dist_rng_object(saved, seed, t, tp, p, pp))
+    return objects
 
 
 def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_precision: bool, progress) -> bool:
@@ -162,11 +166,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     config = TransformerConfig.from_dict(source.head["model_config"])
     check_megatron_can_build(config, source.iteration_path)
     namespace = _namespace(source, config, tp, pp, padded)
-    args = source.head.get("args") or {}
-    hyper = {"lr": float(args.get("lr") or 0.0), "min_lr": float(args.get("min_lr") or 0.0),
-             "weight_decay": float(args.get("weight_decay") if args.get("weight_decay") is not None else 0.01),
-             "betas": (float(args.get("adam_beta1") or 0.9), float(args.get("adam_beta2") or 0.999)),
-             "eps": float(args.get("adam_eps") or 1e-8)}
+    hyper = adam_hyperparameters(source.head.get("args") or {})
     mixed_precision = config.params_dtype != torch.float32
     if fmt == "torch_dist":
         written = _write_torch_dist(source, output, namespace, hyper, mixed_precision, progress)

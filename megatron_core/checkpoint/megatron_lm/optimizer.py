@@ -92,6 +92,15 @@ def mcore_parameter_order(names: Sequence[str]) -> List[str]:
     return sorted(names, key=key)
 
 
+def adam_hyperparameters(flags: Mapping) -> Dict:
+    """The `hyper` of megatron_param_groups from Megatron-LM's flag names (a run's optimizer
+    config, or a checkpoint's args record), Megatron-LM's defaults where one is absent."""
+    def value(name, default):
+        return float(flags.get(name) if flags.get(name) is not None else default)
+    return {"lr": value("lr", 0.0), "min_lr": value("min_lr", 0.0), "weight_decay": value("weight_decay", 0.01),
+            "betas": (value("adam_beta1", 0.9), value("adam_beta2", 0.999)), "eps": value("adam_eps", 1e-8)}
+
+
 def megatron_param_groups(hyper: Mapping) -> List[Dict]:
     """Megatron-LM's two parameter groups (decayed, then the others) without their `params`,
     with every field its groups hold, since torch's load_state_dict takes them over. `hyper`:

@@ -58,3 +58,10 @@ def torch_dist_rng_name(tensor_rank: int, tensor_size: int, pipeline_rank: int, 
     """The sharded object a torch_dist checkpoint keeps one rank's rng_state under (its load asks
     for those of its own TP x PP unless --no-load-rng)."""
     return f"rng_state/shard_{pipeline_rank}.{tensor_rank}_{pipeline_size}.{tensor_size}"
+
+
+def torch_dist_rng_object(saved: List[Mapping], seed: int, tensor_rank: int, tensor_size: int, pipeline_rank: int,
+                          pipeline_size: int) -> Dict[str, List[Dict]]:
+    """{its sharded object's name: rng_state} of one (TP, PP) rank of a torch_dist checkpoint."""
+    return {torch_dist_rng_name(tensor_rank, tensor_size, pipeline_rank, pipeline_size):
+            megatron_rng_state(saved, seed, tensor_rank, pipeline_rank)}
