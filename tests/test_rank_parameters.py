@@ -53,8 +53,8 @@ def _cases(tp: int):
          lambda s: TransformerXLModel(xl, VOCAB, 8, stage=s, untie_r=True)),
         ("t5 (HF)", ModelShape("t5", t5_hf, VOCAB, decoder_num_layers=2, structure="encoder_decoder"),
          lambda s: T5Model(t5_hf, VOCAB, 2, 0, stage=s)),
-        ("t5 (Megatron)", ModelShape("t5", t5_megatron, VOCAB, SEQ, structure="encoder_decoder"),
-         lambda s: T5Model(t5_megatron, VOCAB, None, SEQ, stage=s)),
+        ("t5 (Megatron)", ModelShape("t5", t5_megatron, VOCAB, SEQ, lm_head_bias=True, structure="encoder_decoder"),
+         lambda s: T5Model(t5_megatron, VOCAB, None, SEQ, lm_head_bias=True, stage=s)),
     ]
 
 

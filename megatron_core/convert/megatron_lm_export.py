@@ -28,8 +28,10 @@ The weights are cut for the target from the memory-mapped source one tensor at a
 (reshard/targets.py); memory holds one output file. The optimizer state, when the checkpoint
 has one, is written as Megatron-LM's optimizer saves it (megatron_lm/optimizer.py; megatron-core
 names only), so Megatron-LM's --load resumes it; without one, load it with --finetune or
---no-load-optim. GPT (Llama-style too) and
-BERT; T5 and the other families are one sentence.
+--no-load-optim. GPT (Llama-style too), BERT and T5 (Megatron's: learned positions, one pipeline
+stage; megatron-core's second names of its position table and head written too, and a zero LM-head
+bias for a tied T5 saved without one, whose optimizer state then stays behind); the other
+families are one sentence.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_arg
 from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, adam_hyperparameters, mcore_parameter_order,
                                                 megatron_optimizer, torch_dist_common_optimizer)
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
-from ..checkpoint.megatron_lm.key_names import KEY_STYLES, LEGACY, MCORE, megatron_key, nest
+from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, megatron_key, nest, t5_aliases,
+                                                with_t5_aliases)
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
@@ -54,21 +57,32 @@ from ..checkpoint.reshard.targets import target_optimizer_field, target_optimize
 from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
 
-FAMILIES = ("gpt", "bert")
+FAMILIES = ("gpt", "bert", "t5")
 FORMATS = ("torch", "torch_dist")
 
 
-def _megatron_name(key: str, style: str) -> str:
+def _megatron_name(key: str, style: str, family: str) -> str:
     if key == "word_embeddings.weight":         # our tied last stage's copy of the word table
         return "word_embeddings_for_head.weight" if style == LEGACY else "output_layer.weight"
-    return megatron_key(key, style)
+    return megatron_key(key, style, family)
 
 
 def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int):
     head = source.head
-    return megatron_args(head.get("args") or {}, config, tp, pp, padded, head.get("iteration"),
-                         head.get("consumed_train_samples"), head.get("consumed_valid_samples"),
-                         (head.get("model_options") or {}).get("max_sequence_length"))
+    options = head.get("model_options") or {}
+    namespace = megatron_args(head.get("args") or {}, config, tp, pp, padded, head.get("iteration"),
+                              head.get("consumed_train_samples"), head.get("consumed_valid_samples"),
+                              options.get("max_sequence_length"))
+    if head.get("model_family") == "t5":         # pretrain_t5.py's stack sizes
+        namespace.encoder_num_layers = config.num_layers
+        namespace.decoder_num_layers = options.get("decoder_num_layers") or config.num_layers
+    return namespace
+
+
+def _missing_t5_bias(source, family: str) -> bool:
+    """A tied T5 of ours saved without Megatron's LM-head bias (the option came later): Megatron-LM's
+    T5 has one, so a zero bias (the same logits) is written."""
+    return family == "t5" and "output_layer.bias" not in source.owners
 
 
 class _MegatronCoreNames(Mapping):
@@ -76,10 +90,14 @@ class _MegatronCoreNames(Mapping):
     `optimizer`, also each parameter's Adam fields as torch_dist keeps them
     (`optimizer.state.<exp_avg|exp_avg_sq|fp32_param>.<name>`)."""
 
-    def __init__(self, source, optimizer: bool):
+    def __init__(self, source, optimizer: bool, family: str):
         self._source = source
         self._merged = MergedState(source)
         self._entries = {megatron_key(key, MCORE): (key, None) for key in self._merged}
+        if _missing_t5_bias(source, family):
+            self._entries["output_layer.bias"] = (None, "zeros")
+        if family == "t5":
+            self._entries.update({alias: self._entries[original] for alias, original in t5_aliases(self._entries).items()})
         if optimizer:
             for key in self._merged:
                 for field, saved_as in TORCH_DIST_FIELDS.items():
@@ -90,6 +108,8 @@ class _MegatronCoreNames(Mapping):
         ours, field = self._entries[key]
         if field is None:
             return self._merged[ours]
+        if field == "zeros":
+            return torch.zeros(self._source.padded_vocab_size, dtype=self._merged["embedding.word_embeddings.weight"].dtype)
         spec = self._source.owner(ours).spec
         return target_optimizer_field(self._source, ours, spec, field, 0, 1, self._source.padded_vocab_size)
 
@@ -116,23 +136,24 @@ def _rng_objects(source, namespace) -> Dict[str, object]:
     return objects
 
 
-def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_precision: bool, progress) -> bool:
+def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_precision: bool, family: str,
+                      progress) -> bool:
     """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one
     process), with the optimizer state when the checkpoint has one; whether it had."""
     common = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": namespace.iteration,
               "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
-    with_optimizer = source.has_optimizer()
+    with_optimizer = source.has_optimizer() and not _missing_t5_bias(source, family)
     if with_optimizer:
         common["optimizer"] = _common_optimizer(source, hyper, mixed_precision)
     objects = _rng_objects(source, namespace)
     if source.iteration is None:        # a weights-only checkpoint of ours: Megatron-LM's release directory
         directory = os.path.join(output, "release")
-        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer), common, write_tracker=False,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family), common, write_tracker=False,
                          objects=objects)
         write_bytes_atomically(os.path.join(output, MegatronLayout.tracker_name), b"release\n")
     else:
         directory = os.path.join(output, f"iter_{source.iteration:07d}")
-        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer), common, iteration=source.iteration,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family), common, iteration=source.iteration,
                          objects=objects)
     progress(f"  wrote {directory}")
     return with_optimizer
@@ -153,9 +174,14 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     family = source.head.get("model_family")
     if family not in FAMILIES:
         raise ConversionError(f"{source.iteration_path} holds a {family} model; --to-megatron-lm writes "
-                              f"{' and '.join(FAMILIES)} models (Llama-style GPT included).")
+                              f"{', '.join(FAMILIES)} models (Llama-style GPT included).")
     tp = tensor_model_parallel_size or source.tp
     pp = pipeline_model_parallel_size or source.pp
+    if family == "t5":
+        pp = pipeline_model_parallel_size or 1
+        if pp != 1:
+            raise ConversionError(f"--to-megatron-lm writes a T5 as one pipeline stage (Megatron-LM's T5 runs no "
+                                  f"pipeline split), not {pp}; drop --pipeline-model-parallel-size.")
     padded = source.padded_vocab_size
     if padded % tp:
         raise ConversionError(f"the padded vocabulary of {source.iteration_path} ({padded} rows) does not split over "
@@ -169,16 +195,19 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     hyper = adam_hyperparameters(source.head.get("args") or {})
     mixed_precision = config.params_dtype != torch.float32
     if fmt == "torch_dist":
-        written = _write_torch_dist(source, output, namespace, hyper, mixed_precision, progress)
+        written = _write_torch_dist(source, output, namespace, hyper, mixed_precision, family, progress)
         return {"family": family, "key_names": key_names, "format": fmt, "iteration": source.iteration,
                 "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp, "padded_vocab_size": padded,
                 "source": source.iteration_path, "optimizer": written}
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
-    with_optimizer = source.has_optimizer() and key_names == MCORE
+    zero_bias = _missing_t5_bias(source, family)
+    with_optimizer = source.has_optimizer() and key_names == MCORE and not zero_bias
     if source.has_optimizer() and not with_optimizer:
-        progress("note: the optimizer state is written with megatron-core's names only; this checkpoint goes "
-                 "without it (load it in Megatron-LM with --finetune or --no-load-optim).")
+        why = "the zero LM-head bias Megatron-LM's T5 adds has none" if zero_bias else \
+            "the optimizer state is written with megatron-core's names only"
+        progress(f"note: {why}; this checkpoint goes without its optimizer state (load it in Megatron-LM with "
+                 f"--finetune or --no-load-optim).")
     saved_rng = list(source.head.get("rng_state") or [])
     seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
@@ -191,11 +220,16 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
             for chunk in mine:
                 tensors = {}
                 for local, (whole, spec) in chunk.entries.items():
-                    name = _megatron_name(local, key_names)
+                    name = _megatron_name(local, key_names, family)
                     tensors[name] = target_weight(source, whole, spec, t, tp, padded)
                     if with_optimizer:
                         parameters.append((name, tensors[name], target_optimizer_state(source, whole, spec, t, tp,
                                                                                        padded)))
+                if zero_bias:
+                    table = tensors[_megatron_name("embedding.word_embeddings.weight", key_names, family)]
+                    tensors[_megatron_name("output_layer.bias", key_names, family)] = table.new_zeros(padded // tp)
+                if family == "t5" and key_names == MCORE:
+                    tensors = with_t5_aliases(tensors)
                 state[chunk.chunk] = nest(tensors) if key_names == LEGACY else tensors
             if with_optimizer:
                 order = {name: i for i, name in enumerate(mcore_parameter_order([n for n, _, _ in parameters]))}

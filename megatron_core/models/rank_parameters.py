@@ -55,6 +55,7 @@ class ModelShape:
     decoder_seq_length: Optional[int] = None     # T5's decoder length, for activations
     mem_length: int = 0                  # Transformer-XL memory, for activations
     untie_r: bool = False                # Transformer-XL: r_w/r_r per layer
+    lm_head_bias: bool = False           # T5: Megatron's vocabulary bias on the LM head
     structure: str = ""                  # one of STRUCTURES: how it is counted
 
     def __post_init__(self):
@@ -76,7 +77,8 @@ class ModelShape:
             return bert_parameter_count(c, v, self.max_sequence_length, self.num_tokentypes, self.add_pooler,
                                         self.add_binary_head)
         if self.structure == "encoder_decoder":
-            return t5_parameter_count(c, v, self.decoder_layers, self.max_sequence_length)
+            return t5_parameter_count(c, v, self.decoder_layers, self.max_sequence_length,
+                                      v if self.lm_head_bias else 0)
         return transformer_xl_parameter_count(c, v, self.untie_r)
 
 
@@ -169,7 +171,7 @@ def _t5_chunk(shape: ModelShape, stage: PipelineStage) -> Piece:
     if pre_process:
         piece += _embedding_piece(shape)
     if post_process:
-        piece += _output_piece(shape, pre_process)
+        piece += _output_piece(shape, pre_process) + Piece(shape.vocab_size if shape.lm_head_bias else 0)
     return piece
 
 

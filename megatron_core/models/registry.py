@@ -188,14 +188,23 @@ register_family(ModelFamily(
         structure="masked_lm"),
     hf_mappings=("roformer",), generation="roformer_lm", fill_mask=True))
 
+def _t5_options(flags: Mapping) -> Dict:
+    """Megatron's T5 (learned positions, tied head) has T5LMHead's vocabulary bias; HF's T5 and
+    untied heads have none. A checkpoint written before the option existed records none."""
+    megatron_t5 = (flags.get("position_embedding_type") or "learned_absolute") == "learned_absolute" \
+        and not flags.get("untie_embeddings_and_output_weights", False)
+    return {"decoder_num_layers": flags.get("decoder_num_layers"), "max_sequence_length": _positions(flags),
+            "lm_head_bias": megatron_t5}
+
+
 register_family(ModelFamily(
     name="t5",
     build=lambda config, vocab, o, stage: T5Model(config, vocab, stage=stage, **o),
-    options=lambda flags: {"decoder_num_layers": flags.get("decoder_num_layers"),
-                           "max_sequence_length": _positions(flags)},
+    options=_t5_options,
     shape=lambda config, vocab, o, flags: ModelShape(
         "t5", config, vocab, o["max_sequence_length"], decoder_num_layers=o["decoder_num_layers"],
-        decoder_seq_length=flags.get("decoder_seq_length"), structure="encoder_decoder"),
+        decoder_seq_length=flags.get("decoder_seq_length"), lm_head_bias=o.get("lm_head_bias", False),
+        structure="encoder_decoder"),
     hf_mappings=("t5",), generation="t5", encoder_decoder=True))
 
 

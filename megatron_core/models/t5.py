@@ -5,6 +5,7 @@
                                cross-attention to the encoder output] -> norm
     head:     logits = (h * d_model**-0.5 if scaled) @ E^T   (tied, T5 v1.0)
               logits = h @ W_out^T                           (untied, T5 v1.1 / mT5)
+              logits = h @ E^T + b                           (Megatron's T5: lm_head_bias)
 
 One vocab-parallel word embedding serves the encoder input, the decoder input and (tied)
 the output layer. The HF-style T5 is the config
@@ -12,8 +13,9 @@ the output layer. The HF-style T5 is the config
                       position_embedding_type="t5_relative", softmax_scale=1.0,
                       activation="relu" (v1.0) or "geglu_tanh" (v1.1 "gated-gelu"), ...)
 (`models/hf/t5.py: from_hf_config` builds it). Megatron-LM's T5 (learned absolute
-positions, LayerNorm, biases, scaled attention) is position_embedding_type="learned_absolute";
-its LM-head bias is not modelled.
+positions, LayerNorm, biases, scaled attention) is position_embedding_type="learned_absolute"
+with `lm_head_bias=True`: the vocab-parallel bias Megatron's T5LMHead adds to the tied logits
+(the t5 family gives it to every tied learned-position T5; checkpoints record the option).
 
 Inputs are [batch, seq] token ids; masks are "keep" masks (1/True = may attend), as HF
 tokenizers and Megatron's T5 dataset produce them:
@@ -103,7 +105,8 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
                  encoder_layer_offset: int = 0, encoder_num_layers_in_stage: Optional[int] = None,
                  decoder_layer_offset: int = 0, decoder_num_layers_in_stage: Optional[int] = None,
                  scale_decoder_output: Optional[bool] = None, parallel_output: bool = True,
-                 label_smoothing: float = 0.0, stage: Optional[PipelineStage] = None):
+                 label_smoothing: float = 0.0, lm_head_bias: bool = False,
+                 stage: Optional[PipelineStage] = None):
         super().__init__()
         check_parallel_size(config)
         self.stage = stage
@@ -134,6 +137,7 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
         self.parallel_output = parallel_output
         self.label_smoothing = label_smoothing
         self.share_embeddings_and_output_weights = config.share_embeddings_and_output_weights
+        self.lm_head_bias = lm_head_bias
         relative = config.position_embedding_type == "t5_relative"
         self.scale_decoder_output = (self.share_embeddings_and_output_weights and relative) \
             if scale_decoder_output is None else scale_decoder_output
@@ -174,12 +178,14 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
             tied = self.share_embeddings_and_output_weights
             with component_rng(config, "output_layer"):
                 self.output_layer = ColumnParallelLinear(
-                    config.hidden_size, vocab_size, bias=False, gather_output=False,
+                    config.hidden_size, vocab_size, bias=lm_head_bias, gather_output=False,
                     init_method=mpu.init_method_normal(config.init_method_std),
                     skip_weight_param_allocation=tied, params_dtype=config.params_dtype,
                     sequence_parallel=config.sequence_parallel)
             if not tied:
                 mark_vocab_parallel(self.output_layer.weight)
+            if lm_head_bias:
+                mark_vocab_parallel(self.output_layer.bias)     # zeros, like Megatron's
 
     @staticmethod
     def _build_stack(config: TransformerConfig, name: str, offset: int, count: Optional[int]) -> TransformerBlock:
@@ -334,7 +340,11 @@ class T5Model(PipelineChunkMixin, TiedOutputLayerMixin, ShardingMapMixin, nn.Mod
     def parameter_count(self) -> int:
         """Parameters of the whole serial model (all stages), from the config alone."""
         return t5_parameter_count(self.config, self.vocab_size, self.decoder_config.num_layers,
-                                  self.max_sequence_length)
+                                  self.max_sequence_length, self.output_layer_bias_size())
+
+    def output_layer_bias_size(self) -> int:
+        """The serial LM-head bias (0 without one); any stage can tell (the config and the head say)."""
+        return self.vocab_size if self.lm_head_bias else 0
 
     def training_flops_per_sample(self, encoder_seq_length: int, decoder_seq_length: int) -> int:
         return 3 * t5_forward_flops_per_sample(self.config, self.vocab_size, encoder_seq_length,
@@ -359,7 +369,7 @@ def t5_cross_attention_parameter_count(config: TransformerConfig) -> int:
 
 
 def t5_parameter_count(config: TransformerConfig, vocab_size: int, decoder_num_layers: Optional[int] = None,
-                       max_sequence_length: int = 0) -> int:
+                       max_sequence_length: int = 0, lm_head_bias_size: int = 0) -> int:
     """Parameters of the serial T5 (encoder + decoder + tied or untied head), whatever the TP size."""
     h = config.hidden_size
     dec_layers = config.num_layers if decoder_num_layers is None else decoder_num_layers
@@ -374,7 +384,7 @@ def t5_parameter_count(config: TransformerConfig, vocab_size: int, decoder_num_l
         count += 2 * _norm_size(config)
     if not config.share_embeddings_and_output_weights:
         count += vocab_size * h
-    return count
+    return count + lm_head_bias_size
 
 
 def t5_forward_flops_per_sample(config: TransformerConfig, vocab_size: int, encoder_seq_length: int,

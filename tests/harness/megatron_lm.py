@@ -8,8 +8,8 @@
     torch.testing.assert_close(logits["lm"], ref.logits["lm"], rtol=0, atol=1e-6)
     ours = megatron_lm.our_logits(directory, "llama", 2, tmp_dir)   # our model loaded from it, same batch
 
-Models: "gpt", "llama", "bert" (megatron_lm_models.py); BERT's logits add "binary"
-([2, 2], the sentence-order head). Formats: "torch" (one model_optim_rng.pt per rank) and
+Models: "gpt", "llama", "bert", "t5" (megatron_lm_models.py); BERT's logits add "binary"
+([2, 2], the sentence-order head); T5's are the decoder's ([2, 8, 128]). Formats: "torch" (one model_optim_rng.pt per rank) and
 "torch_dist" (dist_checkpointing), laid out as megatron_lm_files.py describes.
 
 save_checkpoint(model, directory, *, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
@@ -250,6 +250,9 @@ def _our_logits(directory, name, out):
         if name == "bert":
             lm, binary = loaded.model(batch["input_ids"], batch["attention_mask"], batch["tokentype_ids"])
             logits = {"lm": gather_logits(lm), "binary": binary}
+        elif name == "t5":
+            logits = {"lm": gather_logits(loaded.model(batch["encoder_input_ids"], batch["decoder_input_ids"],
+                                                       batch["encoder_keep"], batch["decoder_keep"]))}
         else:
             logits = {"lm": gather_logits(loaded.model(batch["input_ids"], batch["position_ids"]))}
     if dist.get_rank() == 0:

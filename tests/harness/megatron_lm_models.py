@@ -6,6 +6,9 @@
              no linear biases, untied output layer.
     "bert"   BertModel: learned absolute positions, 2 token types, LM head tied to the word
              embeddings, pooler and binary head.
+    "t5"     T5Model, Megatron-LM's T5: 2 encoder and 2 decoder layers, learned absolute positions
+             shared by both stacks, LayerNorm, GeLU, biases, the LM head tied to the word
+             embeddings with its vocabulary bias (T5LMHead), decoder sequence 8.
 
 All: 2 layers, hidden 64, 4 heads, FFN 256, sequence 16, vocabulary 128 (a multiple of 128,
 so padding adds nothing at TP <= 4), fp32, dropouts 0, fusions off, the local (no Transformer
@@ -19,8 +22,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-MODEL_NAMES = ("gpt", "llama", "bert")
+MODEL_NAMES = ("gpt", "llama", "bert", "t5")
 NUM_LAYERS, HIDDEN, HEADS, FFN, SEQ, VOCAB = 2, 64, 4, 256, 16, 128
+DECODER_SEQ = 8
 BATCH = 2
 
 
@@ -30,8 +34,10 @@ def _check_name(name: str) -> None:
 
 
 def model_description(name: str) -> dict:
-    """What differs between the three models, in Megatron-LM's argument names."""
+    """What differs between the models, in Megatron-LM's argument names."""
     _check_name(name)
+    if name == "t5":
+        return dict(model_description("gpt"), decoder_num_layers=NUM_LAYERS, decoder_seq_length=DECODER_SEQ)
     if name == "llama":
         return dict(position_embedding_type="rope", add_position_embedding=False,
                     use_rotary_position_embeddings=True, normalization="RMSNorm", swiglu=True,
@@ -76,14 +82,68 @@ def build_model(name: str, tp: int, pp: int):
     if name == "bert":
         return BertModel(config=config, transformer_layer_spec=bert_layer_local_spec, vocab_size=VOCAB,
                          max_sequence_length=SEQ, num_tokentypes=2, add_binary_head=True, **stage)
+    if name == "t5":
+        return _build_t5(config, stage)
     layer_spec = get_gpt_layer_local_spec(normalization=described["normalization"])
     return GPTModel(config=config, transformer_layer_spec=layer_spec, vocab_size=VOCAB, max_sequence_length=SEQ,
                     position_embedding_type=described["position_embedding_type"], rotary_percent=1.0, **stage)
 
 
+def _build_t5(config, stage: dict):
+    """pretrain_t5.py's model_provider with --transformer-impl local. Its local block specs name
+    Transformer Engine's norm for the stacks' final layer norms; without TE the same module is
+    megatron-core's local LayerNorm (the same two tensors, the same names)."""
+    from megatron.core.models.T5 import T5Model
+    from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    encoder = TransformerBlockSubmodules([encoder_model_with_local_spec()] * NUM_LAYERS, layer_norm=WrappedTorchNorm)
+    decoder = TransformerBlockSubmodules([decoder_model_with_local_spec()] * NUM_LAYERS, layer_norm=WrappedTorchNorm)
+    model = T5Model(config=config, encoder_config=config, transformer_encoder_layer_spec=encoder,
+                    transformer_decoder_layer_spec=decoder, vocab_size=VOCAB, max_sequence_length=SEQ,
+                    position_embedding_type="learned_absolute", add_encoder=True, add_decoder=True, **stage)
+    if stage["post_process"]:
+        # megatron-core starts the head's bias at zero; a trained one is not, and only a nonzero one
+        # shows that it is read, written and added. Each TP rank holds its rows of one vector.
+        from megatron.core import parallel_state
+
+        bias = model.lm_head.output_layer.bias
+        first = parallel_state.get_tensor_model_parallel_rank() * bias.numel()
+        with torch.no_grad():
+            bias.copy_(torch.sin(torch.arange(first, first + bias.numel(), dtype=torch.float32)))
+    return model
+
+
+def _t5_batch(tokens: torch.Tensor) -> dict:
+    """Encoder and decoder ids and keep masks ([b, s]: 1 = real token); the second sample's
+    encoder input and decoder input end in padding."""
+    decoder_tokens = tokens[:, :DECODER_SEQ].flip(1).contiguous()
+    encoder_keep = torch.ones(BATCH, SEQ, dtype=torch.bool)
+    encoder_keep[1, SEQ - 4:] = False
+    decoder_keep = torch.ones(BATCH, DECODER_SEQ, dtype=torch.bool)
+    decoder_keep[1, DECODER_SEQ - 2:] = False
+    return dict(encoder_input_ids=tokens, decoder_input_ids=decoder_tokens, encoder_keep=encoder_keep,
+                decoder_keep=decoder_keep)
+
+
+def t5_megatron_masks(batch: dict) -> dict:
+    """pretrain_t5.py's masks for megatron-core (True = masked, [b, 1, q, k]): encoder padding,
+    causal + padding on the decoder, encoder padding for cross-attention."""
+    enc, dec = batch["encoder_keep"], batch["decoder_keep"]
+    causal = torch.ones(DECODER_SEQ, DECODER_SEQ, dtype=torch.bool).tril()
+    encoder_mask = ~(enc[:, None, :] & enc[:, :, None])
+    decoder_mask = ~(causal[None] & dec[:, None, :] & dec[:, :, None])
+    cross_mask = ~(dec[:, :, None] & enc[:, None, :])
+    return dict(encoder_attn_mask=encoder_mask.unsqueeze(1), decoder_attn_mask=decoder_mask.unsqueeze(1),
+                encoder_decoder_attn_mask=cross_mask.unsqueeze(1))
+
+
 def sample_batch(name: str) -> dict:
     """Fixed inputs: the same tokens in every rank and every run."""
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(20240611))
+    if name == "t5":
+        return _t5_batch(tokens)
     if name == "bert":
         padding = torch.ones(BATCH, SEQ, dtype=torch.long)
         padding[1, SEQ - 4:] = 0                         # the second sample ends in padding
@@ -116,6 +176,9 @@ def full_logits(name: str, model) -> dict | None:
         hidden = torch.empty(SEQ, BATCH, HIDDEN)
         dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
         model.set_input_tensor(hidden)
+    if name == "t5":
+        output = model(batch["encoder_input_ids"], batch["decoder_input_ids"], **t5_megatron_masks(batch))
+        return {"lm": _gather_vocab(output)}          # [b, s_dec, vocab]
     output = model(**batch)
     if stage < pp - 1:
         dist.send(output.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())

@@ -44,7 +44,7 @@ from ..contents import FORMAT_VERSION, PER_PARAMETER
 from ..file_io import load_file
 from .args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from .distrib_optim import distributed_optimizer_state
-from .key_names import (LEGACY, flatten, is_extra_state, known, our_key, qkv_rows_to_current, style_of,
+from .key_names import (LEGACY, alias_of, flatten, is_extra_state, known, our_key, qkv_rows_to_current, style_of,
                         unsupported_feature)
 from .optimizer import per_parameter_state
 
@@ -71,7 +71,7 @@ def _ranks(path: str) -> Tuple[int, int]:
 
 def spec_of(key: str, gated: bool) -> ShardSpec:
     """How Megatron-LM's module splits our key `key` over the tensor-parallel ranks."""
-    if key.endswith("word_embeddings.weight") or key == "output_layer.weight" or key == "lm_head.bias":
+    if key.endswith("word_embeddings.weight") or key in ("output_layer.weight", "output_layer.bias", "lm_head.bias"):
         return ShardSpec(split_dim=0, vocab=True)
     if re.search(r"\.(self_attention\.query_key_value|inter_attention\.(query|key_value))\.(weight|bias)$", key):
         return ShardSpec(split_dim=0)
@@ -131,14 +131,17 @@ def _layers_per_chunk(args: Mapping, pp: int, chunks: int, where: str) -> Dict[s
 
 def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, version: float, tp: int,
                  where: str) -> Tuple[Dict[str, torch.Tensor], int]:
-    stack = "encoder" if family == "bert" else "decoder"
+    stack = "decoder" if family == "gpt" else "encoder"
     state, skipped, names = {}, 0, {}
     heads = int(args["num_attention_heads"]) // tp
     tied = not args.get("untie_embeddings_and_output_weights", False)
-    for name, tensor in flatten(raw_chunk).items():
+    flat = flatten(raw_chunk)
+    for name, tensor in flat.items():
         if is_extra_state(name) or tensor is None:
             skipped += 1
             continue
+        if family == "t5" and style != LEGACY and alias_of(name) in flat:
+            continue                # megatron-core T5's second name of a module: read once
         what = unsupported_feature(name)
         if what:
             raise CheckpointError(f"{where} holds {name}, a tensor of {what}, which megatron_core does not build; "
@@ -146,7 +149,7 @@ def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, ver
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{where}: model entry {name} is a {type(tensor).__name__}, not a tensor; the file "
                                   f"is damaged or not Megatron-LM's.")
-        key = our_key(name, style, stack)
+        key = our_key(name, style, stack, family)
         if not known(key):
             raise CheckpointError(f"{where} holds {name}, which maps to no tensor of a {family} model here (read as "
                                   f"{key}); it is a module megatron_core does not build, so the checkpoint cannot "

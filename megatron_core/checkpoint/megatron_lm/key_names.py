@@ -15,10 +15,14 @@ Our names are megatron-core's module prefixes with the legacy inner names. One l
 Around the layers, megatron-core's keys are ours (embedding.*, decoder.* / encoder.*,
 output_layer.*, BERT's pooler / lm_head / binary_head), except BERT's LM head: its
 `lm_head.layer_norm` is our `lm_head.layernorm` and its `output_layer.bias` our
-`lm_head.bias`. Legacy files nest their state dicts ({"language_model": {"embedding": {...},
+`lm_head.bias`. T5's LM-head bias is `output_layer.bias` on both sides; megatron-core's
+T5Model registers two modules twice, so its torch-format files also hold the aliases
+`position_embeddings.weight` and `lm_head.output_layer.*` (T5_ALIASES: read once, written
+both ways). Legacy files nest their state dicts ({"language_model": {"embedding": {...},
 "encoder": {...}}}); flattened with dots, `language_model.encoder.layers.N.` (older files:
 `language_model.transformer.`) is our `decoder.layers.N.` for GPT and `encoder.layers.N.`
-for BERT, `language_model.embedding.` is `embedding.`, `language_model.output_layer.` is
+for BERT and T5 (T5's `language_model.decoder.` is our `decoder.`, its `lm_head.bias` our
+`output_layer.bias`), `language_model.embedding.` is `embedding.`, `language_model.output_layer.` is
 `output_layer.`, `language_model.pooler.` is `pooler.`, and a tied last stage's
 `word_embeddings_for_head.weight` is our stage copy of the word table.
 
@@ -59,6 +63,8 @@ _LAYER_TE = (
 )
 # (ours, megatron-core) outside the layers: BERT's LM head
 _OUTSIDE_MCORE = (("lm_head.layernorm.", "lm_head.layer_norm."), ("lm_head.bias", "output_layer.bias"))
+# megatron-core T5Model's second names of the same modules: {alias prefix: the key prefix it repeats}
+T5_ALIASES = {"position_embeddings.": "embedding.position_embeddings.", "lm_head.output_layer.": "output_layer."}
 _LAYER_KEY = re.compile(r"^((?:encoder|decoder)\.layers\.\d+\.)(.*)$")
 _UNSUPPORTED = {
     "mlp.router.": "mixture-of-experts layers (MoE)",
@@ -74,7 +80,7 @@ _UNSUPPORTED = {
 # Every name of ours a Megatron-LM GPT, BERT or T5 maps to; anything else is a tensor we would not load.
 _OUR_NAMES = re.compile(
     r"^(?:embedding\.(?:word_embeddings|position_embeddings|tokentype_embeddings)\.weight"
-    r"|word_embeddings\.weight|output_layer\.weight"
+    r"|word_embeddings\.weight|output_layer\.(?:weight|bias)"
     r"|(?:encoder|decoder)\.final_layernorm\.(?:weight|bias)"
     r"|(?:encoder|decoder)\.layers\.\d+\.(?:input_layernorm|post_attention_layernorm|post_inter_attention_layernorm"
     r"|self_attention\.(?:query_key_value|dense)|inter_attention\.(?:query|key_value|dense)"
@@ -108,13 +114,37 @@ def _swap(rest: str, pairs, forward: bool) -> Optional[str]:
     return None
 
 
-def ours_from_mcore(key: str) -> str:
-    """Our name of a megatron-core key (an unknown layer part is kept: the caller's map check names it)."""
+def alias_of(key: str) -> Optional[str]:
+    """The key a megatron-core T5 alias repeats (None: not an alias)."""
+    for alias, original in T5_ALIASES.items():
+        if key.startswith(alias):
+            return original + key[len(alias):]
+    return None
+
+
+def t5_aliases(keys) -> Dict[str, str]:
+    """{alias: original} a megatron-core T5 checkpoint holds beside the original keys `keys`."""
+    return {alias + key[len(original):]: key for key in keys
+            for alias, original in T5_ALIASES.items() if key.startswith(original)}
+
+
+def with_t5_aliases(state: Mapping[str, object]) -> Dict[str, object]:
+    """A T5's megatron-core state with the aliases megatron-core's T5Model also asks for."""
+    out = dict(state)
+    out.update({alias: state[original] for alias, original in t5_aliases(state).items()})
+    return out
+
+
+def ours_from_mcore(key: str, family: str = "") -> str:
+    """Our name of a megatron-core key (an unknown layer part is kept: the caller's map check names
+    it). `family` "t5": its output_layer.bias is ours as it is (BERT's is our lm_head.bias)."""
     match = _LAYER_KEY.match(key)
     if match:
         prefix, rest = match.groups()
         swapped = _swap(rest, _LAYER_TE, True) or _swap(rest, _LAYER_MCORE, True)
         return prefix + (swapped or rest)
+    if family == "t5":
+        return key
     return _swap(key, _OUTSIDE_MCORE, True) or key
 
 
@@ -142,8 +172,11 @@ def flatten(nested: Mapping, prefix: str = "") -> Dict[str, object]:
 _LEGACY_STACK = re.compile(r"^language_model\.(?:encoder|transformer)\.")
 
 
-def ours_from_legacy(key: str, stack: str) -> str:
-    """Our name of a flattened legacy key; `stack` is our layer stack ("decoder" for GPT, "encoder" for BERT)."""
+def ours_from_legacy(key: str, stack: str, family: str = "") -> str:
+    """Our name of a flattened legacy key; `stack` is our name of the legacy `encoder` stack
+    ("decoder" for GPT, "encoder" for BERT and T5)."""
+    if family == "t5" and key == "lm_head.bias":
+        return "output_layer.bias"
     if _LEGACY_STACK.match(key):
         rest = _LEGACY_STACK.sub("", key)
         rest = "final_layernorm." + rest[len("final_norm."):] if rest.startswith("final_norm.") else rest
@@ -155,8 +188,14 @@ def ours_from_legacy(key: str, stack: str) -> str:
     return key
 
 
-def legacy_from_ours(key: str) -> str:
-    """The flattened legacy key of ours (BERT's heads stay at the top, as legacy BertModel keeps them)."""
+def legacy_from_ours(key: str, family: str = "") -> str:
+    """The flattened legacy key of ours (BERT's heads stay at the top, as legacy BertModel keeps them;
+    T5's decoder is legacy T5's `language_model.decoder`, its head bias `lm_head.bias`)."""
+    if family == "t5":
+        if key == "output_layer.bias":
+            return "lm_head.bias"
+        if key.startswith("decoder."):
+            return "language_model." + key
     match = re.match(r"^(?:encoder|decoder)\.(.*)$", key)
     if match:
         return "language_model.encoder." + match.group(1)
@@ -173,8 +212,9 @@ def nest(flat: Mapping[str, object]) -> Dict[str, object]:
     own state dict is flat under "encoder", as legacy state_dict_for_save_checkpoint gives it)."""
     out: Dict[str, object] = {}
     for key, value in flat.items():
-        if key.startswith("language_model.encoder."):
-            path = ["language_model", "encoder", key[len("language_model.encoder."):]]
+        stack = re.match(r"^language_model\.(encoder|decoder)\.", key)
+        if stack:
+            path = ["language_model", stack.group(1), key[stack.end():]]
         elif key.startswith("language_model."):
             module, _, rest = key[len("language_model."):].partition(".")
             if module == "embedding":
@@ -215,16 +255,16 @@ def style_of(keys) -> str:
     return LEGACY if any(k.startswith(("language_model.", "word_embeddings_for_head.")) for k in keys) else MCORE
 
 
-def our_key(key: str, style: str, stack: str) -> str:
-    return ours_from_legacy(key, stack) if style == LEGACY else ours_from_mcore(key)
+def our_key(key: str, style: str, stack: str, family: str = "") -> str:
+    return ours_from_legacy(key, stack, family) if style == LEGACY else ours_from_mcore(key, family)
 
 
-def megatron_key(key: str, style: str) -> str:
+def megatron_key(key: str, style: str, family: str = "") -> str:
     if style not in KEY_STYLES:
         raise CheckpointError(f"--key-names {style} is unknown; use {' or '.join(KEY_STYLES)}.")
-    return legacy_from_ours(key) if style == LEGACY else mcore_from_ours(key)
+    return legacy_from_ours(key, family) if style == LEGACY else mcore_from_ours(key)
 
 
-__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "known", "is_extra_state", "unsupported_feature", "ours_from_mcore",
+__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "T5_ALIASES", "alias_of", "t5_aliases", "with_t5_aliases", "known", "is_extra_state", "unsupported_feature", "ours_from_mcore",
            "mcore_from_ours", "flatten", "nest", "ours_from_legacy", "legacy_from_ours", "qkv_rows_to_current",
            "style_of", "our_key", "megatron_key"]

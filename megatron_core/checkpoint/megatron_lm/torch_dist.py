@@ -365,14 +365,17 @@ def _layer_counts(state: LocalState, group, distributed: bool) -> Dict[str, int]
 
 
 def extra_state_keys(state_keys) -> List[str]:
-    """The `_extra_state` entries megatron-core's GPTModel and BertModel ask a checkpoint for:
-    one per linear module of each layer, and BERT's output layer, tied to the word table or not
-    (GPTModel drops its own from its sharded state dict; a model with an `lm_head.` is a BertModel)."""
+    """The `_extra_state` entries megatron-core's GPTModel, BertModel and T5Model ask a checkpoint
+    for: one per linear module of each layer, and BERT's and T5's output layer, tied to the word
+    table or not (GPTModel drops its own from its sharded state dict; a model with an `lm_head.`
+    is a BertModel or a T5Model, whose head's output layer has a second name, lm_head.output_layer)."""
     state_keys = [key for key in state_keys if not key.startswith(OPTIMIZER_STATE)]
     wanted = [key[:-len("weight")] + "_extra_state" for key in state_keys
               if key.endswith(".weight") and keys.layer_block(key) and key[:-len(".weight")].endswith(keys.LAYER_LINEARS)]
     if any(key.startswith("lm_head.") for key in state_keys):   # BERT's output layer, tied or not (its bias)
         wanted.append("output_layer._extra_state")
+    if any(key.startswith("lm_head.output_layer.") for key in state_keys):
+        wanted.append("lm_head.output_layer._extra_state")
     return wanted
 
 

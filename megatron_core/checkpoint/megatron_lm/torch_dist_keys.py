@@ -33,7 +33,8 @@ NORM_NAMES = (
 )
 
 # The linear modules of a layer; each has an `_extra_state` entry in megatron-core's state dict.
-LAYER_LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
+LAYER_LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2",
+                 "cross_attention.linear_q", "cross_attention.linear_kv", "cross_attention.linear_proj")
 
 
 def _rename(rest: str, to_checkpoint: bool) -> str:

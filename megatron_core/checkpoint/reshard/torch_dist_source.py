@@ -35,7 +35,7 @@ from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..formats import LAYOUTS
 from ..megatron_lm.args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from ..megatron_lm.files import contents_head, family_of_mcore_keys, parallel_record, spec_of
-from ..megatron_lm.key_names import known, ours_from_mcore, unsupported_feature
+from ..megatron_lm.key_names import alias_of, known, ours_from_mcore, unsupported_feature
 from ..megatron_lm.torch_dist import read_torch_dist
 from .source import Owner, SavedCheckpoint
 
@@ -87,19 +87,20 @@ class TorchDistSource:
                                   f"it was not saved by Megatron-LM's training loop.")
         args = plain_args(common["args"])
         check_supported(args, self.iteration_path)
-        for key in checkpoint.tensors:
+        family = family_of_mcore_keys(list(checkpoint.tensors))
+        names = [key for key in checkpoint.tensors if not (family == "t5" and alias_of(key) in checkpoint.tensors)]
+        for key in names:
             what = unsupported_feature(key)
             if what:
                 raise CheckpointError(f"{self.iteration_path} holds {key}, a tensor of {what}, which megatron_core "
                                       f"does not build; convert a dense GPT, BERT or T5 model.")
-            if not known(ours_from_mcore(key)):
+            if not known(ours_from_mcore(key, family)):
                 raise CheckpointError(f"{self.iteration_path} holds {key}, which maps to no tensor of the models "
                                       f"megatron_core builds; the checkpoint cannot be read without losing it.")
         tp, pp, _ = parallel_sizes(args, self.iteration_path)
         config = TransformerConfig.from_megatron_flags(args)
-        family = family_of_mcore_keys(list(checkpoint.tensors))
         self._tensors = checkpoint.tensors
-        self._theirs: Dict[str, str] = {ours_from_mcore(key): key for key in checkpoint.tensors}
+        self._theirs: Dict[str, str] = {ours_from_mcore(key, family): key for key in names}
         gated = config.activation in GATED_ACTIVATIONS
         self.owners = {ours: Owner(0, "model", ours, spec_of(ours, gated)) for ours in self._theirs}
         table = self._theirs.get("embedding.word_embeddings.weight")
