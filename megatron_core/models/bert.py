@@ -63,7 +63,7 @@ class BertModel(PipelineChunkMixin, ShardingMapMixin, nn.Module):
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, add_binary_head: bool = True, add_pooler: Optional[bool] = None,
-                 stage: Optional[PipelineStage] = None):
+                 stage: Optional[PipelineStage] = None, add_lm_head: bool = True):
         super().__init__()
         if config.apply_residual_connection_post_layernorm:
             raise ConfigError("BertModel does not support apply_residual_connection_post_layernorm; "
@@ -92,9 +92,9 @@ class BertModel(PipelineChunkMixin, ShardingMapMixin, nn.Module):
                                         post_layer_norm=post_process)
         if post_process:
             self.pooler = Pooler(config) if self.add_pooler else None
-            self.lm_head = MaskedLMHead(config, vocab_size)
+            self.lm_head = MaskedLMHead(config, vocab_size) if add_lm_head else None
             self.binary_head = build_binary_head(config) if add_binary_head else None
-            if config.share_embeddings_and_output_weights and not pre_process:
+            if add_lm_head and config.share_embeddings_and_output_weights and not pre_process:
                 self.word_embeddings = build_word_embeddings_copy(config, vocab_size)
 
     # --- forward -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from ..errors import CheckpointError, ConfigError
 from ..mpu.layout import PipelineStage
 from ..transformer.config import TransformerConfig
 from .bert import BertModel
+from .classification import ClassificationModel
 from .gpt import GPTModel
 from .rank_parameters import ModelShape
 from .roformer import RoFormerModel
@@ -196,6 +197,22 @@ def _t5_options(flags: Mapping) -> Dict:
     return {"decoder_num_layers": flags.get("decoder_num_layers"), "max_sequence_length": _positions(flags),
             "lm_head_bias": megatron_t5}
 
+
+def _classification_options(flags: Mapping) -> Dict:
+    """finetune_classification.py's head: --num-classes (1 with --multiple-choice); token types for pairs."""
+    multiple_choice = bool(flags.get("multiple_choice", False))
+    return {"max_sequence_length": _positions(flags), "num_tokentypes": 2,
+            "num_classes": 1 if multiple_choice else int(flags.get("num_classes") or 2),
+            "multiple_choice": multiple_choice}
+
+
+register_family(ModelFamily(
+    name="classification",
+    build=lambda config, vocab, o, stage: ClassificationModel(config, vocab, stage=stage, **o),
+    options=_classification_options,
+    shape=lambda config, vocab, o, flags: ModelShape(
+        "classification", config, vocab, o["max_sequence_length"], num_tokentypes=o["num_tokentypes"],
+        add_pooler=True, structure="masked_lm")))
 
 register_family(ModelFamily(
     name="t5",
