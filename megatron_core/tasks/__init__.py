@@ -1,0 +1,4 @@
+"""Downstream finetuning data: CLUE's and FewCLUE's task files read into examples
+(`clue.py`, `multiple_choice.py`, `jsonl_task.py`), examples encoded into BERT inputs
+(`encoding.py`), predictions written in CLUE's submission format (`predictions.py`), and
+a small learnable task built from the bundled corpus for tests (`learnable_task.py`)."""
