@@ -11,6 +11,7 @@ the tensors, so the spec describes exactly the saved model.
 """
 from __future__ import annotations
 
+import json
 from typing import Mapping, Optional
 
 import torch
@@ -61,6 +62,12 @@ def spec_of_saved(state: Mapping[str, torch.Tensor], config: TransformerConfig, 
                                   "BERT classes always have; export a model trained with the binary head.")
     if family == "t5":
         kwargs["decoder_num_layers"] = count_layers(state, "decoder.layers.")
+    if family.endswith("_classification"):      # the head's rows; the label names are the run's --class-labels
+        multiple_choice = bool(args.get("multiple_choice"))
+        labels = args.get("class_labels")
+        kwargs.update(num_tokentypes=_rows(state, "embedding.tokentype_embeddings.weight") or 0,
+                      num_classes=_rows(state, "classification_head.weight"), multiple_choice=multiple_choice,
+                      labels=None if multiple_choice else (json.loads(labels) if isinstance(labels, str) else labels))
     return mapping.spec(config, vocab_size, padded_vocab_size, architecture, **kwargs)
 
 
@@ -90,5 +97,10 @@ def args_record(spec: ModelSpec, tokenizer_args: Mapping, defaults: Mapping) -> 
         record.update(encoder_num_layers=config.num_layers, decoder_num_layers=spec.model_kwargs["decoder_num_layers"])
     if "add_binary_head" in spec.model_kwargs:
         record["bert_binary_head"] = bool(spec.model_kwargs["add_binary_head"])
+    if "num_classes" in spec.model_kwargs:      # a classifier: finetune_classification.py's flags
+        labels = spec.model_kwargs.get("labels")
+        record.update(num_classes=spec.model_kwargs["num_classes"],
+                      multiple_choice=bool(spec.model_kwargs.get("multiple_choice")),
+                      class_labels=None if labels is None else json.dumps(list(labels), ensure_ascii=False))
     record.update(tokenizer_args)
     return record

@@ -17,7 +17,7 @@ Pipeline stages as BertModel's; the last stage returns the logits.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ from .heads import _linear, gather_sequence_for_heads
 class ClassificationModel(BertModel):
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int = 512,
                  num_tokentypes: int = 2, num_classes: int = 2, multiple_choice: bool = False,
-                 stage: Optional[PipelineStage] = None):
+                 labels: Optional[Sequence[str]] = None, stage: Optional[PipelineStage] = None):
         if multiple_choice and num_classes != 1:
             raise ConfigError(f"a multiple-choice head scores each choice with one logit; num_classes is 1, "
                               f"not {num_classes}.")
@@ -40,8 +40,11 @@ class ClassificationModel(BertModel):
             raise ConfigError(f"num_classes must be 1 or more, got {num_classes}.")
         super().__init__(config, vocab_size, max_sequence_length, num_tokentypes, add_binary_head=False,
                          add_pooler=True, stage=stage, add_lm_head=False)
+        if labels is not None and not multiple_choice and len(labels) != num_classes:
+            raise ConfigError(f"{len(labels)} class labels ({', '.join(map(str, labels))}) for {num_classes} classes.")
         self.num_classes = num_classes
         self.multiple_choice = multiple_choice
+        self.labels = None if labels is None else tuple(str(label) for label in labels)  # the names, for exports
         if self.post_process:
             with component_rng(config, "classification_head"):
                 self.classification_head = _linear(config, config.hidden_size, num_classes)

@@ -37,6 +37,7 @@ package; a test or a plugin may call it at runtime).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -201,9 +202,10 @@ def _t5_options(flags: Mapping) -> Dict:
 def _classification_options(flags: Mapping) -> Dict:
     """finetune_classification.py's head: --num-classes (1 with --multiple-choice); token types for pairs."""
     multiple_choice = bool(flags.get("multiple_choice", False))
+    labels = flags.get("class_labels")
     return {"max_sequence_length": _positions(flags), "num_tokentypes": 2,
             "num_classes": 1 if multiple_choice else int(flags.get("num_classes") or 2),
-            "multiple_choice": multiple_choice}
+            "multiple_choice": multiple_choice, "labels": json.loads(labels) if isinstance(labels, str) else labels}
 
 
 register_family(ModelFamily(
@@ -212,7 +214,10 @@ register_family(ModelFamily(
     options=_classification_options,
     shape=lambda config, vocab, o, flags: ModelShape(
         "classification", config, vocab, o["max_sequence_length"], num_tokentypes=o["num_tokentypes"],
-        add_pooler=True, structure="masked_lm")))
+        add_pooler=True, structure="masked_lm"),
+    hf_mappings=("bert_classification", "megatron_bert_classification"),
+    choose_hf_mapping=lambda config: "megatron_bert_classification" if config.layernorm_position == "pre"
+    else "bert_classification"))
 
 register_family(ModelFamily(
     name="t5",

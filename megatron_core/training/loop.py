@@ -61,6 +61,18 @@ class TrainState:
     consumed_valid_samples: int = 0
 
 
+@dataclass
+class LoopContext:
+    """What a spec's evaluation and after_training hooks get: the run and its live pieces."""
+    run: TrainRun
+    chunks: List[torch.nn.Module]
+    p2p_config: P2PConfig
+    forward_step: Callable
+    log: TrainingLogger
+    checkpoints: Checkpointer
+    state: TrainState
+
+
 def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[TrainState]:
     args = parse_args(argv, spec.add_arguments)
     apply_checkpoint_args(args, argv, spec.add_arguments)   # --use-checkpoint-args: before validation
@@ -89,6 +101,8 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, model_run.family.name,
                                    model_run.model_options, vocabulary.size, vocabulary.padded_size)
         checkpoints.load(state)
+        if spec.initialize_weights is not None:
+            spec.initialize_weights(model_run, backend.modules, state)
         train_iters, valid_iters = build_data_iterators(spec.datasets_provider, model_run, state,
                                                         spec.reads_data_on_every_stage(model_run))
         p2p_config = spec.p2p_config(model_run) if spec.p2p_config is not None else default_p2p_config(run)
@@ -104,6 +118,25 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
         skips = SkipCounter(run.training.max_skipped_iterations)
         eval_batches = num_microbatches(run.training.global_batch_size, run.training.micro_batch_size,
                                         run.parallel.data_parallel_size)   # the full batch, after any ramp-up
+        context = LoopContext(model_run, backend.modules, p2p_config, forward_step_func, log, checkpoints, state)
+        extra_points = spec.evaluation_iterations(model_run) if spec.evaluation_iterations else set()
+
+        def evaluates_at(iteration: int) -> bool:
+            if spec.evaluation is not None:
+                return bool(run.training.eval_interval) and iteration % run.training.eval_interval == 0 \
+                    or iteration in extra_points
+            return bool(valid_iters and run.training.eval_iters) and iteration % run.training.eval_interval == 0
+
+        def validate_now(at: str) -> None:
+            paused = log.pause_clock()
+            if spec.evaluation is not None:
+                spec.evaluation(context, at)
+            else:
+                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
+                                  eval_batches, p2p_config)
+                state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
+                log.validation(at, state.iteration, losses)
+            log.resume_clock(paused)
 
         while state.iteration < run.training.train_iters:
             global_batch = batches.global_batch_size_at(state.consumed_samples)
@@ -115,22 +148,17 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
             warning = skips.record(state.iteration, outcome)
             log.after_step(state.iteration, state.consumed_samples, global_batch, learning_rate, outcome, skips,
                            warning)
-            if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval == 0:
-                paused = log.pause_clock()
-                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
-                                  eval_batches, p2p_config)
-                state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
-                log.validation(f"iteration {state.iteration}", state.iteration, losses)
-                log.resume_clock(paused)
+            if evaluates_at(state.iteration):
+                validate_now(f"iteration {state.iteration}")
             if checkpoints.after_iteration(state):    # saves every --save-interval; True at an --exit-* condition
                 break
         else:
-            if valid_iters and run.training.eval_iters and state.iteration % run.training.eval_interval != 0:
-                losses = evaluate(forward_step_func, valid_iters, backend.modules, run.training.eval_iters,
-                                  eval_batches, p2p_config)
-                state.consumed_valid_samples += run.training.eval_iters * run.training.global_batch_size
-                log.validation("the end of training for val data", state.iteration, losses)
+            ends_without = spec.evaluation is None and valid_iters and run.training.eval_iters
+            if (ends_without or spec.evaluation is not None) and not evaluates_at(state.iteration):
+                validate_now("the end of training for val data")
             checkpoints.at_end(state)    # as Megatron: after the last evaluation
+            if spec.after_training is not None:
+                spec.after_training(context)
         log.close(skips)
         return state
     except Exception as error:

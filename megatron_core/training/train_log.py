@@ -163,6 +163,12 @@ class TrainingLogger:
                 self._writer.add_scalar(f"{name} validation", value, iteration)
                 self._writer.add_scalar(f"{name} validation ppl", perplexity(value), iteration)
 
+    def scalars(self, values: Dict[str, float], iteration: int) -> None:
+        """TensorBoard scalars under the given names (a finetuning run's validation metrics)."""
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(name, value, iteration)
+
     def pause_clock(self) -> float:
         """Time spent outside training steps (evaluation) does not count in the interval's rate."""
         return time.perf_counter()

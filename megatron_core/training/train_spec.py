@@ -58,6 +58,12 @@ class TrainSpec:
     add_arguments: Optional[Callable] = None       # the family's own flags: parser -> parser
     data_on_every_stage: Union[bool, Callable[[TrainRun], bool]] = False   # middle stages need batches too
     p2p_config: Optional[Callable] = None          # (run) -> P2PConfig, when stages exchange more than one tensor
+    # Downstream tasks: a whole-set evaluation in place of the validation loss (loop.LoopContext, at),
+    # the extra iterations to run it at (an epoch's end), and what runs after the last one (--predict).
+    initialize_weights: Optional[Callable] = None      # (run, chunks, state) after --load: pretrained weights
+    evaluation: Optional[Callable] = None
+    evaluation_iterations: Optional[Callable] = None   # (run) -> set of iterations
+    after_training: Optional[Callable] = None          # (LoopContext) -> None
 
     def reads_data_on_every_stage(self, run: TrainRun) -> bool:
         return self.data_on_every_stage(run) if callable(self.data_on_every_stage) else self.data_on_every_stage

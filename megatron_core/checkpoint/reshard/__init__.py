@@ -15,11 +15,13 @@ memory at a time), with no model and no process group.
 (The whole model's state dict of a checkpoint, for converters: ../saved_model.py, on source.py.)
 """
 from ..contents import PER_PARAMETER
-from .on_load import describe, needs_resharding, resharded_chunk_states, saved_padded_vocab_size
+from .on_load import (describe, needs_resharding, pretrained_chunk_states, resharded_chunk_states,
+                      saved_padded_vocab_size)
 from .engine_source import written_by_engine
 from .source import SavedCheckpoint
 from .torch_dist_source import open_source, torch_dist_directory
 
-__all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "resharded_chunk_states",
+__all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "pretrained_chunk_states",
+           "resharded_chunk_states",
            "written_by_engine", "open_source", "torch_dist_directory",
            "saved_padded_vocab_size"]

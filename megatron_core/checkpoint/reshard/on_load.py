@@ -76,6 +76,25 @@ def resharded_chunk_states(source: SavedCheckpoint, chunks: List, tensor_rank: i
     return states, optimizer
 
 
+def pretrained_chunk_states(source: SavedCheckpoint, chunks: List, tensor_rank: int, tensor_size: int,
+                            padded_vocab_size: Optional[int]):
+    """Each chunk's tensors that `source` holds, cut for this rank (no optimizer), and the chunks'
+    global keys it does not hold: a finetuning model's new head starts from its initialization."""
+    states, fresh = [], []
+    for chunk in chunks:
+        target = chunk.sharding_map()
+        state = {}
+        for local, spec in target.tensors.items():
+            name = target.global_key(local)
+            if name in source.owners:
+                state[local] = target_weight(source, name, spec, tensor_rank, tensor_size, padded_vocab_size)
+            else:
+                fresh.append(name)
+        states.append(state)
+    source.files.release()
+    return states, fresh
+
+
 def saved_padded_vocab_size(directory: Optional[str], preferred) -> Optional[int]:
     """The padded vocabulary of the checkpoint --load names (None: no checkpoint there), read
     from its first model file's index only (memory-mapped): a run keeps it, whatever its TP."""
@@ -92,4 +111,5 @@ def saved_padded_vocab_size(directory: Optional[str], preferred) -> Optional[int
         return None     # the checkpointer's load reports a damaged checkpoint in its own words
 
 
-__all__ = ["needs_resharding", "describe", "resharded_chunk_states", "saved_padded_vocab_size", "PER_PARAMETER"]
+__all__ = ["needs_resharding", "describe", "resharded_chunk_states", "pretrained_chunk_states",
+           "saved_padded_vocab_size", "PER_PARAMETER"]

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Tuple
 
-from . import bert, gpt2, llama, megatron_bert, roformer, t5
+from . import bert, classification, gpt2, llama, megatron_bert, roformer, t5
 from .common import ConversionError, HFMapping, ModelSpec
 
 __all__ = ["HFMapping", "ModelSpec", "get_mapping", "mapping_for_hf_config", "registered_families"]
 
 _MAPPINGS: Dict[str, HFMapping] = {m.name: m for m in (gpt2.MAPPING, llama.MAPPING, bert.MAPPING,
-                                                        megatron_bert.MAPPING, roformer.MAPPING, t5.MAPPING)}
+                                                        megatron_bert.MAPPING, roformer.MAPPING, t5.MAPPING,
+                                                        *classification.MAPPINGS)}
 
 
 def registered_families() -> Tuple[str, ...]:
@@ -55,6 +56,10 @@ def mapping_for_hf_config(hf_config) -> HFMapping:
     the class names in `architectures`."""
     values = hf_config if isinstance(hf_config, Mapping) else vars(hf_config)
     model_type = values.get("model_type") or getattr(hf_config, "model_type", None)
+    architectures = list(values.get("architectures") or [])
+    for mapping in classification.MAPPINGS:     # a classifier shares its model_type with the base model
+        if model_type in (None, mapping.model_type) and any(a in mapping.architectures for a in architectures):
+            return mapping
     for mapping in _MAPPINGS.values():
         if model_type == mapping.model_type:
             return mapping

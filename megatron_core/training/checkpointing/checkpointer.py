@@ -98,7 +98,12 @@ class Checkpointer:
     # --- saving ---------------------------------------------------------------------------
 
     def save(self, state) -> None:
-        directory, iteration = self.config.save, state.iteration
+        self.save_to(self.config.save, state, self.config.keep_last)
+
+    def save_to(self, directory: str, state, keep_last: Optional[int] = None) -> None:
+        """Save the run's state as iteration state.iteration in `directory` (collective), keeping
+        the newest `keep_last` there (all when None); a finetuning run keeps its best this way."""
+        iteration = state.iteration
         rng_states = self._gather_over_data_parallel(rng_state.capture())
         model_path = self.files.model_file(self.layout, directory, iteration)
 
@@ -117,16 +122,17 @@ class Checkpointer:
             except OSError as e:
                 tracker_error = describe_os_error(e)
         self._agree(tracker_error, f"updating the tracker of {directory} after iteration {iteration}")
-        self._last_saved = iteration
-        if self.config.keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
-            self._remove_older_than_last(directory, iteration)
+        if directory == self.config.save:
+            self._last_saved = iteration
+        if keep_last and (not dist.is_initialized() or dist.get_rank() == 0):
+            self._remove_older_than_last(directory, iteration, keep_last)
         _print(f"  successfully saved checkpoint from iteration {iteration:7d} to {directory} "
                f"[{self.written_as}]")
 
-    def _remove_older_than_last(self, directory: str, newest: int) -> None:
+    def _remove_older_than_last(self, directory: str, newest: int, keep_last: int) -> None:
         """--keep-last N: only once the newest checkpoint is complete and named by the tracker."""
         older = sorted((i for i in self.layout.saved_iterations(directory) if i < newest), reverse=True)
-        for iteration in older[self.config.keep_last - 1:]:
+        for iteration in older[keep_last - 1:]:
             shutil.rmtree(self.layout.iteration_dir(directory, iteration), ignore_errors=True)
 
     def _gather_over_data_parallel(self, value):

@@ -1,0 +1,141 @@
+"""finetune_classification.py as users run it, against transformers.
+
+A small random BertForSequenceClassification (the BERT Chinese vocabulary) is imported with
+convert_checkpoint --from-hf and finetuned on a labelled JSON-lines task made from the bundled
+corpus (fp32, dropout off, constant lr, no weight decay or clipping). The same model trained by
+a plain transformers loop (Adam) on the same batches, tokenized by transformers' BertTokenizer,
+gives our first 5 logged losses; TP=2 and PP=2 log TP=1's. The best checkpoint, exported with
+--to-hf, is a BertForSequenceClassification with the task's id2label whose predictions on the
+dev set are our --predict file's and give our logged accuracy.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from megatron_core.tasks.learnable_task import write_shuffled_sentence_task  # noqa: E402
+from tests.harness.entry_points import failure_report, logged_values, run_forked, run_ranks  # noqa: E402
+from tests.harness.tool_main import run_tool_main  # noqa: E402
+
+VOCAB = os.path.join(os.path.dirname(__file__), "data", "vocab", "bert-base-chinese-vocab.txt")
+SEQ, MICRO, GLOBAL, LR, SEED, STEPS = 48, 4, 8, 1e-3, 1234, 5
+HF_SMALL = dict(vocab_size=21128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=SEQ,
+                type_vocab_size=2, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """(train, dev) files, a random HF classifier and its import as our checkpoint."""
+    root = tmp_path_factory.mktemp("classification")
+    train, dev = write_shuffled_sentence_task(str(root), 40, 16, seed=3)
+    torch.manual_seed(0)
+    hf = transformers.BertForSequenceClassification(transformers.BertConfig(**HF_SMALL))
+    with torch.no_grad():           # biases and norms off their init, so the mapping of each is checked
+        for name, p in sorted(hf.named_parameters()):
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(root / "hf")
+    run_tool_main("convert_checkpoint.py", "--from-hf", root / "hf", "--output", root / "ours")
+    return root, train, dev
+
+
+def _flags(root, train, dev, *extra):
+    return ["--task", "jsonl", "--text-key", "text", "--label-key", "label", "--train-data", train,
+            "--valid-data", dev, "--pretrained-checkpoint", str(root / "ours"), "--epochs", "1",
+            "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--ffn-hidden-size", "64",
+            "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ), "--layernorm-position", "post",
+            "--micro-batch-size", str(MICRO), "--global-batch-size", str(GLOBAL), "--lr", str(LR),
+            "--lr-decay-style", "constant", "--weight-decay", "0", "--clip-grad", "0", "--hidden-dropout", "0",
+            "--attention-dropout", "0", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB,
+            "--log-interval", "1", "--eval-interval", "1000", "--seed", str(SEED), *extra]
+
+
+def _transformers_losses(root, train) -> list:
+    """A plain transformers loop: the run's sample order (each epoch a permutation drawn from
+    numpy's RandomState(seed + epoch), global batch k = samples k*G ... (k+1)*G - 1), Adam."""
+    rows = [json.loads(line) for line in open(train, encoding="utf-8")]
+    tokenizer = transformers.BertTokenizer(VOCAB)
+    model = transformers.BertForSequenceClassification.from_pretrained(root / "hf", attn_implementation="eager")
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    order = np.random.RandomState(SEED).permutation(len(rows))
+    losses = []
+    for step in range(STEPS):
+        batch = [rows[i] for i in order[step * GLOBAL:(step + 1) * GLOBAL]]
+        encoded = tokenizer([r["text"] for r in batch], truncation=True, max_length=SEQ, padding="max_length",
+                            return_tensors="pt")
+        out = model(**encoded, labels=torch.tensor([int(r["label"]) for r in batch]))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def serial(task):
+    root, train, dev = task
+    done = run_forked("finetune_classification.py", _flags(root, train, dev, "--save", str(root / "ft"), "--predict"))
+    assert done.returncode == 0, failure_report(done)
+    return done
+
+
+def test_the_first_losses_are_a_transformers_loops(task, serial):
+    root, train, _ = task
+    ours = logged_values(serial.stdout, "lm loss")
+    theirs = _transformers_losses(root, train)
+    assert sorted(ours) == list(range(1, len(ours) + 1)) and len(ours) >= STEPS
+    for step in range(STEPS):
+        assert ours[step + 1] == pytest.approx(theirs[step], rel=1e-5), (step, ours, theirs)
+
+
+@pytest.mark.parametrize("sizes", [("--tensor-model-parallel-size", "2"), ("--pipeline-model-parallel-size", "2")])
+def test_two_ranks_log_the_single_process_losses(task, serial, sizes):
+    root, train, dev = task
+    done = run_ranks("finetune_classification.py", _flags(root, train, dev, *sizes), 2)
+    assert done.returncode == 0, failure_report(done)
+    one, two = logged_values(serial.stdout, "lm loss"), logged_values(done.stdout, "lm loss")
+    assert sorted(two) == sorted(one)
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-5), (step, one, two)
+    assert _accuracy(done.stdout) == _accuracy(serial.stdout)
+
+
+def _accuracy(stdout: str) -> float:
+    lines = [line for line in stdout.splitlines() if "validation accuracy: " in line]
+    assert lines, stdout[-2000:]
+    return float(lines[-1].split("validation accuracy: ")[1].split(" ")[0])
+
+
+def test_the_best_checkpoint_exports_to_a_transformers_classifier_with_our_predictions(task, serial, tmp_path):
+    root, _, dev = task
+    assert "macro F1: " in serial.stdout
+    predicted = [json.loads(line) for line in open(root / "ft" / "jsonl_predict.json", encoding="utf-8")]
+    rows = [json.loads(line) for line in open(dev, encoding="utf-8")]
+    assert [p["id"] for p in predicted] == list(range(len(rows)))
+    run_tool_main("convert_checkpoint.py", "--to-hf", "--load", root / "ft" / "best", "--output", tmp_path / "hf",
+                  "--vocab-file", VOCAB)
+    config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "0", "1": "1"}
+    model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.BertTokenizer(VOCAB)
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=SEQ, padding="max_length",
+                        return_tensors="pt")
+    with torch.no_grad():
+        theirs = model(**encoded).logits.argmax(-1).tolist()
+    assert [model.config.id2label[i] for i in theirs] == [p["label"] for p in predicted]
+    # The best checkpoint is the one whose accuracy was logged as the best.
+    best = max(_accuracies(serial.stdout))
+    assert best == pytest.approx(sum(int(model.config.id2label[t] == r["label"]) for t, r in zip(theirs, rows))
+                                 / len(rows), abs=1e-4)
+
+
+def _accuracies(stdout: str) -> list:
+    return [float(line.split("validation accuracy: ")[1].split(" ")[0])
+            for line in stdout.splitlines() if "validation accuracy: " in line]
