@@ -99,7 +99,9 @@ def test_family_converts_both_ways_through_files(case, tmp_path):
 def test_mapping_for_hf_config_picks_each_family_from_a_real_config():
     real = {"gpt": transformers.GPT2Config(), "llama": transformers.LlamaConfig(),
             "bert": transformers.BertConfig(), "megatron_bert": transformers.MegatronBertConfig(),
-            "roformer": transformers.RoFormerConfig(), "t5": transformers.T5Config()}
+            "roformer": transformers.RoFormerConfig(), "t5": transformers.T5Config(),
+            "bert_classification": transformers.BertConfig(architectures=["BertForSequenceClassification"]),
+            "megatron_bert_classification": transformers.MegatronBertConfig(architectures=["MegatronBertForMultipleChoice"])}
     assert sorted(real) == sorted(registered_families())
     for family, hf_config in real.items():
         assert mapping_for_hf_config(hf_config.to_dict()).name == family
@@ -107,6 +109,7 @@ def test_mapping_for_hf_config_picks_each_family_from_a_real_config():
     # without model_type, the class names decide
     assert mapping_for_hf_config({"architectures": ["MegatronBertForPreTraining"]}).name == "megatron_bert"
     assert mapping_for_hf_config({"architectures": ["T5ForConditionalGeneration"]}).name == "t5"
+    assert mapping_for_hf_config({"architectures": ["BertForSequenceClassification"]}).name == "bert_classification"
 
 
 def test_unknown_model_type_is_one_sentence():

@@ -9,6 +9,7 @@ read with jsonl_task("text", "label").
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -18,8 +19,9 @@ from typing import List, Tuple
 from megatron_core.atomic_files import write_atomically
 from megatron_core.errors import ConfigError, DataError
 
-BUNDLED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "tests", "data", "zh_news_200.jsonl")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLED_CORPUS = os.path.join(_ROOT, "tests", "data", "zh_news_200.jsonl")
+DEMO_CORPUS = os.path.join(_ROOT, "examples", "data", "zh_news_2000.jsonl.gz")     # gzip: read as it is
 SENTENCE_END = re.compile(r"(?<=[。！？；])")
 MIN_CHARS, MAX_CHARS = 20, 60
 
@@ -29,7 +31,7 @@ def corpus_sentences(corpus: str = BUNDLED_CORPUS) -> List[str]:
     if not os.path.isfile(corpus):
         raise DataError(f"corpus {corpus} does not exist; pass the path of zh_news_200.jsonl.")
     sentences, seen = [], set()
-    with open(corpus, encoding="utf-8") as f:
+    with (gzip.open(corpus, "rt", encoding="utf-8") if corpus.endswith(".gz") else open(corpus, encoding="utf-8")) as f:
         for line in f:
             if line.strip():
                 for sentence in SENTENCE_END.split(json.loads(line)["text"]):
