@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -59,8 +59,9 @@ def _first_few(numbers: List[int], limit: int = 10) -> str:
     return shown + (", ..." if len(numbers) > limit else "")
 
 
-def _parse_line(raw: bytes, prompt_key: str, text_key: str):
-    """(prompt, text), or the reason this line is unusable as a string."""
+def parse_json_record(raw: bytes, keys: Sequence[str]):
+    """The line's JSON object, or the reason it is unusable as a string: not UTF-8, not
+    JSON, not an object, or one of `keys` missing or not a string."""
     try:
         record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -69,12 +70,12 @@ def _parse_line(raw: bytes, prompt_key: str, text_key: str):
         return f"it is not valid JSON ({err.msg} at column {err.colno})"
     if not isinstance(record, dict):
         return f"it is a JSON {type(record).__name__}, not an object"
-    for key in (prompt_key, text_key):
+    for key in keys:
         if key not in record:
             return f'it has no "{key}" field'
         if not isinstance(record[key], str):
             return f'its "{key}" field is not a string'
-    return record[prompt_key], record[text_key]
+    return record
 
 
 class FinetuneDataset(torch.utils.data.Dataset):
@@ -101,7 +102,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
                 if not raw.strip():
                     self.report.blank_lines += 1
                     continue
-                parsed = _parse_line(raw, prompt_key, text_key)
+                parsed = parse_json_record(raw, (prompt_key, text_key))
                 if isinstance(parsed, str):
                     if strict:
                         raise DataError(f"{path}, line {number}: {parsed}; fix or remove that "
@@ -109,8 +110,8 @@ class FinetuneDataset(torch.utils.data.Dataset):
                     self.report.bad_lines.append((number, parsed))
                     continue
                 line_numbers.append(number)
-                prompts.append(parsed[0])
-                texts.append(parsed[1])
+                prompts.append(parsed[prompt_key])
+                texts.append(parsed[text_key])
 
         prompt_ids = tokenizer.tokenize_batch(prompts) if prompts else []
         text_ids = tokenizer.tokenize_batch(texts) if texts else []

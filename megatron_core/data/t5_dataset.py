@@ -100,7 +100,19 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span_length:
 
 
 def _first_set(*values):
-    return next(v for v in values if v is not None)
+    return next((v for v in values if v is not None), None)
+
+
+def t5_start_end_ids(tokenizer) -> Tuple[int, int]:
+    """(the token the decoder starts from, the token that ends a target): the tokenizer's
+    bos/eos ([BOS]/[EOS] for the BERT tokenizer, as in Megatron), else [CLS]/[SEP]. T5
+    pretraining, finetuning and generation (inference/text_generation.py) start alike."""
+    start = _first_set(getattr(tokenizer, "bos", None), getattr(tokenizer, "cls", None))
+    end = _first_set(getattr(tokenizer, "eos", None), getattr(tokenizer, "sep", None))
+    if start is None or end is None:
+        raise DataError(f"the {getattr(tokenizer, 'name', 'chosen')} tokenizer has no begin/end-of-sequence "
+                        f"tokens ([BOS]/[EOS] or [CLS]/[SEP]) for the T5 decoder; use a tokenizer that has them.")
+    return int(start), int(end)
 
 
 def _visible(length: int, real: int) -> np.ndarray:
@@ -118,8 +130,10 @@ class T5Dataset(torch.utils.data.Dataset):
         self.indexed_dataset = indexed_dataset
         self.config = config
         self.pad_id = int(tokenizer.pad)
-        self.bos_id = int(_first_set(bos_id, getattr(tokenizer, "bos", None), tokenizer.cls))
-        self.eos_id = int(_first_set(eos_id, getattr(tokenizer, "eos", None), tokenizer.sep))
+        if bos_id is None or eos_id is None:
+            start, end = t5_start_end_ids(tokenizer)
+            bos_id, eos_id = _first_set(bos_id, start), _first_set(eos_id, end)
+        self.bos_id, self.eos_id = int(bos_id), int(eos_id)
         self.sentinel_ids = [int(i) for i in (sentinel_ids if sentinel_ids is not None
                                               else extra_id_sentinels(tokenizer))]
         self.max_num_tokens = config.max_seq_length
@@ -183,16 +197,25 @@ class T5Dataset(torch.utils.data.Dataset):
         dec_out.append(self.eos_id)
         dec_in = [self.bos_id] + dec_out[:-1]
 
-        enc_len, dec_len = self.config.max_seq_length, self.config.max_seq_length_dec
-        enc_real, dec_real = _visible(enc_len, len(enc)), _visible(dec_len, len(dec_out))
-        causal = np.tril(np.ones((dec_len, dec_len), dtype=bool))
-        return {
-            "text_enc": np.array(enc + [self.pad_id] * (enc_len - len(enc)), dtype=np.int64),
-            "text_dec": np.array(dec_in + [self.pad_id] * (dec_len - len(dec_in)), dtype=np.int64),
-            "labels": np.array(dec_out + [-1] * (dec_len - len(dec_out)), dtype=np.int64),
-            "loss_mask": dec_real.astype(np.int64),
-            "truncated": int(truncated),
-            "enc_mask": np.outer(enc_real, enc_real).astype(np.int64),
-            "dec_mask": (np.outer(dec_real, dec_real) & causal).astype(np.int64),
-            "enc_dec_mask": np.outer(dec_real, enc_real).astype(np.int64),
-        }
+        sample = t5_sample(enc, dec_in, dec_out, self.config.max_seq_length, self.config.max_seq_length_dec,
+                           self.pad_id)
+        sample["truncated"] = int(truncated)
+        return sample
+
+
+def t5_sample(encoder_ids: Sequence[int], decoder_input_ids: Sequence[int], labels: Sequence[int],
+              encoder_length: int, decoder_length: int, pad_id: int) -> dict:
+    """One sample's padded arrays and keep masks (the module docstring's keys; labels and
+    decoder inputs are equally long): loss_mask is 1 on every label, 0 on padding."""
+    enc, dec_in, dec_out = list(encoder_ids), list(decoder_input_ids), list(labels)
+    enc_real, dec_real = _visible(encoder_length, len(enc)), _visible(decoder_length, len(dec_out))
+    causal = np.tril(np.ones((decoder_length, decoder_length), dtype=bool))
+    return {
+        "text_enc": np.array(enc + [pad_id] * (encoder_length - len(enc)), dtype=np.int64),
+        "text_dec": np.array(dec_in + [pad_id] * (decoder_length - len(dec_in)), dtype=np.int64),
+        "labels": np.array(dec_out + [-1] * (decoder_length - len(dec_out)), dtype=np.int64),
+        "loss_mask": dec_real.astype(np.int64),
+        "enc_mask": np.outer(enc_real, enc_real).astype(np.int64),
+        "dec_mask": (np.outer(dec_real, dec_real) & causal).astype(np.int64),
+        "enc_dec_mask": np.outer(dec_real, enc_real).astype(np.int64),
+    }

@@ -64,6 +64,12 @@ def _as_stage_input(model, received: Optional[torch.Tensor]) -> None:
         model.set_input_tensor(received)
 
 
+def _right_padded(tokens: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows with their real tokens moved to the front, in order."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    return tokens.gather(1, order), keep.gather(1, order)
+
+
 class CausalLMDecoder:
     def __init__(self, model):
         self.model = model
@@ -120,7 +126,10 @@ class T5Decoder:
             if ps.get_pipeline_model_parallel_world_size() > 1 else None
 
     def begin(self, tokens, keep):
-        """The prompt (left padded) is the encoder's input; the decoder starts from start_token."""
+        """The prompt is the encoder's input, its tokens moved to the front of the row (right
+        padded, as in training: learned positions count from the first real token); the
+        decoder starts from start_token."""
+        tokens, keep = _right_padded(tokens, keep)
         self.encoder_keep = keep
         self.encoder_output = self._encode(tokens, keep)
         start = torch.full((tokens.shape[0], 1), self.start_token, dtype=tokens.dtype, device=tokens.device)

@@ -26,7 +26,7 @@
     train_log.py     Megatron's log lines every --log-interval, TensorBoard, progress bar, summary
     data_options.py  the families' data flags (--reset-position-ids, --mask-prob, --wwm, ...) -> DataOptions
     data_providers.py build_tokenizer(DataConfig), train_valid_test_num_samples, {gpt,bert,roformer,t5,
-                     transformer_xl,finetune}_datasets -> (train, valid, test)
+                     transformer_xl,finetune,seq2seq}_datasets -> (train, valid, test)
     data_iterators.py build_data_iterators: micro-batches per DP rank, resumable; TP peers and chunks
                      that need no batch get a receiver / None
     batches.py       get_batch_{gpt,finetune,bert,roformer,t5,transformer_xl}: micro-batch -> model inputs

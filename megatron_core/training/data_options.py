@@ -5,7 +5,7 @@
 
 `DataConfig` (training/config.py) holds what every family shares (data path, split,
 cache, tokenizer); these are the per-family choices: how GPT masks and positions reset at
-end-of-document, BERT's masking and sentence-pair task, T5's lengths, RoFormer's LM share.
+end-of-document, BERT's masking and sentence-pair task, T5's lengths and finetuning fields, RoFormer's LM share.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ class DataOptions:
     # T5
     encoder_seq_length: Optional[int] = None   # None: --seq-length
     decoder_seq_length: int = 128
+    source_key: str = "source"              # T5 finetuning's JSON fields (finetune_t5.py)
+    target_key: str = "target"
     # how the training samples are ordered: "single" (Megatron's sequential sampler) or "cyclic"
     dataloader_type: str = "single"
 
@@ -65,6 +67,14 @@ def add_data_options_arguments(parser: argparse.ArgumentParser) -> argparse.Argu
     g.add_argument("--encoder-seq-length", type=int, default=None)
     g.add_argument("--decoder-seq-length", type=int, default=128)
     g.add_argument("--dataloader-type", default="single", choices=list(DATALOADER_TYPES))
+    return parser
+
+
+def add_seq2seq_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """(ours) The fields of finetune_t5.py's JSON lines."""
+    g = parser.add_argument_group("data: source/target JSON lines")
+    g.add_argument("--source-key", default="source", help="the field holding the encoder's text")
+    g.add_argument("--target-key", default="target", help="the field holding the text the decoder learns")
     return parser
 
 

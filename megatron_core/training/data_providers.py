@@ -13,7 +13,8 @@ for test. A split asked for 0 samples, or with no share in --split, is None.
 each split is a BlendedDataset whose parts are asked for their share plus 0.5 %.
 BERT, T5 and RoFormer read sentence-split data (preprocess_data.py --split-sentences) and
 split it by documents; GPT and Transformer-XL split by sequences; finetune reads one
-{"prompt", "text"} JSON-lines file and splits it by lines.
+{"prompt", "text"} JSON-lines file and splits it by lines, T5 finetuning one of
+{"source", "target"} lines alike.
 
 Every rank builds the datasets (index caches are built by rank 0 first); only the ranks
 that read data (data_iterators.py) ever index them.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
+import torch.distributed as dist
 from torch.utils.data import Subset
 
 from ..data import builder
@@ -33,6 +35,7 @@ from ..errors import DataError
 from ..data.finetune_dataset import FinetuneDataset
 from ..data.indexed_dataset import IndexedDataset
 from ..data.roformer_dataset import RoFormerDataset
+from ..data.seq2seq_dataset import Seq2SeqDataset
 from ..data.splits import SPLIT_NAMES, split_ranges
 from ..data.t5_dataset import T5Dataset, T5DatasetConfig, extra_id_sentinels, unused_token_sentinels
 from ..data.tokenizers import build_tokenizer as build_tokenizer_by_name
@@ -185,11 +188,32 @@ def finetune_datasets(data: DataConfig, training: TrainingConfig, tokenizer, num
                       path: Optional[str] = None):
     """{"prompt", "text"} lines of `path` (default: the one --data-path), split by lines with --split;
     each split read for as many shuffled epochs as its sample count needs."""
-    if path is None:
-        if not data.data_path or len(data.data_path) != 1:
-            raise DataError("finetuning reads one JSON-lines file; give --data-path FILE.jsonl.")
-        path = data.data_path[0]
-    full = FinetuneDataset(path, tokenizer, training.seq_length)
+    full = FinetuneDataset(path or _one_json_lines_file(data), tokenizer, training.seq_length)
+    return _split_by_lines(full, data, training, num_samples)
+
+
+def seq2seq_datasets(data: DataConfig, training: TrainingConfig, options: DataOptions, tokenizer,
+                     num_samples: Sequence[int], path: Optional[str] = None):
+    """T5 finetuning: {--source-key, --target-key} lines of `path` (default: the one --data-path),
+    split by lines with --split as finetune_datasets'; encoder --encoder-seq-length (or
+    --seq-length), decoder --decoder-seq-length. Rank 0 prints how many lines were cut."""
+    full = Seq2SeqDataset(path or _one_json_lines_file(data), tokenizer,
+                          options.encoder_seq_length or training.seq_length, options.decoder_seq_length,
+                          options.source_key, options.target_key)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(full.report.summary(), flush=True)
+    return _split_by_lines(full, data, training, num_samples)
+
+
+def _one_json_lines_file(data: DataConfig) -> str:
+    if not data.data_path or len(data.data_path) != 1:
+        raise DataError("finetuning reads one JSON-lines file; give --data-path FILE.jsonl.")
+    return data.data_path[0]
+
+
+def _split_by_lines(full, data: DataConfig, training: TrainingConfig, num_samples: Sequence[int]):
+    """(train, valid, test) parts of `full` by --split, each read for as many shuffled epochs as
+    its sample count needs; a part without lines or samples is None."""
     result = []
     for k, ((start, stop), count) in enumerate(zip(split_ranges(data.split, len(full)), num_samples)):
         if stop <= start or count == 0:
@@ -198,4 +222,3 @@ def finetune_datasets(data: DataConfig, training: TrainingConfig, tokenizer, num
         part = Subset(full, range(start, stop))
         result.append(EpochShuffledDataset(part, count, training.seed + k))
     return tuple(result)
-
