@@ -1,0 +1,1 @@
+"""Downstream tasks: finetuning and zero-shot evaluation."""
