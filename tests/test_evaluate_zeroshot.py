@@ -33,7 +33,8 @@ from megatron_core.tasks.zeroshot.inputs import count_words, lambada_sample  # n
 from megatron_core.tasks.zeroshot.metrics import perplexity_metrics  # noqa: E402
 from megatron_core.tasks.zeroshot.windows import lm_windows  # noqa: E402
 from tests.harness.entry_points import failure_report, run_entry_point, run_ranks  # noqa: E402
-from tests.harness.inference_checkpoints import BERT_VOCAB_SIZE, MEM_LENGTH, tiny_serial_model, write_tiny_checkpoint  # noqa: E402
+from tests.harness.inference_checkpoints import (BERT_VOCAB_SIZE, MEM_LENGTH, tiny_serial_model,  # noqa: E402
+                                                 write_tiny_checkpoint)
 from tests.harness.model_checks import single_process_world  # noqa: E402
 from tests.harness.tiny_corpus import ROOT  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
@@ -321,6 +322,7 @@ def test_tensor_and_pipeline_parallel_runs_print_the_serial_numbers(work):
         assert done.returncode == 0, failure_report(done)
         printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         assert len(printed) == 1, done.stdout        # rank 0 prints
+        assert "> evaluated " in done.stderr         # and the closing summary
         with open(output, encoding="utf-8") as f:
             assert json.load(f) == printed[0]
         assert printed[0].keys() == serial.keys()

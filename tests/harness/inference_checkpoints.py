@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-import torch
-
 from megatron_core import mpu
 from megatron_core.models.llama import llama_config
 from megatron_core.models.registry import get_family

@@ -85,50 +85,69 @@ def evaluate_zeroshot(loaded: LoadedModel, tokenizer, options: ZeroShotOptions, 
         raise ConfigError(f"--micro-batch-size must be at least 1, got {options.micro_batch_size}.")
     seq_length = _seq_length(loaded, options)
     texts = texts or read_texts(options.valid_data, options.text_key)
-    model, vocab = loaded.model, loaded.vocab_size
-    pad = tokenizer.eod if tokenizer.eod is not None else 0
     head = {"task": options.task, "valid_data": options.valid_data, "load": loaded.path, "family": loaded.family,
             "seq_length": seq_length}
     if options.task == "lambada":
-        found = {}
-        for name, strict in (("strict", True), ("last_token", False)):
-            samples = lambada_samples(texts, tokenizer.tokenize, strict)
-            progress = Progress(f"LAMBADA samples ({name.replace('_', '-')})", len(samples), options.log_interval)
-            correct, truncated = lambada_correct(model, samples, vocab, seq_length, options.micro_batch_size,
-                                                 adapter == "transformer_xl", pad, progress)
-            progress.finish()
-            found[name] = dict(accuracy_metrics(correct, len(samples)), truncated_contexts=truncated)
-        return {**head, "accuracy": found["strict"]["accuracy"], "strict": found["strict"],
-                "last_token": found["last_token"]}
+        return {**head, **_lambada(loaded, tokenizer, options, texts, seq_length, adapter)}
     text = joined_text(texts)
     tokens = tokenizer.tokenize(text)
     words, basis = count_words(text, options.word_count)
     if adapter == "masked_lm":
-        window = seq_length - 2
-        if len(tokens) < window:
-            raise DataError(f"{options.valid_data} holds {len(tokens)} tokens, fewer than one window of --seq-length "
-                            f"{seq_length} ([CLS] + {window} + [SEP]); give a longer text or a smaller --seq-length.")
-        tok = tokenizer
-        if tok.mask is None or tok.cls is None or tok.sep is None:
-            raise ConfigError(f"the tokenizer {tok.name} has no [MASK], [CLS] or [SEP]; use the BERT WordPiece "
-                              f"vocabulary the model was trained with.")
-        progress = Progress("tokens masked", len(tokens), options.log_interval)
-        nll, scored = pseudo_log_likelihood(model, tokens, seq_length, vocab, tok.cls, tok.sep, tok.mask,
-                                            options.micro_batch_size, progress)
-        progress.finish()
+        nll, scored = _pseudo_log_likelihood(loaded, tokenizer, options, tokens, seq_length)
         return {**head, "tokens": len(tokens), **perplexity_metrics(nll, scored, words, basis, unscored_words=0)}
+    found, nll, scored = _stream_log_likelihood(loaded, tokenizer, options, tokens, seq_length, adapter)
+    return {**head, **found, "tokens": len(tokens), **perplexity_metrics(nll, scored, words, basis)}
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.eod if tokenizer.eod is not None else 0
+
+
+def _lambada(loaded, tokenizer, options, texts, seq_length, adapter) -> Dict:
+    found = {}
+    for name, strict in (("strict", True), ("last_token", False)):
+        samples = lambada_samples(texts, tokenizer.tokenize, strict)
+        progress = Progress(f"LAMBADA samples ({name.replace('_', '-')})", len(samples), options.log_interval)
+        correct, truncated = lambada_correct(loaded.model, samples, loaded.vocab_size, seq_length,
+                                             options.micro_batch_size, adapter == "transformer_xl",
+                                             _pad_id(tokenizer), progress)
+        progress.finish()
+        found[name] = dict(accuracy_metrics(correct, len(samples)), truncated_contexts=truncated)
+    return {"accuracy": found["strict"]["accuracy"], **found}
+
+
+def _too_short(options, tokens, seq_length, window: str) -> DataError:
+    return DataError(f"{options.valid_data} holds {len(tokens)} tokens, fewer than one window of --seq-length "
+                     f"{seq_length}{window}; give a longer text or a smaller --seq-length.")
+
+
+def _pseudo_log_likelihood(loaded, tokenizer, options, tokens, seq_length):
+    if len(tokens) < seq_length - 2:
+        raise _too_short(options, tokens, seq_length, f" ([CLS] + {seq_length - 2} + [SEP])")
+    tok = tokenizer
+    if tok.mask is None or tok.cls is None or tok.sep is None:
+        raise ConfigError(f"the tokenizer {tok.name} has no [MASK], [CLS] or [SEP]; use the BERT WordPiece "
+                          f"vocabulary the model was trained with.")
+    progress = Progress("tokens masked", len(tokens), options.log_interval)
+    nll, scored = pseudo_log_likelihood(loaded.model, tokens, seq_length, loaded.vocab_size, tok.cls, tok.sep,
+                                        tok.mask, options.micro_batch_size, progress)
+    progress.finish()
+    return nll, scored
+
+
+def _stream_log_likelihood(loaded, tokenizer, options, tokens, seq_length, adapter):
+    """({mem_length or overlapping_eval, windows}, -log-likelihood, scored targets)."""
     if len(tokens) < seq_length + 1:
-        raise DataError(f"{options.valid_data} holds {len(tokens)} tokens, fewer than one window of --seq-length "
-                        f"{seq_length} + 1; give a longer text or a smaller --seq-length.")
-    memory = adapter == "transformer_xl"
+        raise _too_short(options, tokens, seq_length, " + 1")
+    model, memory = loaded.model, adapter == "transformer_xl"
     if memory and options.mem_length is not None:
         if options.mem_length < 0:
             raise ConfigError(f"--mem-length must be 0 (no memory) or more, got {options.mem_length}.")
         model.mem_length = options.mem_length
     windows = lm_windows(len(tokens), seq_length, options.overlapping_eval)
     progress = Progress("windows", len(windows), options.log_interval)
-    nll, scored = stream_log_likelihood(model, tokens, windows, vocab, options.micro_batch_size, memory, pad, progress)
+    nll, scored = stream_log_likelihood(model, tokens, windows, loaded.vocab_size, options.micro_batch_size, memory,
+                                        _pad_id(tokenizer), progress)
     progress.finish()
-    extra = {"mem_length": model.mem_length} if memory else {
-        "overlapping_eval": options.overlapping_eval or seq_length}
-    return {**head, **extra, "tokens": len(tokens), "windows": len(windows), **perplexity_metrics(nll, scored, words, basis)}
+    found = {"mem_length": model.mem_length} if memory else {"overlapping_eval": options.overlapping_eval or seq_length}
+    return {**found, "windows": len(windows)}, nll, scored

@@ -31,7 +31,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Tuple
 
 from ...errors import ConfigError, DataError
 
@@ -141,6 +141,3 @@ def joined_text(texts: Texts) -> str:
     """The perplexity stream's text: a plain file as it is, JSON-lines texts joined by newlines."""
     return "\n".join(texts.texts) if texts.json_lines else texts.texts[0]
 
-
-def total_length(samples: Sequence[LambadaSample]) -> int:
-    return sum(len(s.context) + len(s.target) for s in samples)

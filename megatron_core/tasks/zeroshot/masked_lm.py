@@ -11,7 +11,8 @@ the model gives it there, seeing every other token of the window:
 The token stream is cut into consecutive windows of seq_length - 2 tokens, each read as
 [CLS] window [SEP] with token type 0 (RoFormer's bidirectional MLM mode); [CLS] and [SEP]
 are not scored. A window of n tokens costs n forward passes, its masked copies batched
---micro-batch-size at a time; the MLM head runs on the masked position of each copy only. Megatron-LM has no such task; the definition is the paper's.
+--micro-batch-size at a time; the MLM head runs on the masked position of each copy only.
+Megatron-LM has no such task; the definition is the paper's.
 """
 from __future__ import annotations
 
