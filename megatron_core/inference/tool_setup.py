@@ -1,4 +1,4 @@
-"""What tools/generate_text.py and tools/run_text_generation_server.py share: their flags,
+"""What tools/generate_text.py, tools/run_text_generation_server.py and tools/evaluate.py share: their flags,
 the process group, and the checkpoint with its tokenizer.
 
 One process (`python tools/generate_text.py --load CKPT`) or TP x PP processes launched
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ..data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 from ..errors import ConfigError
 from ..training.initialize import launcher_world_size
-from .checkpoint_model import load_checkpoint_model
+from .checkpoint_model import LoadedModel, load_checkpoint_model
 from .sampling import SamplingParams
 from .text_generation import TextGenerator
 
@@ -88,7 +88,9 @@ def share_from_first_rank(value: Any) -> Any:
     return box[0]
 
 
-def load_text_generator(args, keep_memory: bool = False) -> TextGenerator:
+def load_model_and_tokenizer(args) -> Tuple[LoadedModel, Any]:
+    """The checkpoint's model at this world's layout and the tokenizer it was trained with
+    (a tokenizer flag given in `args` overrides the stored one)."""
     start_world()
     loaded = load_checkpoint_model(args.load, args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     settings = {name: loaded.args.get(name) for name in TOKENIZER_FLAGS}
@@ -99,4 +101,9 @@ def load_text_generator(args, keep_memory: bool = False) -> TextGenerator:
     tokenizer = build_tokenizer(settings["tokenizer_type"], vocab_file=settings["vocab_file"],
                                 merge_file=settings["merge_file"], tokenizer_model=settings["tokenizer_model"],
                                 vocab_extra_ids=settings["vocab_extra_ids"] or 0)
+    return loaded, tokenizer
+
+
+def load_text_generator(args, keep_memory: bool = False) -> TextGenerator:
+    loaded, tokenizer = load_model_and_tokenizer(args)
     return TextGenerator(loaded, tokenizer, keep_memory=keep_memory)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-import torch
-
 from megatron_core import mpu
 from megatron_core.models.llama import llama_config
 from megatron_core.models.registry import get_family
@@ -40,6 +38,8 @@ def tiny_config(family: str) -> TransformerConfig:
                                  relative_attention_max_distance=16, **_SHAPE)
     if family == "transformer_xl":
         return TransformerConfig(position_embedding_type="relative_xl", activation="gelu_tanh", **_SHAPE)
+    if family == "bert":        # HF BertForMaskedLM's layout: post-LN, exact GELU
+        return TransformerConfig(layernorm_position="post", **_SHAPE)
     raise ValueError(f"no tiny checkpoint for family {family!r}")
 
 
@@ -74,6 +74,9 @@ def tiny_model_options(family: str) -> Dict:
         return {"max_sequence_length": MAX_POSITIONS}
     if family == "t5":
         return {"decoder_num_layers": _SHAPE["num_layers"], "max_sequence_length": MAX_POSITIONS}
+    if family == "bert":        # an MLM head only (HF BertForMaskedLM), token types as HF's
+        return {"max_sequence_length": MAX_POSITIONS, "num_tokentypes": 2, "add_binary_head": False,
+                "add_pooler": False}
     return {"mem_length": MEM_LENGTH}
 
 
@@ -91,7 +94,7 @@ def tiny_serial_model(family: str, seed: int = 1234):
 def write_tiny_checkpoint(directory: str, family: str, tensor_model_parallel_size: int = 1,
                           pipeline_model_parallel_size: int = 1, seed: int = 1234) -> str:
     """A weights-only checkpoint (Megatron layout, `release`) of the tiny `family` model
-    ("gpt", "llama", "t5", "transformer_xl") at the given TP x PP; returns its directory."""
+    ("gpt", "llama", "t5", "transformer_xl", "bert") at the given TP x PP; returns its directory."""
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
     config, padded = tiny_config(family), tiny_padded_vocab_size(family)
     record = tiny_args_record(family, tp, pp)
