@@ -139,3 +139,46 @@ def test_the_best_checkpoint_exports_to_a_transformers_classifier_with_our_predi
 def _accuracies(stdout: str) -> list:
     return [float(line.split("validation accuracy: ")[1].split(" ")[0])
             for line in stdout.splitlines() if "validation accuracy: " in line]
+
+
+def _write_chid(directory, sentences, start, pool, with_answer=True):
+    """FewCLUE CHID lines: a 4-character span of each sentence is the blank, 6 spans of other
+    sentences the wrong candidates."""
+    import random
+    rng = random.Random(start)
+    path = os.path.join(directory, f"chid_{start}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(sentences):
+            k = rng.randrange(len(text) - 4)
+            wrong = [o[j:j + 4] for o in rng.sample(pool, 6) for j in [rng.randrange(len(o) - 4)]]
+            answer = rng.randrange(7)
+            row = {"id": start + i, "candidates": wrong[:answer] + [text[k:k + 4]] + wrong[answer:],
+                   "content": text[:k] + "#idiom#" + text[k + 4:]}
+            if with_answer:
+                row["answer"] = answer
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_multiple_choice_chid_on_two_pipeline_stages_logs_the_single_process_losses(tmp_path):
+    from megatron_core.tasks.learnable_task import corpus_sentences
+    sentences = corpus_sentences()
+    train = _write_chid(str(tmp_path), sentences[:32], 0, sentences)
+    dev = _write_chid(str(tmp_path), sentences[32:40], 100, sentences)
+    test = _write_chid(str(tmp_path), sentences[40:45], 200, sentences, with_answer=False)
+    flags = ["--task", "chid", "--train-data", train, "--valid-data", dev, "--test-data", test, "--epochs", "1",
+             "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "40",
+             "--max-position-embeddings", "40", "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3",
+             "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB, "--log-interval", "1",
+             "--eval-interval", "1000", "--hidden-dropout", "0", "--attention-dropout", "0"]
+    serial = run_forked("finetune_classification.py", flags + ["--predict", "--predict-output", str(tmp_path / "out")])
+    assert serial.returncode == 0, failure_report(serial)
+    piped = run_ranks("finetune_classification.py", flags + ["--pipeline-model-parallel-size", "2"], 2)
+    assert piped.returncode == 0, failure_report(piped)
+    one, two = logged_values(serial.stdout, "lm loss"), logged_values(piped.stdout, "lm loss")
+    assert sorted(one) == list(range(1, 9)) and sorted(two) == sorted(one)
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-5), (step, one, two)
+    assert _accuracy(piped.stdout) == _accuracy(serial.stdout)
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "chidf_predict.json", encoding="utf-8")]
+    assert [r["id"] for r in rows] == list(range(200, 205)) and all(0 <= r["answer"] < 7 for r in rows)

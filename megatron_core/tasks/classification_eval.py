@@ -14,6 +14,7 @@ and writes the same names to TensorBoard. A better accuracy than any before is s
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -135,6 +136,7 @@ def predict_task(context, step, dataset, task, output_dir: str, best_dir: Option
         guids = [dataset.examples[outputs["uids"][i]].guid for i in order]
         predicted = [outputs["predictions"][i] for i in order]
         answers = predicted if task.multiple_choice else [task.labels[p] for p in predicted]
+        os.makedirs(output_dir, exist_ok=True)
         path = write_task_predictions(output_dir, task.name, guids, answers)
         context.log.print(f" wrote {len(guids)} predictions to {path}")
     return _from_logging_rank(path)

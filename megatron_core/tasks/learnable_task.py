@@ -83,3 +83,24 @@ def write_shuffled_sentence_task(directory: str, n_train: int, n_dev: int, seed:
     _write_jsonl(train_path, _examples(chosen[:n_train // 2], rng))
     _write_jsonl(dev_path, _examples(chosen[n_train // 2:], rng))
     return train_path, dev_path
+
+
+def main(argv=None) -> None:
+    """python -m megatron_core.tasks.learnable_task --output DIR [--train N --dev N --seed S --corpus F]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write the shuffled-sentence task (train.jsonl, dev.jsonl)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--dev", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--corpus", default=DEMO_CORPUS)
+    args = parser.parse_args(argv)
+    for path in write_shuffled_sentence_task(args.output, args.train, args.dev, args.seed, args.corpus):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    from megatron_core.cli import run
+
+    run(main)
