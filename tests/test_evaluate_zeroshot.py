@@ -246,6 +246,51 @@ def hf_pseudo_nll(hf, tokens, cls_id, sep_id, mask_id, window):
     return total
 
 
+def _write_chid(path, count=12):
+    """FewCLUE CHID lines from the news: a 4-character span of a sentence is the blank; the
+    candidates are it and 6 spans of other sentences (one line's a 3-character one: two lengths)."""
+    import random
+    with open(NEWS, encoding="utf-8") as f:
+        sentences = [s for line in f for s in re.split(r"(?<=[。！？])", json.loads(line)["text"]) if 20 <= len(s) <= 50]
+    rng = random.Random(5)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(sentences[:count]):
+            k = rng.randrange(4, len(text) - 8)
+            wrong = [o[j:j + 4] for o in rng.sample(sentences, 6) for j in [rng.randrange(len(o) - 4)]]
+            if i == 0:
+                wrong[0] = wrong[0][:3]
+            answer = rng.randrange(7)
+            f.write(json.dumps({"id": i, "candidates": wrong[:answer] + [text[k:k + 4]] + wrong[answer:],
+                                "content": text[:k] + "#idiom#" + text[k + 4:], "answer": answer},
+                               ensure_ascii=False) + "\n")
+
+
+def hf_chid_choices(hf, tokenizer, path, seq):
+    """Each candidate in the blank as [MASK]s ([CLS] left masks right [SEP], cut around the blank),
+    scored by the sum of its tokens' log-probabilities; the argmax."""
+    chosen = []
+    with torch.no_grad():
+        for line in open(path, encoding="utf-8"):
+            row = json.loads(line)
+            left_text, right_text = row["content"].split("#idiom#")
+            left = tokenizer(left_text, add_special_tokens=False)["input_ids"]
+            right = tokenizer(right_text, add_special_tokens=False)["input_ids"]
+            scores = []
+            for candidate in row["candidates"]:
+                target = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+                budget = seq - 2 - len(target)
+                a = min(len(left), max(budget // 2, budget - len(right)))
+                b = min(len(right), budget - a)
+                ids = [tokenizer.cls_token_id] + left[len(left) - a:] + [tokenizer.mask_token_id] * len(target) \
+                    + right[:b] + [tokenizer.sep_token_id]
+                logits = hf(input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long),
+                            attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0]
+                log_probs = torch.log_softmax(logits.double(), dim=-1)
+                scores.append(sum(float(log_probs[1 + a + i, t]) for i, t in enumerate(target)))
+            chosen.append(max(range(len(scores)), key=lambda i: (scores[i], -i)))
+    return chosen
+
+
 # --- the tool ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])
@@ -268,6 +313,16 @@ def test_lambada_strict_and_last_token_accuracy_equal_a_transformers_loop(work):
     assert got["strict"]["accuracy"] == strict and got["accuracy"] == strict
     assert got["last_token"]["accuracy"] == last_token
     assert got["strict"]["total"] == 24 and got["strict"]["truncated_contexts"] == 0
+
+
+def test_zero_shot_chid_picks_the_candidates_a_masked_lm_loop_picks_on_the_export(work):
+    _write_chid(work / "chid.json")
+    got = evaluate("--task", "chid", "--load", work / "bert", "--valid-data", work / "chid.json",
+                   "--seq-length", SEQ, "--micro-batch-size", 3)
+    theirs = hf_chid_choices(_hf(work, "bert"), _hf_tokenizer(work), work / "chid.json", SEQ)
+    assert got["predictions"] == theirs and len(set(theirs)) > 2      # (a model that always says 0 would not do)
+    answers = [json.loads(line)["answer"] for line in open(work / "chid.json", encoding="utf-8")]
+    assert got["total"] == 12 and got["correct"] == sum(int(a == p) for a, p in zip(answers, theirs))
 
 
 def test_bert_pseudo_perplexity_equals_a_masked_lm_loop_on_the_export(work):

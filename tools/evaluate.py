@@ -4,6 +4,7 @@
     python tools/evaluate.py --task ppl --load ckpt/ --valid-data wiki.test.txt --overlapping-eval 32
     python tools/evaluate.py --task lambada --load ckpt/ --valid-data lambada_test.jsonl
     python tools/evaluate.py --task mlm-ppl --load bert_ckpt/ --valid-data news.jsonl --seq-length 128
+    python tools/evaluate.py --task chid --load bert_ckpt/ --valid-data chid/dev.json --seq-length 128
     torchrun --nproc-per-node 2 tools/evaluate.py --task ppl --load ckpt/ --valid-data wiki.test.txt \\
         --tensor-model-parallel-size 2
 
@@ -15,6 +16,8 @@ scored. Transformer-XL: the windows are read in order, each attending to the mem
 the ones before (--mem-length, default the checkpoint's; 0: none).
 --task lambada: JSON lines; strict last-word accuracy and Megatron's last-token accuracy.
 --task mlm-ppl: BERT / RoFormer pseudo-perplexity (each token masked in turn).
+--task chid: FewCLUE CHID lines, zero-shot: each candidate idiom scored in the blank by the
+masked LM; accuracy and every line's choice.
 The metrics are printed as one JSON line (rank 0) and written to --output.
 """
 import argparse
@@ -23,6 +26,7 @@ import json
 from megatron_core.atomic_files import write_atomically
 from megatron_core.cli import run
 from megatron_core.inference.tool_setup import add_checkpoint_arguments, is_first_rank, load_model_and_tokenizer
+from megatron_core.tasks.multiple_choice import chid_items
 from megatron_core.tasks.zeroshot import TASKS, ZeroShotOptions, evaluate_zeroshot
 from megatron_core.tasks.zeroshot.inputs import WORD_COUNTS, read_texts
 
@@ -48,13 +52,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    texts = read_texts(args.valid_data, args.text_key)      # a bad file is one sentence before the model loads
+    # a bad file is one sentence before the model loads
+    texts = read_texts(args.valid_data, args.text_key) if args.task != "chid" else chid_items(args.valid_data)[0]
     loaded, tokenizer = load_model_and_tokenizer(args)
     options = ZeroShotOptions(task=args.task, valid_data=args.valid_data, text_key=args.text_key,
                               seq_length=args.seq_length, overlapping_eval=args.overlapping_eval,
                               micro_batch_size=args.micro_batch_size, mem_length=args.mem_length,
                               word_count=args.word_count, log_interval=args.log_interval)
-    metrics = evaluate_zeroshot(loaded, tokenizer, options, texts)
+    metrics = evaluate_zeroshot(loaded, tokenizer, options, texts if args.task != "chid" else None)
     if is_first_rank():
         line = json.dumps(metrics, ensure_ascii=False)
         print(line, flush=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional, Tuple
 
 from megatron_core.errors import DataError
 from megatron_core.tasks.examples import MultipleChoiceExample, ReadResult
@@ -37,7 +37,22 @@ class MultipleChoiceSpec:
     reader: Callable[[str], ReadResult]
 
 
-def read_chid(path: str) -> ReadResult:
+@dataclass(frozen=True)
+class ClozeItem:
+    """One CHID line as it is: the passage with its blank, the candidates, the answer (or None)."""
+    guid: str
+    content: str
+    candidates: Tuple[str, ...]
+    answer: Optional[int]
+
+
+def chid_items(path: str) -> Tuple[ReadResult, List[ClozeItem]]:
+    """read_chid's result and the lines as ClozeItems (zero-shot scoring fills the blank itself)."""
+    items: List[ClozeItem] = []
+    return read_chid(path, items), items
+
+
+def read_chid(path: str, items: Optional[List[ClozeItem]] = None) -> ReadResult:
     result = ReadResult(examples=[], path=path)
     unlabelled_lines, labelled_line = [], None
     for line in json_lines(path, result):
@@ -57,6 +72,8 @@ def read_chid(path: str) -> ReadResult:
             labelled_line = labelled_line or line.number
         choices = [(content.replace(IDIOM_BLANK, candidate), None) for candidate in candidates]
         result.examples.append(MultipleChoiceExample(guid=line.guid(), choices=choices, label=label))
+        if items is not None:
+            items.append(ClozeItem(line.guid(), content, tuple(candidates), label))
     check_all_or_none_labelled(result, unlabelled_lines, labelled_line, "answer")
     return result
 

@@ -9,6 +9,8 @@
             (causal_lm.py). Token-level and word-level ("adjusted") perplexity (metrics.py).
   lambada   last-word accuracy of every JSON line, strict and last-token (inputs.py).
   mlm-ppl   BERT / MegatronBERT / RoFormer pseudo-perplexity (masked_lm.py).
+  chid      FewCLUE's CHID by masked-LM scoring of each candidate idiom in the blank (cloze.py):
+            accuracy and the chosen candidate of every line.
 """
 from __future__ import annotations
 
@@ -18,14 +20,16 @@ from typing import Dict, Optional
 from ...errors import ConfigError, DataError
 from ...inference.checkpoint_model import LoadedModel
 from ...models.registry import get_family
+from ..multiple_choice import chid_items
 from .causal_lm import lambada_correct, stream_log_likelihood
+from .cloze import cloze_metrics, cloze_predictions
 from .inputs import Texts, count_words, joined_text, lambada_samples, read_texts
 from .masked_lm import pseudo_log_likelihood
 from .metrics import accuracy_metrics, perplexity_metrics
 from .progress import Progress
 from .windows import lm_windows
 
-TASKS = ("ppl", "lambada", "mlm-ppl")
+TASKS = ("ppl", "lambada", "mlm-ppl", "chid")
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,11 @@ def _check_task(loaded: LoadedModel, options: ZeroShotOptions) -> str:
     spec = get_family(loaded.family)
     if options.task not in TASKS:
         raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {options.task!r}.")
-    if options.task == "mlm-ppl":
+    if options.task in ("mlm-ppl", "chid"):
         if not spec.fill_mask:
-            raise ConfigError(f"--task mlm-ppl needs a BERT, MegatronBERT or RoFormer checkpoint; {loaded.path} holds "
-                              f"a {loaded.family} model: use --task ppl.")
+            raise ConfigError(f"--task {options.task} needs a BERT, MegatronBERT or RoFormer checkpoint; {loaded.path} "
+                              f"holds a {loaded.family} model" + (": use --task ppl." if options.task == "mlm-ppl"
+                                                                 else "."))
         return "masked_lm"
     if spec.generation not in ("causal_lm", "transformer_xl"):
         hint = "use --task mlm-ppl" if spec.fill_mask else "evaluate a GPT, Llama-style or Transformer-XL checkpoint"
@@ -84,9 +89,11 @@ def evaluate_zeroshot(loaded: LoadedModel, tokenizer, options: ZeroShotOptions, 
     if options.micro_batch_size < 1:
         raise ConfigError(f"--micro-batch-size must be at least 1, got {options.micro_batch_size}.")
     seq_length = _seq_length(loaded, options)
-    texts = texts or read_texts(options.valid_data, options.text_key)
     head = {"task": options.task, "valid_data": options.valid_data, "load": loaded.path, "family": loaded.family,
             "seq_length": seq_length}
+    if options.task == "chid":
+        return {**head, **_chid(loaded, tokenizer, options, seq_length)}
+    texts = texts or read_texts(options.valid_data, options.text_key)
     if options.task == "lambada":
         return {**head, **_lambada(loaded, tokenizer, options, texts, seq_length, adapter)}
     text = joined_text(texts)
@@ -97,6 +104,18 @@ def evaluate_zeroshot(loaded: LoadedModel, tokenizer, options: ZeroShotOptions, 
         return {**head, "tokens": len(tokens), **perplexity_metrics(nll, scored, words, basis, unscored_words=0)}
     found, nll, scored = _stream_log_likelihood(loaded, tokenizer, options, tokens, seq_length, adapter)
     return {**head, **found, "tokens": len(tokens), **perplexity_metrics(nll, scored, words, basis)}
+
+
+def _chid(loaded, tokenizer, options, seq_length) -> Dict:
+    if tokenizer.mask is None or tokenizer.cls is None or tokenizer.sep is None:
+        raise ConfigError(f"the tokenizer {tokenizer.name} has no [MASK], [CLS] or [SEP]; use the BERT WordPiece "
+                          f"vocabulary the model was trained with.")
+    _, items = chid_items(options.valid_data)
+    progress = Progress("CHID passages", len(items), options.log_interval)
+    predictions = cloze_predictions(loaded.model, tokenizer, items, seq_length, loaded.vocab_size,
+                                    options.micro_batch_size, progress)
+    progress.finish()
+    return cloze_metrics(items, predictions)
 
 
 def _pad_id(tokenizer) -> int:
