@@ -192,11 +192,13 @@ register_family(ModelFamily(
 
 def _t5_options(flags: Mapping) -> Dict:
     """Megatron's T5 (learned positions, tied head) has T5LMHead's vocabulary bias; HF's T5 and
-    untied heads have none. A checkpoint written before the option existed records none."""
+    untied heads have none. pretrain_t5.py's runs record t5_lm_head_bias (on unless
+    --no-t5-lm-head-bias); a record without it (written before the flag) builds none, and the
+    Megatron-LM readers set it from the file's tensors."""
     megatron_t5 = (flags.get("position_embedding_type") or "learned_absolute") == "learned_absolute" \
         and not flags.get("untie_embeddings_and_output_weights", False)
     return {"decoder_num_layers": flags.get("decoder_num_layers"), "max_sequence_length": _positions(flags),
-            "lm_head_bias": megatron_t5}
+            "lm_head_bias": megatron_t5 and bool(flags.get("t5_lm_head_bias", False))}
 
 
 def _classification_options(flags: Mapping) -> Dict:

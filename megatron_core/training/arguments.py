@@ -228,6 +228,8 @@ def add_encoder_decoder_arguments(parser: argparse.ArgumentParser) -> argparse.A
     g.add_argument("--decoder-num-layers", type=int, default=None, help="Decoder layers; the encoder's if not given.")
     g.add_argument("--pipeline-model-parallel-split-rank", type=int, default=None,
                    help="With pipeline parallelism: the first decoder stage (stages below it hold the encoder).")
+    g.add_argument("--no-t5-lm-head-bias", dest="t5_lm_head_bias", action="store_false",
+                   help="Build a tied, learned-position T5 without the vocabulary bias Megatron-LM's T5 head adds.")
     parser.set_defaults(encoder_decoder=True)
     return parser
 

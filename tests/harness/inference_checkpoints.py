@@ -73,7 +73,7 @@ def tiny_model_options(family: str) -> Dict:
     if family in ("gpt", "llama"):
         return {"max_sequence_length": MAX_POSITIONS}
     if family == "t5":
-        return {"decoder_num_layers": _SHAPE["num_layers"], "max_sequence_length": MAX_POSITIONS}
+        return {"decoder_num_layers": _SHAPE["num_layers"], "max_sequence_length": MAX_POSITIONS, "lm_head_bias": False}
     if family == "bert":        # an MLM head only (HF BertForMaskedLM), token types as HF's
         return {"max_sequence_length": MAX_POSITIONS, "num_tokentypes": 2, "add_binary_head": False,
                 "add_pooler": False}

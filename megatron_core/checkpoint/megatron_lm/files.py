@@ -229,6 +229,8 @@ def our_contents(raw: Mapping, path: str) -> Dict:
         offset = (index * pp + pp_rank) * per_chunk if family != "t5" else 0
         contents[name] = state
         maps[name] = _chunk_map(state, args, config, family, tp, offset, padded).to_dict()
+    if family == "t5":      # Megatron-LM's T5 head has its vocabulary bias when tied (our t5_lm_head_bias)
+        contents["args"]["t5_lm_head_bias"] = any("output_layer.bias" in contents[name] for name in chunk_names)
     contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
                     megatron_lm_skipped_entries=skipped,
                     parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))

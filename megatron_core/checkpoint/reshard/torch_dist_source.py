@@ -107,6 +107,8 @@ class TorchDistSource:
         padded = args.get("padded_vocab_size") or (self._tensors.shape(table)[0] if table else None)
         self.head = contents_head(args, config, family, float(common.get("checkpoint_version") or 3.0),
                                   common.get("iteration", self.iteration))
+        if family == "t5":      # Megatron-LM's T5 head has its vocabulary bias when tied (our t5_lm_head_bias)
+            self.head["args"]["t5_lm_head_bias"] = "output_layer.bias" in self._theirs
         self.head.update(padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
                          parallel=parallel_record(args, 1, 1, None, TORCH_DIST),
                          megatron_lm_skipped_entries=checkpoint.extra_states_skipped)
