@@ -129,7 +129,8 @@ def test_tp2_and_pp2_beam_search_finds_the_serial_beams():
 def test_predict_t5_with_beams_writes_the_single_process_predictions_at_tp2(tmp_path):
     checkpoint = write_tiny_checkpoint(str(tmp_path / "ckpt"), "t5")
     data = tmp_path / "few.jsonl"
-    rows = [{"source": s, "target": "北京"} for s in ("清华大学位于北京", "今天天气很好", "机器学习")]
+    sources = ("清华大学位于北京", "今天天气很好", "机器学习")
+    rows = [{"source": source, "target": "北京"} for source in sources]
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     flags = ["--load", checkpoint, "--predict-data", str(data), "--batch-size", "2", "--max-target-length", "4",
              "--beam-size", "3", "--length-penalty", "0.5"]

@@ -42,7 +42,7 @@ import torch
 
 from ..errors import ConfigError
 from ..mpu import parallel_state as ps
-from .generation import from_last_stage, is_last_stage, left_pad
+from .generation import begin_rows, from_last_stage, is_last_stage
 from .kv_cache import InferenceContext
 from .vocab_parallel_sampling import gathered_top_k, log_softmax
 
@@ -139,21 +139,12 @@ def beam_search(decoder, prompts: Sequence[Sequence[int]], settings: BeamSetting
                 vocab_size: int, eos_id: Optional[int] = None, device=None) -> List[Beam]:
     """The best beam of every prompt (lists of token ids, at least one token each), on every
     rank of the model; `decoder` as generation.generate's (decoders.py)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ConfigError("every prompt needs at least one token; give a non-empty prompt.")
     if max_new_tokens < 1:
         raise ConfigError(f"beam search needs at least 1 new token, got {max_new_tokens}.")
     batch, k = len(prompts), settings.beam_size
-    repeated = [prompt for prompt in prompts for _ in range(k)]
-    prompt_tokens, prompt_keep = left_pad(repeated, max(len(p) for p in prompts), device=device)
-    prompt_tokens, prompt_keep = decoder.begin(prompt_tokens, prompt_keep)
-    start = prompt_tokens.shape[1]
-    total = start + max_new_tokens
-    tokens = torch.zeros(batch * k, total, dtype=torch.long, device=device)
-    keep = torch.ones(batch * k, total, dtype=torch.bool, device=device)
-    tokens[:, :start], keep[:, :start] = prompt_tokens, prompt_keep
-    positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
-    context = InferenceContext(batch * k, total)
+    tokens, keep, positions, start = begin_rows(decoder, [p for p in prompts for _ in range(k)], max_new_tokens,
+                                                device)
+    context = InferenceContext(batch * k, tokens.shape[1])
 
     logits = decoder.step(tokens[:, :start], positions[:, :start], keep[:, :start], context)
     context.advance(start)
