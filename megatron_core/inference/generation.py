@@ -96,6 +96,21 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0, dev
     return tokens, keep
 
 
+def begin_rows(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, device=None):
+    """(tokens, keep, positions) [b, start + max_new_tokens] and `start`: the prompts left padded
+    and handed to decoder.begin (columns :start), the new tokens' columns real and zero."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ConfigError("every prompt needs at least one token; give a non-empty prompt.")
+    prompt_tokens, prompt_keep = left_pad(prompts, max(len(p) for p in prompts), device=device)
+    prompt_tokens, prompt_keep = decoder.begin(prompt_tokens, prompt_keep)
+    start = prompt_tokens.shape[1]
+    tokens = torch.zeros(len(prompts), start + max_new_tokens, dtype=torch.long, device=device)
+    keep = torch.ones(len(prompts), start + max_new_tokens, dtype=torch.bool, device=device)
+    tokens[:, :start], keep[:, :start] = prompt_tokens, prompt_keep   # new tokens are real: positions count on
+    positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
+    return tokens, keep, positions, start
+
+
 @torch.inference_mode()
 def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, params: SamplingParams,
              vocab_size: int, eos_id: Optional[int] = None, max_sequence_length: Optional[int] = None,
@@ -103,23 +118,14 @@ def generate(decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, par
              on_step: Optional[StepCallback] = None, device=None) -> Generation:
     """Generate for every prompt (lists of token ids, at least one token each) on every rank;
     log-probabilities of the new tokens (and of the prompts' tokens 2..) only when asked."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ConfigError("every prompt needs at least one token; give a non-empty prompt.")
     if max_new_tokens < 0:
         raise ConfigError(f"the number of tokens to generate must be 0 or more, got {max_new_tokens}.")
-    batch, prompt_length = len(prompts), max(len(p) for p in prompts)
-    prompt_tokens, prompt_keep = left_pad(prompts, prompt_length, device=device)
-    prompt_tokens, prompt_keep = decoder.begin(prompt_tokens, prompt_keep)
-    start = prompt_tokens.shape[1]
-    total = start + max_new_tokens
+    batch = len(prompts)
+    tokens, keep, positions, start = begin_rows(decoder, prompts, max_new_tokens, device)
+    total = tokens.shape[1]
     if max_sequence_length is not None and total > max_sequence_length:
         raise ConfigError(f"a prompt of {start} tokens plus {max_new_tokens} new ones exceeds the model's "
                           f"{max_sequence_length} positions; shorten the prompt or lower --out-seq-length.")
-    tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
-    keep = torch.zeros(batch, total, dtype=torch.bool, device=device)
-    tokens[:, :start], keep[:, :start] = prompt_tokens, prompt_keep
-    keep[:, start:] = True                       # every new token is real: positions count on
-    positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
     context = InferenceContext(batch, max(total, 1), last_logits_only=not return_prompt_log_probs)
     generator = new_generator(agreed_seed(None if params.greedy else params.seed))
 

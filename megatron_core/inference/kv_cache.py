@@ -13,6 +13,8 @@ positions at `sequence_len_offset` and attends over everything written so far; t
 caller advances the offset once the whole model (every layer) has run the step.
 Cross-attention (T5) projects the encoder output once per layer and keeps it. With
 `last_logits_only` a language model computes logits for the step's last position only.
+Beam search (beam_search.py) continues each new beam from the cache of the beam it
+extends: `select_rows(rows)` makes row i the old row rows[i], in every layer.
 """
 from __future__ import annotations
 
@@ -54,6 +56,14 @@ class InferenceContext:
         if layer_number not in self._cross_kv:
             self._cross_kv[layer_number] = project()
         return self._cross_kv[layer_number]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Row i of every cached key/value (self- and cross-attention) becomes the old row
+        rows[i]; rows [b] holds indices into the cached batch, repeats allowed."""
+        for cache in (self._self_kv, self._cross_kv):
+            for layer, (keys, values) in cache.items():
+                cache[layer] = (keys.index_select(1, rows.to(keys.device)),
+                                values.index_select(1, rows.to(values.device)))
 
     def advance(self, steps: int) -> None:
         self.sequence_len_offset += steps

@@ -7,6 +7,8 @@ What crosses the tensor-parallel group per step (b sequences, tp ranks):
   top_k = 0 (full      the whole row, b * V/tp per rank: top-p and plain temperature
   sampling)            sampling need every token's probability
   log-probabilities    max, sum of exponentials and the chosen token's logit: 3b values
+  beam candidates      every rank's k best (score, id): b * 2k values per rank, then the
+                       global k best on every rank alike (gathered_top_k)
 Every rank ends with the same candidates in the same order (sorted by token id) and the
 same generator, so all ranks pick the same token without a broadcast. The padding rows of
 the vocabulary (ids >= the tokenizer's vocab_size) can never be chosen.
@@ -89,15 +91,33 @@ def sample_next_tokens(local_logits: torch.Tensor, params: SamplingParams, gener
     return ids.gather(1, draw(probs, uniforms)[:, None]).squeeze(1)
 
 
+def log_softmax(local_logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """This rank's columns of log softmax over the real vocabulary, [..., V/tp] -> [..., V/tp]
+    (fp32, -inf on the padding ids), without gathering the rows: one max and one sum of
+    exponentials cross the tensor-parallel group per row."""
+    logits = mask_vocab_padding(local_logits.float().flatten(0, -2), vocab_size).view(local_logits.shape)
+    top = _all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX)
+    total = _all_reduce((logits - top.unsqueeze(-1)).exp().sum(dim=-1), dist.ReduceOp.SUM)
+    return logits - (top + total.log()).unsqueeze(-1)
+
+
 def token_log_probs(local_logits: torch.Tensor, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """log softmax of the raw logits at `tokens`: [b, s, V/tp] and [b, s] -> [b, s] (fp32),
     over the real vocabulary, without gathering the rows."""
-    logits = mask_vocab_padding(local_logits.float().flatten(0, -2), vocab_size).view(local_logits.shape)
-    start = _vocab_start(logits.shape[-1])
-    top = _all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX)
-    total = _all_reduce((logits - top.unsqueeze(-1)).exp().sum(dim=-1), dist.ReduceOp.SUM)
-    local = tokens - start
-    inside = (local >= 0) & (local < logits.shape[-1])
-    picked = logits.gather(-1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-    picked = _all_reduce(torch.where(inside, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM)
-    return picked - top - total.log()
+    log_probs = log_softmax(local_logits, vocab_size)
+    local = tokens - _vocab_start(log_probs.shape[-1])
+    inside = (local >= 0) & (local < log_probs.shape[-1])
+    picked = log_probs.gather(-1, local.clamp(0, log_probs.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    return _all_reduce(torch.where(inside, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM)
+
+
+def gathered_top_k(values: torch.Tensor, ids: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k best (values, ids) [b, k] over every tensor-parallel rank's columns, from this
+    rank's values and ids [b, n] (ids unique across ranks), best first and on a tie the lower
+    id: each rank's k best cross the group, and every rank then picks the same k."""
+    local_values, index = values.topk(min(k, values.shape[1]), dim=-1)
+    values, ids = _all_gather_columns(local_values), _all_gather_columns(ids.gather(1, index))
+    ids, order = ids.sort(dim=-1)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=-1, descending=True, stable=True)
+    return values[:, :k], ids.gather(1, order)[:, :k]

@@ -6,9 +6,10 @@
     scores = corpus_scores(...)                         # generation_metrics.py
 
 Each source is tokenized and cut to the encoder length as finetuning cut it
-(data/seq2seq_dataset.py), read by the encoder once, and the decoder writes greedily from
-T5's start token until its end token or `max_target_length` tokens (inference/: the KV
-cache, T5Decoder, any TP x PP). Every rank of the model runs this; rank 0 writes.
+(data/seq2seq_dataset.py), read by the encoder once, and the decoder writes from T5's
+start token until its end token or `max_target_length` tokens (inference/: the KV cache,
+T5Decoder, any TP x PP): greedily, or with BeamSettings(beam_size > 1) the best beam of
+inference/beam_search.py. Every rank of the model runs this; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from megatron_core.atomic_files import write_atomically
 from megatron_core.data.seq2seq_dataset import SourceTarget
 from megatron_core.data.t5_dataset import t5_start_end_ids
 from megatron_core.errors import ConfigError
+from megatron_core.inference.beam_search import BeamSettings, beam_search
 from megatron_core.inference.checkpoint_model import LoadedModel
 from megatron_core.inference.decoders import T5Decoder
 from megatron_core.inference.generation import generate
@@ -64,17 +66,23 @@ def checkpoint_lengths(loaded: LoadedModel, max_target_length: Optional[int] = N
 
 
 def predict_targets(loaded: LoadedModel, tokenizer, sources: Sequence[str], lengths: T5Lengths,
-                    batch_size: int = 16) -> List[str]:
-    """The greedy answer to each source, as text, in order."""
+                    batch_size: int = 16, beams: BeamSettings = BeamSettings()) -> List[str]:
+    """The answer to each source, as text, in order: greedy at beam size 1, else the best beam."""
     start, end = t5_start_end_ids(tokenizer)
     device = next(loaded.model.parameters()).device
     answers = []
     for first in range(0, len(sources), batch_size):
         batch = [list(ids)[:lengths.encoder] or [end]
                  for ids in tokenizer.tokenize_batch(sources[first:first + batch_size])]
-        result = generate(T5Decoder(loaded.model, start), batch, lengths.max_target, GREEDY, loaded.vocab_size,
-                          eos_id=end, device=device)
-        for tokens in result.tokens:
+        decoder = T5Decoder(loaded.model, start)
+        if beams.beam_size == 1:
+            written = generate(decoder, batch, lengths.max_target, GREEDY, loaded.vocab_size, eos_id=end,
+                               device=device).tokens
+        else:
+            found = beam_search(decoder, batch, beams, lengths.max_target, loaded.vocab_size, eos_id=end,
+                                device=device)
+            written = [beam.tokens for beam in found]
+        for tokens in written:
             tokens = tokens[:tokens.index(end)] if end in tokens else tokens
             answers.append(tokenizer.detokenize(tokens))
     return answers
