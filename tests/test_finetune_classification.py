@@ -106,6 +106,21 @@ def test_two_ranks_log_the_single_process_losses(task, serial, sizes):
     assert _accuracy(done.stdout) == _accuracy(serial.stdout)
 
 
+def test_deepspeed_zero1_at_dp2_logs_the_single_process_losses(task, serial, tmp_path):
+    """The engine's fp32 partitions are taken from the pretrained weights loaded after it was
+    built (without that, its first step would go on from the random initialization)."""
+    pytest.importorskip("deepspeed")
+    from tests.harness.engine_runs import run_engine_ranks, write_deepspeed_config
+    root, train, dev = task
+    config = write_deepspeed_config(str(tmp_path), {"zero_optimization": {"stage": 1}})
+    done = run_engine_ranks(_flags(root, train, dev), config, script="finetune_classification.py")
+    assert done.returncode == 0, failure_report(done)
+    one, two = logged_values(serial.stdout, "lm loss"), logged_values(done.stdout, "lm loss")
+    assert sorted(two) == sorted(one)
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-5), (step, one, two)
+
+
 def _accuracy(stdout: str) -> float:
     lines = [line for line in stdout.splitlines() if "validation accuracy: " in line]
     assert lines, stdout[-2000:]

@@ -142,9 +142,11 @@ def classification_spec(options: TaskOptions) -> TrainSpec:
         train = read(options.train_data, run)
         return EpochShuffledDataset(train, train_valid_test_num_samples[0], run.config.training.seed), None, None
 
-    def initialize_weights(run, chunks, state):
+    def initialize_weights(run, chunks, state) -> bool:
         if options.pretrained_checkpoint and state.iteration == 0:   # a resumed finetuning run has its own
             load_pretrained_encoder(options.pretrained_checkpoint, run, chunks)
+            return True
+        return False
 
     valid_set, test_set = {}, {}
 

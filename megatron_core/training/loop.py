@@ -101,8 +101,8 @@ def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[
         checkpoints = Checkpointer(run, args, chunks, backend, lr_schedule, model_run.family.name,
                                    model_run.model_options, vocabulary.size, vocabulary.padded_size)
         checkpoints.load(state)
-        if spec.initialize_weights is not None:
-            spec.initialize_weights(model_run, backend.modules, state)
+        if spec.initialize_weights is not None and spec.initialize_weights(model_run, chunks, state):
+            backend.weights_replaced()      # its fp32 masters / ZeRO partitions follow the new weights
         train_iters, valid_iters = build_data_iterators(spec.datasets_provider, model_run, state,
                                                         spec.reads_data_on_every_stage(model_run))
         p2p_config = spec.p2p_config(model_run) if spec.p2p_config is not None else default_p2p_config(run)

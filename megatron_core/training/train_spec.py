@@ -60,7 +60,7 @@ class TrainSpec:
     p2p_config: Optional[Callable] = None          # (run) -> P2PConfig, when stages exchange more than one tensor
     # Downstream tasks: a whole-set evaluation in place of the validation loss (loop.LoopContext, at),
     # the extra iterations to run it at (an epoch's end), and what runs after the last one (--predict).
-    initialize_weights: Optional[Callable] = None      # (run, chunks, state) after --load: pretrained weights
+    initialize_weights: Optional[Callable] = None      # (run, chunks, state) after --load -> whether it loaded weights
     evaluation: Optional[Callable] = None
     evaluation_iterations: Optional[Callable] = None   # (run) -> set of iterations
     after_training: Optional[Callable] = None          # (LoopContext) -> None

@@ -65,10 +65,10 @@ ENGINE_IMPORTS = ("deepspeed", "deepspeed.runtime.zero.muon.muon_optimizer")
 
 
 def run_engine_ranks(flags: Sequence[str], config_path: str, nproc: int = 2,
-                     timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """pretrain_gpt.py flags --deepspeed --deepspeed_config config_path in `nproc` ranks forked from
-    the session's fork server that imported deepspeed (entry_points.run_forked_ranks)."""
-    return as_one_run(run_forked_ranks("pretrain_gpt.py", [*flags, "--deepspeed", "--deepspeed_config", config_path],
+                     timeout: float = TIMEOUT, script: str = "pretrain_gpt.py") -> subprocess.CompletedProcess:
+    """`script` (pretrain_gpt.py) flags --deepspeed --deepspeed_config config_path in `nproc` ranks
+    forked from the session's fork server that imported deepspeed (entry_points.run_forked_ranks)."""
+    return as_one_run(run_forked_ranks(script, [*flags, "--deepspeed", "--deepspeed_config", config_path],
                                        nproc, timeout=timeout, env=deepspeed_test_env(), grace=GRACE_SECONDS,
                                        preload=ENGINE_IMPORTS))
 

@@ -62,6 +62,11 @@ class Backend(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    # The model's weights were replaced after the backend was built (a finetuning run's
+    # pretrained encoder): whatever copies it keeps of them (fp32 masters, ZeRO partitions)
+    # are taken from the weights again, the optimizer state kept.
+    def weights_replaced(self) -> None: ...
+
     def describe(self) -> str: ...   # one line for the start of the log (Megatron prints its bucket count)
 
     # The schedule the loop applies and steps: the flags' own, or one that lets the

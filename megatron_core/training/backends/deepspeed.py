@@ -201,3 +201,9 @@ class DeepSpeedBackend:
 
     def load_state_dict(self, state: dict) -> None:
         self.engine.optimizer.load_state_dict(state["optimizer"])
+
+    def weights_replaced(self) -> None:
+        """ZeRO's optimizer keeps fp32 partitions of the weights it steps: taken again from the model."""
+        refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
+        if refresh is not None:
+            refresh()

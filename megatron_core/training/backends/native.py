@@ -220,14 +220,17 @@ class NativeBackend:
             state["grad_scaler"] = self.scaler.state_dict()
         return state
 
+    def weights_replaced(self) -> None:
+        with torch.no_grad():
+            for m in self._copied_masters():
+                m.param.copy_(m.write_back.view_as(m.param))
+
     def load_state_dict(self, state: dict) -> None:
         """A state without "optimizer" (a checkpoint loaded with --no-load-optim or --finetune)
         keeps the fresh optimizer and takes the fp32 masters from the model's weights, which
         the checkpoint has just replaced; its "grad_scaler", if any, still loads."""
         if "optimizer" not in state and PER_PARAMETER not in state:
-            with torch.no_grad():
-                for m in self._copied_masters():
-                    m.param.copy_(m.write_back.view_as(m.param))
+            self.weights_replaced()
             if self.scaler is not None and "grad_scaler" in state:
                 self.scaler.load_state_dict(state["grad_scaler"])
             return
