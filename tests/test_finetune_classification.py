@@ -44,23 +44,24 @@ def task(tmp_path_factory):
     return root, train, dev
 
 
-def _flags(root, train, dev, *extra):
+def _flags(root, train, dev, *extra, layernorm="post", model="ours"):
     return ["--task", "jsonl", "--text-key", "text", "--label-key", "label", "--train-data", train,
-            "--valid-data", dev, "--pretrained-checkpoint", str(root / "ours"), "--epochs", "1",
+            "--valid-data", dev, "--pretrained-checkpoint", str(root / model), "--epochs", "1",
             "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--ffn-hidden-size", "64",
-            "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ), "--layernorm-position", "post",
+            "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ), "--layernorm-position", layernorm,
             "--micro-batch-size", str(MICRO), "--global-batch-size", str(GLOBAL), "--lr", str(LR),
             "--lr-decay-style", "constant", "--weight-decay", "0", "--clip-grad", "0", "--hidden-dropout", "0",
-            "--attention-dropout", "0", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB,
+            "--attention-dropout", "0", "--norm-epsilon", "1e-12",          # transformers' layer_norm_eps
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB,
             "--log-interval", "1", "--eval-interval", "1000", "--seed", str(SEED), *extra]
 
 
-def _transformers_losses(root, train) -> list:
+def _transformers_losses(root, train, cls=transformers.BertForSequenceClassification, hf="hf") -> list:
     """A plain transformers loop: the run's sample order (each epoch a permutation drawn from
     numpy's RandomState(seed + epoch), global batch k = samples k*G ... (k+1)*G - 1), Adam."""
     rows = [json.loads(line) for line in open(train, encoding="utf-8")]
     tokenizer = transformers.BertTokenizer(VOCAB)
-    model = transformers.BertForSequenceClassification.from_pretrained(root / "hf", attn_implementation="eager")
+    model = cls.from_pretrained(root / hf, attn_implementation="eager")
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     order = np.random.RandomState(SEED).permutation(len(rows))
@@ -90,6 +91,21 @@ def test_the_first_losses_are_a_transformers_loops(task, serial):
     ours = logged_values(serial.stdout, "lm loss")
     theirs = _transformers_losses(root, train)
     assert sorted(ours) == list(range(1, len(ours) + 1)) and len(ours) >= STEPS
+    for step in range(STEPS):
+        assert ours[step + 1] == pytest.approx(theirs[step], rel=1e-5), (step, ours, theirs)
+
+
+def test_a_megatron_bert_classifier_logs_a_transformers_loops_first_losses(task):
+    """The pre-LN family (Erlangshen's MegatronBERT): MegatronBertForSequenceClassification."""
+    root, train, dev = task
+    torch.manual_seed(1)
+    hf = transformers.MegatronBertForSequenceClassification(transformers.MegatronBertConfig(**HF_SMALL))
+    hf.save_pretrained(root / "megatron_hf")
+    run_tool_main("convert_checkpoint.py", "--from-hf", root / "megatron_hf", "--output", root / "megatron_ours")
+    done = run_forked("finetune_classification.py", _flags(root, train, dev, layernorm="pre", model="megatron_ours"))
+    assert done.returncode == 0, failure_report(done)
+    ours = logged_values(done.stdout, "lm loss")
+    theirs = _transformers_losses(root, train, transformers.MegatronBertForSequenceClassification, "megatron_hf")
     for step in range(STEPS):
         assert ours[step + 1] == pytest.approx(theirs[step], rel=1e-5), (step, ours, theirs)
 
@@ -197,3 +213,13 @@ def test_multiple_choice_chid_on_two_pipeline_stages_logs_the_single_process_los
     assert _accuracy(piped.stdout) == _accuracy(serial.stdout)
     rows = [json.loads(line) for line in open(tmp_path / "out" / "chidf_predict.json", encoding="utf-8")]
     assert [r["id"] for r in rows] == list(range(200, 205)) and all(0 <= r["answer"] < 7 for r in rows)
+
+
+def test_a_pretrained_checkpoint_of_other_model_flags_is_one_sentence(task):
+    root, train, dev = task
+    flags = _flags(root, train, dev)
+    flags[flags.index("--norm-epsilon") + 1] = "1e-5"
+    done = run_forked("finetune_classification.py", flags)
+    assert done.returncode != 0
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--norm-epsilon 1e-12 in the checkpoint vs 1e-05 here" in errors[0], errors

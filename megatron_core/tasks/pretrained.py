@@ -20,6 +20,20 @@ from ..checkpoint.compatibility import check_model
 from ..errors import CheckpointError
 
 ENCODER_FAMILIES = ("bert", "roformer", "classification")
+# Fields that change what the same weights compute (beyond the shapes check_model compares):
+# a run that differs would finetune another model than the one pretrained, silently.
+COMPUTATION_FIELDS = {"layernorm_epsilon": "--norm-epsilon", "layernorm_position": "--layernorm-position",
+                      "rotary_interleaved": "--rotary-interleaved", "rotary_base": "--rotary-base",
+                      "rotary_percent": "--rotary-percent"}
+
+
+def check_computation(where: str, saved: dict, wanted: dict) -> None:
+    differences = [f"{flag} {saved[field]!r} in the checkpoint vs {wanted[field]!r} here"
+                   for field, flag in COMPUTATION_FIELDS.items()
+                   if field in saved and field in wanted and saved[field] != wanted[field]]
+    if differences:
+        raise CheckpointError(f"{where} was pretrained with other model flags: {'; '.join(differences)}; give the "
+                              f"checkpoint's values (its 'args' entry holds them).")
 
 
 def _print(message: str) -> None:
@@ -36,6 +50,7 @@ def load_pretrained_encoder(directory: str, run, chunks: List[torch.nn.Module]) 
         raise CheckpointError(f"--pretrained-checkpoint {directory} holds a {family} model; a classifier starts "
                               f"from a {', '.join(ENCODER_FAMILIES)} checkpoint.")
     check_model(where, source.head, run.config, run.padded_vocab_size)
+    check_computation(where, source.head.get("model_config") or {}, run.config.model.to_dict())
     wanted = set()
     for chunk in chunks:
         smap = chunk.sharding_map()
