@@ -81,7 +81,8 @@ def _transformers_losses(root, train, cls=transformers.BertForSequenceClassifica
 @pytest.fixture(scope="module")
 def serial(task):
     root, train, dev = task
-    done = run_forked("finetune_classification.py", _flags(root, train, dev, "--save", str(root / "ft"), "--predict"))
+    done = run_forked("finetune_classification.py", _flags(root, train, dev, "--save", str(root / "ft"), "--predict",
+                                                           "--eval-interval", "3", "--tensorboard-dir", str(root / "tb")))
     assert done.returncode == 0, failure_report(done)
     return done
 
@@ -165,6 +166,20 @@ def test_the_best_checkpoint_exports_to_a_transformers_classifier_with_our_predi
     best = max(_accuracies(serial.stdout))
     assert best == pytest.approx(sum(int(model.config.id2label[t] == r["label"]) for t, r in zip(theirs, rows))
                                  / len(rows), abs=1e-4)
+
+
+def test_tensorboard_gets_the_validation_metrics_the_log_prints(task, serial):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    root, _, _ = task
+    events = accumulator.EventAccumulator(str(root / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [line for line in serial.stdout.splitlines() if "validation accuracy: " in line]
+    assert len(logged) == 2         # iteration 3 (--eval-interval) and the epoch's end, 5
+    for tag in ("validation accuracy", "macro F1"):
+        values = {e.step: e.value for e in events.Scalars(tag)}
+        assert sorted(values) == [3, 5]
+        printed = [float(line.split(f"{tag}: ")[1].split(" ")[0]) for line in logged]
+        assert [round(values[3], 4), round(values[5], 4)] == printed
 
 
 def _accuracies(stdout: str) -> list:
