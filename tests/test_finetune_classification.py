@@ -238,3 +238,47 @@ def test_a_pretrained_checkpoint_of_other_model_flags_is_one_sentence(task):
     assert done.returncode != 0
     errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--norm-epsilon 1e-12 in the checkpoint vs 1e-05 here" in errors[0], errors
+
+
+def _write_c3(path, sentences, start, with_answer=True):
+    """C3's format: one JSON array of [paragraphs, [{question, choice, answer}], id]; some questions
+    have 3 choices, so rows are padded to 4 and the padding masked."""
+    import random
+    rng = random.Random(start)
+    documents = []
+    for d in range(0, len(sentences) - 1, 2):
+        questions = []
+        for q in range(2):
+            choices = [s[:6] for s in rng.sample(sentences, 4 - (q % 2))]
+            entry = {"question": "哪一句？", "choice": choices}
+            if with_answer:
+                entry["answer"] = rng.choice(choices)
+            else:
+                entry["id"] = start + 2 * d + q
+            questions.append(entry)
+        documents.append([[sentences[d], sentences[d + 1]], questions, f"doc-{start + d}"])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(documents, f, ensure_ascii=False)
+    return str(path)
+
+
+def test_multiple_choice_c3_with_fewer_choices_on_some_questions_trains_and_predicts(tmp_path):
+    from megatron_core.tasks.learnable_task import corpus_sentences
+    sentences = corpus_sentences()
+    train = _write_c3(tmp_path / "train.json", sentences[:16], 0)
+    dev = _write_c3(tmp_path / "dev.json", sentences[16:24], 100)
+    test = _write_c3(tmp_path / "test.json", sentences[24:28], 200, with_answer=False)
+    flags = ["--task", "c3", "--train-data", train, "--valid-data", dev, "--test-data", test, "--epochs", "2",
+             "--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "48",
+             "--max-position-embeddings", "48", "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3",
+             "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB, "--log-interval", "1",
+             "--eval-interval", "1000", "--predict", "--predict-output", str(tmp_path / "out")]
+    done = run_forked("finetune_classification.py", flags)
+    assert done.returncode == 0, failure_report(done)
+    assert "padded 8 examples to 4 choices" in done.stdout         # the 3-choice questions of the 16
+    assert len(_accuracies(done.stdout)) == 2                        # one per epoch
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "c311_predict.json", encoding="utf-8")]
+    documents = json.load(open(test, encoding="utf-8"))
+    choices = {q["id"]: len(q["choice"]) for document in documents for q in document[1]}
+    assert [r["id"] for r in rows] == list(choices)
+    assert all(0 <= r["label"] < choices[r["id"]] for r in rows)    # a padded choice is never picked
