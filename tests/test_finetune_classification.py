@@ -282,3 +282,27 @@ def test_multiple_choice_c3_with_fewer_choices_on_some_questions_trains_and_pred
     choices = {q["id"]: len(q["choice"]) for document in documents for q in document[1]}
     assert [r["id"] for r in rows] == list(choices)
     assert all(0 <= r["label"] < choices[r["id"]] for r in rows)    # a padded choice is never picked
+
+
+def test_a_megatron_lm_bert_checkpoint_is_a_pretrained_encoder(tmp_path):
+    """megatron-core's BertModel saved as Megatron-LM saves it (TP=2) starts a TP=1 classifier:
+    its encoder and pooler load (resharded), its LM and binary heads stay in the file."""
+    pytest.importorskip("megatron.core")
+    from tests.harness import megatron_lm
+    from tests.harness.tiny_corpus import write_small_vocab
+    from megatron_core.tasks.learnable_task import write_shuffled_sentence_task
+    megatron_lm.save_checkpoint("bert", str(tmp_path / "megatron_bert"), tp=2, fmt="torch")
+    vocab = write_small_vocab(str(tmp_path), 128)       # 128 ids: the harness model's vocabulary
+    train, dev = write_shuffled_sentence_task(str(tmp_path / "task"), 16, 8, seed=2)
+    done = run_forked("finetune_classification.py", [
+        "--task", "jsonl", "--text-key", "text", "--label-key", "label", "--train-data", train, "--valid-data", dev,
+        "--pretrained-checkpoint", str(tmp_path / "megatron_bert"), "--epochs", "1",
+        "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--ffn-hidden-size", "256",
+        "--seq-length", "16", "--max-position-embeddings", "16", "--micro-batch-size", "4", "--global-batch-size", "8",
+        "--lr", "1e-4", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab,
+        "--make-vocab-size-divisible-by", "128", "--log-interval", "1", "--eval-interval", "1000"])
+    assert done.returncode == 0, failure_report(done)
+    loaded = [line for line in done.stdout.splitlines() if line.startswith("loaded the pretrained bert encoder")]
+    assert loaded and "initialized here: classification_head.bias, classification_head.weight;" in loaded[0]
+    assert "binary_head.bias" in loaded[0] and "pooler" not in loaded[0].split("left in the checkpoint")[0]
+    assert len(_accuracies(done.stdout)) == 1
