@@ -81,3 +81,41 @@ def test_pretrain_gpt_resumes_a_torch_dist_checkpoint_with_its_optimizer(saved, 
         assert sorted(losses[bool(extra)]) == [8, 9], failure_report(done)
     assert all(0 < loss < 10 for loss in losses[False].values())
     assert losses[False][8] == losses[True][8] and losses[False][9] != losses[True][9]
+
+
+@pytest.fixture(scope="module")
+def distributed_saves(tmp_path_factory):
+    """{sharding type: (directory, SavedReference)}: megatron-core's Llama trained 2 steps with its
+    DistributedOptimizer and saved in torch_dist: fully_reshardable at TP=2 x DP=2 (what
+    Megatron-LM's --dist-ckpt-optim-fully-reshardable writes), dp_reshardable at TP=1 x DP=2
+    (its default)."""
+    root = tmp_path_factory.mktemp("distributed_optimizer")
+    return {sharding: (root / sharding, megatron_lm.save_checkpoint(
+                "llama", str(root / sharding), tp=tp, dp=2, fmt="torch_dist", iteration=7, with_optimizer=True,
+                steps=2, distributed_optimizer=True, sharding_type=sharding))
+            for sharding, tp in (("fully_reshardable", TP), ("dp_reshardable", 1))}
+
+
+def test_a_distributed_optimizers_fully_reshardable_state_is_megatron_cores_by_parameter(distributed_saves):
+    """The elements each data-parallel rank stepped, joined by parameter (read off the live
+    optimizers, not the files), are exactly what the directory gives at TP=2; the step is the
+    one the param groups carry."""
+    directory, reference = distributed_saves["fully_reshardable"]
+    source = reshard.open_source(str(directory))
+    assert source.has_optimizer() and not source.parallel["optimizer_dropped"]
+    _assert_state_is_the_live_optimizers(source, reference)
+
+
+def test_a_dp_reshardable_state_stops_a_resume_in_one_sentence(distributed_saves, tmp_path):
+    """Megatron-LM's default layout of a distributed optimizer (grad-buffer slices per data-parallel
+    rank) is not read: a run that wants the optimizer stops on one sentence naming the sharding type
+    and the two ways on; --no-load-optim loads the weights."""
+    directory, _ = distributed_saves["dp_reshardable"]
+    flags = null_tokenizer_run_flags(directory, tmp_path) + ["--train-iters", "8"]
+    done = run_ranks("pretrain_gpt.py", flags, 1)
+    assert done.returncode != 0
+    assert "'dp_reshardable' sharding type" in done.stderr + done.stdout
+    assert "--dist-ckpt-optim-fully-reshardable" in done.stderr + done.stdout
+    done = run_ranks("pretrain_gpt.py", flags + ["--no-load-optim"], 1)
+    assert done.returncode == 0, failure_report(done)
+    assert sorted(logged_values(done.stdout, "lm loss")) == [8]

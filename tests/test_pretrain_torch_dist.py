@@ -23,7 +23,8 @@ import torch
 
 from megatron_core.checkpoint import reshard
 from megatron_core.checkpoint.megatron_lm.torch_dist import read_torch_dist
-from megatron_core.checkpoint.saved_model import open_saved_model
+from megatron_core.checkpoint.reshard.targets import target_optimizer_field, target_optimizer_state
+from megatron_core.checkpoint.saved_model import MergedState, open_saved_model
 from tests.harness.entry_points import failure_report, logged_values, run_forked, run_ranks
 from tests.harness.tiny_corpus import preprocess_zh_news, write_small_vocab
 
@@ -127,23 +128,82 @@ def test_a_resume_at_tp1_goes_on_from_the_saved_weights_and_data(flags, saved):
     assert logged_values(done.stdout, "consumed samples")[SAVED_AT + 1] == 16
 
 
-def test_data_parallel_ranks_beyond_the_first_take_part_but_write_nothing(flags, saved, tmp_path):
+@pytest.fixture(scope="module")
+def distributed(flags, tmp_path_factory):
+    """A torch_dist save of the run at TP=2 x DP=2 with --use-distributed-optimizer (4 ranks)."""
+    directory = str(tmp_path_factory.mktemp("dp2") / "save")
+    _ok(run_ranks("pretrain_gpt.py", flags + ["--tensor-model-parallel-size", "2", "--use-distributed-optimizer",
+                                              "--save", directory, "--save-interval", str(SAVED_AT),
+                                              "--exit-interval", str(SAVED_AT), "--ckpt-format", "torch_dist"], 4))
+    return directory
+
+
+def test_data_parallel_ranks_beyond_the_first_take_part_but_write_nothing(distributed, saved):
     """At DP=2 x TP=2 the save is still collective over all 4 ranks; only data-parallel rank 0's
-    (TP, PP) ranks (global ranks 0 and 1) hold tensors, ranks 2 and 3 write empty files, and the result is the same model (the same computation at other
-    sizes: equal up to rounding)."""
-    directory = str(tmp_path / "dp2")
-    _ok(run_ranks("pretrain_gpt.py", flags + ["--tensor-model-parallel-size", "2", "--save", directory,
-                                              "--save-interval", str(SAVED_AT), "--exit-interval", str(SAVED_AT),
-                                              "--ckpt-format", "torch_dist"], 4))
+    (TP, PP) ranks (global ranks 0 and 1) hold tensors, ranks 2 and 3 write empty files, and the
+    result is the same model (the same computation at other sizes: equal up to rounding), with the
+    distributed optimizer's state joined from both data-parallel ranks in megatron-core's
+    fully_reshardable layout: whole moments equal to the reference run's (DP=1, plain optimizer)."""
+    directory = distributed
     sizes = {name: os.path.getsize(os.path.join(directory, f"iter_{SAVED_AT:07d}", name))
              for name in ("__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp")}
     assert sizes["__0_0.distcp"] and sizes["__1_0.distcp"] and not sizes["__2_0.distcp"] + sizes["__3_0.distcp"]
+    checkpoint = read_torch_dist(directory)
+    assert checkpoint.common["args"].data_parallel_size == 2
+    assert checkpoint.common["content_metadata"]["distrib_optim_sharding_type"] == "fully_reshardable"
+    assert checkpoint.common["optimizer"]["param_state_sharding_type"] == "fully_reshardable"
+    assert sorted(checkpoint.optimizer_tensors) == ["exp_avg", "exp_avg_sq", "param"]
     source = reshard.open_source(directory)
-    reference = open_saved_model(os.path.join(saved[2], f"iter_{SAVED_AT:07d}")).state
-    assert sorted(source.owners) == sorted(reference)
-    for name in reference:
-        torch.testing.assert_close(source.weight(name, 0), reference[name], rtol=1e-4, atol=1e-5)
-    assert read_torch_dist(directory).common["args"].data_parallel_size == 2
+    reference = reshard.SavedCheckpoint(os.path.join(saved[2], f"iter_{SAVED_AT:07d}"))
+    assert sorted(source.owners) == sorted(reference.owners) and source.has_optimizer()
+    merged = MergedState(reference)
+    for name in reference.owners:
+        torch.testing.assert_close(source.weight(name, 0), merged[name], rtol=1e-4, atol=1e-5)
+        got, want = source.optimizer_fields(name), reference.optimizer_fields(name)
+        assert sorted(got) == sorted(want) == ["exp_avg", "exp_avg_sq", "step"], name
+        assert float(got["step"]) == float(want["step"]) == SAVED_AT
+        for field in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(source.optimizer_field(name, 0, field),
+                                       _merged_field(reference, name, field), rtol=1e-3, atol=1e-9)
+
+
+def _merged_field(source, name: str, field: str) -> torch.Tensor:
+    return target_optimizer_field(source, name, source.owner(name).spec, field, 0, 1, source.padded_vocab_size)
+
+
+def test_megatron_cores_distributed_optimizer_loads_it_at_another_data_parallel_size(distributed, tmp_path):
+    """megatron-core's DistributedOptimizer at TP=2 x DP=1 takes the fully_reshardable state (the
+    sharding type named in the checkpoint's content metadata, as Megatron-LM's load reads it) with
+    exactly the moments and step our reader finds there, and gives our model's logits."""
+    pytest.importorskip("megatron.core")
+    from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore
+    from tests.harness import megatron_lm
+
+    source = reshard.open_source(distributed)
+    logits, optimizer = megatron_lm.load_with_optimizer("llama", distributed, tp=2, fmt="torch_dist",
+                                                        distributed_optimizer=True)
+    checked = 0
+    for (tp_rank, _), by_name in sorted(optimizer.items()):
+        for theirs, fields in by_name.items():
+            name = ours_from_mcore(theirs)
+            expected = target_optimizer_state(source, name, source.owner(name).spec, tp_rank, 2,
+                                                               source.padded_vocab_size)
+            for field in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(fields[field].float(), torch.as_tensor(expected[field]).float()), (theirs, field)
+            checked += 1
+    assert checked == 2 * len(source.owners)
+    ours = megatron_lm.our_logits(distributed, "llama", 1, tmp_path)     # the fp32 main copy went into its weights
+    torch.testing.assert_close(logits["lm"], ours["lm"], rtol=0, atol=1e-5)
+
+
+def test_a_resume_of_the_distributed_optimizers_save_goes_on_with_its_state(flags, distributed, saved):
+    """pretrain_gpt.py at TP=1 x DP=1 (plain optimizer) resumes the DP=2 distributed optimizer's
+    torch_dist save with its Adam state and logs the uninterrupted reference's next loss."""
+    done = _ok(run_forked("pretrain_gpt.py", flags + ["--load", distributed]))
+    assert "fresh optimizer" not in done.stdout and "holds no optimizer state" not in done.stdout
+    losses, expected = logged_values(done.stdout, "lm loss"), logged_values(saved[3].stdout, "lm loss")
+    assert sorted(losses) == [SAVED_AT + 1], failure_report(done)
+    assert losses[SAVED_AT + 1] == pytest.approx(expected[SAVED_AT + 1], rel=1e-4)
 
 
 def test_megatron_core_takes_the_optimizer_state_our_run_saved(saved):
@@ -151,7 +211,6 @@ def test_megatron_core_takes_the_optimizer_state_our_run_saved(saved):
     of every (TP, PP) rank, the moments and step of the same run saved in our format."""
     pytest.importorskip("megatron.core")
     from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore
-    from megatron_core.checkpoint.reshard.targets import target_optimizer_state
     from tests.harness import megatron_lm
 
     directory, _, ours, _ = saved

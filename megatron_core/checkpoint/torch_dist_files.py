@@ -20,12 +20,11 @@ megatron-core's torch_dist holds the first stage's only. Data-parallel ranks > 0
 but still take part: the save is collective over the whole world. Each (TP, PP) rank also
 writes its RNG state as Megatron-LM's `rng_state/shard_<pp>.<tp>_<PP>.<TP>` object.
 
-The optimizer state of the plain optimizer goes with it as megatron-core's torch_dist keeps it
-(`optimizer.state.<exp_avg|exp_avg_sq|fp32_param>.<name>`, cut as each parameter is; Adam's
-step and the groups' fields in common.pt), so Megatron-LM's --load and ours resume with it. A
-distributed optimizer's state is not written yet (one printed note at the first save): a
-resume from it starts a fresh optimizer from the weights. Loading is the resharder's
-(reshard/torch_dist_source.py), at any TP x PP, so everything else here is LayoutFiles'.
+The optimizer's state goes with it as megatron-core's torch_dist keeps it (torch_dist_optimizer.py:
+the plain optimizer's layout, or with --use-distributed-optimizer megatron-core's
+fully_reshardable one, joined from the data-parallel ranks), so Megatron-LM's --load and ours
+resume with it. Loading is the resharder's (reshard/torch_dist_source.py), at any TP x PP x DP,
+so everything else here is LayoutFiles'.
 """
 from __future__ import annotations
 
@@ -39,27 +38,19 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from .. import mpu
 from ..errors import CheckpointError, describe_os_error
-from ..mpu.sharding_map import ShardingMap, ShardSpec
+from ..mpu.sharding_map import ShardingMap
 from .contents import MEGATRON_CHECKPOINT_VERSION
 from .layout_files import LayoutFiles
 from .megatron_lm.args import megatron_args
 from .megatron_lm.key_names import mcore_from_ours
 from .megatron_lm.rng import torch_dist_rng_object
-from .megatron_lm.optimizer import TORCH_DIST_FIELDS, adam_hyperparameters, torch_dist_common_optimizer
-from .megatron_lm.torch_dist import OPTIMIZER_STATE, Shard, write_torch_dist, write_torch_dist_shards
+from .megatron_lm.optimizer import adam_hyperparameters
+from .megatron_lm.torch_dist import write_torch_dist, write_torch_dist_shards
+from .torch_dist_optimizer import (common_optimizer, content_metadata, layout_for, optimizer_tensors, shard_of,
+                                   whole_parameter_states)
 
 # The families megatron-core's GPTModel and BertModel hold; their torch_dist names are known.
 TORCH_DIST_FAMILIES = ("gpt", "bert")
-
-
-def shard_of(tensor: torch.Tensor, spec: ShardSpec, tensor_rank: int, tensor_size: int, key: str):
-    """This rank's `tensor` as torch_dist's slice of the whole tensor (a plain tensor: replicated)."""
-    if spec.replicated:
-        return tensor
-    if spec.stride not in (1, 2):
-        raise CheckpointError(f"{key} is split with stride {spec.stride}, which torch_dist cannot describe (it "
-                              f"stores stride 2 only, as SwiGLU's [gate; up]); save with --ckpt-format megatron.")
-    return Shard.of_rank(tensor, spec.split_dim, tensor_rank, tensor_size, gated=spec.stride == 2)
 
 
 def local_torch_dist_state(contents: Mapping, tensor_rank: int, tensor_size: int) -> Dict[str, object]:
@@ -78,44 +69,6 @@ def local_torch_dist_state(contents: Mapping, tensor_rank: int, tensor_size: int
         raise CheckpointError("this rank's model chunks carry no sharding map, so their torch_dist slices are "
                               "unknown; save with --ckpt-format megatron.")
     return state
-
-
-def local_optimizer_state(contents: Mapping, tensor_rank: int, tensor_size: int) -> Dict[str, object]:
-    """{`optimizer.state.<field>.<megatron-core key>`: Shard} of this rank's plain (not
-    distributed) optimizer: each master's Adam moments (and fp32 copy) cut as its parameter is.
-    The backend's state names each position's parameter ("params": chunk, name, element range,
-    whether it has an fp32 copy)."""
-    saved = contents["optimizer"]
-    maps = {key: ShardingMap.from_dict(value) for key, value in (contents.get("sharding_map") or {}).items()}
-    positions, masters, copied = saved["optimizer"]["state"], saved.get("fp32_master_weights") or [], 0
-    state: Dict[str, object] = {}
-    for position, (chunk_key, name, first, end, has_master) in enumerate(saved["params"]):
-        weight = contents[chunk_key][name]
-        master = masters[copied] if has_master else None
-        copied += bool(has_master)
-        if (first, end) != (0, weight.numel()):
-            raise CheckpointError(f"the optimizer state of {name} covers elements {first}..{end} of {weight.numel()}; "
-                                  f"torch_dist saves a whole parameter's state here, not a distributed optimizer's.")
-        spec = maps[chunk_key][name]
-        if spec.copy_of is not None:        # the owner's stage writes it
-            continue
-        fields = dict(positions.get(position, {}))
-        if master is not None:
-            fields["fp32_master"] = master
-        key = mcore_from_ours(maps[chunk_key].global_key(name))
-        for field, saved_as in TORCH_DIST_FIELDS.items():
-            if field in fields:
-                state[f"{OPTIMIZER_STATE}{saved_as}.{key}"] = shard_of(
-                    fields[field].reshape(weight.shape), spec, tensor_rank, tensor_size, name)
-    return state
-
-
-def optimizer_step(contents: Mapping):
-    """Adam's step of this rank (every parameter takes the same steps)."""
-    for fields in contents["optimizer"]["optimizer"]["state"].values():
-        if "step" in fields:
-            return fields["step"]
-    return 0.0
 
 
 def torch_dist_common(contents: Mapping, config, tp: int, pp: int) -> dict:
@@ -139,36 +92,25 @@ def rng_objects(contents: Mapping, tensor_rank: int, tensor_size: int, pipeline_
 class TorchDistFiles(LayoutFiles):
     format_name = "torch_dist"
 
-    def __init__(self, run, chunks, backend):
-        super().__init__(run, chunks, backend)
-        self._noted = False
-
     def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
         """Every rank calls (collective); the first failing rank's error as a sentence, or None."""
         p = self.run.parallel
         tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
         tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
         rank0 = not dist.is_initialized() or dist.get_rank() == 0
-        if rank0 and not self._noted and p.use_distributed_optimizer:
-            print("note: --ckpt-format torch_dist writes the weights, counters, learning-rate schedule and RNG "
-                  "state; a distributed optimizer's state is not written in this format yet, so a resume from it "
-                  "starts a fresh optimizer.", flush=True)
-        self._noted = True
         iteration_dir = self.layout.iteration_dir(directory, iteration)
+        layout = layout_for(p.use_distributed_optimizer)
         local, objects, common, error = {}, {}, {}, None
-        with_optimizer = not p.use_distributed_optimizer
         try:        # everything that can fail before the collective write, agreed on first
-            contents = contents_for(self.backend.state_dict() if with_optimizer else {},
-                                    include_optimizer=with_optimizer)
+            contents = contents_for(self.backend.state_dict(), include_optimizer=True)
             common = torch_dist_common(contents, self.run.model, tp, pp)
-            if with_optimizer:
-                common["optimizer"] = torch_dist_common_optimizer(
-                    optimizer_step(contents), adam_hyperparameters(dataclasses.asdict(self.run.optimizer)),
-                    self.run.model.params_dtype != torch.float32)
+            common["content_metadata"] = content_metadata(layout)
+            states, step = whole_parameter_states(contents, distributed=p.use_distributed_optimizer)
+            common["optimizer"] = common_optimizer(step, adam_hyperparameters(dataclasses.asdict(self.run.optimizer)),
+                                                   self.run.model.params_dtype != torch.float32, layout)
             if self.dp_rank == 0:
                 local = local_torch_dist_state(contents, tp_rank, tp)
-                if with_optimizer:
-                    local.update(local_optimizer_state(contents, tp_rank, tp))
+                local.update(optimizer_tensors(contents, states, layout, tp_rank, tp))
                 objects = rng_objects(contents, tp_rank, tp, pp_rank, pp)
             os.makedirs(iteration_dir, exist_ok=True)
             stale = os.path.join(iteration_dir, "metadata.json")

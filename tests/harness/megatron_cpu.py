@@ -107,3 +107,27 @@ def stop_ranks() -> None:
     if dist.is_initialized():
         dist.barrier()
     parallel_state.destroy_model_parallel()
+
+
+def prepare_distributed_optimizer_load(optimizer) -> None:
+    """Make a fresh DistributedOptimizer with torch's Adam loadable from torch_dist, as the fused
+    Adam of Apex/Transformer Engine (GPU) is. torch's Adam has no state, hence no `step`, before
+    its first step, and DistributedOptimizer.state_dict() (which sharded_state_dict calls) needs
+    one: megatron-core's own _init_optimizer_states_with_dummy_values makes placeholders that the
+    load replaces. Its fully_reshardable load then copies every state key of a parameter from the
+    checkpoint's tensors, `step` included, which only torch's Adam keeps there (the fused ones keep
+    it in the param groups, which load_state_dict has already set from the checkpoint), so the
+    copy skips `step`."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner._init_optimizer_states_with_dummy_values()
+        copy_states = inner._set_main_param_and_optimizer_states
+
+        def without_step(model_param, tensors, copy_states=copy_states, inner=inner):
+            group_index, group_order = inner.model_param_group_index_map[model_param]
+            state = inner.optimizer.state[inner.optimizer.param_groups[group_index]["params"][group_order]]
+            step = state.pop("step", None)
+            copy_states(model_param, tensors)
+            if step is not None:
+                state["step"] = step
+
+        inner._set_main_param_and_optimizer_states = without_step

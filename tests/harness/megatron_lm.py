@@ -19,8 +19,9 @@ save_checkpoint(model, directory, *, tp, pp, dp, fmt, seed, iteration, with_opti
     writes). with_optimizer: wraps it in megatron-core's DDP, builds get_megatron_optimizer's
     Adam and the lr scheduler, takes `steps` steps on the fixed batch (pp=1 only), and saves
     optimizer and scheduler; without it the files are those of --no-save-optim.
-    distributed_optimizer (torch format, with_optimizer): --use-distributed-optimizer, so the
-    elements go to distrib_optim.pt (megatron_lm_files.py). Returns SavedReference(logits,
+    distributed_optimizer (with_optimizer): --use-distributed-optimizer, so the elements go to
+    distrib_optim.pt (torch format, megatron_lm_files.py) or into torch_dist in megatron-core's
+    `sharding_type` (fully_reshardable by default; dp_reshardable is Megatron-LM's default). Returns SavedReference(logits,
     args, optimizer).
 load_and_logits(model, directory, *, tp, pp, fmt, with_optimizer)
     Builds the model from another seed, loads the directory as Megatron-LM's load_checkpoint
@@ -46,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed import run_distributed
-from .megatron_cpu import import_megatron, start_ranks, stop_ranks
+from .megatron_cpu import import_megatron, prepare_distributed_optimizer_load, start_ranks, stop_ranks
 from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
 from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
                                 save_torch_format, strict_load_error)
@@ -84,19 +85,39 @@ def _ranks() -> tuple:
             ps.get_pipeline_model_parallel_world_size())
 
 
-def _sharded_metadata() -> dict:
-    """_build_sharded_state_dict_metadata without the distributed optimizer."""
+def _sharded_metadata(sharding_type: str | None = None) -> dict:
+    """_build_sharded_state_dict_metadata; `sharding_type`: the distributed optimizer's
+    (Megatron-LM: fully_reshardable with --dist-ckpt-optim-fully-reshardable, else dp_reshardable)."""
     from megatron.core import parallel_state as ps
 
-    return {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
-            "dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
+    metadata = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True}
+    if sharding_type is not None:
+        metadata["distrib_optim_sharding_type"] = sharding_type
+    return dict(metadata, dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True))
+
+
+def _loaded_metadata(directory: str) -> dict:
+    """What Megatron-LM's load_checkpoint builds the sharded state dict from: the checkpoint's own
+    content metadata (dist_checkpointing.load_content_metadata)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+    from megatron.core.safe_globals import SAFE_GLOBALS
+
+    from .megatron_lm_files import iteration_dir, read_tracker
+
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        saved = dist_checkpointing.load_content_metadata(iteration_dir(directory, read_tracker(directory))) or {}
+    return dict(saved, dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True))
 
 
 def _sharded_rng_state(rng_state: list, tp: int, pp: int):
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    tp_rank, pp_rank, _ = _ranks()
-    return ShardedObject("rng_state", rng_state, (pp, tp), (pp_rank, tp_rank), replica_id=0)
+    from megatron.core import parallel_state as ps
+
+    tp_rank, pp_rank, _ = _ranks()      # Megatron-LM: one copy per (PP, TP), data-parallel ranks are its replicas
+    return ShardedObject("rng_state", rng_state, (pp, tp), (pp_rank, tp_rank),
+                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
 
 
 def _hand_back(out_dir: str, result) -> None:
@@ -108,7 +129,8 @@ def _hand_back(out_dir: str, result) -> None:
         torch.save(result, os.path.join(out_dir, "result.pt"))
 
 
-def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps, distributed):
+def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps, distributed,
+               sharding_type):
     from megatron.core import parallel_state as ps
 
     start_ranks(tp, pp, seed)
@@ -132,34 +154,39 @@ def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_
                                     optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
             save_torch_format(directory, state, optimizer if distributed else None)
         else:
-            model_state = model.sharded_state_dict(metadata=_sharded_metadata())
+            metadata = _sharded_metadata(sharding_type if distributed else None)
+            model_state = model.sharded_state_dict(metadata=metadata)
             state = file_state_dict(args, iteration, model_state, _sharded_rng_state(rng_state, tp, pp))
             if optimizer is not None:
-                state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_sharded_metadata())
+                state["optimizer"] = optimizer.sharded_state_dict(state, metadata=metadata)
                 state["opt_param_scheduler"] = scheduler.state_dict()
-            save_torch_dist(directory, state)
+            save_torch_dist(directory, state, {k: v for k, v in metadata.items() if k != "dp_cp_group"})
         _hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
     finally:
         stop_ranks()
 
 
-def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
+def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer, distributed):
+    from megatron.core import parallel_state as ps
+
     start_ranks(tp, pp, seed + LOAD_SEED_OFFSET)
     try:
         model = build_model(name, tp, pp)
         expected = megatron_lm_args(name, tp=tp, pp=pp, rank=dist.get_rank(), iteration=0, seed=seed,
                                     fmt=fmt, with_optimizer=with_optimizer)
         if with_optimizer:
-            _, optimizer, scheduler = build_optimizer(model, model.config)
+            _, optimizer, scheduler = build_optimizer(model, model.config, distributed=distributed)
         if fmt == "torch":
             state = load_torch_format(directory)
         else:
             tp_rank, pp_rank, _ = _ranks()
-            sharded = {"model": model.sharded_state_dict(metadata=_sharded_metadata()),
+            metadata = _loaded_metadata(directory)
+            sharded = {"model": model.sharded_state_dict(metadata=metadata),
                        "rng_state": _sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
             if with_optimizer:
-                sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True,
-                                                                    metadata=_sharded_metadata())
+                if distributed:
+                    prepare_distributed_optimizer_load(optimizer)
+                sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=metadata)
             state = load_torch_dist(directory, sharded)
         version = state.get("checkpoint_version", 0)
         if version < 2.0:
@@ -177,8 +204,10 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["opt_param_scheduler"])
             tp_rank, pp_rank, _ = _ranks()
-            torch.save(optimizer_state_by_name(model, optimizer),
-                       os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
+            read_state = distributed_optimizer_state_by_name if distributed else optimizer_state_by_name
+            by_name = read_state(model, optimizer)
+            if ps.get_data_parallel_rank() == 0:
+                torch.save(by_name, os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         restore_rng_state(state["rng_state"])
         _hand_back(out_dir, full_logits(name, model))
     finally:
@@ -216,12 +245,13 @@ def _run(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int 
 
 def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, dp: int = 1, fmt: str = "torch",
                     seed: int = 1234, iteration: int = 7, with_optimizer: bool = False,
-                    steps: int = 2, distributed_optimizer: bool = False) -> SavedReference:
+                    steps: int = 2, distributed_optimizer: bool = False,
+                    sharding_type: str = "fully_reshardable") -> SavedReference:
     _check(name, tp, pp, fmt, dp)
-    if distributed_optimizer and (fmt != "torch" or not with_optimizer):
-        raise ValueError("the harness saves the distributed optimizer in the torch format, with_optimizer=True")
+    if distributed_optimizer and not with_optimizer:
+        raise ValueError("the harness saves the distributed optimizer with_optimizer=True")
     return _run(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
-                distributed_optimizer, world=tp * pp * dp)
+                distributed_optimizer, sharding_type, world=tp * pp * dp)
 
 
 def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
@@ -231,11 +261,13 @@ def load_and_logits(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt:
 
 
 def load_with_optimizer(name: str, directory: str, *, tp: int = 1, pp: int = 1, fmt: str = "torch",
-                        seed: int = 1234, with_optimizer: bool = True) -> tuple:
+                        seed: int = 1234, with_optimizer: bool = True, dp: int = 1,
+                        distributed_optimizer: bool = False) -> tuple:
     """(logits, {(tp_rank, pp_rank): {parameter name: {field: tensor}}} read off the optimizer after
-    megatron-core's optimizer.load_state_dict)."""
-    _check(name, tp, pp, fmt)
-    result = dict(_run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer))
+    megatron-core's optimizer.load_state_dict; a distributed optimizer's joined over the `dp` ranks)."""
+    _check(name, tp, pp, fmt, dp)
+    result = dict(_run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer, distributed_optimizer,
+                       world=tp * pp * dp))
     return result, result.pop("optimizer_by_name", {})
 
 

@@ -88,14 +88,15 @@ def save_torch_format(root: str, state: dict, distributed_optimizer=None) -> Non
     _write_tracker(root, iteration)
 
 
-def save_torch_dist(root: str, state: dict) -> None:
+def save_torch_dist(root: str, state: dict, content_metadata: dict | None = None) -> None:
+    """dist_checkpointing.save with the content metadata Megatron-LM's save_checkpoint passes."""
     from megatron.core import dist_checkpointing
 
     directory = iteration_dir(root, state["iteration"])
     if dist.get_rank() == 0:
         os.makedirs(directory, exist_ok=True)
     dist.barrier()
-    dist_checkpointing.save(state, directory)
+    dist_checkpointing.save(state, directory, content_metadata=content_metadata)
     _write_tracker(root, state["iteration"])
 
 

@@ -12,15 +12,19 @@ args as a torch-format file's is.
 
 The optimizer state is per parameter already: each field a whole tensor of the parameter's
 shape (`optimizer.state.exp_avg.<key>`, torch_dist.py), split like the weight, and Adam's
-step once in common.pt (`common_step`). Fields, as the torch-format path gives them:
+step once in common.pt. Fields, as the torch-format path gives them:
 
     exp_avg, exp_avg_sq    optimizer.state.exp_avg.<key>, optimizer.state.exp_avg_sq.<key>
-    fp32_master            optimizer.state.fp32_param.<key>, a bf16/fp16 model's master
-    step                   common.pt's optimizer.state.common_step (one for every parameter)
+    fp32_master            a bf16/fp16 model's master: optimizer.state.fp32_param.<key> (the plain
+                           optimizer), optimizer.state.param.<key> (the distributed optimizer's
+                           fully_reshardable sharding type)
+    step                   common.pt's optimizer.state.common_step (the plain optimizer), or
+                           the step each of the distributed optimizer's param groups carries
 
-A checkpoint without them (saved without the optimizer, or by the distributed optimizer,
-which keeps its state as other objects and its step in param_groups) has none: a run
-starts a fresh optimizer.
+A checkpoint saved without the optimizer has none: a run starts a fresh optimizer. The
+distributed optimizer's other sharding types (megatron-core's dp_reshardable, Megatron-LM's
+default, keeps each rank's grad-buffer slices) are not read: a run that wants the optimizer
+stops on one sentence saying how to save or load it instead.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from ...mpu.sharding_map import ShardingMap
 from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..formats import LAYOUTS
 from ..megatron_lm.args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
-from ..megatron_lm.files import contents_head, family_of_mcore_keys, parallel_record, spec_of
+from ..megatron_lm.files import OPTIMIZER_UNREADABLE, contents_head, family_of_mcore_keys, parallel_record, spec_of
 from ..megatron_lm.key_names import alias_of, known, ours_from_mcore, unsupported_feature
 from ..megatron_lm.torch_dist import read_torch_dist
 from .source import Owner, SavedCheckpoint
@@ -115,6 +119,14 @@ class TorchDistSource:
         self.head["parallel"]["saved_as"] = [tp, pp]
         self._optimizer = checkpoint.optimizer_tensors
         self._step = _common_step(common.get("optimizer"))
+        sharding = _distributed_sharding(common)
+        if sharding is not None and sharding not in READ_SHARDING_TYPES:
+            self._optimizer, self._step = {}, None
+            self.head["parallel"][OPTIMIZER_UNREADABLE] = (
+                f"{self.iteration_path} holds a distributed optimizer's state in megatron-core's {sharding!r} "
+                f"sharding type, which is read only as {' or '.join(READ_SHARDING_TYPES)}; save it in Megatron-LM "
+                f"with --dist-ckpt-optim-fully-reshardable, or load the weights alone with --no-load-optim "
+                f"(or --finetune).")
         if self.has_optimizer():
             self.head["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
         if isinstance(common.get("opt_param_scheduler"), dict):
@@ -178,7 +190,8 @@ class TorchDistSource:
             fields: Dict[str, object] = {}
             for field, kind in self.optimizer_fields(name).items():
                 if isinstance(kind, torch.dtype):
-                    saved = next(s for s, ours in _FIELDS.items() if ours == field)
+                    saved = next(s for s, ours in _FIELDS.items()
+                                 if ours == field and s in self._optimizer and theirs in self._optimizer[s])
                     fields[field] = [(0, shape.numel(), self._optimizer[saved][theirs].reshape(-1))]
                 else:
                     fields[field] = kind
@@ -192,7 +205,17 @@ class TorchDistSource:
 
 
 # Megatron-LM's field names (after `optimizer.state.`) and ours.
-_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_param": "fp32_master"}
+_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_param": "fp32_master", "param": "fp32_master"}
+# the distributed optimizer's sharding types read here: model space, whole tensors
+READ_SHARDING_TYPES = ("fully_reshardable",)
+
+
+def _distributed_sharding(common: Mapping) -> Optional[str]:
+    """The distributed optimizer's sharding type a checkpoint was saved with; None for none."""
+    saved = common.get("optimizer")
+    if isinstance(saved, Mapping) and saved.get("param_state_sharding_type"):
+        return str(saved["param_state_sharding_type"])
+    return None
 
 
 def _common_step(saved: object) -> Optional[torch.Tensor]:
@@ -200,6 +223,10 @@ def _common_step(saved: object) -> Optional[torch.Tensor]:
     mixed-precision or chained optimizer nests the inner state dict; None when there is none."""
     if not isinstance(saved, Mapping):
         return None
+    if saved.get("param_state_sharding_type"):      # the distributed optimizer: each param group's step
+        groups = (saved.get("optimizer") or {}).get("param_groups") or []
+        steps = {float(g["step"]) for g in groups if isinstance(g, Mapping) and g.get("step") is not None}
+        return torch.tensor(steps.pop()) if len(steps) == 1 else None
     state = saved.get("state")
     if isinstance(state, Mapping) and "common_step" in state:
         step = state["common_step"]

@@ -237,7 +237,7 @@ class Checkpointer:
             raise CheckpointError(parallel[OPTIMIZER_UNREADABLE])
         with_optimizer = load_optimizer and not parallel.get("optimizer_dropped")
         if load_optimizer and not with_optimizer:
-            why = ("Megatron-LM's files: none saved, or a distributed optimizer's, not read yet"
+            why = ("Megatron-LM's files: none saved"
                    if FORMAT_MARK in parallel else "resharded with --no-optim")
             _print(f"note: {where} holds no optimizer state ({why}); starting a fresh optimizer from its weights.")
         states, optimizer = reshard.resharded_chunk_states(
