@@ -84,7 +84,7 @@ def _ranks() -> tuple:
             ps.get_pipeline_model_parallel_world_size())
 
 
-def _sharded_metadata() -> dict:
+def sharded_metadata() -> dict:
     """_build_sharded_state_dict_metadata without the distributed optimizer."""
     from megatron.core import parallel_state as ps
 
@@ -92,14 +92,14 @@ def _sharded_metadata() -> dict:
             "dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
 
 
-def _sharded_rng_state(rng_state: list, tp: int, pp: int):
+def sharded_rng_state(rng_state: list, tp: int, pp: int):
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     tp_rank, pp_rank, _ = _ranks()
     return ShardedObject("rng_state", rng_state, (pp, tp), (pp_rank, tp_rank), replica_id=0)
 
 
-def _hand_back(out_dir: str, result) -> None:
+def hand_back(out_dir: str, result) -> None:
     """The last stage's TP rank 0 (of data-parallel rank 0) writes `result` for the parent."""
     from megatron.core import parallel_state as ps
 
@@ -132,13 +132,13 @@ def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_
                                     optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
             save_torch_format(directory, state, optimizer if distributed else None)
         else:
-            model_state = model.sharded_state_dict(metadata=_sharded_metadata())
-            state = file_state_dict(args, iteration, model_state, _sharded_rng_state(rng_state, tp, pp))
+            model_state = model.sharded_state_dict(metadata=sharded_metadata())
+            state = file_state_dict(args, iteration, model_state, sharded_rng_state(rng_state, tp, pp))
             if optimizer is not None:
-                state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_sharded_metadata())
+                state["optimizer"] = optimizer.sharded_state_dict(state, metadata=sharded_metadata())
                 state["opt_param_scheduler"] = scheduler.state_dict()
             save_torch_dist(directory, state)
-        _hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
+        hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
     finally:
         stop_ranks()
 
@@ -155,11 +155,11 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
             state = load_torch_format(directory)
         else:
             tp_rank, pp_rank, _ = _ranks()
-            sharded = {"model": model.sharded_state_dict(metadata=_sharded_metadata()),
-                       "rng_state": _sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
+            sharded = {"model": model.sharded_state_dict(metadata=sharded_metadata()),
+                       "rng_state": sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
             if with_optimizer:
                 sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True,
-                                                                    metadata=_sharded_metadata())
+                                                                    metadata=sharded_metadata())
             state = load_torch_dist(directory, sharded)
         version = state.get("checkpoint_version", 0)
         if version < 2.0:
@@ -180,7 +180,7 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer):
             torch.save(optimizer_state_by_name(model, optimizer),
                        os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         restore_rng_state(state["rng_state"])
-        _hand_back(out_dir, full_logits(name, model))
+        hand_back(out_dir, full_logits(name, model))
     finally:
         stop_ranks()
 
@@ -192,7 +192,9 @@ def _check(name: str, tp: int, pp: int, fmt: str, dp: int = 1) -> None:
                          f"ranks, not {name!r} in {fmt!r} at TP {tp}, PP {pp}, DP {dp}")
 
 
-def _run(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int = 0):
+def run_megatron(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int = 0):
+    """`worker(name, directory, out_dir, tp, pp, *rest)` in `world` (tp * pp) gloo ranks: what it
+    handed back (hand_back), or the ranks' MegatronLoadError."""
     import_megatron()
     out_dir = tempfile.mkdtemp(prefix="megatron_lm_")
     try:
@@ -220,7 +222,7 @@ def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, dp: 
     _check(name, tp, pp, fmt, dp)
     if distributed_optimizer and (fmt != "torch" or not with_optimizer):
         raise ValueError("the harness saves the distributed optimizer in the torch format, with_optimizer=True")
-    return _run(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
+    return run_megatron(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
                 distributed_optimizer, world=tp * pp * dp)
 
 
@@ -235,7 +237,7 @@ def load_with_optimizer(name: str, directory: str, *, tp: int = 1, pp: int = 1, 
     """(logits, {(tp_rank, pp_rank): {parameter name: {field: tensor}}} read off the optimizer after
     megatron-core's optimizer.load_state_dict)."""
     _check(name, tp, pp, fmt)
-    result = dict(_run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer))
+    result = dict(run_megatron(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer))
     return result, result.pop("optimizer_by_name", {})
 
 
