@@ -83,8 +83,9 @@ def patch_megatron_for_cpu() -> None:
     multiprocessing.current_process().daemon = False
 
 
-def start_ranks(tp: int, pp: int, seed: int) -> None:
-    """In a gloo rank: megatron-core's model-parallel groups and Megatron-LM's seeding.
+def start_ranks(tp: int, pp: int, seed: int, virtual: int | None = None) -> None:
+    """In a gloo rank: megatron-core's model-parallel groups (`virtual` model chunks per pipeline
+    rank, as --num-layers-per-virtual-pipeline-stage gives) and Megatron-LM's seeding.
 
     Megatron-LM's _set_random_seed offsets the seed by 100 per pipeline stage, then seeds
     random, numpy and torch (CPU initialization draws the full weights from torch's generator,
@@ -93,7 +94,8 @@ def start_ranks(tp: int, pp: int, seed: int) -> None:
 
     patch_megatron_for_cpu()
     CudaDevicesOnCpu().__enter__()      # left on: the rank exits after its function
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             virtual_pipeline_model_parallel_size=virtual)
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(stage_seed)
     np.random.seed(stage_seed)

@@ -85,7 +85,7 @@ def _ranks() -> tuple:
             ps.get_pipeline_model_parallel_world_size())
 
 
-def _sharded_metadata(sharding_type: str | None = None) -> dict:
+def sharded_metadata(sharding_type: str | None = None) -> dict:
     """_build_sharded_state_dict_metadata; `sharding_type`: the distributed optimizer's
     (Megatron-LM: fully_reshardable with --dist-ckpt-optim-fully-reshardable, else dp_reshardable)."""
     from megatron.core import parallel_state as ps
@@ -110,7 +110,7 @@ def _loaded_metadata(directory: str) -> dict:
     return dict(saved, dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True))
 
 
-def _sharded_rng_state(rng_state: list, tp: int, pp: int):
+def sharded_rng_state(rng_state: list, tp: int, pp: int):
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     from megatron.core import parallel_state as ps
@@ -120,7 +120,7 @@ def _sharded_rng_state(rng_state: list, tp: int, pp: int):
                          replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
 
 
-def _hand_back(out_dir: str, result) -> None:
+def hand_back(out_dir: str, result) -> None:
     """The last stage's TP rank 0 (of data-parallel rank 0) writes `result` for the parent."""
     from megatron.core import parallel_state as ps
 
@@ -154,14 +154,14 @@ def _save_rank(name, directory, out_dir, tp, pp, dp, fmt, seed, iteration, with_
                                     optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
             save_torch_format(directory, state, optimizer if distributed else None)
         else:
-            metadata = _sharded_metadata(sharding_type if distributed else None)
+            metadata = sharded_metadata(sharding_type if distributed else None)
             model_state = model.sharded_state_dict(metadata=metadata)
-            state = file_state_dict(args, iteration, model_state, _sharded_rng_state(rng_state, tp, pp))
+            state = file_state_dict(args, iteration, model_state, sharded_rng_state(rng_state, tp, pp))
             if optimizer is not None:
                 state["optimizer"] = optimizer.sharded_state_dict(state, metadata=metadata)
                 state["opt_param_scheduler"] = scheduler.state_dict()
             save_torch_dist(directory, state, {k: v for k, v in metadata.items() if k != "dp_cp_group"})
-        _hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
+        hand_back(out_dir, SavedReference(full_logits(name, model), vars(args)))
     finally:
         stop_ranks()
 
@@ -182,7 +182,7 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer, dist
             tp_rank, pp_rank, _ = _ranks()
             metadata = _loaded_metadata(directory)
             sharded = {"model": model.sharded_state_dict(metadata=metadata),
-                       "rng_state": _sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
+                       "rng_state": sharded_rng_state(megatron_rng_state(0, tp_rank), tp, pp)}
             if with_optimizer:
                 if distributed:
                     prepare_distributed_optimizer_load(optimizer)
@@ -209,7 +209,7 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer, dist
             if ps.get_data_parallel_rank() == 0:
                 torch.save(by_name, os.path.join(out_dir, f"optimizer_tp{tp_rank}_pp{pp_rank}.pt"))
         restore_rng_state(state["rng_state"])
-        _hand_back(out_dir, full_logits(name, model))
+        hand_back(out_dir, full_logits(name, model))
     finally:
         stop_ranks()
 
@@ -221,7 +221,9 @@ def _check(name: str, tp: int, pp: int, fmt: str, dp: int = 1) -> None:
                          f"ranks, not {name!r} in {fmt!r} at TP {tp}, PP {pp}, DP {dp}")
 
 
-def _run(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int = 0):
+def run_megatron(worker, name: str, directory: str, tp: int, pp: int, *rest, world: int = 0):
+    """`worker(name, directory, out_dir, tp, pp, *rest)` in `world` (tp * pp) gloo ranks: what it
+    handed back (hand_back), or the ranks' MegatronLoadError."""
     import_megatron()
     out_dir = tempfile.mkdtemp(prefix="megatron_lm_")
     try:
@@ -250,7 +252,7 @@ def save_checkpoint(name: str, directory: str, *, tp: int = 1, pp: int = 1, dp: 
     _check(name, tp, pp, fmt, dp)
     if distributed_optimizer and not with_optimizer:
         raise ValueError("the harness saves the distributed optimizer with_optimizer=True")
-    return _run(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
+    return run_megatron(_save_rank, name, directory, tp, pp, dp, fmt, seed, iteration, with_optimizer, steps,
                 distributed_optimizer, sharding_type, world=tp * pp * dp)
 
 
@@ -266,7 +268,7 @@ def load_with_optimizer(name: str, directory: str, *, tp: int = 1, pp: int = 1, 
     """(logits, {(tp_rank, pp_rank): {parameter name: {field: tensor}}} read off the optimizer after
     megatron-core's optimizer.load_state_dict; a distributed optimizer's joined over the `dp` ranks)."""
     _check(name, tp, pp, fmt, dp)
-    result = dict(_run(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer, distributed_optimizer,
+    result = dict(run_megatron(_load_rank, name, directory, tp, pp, fmt, seed, with_optimizer, distributed_optimizer,
                        world=tp * pp * dp))
     return result, result.pop("optimizer_by_name", {})
 

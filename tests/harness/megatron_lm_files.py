@@ -9,7 +9,8 @@ torch format ("legacy"): one file per (TP, PP) rank, written by data-parallel ra
 
 holding generate_state_dict's dict: args (argparse.Namespace), checkpoint_version 3.0,
 iteration, model (model.state_dict_for_save_checkpoint(): megatron-core names, no "module."
-prefix, `_extra_state` entries None for the local spec), optimizer (optimizer.state_dict())
+prefix, `_extra_state` entries None for the local spec; with virtual pipeline chunks model0,
+model1, ..., each chunk's layers numbered from 0), optimizer (optimizer.state_dict())
 and opt_param_scheduler unless --no-save-optim, rng_state (megatron_lm_rng.py), and
 num_floating_point_operations_so_far. rerun_state_machine is absent: its state is None unless
 a rerun is in progress. With --use-distributed-optimizer, "optimizer" is the distributed
@@ -62,8 +63,12 @@ def _write_tracker(root: str, iteration: int) -> None:
 
 
 def file_state_dict(args, iteration: int, model_state, rng_state, optimizer_state=None, scheduler_state=None) -> dict:
-    """generate_state_dict's dict, in its key order (plus save_checkpoint's FLOPs count)."""
-    state = {"args": args, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration, "model": model_state}
+    """generate_state_dict's dict, in its key order (plus save_checkpoint's FLOPs count). A list
+    `model_state` holds virtual pipeline chunks, which go in as model0, model1, ..."""
+    state = {"args": args, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration}
+    chunks = model_state if isinstance(model_state, list) else [model_state]
+    for index, chunk in enumerate(chunks):
+        state["model" if len(chunks) == 1 else f"model{index}"] = chunk
     if optimizer_state is not None:
         state["optimizer"] = optimizer_state
         state["opt_param_scheduler"] = scheduler_state

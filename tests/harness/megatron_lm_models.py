@@ -10,8 +10,9 @@
              shared by both stacks, LayerNorm, GeLU, biases, the LM head tied to the word
              embeddings with its vocabulary bias (T5LMHead), decoder sequence 8.
 
-All: 2 layers, hidden 64, 4 heads, FFN 256, sequence 16, vocabulary 128 (a multiple of 128,
-so padding adds nothing at TP <= 4), fp32, dropouts 0, fusions off, the local (no Transformer
+All: 2 layers (build_model takes another count, and builds GPT's virtual pipeline chunks for
+megatron_lm_virtual.py), hidden 64, 4 heads, FFN 256, sequence 16, vocabulary 128 (a multiple
+of 128, so padding adds nothing at TP <= 4), fp32, dropouts 0, fusions off, the local (no Transformer
 Engine) layer specs, and Megatron-LM's model provider arguments (pretrain_gpt.py's
 gpt_builders.py, pretrain_bert.py). `megatron_lm_args` gives the same description in
 Megatron-LM's argument names.
@@ -50,15 +51,15 @@ def model_description(name: str) -> dict:
                 bert_binary_head=True)      # parse_args's default; only pretrain_bert.py reads it
 
 
-def transformer_config(name: str, tp: int, pp: int):
+def transformer_config(name: str, tp: int, pp: int, num_layers: int = NUM_LAYERS, virtual: int | None = None):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     described = model_description(name)
     llama = name == "llama"
     return TransformerConfig(
-        num_layers=NUM_LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, ffn_hidden_size=FFN,
+        num_layers=num_layers, hidden_size=HIDDEN, num_attention_heads=HEADS, ffn_hidden_size=FFN,
         num_query_groups=described["num_query_groups"] if llama else None,
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=virtual,
         normalization=described["normalization"], gated_linear_unit=llama,
         activation_func=F.silu if llama else F.gelu, add_bias_linear=not llama,
         hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
@@ -67,17 +68,24 @@ def transformer_config(name: str, tp: int, pp: int):
         apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False)
 
 
-def build_model(name: str, tp: int, pp: int):
-    """This rank's stage of the model, as Megatron-LM's model provider builds it."""
+def build_model(name: str, tp: int, pp: int, num_layers: int = NUM_LAYERS, virtual: int | None = None,
+                vp_stage: int | None = None):
+    """This rank's stage of the model, as Megatron-LM's model provider builds it; with `virtual`
+    chunks per pipeline rank, chunk `vp_stage` of them, as get_model builds each (GPT only): the
+    embedding on the first rank's chunk 0, the head on the last rank's last chunk."""
     from megatron.core import parallel_state
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron.core.models.bert.bert_model import BertModel
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    config, described = transformer_config(name, tp, pp), model_description(name)
-    stage = dict(pre_process=parallel_state.is_pipeline_first_stage(),
-                 post_process=parallel_state.is_pipeline_last_stage(), parallel_output=True,
+    if virtual is not None and name not in ("gpt", "llama"):
+        raise ValueError(f"the harness builds virtual pipeline chunks of gpt and llama, not {name!r}")
+    config, described = transformer_config(name, tp, pp, num_layers, virtual), model_description(name)
+    first, last = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
+    if virtual is not None:
+        first, last = first and vp_stage == 0, last and vp_stage == virtual - 1
+    stage = dict(pre_process=first, post_process=last, parallel_output=True,
                  share_embeddings_and_output_weights=not described["untie_embeddings_and_output_weights"])
     if name == "bert":
         return BertModel(config=config, transformer_layer_spec=bert_layer_local_spec, vocab_size=VOCAB,
@@ -86,7 +94,8 @@ def build_model(name: str, tp: int, pp: int):
         return _build_t5(config, stage)
     layer_spec = get_gpt_layer_local_spec(normalization=described["normalization"])
     return GPTModel(config=config, transformer_layer_spec=layer_spec, vocab_size=VOCAB, max_sequence_length=SEQ,
-                    position_embedding_type=described["position_embedding_type"], rotary_percent=1.0, **stage)
+                    position_embedding_type=described["position_embedding_type"], rotary_percent=1.0,
+                    vp_stage=vp_stage, **stage)
 
 
 def _build_t5(config, stage: dict):

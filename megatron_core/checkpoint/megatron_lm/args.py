@@ -93,13 +93,29 @@ def check_supported(args: Mapping, where: str) -> None:
                               f"megatron_core does not build; convert a dense GPT, BERT or T5 model.")
 
 
+def virtual_stages(args: Mapping, pp: int) -> Optional[int]:
+    """Model chunks per pipeline rank (None for one) as the args record them. Every Megatron-LM
+    since the interleaved schedule came in (early 2021, as --virtual-pipeline-model-parallel-size)
+    keeps virtual_pipeline_model_parallel_size, None for one chunk; its flags since then,
+    --num-layers-per-virtual-pipeline-stage (layers of one chunk) and 0.16's
+    --num-virtual-stages-per-pipeline-rank, are kept beside it and read when it is missing."""
+    recorded = args.get("virtual_pipeline_model_parallel_size")
+    if recorded is None and "virtual_pipeline_model_parallel_size" not in args:
+        if args.get("num_virtual_stages_per_pipeline_rank"):
+            recorded = args["num_virtual_stages_per_pipeline_rank"]
+        elif args.get("num_layers_per_virtual_pipeline_stage") and args.get("num_layers"):
+            recorded = int(args["num_layers"]) // pp // int(args["num_layers_per_virtual_pipeline_stage"])
+    return int(recorded) if recorded and int(recorded) > 1 else None
+
+
 def parallel_sizes(args: Mapping, where: str) -> Tuple[int, int, Optional[int]]:
+    """(TP, PP, model chunks per pipeline rank or None)."""
     try:
         tp, pp = int(args["tensor_model_parallel_size"]), int(args["pipeline_model_parallel_size"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{where} holds Megatron-LM args without tensor_model_parallel_size and "
                               f"pipeline_model_parallel_size; the file is damaged or not Megatron-LM's.") from None
-    return tp, pp, args.get("virtual_pipeline_model_parallel_size")
+    return tp, pp, virtual_stages(args, pp)
 
 
 # What Megatron-LM's models can be: anything else would load there as another model, silently.
@@ -152,4 +168,4 @@ def megatron_args(record: Mapping, config, tp: int, pp: int, padded_vocab_size: 
 
 
 __all__ = ["ALLOWED_GLOBALS", "plain_args", "check_megatron_can_build", "unsupported_options", "check_supported",
-           "parallel_sizes", "megatron_namespace", "megatron_args"]
+           "virtual_stages", "parallel_sizes", "megatron_namespace", "megatron_args"]

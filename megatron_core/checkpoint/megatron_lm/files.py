@@ -16,11 +16,15 @@ Megatron-LM checkpoint at any saved TP x PP and reshard it as they reshard ours:
                      column-parallel (QKV, fc1 -- stride 2 when gated --, the word table, the
                      output layer, BERT's output bias: dim 0), row-parallel weights (dim 1),
                      everything else replicated; layer offsets from the pipeline rank (and
-                     virtual chunk); a tied last stage's output table is a copy of the word table
+                     virtual chunk: chunk j of rank r is stage j * PP + r, as megatron-core numbers
+                     it); a chunk that is not its even share of the layers (a custom
+                     --pipeline-model-parallel-layout) is refused, since those offsets would not
+                     hold; a tied last stage's output table is a copy of the word table
   args, model_config the args as plain values; TransformerConfig.from_megatron_flags of them
   model_family       gpt, bert or t5 from the tensor names (the family's builder options then
                      come from the args, as for our older files)
-  parallel           TP, PP, virtual PP, DP and the distributed-optimizer setting of the args
+  parallel           TP, PP, virtual PP (which must be the file's count of model0, model1, ...),
+                     DP and the distributed-optimizer setting of the args
 
 The optimizer state of a plain (not distributed) optimizer is carried per parameter
 (per_parameter_state), as a resharded checkpoint of ours carries it, so a resumed run goes on
@@ -52,6 +56,7 @@ FORMAT_MARK = "megatron_lm"          # parallel record entry: the file was read 
 OPTIMIZER_UNREADABLE = "optimizer_unreadable"   # parallel record entry: why its optimizer state cannot be read
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 _CHUNK = re.compile(r"^model\d*$")
+_LAYER = re.compile(r"^(?:encoder|decoder)\.layers\.(\d+)\.")
 
 
 def written_by_megatron_lm(state: Mapping) -> bool:
@@ -120,13 +125,27 @@ def _sibling_keys(path: str, tp_rank: int, pp: int):
     return keys
 
 
-def _layers_per_chunk(args: Mapping, pp: int, chunks: int, where: str) -> Dict[str, int]:
+def _layers_per_chunk(args: Mapping, pp: int, chunks: int, where: str) -> int:
     """Layers of one pipeline chunk (Megatron-LM splits them evenly)."""
     total = int(args["num_layers"])
     if total % (pp * chunks):
         raise CheckpointError(f"{where}: {total} layers do not split evenly over {pp} pipeline stages x {chunks} "
                               f"chunks; megatron_core reads Megatron-LM's even pipeline split only.")
     return total // (pp * chunks)
+
+
+def _check_even_chunk(state: Mapping, chunk: str, per_chunk: int, args: Mapping, where: str) -> None:
+    """The layer offsets assume every chunk holds layers 0..per_chunk-1 of its own; a custom
+    --pipeline-model-parallel-layout (2 + 1 + 1 + 0 layers of 4, say) keeps the total even but would
+    put layers at wrong global indices, one over another, so it is refused here."""
+    held = sorted({int(m.group(1)) for m in map(_LAYER.match, state) if m})
+    if held != list(range(per_chunk)):
+        layout = args.get("pipeline_model_parallel_layout")
+        how = f"its --pipeline-model-parallel-layout {layout!r}" if layout else "an uneven split"
+        raise CheckpointError(f"{where}: {chunk} holds {len(held)} layers where an even split of {args['num_layers']} "
+                              f"layers gives each pipeline chunk {per_chunk} ({how}); megatron_core reads "
+                              f"Megatron-LM's even pipeline split only, so re-split it evenly with Megatron-LM's "
+                              f"tools/checkpoint/convert.py first.")
 
 
 def _chunk_state(raw_chunk: Mapping, args: Mapping, style: str, family: str, version: float, tp: int,
@@ -214,6 +233,10 @@ def our_contents(raw: Mapping, path: str) -> Dict:
     if family == "t5" and pp > 1:
         raise CheckpointError(f"{where} is a Megatron-LM T5 checkpoint split over {pp} pipeline stages; megatron_core "
                               f"reads Megatron-LM's T5 at pipeline size 1 only.")
+    if len(chunk_names) != (virtual or 1):
+        raise CheckpointError(f"{where} holds {len(chunk_names)} model chunks ({', '.join(chunk_names)}) but its args "
+                              f"record {virtual or 1} virtual pipeline stages per rank; the file is damaged or its "
+                              f"args are not the run's.")
     config = TransformerConfig.from_megatron_flags(args)
     padded = args.get("padded_vocab_size")
     contents = contents_head(args, config, family, version, raw.get("iteration"))
@@ -221,6 +244,8 @@ def our_contents(raw: Mapping, path: str) -> Dict:
     maps, skipped, parameters = {}, 0, []
     for index, name in enumerate(chunk_names):
         state, dropped, names = _chunk_state(raw[name], args, style, family, version, tp, where)
+        if family != "t5":      # T5 (one stage) numbers both stacks' layers from 0
+            _check_even_chunk(state, name, per_chunk, args, where)
         skipped += dropped
         parameters += [(name, ours, state[ours]) for ours in names.values()]
         if padded is None:
@@ -233,7 +258,7 @@ def our_contents(raw: Mapping, path: str) -> Dict:
         contents["args"]["t5_lm_head_bias"] = any("output_layer.bias" in contents[name] for name in chunk_names)
     contents.update(sharding_map=maps, padded_vocab_size=padded, vocab_size=args.get("vocab_size") or padded,
                     megatron_lm_skipped_entries=skipped,
-                    parallel=parallel_record(args, tp, pp, virtual if len(chunk_names) > 1 else None, style))
+                    parallel=parallel_record(args, tp, pp, virtual, style))
     if raw.get("optimizer") is not None:
         try:
             if args.get("use_distributed_optimizer"):
