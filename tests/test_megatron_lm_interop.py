@@ -161,19 +161,24 @@ def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_na
     assert len(error) == 1 and "--hidden-size 64 in the checkpoint vs 32 here" in error[0], failure_report(done)
 
 
-@pytest.mark.parametrize("name,fmt", [("llama", "torch"), ("bert", "torch"), ("llama", "torch_dist")])
-def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, name, fmt):
+@pytest.mark.parametrize("name,fmt,distributed", [("llama", "torch", False), ("bert", "torch", False),
+                                                  ("llama", "torch_dist", False), ("llama", "torch_dist", True)])
+def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, name, fmt, distributed):
     """megatron-core's model with Adam state -> ours at TP=1 (change_mp keeps the state) -> --to-megatron-lm
     at TP=2: megatron-core's optimizer.load_state_dict takes it, and by parameter it holds exactly the
-    moments and step it saved."""
+    moments and step it saved. distributed: saved by its DistributedOptimizer (distrib_optim.pt, DP=2),
+    so the args say --use-distributed-optimizer and torch_dist gets the fully_reshardable layout, which
+    its DistributedOptimizer loads at DP=1."""
     directory = tmp_path / "megatron"
-    reference = megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, fmt="torch", seed=1234,
-                                            iteration=7, with_optimizer=True, steps=2)
+    reference = megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, dp=2 if distributed else 1, fmt="torch",
+                                            seed=1234, iteration=7, with_optimizer=True, steps=2,
+                                            distributed_optimizer=distributed)
     ours, exported = tmp_path / "ours", tmp_path / "exported"
     run_tool_main("change_mp.py", directory, "--target-tensor-parallel-size", 1, "--output", ours)
     run_tool_main("convert_checkpoint.py", "--to-megatron-lm", exported, "--load", ours,
                   "--tensor-model-parallel-size", 2, "--format", fmt)
-    logits, optimizer = megatron_lm.load_with_optimizer(name, str(exported), tp=2, pp=1, fmt=fmt)
+    logits, optimizer = megatron_lm.load_with_optimizer(name, str(exported), tp=2, pp=1, fmt=fmt,
+                                                        distributed_optimizer=distributed)
     _assert_logits(logits, reference.logits, name)
     assert optimizer.keys() == reference.optimizer.keys()
     for rank, by_name in reference.optimizer.items():

@@ -43,8 +43,7 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
-from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, adam_hyperparameters, mcore_parameter_order,
-                                                megatron_optimizer, torch_dist_common_optimizer)
+from ..checkpoint.megatron_lm.optimizer import adam_hyperparameters, mcore_parameter_order, megatron_optimizer
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
 from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, megatron_key, nest, t5_aliases,
                                                 with_t5_aliases)
@@ -53,6 +52,7 @@ from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
 from ..checkpoint.saved_model import MergedState
+from ..checkpoint.torch_dist_optimizer import RESHARDABLE, SAVED_AS, common_optimizer, content_metadata, layout_for
 from ..checkpoint.reshard.targets import target_optimizer_field, target_optimizer_state, target_weight
 from ..errors import ConversionError
 from ..transformer.config import TransformerConfig
@@ -87,10 +87,11 @@ def _missing_t5_bias(source, family: str) -> bool:
 
 class _MegatronCoreNames(Mapping):
     """The whole model under megatron-core's TP=1 names, each tensor merged when asked for; with
-    `optimizer`, also each parameter's Adam fields as torch_dist keeps them
-    (`optimizer.state.<exp_avg|exp_avg_sq|fp32_param>.<name>`)."""
+    `optimizer`, also each parameter's Adam fields as torch_dist keeps them for the optimizer
+    of `layout` (torch_dist_optimizer.py: `optimizer.state.<exp_avg|exp_avg_sq|fp32_param>.<name>`,
+    or the distributed optimizer's fully_reshardable `param`, `exp_avg`, `exp_avg_sq`)."""
 
-    def __init__(self, source, optimizer: bool, family: str):
+    def __init__(self, source, optimizer: bool, family: str, layout: str):
         self._source = source
         self._merged = MergedState(source)
         self._entries = {megatron_key(key, MCORE): (key, None) for key in self._merged}
@@ -100,9 +101,13 @@ class _MegatronCoreNames(Mapping):
             self._entries.update({alias: self._entries[original] for alias, original in t5_aliases(self._entries).items()})
         if optimizer:
             for key in self._merged:
-                for field, saved_as in TORCH_DIST_FIELDS.items():
-                    if field in source.optimizer_fields(key):
+                fields = source.optimizer_fields(key)
+                for field, saved_as in SAVED_AS[layout].items():
+                    if field in fields:
                         self._entries[f"{OPTIMIZER_STATE}{saved_as}.{megatron_key(key, MCORE)}"] = (key, field)
+                if layout == RESHARDABLE and "fp32_master" not in fields:    # the fp32 main copy: the weights
+                    self._entries[f"{OPTIMIZER_STATE}{SAVED_AS[layout]['fp32_master']}.{megatron_key(key, MCORE)}"] \
+                        = (key, "weights")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         ours, field = self._entries[key]
@@ -110,6 +115,8 @@ class _MegatronCoreNames(Mapping):
             return self._merged[ours]
         if field == "zeros":
             return torch.zeros(self._source.padded_vocab_size, dtype=self._merged["embedding.word_embeddings.weight"].dtype)
+        if field == "weights":
+            return self._merged[ours].float()
         spec = self._source.owner(ours).spec
         return target_optimizer_field(self._source, ours, spec, field, 0, 1, self._source.padded_vocab_size)
 
@@ -120,9 +127,9 @@ class _MegatronCoreNames(Mapping):
         return len(self._entries)
 
 
-def _common_optimizer(source, hyper: Mapping, mixed_precision: bool) -> Dict:
+def _common_optimizer(source, hyper: Mapping, mixed_precision: bool, layout: str) -> Dict:
     name = next(iter(source.owners))
-    return torch_dist_common_optimizer(source.optimizer_fields(name).get("step", 0.0), hyper, mixed_precision)
+    return common_optimizer(float(source.optimizer_fields(name).get("step", 0.0)), hyper, mixed_precision, layout)
 
 
 def _rng_objects(source, namespace) -> Dict[str, object]:
@@ -140,20 +147,23 @@ def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_prec
                       progress) -> bool:
     """Megatron-LM's torch_dist directory of the whole model (torch.distributed.checkpoint, one
     process), with the optimizer state when the checkpoint has one; whether it had."""
+    # the layout of the optimizer Megatron-LM's run builds: its distributed optimizer's if the args say so
+    layout = layout_for(bool(getattr(namespace, "use_distributed_optimizer", False)))
     common = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": namespace.iteration,
-              "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
+              "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {}),
+              "content_metadata": content_metadata(layout)}
     with_optimizer = source.has_optimizer() and not _missing_t5_bias(source, family)
     if with_optimizer:
-        common["optimizer"] = _common_optimizer(source, hyper, mixed_precision)
+        common["optimizer"] = _common_optimizer(source, hyper, mixed_precision, layout)
     objects = _rng_objects(source, namespace)
     if source.iteration is None:        # a weights-only checkpoint of ours: Megatron-LM's release directory
         directory = os.path.join(output, "release")
-        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family), common, write_tracker=False,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family, layout), common, write_tracker=False,
                          objects=objects)
         write_bytes_atomically(os.path.join(output, MegatronLayout.tracker_name), b"release\n")
     else:
         directory = os.path.join(output, f"iter_{source.iteration:07d}")
-        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family), common, iteration=source.iteration,
+        write_torch_dist(directory, _MegatronCoreNames(source, with_optimizer, family, layout), common, iteration=source.iteration,
                          objects=objects)
     progress(f"  wrote {directory}")
     return with_optimizer

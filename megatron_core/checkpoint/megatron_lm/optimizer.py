@@ -142,6 +142,3 @@ def torch_dist_common_optimizer(step, hyper: Mapping, mixed_precision: bool) -> 
              "param_groups": megatron_param_groups(hyper)}
     return {"optimizer": inner} if mixed_precision else inner
 
-
-# our per-parameter field -> its name among torch_dist's `optimizer.state.<field>.` tensors
-TORCH_DIST_FIELDS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_master": "fp32_param"}
