@@ -48,7 +48,7 @@ def ours_rate(work, iters, log_interval, env) -> float:
             "--pretrained-checkpoint", os.path.join(work, "ours"),
             "--num-layers", str(LAYERS), "--hidden-size", str(HIDDEN), "--num-attention-heads", str(HEADS),
             "--ffn-hidden-size", str(FFN), "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ),
-            "--layernorm-position", "post", "--micro-batch-size", str(BATCH), "--global-batch-size", str(BATCH),
+            "--layernorm-position", "post", "--norm-epsilon", "1e-12", "--micro-batch-size", str(BATCH), "--global-batch-size", str(BATCH),
             "--lr", str(LR), "--lr-decay-style", "constant", "--weight-decay", "0.01",
             "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", VOCAB,
             "--log-interval", str(log_interval), "--eval-interval", str(10 * iters)]

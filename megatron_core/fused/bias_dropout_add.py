@@ -38,9 +38,10 @@ class _KernelBiasDropoutAdd(torch.autograd.Function):
 
 def bias_dropout_add_reference(x, bias, residual, keep, p):
     out = x if bias is None else x + bias
-    if keep is not None:
-        out = out * keep * (1.0 / (1.0 - p))
-    return residual + out
+    if keep is None:
+        return residual + out
+    # one pass for mask, scale and residual (keep is 0/1, so out * keep * scale rounds once either way)
+    return torch.addcmul(residual, out, keep, value=1.0 / (1.0 - p))
 
 
 def bias_dropout_add(x: torch.Tensor, bias: Optional[torch.Tensor], residual: torch.Tensor,
