@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megatron_core.checkpoint.megatron_lm.files import spec_of
-from megatron_core.checkpoint.megatron_lm.key_names import legacy_from_ours, mcore_from_ours, nest
+from megatron_core.checkpoint.megatron_lm.key_names import legacy_from_ours, mcore_from_ours, nest, ours_from_legacy
 from megatron_core.checkpoint.reshard import SavedCheckpoint
 from megatron_core.checkpoint.weights_checkpoint import serial_world
 from megatron_core.errors import CheckpointError
@@ -201,3 +201,20 @@ def test_a_model_megatron_lm_cannot_build_is_not_exported_to_it(tmp_path):
     with pytest.raises(CheckpointError, match="layer norms after each sublayer") as error:
         export_megatron_lm(str(tmp_path / "post_ln"), str(tmp_path / "out"), progress=lambda line: None)
     assert "\n" not in str(error.value)
+
+
+def test_legacy_t5_decoder_norms_are_named_by_what_they_follow():
+    """Megatron-LM's legacy ParallelTransformerLayer of a decoder runs input_norm, self-attention,
+    post_attention_norm, inter_attention, post_inter_attention_norm, MLP (megatron/legacy/model/
+    transformer.py): its post_attention_layernorm is the norm before cross-attention, megatron-core's
+    pre_cross_attn_layernorm, and its post_inter_attention_layernorm the one before the MLP,
+    pre_mlp_layernorm. Both ways; the encoder's layers keep their names."""
+    layer = "language_model.decoder.layers.1."
+    for legacy, mcore in (("post_attention_layernorm.weight", "pre_cross_attn_layernorm.weight"),
+                          ("post_inter_attention_layernorm.bias", "pre_mlp_layernorm.bias"),
+                          ("input_layernorm.weight", "input_layernorm.weight")):
+        ours = ours_from_legacy(layer + legacy, "encoder", "t5")
+        assert mcore_from_ours(ours) == "decoder.layers.1." + mcore
+        assert legacy_from_ours(ours, "t5") == layer + legacy
+    encoder = "language_model.encoder.layers.0.post_attention_layernorm.weight"
+    assert mcore_from_ours(ours_from_legacy(encoder, "encoder", "t5")) == "encoder.layers.0.pre_mlp_layernorm.weight"
