@@ -43,8 +43,9 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
-from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, adam_hyperparameters, mcore_parameter_order,
-                                                megatron_optimizer, torch_dist_common_optimizer)
+from ..checkpoint.megatron_lm.optimizer import (TORCH_DIST_FIELDS, adam_hyperparameters, megatron_optimizer,
+                                                torch_dist_common_optimizer)
+from ..checkpoint.megatron_lm.parameter_order import mcore_parameter_order
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
 from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, megatron_key, nest, t5_aliases,
                                                 with_t5_aliases)
