@@ -1,8 +1,9 @@
 """Megatron-LM's `torch`-format files read as ours (checkpoint/megatron_lm/): the split rules
 by module kind agree with our layers' own sharding maps; files written with megatron-core
 names and with legacy nested names (every checkpoint_version's QKV order) give our weights at
-any saved TP x PP through the resharder; the args Namespace is read under its allowlist and
-nothing else unpickles; unsupported models are one sentence.
+any saved TP x PP through the resharder, and a legacy file's Adam state by the legacy model's
+parameter order, its QKV moments in the weights' row order; the args Namespace is read under
+its allowlist and nothing else unpickles; unsupported models are one sentence.
 
 The files here are transcriptions of Megatron-LM's naming made from our own models; the
 files of NVIDIA's megatron-core itself are read in test_megatron_lm_interop.py."""
@@ -13,14 +14,16 @@ import pytest
 import torch
 
 from megatron_core.checkpoint.megatron_lm.files import spec_of
-from megatron_core.checkpoint.megatron_lm.key_names import legacy_from_ours, mcore_from_ours, nest
+from megatron_core.checkpoint.megatron_lm.key_names import legacy_from_ours, mcore_from_ours, nest, ours_from_legacy
 from megatron_core.checkpoint.reshard import SavedCheckpoint
+from megatron_core.checkpoint.reshard.targets import target_optimizer_state, target_weight
 from megatron_core.checkpoint.weights_checkpoint import serial_world
 from megatron_core.errors import CheckpointError
 from megatron_core.models.registry import get_family
 from megatron_core.mpu.layout import PipelineStage, shard_tensor
 from megatron_core.mpu.parameter_device import parameters_on
 from megatron_core.transformer.config import GATED_ACTIVATIONS, TransformerConfig
+from tests.harness.megatron_lm_legacy_order import flattened, legacy_named_parameters
 
 pytestmark = pytest.mark.quick
 
@@ -134,6 +137,50 @@ def test_a_megatron_lm_checkpoint_reads_as_the_whole_model_at_any_saved_size(tmp
         assert torch.equal(whole, tensor), key
 
 
+def _add_legacy_optimizer(path, case, layers, first_stage, last_stage):
+    """Adam's state as Megatron-LM's optimizer saves it for the legacy model: positions in
+    named_parameters order (harness/megatron_lm_legacy_order.py), decayed group first; each
+    parameter's exp_avg is twice its weight as the file holds it (so a QKV's rows in the file's
+    version order), exp_avg_sq its square."""
+    raw = torch.load(path, weights_only=False)
+    model = flattened(raw["model"])
+    order = [legacy for legacy, _ in legacy_named_parameters(case, layers, first_stage, last_stage) if legacy in model]
+    assert set(order) == set(model)
+    decayed = [name for name in order if model[name].dim() > 1 and not name.endswith(".bias")]
+    members = decayed + [name for name in order if name not in decayed]
+    state = {i: {"exp_avg": 2 * model[name], "exp_avg_sq": model[name] ** 2, "step": torch.tensor(5.0)}
+             for i, name in enumerate(members)}
+    raw["optimizer"] = {"state": state, "param_groups": [
+        {"params": list(range(len(decayed))), "wd_mult": 1.0, "weight_decay": 0.01},
+        {"params": list(range(len(decayed), len(members))), "wd_mult": 0.0, "weight_decay": 0.0}]}
+    torch.save(raw, path)
+
+
+@pytest.mark.parametrize("case,tp,pp,version", [("bert", 1, 2, 3.0), ("gpt", 2, 2, 3.0), ("gpt", 2, 1, 0),
+                                                ("gpt", 2, 1, 1.0)])
+def test_a_legacy_files_optimizer_state_is_read_by_named_parameters_in_the_weights_row_order(
+        tmp_path, case, tp, pp, version):
+    """A legacy file's positions follow the legacy model's named_parameters, not its nested dict
+    (a BERT last stage nests word_embeddings_for_head after its heads but registers it before
+    them); an old file's (checkpoint_version 0, 1.0) QKV moments come in our row order, as its
+    weights do: every parameter's exp_avg is twice its weight and exp_avg_sq its square."""
+    full = _full_state(case)
+    _write_megatron_lm(tmp_path, case, full, tp, pp, "legacy", version)
+    for p in range(pp):
+        for t in range(tp):
+            rank_dir = f"mp_rank_{t:02d}" if pp == 1 else f"mp_rank_{t:02d}_{p:03d}"
+            _add_legacy_optimizer(tmp_path / "iter_0000007" / rank_dir / "model_optim_rng.pt", case, 4 // pp,
+                                  p == 0, p == pp - 1)
+    source = SavedCheckpoint(str(tmp_path))
+    assert source.has_optimizer(), source.parallel
+    smap = source.whole_model_map()
+    for key in full:
+        for t in range(tp):
+            weight = target_weight(source, key, smap.tensors[key], t, tp, 128)
+            fields = target_optimizer_state(source, key, smap.tensors[key], t, tp, 128)
+            assert torch.equal(fields["exp_avg"], 2 * weight) and torch.equal(fields["exp_avg_sq"], weight ** 2), key
+            assert float(fields["step"]) == 5.0
+
 def test_the_args_allowlist_refuses_any_other_class_and_runs_nothing(tmp_path):
     full = _full_state("gpt")
     _write_megatron_lm(tmp_path, "gpt", full, 1, 1, "mcore")
@@ -201,3 +248,20 @@ def test_a_model_megatron_lm_cannot_build_is_not_exported_to_it(tmp_path):
     with pytest.raises(CheckpointError, match="layer norms after each sublayer") as error:
         export_megatron_lm(str(tmp_path / "post_ln"), str(tmp_path / "out"), progress=lambda line: None)
     assert "\n" not in str(error.value)
+
+
+def test_legacy_t5_decoder_norms_are_named_by_what_they_follow():
+    """Megatron-LM's legacy ParallelTransformerLayer of a decoder runs input_norm, self-attention,
+    post_attention_norm, inter_attention, post_inter_attention_norm, MLP (megatron/legacy/model/
+    transformer.py): its post_attention_layernorm is the norm before cross-attention, megatron-core's
+    pre_cross_attn_layernorm, and its post_inter_attention_layernorm the one before the MLP,
+    pre_mlp_layernorm. Both ways; the encoder's layers keep their names."""
+    layer = "language_model.decoder.layers.1."
+    for legacy, mcore in (("post_attention_layernorm.weight", "pre_cross_attn_layernorm.weight"),
+                          ("post_inter_attention_layernorm.bias", "pre_mlp_layernorm.bias"),
+                          ("input_layernorm.weight", "input_layernorm.weight")):
+        ours = ours_from_legacy(layer + legacy, "encoder", "t5")
+        assert mcore_from_ours(ours) == "decoder.layers.1." + mcore
+        assert legacy_from_ours(ours, "t5") == layer + legacy
+    encoder = "language_model.encoder.layers.0.post_attention_layernorm.weight"
+    assert mcore_from_ours(ours_from_legacy(encoder, "encoder", "t5")) == "encoder.layers.0.pre_mlp_layernorm.weight"

@@ -3,7 +3,10 @@ tests/harness/megatron_lm.py): checkpoints megatron-core writes as Megatron-LM d
 ours at TP=1, 2 and 4 with megatron-core's logits, in both formats; ours exported with
 convert_checkpoint --to-megatron-lm load into megatron-core strictly (torch format: each rank's
 load_state_dict(strict=True); torch_dist: dist_checkpointing.load) with the same logits; the
-legacy key names go round trip through our reader."""
+legacy key names go round trip through our reader, and carry the optimizer state in the legacy
+models' parameter order."""
+
+import shutil
 
 import pytest
 import torch
@@ -11,13 +14,16 @@ from safetensors.torch import load_file as load_safetensors
 
 pytest.importorskip("megatron.core")
 
+from megatron_core.checkpoint import reshard  # noqa: E402
 from megatron_core.checkpoint.megatron_lm.key_names import ours_from_mcore  # noqa: E402
 from megatron_core.checkpoint.reshard import SavedCheckpoint  # noqa: E402
+from megatron_core.checkpoint.reshard.targets import target_optimizer_state  # noqa: E402
 from megatron_core.checkpoint.saved_model import open_saved_model  # noqa: E402
 from tests.harness import megatron_lm  # noqa: E402
 from tests.harness.datasets import null_tokenizer_run_flags  # noqa: E402
 from tests.harness.entry_points import failure_report, logged_values, run_ranks  # noqa: E402
 from tests.harness.megatron_lm import our_logits  # noqa: E402
+from tests.harness.megatron_lm_legacy_order import flattened, legacy_named_parameters  # noqa: E402
 from tests.harness.megatron_lm_models import sample_batch  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
 
@@ -187,3 +193,80 @@ def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, na
             for field in ("exp_avg", "exp_avg_sq", "step"):
                 torch.testing.assert_close(optimizer[rank][parameter][field].float(),
                                            fields[field].float(), rtol=0, atol=0, msg=lambda m: f"{rank} {parameter} {field}: {m}")
+
+
+MASTER_OFFSET = 1e-3
+
+
+def _as_bf16_run(ours, out):
+    """Our TP=1 checkpoint `ours` as a bf16 run would save it: bf16 weights, and for every
+    parameter an fp32 master, here its fp32 weight plus MASTER_OFFSET (so no master is its
+    weight's upcast)."""
+    shutil.copytree(ours, out)
+    path = out / "iter_0000007" / "mp_rank_00" / "model_optim_rng.pt"
+    state = torch.load(path, weights_only=False)
+    for key, fields in state["optimizer"]["per_parameter"]["model"].items():
+        fields["fp32_master"] = state["model"][key].float() + MASTER_OFFSET
+    state["model"] = {key: weight.to(torch.bfloat16) for key, weight in state["model"].items()}
+    state["model_config"]["params_dtype"] = "bfloat16"
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("name,dtype", [("llama", "fp32"), ("bert", "fp32"), ("t5", "fp32"), ("bert", "bf16")])
+def test_legacy_key_names_carry_the_optimizer_state_in_the_legacy_models_parameter_order(tmp_path, name, dtype):
+    """megatron-core's model with Adam state -> ours at TP=1 (bf16: cast, with fp32 masters) ->
+    --to-megatron-lm --key-names legacy at TP=2. (a) Our reader gives back, for every parameter
+    and rank, exactly our checkpoint's moments, step and masters. (b) In each rank file the model
+    dict and the optimizer's positions follow the legacy model's named_parameters order
+    (transcribed from Megatron-LM's legacy modules, not taken from our key mapping:
+    harness/megatron_lm_legacy_order.py): the decayed group's positions, then the others', each
+    holding the weight megatron-core saved and the moments and step its live optimizer held for
+    that parameter (the fused QKV's rows included), and in bf16 its master at the same place."""
+    directory = tmp_path / "megatron"
+    reference = megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, fmt="torch", seed=1234,
+                                            iteration=7, with_optimizer=True, steps=2)
+    ours, exported = tmp_path / "ours", tmp_path / "legacy"
+    run_tool_main("change_mp.py", directory, "--target-tensor-parallel-size", 1, "--output", ours)
+    if dtype == "bf16":
+        _as_bf16_run(ours, tmp_path / "ours_bf16")
+        ours = tmp_path / "ours_bf16"
+    run_tool_main("convert_checkpoint.py", "--to-megatron-lm", exported, "--load", ours, "--key-names", "legacy",
+                  "--tensor-model-parallel-size", 2)
+
+    original, back = reshard.open_source(str(ours)), reshard.open_source(str(exported))
+    assert back.has_optimizer() and set(back.owners) == set(original.owners)
+    fields = {"exp_avg", "exp_avg_sq", "step"} | ({"fp32_master"} if dtype == "bf16" else set())
+    smap = original.whole_model_map()
+    for key in original.owners:
+        for rank in range(2):
+            want, got = (target_optimizer_state(source, key, smap.tensors[key], rank, 2, 128) for source in (original, back))
+            assert set(got) == set(want) == fields, key
+            assert all(torch.equal(got[field], want[field]) for field in want), (key, rank)
+
+    for rank in range(2):
+        raw = torch.load(exported / "iter_0000007" / f"mp_rank_{rank:02d}" / "model_optim_rng.pt", weights_only=False)
+        megatron_core_file = torch.load(directory / "iter_0000007" / f"mp_rank_{rank:02d}" / "model_optim_rng.pt",
+                                        weights_only=False)["model"]
+        live = reference.optimizer[(rank, 0)]
+        expected = [pair for pair in legacy_named_parameters(name) if pair[1] in live]
+        assert {mcore for _, mcore in expected} == set(live)
+        model = flattened(raw["model"])
+        assert list(model) == [legacy for legacy, _ in expected]
+        decayed = [pair for pair in expected if model[pair[0]].dim() > 1 and not pair[0].endswith(".bias")]
+        others = [pair for pair in expected if pair not in decayed]
+        optimizer = raw["optimizer"]["optimizer"] if dtype == "bf16" else raw["optimizer"]
+        groups, state = optimizer["param_groups"], optimizer["state"]
+        assert [group["wd_mult"] for group in groups] == [1.0, 0.0]
+        assert [group["params"] for group in groups] == [list(range(len(decayed))),
+                                                         list(range(len(decayed), len(expected)))]
+        for position, (legacy, mcore) in enumerate(decayed + others):
+            weight = megatron_core_file[mcore]
+            assert torch.equal(model[legacy], weight.to(model[legacy].dtype)), legacy
+            for field in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(state[position][field], live[mcore][field]), (position, legacy, field)
+        if dtype == "bf16":
+            masters = raw["optimizer"]["fp32_from_fp16_params"]
+            for group, members in zip(masters, (decayed, others)):
+                assert len(group) == len(members)
+                for master, (legacy, mcore) in zip(group, members):
+                    assert torch.equal(master, megatron_core_file[mcore] + MASTER_OFFSET), legacy

@@ -26,12 +26,17 @@ weights-only checkpoint of ours) holds what Megatron-LM's save_checkpoint writes
 
 The weights are cut for the target from the memory-mapped source one tensor at a time
 (reshard/targets.py); memory holds one output file. The optimizer state, when the checkpoint
-has one, is written as Megatron-LM's optimizer saves it (megatron_lm/optimizer.py; megatron-core
-names only), so Megatron-LM's --load resumes it; without one, load it with --finetune or
---no-load-optim. GPT (Llama-style too), BERT and T5 (Megatron's: learned positions, one pipeline
-stage; megatron-core's second names of its position table and head written too, and a zero LM-head
-bias for a tied T5 saved without one, whose optimizer state then stays behind); the other
-families are one sentence.
+has one, is written as Megatron-LM's optimizer saves it (megatron_lm/optimizer.py), its positions
+in the named_parameters order of the model the key names belong to (megatron_lm/parameter_order.py:
+megatron-core's, or the legacy GPTModel / BertModel / T5Model's, whose nested model dict is written
+in that order too), so Megatron-LM's --load resumes it; without one, load it with --finetune or
+--no-load-optim. Adam's moments and masters are cut like their weights, so a fused QKV's rows are in
+the weight's order (checkpoint_version 3.0: per head [q, k, v]) in both.
+
+GPT (Llama-style too), BERT and T5 (Megatron's: learned positions, one pipeline stage;
+megatron-core's second names of its position table and head written too, and a zero LM-head bias
+for a tied T5 saved without one, whose optimizer state then stays behind); the other families are
+one sentence.
 """
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
-from ..checkpoint.megatron_lm.optimizer import adam_hyperparameters, mcore_parameter_order, megatron_optimizer
+from ..checkpoint.megatron_lm.optimizer import adam_hyperparameters, megatron_optimizer
+from ..checkpoint.megatron_lm.parameter_order import legacy_parameter_order, mcore_parameter_order
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
 from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, megatron_key, nest, t5_aliases,
                                                 with_t5_aliases)
@@ -212,12 +218,11 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     layout = MegatronLayout()
     chunks = target_chunks(source, tp, pp, padded, None)
     zero_bias = _missing_t5_bias(source, family)
-    with_optimizer = source.has_optimizer() and key_names == MCORE and not zero_bias
+    with_optimizer = source.has_optimizer() and not zero_bias
     if source.has_optimizer() and not with_optimizer:
-        why = "the zero LM-head bias Megatron-LM's T5 adds has none" if zero_bias else \
-            "the optimizer state is written with megatron-core's names only"
-        progress(f"note: {why}; this checkpoint goes without its optimizer state (load it in Megatron-LM with "
-                 f"--finetune or --no-load-optim).")
+        progress("note: the zero LM-head bias Megatron-LM's T5 adds has no optimizer state; this checkpoint goes "
+                 "without its optimizer state (load it in Megatron-LM with --finetune or --no-load-optim).")
+    in_order = legacy_parameter_order if key_names == LEGACY else mcore_parameter_order
     saved_rng = list(source.head.get("rng_state") or [])
     seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
@@ -226,24 +231,26 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
             state = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
                      "iteration": namespace.iteration, "rng_state": megatron_rng_state(saved_rng, seed, t, p),
                      "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
-            parameters = []
+            parameters = []         # (name, weight, fields): the optimizer's positions, chunk by chunk
             for chunk in mine:
-                tensors = {}
+                tensors, fields = {}, {}
                 for local, (whole, spec) in chunk.entries.items():
                     name = _megatron_name(local, key_names, family)
                     tensors[name] = target_weight(source, whole, spec, t, tp, padded)
                     if with_optimizer:
-                        parameters.append((name, tensors[name], target_optimizer_state(source, whole, spec, t, tp,
-                                                                                       padded)))
+                        fields[name] = target_optimizer_state(source, whole, spec, t, tp, padded)
                 if zero_bias:
                     table = tensors[_megatron_name("embedding.word_embeddings.weight", key_names, family)]
                     tensors[_megatron_name("output_layer.bias", key_names, family)] = table.new_zeros(padded // tp)
-                if family == "t5" and key_names == MCORE:
-                    tensors = with_t5_aliases(tensors)
-                state[chunk.chunk] = nest(tensors) if key_names == LEGACY else tensors
+                # the model's named_parameters order: the optimizer numbers its positions in it, and a
+                # legacy file's nested dict follows it too (megatron-core's keys stay as they come)
+                order = in_order(list(tensors))
+                parameters += [(name, tensors[name], fields[name]) for name in order if name in fields]
+                if key_names == LEGACY:
+                    state[chunk.chunk] = nest({name: tensors[name] for name in order})
+                else:
+                    state[chunk.chunk] = with_t5_aliases(tensors) if family == "t5" else tensors
             if with_optimizer:
-                order = {name: i for i, name in enumerate(mcore_parameter_order([n for n, _, _ in parameters]))}
-                parameters.sort(key=lambda entry: order[entry[0]])
                 state["optimizer"] = megatron_optimizer(parameters, hyper, mixed_precision)
             path = layout.model_file(output, source.iteration, t, tp, p, pp)
             os.makedirs(os.path.dirname(path), exist_ok=True)

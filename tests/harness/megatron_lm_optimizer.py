@@ -18,7 +18,7 @@ import torch
 
 from .megatron_cpu import CudaTensorTypes
 from .megatron_lm_args import LEARNING_RATE
-from .megatron_lm_models import BATCH, sample_batch
+from .megatron_lm_models import BATCH, sample_batch, t5_megatron_masks
 
 
 def build_optimizer(model, config, distributed: bool = False):
@@ -54,6 +54,9 @@ def take_steps(name: str, ddp, optimizer, scheduler, steps: int) -> None:
         if name == "bert":
             lm_loss, binary_logits = ddp(**batch, lm_labels=batch["input_ids"])
             loss = lm_loss.float().mean() + binary_logits.float().square().mean()
+        elif name == "t5":      # pretrain_t5.py's step: the decoder's tokens as its labels
+            loss = ddp(batch["encoder_input_ids"], batch["decoder_input_ids"], **t5_megatron_masks(batch),
+                       lm_labels=batch["decoder_input_ids"]).float().mean()
         else:
             loss = ddp(**batch, labels=batch["input_ids"]).float().mean()
         loss.backward()

@@ -29,8 +29,12 @@ Megatron-LM checkpoint at any saved TP x PP and reshard it as they reshard ours:
 The optimizer state of a plain (not distributed) optimizer is carried per parameter
 (per_parameter_state), as a resharded checkpoint of ours carries it, so a resumed run goes on
 with Megatron-LM's Adam moments and masters at any sizes; --finetune and --no-load-optim drop
-it. A distributed optimizer's elements (distrib_optim.pt beside the rank file, gathered to
-data-parallel rank 0) are carried the same way (distrib_optim.py), at any saved DP size.
+it. Its positions are taken in the model's named_parameters order: a megatron-core file's model
+dict is in it, a legacy file's is put in it (parameter_order.py; a BERT last stage nests its
+word_embeddings_for_head after the heads). A legacy QKV's moments and masters of
+checkpoint_version < 2.0 get the row order its weight gets. A distributed optimizer's elements
+(distrib_optim.pt beside the rank file, gathered to data-parallel rank 0) are carried the same
+way (distrib_optim.py), at any saved DP size.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from .distrib_optim import distributed_optimizer_state
 from .key_names import (LEGACY, alias_of, flatten, is_extra_state, known, our_key, qkv_rows_to_current, style_of,
                         unsupported_feature)
 from .optimizer import per_parameter_state
+from .parameter_order import legacy_parameter_order
 
 FORMAT_MARK = "megatron_lm"          # parallel record entry: the file was read from Megatron-LM's format
 OPTIMIZER_UNREADABLE = "optimizer_unreadable"   # parallel record entry: why its optimizer state cannot be read
@@ -197,6 +202,16 @@ def _chunk_map(state: Mapping[str, torch.Tensor], args: Mapping, config: Transfo
     return ShardingMap(tensors, tp, padded_vocab_size, args.get("vocab_size"), {s: offset for s in sorted(stacks)})
 
 
+def _qkv_fields_to_current(per_parameter: Mapping, version: float, heads: int) -> None:
+    """Adam's moments and masters of a fused QKV keep its weight's rows, so an old legacy file's
+    (checkpoint_version < 2.0) are put in the current order as its weight and bias are (_chunk_state)."""
+    for by_key in per_parameter.values():
+        for key, fields in by_key.items():
+            if ".query_key_value." in key:
+                fields.update({field: qkv_rows_to_current(value, version, heads) for field, value in fields.items()
+                               if isinstance(value, torch.Tensor) and value.dim() > 0})
+
+
 def contents_head(args: Mapping, config: TransformerConfig, family: str, version: float, iteration) -> Dict:
     """The counters, args, config and family entries of our contents, from Megatron-LM's args."""
     return {"checkpoint_version": version, "format_version": FORMAT_VERSION, "iteration": int(iteration or 0),
@@ -247,7 +262,9 @@ def our_contents(raw: Mapping, path: str) -> Dict:
         if family != "t5":      # T5 (one stage) numbers both stacks' layers from 0
             _check_even_chunk(state, name, per_chunk, args, where)
         skipped += dropped
-        parameters += [(name, ours, state[ours]) for ours in names.values()]
+        # the optimizer's positions follow named_parameters; a legacy file's nesting can differ from it
+        in_order = legacy_parameter_order(list(names)) if style == LEGACY else list(names)
+        parameters += [(name, names[theirs], state[names[theirs]]) for theirs in in_order]
         if padded is None:
             table = state.get("embedding.word_embeddings.weight", state.get("word_embeddings.weight"))
             padded = None if table is None else table.shape[0] * tp
@@ -268,6 +285,8 @@ def our_contents(raw: Mapping, path: str) -> Dict:
         except CheckpointError as error:    # the weights still load (--finetune, --no-load-optim); a
             contents["parallel"][OPTIMIZER_UNREADABLE] = str(error)    # run that wants the state stops on it
         else:
+            if style == LEGACY and version < 2.0:
+                _qkv_fields_to_current(state, version, int(args["num_attention_heads"]) // tp)
             contents["optimizer"] = {PER_PARAMETER: state}
             contents["parallel"].update(optimizer_dropped=False, optimizer_per_parameter=True)
     if isinstance(raw.get("opt_param_scheduler"), Mapping):

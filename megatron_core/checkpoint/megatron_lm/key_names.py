@@ -26,6 +26,12 @@ for BERT and T5 (T5's `language_model.decoder.` is our `decoder.`, its `lm_head.
 `output_layer.`, `language_model.pooler.` is `pooler.`, and a tied last stage's
 `word_embeddings_for_head.weight` is our stage copy of the word table.
 
+Legacy T5's decoder layer names its two later norms by what they follow: its
+`post_attention_layernorm` comes after self-attention, before inter_attention (our
+`post_inter_attention_layernorm`, megatron-core's `pre_cross_attn_layernorm`), and its
+`post_inter_attention_layernorm` after inter_attention, before the MLP (our
+`post_attention_layernorm`, megatron-core's `pre_mlp_layernorm`). The two swap names there.
+
 Legacy QKV order. checkpoint_version 2.0 and later (and megatron-core) keep the fused QKV
 rows per head as [q, k, v] (per query group with GQA), ours too; version 0 kept them as
 [all q; all k; all v], version 1.0 as [hn, 3] inside each head (legacy fix_query_key_value_ordering).
@@ -172,11 +178,25 @@ def flatten(nested: Mapping, prefix: str = "") -> Dict[str, object]:
 _LEGACY_STACK = re.compile(r"^language_model\.(?:encoder|transformer)\.")
 
 
+_DECODER_NORM = re.compile(r"^((?:language_model\.)?decoder\.layers\.\d+\.)post_(inter_)?attention_layernorm\.")
+
+
+def _swap_decoder_norms(key: str) -> str:
+    """A T5 decoder layer's norm under the other scheme's name (the swap is its own inverse)."""
+    match = _DECODER_NORM.match(key)
+    if match is None:
+        return key
+    other = "post_attention_layernorm." if match.group(2) else "post_inter_attention_layernorm."
+    return match.group(1) + other + key[match.end():]
+
+
 def ours_from_legacy(key: str, stack: str, family: str = "") -> str:
     """Our name of a flattened legacy key; `stack` is our name of the legacy `encoder` stack
     ("decoder" for GPT, "encoder" for BERT and T5)."""
     if family == "t5" and key == "lm_head.bias":
         return "output_layer.bias"
+    if family == "t5" and key.startswith("language_model.decoder."):
+        return _swap_decoder_norms(key[len("language_model."):])
     if _LEGACY_STACK.match(key):
         rest = _LEGACY_STACK.sub("", key)
         rest = "final_layernorm." + rest[len("final_norm."):] if rest.startswith("final_norm.") else rest
@@ -195,7 +215,7 @@ def legacy_from_ours(key: str, family: str = "") -> str:
         if key == "output_layer.bias":
             return "lm_head.bias"
         if key.startswith("decoder."):
-            return "language_model." + key
+            return "language_model." + _swap_decoder_norms(key)
     match = re.match(r"^(?:encoder|decoder)\.(.*)$", key)
     if match:
         return "language_model.encoder." + match.group(1)

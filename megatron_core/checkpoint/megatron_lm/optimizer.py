@@ -10,14 +10,14 @@ masters of each group, in order]]}. Ours keeps the same fields per parameter
 
   per_parameter_state   a Megatron-LM file's positional state -> ours per parameter (reading)
   megatron_optimizer    ours per parameter -> Megatron-LM's positional state (writing), in
-                        megatron-core's parameter order (mcore_parameter_order)
+                        the order the caller gives: the model's named_parameters order of the
+                        file's key names (parameter_order.py)
   megatron_param_groups the groups' fields, also what torch_dist's common.pt keeps of them
   torch_dist_common_optimizer  common.pt's optimizer entry (the moments are tensors there)
 """
 from __future__ import annotations
 
-import re
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 
@@ -31,9 +31,9 @@ def _decayed(name: str, tensor: torch.Tensor) -> bool:
 
 def per_parameter_state(saved: Mapping, parameters: List[Tuple[str, str, torch.Tensor]], where: str) -> Dict:
     """Megatron-LM's optimizer state of one rank as ours, {chunk: {our key: {field: tensor}}};
-    `parameters`: (chunk, our key, weight) in the file's model order, which is the model's
-    named_parameters order. Anything but the default two groups, or shapes that do not line
-    up, is one sentence: load with --no-load-optim or --finetune."""
+    `parameters`: (chunk, our key, weight) in the model's named_parameters order
+    (parameter_order.py). Anything but the default two groups, or shapes that do not line up,
+    is one sentence: load with --no-load-optim or --finetune."""
     inner = saved.get("optimizer") if isinstance(saved.get("optimizer"), Mapping) else saved
     masters = saved.get("fp32_from_fp16_params")
     refuse = (f"{where}: the Megatron-LM optimizer state does not line up with the model's parameters "
@@ -64,34 +64,6 @@ def per_parameter_state(saved: Mapping, parameters: List[Tuple[str, str, torch.T
     return out
 
 
-# megatron-core's module order (named_parameters): what the positions of a file it loads follow.
-_OUTSIDE_ORDER = ("embedding.word_embeddings.", "embedding.position_embeddings.", "embedding.tokentype_embeddings.",
-                  "encoder.", "decoder.", "lm_head.dense.", "lm_head.layer_norm.", "output_layer.", "binary_head.",
-                  "pooler.")
-# (an attention module registers its output projection before its input projections)
-_LAYER_ORDER = ("input_layernorm.", "self_attention.linear_proj.", "self_attention.linear_qkv.",
-                "pre_cross_attn_layernorm.", "cross_attention.linear_proj.", "cross_attention.linear_q.",
-                "cross_attention.linear_kv.", "pre_mlp_layernorm.", "mlp.linear_fc1.", "mlp.linear_fc2.")
-_LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.*)$")
-
-
-def _position(prefixes: Sequence[str], name: str) -> int:
-    return next((i for i, prefix in enumerate(prefixes) if name.startswith(prefix)), len(prefixes))
-
-
-def mcore_parameter_order(names: Sequence[str]) -> List[str]:
-    """megatron-core names in its model's named_parameters order (weights before biases)."""
-    def key(name: str):
-        layer = _LAYER_KEY.match(name)
-        if layer:
-            stack, index, rest = layer.groups()
-            return (_position(_OUTSIDE_ORDER, stack + "."), int(index), _position(_LAYER_ORDER, rest),
-                    rest.endswith(".bias"))
-        after_layers = name.startswith(("encoder.", "decoder."))      # a stack's final norm follows its layers
-        return (_position(_OUTSIDE_ORDER, name), 1 << 30 if after_layers else -1, 0, name.endswith(".bias"))
-    return sorted(names, key=key)
-
-
 def adam_hyperparameters(flags: Mapping) -> Dict:
     """The `hyper` of megatron_param_groups from Megatron-LM's flag names (a run's optimizer
     config, or a checkpoint's args record), Megatron-LM's defaults where one is absent."""
@@ -116,8 +88,9 @@ def megatron_param_groups(hyper: Mapping) -> List[Dict]:
 
 def megatron_optimizer(parameters: List[Tuple[str, torch.Tensor, Mapping]], hyper: Mapping,
                        mixed_precision: bool) -> Dict:
-    """Megatron-LM's optimizer entry of one rank file. `parameters`: (megatron-core name, weight,
-    our per-parameter fields) in megatron-core's order; `hyper`: as megatron_param_groups."""
+    """Megatron-LM's optimizer entry of one rank file. `parameters`: (Megatron-LM name, weight,
+    our per-parameter fields) in the model's named_parameters order (parameter_order.py: megatron-core's
+    or the legacy model's, as the file's names are); `hyper`: as megatron_param_groups."""
     templates = megatron_param_groups(hyper)
     groups, state, masters = [], {}, []
     position = 0
