@@ -54,8 +54,9 @@ def total_norm(tensors: List[torch.Tensor], groups, norm_type: float = 2.0) -> f
             dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
         return float(total.item())
     total = torch.zeros((), dtype=torch.float32, device=device)
-    for t in tensors:
-        total += torch.linalg.vector_norm(t.detach().float(), norm_type) ** norm_type
+    if tensors:     # one foreach kernel for all the per-tensor norms (a model has hundreds of tensors)
+        norms = torch._foreach_norm([t.detach().float() for t in tensors], norm_type)
+        total += torch.stack(norms).pow(norm_type).sum()
     for group in groups:
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return float(total.item() ** (1.0 / norm_type))
@@ -78,10 +79,9 @@ def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> float
     total_norm = get_grad_norm(params, norm_type)
     clip_coeff = max_norm / (total_norm + 1.0e-6)
     if clip_coeff < 1.0 and math.isfinite(total_norm):
-        for p in params:
-            grad = param_grad(p)
-            if grad is not None:
-                grad.detach().mul_(clip_coeff)
+        grads = [param_grad(p).detach() for p in params if param_grad(p) is not None]
+        if grads:
+            torch._foreach_mul_(grads, clip_coeff)
     return total_norm
 
 

@@ -117,8 +117,7 @@ class NativeBackend:
         if self.clip_grad > 0:
             coeff = self.clip_grad / (norm + 1.0e-6)
             if coeff < 1.0:
-                for m in self.masters:
-                    m.grad.mul_(coeff)
+                torch._foreach_mul_([m.grad for m in self.masters], coeff)
         self._update()
         return StepResult(True, norm, scale)
 
