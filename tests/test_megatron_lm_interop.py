@@ -168,13 +168,15 @@ def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_na
 
 
 @pytest.mark.parametrize("name,fmt,distributed", [("llama", "torch", False), ("bert", "torch", False),
-                                                  ("llama", "torch_dist", False), ("llama", "torch_dist", True)])
+                                                  ("llama", "torch_dist", False), ("llama", "torch_dist", True),
+                                                  ("gpt", "torch", True)])
 def test_the_optimizer_state_goes_back_to_megatron_lm_so_it_resumes(tmp_path, name, fmt, distributed):
     """megatron-core's model with Adam state -> ours at TP=1 (change_mp keeps the state) -> --to-megatron-lm
     at TP=2: megatron-core's optimizer.load_state_dict takes it, and by parameter it holds exactly the
     moments and step it saved. distributed: saved by its DistributedOptimizer (distrib_optim.pt, DP=2),
-    so the args say --use-distributed-optimizer and torch_dist gets the fully_reshardable layout, which
-    its DistributedOptimizer loads at DP=1."""
+    so the args say --use-distributed-optimizer: torch_dist gets the fully_reshardable layout and torch
+    a distrib_optim.pt beside each rank file (megatron-core's grad-buffer order), which its
+    DistributedOptimizer loads at DP=1 (load_parameter_state, as Megatron-LM's load_checkpoint)."""
     directory = tmp_path / "megatron"
     reference = megatron_lm.save_checkpoint(name, str(directory), tp=2, pp=1, dp=2 if distributed else 1, fmt="torch",
                                             seed=1234, iteration=7, with_optimizer=True, steps=2,

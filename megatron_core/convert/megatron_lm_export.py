@@ -48,6 +48,7 @@ import torch
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
 from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
+from ..checkpoint.megatron_lm.distrib_optim import distrib_optim_file, distrib_optim_path
 from ..checkpoint.megatron_lm.optimizer import adam_hyperparameters, megatron_optimizer
 from ..checkpoint.megatron_lm.parameter_order import legacy_parameter_order, mcore_parameter_order
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
@@ -223,6 +224,9 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
         progress("note: the zero LM-head bias Megatron-LM's T5 adds has no optimizer state; this checkpoint goes "
                  "without its optimizer state (load it in Megatron-LM with --finetune or --no-load-optim).")
     in_order = legacy_parameter_order if key_names == LEGACY else mcore_parameter_order
+    # a run of the distributed optimizer (its args say so) loads its elements from distrib_optim.pt
+    distributed = bool(getattr(namespace, "use_distributed_optimizer", False))
+    step = float(source.optimizer_fields(next(iter(source.owners))).get("step", 0.0)) if with_optimizer else 0.0
     saved_rng = list(source.head.get("rng_state") or [])
     seed = int((source.head.get("args") or {}).get("seed") or 1234)
     for p in range(pp):
@@ -231,7 +235,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
             state = {"args": namespace, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION,
                      "iteration": namespace.iteration, "rng_state": megatron_rng_state(saved_rng, seed, t, p),
                      "opt_param_scheduler": dict(source.head.get("opt_param_scheduler") or {})}
-            parameters = []         # (name, weight, fields): the optimizer's positions, chunk by chunk
+            by_chunk = []         # each chunk's (name, weight, fields): the optimizer's positions, in order
             for chunk in mine:
                 tensors, fields = {}, {}
                 for local, (whole, spec) in chunk.entries.items():
@@ -245,15 +249,20 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
                 # the model's named_parameters order: the optimizer numbers its positions in it, and a
                 # legacy file's nested dict follows it too (megatron-core's keys stay as they come)
                 order = in_order(list(tensors))
-                parameters += [(name, tensors[name], fields[name]) for name in order if name in fields]
+                by_chunk.append([(name, tensors[name], fields[name]) for name in order if name in fields])
                 if key_names == LEGACY:
                     state[chunk.chunk] = nest({name: tensors[name] for name in order})
                 else:
                     state[chunk.chunk] = with_t5_aliases(tensors) if family == "t5" else tensors
-            if with_optimizer:
-                state["optimizer"] = megatron_optimizer(parameters, hyper, mixed_precision)
             path = layout.model_file(output, source.iteration, t, tp, p, pp)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if with_optimizer and distributed:      # the param groups here, the elements beside
+                state["optimizer"] = {"optimizer": common_optimizer(step, hyper, mixed_precision, RESHARDABLE)[
+                    "optimizer"]}
+                save_file(distrib_optim_file(by_chunk, vars(namespace), p), distrib_optim_path(path))
+            elif with_optimizer:
+                state["optimizer"] = megatron_optimizer([entry for members in by_chunk for entry in members], hyper,
+                                                        mixed_precision)
             save_file(state, path)
             progress(f"  wrote {path}")
     tracker = "release" if source.iteration is None else str(source.iteration)

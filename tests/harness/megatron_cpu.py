@@ -119,7 +119,7 @@ def prepare_distributed_optimizer_load(optimizer) -> None:
     load replaces. Its fully_reshardable load then copies every state key of a parameter from the
     checkpoint's tensors, `step` included, which only torch's Adam keeps there (the fused ones keep
     it in the param groups, which load_state_dict has already set from the checkpoint), so the
-    copy skips `step`."""
+    copy skips `step`, and runs without autograd."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner._init_optimizer_states_with_dummy_values()
         copy_states = inner._set_main_param_and_optimizer_states
@@ -128,7 +128,8 @@ def prepare_distributed_optimizer_load(optimizer) -> None:
             group_index, group_order = inner.model_param_group_index_map[model_param]
             state = inner.optimizer.state[inner.optimizer.param_groups[group_index]["params"][group_order]]
             step = state.pop("step", None)
-            copy_states(model_param, tensors)
+            with torch.no_grad():   # an fp32 model's main params are views of its weights (the dp_zero
+                copy_states(model_param, tensors)       # load path lacks the no_grad the others have)
             if step is not None:
                 state["step"] = step
 

@@ -49,8 +49,8 @@ import torch.distributed as dist
 from .distributed import run_distributed
 from .megatron_cpu import import_megatron, prepare_distributed_optimizer_load, start_ranks, stop_ranks
 from .megatron_lm_args import check_checkpoint_args, megatron_lm_args
-from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, save_torch_dist,
-                                save_torch_format, strict_load_error)
+from .megatron_lm_files import (file_state_dict, load_torch_dist, load_torch_format, rank_file, read_tracker,
+                                save_torch_dist, save_torch_format, strict_load_error)
 from .megatron_lm_models import MODEL_NAMES, build_model, full_logits, sample_batch
 from .megatron_lm_optimizer import (build_optimizer, distributed_optimizer_state_by_name, optimizer_state_by_name,
                                     take_steps)
@@ -103,7 +103,7 @@ def _loaded_metadata(directory: str) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core.safe_globals import SAFE_GLOBALS
 
-    from .megatron_lm_files import iteration_dir, read_tracker
+    from .megatron_lm_files import iteration_dir
 
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         saved = dist_checkpointing.load_content_metadata(iteration_dir(directory, read_tracker(directory))) or {}
@@ -177,6 +177,8 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer, dist
         if with_optimizer:
             _, optimizer, scheduler = build_optimizer(model, model.config, distributed=distributed)
         if fmt == "torch":
+            if with_optimizer and distributed:
+                prepare_distributed_optimizer_load(optimizer)
             state = load_torch_format(directory)
         else:
             tp_rank, pp_rank, _ = _ranks()
@@ -202,6 +204,10 @@ def _load_rank(name, directory, out_dir, tp, pp, fmt, seed, with_optimizer, dist
             return
         if with_optimizer:
             optimizer.load_state_dict(state["optimizer"])
+            if distributed and fmt == "torch":    # Megatron-LM's load_checkpoint: then the elements beside
+                tp_rank, pp_rank, pp_size = _ranks()
+                path = rank_file(directory, read_tracker(directory), tp_rank, pp_rank, pp_size)
+                optimizer.load_parameter_state(os.path.join(os.path.dirname(path), "distrib_optim.pt"))
             scheduler.load_state_dict(state["opt_param_scheduler"])
             tp_rank, pp_rank, _ = _ranks()
             read_state = distributed_optimizer_state_by_name if distributed else optimizer_state_by_name

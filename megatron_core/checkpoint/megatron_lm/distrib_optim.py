@@ -162,4 +162,48 @@ def distributed_optimizer_state(model_path: str, parameters: List[Tuple[str, str
     return out
 
 
-__all__ = ["FILE_NAME", "distrib_optim_path", "buffer_offsets", "distributed_optimizer_state"]
+def _shares_the_word_table(name: str, args: Mapping) -> bool:
+    """A stage's copy of the tied word table, under the names a file we write uses (megatron-core's
+    first-stage table and last-stage output_layer, or the legacy table and word_embeddings_for_head)."""
+    tied = not args.get("untie_embeddings_and_output_weights", False)
+    pp = int(args.get("pipeline_model_parallel_size") or 1)
+    return tied and pp > 1 and name in ("embedding.word_embeddings.weight", "output_layer.weight",
+                                        "language_model.embedding.word_embeddings.weight",
+                                        "word_embeddings_for_head.weight")
+
+
+def grad_dtype(params_dtype: torch.dtype, args: Mapping) -> torch.dtype:
+    """The grad buffer's dtype Megatron-LM's DDP keeps (the second half of the file's dtype key):
+    fp32, except an fp16 run without --accumulate-allreduce-grads-in-fp32 (bf16 turns it on)."""
+    if params_dtype == torch.float16 and not args.get("accumulate_allreduce_grads_in_fp32"):
+        return torch.float16
+    return torch.float32
+
+
+def distrib_optim_file(chunks: Sequence[Sequence[Tuple[str, torch.Tensor, Mapping]]], args: Mapping,
+                       pp_rank: int) -> Dict:
+    """distrib_optim.pt of one (TP, PP) rank, the inverse of distributed_optimizer_state:
+    `chunks`: each model chunk's (name, weight, our per-parameter fields) in named_parameters
+    order; `args`: the Megatron-LM args the rank file carries (they decide the buckets)."""
+    rank_numel = sum(weight.numel() for members in chunks for _, weight, _ in members)
+    saved: Dict = {"buckets_coalesced": True}
+    for index, members in enumerate(chunks):
+        sizes = [(name, weight.numel(), _shares_the_word_table(name, args)) for name, weight, _ in members]
+        starts, length = buffer_offsets(sizes, _bucket_size(args, pp_rank, index, rank_numel))
+        flat = {field: torch.zeros(length, dtype=torch.float32) for field in ("param",) + _FIELDS}
+        dtypes = {weight.dtype for _, weight, _ in members}
+        if len(dtypes) != 1:
+            raise CheckpointError(f"model chunk {index} holds parameters of {sorted(map(str, dtypes))}; Megatron-LM's "
+                                  f"distributed optimizer keeps one grad buffer per dtype, written here for one.")
+        for name, weight, fields in members:
+            first, numel = starts[name], weight.numel()
+            flat["param"][first:first + numel] = fields.get("fp32_master", weight).reshape(-1).float()
+            for field in _FIELDS:
+                flat[field][first:first + numel] = fields[field].reshape(-1).float()
+        params_dtype = dtypes.pop()
+        saved[index] = {(params_dtype, grad_dtype(params_dtype, args)): dict(flat, numel_unpadded=length)}
+    return saved
+
+
+__all__ = ["FILE_NAME", "distrib_optim_path", "buffer_offsets", "distributed_optimizer_state", "distrib_optim_file",
+           "grad_dtype"]
