@@ -132,6 +132,17 @@ def check_backend(backend: str, local_rank: int, cuda_devices: int) -> None:
                           f"at most {cuda_devices} processes per host (--nproc-per-node / slots=).")
 
 
+def restart_store(timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of this attempt: env:// 's (torchrun's agent store under torchrun), under
+    a prefix naming the restart. torchrun --max-restarts keeps one store across the attempts of a
+    group, so without the prefix the restarted ranks would read the dead attempt's addresses from
+    it and gloo's connect would fail ("Connection refused"); every group made later (new_group)
+    keys its entries under the default group's store, so the prefix covers them all."""
+    store, _, _ = next(dist.rendezvous("env://", int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                                       timeout=timeout))
+    return dist.PrefixStore(f"mcore/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+
+
 def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
     """Process group, model-parallel groups and the seeded RNG streams of this rank."""
     timeout = datetime.timedelta(minutes=parallel.distributed_timeout_minutes)
@@ -142,8 +153,8 @@ def initialize_distributed(parallel: ParallelConfig, seed: int) -> None:
         check_backend(backend, local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                                timeout=timeout)
+        dist.init_process_group(backend, store=restart_store(timeout), rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     if dist.get_world_size() != parallel.world_size:
         raise LaunchError(f"the process group has {dist.get_world_size()} ranks but the flags were checked for "
                           f"{parallel.world_size}; set WORLD_SIZE to the number of launched processes.")

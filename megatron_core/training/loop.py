@@ -34,6 +34,7 @@ from .. import mpu
 from ..errors import ConfigError
 from .checkpointing import Checkpointer
 from .checkpointing.checkpoint_args import apply_checkpoint_args
+from .checkpointing.restart_resume import resume_after_restart
 from ..pipeline import P2PConfig
 from .arguments import build_run_config, parse_args, validate
 from .backends import build_training_backend
@@ -75,6 +76,7 @@ class LoopContext:
 
 def pretrain(spec: TrainSpec, argv: Optional[Sequence[str]] = None) -> Optional[TrainState]:
     args = parse_args(argv, spec.add_arguments)
+    resume_after_restart(args)      # a torchrun --max-restarts attempt goes on from --save
     apply_checkpoint_args(args, argv, spec.add_arguments)   # --use-checkpoint-args: before validation
     validate(args, intended_world_size(args))      # a bad flag is one sentence, before any process group
     run = build_run_config(args)

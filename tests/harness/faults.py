@@ -8,7 +8,8 @@ place of the script. entry_points.run_* take `faults=[...]` and build these comm
 forked ranks install the faults once, before forking.
 
 --stop-rank R:N[:STOP]      rank R SIGKILLs (SIGSTOP: freezes) itself as it starts iteration N
-                            (right after logging iteration N-1; N >= 2)
+                            (right after logging iteration N-1; N >= 2), in the first attempt only
+                            (a group torchrun --max-restarts restarts runs clean)
 --pause-before-rename S     each checkpoint file (*.pt) waits S seconds between its complete
                             temporary and the rename, so a test can kill the run at that point
 Nothing in megatron_core reads a test switch: the faults patch its functions here.
@@ -34,7 +35,8 @@ def stop_rank_at(rank: int, iteration: int, how: str = "KILL") -> None:
 
     def after_step_then_stop(self, done_iteration, *args, **kwargs):
         after_step(self, done_iteration, *args, **kwargs)
-        if done_iteration + 1 == iteration and dist.get_rank() == rank:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"     # a restart runs clean
+        if done_iteration + 1 == iteration and dist.get_rank() == rank and first_attempt:
             os.kill(os.getpid(), signal.SIGSTOP if how == "STOP" else signal.SIGKILL)
     TrainingLogger.after_step = after_step_then_stop
 
