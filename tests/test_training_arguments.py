@@ -202,6 +202,9 @@ ENCODER_DECODER_IMPOSSIBLE = [
     ("--num-layers 6", 1, r"--encoder-num-layers 4 and --num-layers 6 disagree"),
     ("--seq-length 32", 1, r"--encoder-seq-length 64 and --seq-length 32 disagree"),
     ("--max-position-embeddings 64", 1, r"--max-position-embeddings 64 .*--decoder-seq-length 96"),
+    ("--pipeline-model-parallel-size 2 --pipeline-model-parallel-split-rank 1 --save ckpt --save-interval 5 "
+     "--ckpt-format torch_dist", 2, r"--ckpt-format torch_dist writes a T5 as one pipeline stage .*not "
+     r"--pipeline-model-parallel-size 2; drop --pipeline-model-parallel-size, or save with --ckpt-format megatron"),
 ]
 
 

@@ -20,6 +20,12 @@ megatron-core's torch_dist holds the first stage's only. Data-parallel ranks > 0
 but still take part: the save is collective over the whole world. Each (TP, PP) rank also
 writes its RNG state as Megatron-LM's `rng_state/shard_<pp>.<tp>_<PP>.<TP>` object.
 
+A T5 (Megatron-LM's: learned positions, one pipeline stage; arguments.py refuses a split) is
+written as megatron-core's T5Model asks for it: its position table and LM head under both of
+their names (key_names.T5_ALIASES), their optimizer state too, and common.pt's args with the two
+stack depths pretrain_t5.py builds from. megatron-core's T5 head has the vocabulary bias exactly
+when it is tied, so a tied run without it (--no-t5-lm-head-bias) is refused at the start.
+
 The optimizer's state goes with it as megatron-core's torch_dist keeps it (torch_dist_optimizer.py:
 the plain optimizer's layout, or with --use-distributed-optimizer megatron-core's
 fully_reshardable one, joined from the data-parallel ranks), so Megatron-LM's --load and ours
@@ -41,30 +47,49 @@ from ..errors import CheckpointError, describe_os_error
 from ..mpu.sharding_map import ShardingMap
 from .contents import MEGATRON_CHECKPOINT_VERSION
 from .layout_files import LayoutFiles
-from .megatron_lm.args import megatron_args
-from .megatron_lm.key_names import mcore_from_ours
+from .model_record import FAMILY_KEY
+from .megatron_lm.args import check_megatron_can_build, megatron_args_of
+from .megatron_lm.key_names import mcore_names
 from .megatron_lm.rng import torch_dist_rng_object
 from .megatron_lm.optimizer import adam_hyperparameters
 from .megatron_lm.torch_dist import write_torch_dist, write_torch_dist_shards
 from .torch_dist_optimizer import (common_optimizer, content_metadata, layout_for, optimizer_tensors, shard_of,
                                    whole_parameter_states)
 
-# The families megatron-core's GPTModel and BertModel hold; their torch_dist names are known.
-TORCH_DIST_FAMILIES = ("gpt", "bert")
+# The families megatron-core's GPTModel, BertModel and T5Model hold; their torch_dist names are known.
+TORCH_DIST_FAMILIES = ("gpt", "bert", "t5")
+
+
+def check_torch_dist_model(family: str, config, options: Mapping) -> None:
+    """One sentence when megatron-core could not build this run's model to load its torch_dist save:
+    another family, what Megatron-LM's models do not build, or a T5 whose LM head differs from
+    megatron-core's (T5LMHead has the vocabulary bias exactly when it is tied to the word table)."""
+    if family not in TORCH_DIST_FAMILIES:
+        raise CheckpointError(f"--ckpt-format torch_dist writes megatron-core's GPT, BERT and T5 models "
+                              f"({', '.join(TORCH_DIST_FAMILIES)}), not a {family} model; save it with "
+                              f"--ckpt-format megatron.")
+    check_megatron_can_build(config, "--ckpt-format torch_dist: this run")
+    if family == "t5" and config.share_embeddings_and_output_weights and not options.get("lm_head_bias"):
+        raise CheckpointError("--ckpt-format torch_dist writes megatron-core's T5, whose LM head tied to the word "
+                              "embeddings adds a vocabulary bias this run does not have (--no-t5-lm-head-bias), so "
+                              "megatron-core could not load the save; drop --no-t5-lm-head-bias, or save with "
+                              "--ckpt-format megatron.")
 
 
 def local_torch_dist_state(contents: Mapping, tensor_rank: int, tensor_size: int) -> Dict[str, object]:
     """{megatron-core key numbered across the model: Shard or whole tensor} of one rank's
     contents (contents.py: its chunks' state dicts and their sharding maps)."""
     state: Dict[str, object] = {}
-    maps = contents.get("sharding_map") or {}
+    maps, family = contents.get("sharding_map") or {}, contents.get(FAMILY_KEY)
     for chunk_key, chunk_state in ((k, v) for k, v in contents.items() if k in maps):
         smap = ShardingMap.from_dict(maps[chunk_key])
         for key, tensor in chunk_state.items():
             spec = smap[key]
             if spec.copy_of is not None:        # another stage's tensor: written by its owner
                 continue
-            state[mcore_from_ours(smap.global_key(key))] = shard_of(tensor, spec, tensor_rank, tensor_size, key)
+            shard = shard_of(tensor, spec, tensor_rank, tensor_size, key)
+            for name in mcore_names(smap.global_key(key), family):     # a T5's two names of one tensor
+                state[name] = shard
     if not state:
         raise CheckpointError("this rank's model chunks carry no sharding map, so their torch_dist slices are "
                               "unknown; save with --ckpt-format megatron.")
@@ -73,10 +98,7 @@ def local_torch_dist_state(contents: Mapping, tensor_rank: int, tensor_size: int
 
 def torch_dist_common(contents: Mapping, config, tp: int, pp: int) -> dict:
     """common.pt of the save: Megatron-LM's args, version, iteration and scheduler."""
-    options = contents.get("model_options") or {}
-    args = megatron_args(contents.get("args") or {}, config, tp, pp, contents.get("padded_vocab_size"),
-                         contents.get("iteration"), contents.get("consumed_train_samples"),
-                         contents.get("consumed_valid_samples"), options.get("max_sequence_length"))
+    args = megatron_args_of(contents, config, tp, pp, contents.get("padded_vocab_size"))
     return {"args": args, "checkpoint_version": MEGATRON_CHECKPOINT_VERSION, "iteration": int(contents["iteration"]),
             "opt_param_scheduler": dict(contents.get("opt_param_scheduler") or {})}
 

@@ -35,9 +35,10 @@ import torch.distributed as dist
 from .. import mpu
 from ..errors import CheckpointError
 from ..mpu.sharding_map import ShardingMap, ShardSpec
-from .megatron_lm.key_names import mcore_from_ours
+from .megatron_lm.key_names import mcore_names
 from .megatron_lm.optimizer import megatron_param_groups, torch_dist_common_optimizer
 from .megatron_lm.torch_dist import OPTIMIZER_STATE, Shard
+from .model_record import FAMILY_KEY
 
 PLAIN, RESHARDABLE = "plain", "fully_reshardable"
 # our per-parameter field -> its name after `optimizer.state.`, by layout
@@ -133,9 +134,11 @@ def whole_parameter_states(contents: Mapping, distributed: bool) -> Tuple[Dict[P
 
 def optimizer_tensors(contents: Mapping, states: Mapping[ParameterKey, Mapping], layout: str, tensor_rank: int,
                       tensor_size: int) -> Dict[str, object]:
-    """{`optimizer.state.<field>.<megatron-core key>`: this rank's Shard} of `states`. A stage's
-    copy of another stage's parameter (the tied output table) is written by its owner."""
+    """{`optimizer.state.<field>.<megatron-core key>`: this rank's Shard} of `states` (a T5's
+    parameters under both their names: key_names.mcore_names). A stage's copy of another stage's
+    parameter (the tied output table) is written by its owner."""
     maps = {key: ShardingMap.from_dict(value) for key, value in (contents.get("sharding_map") or {}).items()}
+    family = contents.get(FAMILY_KEY)
     out: Dict[str, object] = {}
     for (chunk, name), fields in states.items():
         spec = maps[chunk][name]
@@ -144,11 +147,11 @@ def optimizer_tensors(contents: Mapping, states: Mapping[ParameterKey, Mapping],
         fields = dict(fields)
         if layout == RESHARDABLE and "fp32_master" not in fields:     # the main copy of an fp32 model: its weights
             fields["fp32_master"] = contents[chunk][name].float()
-        key = mcore_from_ours(maps[chunk].global_key(name))
+        keys = mcore_names(maps[chunk].global_key(name), family)
         for field, saved_as in SAVED_AS[layout].items():
             if field in fields:
-                out[f"{OPTIMIZER_STATE}{saved_as}.{key}"] = shard_of(fields[field], spec, tensor_rank, tensor_size,
-                                                                     name)
+                shard = shard_of(fields[field], spec, tensor_rank, tensor_size, name)
+                out.update({f"{OPTIMIZER_STATE}{saved_as}.{key}": shard for key in keys})
     return out
 
 

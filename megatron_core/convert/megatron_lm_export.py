@@ -34,9 +34,10 @@ in that order too), so Megatron-LM's --load resumes it; without one, load it wit
 the weight's order (checkpoint_version 3.0: per head [q, k, v]) in both.
 
 GPT (Llama-style too), BERT and T5 (Megatron's: learned positions, one pipeline stage;
-megatron-core's second names of its position table and head written too, and a zero LM-head bias
-for a tied T5 saved without one, whose optimizer state then stays behind); the other families are
-one sentence.
+megatron-core's second names of its position table and head written too, in torch_dist with their
+optimizer state, and a zero LM-head bias for a tied T5 saved without one, whose optimizer state then
+stays behind); the other families are one sentence. A training run writes the same torch_dist
+directly (checkpoint/torch_dist_files.py, --ckpt-format torch_dist).
 """
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ import torch
 
 from ..checkpoint.contents import MEGATRON_CHECKPOINT_VERSION
 from ..checkpoint.file_io import save_file, write_bytes_atomically
-from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args
+from ..checkpoint.megatron_lm.args import check_megatron_can_build, megatron_args_of
 from ..checkpoint.megatron_lm.distrib_optim import distrib_optim_file, distrib_optim_path
 from ..checkpoint.megatron_lm.optimizer import adam_hyperparameters, megatron_optimizer
 from ..checkpoint.megatron_lm.parameter_order import legacy_parameter_order, mcore_parameter_order
 from ..checkpoint.megatron_lm.rng import megatron_rng_state, torch_dist_rng_object
-from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, megatron_key, nest, t5_aliases,
-                                                with_t5_aliases)
+from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, mcore_names, megatron_key, nest,
+                                                t5_aliases, with_t5_aliases)
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
 from ..checkpoint.reshard.torch_dist_source import open_source
@@ -72,18 +73,6 @@ def _megatron_name(key: str, style: str, family: str) -> str:
     if key == "word_embeddings.weight":         # our tied last stage's copy of the word table
         return "word_embeddings_for_head.weight" if style == LEGACY else "output_layer.weight"
     return megatron_key(key, style, family)
-
-
-def _namespace(source, config: TransformerConfig, tp: int, pp: int, padded: int):
-    head = source.head
-    options = head.get("model_options") or {}
-    namespace = megatron_args(head.get("args") or {}, config, tp, pp, padded, head.get("iteration"),
-                              head.get("consumed_train_samples"), head.get("consumed_valid_samples"),
-                              options.get("max_sequence_length"))
-    if head.get("model_family") == "t5":         # pretrain_t5.py's stack sizes
-        namespace.encoder_num_layers = config.num_layers
-        namespace.decoder_num_layers = options.get("decoder_num_layers") or config.num_layers
-    return namespace
 
 
 def _missing_t5_bias(source, family: str) -> bool:
@@ -109,12 +98,13 @@ class _MegatronCoreNames(Mapping):
         if optimizer:
             for key in self._merged:
                 fields = source.optimizer_fields(key)
+                names = mcore_names(key, family)        # a T5's optimizer asks for either of its names
                 for field, saved_as in SAVED_AS[layout].items():
                     if field in fields:
-                        self._entries[f"{OPTIMIZER_STATE}{saved_as}.{megatron_key(key, MCORE)}"] = (key, field)
+                        self._entries.update({f"{OPTIMIZER_STATE}{saved_as}.{name}": (key, field) for name in names})
                 if layout == RESHARDABLE and "fp32_master" not in fields:    # the fp32 main copy: the weights
-                    self._entries[f"{OPTIMIZER_STATE}{SAVED_AS[layout]['fp32_master']}.{megatron_key(key, MCORE)}"] \
-                        = (key, "weights")
+                    saved_as = SAVED_AS[layout]["fp32_master"]
+                    self._entries.update({f"{OPTIMIZER_STATE}{saved_as}.{name}": (key, "weights") for name in names})
 
     def __getitem__(self, key: str) -> torch.Tensor:
         ours, field = self._entries[key]
@@ -208,7 +198,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
         raise ConversionError(f"--to-megatron-lm {output} is the checkpoint being read; write to a new directory.")
     config = TransformerConfig.from_dict(source.head["model_config"])
     check_megatron_can_build(config, source.iteration_path)
-    namespace = _namespace(source, config, tp, pp, padded)
+    namespace = megatron_args_of(source.head, config, tp, pp, padded)
     hyper = adam_hyperparameters(source.head.get("args") or {})
     mixed_precision = config.params_dtype != torch.float32
     if fmt == "torch_dist":

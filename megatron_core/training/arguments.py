@@ -401,8 +401,13 @@ def _validate_parallel(args, world_size: int) -> None:
 
 def _validate_split_rank(args, pp: int) -> None:
     """An encoder-decoder pipeline: encoder on stages [0, split), decoder on [split, pp), each stack
-    split evenly over its stages."""
+    split evenly over its stages; none for a run that saves Megatron-LM's torch_dist."""
     split = args.pipeline_model_parallel_split_rank
+    if pp > 1 and args.save and args.ckpt_format == "torch_dist":
+        raise ConfigError(f"--ckpt-format torch_dist writes a T5 as one pipeline stage (Megatron-LM's T5 split over "
+                          f"stages is neither read nor written here), not --pipeline-model-parallel-size {pp}; drop "
+                          f"--pipeline-model-parallel-size, or save with --ckpt-format megatron and convert the "
+                          f"checkpoint with tools/convert_checkpoint.py --to-megatron-lm.")
     if pp == 1:
         if split is not None:
             raise ConfigError(f"--pipeline-model-parallel-split-rank {split} needs --pipeline-model-parallel-size "

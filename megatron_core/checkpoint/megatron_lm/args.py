@@ -124,7 +124,7 @@ _MEGATRON_POSITIONS = ("learned_absolute", "rope")
 
 
 def check_megatron_can_build(config, where: str) -> None:
-    """One sentence listing what of `config` Megatron-LM's GPT/BERT cannot express."""
+    """One sentence listing what of `config` Megatron-LM's GPT/BERT/T5 cannot express."""
     problems = []
     if config.layernorm_position != "pre":
         problems.append(f"layer norms after each sublayer (--layernorm-position {config.layernorm_position})")
@@ -167,5 +167,20 @@ def megatron_args(record: Mapping, config, tp: int, pp: int, padded_vocab_size: 
     return megatron_namespace(values)
 
 
+def megatron_args_of(head: Mapping, config, tp: int, pp: int, padded_vocab_size: int) -> argparse.Namespace:
+    """megatron_args of one of our checkpoints, from its head (or a save's contents: the args
+    record, counters, model family and options); a T5's two stack depths under pretrain_t5.py's
+    names, which its model provider builds the encoder and the decoder from."""
+    options = head.get("model_options") or {}
+    namespace = megatron_args(head.get("args") or {}, config, tp, pp, padded_vocab_size, head.get("iteration"),
+                              head.get("consumed_train_samples"), head.get("consumed_valid_samples"),
+                              options.get("max_sequence_length"))
+    if head.get("model_family") == "t5":
+        namespace.encoder_num_layers = config.num_layers
+        namespace.decoder_num_layers = options.get("decoder_num_layers") or config.num_layers
+    return namespace
+
+
 __all__ = ["ALLOWED_GLOBALS", "plain_args", "check_megatron_can_build", "unsupported_options", "check_supported",
-           "virtual_stages", "parallel_sizes", "megatron_namespace", "megatron_args"]
+           "virtual_stages", "parallel_sizes", "megatron_namespace", "megatron_args",
+           "megatron_args_of"]

@@ -39,7 +39,7 @@ rows per head as [q, k, v] (per query group with GQA), ours too; version 0 kept 
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -160,6 +160,14 @@ def mcore_from_ours(key: str) -> str:
         prefix, rest = match.groups()
         return prefix + (_swap(rest, _LAYER_MCORE, False) or rest)
     return _swap(key, _OUTSIDE_MCORE, False) or key
+
+
+def mcore_names(ours: str, family: str = "") -> List[str]:
+    """Every name megatron-core's model of `family` gives our tensor `ours`: its megatron-core key,
+    and a T5's second name of it (T5_ALIASES). megatron-core's optimizer asks for one of the two
+    (the position table's alias, the head's original), so a writer keeps its state under both."""
+    key = mcore_from_ours(ours)
+    return [key, *t5_aliases([key])] if family == "t5" else [key]
 
 
 # --- legacy ----------------------------------------------------------------------------------
@@ -285,6 +293,7 @@ def megatron_key(key: str, style: str, family: str = "") -> str:
     return legacy_from_ours(key, family) if style == LEGACY else mcore_from_ours(key)
 
 
-__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "T5_ALIASES", "alias_of", "t5_aliases", "with_t5_aliases", "known", "is_extra_state", "unsupported_feature", "ours_from_mcore",
+__all__ = ["MCORE", "LEGACY", "KEY_STYLES", "T5_ALIASES", "alias_of", "t5_aliases", "with_t5_aliases", "mcore_names",
+           "known", "is_extra_state", "unsupported_feature", "ours_from_mcore",
            "mcore_from_ours", "flatten", "nest", "ours_from_legacy", "legacy_from_ours", "qkv_rows_to_current",
            "style_of", "our_key", "megatron_key"]

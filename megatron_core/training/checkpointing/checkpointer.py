@@ -42,9 +42,8 @@ from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
-from ...checkpoint.megatron_lm.args import check_megatron_can_build
 from ...checkpoint.megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
-from ...checkpoint.torch_dist_files import TORCH_DIST_FAMILIES
+from ...checkpoint.torch_dist_files import check_torch_dist_model
 
 
 def _print(message: str) -> None:
@@ -63,12 +62,8 @@ class Checkpointer:
         self.layout = self.files.layout
         # what a save says it wrote: the layout, or torch_dist (Megatron-LM's layout, DCP's files)
         self.written_as = getattr(self.files, "format_name", f"{self.layout.name} layout")
-        if self.config.save and self.written_as == "torch_dist" and family not in TORCH_DIST_FAMILIES:
-            raise CheckpointError(f"--ckpt-format torch_dist writes megatron-core's GPT and BERT models "
-                                  f"({', '.join(TORCH_DIST_FAMILIES)}), not a {family} model; save it with "
-                                  f"--ckpt-format megatron.")
         if self.config.save and self.written_as == "torch_dist":
-            check_megatron_can_build(run.model, "--ckpt-format torch_dist: this run")
+            check_torch_dist_model(family, run.model, model_options)
         self.dp_rank = mpu.get_data_parallel_rank()
         self._last_saved: Optional[int] = None
         training = run.training
