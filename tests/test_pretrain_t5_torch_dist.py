@@ -177,3 +177,32 @@ def test_a_t5_that_megatron_core_would_not_build_the_same_is_refused_in_one_sent
     with pytest.raises(CheckpointError, match=refusal) as info:
         check_torch_dist_model("t5", config, options)
     assert "\n" not in str(info.value)
+
+
+def test_megatron_cores_own_t5_keeps_the_position_tables_optimizer_state_under_its_second_name(saved, tmp_path):
+    """megatron-core's T5Model asks its optimizer for the position table's state under
+    `position_embeddings.weight` only (not `embedding.position_embeddings.weight`): the same save
+    rewritten with those entries under the second name alone reads with the same state."""
+    from megatron_core.checkpoint.megatron_lm.torch_dist import write_torch_dist
+
+    directory = saved[0]
+    checkpoint = read_torch_dist(directory)
+    state = {key: checkpoint.tensors[key] for key in checkpoint.tensors}
+    moved = 0
+    for field, tensors in checkpoint.optimizer_tensors.items():
+        for key in tensors:
+            if key.startswith("embedding.position_embeddings."):
+                moved += 1
+                continue
+            state[f"optimizer.state.{field}.{key}"] = tensors[key]
+    assert moved and all(f"optimizer.state.{field}.position_embeddings.weight" in state
+                         for field in checkpoint.optimizer_tensors)
+    rewritten = str(tmp_path / f"iter_{SAVED_AT:07d}")
+    write_torch_dist(rewritten, state, dict(checkpoint.common), write_tracker=False)
+    original, second = reshard.open_source(directory), reshard.open_source(rewritten)
+    name = "embedding.position_embeddings.weight"
+    assert second.has_optimizer_entry(name)
+    got, want = second.optimizer_fields(name), original.optimizer_fields(name)
+    assert sorted(got) == sorted(want)
+    for field in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(second.optimizer_field(name, 0, field), original.optimizer_field(name, 0, field))

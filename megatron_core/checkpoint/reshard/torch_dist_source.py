@@ -39,7 +39,7 @@ from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..formats import LAYOUTS
 from ..megatron_lm.args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from ..megatron_lm.files import OPTIMIZER_UNREADABLE, contents_head, family_of_mcore_keys, parallel_record, spec_of
-from ..megatron_lm.key_names import alias_of, known, ours_from_mcore, unsupported_feature
+from ..megatron_lm.key_names import alias_of, known, ours_from_mcore, t5_aliases, unsupported_feature
 from ..megatron_lm.torch_dist import read_torch_dist
 from .source import Owner, SavedCheckpoint
 
@@ -163,16 +163,24 @@ class TorchDistSource:
     def has_optimizer(self) -> bool:
         return "exp_avg" in self._optimizer and self._step is not None
 
+    def _optimizer_key(self, saved: str, name: str) -> Optional[str]:
+        """The key of `name`'s field `saved` among the optimizer tensors: its own, or the second name
+        megatron-core's T5Model gives it (its optimizer keeps the position table's state there only)."""
+        theirs, held = self._theirs[self.owner(name).key], self._optimizer.get(saved)
+        if held is None:
+            return None
+        return next((key for key in (theirs, *t5_aliases([theirs])) if key in held), None)
+
     def has_optimizer_entry(self, name: str) -> bool:
-        return self.has_optimizer() and self._theirs[self.owner(name).key] in self._optimizer["exp_avg"]
+        return self.has_optimizer() and self._optimizer_key("exp_avg", name) is not None
 
     def optimizer_fields(self, name: str) -> Dict[str, object]:
         """{field: dtype for an element field, the step's value}, from the metadata only."""
         if not self.has_optimizer_entry(name):
             return {}
         theirs = self._theirs[name]
-        fields: Dict[str, object] = {ours: self._optimizer[saved].dtype(theirs) for saved, ours in _FIELDS.items()
-                                     if saved in self._optimizer and theirs in self._optimizer[saved]}
+        fields: Dict[str, object] = {ours: self._optimizer[saved].dtype(self._optimizer_key(saved, name))
+                                     for saved, ours in _FIELDS.items() if self._optimizer_key(saved, name)}
         if "fp32_master" in fields and self._tensors.dtype(theirs) == torch.float32:
             del fields["fp32_master"]     # an fp32 model's weights are its masters already
         fields["step"] = self._step.clone()      # each parameter's own: Adam adds to it in place
@@ -190,9 +198,9 @@ class TorchDistSource:
             fields: Dict[str, object] = {}
             for field, kind in self.optimizer_fields(name).items():
                 if isinstance(kind, torch.dtype):
-                    saved = next(s for s, ours in _FIELDS.items()
-                                 if ours == field and s in self._optimizer and theirs in self._optimizer[s])
-                    fields[field] = [(0, shape.numel(), self._optimizer[saved][theirs].reshape(-1))]
+                    saved = next(s for s, ours in _FIELDS.items() if ours == field and self._optimizer_key(s, name))
+                    fields[field] = [(0, shape.numel(),
+                                      self._optimizer[saved][self._optimizer_key(saved, name)].reshape(-1))]
                 else:
                     fields[field] = kind
             self._last_fields = (name, (shape, fields))
