@@ -9,6 +9,7 @@ Under torchrun the agent stops the other workers itself as soon as one dies, and
 names the dead rank as the root cause.
 """
 import re
+import socket
 
 import pytest
 
@@ -35,8 +36,9 @@ def test_every_other_rank_exits_naming_the_rank_that_stopped(gpt_corpus, world, 
     grace = 90 if how == "KILL" else 1
     ranks = run_forked_ranks("pretrain_gpt.py", long_run(gpt_corpus, *layout), world, timeout=240, grace=grace,
                              faults=["--stop-rank", f"{victim}:3:{how}"])
-    expected = (f"error: rank {victim} stopped responding during iteration 3 (its process died or hung); the "
-                f"other ranks exit; see its log.")
+    # the host by its name and the address its peers reach it at (forked ranks: this machine, 127.0.0.1)
+    expected = (f"error: rank {victim} on host {socket.gethostname()} (127.0.0.1) stopped responding during "
+                f"iteration 3 (its process died or hung); the other ranks exit; see its log.")
     assert ranks[victim].returncode == -9
     for rank, done in enumerate(ranks):
         if rank != victim:
@@ -54,7 +56,8 @@ def test_under_torchrun_the_agent_stops_the_others_and_names_the_dead_rank(gpt_c
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", root_cause), done.stderr[-3000:]
     # Rank 0 is stopped by the agent (SIGTERM) or, if it noticed first, names rank 1 itself.
     for line in error_lines(done.stderr):
-        assert line.startswith("error: rank 1 stopped responding during iteration 3"), line
+        assert line.startswith(f"error: rank 1 on host {socket.gethostname()} (127.0.0.1) stopped responding "
+                               f"during iteration 3"), line
 
 
 def test_a_nan_loss_is_named_with_its_iteration_skipped_and_stops_at_max_skipped_iterations(gpt_corpus):

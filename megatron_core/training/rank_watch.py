@@ -25,8 +25,8 @@ fails with c10d's own logged traceback).
     finally:
         watch.stop()
 
-RankFailure is one sentence, e.g. "rank 1 stopped responding during iteration 7 (its process
-died or hung); the other ranks exit; see its log." A failed collective while every peer
+RankFailure is one sentence, e.g. "rank 1 on host node2 (10.0.0.2) stopped responding during
+iteration 7 (its process died or hung); the other ranks exit; see its log." A failed collective while every peer
 answers is not a stopped rank: the original error propagates.
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ class RankWatch:
         self.rank, self.world_size, self.host, self.port = rank, world_size, host, port
         self.prefix = f"mcore_rank_watch/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.peers: List[Tuple[str, int]] = []
+        self.peer_hosts: List[str] = []        # "hostname (address)" of each rank, for the sentence
         self._listener: Optional[socket.socket] = None
         self._store = None
 
@@ -69,10 +70,11 @@ class RankWatch:
         self._listener = socket.create_server((self._own_address(), 0))
         threading.Thread(target=self._answer, daemon=True, name="mcore-rank-watch").start()
         host, port = self._listener.getsockname()[:2]
-        self._store.set(f"{self.prefix}/address/{self.rank}", f"{host} {port}")
+        self._store.set(f"{self.prefix}/address/{self.rank}", f"{host} {port} {socket.gethostname()}")
         for rank in range(self.world_size):
-            peer_host, peer_port = self._store.get(f"{self.prefix}/address/{rank}").decode().split()
+            peer_host, peer_port, hostname = self._store.get(f"{self.prefix}/address/{rank}").decode().split(" ", 2)
             self.peers.append((peer_host, int(peer_port)))
+            self.peer_hosts.append(f"{hostname} ({peer_host})")
 
     def _own_address(self) -> str:
         """The address peers reach this host by: the one this host uses towards the store."""
@@ -125,7 +127,9 @@ class RankWatch:
             return None
         notes = self._store_call(lambda store: [f"rank {rank}: {store.get(self._note_key(rank)).decode()}"
                                                 for rank in stopped if store.check([self._note_key(rank)])]) or []
-        who = f"rank {stopped[0]}" if len(stopped) == 1 else f"ranks {', '.join(map(str, stopped))}"
+        where = lambda rank: f"rank {rank} on host {self.peer_hosts[rank]}"      # a lost host is named too
+        who = where(stopped[0]) if len(stopped) == 1 else f"ranks {', '.join(map(where, stopped))}".replace(
+            "ranks rank ", "ranks ")
         if notes:
             sentence = f"{who} stopped during iteration {iteration} ({'; '.join(notes)}); the other ranks exit."
         else:
