@@ -5,7 +5,8 @@ keys made by the test (tests.harness.two_hosts); the ranks talk gloo over the ve
 (GLOO_SOCKET_IFNAME). Each launcher runs once, as a user on a cluster would start it:
 
 - `deepspeed --hostfile` (pdsh over ssh; GLOO_SOCKET_IFNAME reaches the remote ranks through
-  .deepspeed_env in the working directory) at DP=2 through the DeepSpeed engine with ZeRO-1;
+  .deepspeed_env in the working directory) at TP=2, with hostb lost mid-run (its ranks
+  SIGKILLed): hosta's rank names it and exits, and the same command resumes the run;
 - `torchrun --nnodes 2`, one torchrun per host, at TP=2;
 - `mpirun --host hosta,hostb` over ssh (plm_rsh_agent: the test's ssh) at TP=2.
 
@@ -13,16 +14,15 @@ The reference is the plain loop (one process, no launcher): every layout is the 
 Skipped, with the reason, only where the machine cannot make the hosts (not root, no
 `ip netns`, openssh-server / pdsh / openmpi-bin missing); .ci/run installs them.
 """
-import json
 import os
 import subprocess
+import time
 
 import pytest
 
-from tests.harness.deepspeed_op_cache import deepspeed_test_env
 from tests.harness.distributed import find_free_port
-from tests.harness.entry_points import (assert_logged_losses, clean_env, failure_report,
-                                                tiny_gpt_flags)
+from tests.harness.entry_points import (assert_logged_losses, clean_env, failure_report, logged_losses,
+                                        tiny_gpt_flags)
 from tests.harness.launch_commands import (deepspeed_hostfile_command, missing_programs, mpirun_command,
                                                    torchrun_node_command)
 from tests.harness.tiny_corpus import ROOT
@@ -45,26 +45,50 @@ def rank_env(hosts, **extra):
     return {**clean_env(), **hosts.client_env(), "GLOO_SOCKET_IFNAME": INTERFACE, **extra}
 
 
-def test_deepspeed_hostfile_over_pdsh_with_zero1_at_dp2_across_two_hosts_logs_the_plain_pytorch_losses(
+def test_a_lost_host_is_named_by_the_other_and_the_same_deepspeed_hostfile_command_resumes(
         hosts, gpt_corpus, plain_gpt, tmp_path):
-    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
+    """`deepspeed --hostfile` (pdsh over ssh) at TP=2, rank 0 on hosta and rank 1 on hostb, saving
+    every 2 iterations. Once iteration 3 is logged, hostb's ranks are SIGKILLed (the host is lost):
+    hosta's rank exits with status 2 and one sentence naming rank 1 and hostb's address, well
+    within --distributed-timeout-minutes. The same command again (host back) resumes from the
+    checkpoint of iteration 2 and logs the plain loop's losses of iterations 3-5."""
     if missing_programs("pdsh"):
         pytest.skip("pdsh is not installed (apt-get install pdsh)")
-    ops = deepspeed_test_env()
     # DeepSpeed's runner exports .deepspeed_env of its working directory to every remote rank.
-    (tmp_path / ".deepspeed_env").write_text(f"GLOO_SOCKET_IFNAME={INTERFACE}\nOMP_NUM_THREADS=1\n"
-                                             f"TORCH_EXTENSIONS_DIR={ops['TORCH_EXTENSIONS_DIR']}\n")
-    config = tmp_path / "ds.json"
-    config.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
-    flags = [*tiny_gpt_flags(gpt_corpus), "--deepspeed", "--deepspeed_config", str(config)]
-    command = deepspeed_hostfile_command(hosts.hostfile(slots=1), "pretrain_gpt.py", flags, hosts.addresses[0],
-                                         find_free_port())
+    (tmp_path / ".deepspeed_env").write_text(f"GLOO_SOCKET_IFNAME={INTERFACE}\nOMP_NUM_THREADS=1\n")
+    save = str(tmp_path / "save")
+    flags = [*tiny_gpt_flags(gpt_corpus), "--tensor-model-parallel-size", "2", "--save", save, "--load", save,
+             "--save-interval", "2", "--distributed-timeout-minutes", "1"]
+    command = hosts.run_on(0, deepspeed_hostfile_command(hosts.hostfile(slots=1), "pretrain_gpt.py", flags,
+                                                         hosts.addresses[0], find_free_port()))
     logins = [hosts.ssh_logins(i) for i in range(2)]
-    done = subprocess.run(hosts.run_on(0, command), capture_output=True, text=True, cwd=str(tmp_path),
-                          env=rank_env(hosts, **ops), timeout=TIMEOUT)
-    assert_logged_losses(done, plain_gpt["losses"])
-    assert "hostb: " in done.stdout, failure_report(done)        # pdsh prefixes each line with its host
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
+                           env=rank_env(hosts))
+    lines, killed_at = [], None
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if killed_at is None and "iteration        3/" in line:
+                assert hosts.kill_processes(1, "pretrain_gpt.py") >= 1
+                killed_at = time.monotonic()
+        run.wait(timeout=TIMEOUT)
+    finally:
+        run.kill()
+    out = "".join(lines)
+    assert killed_at is not None, out[-3000:]
+    assert time.monotonic() - killed_at < 60, out[-3000:]          # within --distributed-timeout-minutes 1
+    assert run.returncode != 0
+    named = [line for line in out.splitlines() if "error: rank 1 on host " in line]
+    assert named and f"({hosts.addresses[1]}) stopped responding during iteration" in named[0], out[-3000:]
     assert all(hosts.ssh_logins(i) > logins[i] for i in range(2))    # each rank's launcher came over ssh
+    done = subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path), env=rank_env(hosts),
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, failure_report(done)
+    assert "successfully loaded checkpoint" in done.stdout and "at iteration 2" in done.stdout, failure_report(done)
+    losses = {step: values["lm loss"] for step, values in logged_losses(done.stdout).items()}
+    assert sorted(losses) == [3, 4, 5], failure_report(done)
+    for step in (3, 4, 5):
+        assert losses[step] == pytest.approx(plain_gpt["losses"][step - 1], rel=1e-5)
 
 
 def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hosts, gpt_corpus, plain_gpt):

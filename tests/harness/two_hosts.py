@@ -6,6 +6,7 @@
         hosts.run_on(0, command, env)           # a process on host 0: `ip netns exec <ns> command`
         hosts.client_env()                      # PATH with the test's ssh first, PDSH_RCMD_TYPE=ssh
         hosts.ssh_logins(1)                     # sessions host 1's sshd accepted so far
+        hosts.kill_processes(1, "pretrain_gpt.py")   # SIGKILL host 1's ranks: the host is lost
 
 Each namespace holds one end of the veth pair, renamed INTERFACE inside both, so one
 GLOO_SOCKET_IFNAME names the right interface on either host (gloo would otherwise pick the
@@ -162,6 +163,22 @@ class TwoHosts:
         the host did."""
         with open(os.path.join(self.directory, f"sshd_{index}.log")) as f:
             return f.read().count("Accepted publickey")
+
+    def kill_processes(self, index: int, needle: str) -> int:
+        """SIGKILL every process of host `index` whose command line holds `needle` (the host's ranks
+        die as if it were lost); how many there were."""
+        pids = subprocess.run(["ip", "netns", "pids", self.namespaces[index]], capture_output=True, text=True).stdout
+        killed = 0
+        for pid in (int(p) for p in pids.split()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle.encode() not in f.read():
+                        continue
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (OSError, ProcessLookupError):
+                pass        # gone already
+        return killed
 
     def hostfile(self, slots: int = 1) -> str:
         path = os.path.join(self.directory, "hostfile")
