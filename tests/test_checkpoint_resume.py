@@ -12,6 +12,7 @@ sentence on stderr, the kill and the signal start fresh processes as a user's wo
 tests/test_training_loop.py and tests/test_rank_failure.py run pretrain_gpt.py under torchrun.
 """
 import glob
+import math
 import os
 import shutil
 import signal
@@ -21,8 +22,8 @@ import time
 import pytest
 import torch
 
-from tests.harness.entry_points import (clean_env, entry_point_command, logged_iterations,
-                                                    run_entry_point, run_forked, run_ranks)
+from tests.harness.entry_points import (clean_env, entry_point_command, logged_iterations, logged_values,
+                                        run_entry_point, run_forked, run_ranks)
 from tests.harness.output_faults import output_fault, FaultUnavailable
 from tests.harness.resume_check import assert_same_checkpoint_files, check_exact_resume, ok
 from tests.harness.tiny_corpus import BERT_VOCAB, preprocess_zh_news
@@ -237,7 +238,7 @@ def test_unwritable_or_full_save_is_one_sentence_and_keeps_the_previous_checkpoi
     assert "iteration 6" in line and fault.reason in line and "still names 3" in line, line
     assert tracker(directory) == "3"
     assert not glob.glob(os.path.join(directory, "**", "*.tmp"), recursive=True)
-    ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--train-iters", "4")))
+    ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--exit-interval", "4")))
 
 
 def test_a_pickle_payload_is_refused_with_one_sentence_and_never_runs(corpus, serial_checkpoint, tmp_path):
@@ -343,7 +344,8 @@ def test_sigterm_with_exit_signal_handler_saves_and_exits_cleanly(corpus, tmp_pa
 
 def test_use_checkpoint_args_takes_the_model_shape_and_lists_the_differences(corpus, serial_checkpoint):
     shape = {"--hidden-size": "32", "--num-attention-heads": "4", "--num-layers": "4"}
-    argv = flags(corpus, "--load", serial_checkpoint, "--use-checkpoint-args", "--lr", "1e-3")
+    argv = flags(corpus, "--load", serial_checkpoint, "--use-checkpoint-args", "--lr", "1e-3",
+                 "--override-opt_param-scheduler")
     argv = [a for i, a in enumerate(argv) if a not in shape and (i == 0 or argv[i - 1] not in shape)]
     assert "--hidden-size" not in argv
     done = ok(run_forked("pretrain_gpt.py", argv))
@@ -382,3 +384,60 @@ def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus
     assert f"learning rate: {lr} |" in lines[1]      # a fresh schedule, as from scratch
     loss = float(lines[1].split("lm loss: ")[1].split(" |")[0])
     assert loss < float(first.split("lm loss: ")[1].split(" |")[0])     # but the trained weights
+
+
+# --- the learning-rate schedule on resume ---------------------------------------------------------
+
+def megatron_lr(samples, max_lr=3e-3, min_lr=0.0, warmup=16, decay=48):
+    """Megatron-LM's documented cosine schedule (OptimizerParamScheduler.get_lr), written out here:
+    linear warmup from 0 over `warmup` samples, cosine from max_lr to min_lr until `decay`, then
+    min_lr. The defaults are flags()'s: warmup 2 and decay 6 iterations of 8 samples."""
+    if warmup > 0 and samples <= warmup:
+        return max_lr * samples / warmup
+    if samples > decay:
+        return min_lr
+    ratio = (samples - warmup) / (decay - warmup)
+    return min_lr + (max_lr - min_lr) * 0.5 * (math.cos(math.pi * ratio) + 1)
+
+
+def assert_logged_rates(done, iterations, **schedule):
+    """Iteration i logs the rate for the update after i - 1 global batches of 8 samples."""
+    rates = logged_values(done.stdout, "learning rate")
+    assert sorted(rates) == list(iterations), done.stdout[-3000:]
+    for i in iterations:
+        assert rates[i] == pytest.approx(megatron_lr((i - 1) * 8, **schedule), rel=2e-6, abs=1e-12), (i, rates)
+
+
+def test_resuming_a_finished_run_with_a_longer_train_iters_stops_naming_the_flag_and_both_decays(corpus, fp16_runs):
+    """The uninterrupted run's checkpoint of its last iteration (6 of 6): --train-iters 10 would
+    stretch its cosine over 10 iterations and raise the learning rate again."""
+    directory = fp16_runs.full_dir
+    line = _one_error_line(run_forked("pretrain_gpt.py", flags(corpus, *FP16, "--ckpt-format", "deepspeed",
+                                                               "--train-iters", "10", "--load", directory)))
+    assert line == (f"error: --train-iters 10 sets the learning-rate decay to 10 iterations (80 samples), but the "
+                    f"checkpoint in {directory} has 6 iterations (48 samples); resume with the flags it was saved "
+                    f"with, add --override-opt_param-scheduler to take the new schedule, or "
+                    f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's."), line
+
+
+def test_override_opt_param_scheduler_follows_the_new_flags_schedule(corpus, serial_checkpoint):
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--train-iters", "10", "--load", serial_checkpoint,
+                                                  "--override-opt_param-scheduler", "--eval-iters", "0")))
+    assert_logged_rates(done, range(4, 11), decay=80)
+    notes = [line for line in done.stdout.splitlines() if "--override-opt_param-scheduler:" in line]
+    assert notes == [f"--override-opt_param-scheduler: the learning-rate schedule follows the flags, not the "
+                     f"checkpoint in {serial_checkpoint}: the learning-rate decay 10 iterations (80 samples) instead "
+                     f"of 6 iterations (48 samples)."], notes
+
+
+def test_use_checkpoint_opt_param_scheduler_keeps_the_checkpoints_schedule(corpus, serial_checkpoint):
+    """--train-iters 10 and another --min-lr: the checkpoint's decay still ends at iteration 6 at
+    its minimum, 0; the run stops at the flags' length (here --exit-interval 7)."""
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--train-iters", "10", "--min-lr", "1e-4", "--load",
+                                                  serial_checkpoint, "--use-checkpoint-opt_param-scheduler",
+                                                  "--exit-interval", "7", "--eval-iters", "0")))
+    assert_logged_rates(done, range(4, 8))
+    notes = [line for line in done.stdout.splitlines() if "--use-checkpoint-opt_param-scheduler:" in line]
+    assert notes == [f"--use-checkpoint-opt_param-scheduler: the learning-rate schedule follows the checkpoint in "
+                     f"{serial_checkpoint}, not the flags: the minimum learning rate 0.0 instead of 0.0001; the "
+                     f"learning-rate decay 6 iterations (48 samples) instead of 10 iterations (80 samples)."], notes

@@ -141,7 +141,8 @@ def test_megatron_lm_optimizer_state_comes_over_per_parameter(tmp_path, name):
 def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     """pretrain_gpt.py --load of megatron-core's TP=2 Llama checkpoint (with its optimizer) at TP=1,
     the model flags from its args (--use-checkpoint-args): resuming goes on at iteration 8 with
-    Megatron-LM's optimizer state; --finetune starts at iteration 1 with a fresh one."""
+    Megatron-LM's optimizer state, and stops in one sentence where a schedule flag disagrees with
+    its opt_param_scheduler; --finetune starts at iteration 1 with a fresh one."""
     directory = tmp_path / "megatron_llama"
     megatron_lm.save_checkpoint("llama", str(directory), tp=2, pp=1, fmt="torch", seed=1234, iteration=7,
                                 with_optimizer=True, steps=2)
@@ -155,6 +156,13 @@ def test_pretrain_gpt_trains_on_from_a_megatron_lm_checkpoint(tmp_path, mode):
     assert all(0 < loss < 10 for loss in losses.values())
     fresh = "holds no optimizer state" in done.stdout or "fresh optimizer" in done.stdout
     assert not fresh if mode == "resume" else True
+    if mode == "resume":     # its opt_param_scheduler (megatron-core's keys) is checked as ours is
+        done = run_ranks("pretrain_gpt.py", flags + ["--lr-decay-iters", "50"], 1)
+        error = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+        assert done.returncode != 0 and len(error) == 1, failure_report(done)
+        assert error[0].startswith(f"error: --lr-decay-iters 50 sets the learning-rate decay to 50 iterations "
+                                   f"(100 samples), but the checkpoint in {directory} has 100 iterations "
+                                   f"(200 samples); "), error[0]
 
 
 def test_model_flags_that_disagree_with_the_megatron_lm_args_are_one_sentence_naming_both(tmp_path):

@@ -123,6 +123,8 @@ IMPOSSIBLE = [
     ("--ddp-bucket-size 0", 2, r"--ddp-bucket-size must be a positive integer, got 0"),
     ("--loss-scale-window 0 --fp16", 1, r"--loss-scale-window"),
     ("--hysteresis 0 --fp16", 1, r"--hysteresis"),
+    ("--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler", 1,
+     r"--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler were both given"),
 ]
 
 

@@ -119,6 +119,13 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--lr-warmup-samples", type=int, default=0)
     g.add_argument("--lr-warmup-init", type=float, default=0.0)
     g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--override-opt_param-scheduler", action="store_true",
+                   help="On resume, take the learning-rate schedule (--lr, --min-lr, warmup, decay length and "
+                        "style, weight decay) from these flags instead of the checkpoint's.")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+                   help="On resume, keep the checkpoint's learning-rate schedule and ignore these flags' values "
+                        "for it. Without either flag a schedule value that differs from the checkpoint's stops "
+                        "the run.")
 
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--save", default=None)
@@ -492,6 +499,9 @@ def _validate_optimizer(args) -> None:
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None and args.lr_wsd_decay_samples is None:
         raise ConfigError("--lr-decay-style WSD needs the length of its decay phase: --lr-wsd-decay-iters "
                           "(or --lr-wsd-decay-samples).")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler were both "
+                          "given; choose one: the flags' learning-rate schedule or the checkpoint's.")
     # The schedule's own checks (min <= max, warmup shorter than decay, WSD length) name the flags.
     schedule_from_config(build(OptimizerConfig, args), build(SchedulerConfig, args), _training_config(args))
     if args.loss_scale is not None and args.loss_scale <= 0:

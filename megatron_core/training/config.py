@@ -110,6 +110,10 @@ class SchedulerConfig:
     start_weight_decay: Optional[float] = None
     end_weight_decay: Optional[float] = None
     weight_decay_incr_style: str = "constant"  # constant, linear, cosine
+    # On resume a schedule value of the flags that differs from the checkpoint's stops the run,
+    # unless one of these says whose wins (training/checkpointing/resumed_schedule.py).
+    override_opt_param_scheduler: bool = False          # the flags'
+    use_checkpoint_opt_param_scheduler: bool = False    # the checkpoint's
 
 
 @dataclass

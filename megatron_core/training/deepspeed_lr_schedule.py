@@ -17,11 +17,14 @@ its own. So:
 * weight decay stays the flags' schedule (--weight-decay, --start/--end-weight-decay),
   which DeepSpeed's schedulers do not touch, and `step` advances its sample count;
 * the checkpoint holds both: Megatron's keys (num_steps, max_lr, ...) and the scheduler's
-  (`last_batch_iteration`), in one dict that either loads from.
+  (`last_batch_iteration`), in one dict that either loads from. A resume compares only the
+  weight-decay values with the flags' (`schedule_values`): the flags' rates are not used.
 """
 from __future__ import annotations
 
 from .lr_schedule import LearningRateSchedule
+
+WEIGHT_DECAY_VALUES = ("start_wd", "end_wd", "wd_incr_steps", "wd_incr_style")
 
 
 class EngineLearningRate:
@@ -58,6 +61,13 @@ class EngineLearningRate:
     def step(self, increment: int) -> None:
         """The flags' sample count only: the engine steps DeepSpeed's scheduler itself."""
         self.schedule.step(increment)
+
+    def schedule_values(self) -> dict:
+        """The values of the flags' schedule this run uses: the weight decay's."""
+        return {key: value for key, value in self.schedule.schedule_values().items() if key in WEIGHT_DECAY_VALUES}
+
+    def set_schedule_values(self, values: dict) -> None:
+        self.schedule.set_schedule_values(values)
 
     def state_dict(self) -> dict:
         return {**self.schedule.state_dict(), **self.scheduler.state_dict()}

@@ -14,10 +14,13 @@ seen, not by iterations. `lr_at(s)` is the rate for the update that follows `s` 
           linear 1 - q,  cosine (1 + cos(pi q)) / 2,  exponential 2 * 0.5**q - 1,  minus_sqrt 1 - sqrt(q)
 
 Weight decay goes from start to end over `wd_incr_steps` (constant, linear or cosine) and
-stays at end afterwards. The only state is the step count.
+stays at end afterwards. The only state is the step count; a checkpoint also records the
+values above under Megatron's keys (SAVED_VALUES), which a resume compares with the flags'
+(training/checkpointing/resumed_schedule.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -28,6 +31,11 @@ from .config import OptimizerConfig, SchedulerConfig, TrainingConfig
 DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 WSD_DECAY_STYLES = ("exponential", "linear", "cosine", "minus_sqrt")
 WD_INCR_STYLES = ("constant", "linear", "cosine")
+# Megatron's opt_param_scheduler keys -> our fields. Megatron records no warmup start and no
+# WSD phase, so neither do we: a resume cannot tell whether they changed.
+SAVED_VALUES = {"max_lr": "max_lr", "min_lr": "min_lr", "lr_warmup_steps": "warmup_steps",
+                "lr_decay_steps": "decay_steps", "lr_decay_style": "decay_style", "start_wd": "start_wd",
+                "end_wd": "end_wd", "wd_incr_steps": "wd_incr_steps", "wd_incr_style": "wd_incr_style"}
 
 
 @dataclass
@@ -126,15 +134,23 @@ class LearningRateSchedule:
             group["lr"] = lr * group.get("lr_mult", 1.0)
             group["weight_decay"] = wd * group.get("wd_mult", 1.0)
 
+    def schedule_values(self) -> dict:
+        """What shapes the schedule, under Megatron's keys (SAVED_VALUES)."""
+        return {key: getattr(self, name) for key, name in SAVED_VALUES.items()}
+
+    def set_schedule_values(self, values: dict) -> None:
+        """Replace some of schedule_values() (a resume that keeps the checkpoint's), checked as the flags are."""
+        fields = {SAVED_VALUES[key]: value for key, value in values.items()}
+        dataclasses.replace(self, **fields)          # raises the ConfigError of an impossible mix
+        for name, value in fields.items():
+            setattr(self, name, value)
+
     def state_dict(self) -> dict:
-        # Megatron's keys, so its tools read ours; only num_steps is loaded back, the rest
-        # comes from the flags of the resumed run.
-        return {"max_lr": self.max_lr, "min_lr": self.min_lr, "lr_warmup_steps": self.warmup_steps,
-                "lr_decay_steps": self.decay_steps, "lr_decay_style": self.decay_style,
-                "start_wd": self.start_wd, "end_wd": self.end_wd, "wd_incr_steps": self.wd_incr_steps,
-                "wd_incr_style": self.wd_incr_style, "num_steps": self.num_steps}
+        # Megatron's keys, so its tools read ours.
+        return {**self.schedule_values(), "num_steps": self.num_steps}
 
     def load_state_dict(self, state: dict) -> None:
+        """The step count only: the values come from the flags, checked against the checkpoint's first."""
         # Older Megatron checkpoints call the step count num_iters.
         self.num_steps = int(state["num_steps"] if "num_steps" in state else state["num_iters"])
 

@@ -47,14 +47,17 @@ def write_null_tokenizer_corpus(prefix, vocab=127, documents=64, seed=0):
 def null_tokenizer_run_flags(load, directory) -> list:
     """pretrain_gpt.py flags that train a Megatron-LM checkpoint's model (`--load`, its model flags from
     its args) on write_null_tokenizer_corpus's data in `directory` at TP=1: micro and global batch 2,
-    constant lr 1e-3, a log line every iteration, no validation. Add --train-iters (and --finetune)."""
+    a log line every iteration, no validation, and the schedule megatron_lm_optimizer.build_optimizer
+    saved (lr 1e-3 decaying linearly over 100 iterations), so a resume agrees with the checkpoint's.
+    Add --train-iters (and --finetune)."""
     prefix = os.path.join(str(directory), "synthetic_text_document")
     if not os.path.exists(prefix + ".idx"):
         write_null_tokenizer_corpus(prefix)
     flags = ["--load", load, "--use-checkpoint-args", "--tokenizer-type", "NullTokenizer", "--vocab-size", 127,
              "--data-path", prefix, "--data-cache-path", os.path.join(str(directory), "cache"), "--split", "90,10,0",
              "--num-workers", 0, "--micro-batch-size", 2, "--global-batch-size", 2, "--lr", 1e-3,
-             "--lr-decay-style", "constant", "--log-interval", 1, "--eval-iters", 0, "--tensor-model-parallel-size", 1]
+             "--lr-decay-style", "linear", "--lr-decay-iters", 100, "--log-interval", 1, "--eval-iters", 0,
+             "--tensor-model-parallel-size", 1]
     return [str(flag) for flag in flags]
 
 

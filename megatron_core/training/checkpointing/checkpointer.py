@@ -15,6 +15,9 @@ Who writes a rank's files is the backend's choice (backend.checkpoint_files): ou
 for the native backend, DeepSpeed's engine (deepspeed_engine.py) for --deepspeed. All take
 the same contents (contents.py); ours and the engine write the same DeepSpeed layout
 where they share it; the Checkpointer owns the tracker, the counters, the schedule and RNG.
+A resume whose schedule flags differ from the checkpoint's stops unless
+--override-opt_param-scheduler or --use-checkpoint-opt_param-scheduler says whose wins
+(resumed_schedule.py).
 Every file records the run's model family and its builder options (checkpoint/model_record.py);
 a --load of another family's checkpoint is one sentence (a legacy file's family is guessed
 once, with one printed line).
@@ -37,6 +40,7 @@ from ... import mpu
 from ...errors import CheckpointError, describe_os_error
 from ...checkpoint import compatibility, reshard, rng_state
 from .exit_conditions import ExitConditions
+from .resumed_schedule import restore_schedule
 from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
 from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
@@ -253,7 +257,7 @@ class Checkpointer:
             self._check_backend_takes_per_parameter(where)
             backend_state[reshard.PER_PARAMETER] = optimizer
         if load_optimizer:
-            self.lr_schedule.load_state_dict(head["opt_param_scheduler"])
+            self._restore_schedule(head["opt_param_scheduler"], directory)
         self.backend.load_state_dict(backend_state)
         origin = (" (from the DeepSpeed engine's files)" if source.engine else
                   f" (from Megatron-LM's files, {parallel[FORMAT_MARK]} key names)" if FORMAT_MARK in parallel else "")
@@ -263,6 +267,12 @@ class Checkpointer:
         _print(reshard.describe(shown, self.run, iteration) + origin)
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
+
+    def _restore_schedule(self, saved: dict, directory: str) -> None:
+        """The step count, once the flags' schedule agrees with the checkpoint's (resumed_schedule.py)."""
+        note = restore_schedule(self.lr_schedule, saved, self.run, directory)
+        if note:
+            _print(note)
 
     def _check_backend_takes_per_parameter(self, path: str) -> None:
         if not self.backend.loads_per_parameter:
@@ -294,7 +304,7 @@ class Checkpointer:
             state.consumed_samples = int(saved.get("consumed_train_samples", 0))
             state.consumed_valid_samples = int(saved.get("consumed_valid_samples", 0))
         if load_optimizer:
-            self.lr_schedule.load_state_dict(saved["opt_param_scheduler"])
+            self._restore_schedule(saved["opt_param_scheduler"], directory)
         if not weights_only and not self.config.no_load_rng:
             streams = rng_state_of_rank(saved.get("rng_state"), self.dp_rank)
             if streams is not None:
