@@ -8,102 +8,77 @@
 
 PUT /api takes {"prompts": [...], "tokens_to_generate", "temperature", "top_k", "top_p",
 "logprobs", "random_seed"} and answers {"text", "segments", "logprobs"}, as Megatron-LM's
-server does (megatron_core/inference/rest_api.py). Rank 0 serves HTTP (one request at a
-time) and hands each request to the other ranks, which run the model with it. A bad
-request is answered 400 with one sentence; the server keeps serving. --port 0 picks a
-free port; the "serving on" line names it.
+server does (megatron_core/inference/rest_api.py). It listens on 127.0.0.1 unless --host
+says otherwise (--host 0.0.0.0: every interface); --port 0 picks a free port; the
+"serving on" line names the address.
+
+Rank 0 reads requests on a thread per connection and checks each before any model work:
+at most --max-batch-size prompts, each prompt's tokens plus tokens_to_generate within the
+model's positions, a body of at most --max-request-bytes (400, or 411/413 for the body,
+with one sentence). The model runs one request at a time in arrival order, and rank 0
+hands each to the other ranks; a request that waits --request-timeout seconds for the
+model is answered 503 (http_server.py, request_queue.py).
 """
 import argparse
-import json
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from megatron_core.cli import run
-from megatron_core.errors import UserError
-from megatron_core.inference.rest_api import BadRequest, parse_request, respond
-from megatron_core.inference.tool_setup import (add_checkpoint_arguments, is_first_rank, load_text_generator,
-                                                share_from_first_rank)
+from megatron_core.errors import ConfigError, UserError
+from megatron_core.inference.http_server import ServerConfig, start_http_server, stop_http_server
+from megatron_core.inference.request_queue import RequestLine, follow, stop_followers
+from megatron_core.inference.rest_api import admit, answer
+from megatron_core.inference.tool_setup import add_checkpoint_arguments, is_first_rank, load_text_generator
+from megatron_core.training.config import build
 
-_STOP = "stop"
+DEFAULTS = ServerConfig()
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(p)
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--port", type=int, default=5000, help="port to listen on (0: a free one)")
-    return p.parse_args(argv)
-
-
-def run_request(generator, request):
-    """Every rank: (status, body)."""
-    try:
-        return 200, respond(generator, request)
-    except UserError as error:      # e.g. a prompt longer than the model's positions: same on every rank
-        return 400, str(error)
-
-
-def make_handler(generator):
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status, body):
-            payload = (json.dumps(body, ensure_ascii=False) if status == 200 else str(body)).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if status == 200 else "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_PUT(self):
-            if self.path.rstrip("/") != "/api":
-                self._send(404, f"no such resource {self.path}; PUT /api.")
-                return
-            try:
-                length = int(self.headers.get("Content-Length", 0))
-                try:
-                    body = json.loads(self.rfile.read(length).decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    raise BadRequest("the request body is not JSON; send a JSON object with a \"prompts\" list.")
-                request = parse_request(body)
-            except BadRequest as error:
-                self._send(400, str(error))
-                return
-            share_from_first_rank(request)
-            self._send(*run_request(generator, request))
-
-        do_POST = do_PUT
-
-        def log_message(self, format, *args):
-            print(f"request from {self.client_address[0]}: {format % args}", flush=True)
-
-    return Handler
-
-
-def follow(generator):
-    """The other ranks: run each request rank 0 hands over, until it says stop."""
-    while True:
-        request = share_from_first_rank(None)
-        if request == _STOP:
-            return
-        run_request(generator, request)
+    g = p.add_argument_group("serving")
+    g.add_argument("--host", default=DEFAULTS.host, help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=int, default=DEFAULTS.port, help="port to listen on (0: a free one)")
+    g.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                   help="most prompts in one request")
+    g.add_argument("--max-request-bytes", type=int, default=DEFAULTS.max_request_bytes,
+                   help="largest request body, in bytes")
+    g.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout,
+                   help="seconds a request may wait for the model (then 503), and a client may stay silent")
+    args = p.parse_args(argv)
+    for flag in ("max_batch_size", "max_request_bytes", "request_timeout"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}.")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    config = build(ServerConfig, args)
     generator = load_text_generator(args)
+    positions = generator.max_positions         # the same on every rank
+    if positions is None:
+        raise ConfigError(f"{args.load} records neither the model's positions nor --max-position-embeddings, so "
+                          f"requests cannot be bounded; save the checkpoint with --max-position-embeddings.")
     if not is_first_rank():
-        follow(generator)
+        follow(lambda request: answer(generator, request))
         return 0
+    line = RequestLine(lambda request: answer(generator, request), config.request_timeout)
     try:
-        server = HTTPServer((args.host, args.port), make_handler(generator))
+        server = start_http_server(config, lambda body: admit(body, generator.tokenize_all, positions,
+                                                              config.max_batch_size), line.submit)
     except OSError as error:
-        share_from_first_rank(_STOP)
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({error.strerror}); choose another --port.")
-    print(f"serving on http://{args.host}:{server.server_address[1]}/api ({generator.family} model from "
-          f"{args.load})", flush=True)
+        stop_followers()
+        raise UserError(f"cannot listen on {config.host}:{config.port} ({error.strerror}); choose another --port "
+                        f"or --host.")
+    host, port = server.server_address[:2]
+    host = f"[{host}]" if ":" in host else host          # an IPv6 address in a URL
+    print(f"serving on http://{host}:{port}/api ({generator.family} model from {args.load}; at most "
+          f"{config.max_batch_size} prompts, {positions} positions, {config.max_request_bytes} bytes a request)",
+          flush=True)
     try:
-        server.serve_forever()
+        line.serve()        # until Ctrl-C; then the other ranks stop too
     finally:
-        server.server_close()
-        share_from_first_rank(_STOP)
+        stop_http_server(server)
     return 0
 
 

@@ -10,13 +10,22 @@ Defaults and limits are Megatron-LM's (tokens_to_generate 64, at most 128 prompt
 temperature in (0, 100], top_k 0..1000, top_p 0..1 and not together with top_k,
 tokens_to_generate 0 only with logprobs). Ours in addition: "repetition_penalty" (> 0).
 A bad request gets one sentence (HTTP 400).
+
+`admit` checks a request before any model work, so that no request can cost more than
+the limits allow: at most `max_batch_size` prompts (--max-batch-size, 128 by default as in
+Megatron-LM), and each prompt's tokens plus tokens_to_generate within the model's
+positions. The body's size is the HTTP layer's limit (http_server.py), checked before
+the body is read.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import json
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from ..errors import UserError
 from .sampling import SamplingParams
+
+MEGATRON_MAX_PROMPTS = 128
 
 
 class BadRequest(UserError):
@@ -27,7 +36,7 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def parse_request(body: Any) -> Dict[str, Any]:
+def parse_request(body: Any, max_batch_size: int = MEGATRON_MAX_PROMPTS) -> Dict[str, Any]:
     """{"prompts", "tokens_to_generate", "logprobs", "params"} from a decoded JSON body."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with a \"prompts\" list.")
@@ -38,8 +47,9 @@ def parse_request(body: Any) -> Dict[str, Any]:
         raise BadRequest("prompts is not a list of strings.")
     if not prompts:
         raise BadRequest("prompts is empty.")
-    if len(prompts) > 128:
-        raise BadRequest("Maximum number of prompts is 128.")
+    if len(prompts) > max_batch_size:
+        raise BadRequest(f"the request has {len(prompts)} prompts, more than the server's limit of {max_batch_size} "
+                         f"(--max-batch-size); send at most {max_batch_size} per request.")
     if any(not p.strip() for p in prompts):
         raise BadRequest("every prompt needs some text.")
     tokens = body.get("tokens_to_generate", 64)
@@ -72,10 +82,49 @@ def parse_request(body: Any) -> Dict[str, Any]:
     return {"prompts": prompts, "tokens_to_generate": tokens, "logprobs": logprobs, "params": params}
 
 
+def decode_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError: JSONDecodeError and integers too long to convert; RecursionError: deep nesting
+        raise BadRequest("the request body is not JSON; send a JSON object with a \"prompts\" list.") from None
+
+
+def check_positions(token_lists: Sequence[Sequence[int]], tokens_to_generate: int, max_positions: int) -> None:
+    """Every prompt's tokens plus tokens_to_generate fit the model's positions."""
+    for index, ids in enumerate(token_lists):
+        total = len(ids) + tokens_to_generate
+        if total > max_positions:
+            raise BadRequest(f"prompt {index} has {len(ids)} tokens and tokens_to_generate is {tokens_to_generate}: "
+                             f"{total} tokens, more than the model's {max_positions} positions; shorten the prompt "
+                             f"or lower tokens_to_generate so that the two add up to at most {max_positions}.")
+
+
+def admit(raw: bytes, tokenize_all: Callable[[List[str]], List[List[int]]], max_positions: int,
+          max_batch_size: int = MEGATRON_MAX_PROMPTS) -> Dict[str, Any]:
+    """The request of a JSON body, with its prompts tokenized ("prompt_tokens"), or BadRequest."""
+    request = parse_request(decode_body(raw), max_batch_size)
+    try:
+        token_lists = tokenize_all(request["prompts"])
+    except UserError as error:      # a prompt with no tokens
+        raise BadRequest(str(error)) from None
+    check_positions(token_lists, request["tokens_to_generate"], max_positions)
+    request["prompt_tokens"] = token_lists
+    return request
+
+
+def answer(generator, request: Dict[str, Any]) -> Tuple[int, Any]:
+    """Every rank: (HTTP status, body) of an admitted request."""
+    try:
+        return 200, respond(generator, request)
+    except UserError as error:      # the same on every rank
+        return 400, str(error)
+
+
 def respond(generator, request: Dict[str, Any]) -> Dict[str, Any]:
     """Run the request on this rank (every rank calls it); the response body (rank 0 sends it)."""
     items = generator.generate(request["prompts"], request["tokens_to_generate"], request["params"],
-                               return_log_probs=request["logprobs"])
+                               return_log_probs=request["logprobs"], token_lists=request.get("prompt_tokens"))
     texts: List[str] = []
     segments: List[List[str]] = []
     logprobs: List[List[float]] = []

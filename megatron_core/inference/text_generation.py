@@ -72,15 +72,33 @@ class TextGenerator:
                           f"--fill-mask for a masked language model.")
 
     def tokenize(self, prompt: str) -> List[int]:
-        ids = self.tokenizer.tokenize(prompt)
-        if not ids:
-            raise ConfigError(f"the prompt {prompt!r} has no tokens; give some text.")
-        return ids
+        return self.tokenize_all([prompt])[0]
+
+    def tokenize_all(self, prompts: Sequence[str]) -> List[List[int]]:
+        # The batch call: a Rust-backed tokenizer encodes it without holding the GIL, so a
+        # server thread reading a long prompt does not stall the others.
+        token_lists = self.tokenizer.tokenize_batch(list(prompts))
+        for prompt, ids in zip(prompts, token_lists):
+            if not ids:
+                raise ConfigError(f"the prompt {prompt!r} has no tokens; give some text.")
+        return token_lists
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The most tokens (prompt + new) a row may hold: the model's positions, else the
+        checkpoint's --max-position-embeddings or --seq-length (rotary and relative models
+        run past them, but were trained within them); None when nothing says."""
+        args = self.loaded.args
+        return (getattr(self.loaded.model, "max_sequence_length", None) or args.get("max_position_embeddings")
+                or args.get("seq_length"))
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, params: SamplingParams,
                  return_log_probs: bool = False,
-                 on_step: Optional[Callable[[int, List[int], List[bool]], None]] = None) -> List[GeneratedText]:
-        token_lists = [self.tokenize(p) for p in prompts]
+                 on_step: Optional[Callable[[int, List[int], List[bool]], None]] = None,
+                 token_lists: Optional[List[List[int]]] = None) -> List[GeneratedText]:
+        """`token_lists`: the prompts already tokenized (the server checks their lengths first)."""
+        if token_lists is None:
+            token_lists = self.tokenize_all(prompts)
         if self._session is not None:
             result = self._transformer_xl_turns(token_lists, max_new_tokens, params, on_step)
         else:

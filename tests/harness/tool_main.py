@@ -13,8 +13,13 @@ import os
 from .tiny_corpus import ROOT
 
 
-def run_tool_main(script: str, *flags) -> None:
+def load_tool(script: str):
+    """The tools/ script as a module (its main() not called)."""
     spec = importlib.util.spec_from_file_location(os.path.splitext(script)[0], os.path.join(ROOT, "tools", script))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    tool.main([str(f) for f in flags])
+    return tool
+
+
+def run_tool_main(script: str, *flags) -> None:
+    load_tool(script).main([str(f) for f in flags])
