@@ -9,14 +9,19 @@ schedule); about 1 GB at the defaults (85 M parameters x 3 tensors x 4 bytes). E
 in alternating order, on the same disk:
 
     ours:   checkpoint.file_io.save_file(state, path)   temporary file, fsync,
-            rename, fsync of the directory; then load_file(path) (torch.load weights_only)
+            rename, fsync of the directory, the checksums taken on the way; then
+            load_file(path) (torch.load weights_only), and the same load after checking the
+            file against its manifest (manifest.find_damage: size and crc32 of every 64 MiB
+            block, as --load does unless --no-verify-checkpoint), in alternating order
     plain:  torch.save(state, path) then os.fsync of the file (the data on disk, as ours
             guarantees); then torch.load(path, weights_only=True)
 
 The plain save is also reported without its fsync (the bytes only reach the page cache).
 Ratios are speeds (plain time / ours time) per round, reported as the median of the
 paired ratios; goal >= 0.9, and bytes within 1.05. Loads read from the page cache in both
-cases (the files were just written). Files are removed after each round.
+cases (the files were just written). `verified_load_cost` is the verified load's time over the
+unverified one's, per round (the median reported); `verify_gb_per_s` the check's own speed.
+Files are removed after each round.
 """
 import argparse
 import json
@@ -29,6 +34,7 @@ import torch
 
 from megatron_core.cli import run as run_cli
 from megatron_core.checkpoint.file_io import load_file, save_file
+from megatron_core.checkpoint.manifest import find_damage, write_manifest
 
 VOCAB = 21248
 
@@ -84,9 +90,23 @@ def one_round(state, directory, ours_first):
     result = {}
 
     def ours():
-        result["ours_save_s"], _ = timed(save_file, state, ours_path)
-        result["ours_load_s"], loaded = timed(load_file, ours_path)
-        del loaded
+        result["ours_save_s"], record = timed(save_file, state, ours_path)
+        write_manifest(directory, [record])
+
+        def unverified():
+            result["ours_load_s"], loaded = timed(load_file, ours_path)
+            del loaded
+
+        def verified():
+            start = time.perf_counter()
+            damage = find_damage(directory)
+            result["ours_verify_s"] = time.perf_counter() - start
+            assert damage == [], damage
+            loaded = load_file(ours_path)
+            result["ours_load_verified_s"] = time.perf_counter() - start
+            del loaded
+        for load in ((unverified, verified) if ours_first else (verified, unverified)):
+            load()
 
     def plain():
         start = time.perf_counter()
@@ -99,7 +119,7 @@ def one_round(state, directory, ours_first):
     for step in ((ours, plain) if ours_first else (plain, ours)):
         step()
     result["ours_bytes"], result["plain_bytes"] = os.path.getsize(ours_path), os.path.getsize(plain_path)
-    os.remove(ours_path), os.remove(plain_path)
+    os.remove(ours_path), os.remove(plain_path), os.remove(os.path.join(directory, "checkpoint_manifest.json"))
     return result
 
 
@@ -119,6 +139,8 @@ def main(argv=None):
             result.update(save_speed_ratio=result["plain_save_s"] / result["ours_save_s"],
                           save_speed_ratio_vs_no_fsync=result["plain_save_without_fsync_s"] / result["ours_save_s"],
                           load_speed_ratio=result["plain_load_s"] / result["ours_load_s"],
+                          verified_load_cost=result["ours_load_verified_s"] / result["ours_load_s"],
+                          verify_gb_per_s=result["ours_bytes"] / result["ours_verify_s"] / 1e9,
                           size_ratio=result["ours_bytes"] / result["plain_bytes"])
             rounds.append({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
 
@@ -130,6 +152,10 @@ def main(argv=None):
                       "median_save_speed_ratio": median("save_speed_ratio"),
                       "median_save_speed_ratio_vs_no_fsync": median("save_speed_ratio_vs_no_fsync"),
                       "median_load_speed_ratio": median("load_speed_ratio"),
+                      "median_load_s": median("ours_load_s"),
+                      "median_load_verified_s": median("ours_load_verified_s"),
+                      "median_verified_load_cost": median("verified_load_cost"),
+                      "median_verify_gb_per_s": median("verify_gb_per_s"),
                       "median_size_ratio": median("size_ratio")}, indent=1))
 
 

@@ -1,18 +1,21 @@
-"""The checkpoint package's pieces without a training run: names, plain records, RNG streams, safe loading."""
+"""The checkpoint package's pieces without a training run: names, plain records, RNG streams, safe loading,
+checksums and the manifest."""
 import argparse
 import os
 import random
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
 from megatron_core import mpu
-from megatron_core.checkpoint import megatron_layout, rng_state
+from megatron_core.checkpoint import checksums, manifest, megatron_layout, rng_state
 from megatron_core.checkpoint.deepspeed_layout import DeepSpeedLayout
 from megatron_core.checkpoint.file_io import load_file, save_file
 from megatron_core.checkpoint.run_record import args_to_dict
 from megatron_core.errors import CheckpointError
+from tests.harness.damaged_files import flip_a_byte
 
 pytestmark = pytest.mark.quick
 
@@ -96,3 +99,70 @@ def test_weights_that_do_not_fit_name_the_first_missing_unexpected_and_reshaped_
     assert str(caught.value) == f"ck/model_optim_rng.pt: model does not fit this model: {expected}; use the " \
                                 f"model flags it was saved with."
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))   # nothing was loaded
+
+
+def test_the_checksums_taken_while_saving_are_those_of_the_bytes_on_disk(tmp_path):
+    path = str(tmp_path / "model_optim_rng.pt")
+    record = save_file({"x": torch.randn(3000), "step": 7}, path)
+    assert (record.path, record.size) == (path, os.path.getsize(path))
+    assert record.crc32 == checksums.file_checksums(path).crc32
+    # Blocks: a stream fed in pieces that straddle the block edges gives each block's own crc32.
+    data = open(path, "rb").read()
+    blocks = checksums.BlockChecksums(block_bytes=1000)
+    for first in range(0, len(data), 777):
+        blocks.update(data[first:first + 777])
+    assert blocks.blocks() == tuple(zlib.crc32(data[i:i + 1000]) for i in range(0, len(data), 1000))
+    assert checksums.file_checksums(path, block_bytes=1000).crc32 == blocks.blocks()
+
+
+def _saved_iteration(directory):
+    """An iteration directory as a save leaves it: two rank files, an optimizer shard, the manifest."""
+    names = ("mp_rank_00/model_optim_rng.pt", "mp_rank_01/model_optim_rng.pt", "mp_rank_01/distrib_optim_dp_000.pt")
+    paths = [os.path.join(directory, name) for name in names]
+    records = []
+    for number, path in enumerate(paths):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        records.append(save_file({"weight": torch.randn(5000)}, path, optimizer_only=number == 2))
+    manifest.write_manifest(directory, records)
+    return paths
+
+
+def test_the_manifest_names_a_flipped_byte_a_truncated_file_and_a_missing_one(tmp_path):
+    directory = str(tmp_path / "iter_0000006")
+    flipped, truncated, missing = _saved_iteration(directory)
+    assert manifest.find_damage(directory) == []
+    size = os.path.getsize(flipped)
+    flip_a_byte(flipped)
+    os.truncate(truncated, 1000)
+    os.remove(missing)
+    found = {d.path: d.what for d in manifest.find_damage(directory)}
+    assert found == {flipped: f"fails its checksum (bytes 0 to {size:,} differ from what its save wrote)",
+                     truncated: f"has 1,000 bytes, not the {size:,} its save wrote",
+                     missing: "is missing"}
+    # The ranks' shares add up to the whole (verify_collectively joins them).
+    shares = [d for rank in range(3) for d in manifest.find_damage(directory, part=(rank, 3))]
+    assert {d.path: d.what for d in shares} == found and len(shares) == 3
+    # --no-verify-checkpoint: sizes and presence only; a weights-only load skips the optimizer shard.
+    assert {d.path for d in manifest.find_damage(directory, manifest.Verification(checksums=False))} == {
+        truncated, missing}
+    assert {d.path for d in manifest.find_damage(directory, manifest.Verification(optimizer=False))} == {
+        flipped, truncated}
+    with pytest.raises(CheckpointError) as raised:
+        manifest.check_intact(directory, manifest.Verification())
+    assert str(raised.value) == (f"{flipped} fails its checksum (bytes 0 to {size:,} differ from what its save "
+                                 f"wrote) (and 2 more damaged files): the checkpoint in {directory} was damaged after "
+                                 f"it was saved; restore the file from a copy (or, if it was changed on purpose, "
+                                 f"delete {directory}/checkpoint_manifest.json), or use an earlier iteration's "
+                                 f"directory.")
+
+
+def test_a_checkpoint_without_a_manifest_is_not_checked_and_an_unreadable_manifest_is_damage(tmp_path):
+    directory = str(tmp_path / "iter_0000006")
+    paths = _saved_iteration(directory)
+    os.remove(paths[0])
+    with open(manifest.manifest_path(directory), "r+b") as f:
+        f.truncate(40)
+    assert [d.path for d in manifest.find_damage(directory)] == [manifest.manifest_path(directory)]
+    os.remove(manifest.manifest_path(directory))
+    assert manifest.find_damage(directory) == []            # Megatron-LM's, DeepSpeed's, older ones: as before
+    manifest.check_intact(directory, manifest.Verification())

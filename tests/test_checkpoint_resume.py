@@ -4,7 +4,9 @@ An uninterrupted run of 6 iterations, saving at 3 and 6, is the reference. The r
 loads its checkpoint of iteration 3 and trains 3 more: it must log the same strings for
 iterations 4-6 and the validations (loss, lr, loss scale, grad norm, consumed samples) and
 end with bit-identical weights and optimizer state (tests.harness.resume_check).
-A run stopped by --exit-interval saves exactly that iteration-3 state (checked once).
+A run stopped by --exit-interval saves exactly that iteration-3 state (checked once). A file
+damaged after its save (flipped byte, truncated, missing) is named before anything is loaded, and
+--keep-last 2 loads the older intact checkpoint instead.
 Dropout stays on, so the RNG streams must be restored too. The runs whose subject is what is
 saved and loaded are forked from the session's fork server (entry_points.run_forked, and
 run_ranks for several ranks): the checkpoint is the subject here; the runs that must end in one
@@ -14,6 +16,7 @@ tests/test_training_loop.py and tests/test_rank_failure.py run pretrain_gpt.py u
 import glob
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +25,8 @@ import time
 import pytest
 import torch
 
+from megatron_core.checkpoint.manifest import MANIFEST
+from tests.harness.damaged_files import flip_a_byte
 from tests.harness.entry_points import (clean_env, entry_point_command, logged_iterations, logged_values,
                                         run_entry_point, run_forked, run_ranks)
 from tests.harness.output_faults import output_fault, FaultUnavailable
@@ -247,9 +252,68 @@ def test_a_pickle_payload_is_refused_with_one_sentence_and_never_runs(corpus, se
     marker = tmp_path / "payload_ran"
     target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
     torch.save({"model": _Payload(str(marker))}, target)
+    # (A manifest is no defense against tampering, which can rewrite it too; weights_only loading is.)
+    os.remove(os.path.join(directory, "iter_0000003", MANIFEST))
     line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
     assert target in line and "pickle payload" in line, line
     assert not marker.exists()
+
+
+def test_a_flipped_byte_stops_the_load_with_one_sentence_naming_the_file(corpus, serial_checkpoint, tmp_path):
+    """Forked, not a fresh process: the subject is the load's check, not a process start (1 s instead of 10)."""
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
+    flip_a_byte(target)
+    torch.load(target, weights_only=True)          # still loads: only the manifest's checksums see it
+    line = _one_error_line(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory)))
+    assert line.startswith(f"error: {target} fails its checksum (bytes 0 to "), line
+    assert (f"the checkpoint of iteration 3 in {directory} was damaged after it was saved; restore the file from a "
+            f"copy (or, if it was changed on purpose, delete {directory}/iter_0000003/checkpoint_manifest.json), or "
+            f"load an earlier checkpoint: write its iteration into {directory}/latest_checkpointed_iteration.txt, or "
+            f"give --keep-last 2 or more to load the newest intact one.") in line, line
+    # --no-verify-checkpoint checks the sizes only (a huge checkpoint): this one then loads.
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--no-verify-checkpoint",
+                                                  "--train-iters", "3")))
+    assert f"successfully loaded checkpoint from {directory}" in done.stdout
+
+
+def test_a_truncated_or_missing_rank_file_stops_the_tools_loading_code_with_one_sentence(serial_checkpoint, tmp_path):
+    """tools/change_mp.py, convert_checkpoint.py and generate_text.py open checkpoints through open_source."""
+    from megatron_core.checkpoint.saved_model import open_saved_model
+    from megatron_core.errors import CheckpointError
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(serial_checkpoint, directory)
+    target = os.path.join(directory, "iter_0000003", "mp_rank_00", "model_optim_rng.pt")
+    size = os.path.getsize(target)
+    os.truncate(target, size - 1000)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(target)} has {size - 1000:,} bytes, not the {size:,} "
+                                              f"its save wrote: the checkpoint in .*iter_0000003 was damaged after it "
+                                              f"was saved"):
+        open_saved_model(directory)
+    os.remove(target)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(target)} is missing: "):
+        open_saved_model(directory)
+
+
+def test_keep_last_2_skips_a_damaged_newest_checkpoint_and_resumes_from_the_older_one(corpus, fp16_runs, tmp_path):
+    """The uninterrupted fp16 run's checkpoints of iterations 3 and 6 (DeepSpeed layout) side by
+    side, `latest` naming 6, whose model file is damaged: the run loads 3 and logs what the
+    uninterrupted run logged for 4-6."""
+    directory = str(tmp_path / "ckpt")
+    shutil.copytree(fp16_runs.full_dir, directory)
+    shutil.copytree(os.path.join(fp16_runs.break_dir, "global_step3"), os.path.join(directory, "global_step3"))
+    target = os.path.join(directory, "global_step6", "mp_rank_00_model_states.pt")
+    flip_a_byte(target)
+    done = ok(run_forked("pretrain_gpt.py", flags(corpus, *FP16, "--ckpt-format", "deepspeed", "--load", directory,
+                                                  "--keep-last", "2")))
+    warnings = [line for line in done.stdout.splitlines() if "damaged" in line]
+    assert warnings == [f"WARNING: skipped the damaged checkpoint in {directory} (iteration 6: {target} fails its "
+                        f"checksum (bytes 0 to {os.path.getsize(target):,} differ from what its save wrote)); loading "
+                        f"iteration 3, the newest intact one (--keep-last 2)."], done.stdout[-3000:]
+    reference = logged_iterations(fp16_runs.full.stdout)
+    assert logged_iterations(done.stdout) == {i: line for i, line in reference.items() if i > 3}
+    assert tracker(directory, "latest") == "global_step6"        # left as it was
 
 
 class _Payload:
@@ -297,6 +361,7 @@ def test_weights_that_do_not_fit_the_model_name_the_missing_unexpected_and_resha
     weights["decoder.layers.4.mlp.dense_h_to_4h.weight"] = torch.zeros(128, 32)
     weights["embedding.position_embeddings.weight"] = torch.zeros(33, 32)
     torch.save(saved, target)
+    os.remove(os.path.join(directory, "iter_0000003", MANIFEST))      # changed on purpose, as the sentence says
     line = _one_error_line(run_entry_point("pretrain_gpt.py", flags(corpus, "--load", directory)))
     assert line == (f"error: {target}: model does not fit this model: 1 missing key (decoder.final_layernorm.bias), "
                     f"1 unexpected (decoder.layers.4.mlp.dense_h_to_4h.weight), 1 of another shape "
@@ -364,7 +429,8 @@ def test_exit_duration_in_mins_stops_every_rank_after_the_same_iteration_and_sav
     assert sorted(logged_iterations(done.stdout)) == [1]
     assert "exiting program at iteration 1 (--exit-duration-in-mins 1e-06 reached)" in done.stdout
     assert tracker(directory) == "1"
-    assert sorted(os.listdir(os.path.join(directory, "iter_0000001"))) == ["mp_rank_00", "mp_rank_01"]
+    assert sorted(os.listdir(os.path.join(directory, "iter_0000001"))) == ["checkpoint_manifest.json", "mp_rank_00",
+                                                                           "mp_rank_01"]
 
 
 def test_a_release_checkpoint_loads_its_weights_and_starts_at_iteration_0(corpus, serial_run, tmp_path):

@@ -32,6 +32,7 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'mcore-pretrain[deepspeed]')")
 
+from megatron_core.checkpoint.manifest import MANIFEST, read_manifest  # noqa: E402
 from tests.harness.deepspeed_op_cache import deepspeed_test_env  # noqa: E402,F401 (conftest starts the op build)
 from tests.harness.engine_runs import assert_bf16_masters_carried, load_engine_file as load, run_engine_ranks  # noqa: E402
 from tests.harness.entry_points import TINY_GPT_STEPS, failure_report, logged_values  # noqa: E402
@@ -83,11 +84,16 @@ def resume(corpus, tmp, config, extra=(), nproc=2):
                               [], tmp, iters=ITERS, break_at=2, load=load, compared_keys=COUNTERS + ("lr_scheduler",))
 
 
-def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2, num_layers=2, valid_samples=8):
-    """DeepSpeed's names, `latest` naming the tag, and our state riding in the model-states files."""
+def assert_deepspeed_layout(directory, model_files, optimizer_files, tp=1, dp=2, num_layers=2, valid_samples=8,
+                            zero3=False):
+    """DeepSpeed's names, `latest` naming the tag, our state riding in the model-states files, and
+    our manifest listing every file the engine wrote (ZeRO 1-2's optimizer files as optimizer state alone)."""
     with open(os.path.join(directory, "latest")) as f:
         assert f.read().strip() == "global_step2"
-    assert files_of(os.path.join(directory, "global_step2")) == sorted(model_files + optimizer_files)
+    assert files_of(os.path.join(directory, "global_step2")) == sorted(model_files + optimizer_files + [MANIFEST])
+    listed = read_manifest(os.path.join(directory, "global_step2"))["files"]
+    assert {name: entry.get("optimizer_only", False) for name, entry in listed.items()} == {
+        **{name: False for name in model_files}, **{name: not zero3 for name in optimizer_files}}
     for name in model_files:
         state = load(os.path.join(directory, "global_step2", name))
         assert state["iteration"] == 2 and state["global_steps"] == 2
@@ -190,7 +196,7 @@ def test_zero3_at_dp2_resumes_exactly(engine_runs, tmp_path):
     # ZeRO-3 partitions the weights too: each data-parallel rank writes its model-states file.
     assert_deepspeed_layout(runs.break_dir, ["zero_pp_rank_0_mp_rank_00_model_states.pt",
                                                "zero_pp_rank_1_mp_rank_00_model_states.pt"],
-                            [zero_file(0), zero_file(1)], **SHARED_LAYOUT)
+                            [zero_file(0), zero_file(1)], zero3=True, **SHARED_LAYOUT)
 
 
 def test_zero1_at_tp2_resumes_exactly(engine_runs, tmp_path):
@@ -242,6 +248,8 @@ def test_a_pickle_payload_in_a_zero_optimizer_file_is_refused_and_never_runs(cor
         state = load(path)
         state["extra"] = _Payload(marker)
         torch.save(state, path)
+    # (A manifest is no defense against tampering, which can rewrite it too; weights_only loading is.)
+    os.remove(os.path.join(directory, "global_step2", MANIFEST))
     done = run_engine_ranks(flags(corpus, "--bf16", "--load", directory),
                             os.path.join(os.path.dirname(zero2_runs.break_dir), "ds.json"))
     assert done.returncode != 0

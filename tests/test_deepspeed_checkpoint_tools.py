@@ -39,6 +39,7 @@ from tests.harness.entry_points import (TINY_GPT_STEPS, failure_report, logged_v
 from tests.harness.tiny_corpus import BERT_VOCAB  # noqa: E402
 from tests.harness.resume_check import COUNTERS, check_exact_resume  # noqa: E402
 from tests.harness.tool_main import run_tool_main  # noqa: E402
+from megatron_core.checkpoint.manifest import MANIFEST  # noqa: E402
 from megatron_core.checkpoint.saved_model import read_full_model_state  # noqa: E402
 
 ITERS = 4
@@ -158,6 +159,7 @@ def test_a_pickle_payload_in_an_engine_zero_file_is_refused_by_change_mp(zero1, 
     state = load(path)
     state["extra"] = Payload()
     torch.save(state, path)
+    os.remove(os.path.join(directory, "global_step2", MANIFEST))    # (tampering can rewrite it too)
     done = tool("change_mp.py", directory, "--target-tensor-parallel-size", "2", "--output", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "carries a pickle payload that safe loading refuses" in done.stderr, failure_report(done)

@@ -17,14 +17,18 @@ with the moments and step our reference run saved.
 """
 import os
 import re
+import shutil
 
 import pytest
 import torch
 
 from megatron_core.checkpoint import reshard
+from megatron_core.checkpoint.manifest import MANIFEST, read_manifest
 from megatron_core.checkpoint.megatron_lm.torch_dist import read_torch_dist
 from megatron_core.checkpoint.reshard.targets import target_optimizer_field, target_optimizer_state
 from megatron_core.checkpoint.saved_model import MergedState, open_saved_model
+from megatron_core.errors import CheckpointError
+from tests.harness.damaged_files import flip_a_byte
 from tests.harness.entry_points import failure_report, logged_values, run_forked, run_ranks
 from tests.harness.tiny_corpus import preprocess_zh_news, write_small_vocab
 
@@ -73,8 +77,9 @@ def test_the_save_is_megatron_lms_torch_dist_directory(saved):
     iteration_dir = os.path.join(directory, f"iter_{SAVED_AT:07d}")
     with open(os.path.join(directory, "latest_checkpointed_iteration.txt")) as f:
         assert f.read().strip() == str(SAVED_AT)
-    assert sorted(os.listdir(iteration_dir)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp",
-                                                 "__3_0.distcp", "common.pt", "metadata.json"]
+    written = [".metadata", *(f"__{rank}_0.distcp" for rank in range(4)), "common.pt", "metadata.json"]
+    assert sorted(os.listdir(iteration_dir)) == sorted(written + [MANIFEST])
+    assert sorted(read_manifest(iteration_dir)["files"]) == written     # every rank's .distcp, read back
     checkpoint = read_torch_dist(directory)
     common, args = checkpoint.common, checkpoint.common["args"]
     assert (common["checkpoint_version"], common["iteration"]) == (3.0, SAVED_AT)
@@ -104,6 +109,15 @@ def test_it_reads_back_as_exactly_the_model_the_run_held(saved):
     for name in reference:
         assert torch.equal(source.weight(name, 0), reference[name]), name
     assert source.head["iteration"] == SAVED_AT and source.head["consumed_train_samples"] == 12
+
+
+def test_a_damaged_distcp_file_is_named_before_anything_is_read(saved, tmp_path):
+    directory = str(tmp_path / "torch_dist")
+    shutil.copytree(saved[0], directory)
+    target = os.path.join(directory, f"iter_{SAVED_AT:07d}", "__2_0.distcp")
+    flip_a_byte(target)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(target)} fails its checksum"):
+        reshard.open_source(directory)
 
 
 def test_megatron_core_loads_it_with_our_logits(saved, tmp_path):

@@ -53,6 +53,9 @@ def parse_args(argv=None):
                    help="recorded in the result (its per-parameter optimizer state loads at any DP size)")
     p.add_argument("--output", help="the new checkpoint directory (default CKPT_MP{M})")
     p.add_argument("--no-optim", action="store_true", help="drop the optimizer state")
+    p.add_argument("--no-verify-checkpoint", action="store_true",
+                   help="Check the checkpoint's files against its manifest by size only, not by checksum "
+                        "(a huge checkpoint on a slow disk)")
     p.add_argument("--ckpt-format", choices=("megatron", "deepspeed"),
                    help="the layout to write (default: the source's)")
     p.add_argument("--make-vocab-size-divisible-by", type=int,
@@ -89,7 +92,8 @@ def main(argv=None):
         args.size, args.target_pipeline_parallel_size, args.target_data_parallel_size, not args.no_optim,
         args.ckpt_format, args.make_vocab_size_divisible_by, args.target_pipeline_model_parallel_split_rank),
         progress=lambda line: print(line, flush=True),
-        legacy_options=lambda family, args: get_family(family).options(args))   # a file that records none
+        legacy_options=lambda family, args: get_family(family).options(args),   # a file that records none
+        verify_checksums=not args.no_verify_checkpoint)
     tp, pp, dp = summary["source"]
     print(f"resharded checkpoint iteration {summary['iteration'] if summary['iteration'] is not None else 'release'} "
           f"from TP={tp} PP={pp} DP={dp} to TP={args.size} PP={args.target_pipeline_parallel_size} "

@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--pipeline-model-parallel-size", type=int, default=None)
     p.add_argument("--ckpt-format", default="megatron", choices=["megatron", "deepspeed"])
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    p.add_argument("--no-verify-checkpoint", action="store_true",
+                   help="Check the checkpoint's files against its manifest by size only, not by checksum "
+                        "(a huge checkpoint on a slow disk)")
     p.add_argument("--vocab-file", default=None, help="with --to-hf/--from-ctxl: the tokenizer's vocabulary file")
     p.add_argument("--merge-file", default=None)
     p.add_argument("--tokenizer-model", default=None)
@@ -81,7 +84,8 @@ def main(argv=None):
             raise ConfigError("--to-megatron-lm converts the checkpoint given by --load; add --load CKPT.")
         from megatron_core.convert.megatron_lm_export import export_megatron_lm
         summary = export_megatron_lm(args.load, args.to_megatron_lm, args.key_names, args.format,
-                                     args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
+                                     args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                                     verify_checksums=not args.no_verify_checkpoint)
         print(f"converted {json.dumps(summary, sort_keys=True)}", flush=True)
         return
     if not args.output:
@@ -93,7 +97,7 @@ def main(argv=None):
             raise ConfigError("--to-hf converts the checkpoint given by --load; add --load CKPT.")
         from megatron_core.convert.hf_export import export_checkpoint
         summary = export_checkpoint(args.load, args.output, args.architecture, _tokenizer_overrides(args),
-                                    args.max_shard_size)
+                                    args.max_shard_size, verify_checksums=not args.no_verify_checkpoint)
     elif args.from_hf:
         from megatron_core.convert.hf_import import import_checkpoint
         summary = import_checkpoint(args.from_hf, args.output, args.tensor_model_parallel_size,

@@ -13,6 +13,8 @@ It knows no training loop and no model code; it imports only errors, atomic_file
   run_record.py        the flags as plain values
   model_record.py      the model family and its builder options; a legacy file's family guessed once
   file_io.py           weights_only reads; writes through atomic_files (temporary, fsync, rename)
+  checksums.py         a file's size and crc32 per 64 MiB block, taken while it is written
+  manifest.py          checkpoint_manifest.json: every file a save wrote; what a load finds damaged
   compatibility.py     the sentence for a checkpoint of another model or parallel layout
   saved_model.py       the saved-checkpoint reader (any layout, full tensors on demand)
   weights_checkpoint.py  a weights-only checkpoint of a serial model, at any TP x PP

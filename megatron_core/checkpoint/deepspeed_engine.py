@@ -2,7 +2,7 @@
 
     files = DeepSpeedEngineFiles(run, engine)        # DeepSpeedBackend.checkpoint_files(run, chunks)
     path = files.model_file(layout, directory, iteration)      # this rank's model-states file
-    error = files.save(directory, iteration, path, contents_for)
+    error, written = files.save(directory, iteration, path, contents_for)    # written: checksums.FileRecord
     files.restore(directory, iteration, layout, saved, path, load_optimizer, keep_scaler)
 
 The files are DeepSpeed's own layout, as Megatron-DeepSpeed writes it (tag global_step<N>):
@@ -44,21 +44,24 @@ rename) and every read through file_io.load_file (weights_only=True; a pickle pa
 one sentence and never runs). DeepSpeed's ZeRO optimizer state pickles four of its own
 classes (fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler: numbers in a
 named holder); the engine's loads allow exactly those by name, nothing else.
-save_checkpoint runs with save_latest=False; the Checkpointer writes `latest` atomically
-after every rank reports its files written. What DeepSpeed still does its own way: the recovery scripts are copied with shutil, and a
-failed makedirs/copy on one rank raises there (the others then wait in DeepSpeed's
-barrier); a failed file write is caught and reported on every rank. Loading without the
-optimizer at ZeRO-3 would run zero_to_fp32's unsafe torch.load, so arguments.py refuses it.
+save_checkpoint runs with save_latest=False; the Checkpointer writes the manifest (every
+file that went through SafeCheckpointEngine.save, with its checksums) and then `latest`
+atomically after every rank reports its files written. What DeepSpeed still does its own
+way: the recovery scripts are copied with shutil, and a failed makedirs/copy on one rank
+raises there (the others then wait in DeepSpeed's barrier); a failed file write is caught
+and reported on every rank. Loading without the optimizer at ZeRO-3 would run
+zero_to_fp32's unsafe torch.load, so arguments.py refuses it.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from .. import mpu
 from ..errors import CheckpointError, describe_os_error
+from .checksums import FileRecord
 from .file_io import load_file, save_file
 from .formats import layout_named
 from .reshard.engine_source import OPTIMIZER_PARAM_NAMES, deepspeed_state_classes, written_by_engine
@@ -82,6 +85,8 @@ class SafeCheckpointEngine(_checkpoint_engine_base()):
         super().__init__()
         self.name = "megatron_core"
         self.error: Optional[str] = None
+        self.written: List[FileRecord] = []
+        self.optimizer_only = lambda path: False     # which files hold optimizer state alone
 
     def create(self, info) -> None:
         self.error = None
@@ -89,7 +94,7 @@ class SafeCheckpointEngine(_checkpoint_engine_base()):
     def save(self, state_dict, path: str) -> None:
         if self.error is None:
             try:
-                save_file(state_dict, path)
+                self.written.append(save_file(state_dict, path, self.optimizer_only(path)))
             except OSError as e:
                 self.error = describe_os_error(e)
 
@@ -139,7 +144,8 @@ class DeepSpeedEngineFiles:
         with torch.serialization.safe_globals(deepspeed_state_classes()):
             return load_file(path, mmap=mmap)
 
-    def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
+    def save(self, directory: str, iteration: int, model_path: str,
+             contents_for: Callable) -> Tuple[Optional[str], List[FileRecord]]:
         contents = self.layout.to_file(contents_for({}, include_optimizer=False))
         client_state = {key: value for key, value in contents.items() if key not in ENGINE_KEYS}
         if self.stage == 0 and isinstance(self.engine.optimizer, torch.optim.Optimizer):
@@ -148,9 +154,13 @@ class DeepSpeedEngineFiles:
             names = self.engine.param_names
             client_state[OPTIMIZER_PARAM_NAMES] = [[names[p] for p in group["params"]]
                                                    for group in self.engine.optimizer.param_groups]
+        self.safe.error, self.safe.written = None, []
+        # ZeRO 1-2 keep the weights in the model-states file, so their optim_states files hold
+        # optimizer state alone; ZeRO-3's hold the weights' partitions too.
+        self.safe.optimizer_only = lambda path: self.stage in (1, 2) and path.endswith("_optim_states.pt")
         self.engine.save_checkpoint(directory, tag=os.path.basename(self.layout.iteration_dir(directory, iteration)),
                                     client_state=client_state, save_latest=False)
-        return self.safe.error
+        return self.safe.error, list(self.safe.written)
 
     def restore(self, directory: str, iteration: Optional[int], layout, saved: dict, model_path: str,
                 load_optimizer: bool, keep_scaler: bool) -> None:

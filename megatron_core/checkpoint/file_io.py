@@ -6,7 +6,9 @@ leaves either the old file or the complete new one under the final name, never a
 file. It writes through a Python file object, not a path: then a full disk is the OS error
 it is (torch.save to a path reports an opaque RuntimeError; to a file object, the
 OSError under a RuntimeError of its writer's close), named after the checkpoint file; and no in-memory copy of the state is made (bench/checkpoint.py: that copy cost a
-third of the save time and as much memory again as the state).
+third of the save time and as much memory again as the state). The bytes are checksummed
+on their way (checksums.py): save_file returns the file's record for the checkpoint's
+manifest (manifest.py).
 
 load_file: torch.load(weights_only=True) only. A file whose pickle stream asks for
 anything but tensors and plain containers is refused with one sentence naming it, and no
@@ -24,12 +26,13 @@ import os
 import pickle
 import threading
 import zipfile
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import torch
 
 from ..atomic_files import write_atomically
 from ..errors import CheckpointError
+from .checksums import ChecksummingWriter, FileRecord
 
 class EarlyWriteback:
     """Puts a file being written on disk while the rest of it is still being made: after
@@ -72,8 +75,16 @@ def write_bytes_atomically(path: str, payload) -> None:
     write_atomically(path, lambda f, _: f.write(payload), durable=True)
 
 
-def save_file(state: Any, path: str) -> None:
-    write_atomically(path, lambda f, _: _torch_save(state, f), durable=True)
+def save_file(state: Any, path: str, optimizer_only: bool = False) -> FileRecord:
+    """torch.save(state) as `path`, atomically; its size and checksums (optimizer_only: the
+    file holds optimizer state alone, which a weights-only load skips)."""
+    writers = []
+
+    def write(f, _):
+        writers.append(ChecksummingWriter(f))
+        _torch_save(state, writers[-1])
+    write_atomically(path, write, durable=True)
+    return writers[-1].record(path, optimizer_only)
 
 
 def _torch_save(state: Any, f: BinaryIO) -> None:

@@ -2,21 +2,24 @@
 
     files = LayoutFiles(run, chunks, backend)       # backend.checkpoint_files(run, chunks)
     path = files.model_file(layout, directory, iteration)      # this rank's model file
-    error = files.save(directory, iteration, path, contents_for)
+    error, written = files.save(directory, iteration, path, contents_for)   # written: checksums.FileRecord
     files.restore(directory, iteration, layout, saved, path, load_optimizer, keep_scaler)
 
 --ckpt-format picks the layout (megatron_layout.py or deepspeed_layout.py). The model file
 of a (TP, PP) rank is written by its data-parallel rank 0 (contents.py's keys); with the
-distributed optimizer every data-parallel rank also writes its optimizer shard.
+distributed optimizer every data-parallel rank also writes its optimizer shard. `save` returns
+the records (size, checksums) of the files it wrote, which the Checkpointer gathers into the
+checkpoint's manifest (manifest.py).
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .. import mpu
-from ..errors import CheckpointError, describe_os_error
+from ..errors import describe_os_error
 from . import compatibility
+from .checksums import FileRecord
 from .contents import PER_PARAMETER, model_keys, optimizer_shard_state
 from .file_io import load_file, save_file
 from .formats import layout_named
@@ -39,24 +42,27 @@ class LayoutFiles:
     def read(self, path: str, mmap: bool = False) -> dict:
         return load_file(path, mmap=mmap)
 
-    def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
-        """Write this rank's files; the OS error as a sentence, or None."""
+    def save(self, directory: str, iteration: int, model_path: str,
+             contents_for: Callable) -> Tuple[Optional[str], List[FileRecord]]:
+        """Write this rank's files: (the OS error as a sentence or None, the files' records)."""
         backend_state = self.backend.state_dict()
         distributed = self.run.parallel.use_distributed_optimizer
-        writes = []
+        writes = []     # (path, contents, holds optimizer state alone)
         if self.dp_rank == 0:
             writes.append((model_path, self.layout.to_file(contents_for(backend_state,
-                                                                        include_optimizer=not distributed))))
+                                                                        include_optimizer=not distributed)), False))
         if distributed:
             writes.append((self.layout.optimizer_shard_file(model_path, self.dp_rank), self.layout.to_file(
-                optimizer_shard_state(backend_state, iteration, self.dp_rank, self.run.parallel.data_parallel_size))))
+                optimizer_shard_state(backend_state, iteration, self.dp_rank, self.run.parallel.data_parallel_size)),
+                True))
+        written = []
         try:
-            for path, content in writes:
+            for path, content, optimizer_only in writes:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                save_file(content, path)
+                written.append(save_file(content, path, optimizer_only))
         except OSError as e:
-            return describe_os_error(e)
-        return None
+            return describe_os_error(e), written
+        return None, written
 
     def restore(self, directory: str, iteration: Optional[int], layout, saved: dict, model_path: str,
                 load_optimizer: bool, keep_scaler: bool) -> None:

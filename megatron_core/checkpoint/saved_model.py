@@ -28,6 +28,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..mpu.sharding_map import ShardSpec
+from .manifest import Verification
 from .model_record import OPTIONS_KEY, saved_family
 from .reshard.source import SavedCheckpoint
 from .reshard.torch_dist_source import open_source
@@ -99,8 +100,9 @@ class SavedModel:
         return self.record.get("padded_vocab_size")
 
 
-def open_saved_model(directory: str) -> SavedModel:
-    source = open_source(directory)
+def open_saved_model(directory: str, verify: Optional[Verification] = Verification(optimizer=False)) -> SavedModel:
+    """verify: checked against the checkpoint's manifest first (the weights' files; manifest.py)."""
+    source = open_source(directory, verify=verify)
     return SavedModel(source.iteration_path, source.layout.name, source.tp, source.pp, dict(source.head),
                       MergedState(source), source)
 

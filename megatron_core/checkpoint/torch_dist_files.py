@@ -1,7 +1,7 @@
 """--ckpt-format torch_dist: the training loop's saves in Megatron-LM's torch_dist format.
 
     files = TorchDistFiles(run, chunks, backend)     # backend.checkpoint_files(run, chunks)
-    error = files.save(directory, iteration, path, contents_for)   # every rank, collectively
+    error, written = files.save(directory, iteration, path, contents_for)   # every rank, collectively
 
 What one save writes (megatron_lm/torch_dist.py describes the files):
 
@@ -9,6 +9,9 @@ What one save writes (megatron_lm/torch_dist.py describes the files):
                                               parallel by torch.distributed.checkpoint
     <save>/iter_NNNNNNN/common.pt, metadata.json       rank 0: args (Megatron-LM's Namespace),
                                               checkpoint_version 3.0, iteration, opt_param_scheduler
+    <save>/iter_NNNNNNN/checkpoint_manifest.json   the Checkpointer: every file above, its size and
+                                              checksums (manifest.py); each rank reads back the
+                                              .distcp file DCP wrote for it, rank 0 the others
     <save>/latest_checkpointed_iteration.txt   the Checkpointer, last, once every rank succeeded
 
 Each (TP, PP) rank of data-parallel rank 0 passes its chunks' tensors under megatron-core's
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -45,6 +48,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from .. import mpu
 from ..errors import CheckpointError, describe_os_error
 from ..mpu.sharding_map import ShardingMap
+from .checksums import FileRecord, file_checksums
 from .contents import MEGATRON_CHECKPOINT_VERSION
 from .layout_files import LayoutFiles
 from .model_record import FAMILY_KEY
@@ -114,8 +118,10 @@ def rng_objects(contents: Mapping, tensor_rank: int, tensor_size: int, pipeline_
 class TorchDistFiles(LayoutFiles):
     format_name = "torch_dist"
 
-    def save(self, directory: str, iteration: int, model_path: str, contents_for: Callable) -> Optional[str]:
-        """Every rank calls (collective); the first failing rank's error as a sentence, or None."""
+    def save(self, directory: str, iteration: int, model_path: str,
+             contents_for: Callable) -> Tuple[Optional[str], List[FileRecord]]:
+        """Every rank calls (collective): (the first failing rank's error as a sentence or None,
+        this rank's files' records)."""
         p = self.run.parallel
         tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
         tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
@@ -143,19 +149,29 @@ class TorchDistFiles(LayoutFiles):
         except CheckpointError as e:
             error = str(e)
         if _any_rank_failed(error is not None):
-            return error        # None on the ranks that succeeded: the Checkpointer names the failing one
+            return error, []    # None on the ranks that succeeded: the Checkpointer names the failing one
         try:
             if dist.is_initialized():
                 write_torch_dist_shards(iteration_dir, local, common, objects=objects)
             else:
                 write_torch_dist(iteration_dir, local, common, write_tracker=False, objects=objects)
+            return None, written_files(iteration_dir, dist.get_rank() if dist.is_initialized() else 0)
         except OSError as e:
-            return describe_os_error(e)
+            return describe_os_error(e), []
         except CheckpointException as e:
             causes = [failure[0] if isinstance(failure, tuple) else failure for failure in e.failures.values()]
             errors = [cause for cause in causes if isinstance(cause, OSError)]
-            return describe_os_error(errors[0]) if errors else str(e)
-        return None
+            return (describe_os_error(errors[0]) if errors else str(e)), []
+
+
+def written_files(iteration_dir: str, rank: int) -> List[FileRecord]:
+    """The records of what `rank` wrote: DCP names a rank's files __<rank>_<n>.distcp (its
+    FileSystemWriter writes them itself, so they are read back here, still in the page cache);
+    rank 0 also wrote .metadata, common.pt and metadata.json."""
+    names = sorted(n for n in os.listdir(iteration_dir) if n.startswith(f"__{rank}_") and n.endswith(".distcp"))
+    if rank == 0:
+        names += [".metadata", "common.pt", "metadata.json"]
+    return [file_checksums(os.path.join(iteration_dir, name)) for name in names]
 
 
 def _any_rank_failed(failed: bool) -> bool:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import ConversionError
 from ..checkpoint.file_io import write_bytes_atomically
+from ..checkpoint.manifest import Verification
 from ..checkpoint.saved_model import open_saved_model
 from ..transformer.config import TransformerConfig
 from .checkpoint_spec import hf_mapping_name, spec_of_saved
@@ -75,10 +76,12 @@ def _hf_tensors(saved, mapping, spec, shapes) -> Iterator[Tuple[str, torch.Tenso
 
 def export_checkpoint(load: str, output: str, architecture: Optional[str] = None,
                       tokenizer_overrides: Optional[Mapping] = None,
-                      max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE) -> dict:
-    """Write the HF directory `output` for the checkpoint in `load`; returns what was written."""
+                      max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+                      verify_checksums: bool = True) -> dict:
+    """Write the HF directory `output` for the checkpoint in `load`; returns what was written.
+    verify_checksums False: only the sizes of its files are checked against its manifest."""
     limit = parse_shard_size(max_shard_size)
-    saved = open_saved_model(load)
+    saved = open_saved_model(load, Verification(checksums=verify_checksums, optimizer=False))
     config = TransformerConfig.from_dict(saved.model_config).replace(tensor_model_parallel_size=1,
                                                                      sequence_parallel=False)
     if saved.vocab_size is None or saved.padded_vocab_size is None:

@@ -57,6 +57,7 @@ from ..checkpoint.megatron_lm.key_names import (KEY_STYLES, LEGACY, MCORE, mcore
                                                 t5_aliases, with_t5_aliases)
 from ..checkpoint.megatron_lm.torch_dist import OPTIMIZER_STATE, write_torch_dist
 from ..checkpoint.megatron_layout import MegatronLayout
+from ..checkpoint.manifest import Verification
 from ..checkpoint.reshard.torch_dist_source import open_source
 from ..checkpoint.reshard.stages import target_chunks
 from ..checkpoint.saved_model import MergedState
@@ -169,7 +170,8 @@ def _write_torch_dist(source, output: str, namespace, hyper: Mapping, mixed_prec
 def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: str = "torch",
                        tensor_model_parallel_size: Optional[int] = None,
                        pipeline_model_parallel_size: Optional[int] = None,
-                       progress: Callable[[str], None] = print) -> Dict:
+                       progress: Callable[[str], None] = print, verify_checksums: bool = True) -> Dict:
+    """verify_checksums False: only the sizes of the checkpoint's files are checked against its manifest."""
     if key_names not in KEY_STYLES:
         raise ConversionError(f"--key-names {key_names} is unknown; use {' or '.join(KEY_STYLES)}.")
     if fmt not in FORMATS:
@@ -177,7 +179,7 @@ def export_megatron_lm(load: str, output: str, key_names: str = "mcore", fmt: st
     if fmt == "torch_dist" and key_names != MCORE:
         raise ConversionError("--format torch_dist is megatron-core's format and has megatron-core's names only; "
                               "drop --key-names legacy, or write --format torch.")
-    source = open_source(load)
+    source = open_source(load, verify=Verification(checksums=verify_checksums))
     family = source.head.get("model_family")
     if family not in FAMILIES:
         raise ConversionError(f"{source.iteration_path} holds a {family} model; --to-megatron-lm writes "

@@ -34,7 +34,8 @@ from ..errors import CheckpointError
 from ..models.registry import checkpoint_model_options, get_family
 from ..checkpoint.formats import tracked_checkpoint
 from ..checkpoint.model_record import saved_family
-from ..checkpoint.reshard import open_source, resharded_chunk_states, torch_dist_directory
+from ..checkpoint.manifest import Verification, check_intact
+from ..checkpoint.reshard import checkpoint_iteration_path, open_source, resharded_chunk_states, torch_dist_directory
 from ..checkpoint.state_dict_fit import load_fitting
 from ..transformer.config import TransformerConfig
 
@@ -83,11 +84,16 @@ def _print_rank0(line: str) -> None:
 
 
 def load_checkpoint_model(directory: str, tensor_model_parallel_size: Optional[int] = None,
-                          pipeline_model_parallel_size: Optional[int] = None) -> LoadedModel:
-    """Initialize model parallelism for this world and load the checkpoint (module doc)."""
+                          pipeline_model_parallel_size: Optional[int] = None,
+                          verify_checksums: bool = True) -> LoadedModel:
+    """Initialize model parallelism for this world and load the checkpoint (module doc).
+    Every rank calls it: the weights' files are checked against the checkpoint's manifest
+    first, each rank checking its share (sizes always, checksums unless verify_checksums is False)."""
     if torch_dist_directory(directory) is None:
         tracked_checkpoint(directory)       # one sentence for a directory that holds no checkpoint
-    source = open_source(directory)
+    check_intact(checkpoint_iteration_path(directory), Verification(checksums=verify_checksums, optimizer=False),
+                 collectively=True)
+    source = open_source(directory, verify=None)
     head = source.head
     where = source.model_path(0, 0)
     _check_head(where, head)

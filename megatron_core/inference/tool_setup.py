@@ -31,6 +31,9 @@ TOKENIZER_FLAGS = ("tokenizer_type", "vocab_file", "merge_file", "tokenizer_mode
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", required=True, help="checkpoint directory (a training run's --save)")
+    parser.add_argument("--no-verify-checkpoint", action="store_true",
+                        help="Check the checkpoint's files against its manifest by size only, not by checksum "
+                             "(a huge checkpoint on a slow disk)")
     g = parser.add_argument_group("layout (default: the checkpoint's on its TP x PP processes, TP=PP=1 on one; "
                                   "other sizes reshard on load)")
     g.add_argument("--tensor-model-parallel-size", type=int, default=None)
@@ -92,7 +95,8 @@ def load_model_and_tokenizer(args) -> Tuple[LoadedModel, Any]:
     """The checkpoint's model at this world's layout and the tokenizer it was trained with
     (a tokenizer flag given in `args` overrides the stored one)."""
     start_world()
-    loaded = load_checkpoint_model(args.load, args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
+    loaded = load_checkpoint_model(args.load, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                                   verify_checksums=not args.no_verify_checkpoint)
     settings = {name: loaded.args.get(name) for name in TOKENIZER_FLAGS}
     settings.update({name: getattr(args, name) for name in TOKENIZER_FLAGS if getattr(args, name, None) is not None})
     if not settings["tokenizer_type"]:

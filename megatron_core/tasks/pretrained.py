@@ -17,6 +17,7 @@ import torch
 from .. import mpu
 from ..checkpoint import reshard
 from ..checkpoint.compatibility import check_model
+from ..checkpoint.manifest import Verification
 from ..errors import CheckpointError
 
 ENCODER_FAMILIES = ("bert", "roformer", "classification")
@@ -43,7 +44,8 @@ def _print(message: str) -> None:
 
 def load_pretrained_encoder(directory: str, run, chunks: List[torch.nn.Module]) -> None:
     """Load what `directory`'s checkpoint holds of `chunks` (this rank's finetuning model)."""
-    source = reshard.open_source(directory)
+    source = reshard.open_source(directory, verify=Verification(
+        checksums=not run.config.checkpoint.no_verify_checkpoint, optimizer=False))
     where = source.iteration_path
     family = source.head.get("model_family")
     if family not in ENCODER_FAMILIES:

@@ -151,7 +151,12 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="On SIGTERM, save (with --save) after the current iteration and exit cleanly on every rank.")
     g.add_argument("--keep-last", type=int, default=None,
-                   help="(ours) Keep only the newest N checkpoints in --save; older ones go after a complete save.")
+                   help="(ours) Keep only the newest N checkpoints in --save; older ones go after a complete save. "
+                        "With N >= 2, --load skips a damaged newest checkpoint (one printed line) and loads the "
+                        "newest intact one.")
+    g.add_argument("--no-verify-checkpoint", action="store_true",
+                   help="(ours) --load checks the checkpoint's files against its manifest by size only, not by "
+                        "checksum (a huge checkpoint on a slow disk).")
     g.add_argument("--use-checkpoint-args", action="store_true",
                    help="Take the model shape and parallel sizes from the --load checkpoint; flags given on the "
                         "command line win.")

@@ -167,6 +167,8 @@ class CheckpointConfig:
     no_load_rng: bool = False
     exit_on_missing_checkpoint: bool = False
     keep_last: Optional[int] = None        # remove all but the newest N checkpoints, after each complete save
+    # (N >= 2 also lets --load fall back to the newest intact checkpoint when the newest is damaged)
+    no_verify_checkpoint: bool = False     # --load checks the files' sizes against the manifest, not their checksums
     use_checkpoint_args: bool = False      # model shape from the --load checkpoint (command line wins)
 
 

@@ -69,7 +69,7 @@ def _saved_padded_size(load: Optional[str], ckpt_format: str) -> Optional[int]:
     """The padded vocabulary of the checkpoint --load names; a torch_dist one's from its args."""
     if load and torch_dist_directory(load):
         try:
-            return open_source(load).padded_vocab_size
+            return open_source(load, verify=None).padded_vocab_size     # (the checkpointer's load verifies it)
         except (CheckpointError, OSError):
             return None     # the checkpointer's load reports a damaged checkpoint in its own words
     return saved_padded_vocab_size(load, layout_named(ckpt_format))

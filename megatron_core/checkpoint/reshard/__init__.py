@@ -19,9 +19,9 @@ from .on_load import (describe, needs_resharding, pretrained_chunk_states, resha
                       saved_padded_vocab_size)
 from .engine_source import written_by_engine
 from .source import SavedCheckpoint
-from .torch_dist_source import open_source, torch_dist_directory
+from .torch_dist_source import checkpoint_iteration_path, open_source, torch_dist_directory
 
 __all__ = ["PER_PARAMETER", "SavedCheckpoint", "describe", "needs_resharding", "pretrained_chunk_states",
            "resharded_chunk_states",
-           "written_by_engine", "open_source", "torch_dist_directory",
+           "written_by_engine", "open_source", "checkpoint_iteration_path", "torch_dist_directory",
            "saved_padded_vocab_size"]

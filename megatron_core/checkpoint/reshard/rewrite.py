@@ -31,6 +31,7 @@ from ...mpu.layout import pad_vocab_size
 from ..contents import PER_PARAMETER
 from ..file_io import write_bytes_atomically
 from ..formats import layout_named
+from ..manifest import Verification
 from ..megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from ..model_record import FAMILY_KEY, OPTIONS_KEY, saved_family
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch
@@ -144,10 +145,14 @@ def _file_state(source: SavedCheckpoint, chunks: List[TargetChunk], target: Targ
 
 def reshard_checkpoint(source_dir: str, output_dir: str, target: Target,
                        budget_bytes: int = DEFAULT_BUDGET_BYTES, progress: Callable[[str], None] = print,
-                       legacy_options: Optional[Callable[[str, Dict], Dict]] = None) -> Dict:
+                       legacy_options: Optional[Callable[[str, Dict], Dict]] = None,
+                       verify_checksums: bool = True) -> Dict:
     """Write `source_dir`'s checkpoint to `output_dir` at the target sizes; returns a summary.
-    `legacy_options(family, args)`: the model options of a source that records none."""
-    source = open_source(source_dir, target.ckpt_format or "megatron", budget_bytes=budget_bytes)
+    `legacy_options(family, args)`: the model options of a source that records none.
+    The files read are checked against the source's manifest first (sizes; checksums unless
+    verify_checksums is False)."""
+    source = open_source(source_dir, target.ckpt_format or "megatron", budget_bytes=budget_bytes,
+                         verify=Verification(checksums=verify_checksums, optimizer=target.keep_optimizer))
     try:
         return _rewrite(source, output_dir, target, progress, legacy_options)
     finally:

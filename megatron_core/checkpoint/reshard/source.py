@@ -31,6 +31,7 @@ from ...errors import CheckpointError
 from ...mpu.sharding_map import ShardingMap, ShardSpec
 from ..contents import PER_PARAMETER, model_keys
 from ..formats import LAYOUTS, detect_layout, tracked_checkpoint
+from ..manifest import Verification, check_intact
 from ..megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
 from .engine_source import ENGINE_ONLY_KEYS, EngineOptimizer, engine_zero_stage, written_by_engine, zero3_model_file
 from .lazy_files import DEFAULT_BUDGET_BYTES, FieldScratch, LazyFiles
@@ -73,9 +74,13 @@ def locate(directory: str, preferred: str = "megatron") -> Tuple[object, str, Op
 
 
 class SavedCheckpoint:
-    def __init__(self, directory: str, preferred: str = "megatron", budget_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(self, directory: str, preferred: str = "megatron", budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                 verify: Optional[Verification] = Verification()):
+        """verify: the files checked against the checkpoint's manifest before any is opened
+        (manifest.py); None when the caller has checked them."""
         self.layout, self.root, self.iteration = locate(directory, preferred)
         self.iteration_path = self.layout.iteration_dir(self.root, self.iteration)
+        check_intact(self.iteration_path, verify)
         self.files = LazyFiles(self.layout.from_file, budget_bytes, allow=self.layout.allowed_globals)
         first = self.layout.first_model_file(self.iteration_path)
         if first is None:

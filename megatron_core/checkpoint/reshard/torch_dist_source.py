@@ -37,11 +37,12 @@ from ...errors import CheckpointError
 from ...mpu.sharding_map import ShardingMap
 from ...transformer.config import GATED_ACTIVATIONS, TransformerConfig
 from ..formats import LAYOUTS
+from ..manifest import Verification, check_intact
 from ..megatron_lm.args import ALLOWED_GLOBALS, check_supported, parallel_sizes, plain_args
 from ..megatron_lm.files import OPTIMIZER_UNREADABLE, contents_head, family_of_mcore_keys, parallel_record, spec_of
 from ..megatron_lm.key_names import alias_of, known, ours_from_mcore, t5_aliases, unsupported_feature
 from ..megatron_lm.torch_dist import read_torch_dist
-from .source import Owner, SavedCheckpoint
+from .source import Owner, SavedCheckpoint, locate
 
 TORCH_DIST = "torch_dist"
 
@@ -246,10 +247,23 @@ def _common_step(saved: object) -> Optional[torch.Tensor]:
     return None
 
 
-def open_source(directory: str, preferred: str = "megatron", **options):
+def open_source(directory: str, preferred: str = "megatron", verify: Optional[Verification] = Verification(),
+                **options):
     """The resharder's source for a checkpoint directory: Megatron-LM's torch_dist, or ours
-    (either layout, Megatron-LM's torch files included: SavedCheckpoint)."""
+    (either layout, Megatron-LM's torch files included: SavedCheckpoint). verify: what is
+    checked against the checkpoint's manifest before any file is read (manifest.py; nothing
+    without one); None when the caller checked it already."""
     torch_dist = torch_dist_directory(directory)
     if torch_dist is not None:
+        check_intact(torch_dist, verify)
         return TorchDistSource(torch_dist)
-    return SavedCheckpoint(directory, preferred, **options)
+    return SavedCheckpoint(directory, preferred, verify=verify, **options)
+
+
+def checkpoint_iteration_path(directory: str, preferred: str = "megatron") -> str:
+    """The iteration directory open_source(directory) reads (to verify it before opening it)."""
+    torch_dist = torch_dist_directory(directory)
+    if torch_dist is not None:
+        return torch_dist
+    layout, root, iteration = locate(directory, preferred)
+    return layout.iteration_dir(root, iteration)

@@ -48,7 +48,7 @@ def explicit_destinations(argv: Sequence[str], extra_args_provider: Optional[Cal
 
 def read_checkpoint_args(directory: str, ckpt_format: str) -> tuple:
     if reshard.torch_dist_directory(directory):     # Megatron-LM's torch_dist: the args of its common.pt
-        source = reshard.open_source(directory)
+        source = reshard.open_source(directory, verify=None)      # (the load verifies it)
         return source.head["args"], source.iteration_path
     layout, _, path = tracked_checkpoint(directory, ckpt_format, "--load (read by --use-checkpoint-args)")
     saved = layout.read(path, mmap=True)       # a Megatron-LM file's Namespace comes back as plain values

@@ -22,11 +22,20 @@ Every file records the run's model family and its builder options (checkpoint/mo
 a --load of another family's checkpoint is one sentence (a legacy file's family is guessed
 once, with one printed line).
 
-A save is collective. Each rank writes its files atomically (file_io.py); then every rank
-learns whether every other one succeeded; only then does rank 0 replace the tracker, last
-and atomically. So a crash or a full disk at any point leaves the tracker naming the
-previous complete checkpoint, and a failed write on one rank is one sentence on every
-rank instead of a hang.
+A save is collective. Each rank writes its files atomically (file_io.py), checksumming them
+on the way; then every rank learns whether every other one succeeded, and rank 0 gets their
+files' records; only then does rank 0 write the iteration's manifest (checkpoint/manifest.py)
+and replace the tracker, last and atomically. So a crash or a full disk at any point leaves
+the tracker naming the previous complete checkpoint, and a failed write on one rank is one
+sentence on every rank instead of a hang.
+
+A load verifies before it reads: the files it will read (all, or the weights' alone for a
+weights-only load) against the manifest of the checkpoint the tracker names, the ranks
+sharing the checksums. A damaged file (flipped byte, truncated, missing) stops the load with
+one sentence naming it; with --keep-last 2 or more the newest earlier checkpoint whose
+manifest it matches is loaded instead, with one printed line naming what was skipped (the
+tracker is left as it is). A checkpoint without a manifest (older, Megatron-LM's,
+DeepSpeed's, converted) loads as before.
 """
 from __future__ import annotations
 
@@ -44,6 +53,8 @@ from .resumed_schedule import restore_schedule
 from ...checkpoint.contents import model_keys, model_state, rng_state_of_rank
 from ...checkpoint.file_io import write_bytes_atomically
 from ...checkpoint.formats import detect_layout
+from ...checkpoint.manifest import (Verification, describe_damage, has_manifest, restore_advice, verify_collectively,
+                                    write_manifest)
 from ...checkpoint.model_record import check_family
 from ...checkpoint.state_dict_fit import load_fitting
 from ...checkpoint.megatron_lm.files import FORMAT_MARK, OPTIMIZER_UNREADABLE
@@ -111,11 +122,12 @@ class Checkpointer:
                                include_optimizer=include_optimizer, family=self.family,
                                model_options=self.model_options, vocab_size=self.vocab_size,
                                padded_vocab_size=self.padded_vocab_size)
-        error = self.files.save(directory, iteration, model_path, contents_for)
-        self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}")
+        error, written = self.files.save(directory, iteration, model_path, contents_for)
+        written = self._agree(error, f"saving the checkpoint of iteration {iteration} to {directory}", written)
         tracker_error = None
         if not dist.is_initialized() or dist.get_rank() == 0:
             try:
+                write_manifest(self.layout.iteration_dir(directory, iteration), written)
                 write_bytes_atomically(os.path.join(directory, self.layout.tracker_name),
                                        (self.layout.tracker_text(iteration) + "\n").encode())
             except OSError as e:
@@ -141,17 +153,19 @@ class Checkpointer:
         dist.all_gather_object(gathered, value, group=mpu.get_data_parallel_group())
         return gathered
 
-    def _agree(self, error: Optional[str], what: str) -> None:
-        """Every rank learns every rank's failure; all raise together (no rank waits forever)."""
-        errors = [error]
+    def _agree(self, error: Optional[str], what: str, report: List = ()) -> List:
+        """Every rank learns every rank's failure; all raise together (no rank waits forever).
+        Returns every rank's `report` list joined (the files each wrote), in the same exchange."""
+        reports = [(error, list(report))]
         if dist.is_initialized() and dist.get_world_size() > 1:
-            errors = [None] * dist.get_world_size()
-            dist.all_gather_object(errors, error)
-        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+            reports = [None] * dist.get_world_size()
+            dist.all_gather_object(reports, (error, list(report)))
+        failed = [(rank, e) for rank, (e, _) in enumerate(reports) if e is not None]
         if failed:
             rank, first = failed[0]
             previous = self._tracker_note()
             raise CheckpointError(f"{what} failed on rank {rank}: {first.rstrip('.')}; {previous}.")
+        return [item for _, items in reports for item in items]
 
     def _tracker_note(self) -> str:
         path = os.path.join(self.config.save, self.layout.tracker_name)
@@ -181,8 +195,10 @@ class Checkpointer:
         if not os.path.isdir(iteration_path):
             raise CheckpointError(f"the tracker of {directory} names {os.path.basename(iteration_path)}, which does "
                                   f"not exist; point the tracker at a complete checkpoint or remove it.")
+        iteration = self._intact_iteration(directory, layout, iteration)     # before any file is read
+        iteration_path = layout.iteration_dir(directory, iteration)
         if reshard.torch_dist_directory(iteration_path):      # Megatron-LM's torch_dist: read by key, any sizes
-            source = reshard.open_source(iteration_path)
+            source = reshard.open_source(iteration_path, verify=None)
             check_family(iteration_path, source.head, list(source.owners), self.family)
             self._load_resharded(directory, layout, iteration, source.parallel, state)
             return
@@ -210,6 +226,51 @@ class Checkpointer:
         _print(f"  successfully loaded checkpoint from {directory} [{layout.name} layout] at iteration "
                f"{state.iteration}")
 
+    def _intact_iteration(self, directory: str, layout, iteration: Optional[int]) -> Optional[int]:
+        """The iteration to load: the tracker's, when the files this load reads match its
+        manifest; else, with --keep-last 2 or more, the newest earlier one that matches its own
+        (one printed line). Collective: the ranks share the checksums and decide alike."""
+        weights_only = iteration is None or self.config.finetune or self.config.no_load_optim
+        verification = Verification(checksums=not self.config.no_verify_checkpoint, optimizer=not weights_only)
+        damage = verify_collectively(layout.iteration_dir(directory, iteration), verification)
+        if not damage:
+            return iteration
+        keep_last = self.config.keep_last or 0
+        falls_back = iteration is not None and keep_last >= 2
+        skipped = [(iteration, damage)]
+        if falls_back:
+            # Only a checkpoint with a manifest is known to be complete (the manifest is written
+            # after every rank's files); rank 0's listing, so that every rank tries the same ones.
+            earlier = self._from_rank0([older for older in reversed(layout.saved_iterations(directory))
+                                        if older < iteration and has_manifest(layout.iteration_dir(directory, older))])
+            for older in earlier:
+                found = verify_collectively(layout.iteration_dir(directory, older), verification)
+                if not found:
+                    listed = "; ".join(f"iteration {i}: {describe_damage(d)}" for i, d in skipped)
+                    _print(f"WARNING: skipped the damaged checkpoint{'s' if len(skipped) > 1 else ''} in {directory} "
+                           f"({listed}); loading iteration {older}, the newest intact one (--keep-last {keep_last}).")
+                    return older
+                skipped.append((older, found))
+        where = "the release checkpoint" if iteration is None else f"the checkpoint of iteration {iteration}"
+        restore = restore_advice(layout.iteration_dir(directory, iteration))
+        if falls_back:
+            fix = f"no earlier checkpoint in {directory} is intact either ({len(skipped) - 1} checked); {restore}"
+        else:
+            tracker = os.path.join(directory, layout.tracker_name)
+            fix = (f"{restore}, or load an earlier checkpoint: write its "
+                   f"{'tag' if layout.name == 'deepspeed' else 'iteration'} into {tracker}, or give --keep-last 2 or "
+                   f"more to load the newest intact one")
+        raise CheckpointError(f"{describe_damage(damage)}: {where} in {directory} was damaged after it was saved; "
+                              f"{fix}.")
+
+    @staticmethod
+    def _from_rank0(value):
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     @staticmethod
     def _tensor_names(head: dict) -> List[str]:
         """The model tensors' names in one rank file (its chunks' state dicts)."""
@@ -226,7 +287,7 @@ class Checkpointer:
                                   f"and a DeepSpeed-engine run cannot reshard on load; resume at the sizes it was "
                                   f"saved with, or without --deepspeed, or reshard it first with tools/change_mp.py "
                                   f"and resume that without --deepspeed.")
-        source = reshard.open_source(directory, layout.name)
+        source = reshard.open_source(layout.iteration_dir(directory, iteration), layout.name, verify=None)
         where = source.model_path(0, 0)
         compatibility.check_model(where, source.head, self.run, self.padded_vocab_size)
         release = iteration is None
