@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from megatron_core.cli import run
-from megatron_core.data.preprocess import BATCH_LINES  # the tool's batch size
+from megatron_core.data.preprocess_workers import BATCH_LINES  # the tool's batch size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

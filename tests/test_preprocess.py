@@ -377,8 +377,9 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, sig):
 
 def test_failure_mid_run_removes_temporaries(tmp_path, monkeypatch):
     from megatron_core.data import preprocess as pp
+    from megatron_core.data import preprocess_workers
 
-    real = pp.encode_batch
+    real = preprocess_workers.encode_batch
     calls = []
 
     def failing(batch):
@@ -387,7 +388,7 @@ def test_failure_mid_run_removes_temporaries(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(batch)
 
-    monkeypatch.setattr(pp, "encode_batch", failing)
+    monkeypatch.setattr(preprocess_workers, "encode_batch", failing)
     out = tmp_path / "out"
     out.mkdir()
     options = pp.PreprocessOptions(input=ZH, output_prefix=str(out / "f"), tokenizer_type="BertWordPieceLowerCase",
@@ -397,7 +398,7 @@ def test_failure_mid_run_removes_temporaries(tmp_path, monkeypatch):
     assert len(calls) == 3
     assert files_under(out) == []
     # and the same options without the fault write both files
-    monkeypatch.setattr(pp, "encode_batch", real)
+    monkeypatch.setattr(preprocess_workers, "encode_batch", real)
     summary = pp.preprocess(options, log=lambda msg: None)
     assert summary.documents["text"] == 200
     assert files_under(out) == ["f_text_document.bin", "f_text_document.idx"]

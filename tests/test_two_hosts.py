@@ -11,10 +11,14 @@ keys made by the test (tests.harness.two_hosts); the ranks talk gloo over the ve
 - `mpirun --host hosta,hostb` over ssh (plm_rsh_agent: the test's ssh) at TP=2.
 
 The reference is the plain loop (one process, no launcher): every layout is the serial model.
+Also tools/preprocess_data.py --distributed, one torchrun per host: the hosts share this
+machine's file system, as a cluster's hosts share one, and the merged dataset is byte for byte
+one process's (run only with MCORE_SLOW_TESTS=1: two more torch starts than the suite's time allows).
 Skipped, with the reason, only where the machine cannot make the hosts (not root, no
 `ip netns`, openssh-server / pdsh / openmpi-bin missing); .ci/run installs them.
 """
 import os
+import shutil
 import subprocess
 import time
 
@@ -25,7 +29,8 @@ from tests.harness.entry_points import (assert_logged_losses, clean_env, failure
                                         tiny_gpt_flags)
 from tests.harness.launch_commands import (deepspeed_hostfile_command, missing_programs, mpirun_command,
                                                    torchrun_node_command)
-from tests.harness.tiny_corpus import ROOT
+from tests.harness.tiny_corpus import BERT_VOCAB, ROOT, ZH_NEWS
+from tests.harness.tool_main import run_tool_forked
 from tests.harness.two_hosts import INTERFACE, TwoHosts, unavailable_reason
 
 TIMEOUT = 600
@@ -125,3 +130,36 @@ def test_mpirun_over_ssh_one_rank_per_host_at_tp2_logs_the_plain_pytorch_losses(
                           timeout=TIMEOUT)
     assert_logged_losses(done, plain_gpt["losses"])
     assert hosts.ssh_logins(1) > logins          # rank 1's orted was started on hostb over ssh
+
+
+@pytest.mark.skipif(os.environ.get("MCORE_SLOW_TESTS") != "1", reason="slow (two hosts' torch starts); set "
+                    "MCORE_SLOW_TESTS=1 to run it")
+def test_preprocess_distributed_with_one_torchrun_per_host_gives_the_one_process_bytes(hosts, tmp_path):
+    src = str(tmp_path / "news.jsonl")
+    shutil.copy(ZH_NEWS, src)
+    flags = ["--input", src, "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", BERT_VOCAB, "--append-eod",
+             "--log-interval", "0"]
+    one = run_tool_forked("preprocess_data.py", *flags, "--output-prefix", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    flags += ["--output-prefix", str(tmp_path / "two"), "--distributed", "--partitions", "6"]
+    port = find_free_port()
+    nodes = [subprocess.Popen(hosts.run_on(rank, torchrun_node_command(2, rank, 1, hosts.addresses[0], port,
+                                                                         "tools/preprocess_data.py", flags)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=rank_env(hosts))
+             for rank in range(2)]
+    try:
+        outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    done = [subprocess.CompletedProcess(node.args, node.returncode, out, err) for node, (out, err) in
+            zip(nodes, outputs)]
+    for node in done:
+        assert node.returncode == 0, failure_report(node)
+    for ext in (".bin", ".idx"):
+        two, one = (tmp_path / f"{name}_text_document{ext}" for name in ("two", "one"))
+        assert two.read_bytes() == one.read_bytes()
+    assert "all 2 ranks: 6 partitions, 200 documents" in done[0].stderr, failure_report(done[0])
+    assert "rank 1 on " in done[0].stderr and "3 partitions" in done[1].stderr, failure_report(done[1])
+    assert not os.path.exists(tmp_path / "two.progress")

@@ -19,7 +19,7 @@ from collections import Counter
 
 from megatron_core.cli import run
 from megatron_core.atomic_files import create_temporary, naming, publish, remove_quietly
-from megatron_core.data.preprocess import _checked_lines, open_input, parse_line
+from megatron_core.data.preprocess_workers import checked_lines, open_input, parse_line
 from megatron_core.errors import DataError
 
 MAX_REPORTED = 10
@@ -59,7 +59,7 @@ class TextStream:
     def __iter__(self):
         lines, raw = open_input(self.path)
         try:
-            for line_no, line in enumerate(_checked_lines(lines, self.path, raw is not lines), start=1):
+            for line_no, line in enumerate(checked_lines(lines, self.path, raw is not lines), start=1):
                 self.lines += 1
                 yield from self._texts_of(line, line_no)
         except DataError as e:

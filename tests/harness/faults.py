@@ -1,6 +1,7 @@
 """Faults a test injects into an entry point's run from outside the package.
 
-    python -m tests.harness.faults [--stop-rank R:N[:STOP]] [--pause-before-rename SECONDS] SCRIPT FLAGS...
+    python -m tests.harness.faults [--stop-rank R:N[:STOP]] [--pause-before-rename SECONDS]
+                                   [--kill-preprocess MOMENT] SCRIPT FLAGS...
 
 The faults are installed in this process, then SCRIPT runs as __main__ with FLAGS (as
 `python SCRIPT FLAGS` would run it); under torchrun, `-m tests.harness.faults ...` in
@@ -12,6 +13,10 @@ forked ranks install the faults once, before forking.
                             (a group torchrun --max-restarts restarts runs clean)
 --pause-before-rename S     each checkpoint file (*.pt) waits S seconds between its complete
                             temporary and the rename, so a test can kill the run at that point
+--kill-preprocess MOMENT    tools/preprocess_data.py SIGKILLs itself at MOMENT: `writing` (the
+                            first batch of tokens of its first partition is written), `recording:K`
+                            (partition K's datasets are published, its record is not), `merging`
+                            (the merge has copied two partitions of the first key)
 Nothing in megatron_core reads a test switch: the faults patch its functions here.
 """
 from __future__ import annotations
@@ -53,10 +58,47 @@ def pause_before_rename(seconds: float) -> None:
     atomic_files.publish = paused_publish
 
 
+def kill_preprocess_at(moment: str) -> None:
+    """The preprocessing process SIGKILLs itself at `moment` (see the module's docstring)."""
+    from megatron_core.data.indexed_dataset import IndexedDatasetBuilder
+    from megatron_core.data.preprocess_progress import Progress
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if moment == "writing":
+        add_documents = IndexedDatasetBuilder.add_documents
+
+        def add_documents_then_die(self, *args, **kwargs):
+            add_documents(self, *args, **kwargs)
+            die()
+        IndexedDatasetBuilder.add_documents = add_documents_then_die
+    elif moment.startswith("recording:"):
+        index, record = int(moment.split(":")[1]), Progress.record
+
+        def die_before_recording(self, partition, *args, **kwargs):
+            if partition == index:
+                die()
+            record(self, partition, *args, **kwargs)
+        Progress.record = die_before_recording
+    elif moment == "merging":
+        add_index, merged = IndexedDatasetBuilder.add_index, []
+
+        def add_index_then_die(self, prefix):
+            add_index(self, prefix)
+            merged.append(prefix)
+            if len(merged) == 2:
+                die()
+        IndexedDatasetBuilder.add_index = add_index_then_die
+    else:
+        raise ValueError(f"--kill-preprocess {moment}: expected writing, recording:K or merging")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tests.harness.faults")
     p.add_argument("--stop-rank", metavar="R:N[:STOP]")
     p.add_argument("--pause-before-rename", type=float, metavar="SECONDS")
+    p.add_argument("--kill-preprocess", metavar="MOMENT")
     return p
 
 
@@ -68,6 +110,8 @@ def install(faults: Sequence[str]) -> None:
         stop_rank_at(int(rank), int(iteration), *how)
     if options.pause_before_rename is not None:
         pause_before_rename(options.pause_before_rename)
+    if options.kill_preprocess:
+        kill_preprocess_at(options.kill_preprocess)
 
 
 def split_command(argv: Sequence[str]) -> tuple:

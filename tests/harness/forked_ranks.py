@@ -31,13 +31,17 @@ import traceback
 GRACE_SECONDS = 60
 
 
-def _run_rank(rank: int, nproc: int, logs: str, script: str, flags, launcher: bool = True) -> int:
+def run_rank(rank: int, nproc: int, logs: str, script: str, flags, launcher: bool = True) -> int:
+    """In a forked child: the script as __main__, its output in LOGS/<rank>.out and .err; its exit status."""
     if launcher:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
     for fd, name in ((1, "out"), (2, "err")):
         log = os.open(os.path.join(logs, f"{rank}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log, fd)
         os.close(log)
+    # A child forked from pytest inherits its capture's sys.stdout / sys.stderr: write to the fds again.
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
     sys.argv = [script, *flags]
     sys.path.insert(0, os.path.dirname(script))     # as `python script` puts the script's folder first
     try:
@@ -69,7 +73,7 @@ def main(logs: str, nproc: int, script: str, flags, grace: float = GRACE_SECONDS
         if pid == 0:
             status = 1
             try:
-                status = _run_rank(rank, nproc, logs, script, flags, launcher)
+                status = run_rank(rank, nproc, logs, script, flags, launcher)
                 atexit._run_exitfuncs()      # what the interpreter runs at a normal exit
             finally:
                 sys.stdout.flush(), sys.stderr.flush()
