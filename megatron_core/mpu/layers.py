@@ -40,8 +40,13 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool = True, gather_output: bool = True,
                  init_method: Optional[InitMethod] = None, stride: int = 1, skip_bias_add: bool = False,
                  params_dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                 skip_weight_param_allocation: bool = False, device: Optional[torch.device] = None):
+                 skip_weight_param_allocation: bool = False, device: Optional[torch.device] = None,
+                 fold_skipped_bias_off_gpu: bool = False):
         super().__init__()
+        # With skip_bias_add the caller adds the bias (a fused GPU kernel); a caller whose CPU
+        # fallback would add it in a pass of its own sets this, and off the GPU the matmul adds it
+        # (addmm) and no bias is returned.
+        self.fold_skipped_bias_off_gpu = fold_skipped_bias_off_gpu
         world = ps.get_tensor_model_parallel_world_size()
         if sequence_parallel and gather_output:
             raise ValueError("ColumnParallelLinear: sequence_parallel=True cannot be combined with gather_output=True.")
@@ -76,10 +81,12 @@ class ColumnParallelLinear(nn.Module):
             input_parallel = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True)
         else:
             input_parallel = copy_to_tensor_model_parallel_region(input_)
-        bias = self.bias if not self.skip_bias_add else None
+        fold = (self.skip_bias_add and self.fold_skipped_bias_off_gpu and self.bias is not None
+                and not input_parallel.is_cuda)
+        bias = self.bias if not self.skip_bias_add or fold else None
         output_parallel = F.linear(input_parallel, weight, bias)
         output = gather_from_tensor_model_parallel_region(output_parallel) if self.gather_output else output_parallel
-        return output, (self.bias if self.skip_bias_add else None)
+        return output, (self.bias if self.skip_bias_add and not fold else None)
 
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, output_size={self.output_size} "
@@ -97,9 +104,11 @@ class RowParallelLinear(nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool = True, input_is_parallel: bool = False,
                  init_method: Optional[InitMethod] = None, stride: int = 1, skip_bias_add: bool = False,
                  params_dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, fold_skipped_bias_off_gpu: bool = False):
         super().__init__()
         world = ps.get_tensor_model_parallel_world_size()
+        # As ColumnParallelLinear's, where nothing is reduced after the matmul (one rank).
+        self.fold_skipped_bias_off_gpu = fold_skipped_bias_off_gpu and world == 1
         if sequence_parallel and not input_is_parallel:
             raise ValueError("RowParallelLinear: sequence_parallel=True needs input_is_parallel=True.")
         self.input_size = input_size
@@ -123,6 +132,9 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         input_parallel = input_ if self.input_is_parallel else scatter_to_tensor_model_parallel_region(input_)
+        if self.skip_bias_add and self.fold_skipped_bias_off_gpu and self.bias is not None \
+                and not input_parallel.is_cuda:
+            return F.linear(input_parallel, self.weight, self.bias), None
         output_parallel = F.linear(input_parallel, self.weight)
         if self.sequence_parallel:
             output = reduce_scatter_to_sequence_parallel_region(output_parallel)

@@ -52,7 +52,8 @@ class _Attention(nn.Module):
         self.dense = RowParallelLinear(
             config.query_projection_size, config.hidden_size, bias=config.add_bias_linear,
             input_is_parallel=True, init_method=output_init_method(config), skip_bias_add=True,
-            params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel)
+            params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel,
+            fold_skipped_bias_off_gpu=True)
 
     def _attend(self, q, k, v, attention_mask, attention_bias):
         if self.config.recompute_granularity == "selective":

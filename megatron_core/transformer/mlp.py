@@ -47,14 +47,15 @@ class ParallelMLP(nn.Module):
         self.dense_h_to_4h = ColumnParallelLinear(
             config.hidden_size, config.ffn_hidden_size * (2 if gated else 1), bias=config.add_bias_linear,
             gather_output=False, init_method=init_method(config), stride=2 if gated else 1,
-            skip_bias_add=True, params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel)
+            skip_bias_add=True, params_dtype=config.params_dtype, sequence_parallel=config.sequence_parallel,
+            fold_skipped_bias_off_gpu=True)     # the CPU path adds no bias of its own after it
         self.activation = activation_fn(config.activation)
         self.gelu_approximate = FUSED_GELU_APPROXIMATION.get(config.activation)
         self.fused_kernels = config.fused_kernels
         self.dense_4h_to_h = RowParallelLinear(
             config.ffn_hidden_size, config.hidden_size, bias=config.add_bias_linear, input_is_parallel=True,
             init_method=output_init_method(config), skip_bias_add=True, params_dtype=config.params_dtype,
-            sequence_parallel=config.sequence_parallel)
+            sequence_parallel=config.sequence_parallel, fold_skipped_bias_off_gpu=True)
 
     def forward(self, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         intermediate, bias = self.dense_h_to_4h(hidden_states)
