@@ -265,3 +265,48 @@ def test_legacy_t5_decoder_norms_are_named_by_what_they_follow():
         assert legacy_from_ours(ours, "t5") == layer + legacy
     encoder = "language_model.encoder.layers.0.post_attention_layernorm.weight"
     assert mcore_from_ours(ours_from_legacy(encoder, "encoder", "t5")) == "encoder.layers.0.pre_mlp_layernorm.weight"
+
+
+_NEWER = {"input_layernorm": "input_norm", "post_attention_layernorm": "post_attention_norm",
+          "final_layernorm": "final_norm"}
+
+
+def _with_newer_norm_names(nested, parent=""):
+    """A legacy model dict as Megatron-LM's legacy models save it since their 2023 norm rename."""
+    out = {}
+    for key, value in nested.items():      # keys may be dotted (the legacy encoder's are)
+        parts = key.split(".")
+        new = ".".join("norm" if part == "layernorm" and (parts[i - 1] if i else parent) == "lm_head"
+                       else _NEWER.get(part, part) for i, part in enumerate(parts))
+        out[new] = _with_newer_norm_names(value, parts[-1]) if isinstance(value, dict) else value
+    return out
+
+
+def _dotted(nested, prefix=""):
+    """The dotted keys of a nested dict, as they are (no renaming)."""
+    return [name for key, value in nested.items()
+            for name in (_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+
+@pytest.mark.parametrize("case,tp,pp", [("bert", 1, 2), ("gpt", 2, 1)])
+def test_legacy_files_with_the_newer_norm_names_read_as_the_same_model(tmp_path, case, tp, pp):
+    """`input_norm`, `post_attention_norm`, `final_norm` (and BERT's `lm_head.norm`) are read as the
+    older `*_layernorm` names: the same whole model, with the optimizer's positions in order."""
+    full = _full_state(case)
+    _write_megatron_lm(tmp_path, case, full, tp, pp, "legacy", 3.0)
+    renamed = 0
+    for path in (tmp_path / "iter_0000007").glob("*/model_optim_rng.pt"):
+        raw = torch.load(path, weights_only=False)
+        newer = _with_newer_norm_names(raw["model"])
+        renamed += len(set(_dotted(raw["model"])) - set(_dotted(newer)))
+        raw["model"] = newer
+        torch.save(raw, path)
+    assert renamed
+    source = SavedCheckpoint(str(tmp_path))
+    assert set(source.owners) == set(full)
+    for key, tensor in full.items():
+        spec = source.owner(key).spec
+        pieces = [source.weight(key, t) for t in range(tp)]
+        whole = pieces[0] if spec.replicated else torch.cat(
+            [c for chunks in zip(*(p.chunk(spec.stride, spec.split_dim) for p in pieces)) for c in chunks], spec.split_dim)
+        assert torch.equal(whole, tensor), key

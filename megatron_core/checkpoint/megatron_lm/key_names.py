@@ -171,11 +171,25 @@ def mcore_names(ours: str, family: str = "") -> List[str]:
 
 
 # --- legacy ----------------------------------------------------------------------------------
+# Megatron-LM's legacy models renamed their norms in 2023 (get_norm): files from before and after
+# read alike, under the older names, which are also the ones written.
+_NEWER_LEGACY_NORMS = {"input_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+                       "post_inter_attention_norm": "post_inter_attention_layernorm", "final_norm": "final_layernorm"}
+
+
+def _older_norm_names(name: str) -> str:
+    """`name` (dotted: the legacy encoder keeps its layers' keys dotted) with the older norm names."""
+    parts = name.split(".")
+    return ".".join("layernorm" if part == "norm" and i and parts[i - 1] == "lm_head"
+                    else _NEWER_LEGACY_NORMS.get(part, part) for i, part in enumerate(parts))
+
+
 def flatten(nested: Mapping, prefix: str = "") -> Dict[str, object]:
-    """A legacy nested state dict with dotted keys ({"a": {"b": t}} -> {"a.b": t})."""
+    """A legacy nested state dict with dotted keys ({"a": {"b": t}} -> {"a.b": t}), the newer legacy
+    norm names (`input_norm`, ..., BERT's `lm_head.norm`) under the older ones."""
     flat = {}
     for key, value in nested.items():
-        name = f"{prefix}{key}"
+        name = _older_norm_names(f"{prefix}{key}")
         if isinstance(value, Mapping):
             flat.update(flatten(value, name + "."))
         else:
