@@ -274,7 +274,7 @@ def test_a_flipped_byte_stops_the_load_with_one_sentence_naming_the_file(corpus,
             f"give --keep-last 2 or more to load the newest intact one.") in line, line
     # --no-verify-checkpoint checks the sizes only (a huge checkpoint): this one then loads.
     done = ok(run_forked("pretrain_gpt.py", flags(corpus, "--load", directory, "--no-verify-checkpoint",
-                                                  "--train-iters", "3")))
+                                                  "--exit-interval", "3")))     # the saved schedule, no steps
     assert f"successfully loaded checkpoint from {directory}" in done.stdout
 
 
