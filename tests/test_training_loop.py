@@ -63,11 +63,15 @@ def test_single_process_without_launcher_logs_the_plain_pytorch_losses(gpt_corpu
 # TP=2 alone in (2,2,1) and in tp2-dp2-overlap (TP=2 x DP=2, PP=1), PP=2's 1F1B alone in (2,2,1)
 # and (1,2,2), plain DP=2 in (1,2,2) (and with ZeRO-1 in zero1-dp2). A wrong single axis changes
 # the losses of every layout that holds it.
-@pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (1, 2, 2)])
-def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp, dp):
+# (2,2,1) starts under torchrun, as a user runs it; (1,2,2) tests the layout, so its ranks are forked
+# from the warm server (torchrun itself is run by this test, tests/test_elastic_restart.py and others).
+@pytest.mark.parametrize("tp,pp,dp,launcher", [(2, 2, 1, "torchrun"), (1, 2, 2, "forked")])
+def test_torchrun_layout_logs_the_serial_losses(gpt_corpus, plain_losses, tp, pp, dp, launcher):
     flags = tiny_gpt_flags(gpt_corpus) + ["--tensor-model-parallel-size", str(tp),
                                           "--pipeline-model-parallel-size", str(pp)]
-    assert_serial_losses(run_pretrain(flags, nproc=tp * pp * dp), plain_losses)
+    done = run_pretrain(flags, nproc=tp * pp * dp) if launcher == "torchrun" else \
+        run_ranks("pretrain_gpt.py", flags, tp * pp * dp)
+    assert_serial_losses(done, plain_losses)
 
 
 @pytest.mark.parametrize("tp,pp,extra", [
