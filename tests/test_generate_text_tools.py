@@ -17,7 +17,7 @@ from megatron_core.data.tokenizers import build_tokenizer
 from megatron_core.checkpoint.saved_model import open_saved_model
 from megatron_core.inference.checkpoint_model import load_checkpoint_model
 from tests.harness.entry_points import (clean_env, corpus_flags, entry_point_command, failure_report,
-                                                run_entry_point, run_ranks, tiny_run_flags)
+                                                run_entry_point, run_forked, run_ranks, tiny_run_flags)
 from tests.harness.inference_models import greedy_by_recomputation
 from tests.harness.tiny_corpus import BERT_VOCAB, ROOT
 from megatron_core import mpu
@@ -67,7 +67,7 @@ def test_the_training_checkpoint_records_its_family_and_the_builders_options(che
 def test_one_process_and_torchrun_print_the_recomputed_greedy_tokens(checkpoint):
     flags = ["--load", str(checkpoint / "ckpt"), "--input-file", str(checkpoint / "prompts.txt"), "--greedy",
              "--out-seq-length", str(NEW)]
-    merged = _json_lines(run_entry_point("tools/generate_text.py", flags, timeout=300))
+    merged = _json_lines(run_forked("tools/generate_text.py", flags, timeout=300))    # torchrun's below starts fresh
     sharded = _json_lines(run_entry_point("tools/generate_text.py", flags, nproc=2, timeout=300))
     expected = _expected_tokens(checkpoint / "ckpt")
     assert [line["prompt"] for line in merged] == PROMPTS
