@@ -16,7 +16,7 @@ and then:
 - the script must exist (a command naming a .py or .sh of the repository that is not there
   fails, wherever the docs put it);
 - every `--flag` given to a Python script must appear in `python SCRIPT --help` (run once per
-  script, in this checkout); the flags before the script of `python -m megatron_core.launch`
+  script, in this checkout, forked from the session's warm server); the flags before the script of `python -m megatron_core.launch`
   are checked against its own --help, those of other launchers (torchrun, deepspeed,
   mpirun) are not ours to check;
 - a launch script (scripts/*.sh) passes its arguments on with `"$@"` to the entry points
@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+
+from tests.harness.entry_points import run_forked
 
 REPO = Path(__file__).resolve().parent.parent
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -257,8 +259,12 @@ def python_help(script: str) -> str:
     if script.startswith(("megatron_core/", "bench/")):
         module = script[:-3].replace("/__main__", "").replace("/", ".")
         argv = [sys.executable, "-m", module, "--help"]
-    else:
+    else:       # a script's --help forks from the session's warm server (its imports paid once there)
         argv = [sys.executable, script, "--help"]
+        done = run_forked(script, ["--help"], timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"`{script} --help` exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        return done.stdout
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"`{' '.join(argv[1:])}` exited {done.returncode}: {done.stderr.strip()[-500:]}")
