@@ -118,6 +118,16 @@ def _full_state(case):
         return {k: torch.randn_like(v) for k, v in model.state_dict().items()}
 
 
+def _assert_whole_model(source, full, tp):
+    """Every tensor of `full`, joined from the source's `tp` ranks (a stride-2 split joined per half)."""
+    for key, tensor in full.items():
+        spec = source.owner(key).spec
+        pieces = [source.weight(key, t) for t in range(tp)]
+        whole = pieces[0] if spec.replicated else torch.cat(
+            [c for chunks in zip(*(p.chunk(spec.stride, spec.split_dim) for p in pieces)) for c in chunks], spec.split_dim)
+        assert torch.equal(whole, tensor), key
+
+
 @pytest.mark.parametrize("case,tp,pp,style,version", [
     ("gpt", 2, 2, "mcore", 3.0), ("llama", 2, 2, "mcore", 3.0), ("llama", 1, 2, "legacy", 3.0),
     ("bert", 2, 2, "mcore", 3.0), ("bert", 2, 2, "legacy", 3.0),
@@ -129,12 +139,7 @@ def test_a_megatron_lm_checkpoint_reads_as_the_whole_model_at_any_saved_size(tmp
     assert (source.tp, source.pp) == (tp, pp) and source.head["model_family"] == CASES[case][0]
     assert source.head["iteration"] == 7 and source.head["consumed_train_samples"] == 96
     assert set(source.owners) == set(full)
-    for key, tensor in full.items():
-        spec = source.owner(key).spec
-        pieces = [source.weight(key, t) for t in range(tp)]
-        whole = pieces[0] if spec.replicated else torch.cat(
-            [c for chunks in zip(*(p.chunk(spec.stride, spec.split_dim) for p in pieces)) for c in chunks], spec.split_dim)
-        assert torch.equal(whole, tensor), key
+    _assert_whole_model(source, full, tp)
 
 
 def _add_legacy_optimizer(path, case, layers, first_stage, last_stage):
@@ -304,9 +309,4 @@ def test_legacy_files_with_the_newer_norm_names_read_as_the_same_model(tmp_path,
     assert renamed
     source = SavedCheckpoint(str(tmp_path))
     assert set(source.owners) == set(full)
-    for key, tensor in full.items():
-        spec = source.owner(key).spec
-        pieces = [source.weight(key, t) for t in range(tp)]
-        whole = pieces[0] if spec.replicated else torch.cat(
-            [c for chunks in zip(*(p.chunk(spec.stride, spec.split_dim) for p in pieces)) for c in chunks], spec.split_dim)
-        assert torch.equal(whole, tensor), key
+    _assert_whole_model(source, full, tp)

@@ -96,11 +96,12 @@ def test_a_lost_host_is_named_by_the_other_and_the_same_deepspeed_hostfile_comma
         assert losses[step] == pytest.approx(plain_gpt["losses"][step - 1], rel=1e-5)
 
 
-def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hosts, gpt_corpus, plain_gpt):
-    flags = [*tiny_gpt_flags(gpt_corpus), "--tensor-model-parallel-size", "2"]
+def torchrun_on_both_hosts(hosts, script, flags):
+    """`torchrun --nnodes 2`, one per host (node rank = host index), one process each; each
+    node's CompletedProcess."""
     port = find_free_port()
     nodes = [subprocess.Popen(hosts.run_on(rank, torchrun_node_command(2, rank, 1, hosts.addresses[0], port,
-                                                                         "pretrain_gpt.py", flags)),
+                                                                         script, flags)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                               env=rank_env(hosts))
              for rank in range(2)]
@@ -109,8 +110,13 @@ def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hos
     finally:
         for node in nodes:
             node.kill()
-    done = [subprocess.CompletedProcess(node.args, node.returncode, out, err) for node, (out, err) in
+    return [subprocess.CompletedProcess(node.args, node.returncode, out, err) for node, (out, err) in
             zip(nodes, outputs)]
+
+
+def test_torchrun_nnodes_2_one_per_host_at_tp2_logs_the_plain_pytorch_losses(hosts, gpt_corpus, plain_gpt):
+    flags = [*tiny_gpt_flags(gpt_corpus), "--tensor-model-parallel-size", "2"]
+    done = torchrun_on_both_hosts(hosts, "pretrain_gpt.py", flags)
     assert done[0].returncode == 0, failure_report(done[0])
     assert_logged_losses(done[1], plain_gpt["losses"])         # the last rank logs; it runs on hostb
 
@@ -142,19 +148,7 @@ def test_preprocess_distributed_with_one_torchrun_per_host_gives_the_one_process
     one = run_tool_forked("preprocess_data.py", *flags, "--output-prefix", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     flags += ["--output-prefix", str(tmp_path / "two"), "--distributed", "--partitions", "6"]
-    port = find_free_port()
-    nodes = [subprocess.Popen(hosts.run_on(rank, torchrun_node_command(2, rank, 1, hosts.addresses[0], port,
-                                                                         "tools/preprocess_data.py", flags)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                              env=rank_env(hosts))
-             for rank in range(2)]
-    try:
-        outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    done = [subprocess.CompletedProcess(node.args, node.returncode, out, err) for node, (out, err) in
-            zip(nodes, outputs)]
+    done = torchrun_on_both_hosts(hosts, "tools/preprocess_data.py", flags)
     for node in done:
         assert node.returncode == 0, failure_report(node)
     for ext in (".bin", ".idx"):
