@@ -69,11 +69,16 @@ def _bucket_size(args: Mapping, pp_rank: int, chunk_index: int, rank_numel: int)
 
 
 def _shared_embedding(key: str, args: Mapping) -> bool:
-    """The word table a pipeline of tied embeddings keeps on its first and last stages (our key
-    `word_embeddings.weight` is the last stage's copy; files.py renames it so)."""
+    """A stage's copy of the word table a pipeline of tied embeddings keeps on its first and last
+    stages, which megatron-core puts in a bucket of its own: our reader's keys (the last stage's
+    copy is our `word_embeddings.weight`; files.py renames it so) and the names a file we write
+    uses (megatron-core's table and last-stage output_layer, the legacy table and
+    word_embeddings_for_head)."""
     tied = not args.get("untie_embeddings_and_output_weights", False)
     pp = int(args.get("pipeline_model_parallel_size") or 1)
-    return tied and pp > 1 and key in ("embedding.word_embeddings.weight", "word_embeddings.weight")
+    return tied and pp > 1 and key in ("embedding.word_embeddings.weight", "word_embeddings.weight",
+                                       "output_layer.weight", "language_model.embedding.word_embeddings.weight",
+                                       "word_embeddings_for_head.weight")
 
 
 def buffer_offsets(parameters: Sequence[Tuple[str, int, bool]], bucket_size: Optional[int]) -> Tuple[Dict, int]:
@@ -162,16 +167,6 @@ def distributed_optimizer_state(model_path: str, parameters: List[Tuple[str, str
     return out
 
 
-def _shares_the_word_table(name: str, args: Mapping) -> bool:
-    """A stage's copy of the tied word table, under the names a file we write uses (megatron-core's
-    first-stage table and last-stage output_layer, or the legacy table and word_embeddings_for_head)."""
-    tied = not args.get("untie_embeddings_and_output_weights", False)
-    pp = int(args.get("pipeline_model_parallel_size") or 1)
-    return tied and pp > 1 and name in ("embedding.word_embeddings.weight", "output_layer.weight",
-                                        "language_model.embedding.word_embeddings.weight",
-                                        "word_embeddings_for_head.weight")
-
-
 def grad_dtype(params_dtype: torch.dtype, args: Mapping) -> torch.dtype:
     """The grad buffer's dtype Megatron-LM's DDP keeps (the second half of the file's dtype key):
     fp32, except an fp16 run without --accumulate-allreduce-grads-in-fp32 (bf16 turns it on)."""
@@ -188,7 +183,7 @@ def distrib_optim_file(chunks: Sequence[Sequence[Tuple[str, torch.Tensor, Mappin
     rank_numel = sum(weight.numel() for members in chunks for _, weight, _ in members)
     saved: Dict = {"buckets_coalesced": True}
     for index, members in enumerate(chunks):
-        sizes = [(name, weight.numel(), _shares_the_word_table(name, args)) for name, weight, _ in members]
+        sizes = [(name, weight.numel(), _shared_embedding(name, args)) for name, weight, _ in members]
         starts, length = buffer_offsets(sizes, _bucket_size(args, pp_rank, index, rank_numel))
         flat = {field: torch.zeros(length, dtype=torch.float32) for field in ("param",) + _FIELDS}
         dtypes = {weight.dtype for _, weight, _ in members}
